@@ -1,0 +1,412 @@
+"""The per-event hot path in pure Python: the oracle twin of ``_fast.pyx``.
+
+Same names, same output, byte for byte. It serves bodies simdjson refuses
+(integers beyond 64 bits, exponents beyond double range, lone surrogates),
+runs where the extension is missing, and is what the property tests hold
+the compiled module to. SPEC "Event mapping" is implemented here, row by
+row. Imports only the standard library and ``drengr.core``.
+
+A parsed body is a ``Document``; a ``Mapper`` (built once, from the PII
+list) parses bodies and maps documents to rows:
+
+    row = (tenant_id, event_id, event_name, event_type, external_id,
+           install_id, occurred_at, received_at, dims_json, measures_json)
+"""
+
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+from .core.errors import InvalidJSON
+from .core.limits import (
+    ECOMMERCE_NUMERIC_KEYS,
+    MAX_DIM_KEY_CHARS,
+    MAX_DIM_VALUE_CHARS,
+    MAX_DIMS,
+    MAX_EVENT_NAME_CHARS,
+    MAX_MEASURES,
+    PRIORITY_MEASURES,
+)
+from .core.routes import canonical_type
+from .core.timestamps import format_ms, occurred_at_ms, parse_ms
+
+ECOMMERCE_EVENTS = frozenset(
+    {
+        "products_searched", "product_list_viewed", "product_list_filtered",
+        "promotion_viewed", "promotion_clicked", "product_clicked", "product_viewed",
+        "product_added", "product_removed", "cart_viewed", "checkout_started",
+        "checkout_step_viewed", "checkout_step_completed", "payment_info_entered",
+        "order_updated", "order_completed", "order_refunded", "order_cancelled",
+        "coupon_entered", "coupon_applied", "coupon_denied", "coupon_removed",
+        "product_added_to_wishlist", "product_removed_from_wishlist",
+        "wishlist_product_added_to_cart", "product_shared", "cart_shared",
+        "product_reviewed",
+    }
+)  # fmt: skip
+
+TYPE_EVENT_NAMES = {
+    "page": "page_viewed",
+    "screen": "screen_viewed",
+    "identify": "identify",
+    "group": "group",
+    "alias": "alias",
+}
+
+# Drop reasons, counted per request (the keys of the `dropped` dict).
+DROP_NOT_OBJECT = "not_an_object"
+DROP_UNKNOWN_TYPE = "unknown_type"
+DROP_MISSING_ID = "missing_id"
+DROP_NO_EVENT_NAME = "no_event_name"
+
+_NON_ALNUM_RUN = re.compile(r"[\W_]+")  # \W is Unicode-aware on str
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?", re.ASCII)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what simdjson represents
+
+
+class BigLiteral(str):
+    """A JSON number simdjson cannot hold (beyond 64 bits or double range): its literal text."""
+
+
+class Refused(ValueError):
+    """simdjson refused the body; the Python parser decides whether it is JSON."""
+
+
+# ---------------------------------------------------------------- helpers
+# Shared with _fast.pyx, which calls them on its rare paths (non-ASCII names
+# and keys, ecommerce strings, messageId fallback), so both agree by construction.
+
+
+def normalize_event_name(raw: str) -> str:
+    """Lowercase; runs of non-letters/digits → one `_`; strip `_`; cut to 64 (then strip again)."""
+    name = _NON_ALNUM_RUN.sub("_", raw.lower()).strip("_")
+    return name[:MAX_EVENT_NAME_CHARS].rstrip("_")
+
+
+def is_pii_key(key: str, pii: tuple[str, ...]) -> bool:
+    lowered = key.lower()
+    return any(fragment in lowered for fragment in pii)
+
+
+def coerce_number_text(text: str) -> str | None:
+    """An ecommerce field sent as a string ("9.99") → its JSON number text, else None."""
+    text = text.strip(" \t\r\n")
+    match = _JSON_NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    if match.group(1) is None and match.group(2) is None:
+        return str(int(text))
+    value = float(text)
+    return repr(value) if math.isfinite(value) else None
+
+
+def fallback_event_id(who: str, event_name: str, raw_timestamp: str) -> str:
+    """SPEC: a stable hash of (userId or anonymousId, event name, raw timestamp)."""
+    material = "\x1f".join((who, event_name, raw_timestamp)).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # simdjson's object lookup returns the first of duplicated keys; so do we.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        result.setdefault(key, value)
+    return result
+
+
+def _parse_int(text: str) -> int | BigLiteral:
+    value = int(text)
+    return value if _INT_MIN <= value <= _INT_MAX else BigLiteral(text)
+
+
+def _parse_float(text: str) -> float | BigLiteral:
+    value = float(text)
+    return value if math.isfinite(value) else BigLiteral(text)
+
+
+def _refuse_constant(text: str) -> None:
+    raise ValueError(f"{text} is not JSON")  # Python accepts NaN/Infinity; RFC 8259 does not
+
+
+def _json_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _number_text(value: int | float) -> str:
+    return str(value) if isinstance(value, int) else repr(value)
+
+
+def json_text(value: Any, pii: tuple[str, ...] | None) -> str:
+    """Compact JSON of a parsed value; PII keys dropped at every depth when ``pii`` is given."""
+    if isinstance(value, dict):
+        members = [
+            _json_string(k) + ":" + json_text(v, pii)
+            for k, v in value.items()
+            if pii is None or not is_pii_key(k, pii)
+        ]
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(json_text(v, pii) for v in value) + "]"
+    if isinstance(value, BigLiteral):
+        return str.__str__(value)
+    if isinstance(value, str):
+        return _json_string(value)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    return _number_text(value)
+
+
+def scalar_text(value: Any, pii: tuple[str, ...]) -> str | None:
+    """A value as dim text: strings as-is, booleans true/false, numbers as text, nulls absent."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # BigLiteral included: its literal text
+        return str.__str__(value)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (int, float)):
+        return _number_text(value)
+    return json_text(value, pii)
+
+
+def id_text(value: Any) -> str | None:
+    """userId / anonymousId / messageId: strings as-is, numbers as text; null and "" absent."""
+    if isinstance(value, str):
+        return str.__str__(value) or None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return _number_text(value)
+    return None
+
+
+def _clean(text: str) -> str:
+    # Only the Python parser lets lone surrogates through; SQLite wants UTF-8.
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+# ---------------------------------------------------------------- the mapper
+
+
+class Mapper:
+    """Parses bodies and maps them to rows, with the PII list fixed at start-up."""
+
+    def __init__(self, pii_substrings: tuple[str, ...]) -> None:
+        self.pii = tuple(fragment.lower() for fragment in pii_substrings)
+
+    def parse(self, body: bytes) -> "Document":
+        if body.startswith(b"\xef\xbb\xbf"):  # simdjson skips a UTF-8 BOM; so do we
+            body = body[3:]
+        try:
+            text = body.decode("utf-8")
+            root = json.loads(
+                text,
+                object_pairs_hook=_first_wins,
+                parse_int=_parse_int,
+                parse_float=_parse_float,
+                parse_constant=_refuse_constant,
+            )
+        except (ValueError, RecursionError):
+            raise InvalidJSON() from None
+        if not isinstance(root, dict):
+            raise InvalidJSON()
+        return Document(self, root)
+
+
+class Document:
+    """One parsed request body."""
+
+    def __init__(self, mapper: Mapper, root: dict[str, Any]) -> None:
+        self._mapper = mapper
+        self._root = root
+        key = root.get("writeKey")
+        self.write_key: str | None = _clean(key) if isinstance(key, str) and key else None
+
+    def _items(self, single_type: str | None) -> list[Any]:
+        batch = self._root.get("batch")
+        if single_type is None and isinstance(batch, list):
+            return batch
+        return [self._root]
+
+    def item_count(self, single_type: str | None) -> int:
+        return len(self._items(single_type))
+
+    def has_oversized_item(self, single_type: str | None, limit: int) -> bool:
+        return any(
+            len(json_text(item, None).encode("utf-8", "surrogatepass")) > limit
+            for item in self._items(single_type)
+        )
+
+    def map(
+        self, single_type: str | None, received_at_ms: int, tenant_id: str
+    ) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
+        """Rows for every accepted item, and the count of dropped items by reason."""
+        batch_sent_at = parse_ms(self._root.get("sentAt"))
+        received_at = format_ms(received_at_ms)
+        rows: list[tuple[Any, ...]] = []
+        dropped: dict[str, int] = {}
+        for item in self._items(single_type):
+            result = _map_item(
+                item, single_type, batch_sent_at, received_at_ms, self._mapper.pii
+            )
+            if isinstance(result, str):
+                dropped[result] = dropped.get(result, 0) + 1
+                continue
+            event_id, event_name, event_type, external_id, install_id, occurred, dims, measures = result
+            rows.append(
+                (
+                    tenant_id, _clean(event_id), event_name, event_type,
+                    None if external_id is None else _clean(external_id),
+                    _clean(install_id), format_ms(occurred), received_at,
+                    _clean(dims), measures,
+                )
+            )  # fmt: skip
+        return rows, dropped
+
+
+def _get_object(parent: Any, key: str) -> dict[str, Any] | None:
+    value = parent.get(key) if isinstance(parent, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def _map_item(
+    item: Any,
+    single_type: str | None,
+    batch_sent_at: int | None,
+    received_at_ms: int,
+    pii: tuple[str, ...],
+) -> tuple[Any, ...] | str:
+    if not isinstance(item, dict):
+        return DROP_NOT_OBJECT
+    event_type = single_type or canonical_type(item.get("type"))
+    if event_type is None:
+        return DROP_UNKNOWN_TYPE
+    external_id = id_text(item.get("userId"))
+    install_id = id_text(item.get("anonymousId")) or external_id
+    if install_id is None:
+        return DROP_MISSING_ID
+
+    reserved: dict[str, str] = {}
+    source: dict[str, Any] | None = None
+    if event_type == "track":
+        raw_name = item.get("event")
+        event_name = normalize_event_name(raw_name) if isinstance(raw_name, str) else ""
+        if not event_name:
+            return DROP_NO_EVENT_NAME
+        if event_name != raw_name:
+            reserved["_source_event_name"] = raw_name
+        source = _get_object(item, "properties")
+    else:
+        event_name = TYPE_EVENT_NAMES[event_type]
+        if event_type in ("page", "screen"):
+            _set_reserved(reserved, "name", item.get("name"), pii)
+            source = _get_object(item, "properties")
+        elif event_type in ("identify", "group"):
+            source = _get_object(item, "traits") or _get_object(_get_object(item, "context"), "traits")
+            if event_type == "group":
+                _set_reserved(reserved, "group_id", item.get("groupId"), pii)
+        else:
+            _set_reserved(reserved, "previous_id", item.get("previousId"), pii)
+
+    context = _get_object(item, "context")
+    _set_reserved(reserved, "app_version", _get_path(context, "app", "version"), pii)
+    os_parts = [
+        text
+        for text in (
+            scalar_text(_get_path(context, "os", "name"), pii),
+            scalar_text(_get_path(context, "os", "version"), pii),
+        )
+        if text is not None
+    ]
+    if os_parts:
+        reserved["os"] = " ".join(os_parts)
+    _set_reserved(reserved, "device_model", _get_path(context, "device", "model"), pii)
+
+    dims, measures = _dims_and_measures(
+        source, reserved, event_type == "track" and event_name in ECOMMERCE_EVENTS, pii
+    )
+
+    timestamp = item.get("timestamp")
+    original = item.get("originalTimestamp")
+    sent_at = parse_ms(item.get("sentAt"))
+    if sent_at is None:
+        sent_at = batch_sent_at
+    occurred = occurred_at_ms(parse_ms(timestamp), sent_at, parse_ms(original), received_at_ms)
+
+    event_id = id_text(item.get("messageId"))
+    if event_id is None:
+        raw_timestamp = (
+            timestamp if isinstance(timestamp, str)
+            else original if isinstance(original, str)
+            else format_ms(received_at_ms)
+        )  # fmt: skip
+        event_id = fallback_event_id(external_id or install_id, event_name, raw_timestamp)
+    return event_id, event_name, event_type, external_id, install_id, occurred, dims, measures
+
+
+def _get_path(obj: dict[str, Any] | None, first: str, second: str) -> Any:
+    return _get_object(obj, first).get(second) if _get_object(obj, first) else None
+
+
+def _set_reserved(reserved: dict[str, str], key: str, value: Any, pii: tuple[str, ...]) -> None:
+    text = scalar_text(value, pii)
+    if text is not None:
+        reserved[key] = text
+
+
+def _dims_and_measures(
+    source: dict[str, Any] | None,
+    reserved: dict[str, str],
+    ecommerce: bool,
+    pii: tuple[str, ...],
+) -> tuple[str, str]:
+    dims: dict[str, str] = {key: value[:MAX_DIM_VALUE_CHARS] for key, value in reserved.items()}
+    n_dims = 0
+    priority: dict[str, str] = {}
+    others: dict[str, str] = {}
+
+    def emit(key: str, value: Any) -> None:
+        nonlocal n_dims
+        key = key[:MAX_DIM_KEY_CHARS]
+        if value is None or key in dims or key in priority or key in others:
+            return
+        number: str | None = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = _number_text(value)
+        elif ecommerce and isinstance(value, str) and key in ECOMMERCE_NUMERIC_KEYS:
+            number = None if isinstance(value, BigLiteral) else coerce_number_text(value)
+        if number is not None:
+            if key in PRIORITY_MEASURES:
+                priority[key] = number
+            elif len(others) < MAX_MEASURES:
+                others[key] = number
+            return
+        if n_dims < MAX_DIMS:
+            text = scalar_text(value, pii)
+            assert text is not None
+            dims[key] = text[:MAX_DIM_VALUE_CHARS]
+            n_dims += 1
+
+    for key, value in (source or {}).items():
+        if is_pii_key(key, pii):
+            continue
+        if isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                if not is_pii_key(sub_key, pii):
+                    emit(key + "." + sub_key, sub_value)
+        else:
+            emit(key, value)
+
+    measures = [(key, priority[key]) for key in PRIORITY_MEASURES if key in priority]
+    measures += list(others.items())[: MAX_MEASURES - len(measures)]
+    dims_json = "{" + ",".join(_json_string(k) + ":" + _json_string(v) for k, v in dims.items()) + "}"
+    measures_json = "{" + ",".join(_json_string(k) + ":" + v for k, v in measures) + "}"
+    return dims_json, measures_json

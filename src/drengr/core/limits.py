@@ -1,0 +1,29 @@
+"""Every number of the contract (SPEC "Limits and responses", "Event mapping"), with its unit.
+
+Pure constants: imports nothing.
+"""
+
+MAX_BODY_BYTES = 512_000  # on the wire and decompressed
+MAX_ITEM_BYTES = 32_768  # one item's compact JSON
+MAX_BATCH_ITEMS = 2_500
+WAITRESS_MAX_BODY_BYTES = 4 * 1024 * 1024  # waitress refuses larger bodies unread
+
+MAX_EVENT_NAME_CHARS = 64
+MAX_MEASURES = 20
+MAX_DIMS = 40
+MAX_DIM_KEY_CHARS = 64
+MAX_DIM_VALUE_CHARS = 256
+
+PRIORITY_MEASURES = ("revenue", "total", "price", "quantity")
+ECOMMERCE_NUMERIC_KEYS = ("revenue", "total", "price", "quantity", "tax", "shipping", "discount")
+DEFAULT_PII_SUBSTRINGS = ("email", "phone", "name", "address", "password", "token", "ssn", "card", "cvv")
+
+# Timestamps are handled as integer milliseconds since the Unix epoch.
+MIN_OCCURRED_AT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_FUTURE_MS = 86_400_000  # received_at + 1 day
+MS_PER_DAY = 86_400_000
+
+DEFAULT_DAILY_CAP_EVENTS = 5_000_000
+DEDUP_WINDOW_DAYS = 7  # repeats inside this window are always caught (SPEC "Storage")
+
+CORS_MAX_AGE_SECONDS = 86_400
