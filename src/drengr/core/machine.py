@@ -1,0 +1,191 @@
+"""One ingest request, start to finish, as a generator the shell drives.
+
+The machine yields what it needs from the outside world — the request
+body, the owner of a key, a durable store — and the shell sends back the
+answer; it returns the Response. Checks run in the SPEC's order: size from
+Content-Length, header auth, decompression/size, JSON, body writeKey auth,
+batch count, per-item size, mapping, store. Every IngestError becomes its
+response here, at one boundary. No I/O, no clock: ``received_at_ms`` is
+passed in.
+"""
+
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .auth import MALFORMED, KeyRecord, key_from_headers, may_ingest
+from .body import decode_body
+from .errors import (
+    SUCCESS_BODY,
+    BatchTooLarge,
+    IngestError,
+    IngestFailed,
+    MessageTooLarge,
+    MethodNotAllowed,
+    RequestTooLarge,
+    Unauthorized,
+)
+from .limits import CORS_MAX_AGE_SECONDS, MAX_BATCH_ITEMS, MAX_BODY_BYTES, MAX_ITEM_BYTES
+from .mapping import BodyMapper
+from .routes import Route, classify
+
+DEFAULT_ALLOW_HEADERS = "authorization, content-type, x-write-key"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str  # relative to the mount point
+    headers: Mapping[str, str]  # lower-case names
+    content_length: int | None
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBody:
+    """Send back the body: at most ``limit + 1`` bytes, so "too large" can be seen."""
+
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class LookupKey:
+    """Send back the KeyRecord for ``key`` (looked up by its digest), or None."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRows:
+    """Store durably; send back a StoreOutcome, or None when the store failed."""
+
+    tenant_id: str
+    rows: list[tuple[Any, ...]]
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    stored: int
+    duplicates: int = 0
+    over_cap: int = 0
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    # What happened, for the access log (counts and reasons, never values).
+    tenant_id: str | None = None
+    error_code: str | None = None
+    items: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    outcome: StoreOutcome | None = None
+
+
+Need = ReadBody | LookupKey | StoreRows
+
+
+def cors_headers(origin: str | None) -> list[tuple[str, str]]:
+    """On every ingest response, errors included (SPEC "CORS")."""
+    headers = [
+        ("Access-Control-Allow-Origin", origin or "*"),
+        ("Access-Control-Expose-Headers", "Retry-After"),
+        ("Vary", "Origin"),
+    ]
+    if origin:
+        # Clients that fetch with credentials: "include" need this to read the answer.
+        headers.append(("Access-Control-Allow-Credentials", "true"))
+    return headers
+
+
+def preflight(request: Request) -> Response:
+    requested = request.headers.get("access-control-request-headers", "").strip()
+    headers = cors_headers(request.headers.get("origin")) + [
+        ("Access-Control-Allow-Methods", "POST, OPTIONS"),
+        ("Access-Control-Allow-Headers", requested or DEFAULT_ALLOW_HEADERS),
+        ("Access-Control-Max-Age", str(CORS_MAX_AGE_SECONDS)),
+    ]
+    return Response(204, headers, b"")
+
+
+def json_response(status: int, body: bytes, origin: str | None) -> Response:
+    return Response(status, [("Content-Type", "application/json"), *cors_headers(origin)], body)
+
+
+def error_response(error: IngestError, origin: str | None) -> Response:
+    response = json_response(error.status, error.body(), origin)
+    response.error_code = error.code
+    return response
+
+
+def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Response]:
+    """Drive with ``send``: each yielded Need gets its answer; the return value is the Response."""
+    origin = request.headers.get("origin")
+    if request.method == "OPTIONS":
+        return preflight(request)
+    if request.method != "POST":
+        return error_response(MethodNotAllowed(), origin)
+    route, single_type = classify(request.path)
+    if route is Route.METRICS:
+        return json_response(200, SUCCESS_BODY, origin)  # analytics-next telemetry: nothing to keep
+    tenant_id: str | None = None
+    try:
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            raise RequestTooLarge()
+        header_key = key_from_headers(
+            request.headers.get("authorization"), request.headers.get("x-write-key")
+        )
+        if header_key is MALFORMED:
+            raise Unauthorized()
+        if header_key is not None:
+            tenant_id = yield from _authorize(str(header_key))
+
+        raw = yield ReadBody(MAX_BODY_BYTES)
+        body = decode_body(raw, request.headers.get("content-encoding"))
+        document = mapper.parse(body)
+        if tenant_id is None:
+            if document.write_key is None:
+                raise Unauthorized()
+            tenant_id = yield from _authorize(document.write_key)
+
+        items = document.item_count(single_type)
+        if items > MAX_BATCH_ITEMS:
+            raise BatchTooLarge()
+        if document.has_oversized_item(single_type, MAX_ITEM_BYTES):
+            raise MessageTooLarge()
+        rows, dropped = document.map(single_type, request.received_at_ms, tenant_id)
+        outcome: StoreOutcome | None = None
+        if rows:
+            outcome = yield StoreRows(tenant_id, rows, request.received_at_ms)
+            if outcome is None:
+                raise IngestFailed()
+    except IngestError as error:
+        response = error_response(error, origin)
+        response.tenant_id = tenant_id
+        return response
+    response = json_response(200, SUCCESS_BODY, origin)
+    response.tenant_id = tenant_id
+    response.items = items
+    response.dropped = dropped
+    response.outcome = outcome
+    return response
+
+
+def _authorize(key: str) -> Generator[Need, Any, str]:
+    record: KeyRecord | None = yield LookupKey(key)
+    if record is None or not may_ingest(key, record):
+        raise Unauthorized()
+    return record.tenant_id
+
+
+def run(request: Request, mapper: BodyMapper, answer: Any) -> Response:
+    """Drive ``handle`` with ``answer(need)`` — a convenience for shells and tests."""
+    machine = handle(request, mapper)
+    try:
+        need = next(machine)
+        while True:
+            need = machine.send(answer(need))
+    except StopIteration as stop:
+        return stop.value

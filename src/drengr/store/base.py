@@ -1,0 +1,48 @@
+"""The store interface every engine implements, and what it returns.
+
+The web shell needs three things of a store — who owns a key, write rows
+durably, and whether it can write at all; the CLI needs the admin verbs.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..core.auth import KeyRecord
+from ..core.machine import StoreOutcome
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the request gets 502 Ingest failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A key as `drengr keys list` shows it: never the key itself."""
+
+    key_id: str  # the first 12 hex digits of its digest
+    tenant_id: str
+    kind: str
+    created_at: str
+    revoked_at: str | None
+
+
+class Store(Protocol):
+    def lookup_key(self, key_hash: str) -> KeyRecord | None: ...
+
+    def write(self, tenant_id: str, rows: list[tuple[Any, ...]], received_at_ms: int) -> StoreOutcome:
+        """Store rows durably (deduplicated, capped); raises StoreError."""
+        ...
+
+    def writable(self) -> bool: ...
+
+    def is_new(self) -> bool: ...
+
+    def create_key(self, tenant_id: str, kind: str) -> str: ...
+
+    def list_keys(self) -> list[KeyInfo]: ...
+
+    def revoke_key(self, key_or_id: str) -> bool: ...
+
+    def set_daily_cap(self, tenant_id: str, daily_cap: int) -> None: ...
+
+    def close(self) -> None: ...

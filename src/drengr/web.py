@@ -1,0 +1,155 @@
+"""The Flask shell: WSGI request ⇄ the Sans-IO machine ⇄ the store.
+
+Everything here is I/O glue: read the clock, read the body, look keys up,
+write rows, log one line. The decisions are ``drengr.core.machine``'s.
+"""
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, request
+
+from .core import machine
+from .core.auth import PUBLISHABLE_PREFIX, hash_key
+from .core.errors import IngestFailed, NotFound
+from .core.limits import DEFAULT_PII_SUBSTRINGS
+from .core.mapping import BodyMapper
+from .core.settings import settings_document
+from .store import SQLiteStore, Store, StoreError
+
+access_log = logging.getLogger("drengr.access")
+log = logging.getLogger("drengr")
+
+INGEST_METHODS = ["POST", "OPTIONS", "GET", "PUT", "PATCH", "DELETE"]
+
+
+@dataclass
+class Config:
+    db: str = "drengr.db"
+    durability: str = "full"  # "full" | "normal"
+    prefix: str = ""  # mount point, e.g. "/segment-ingest"
+    pii_substrings: tuple[str, ...] = DEFAULT_PII_SUBSTRINGS
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Config":
+        env = os.environ if environ is None else environ
+        pii = env.get("DRENGR_PII_KEYS")
+        return cls(
+            db=env.get("DRENGR_DB", cls.db),
+            durability=env.get("DRENGR_DURABILITY", cls.durability).lower(),
+            prefix=env.get("DRENGR_PREFIX", cls.prefix),
+            pii_substrings=tuple(p.strip().lower() for p in pii.split(",") if p.strip())
+            if pii is not None
+            else DEFAULT_PII_SUBSTRINGS,
+        )
+
+
+def create_app(config: Config | None = None, store: Store | None = None) -> Flask:
+    """The WSGI app. ``store`` defaults to a SQLiteStore on ``config.db``."""
+    config = config or Config.from_env()
+    store = store if store is not None else SQLiteStore(config.db, durability=config.durability)
+    mapper = BodyMapper(config.pii_substrings)
+    app = Flask("drengr")
+    app.url_map.merge_slashes = False  # `//v1/t` must not redirect: a 3xx counts as delivered
+    app.url_map.strict_slashes = False
+    app.extensions["drengr.store"] = store
+    app.extensions["drengr.config"] = config
+
+    def answer(need: Any) -> Any:
+        if isinstance(need, machine.ReadBody):
+            return request.stream.read(need.limit + 1)
+        if isinstance(need, machine.LookupKey):
+            return store.lookup_key(hash_key(need.key))
+        try:
+            return store.write(need.tenant_id, need.rows, need.received_at_ms)
+        except StoreError:
+            return None  # the machine answers 502 Ingest failed
+
+    def ingest(path: str = "") -> Response:
+        started = time.perf_counter()
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        req = machine.Request(
+            method=request.method,
+            path="/" + path,
+            headers=headers,
+            content_length=request.content_length,
+            received_at_ms=time.time_ns() // 1_000_000,
+        )
+        try:
+            result = machine.run(req, mapper, answer)
+        except Exception:  # a bug, not the client's doing: log it, never show a traceback
+            log.exception("unexpected error handling %s %s", req.method, req.path)
+            result = machine.error_response(IngestFailed(), headers.get("origin"))
+        _log_request(req, result, time.perf_counter() - started)
+        return Response(result.body, status=result.status, headers=result.headers)
+
+    app.add_url_rule("/", "ingest_root", ingest, methods=INGEST_METHODS, provide_automatic_options=False)
+    app.add_url_rule(
+        "/<path:path>", "ingest", ingest, methods=INGEST_METHODS, provide_automatic_options=False
+    )
+
+    @app.get("/health")
+    def health() -> Response:
+        ok = store.writable()
+        body = {"status": "ok"} if ok else {"status": "unavailable", "error": "the store cannot write"}
+        return Response(json.dumps(body), status=200 if ok else 503, mimetype="application/json")
+
+    @app.get("/v1/projects/<write_key>/settings")
+    def settings(write_key: str) -> Response:
+        record = store.lookup_key(hash_key(write_key))
+        origin = request.headers.get("Origin")
+        if not write_key.startswith(PUBLISHABLE_PREFIX) or record is None or record.revoked:
+            result = machine.error_response(NotFound(), origin)
+            return Response(result.body, status=result.status, headers=result.headers)
+        body = settings_document(write_key, request.host, request.scheme, request.script_root)
+        return Response(body, status=200, headers=machine.cors_headers(origin), mimetype="application/json")
+
+    if config.prefix.strip("/"):
+        app.wsgi_app = PrefixMiddleware(app.wsgi_app, config.prefix)  # type: ignore[method-assign]
+    return app
+
+
+class PrefixMiddleware:
+    """Serve the app under ``prefix`` (``--prefix``), as nginx `location /p/` would."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], prefix: str) -> None:
+        self.app = app
+        self.prefix = "/" + prefix.strip("/")
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.prefix
+            environ["PATH_INFO"] = path[len(self.prefix) :]
+            return self.app(environ, start_response)
+        body = NotFound().body()
+        start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _log_request(req: machine.Request, result: machine.Response, seconds: float) -> None:
+    """One structured line per request: counts and reasons only, never a key or a value."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    outcome = result.outcome
+    line = {
+        "method": req.method,
+        "path": req.path[:200],
+        "status": result.status,
+        "error": result.error_code,
+        "tenant": result.tenant_id,
+        "items": result.items,
+        "stored": outcome.stored if outcome else 0,
+        "duplicates": outcome.duplicates if outcome else 0,
+        "over_cap": outcome.over_cap if outcome else 0,
+        "dropped": result.dropped,
+        "bytes": req.content_length,
+        "library": req.headers.get("user-agent", "")[:80],
+        "ms": round(seconds * 1000, 2),
+    }
+    access_log.info(json.dumps(line, ensure_ascii=True))
