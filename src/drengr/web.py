@@ -49,8 +49,14 @@ class Config:
         )
 
 
-def create_app(config: Config | None = None, store: Store | None = None) -> Flask:
-    """The WSGI app. ``store`` defaults to a SQLiteStore on ``config.db``."""
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def create_app(
+    config: Config | None = None, store: Store | None = None, clock_ms: Callable[[], int] = _now_ms
+) -> Flask:
+    """The WSGI app. ``store`` defaults to a SQLiteStore on ``config.db``; ``clock_ms`` is the time of receipt."""
     config = config or Config.from_env()
     store = store if store is not None else SQLiteStore(config.db, durability=config.durability)
     mapper = BodyMapper(config.pii_substrings)
@@ -78,7 +84,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
             path="/" + path,
             headers=headers,
             content_length=request.content_length,
-            received_at_ms=time.time_ns() // 1_000_000,
+            received_at_ms=clock_ms(),
         )
         try:
             result = machine.run(req, mapper, answer)

@@ -1,0 +1,69 @@
+"""Shared fixtures: a real SQLite file, the real app, and helpers to post and read rows."""
+
+import base64
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drengr.store import SQLiteStore
+from drengr.web import Config, create_app
+
+TENANT = "acme"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "drengr.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore(str(db_path))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def key(store: SQLiteStore) -> str:
+    return store.create_key(TENANT, "publishable")
+
+
+@pytest.fixture
+def app(db_path: Path, store: SQLiteStore) -> Any:
+    return create_app(Config(db=str(db_path)), store=store)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+def basic(key: str, password: str = "") -> dict[str, str]:
+    token = base64.b64encode(f"{key}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def post(client: Any, path: str, body: Any, key: str | None = None, **headers: str) -> Any:
+    """POST ``body`` (dict → JSON, bytes as-is) with Basic auth when ``key`` is given."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    all_headers = {"Content-Type": "application/json", **(basic(key) if key else {})}
+    all_headers.update({name.replace("_", "-"): value for name, value in headers.items()})
+    return client.post(path, data=data, headers=all_headers)
+
+
+def read_rows(db_path: Path) -> list[dict[str, Any]]:
+    """Every semantic_events row, in insertion order, with dims/measures decoded."""
+    conn = sqlite3.connect(db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = [dict(row) for row in conn.execute("SELECT * FROM semantic_events ORDER BY rowid")]
+    finally:
+        conn.close()
+    for row in rows:
+        row["dims"] = json.loads(row["dims"])
+        row["measures"] = json.loads(row["measures"])
+    return rows
