@@ -96,6 +96,7 @@ class SQLiteStore:
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         self._known_generations: set[int] = set()
+        self.group_commits = 0  # transactions the writer has committed (group commit is visible in tests)
         self._migrate()
 
     # ------------------------------------------------------------ connections
@@ -118,7 +119,10 @@ class SQLiteStore:
         return conn
 
     def _migrate(self) -> None:
-        conn = self._connect()
+        try:
+            conn = self._connect()
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open the database at {self.path}: {error}") from error
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
@@ -343,6 +347,7 @@ class SQLiteStore:
                 conn.execute("RELEASE job")
                 job.outcome, job.error = None, error
         conn.execute("COMMIT")
+        self.group_commits += 1
 
     def _dedup_tables(self, conn: sqlite3.Connection, received_at_ms: int) -> tuple[str, str]:
         current = generation(received_at_ms)

@@ -1,0 +1,170 @@
+"""SPEC "Storage and durability" and the daily cap, against real SQLite files."""
+
+import multiprocessing
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from drengr.core.limits import MS_PER_DAY
+from drengr.core.timestamps import parse_ms
+from drengr.store import SQLiteStore
+from drengr.store.sqlite import generation
+
+DAY0 = parse_ms("2026-11-26T12:00:00.000Z")
+assert DAY0 is not None
+
+
+def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
+    return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
+            "2026-11-26T00:00:00.000Z", "{}", "{}")  # fmt: skip
+
+
+def count(path: Path, where: str = "1") -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"SELECT count(*) FROM semantic_events WHERE {where}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_database_is_in_wal_mode(store, db_path):
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+@pytest.mark.parametrize("durability, level", [("full", 2), ("normal", 1)])
+def test_durability_sets_synchronous(db_path, durability, level):
+    store = SQLiteStore(str(db_path), durability=durability)
+    conn = store._connect()  # noqa: SLF001 - the writer's connections are made here
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
+    conn.close()
+    store.close()
+
+
+def test_write_reports_stored_and_duplicates(store, db_path):
+    outcome = store.write("acme", [row("a"), row("b"), row("a")], DAY0)
+    assert (outcome.stored, outcome.duplicates, outcome.over_cap) == (2, 1, 0)
+    again = store.write("acme", [row("a"), row("c")], DAY0)
+    assert (again.stored, again.duplicates) == (1, 1)
+    assert count(db_path) == 3
+
+
+def test_dedup_survives_restart(db_path):
+    first = SQLiteStore(str(db_path))
+    first.write("acme", [row("a")], DAY0)
+    first.close()
+    second = SQLiteStore(str(db_path))
+    assert second.write("acme", [row("a")], DAY0 + 1000).stored == 0
+    second.close()
+    assert count(db_path) == 1
+
+
+def test_dedup_is_per_tenant(store, db_path):
+    store.write("acme", [row("a")], DAY0)
+    store.write("globex", [row("a", "globex")], DAY0)
+    assert count(db_path) == 2
+
+
+@pytest.mark.parametrize(
+    "first_ms, repeat_after_ms",
+    [
+        pytest.param(DAY0, 1, id="same-moment"),
+        pytest.param(DAY0, 7 * MS_PER_DAY, id="seven-days-later"),
+        # The last millisecond of a 7-day generation, repeated 7 days later: two generations on.
+        pytest.param((generation(DAY0) + 1) * 7 * MS_PER_DAY - 1, 7 * MS_PER_DAY, id="across-generations"),
+        pytest.param(generation(DAY0) * 7 * MS_PER_DAY, 7 * MS_PER_DAY + MS_PER_DAY - 1, id="start-of-generation"),
+    ],
+)
+def test_repeat_within_seven_days_is_never_stored_twice(store, db_path, first_ms, repeat_after_ms):
+    assert store.write("acme", [row("a")], first_ms).stored == 1
+    assert store.write("acme", [row("a")], first_ms + repeat_after_ms).stored == 0
+    assert count(db_path) == 1
+
+
+def test_old_dedup_generations_are_dropped_whole(store, db_path):
+    store.write("acme", [row("a")], DAY0)
+    store.write("acme", [row("b")], DAY0 + 21 * MS_PER_DAY)
+    conn = sqlite3.connect(db_path)
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'event_ids_%'")}
+    conn.close()
+    later = generation(DAY0 + 21 * MS_PER_DAY)
+    assert tables == {f"event_ids_{later}", f"event_ids_{later - 1}"}
+    # Beyond the window a repeat may be stored again (the SPEC allows, not requires, longer memory).
+    assert store.write("acme", [row("a")], DAY0 + 21 * MS_PER_DAY).stored == 1
+
+
+def test_daily_cap_drops_items_over_it(store, db_path):
+    store.set_daily_cap("acme", 3)
+    outcome = store.write("acme", [row(str(i)) for i in range(5)], DAY0)
+    assert (outcome.stored, outcome.over_cap) == (3, 2)
+    assert store.write("acme", [row("x")], DAY0 + 1).over_cap == 1
+    # Duplicates do not count against the cap; a new UTC day starts afresh.
+    assert store.write("acme", [row("0")], DAY0 + MS_PER_DAY).duplicates == 1
+    assert store.write("acme", [row("y"), row("z")], DAY0 + MS_PER_DAY).stored == 2
+    assert count(db_path) == 5
+
+
+def test_cap_is_per_tenant(store, db_path):
+    store.set_daily_cap("acme", 1)
+    store.write("acme", [row("1"), row("2")], DAY0)
+    assert store.write("globex", [row("1", "globex"), row("2", "globex")], DAY0).stored == 2
+
+
+def test_metering_fails_open(store, db_path):
+    store.set_daily_cap("acme", 1)
+    conn = sqlite3.connect(db_path)
+    conn.execute("DROP TABLE daily_usage")  # counting is now impossible
+    conn.commit()
+    conn.close()
+    outcome = store.write("acme", [row("1"), row("2"), row("3")], DAY0)
+    assert outcome.stored == 3
+    assert count(db_path) == 3
+
+
+def test_concurrent_requests_share_commits(store, db_path):
+    """Ten requests arrive while the file is locked: they go out in at most two transactions."""
+    store.write("acme", [row("warm-up")], DAY0)
+    before = store.group_commits
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    threads = [
+        threading.Thread(target=store.write, args=("acme", [row(f"t{i}")], DAY0)) for i in range(10)
+    ]
+    for thread in threads:
+        thread.start()
+    while store._queue.qsize() < 9:  # noqa: SLF001 - wait until they are all queued
+        threading.Event().wait(0.01)
+    holder.execute("ROLLBACK")
+    holder.close()
+    for thread in threads:
+        thread.join()
+    assert count(db_path) == 11
+    assert store.group_commits - before <= 2
+
+
+def _writer_process(path: str, worker: int, batches: int) -> None:
+    store = SQLiteStore(path)
+    for b in range(batches):
+        store.write("acme", [row(f"w{worker}-b{b}-{i}") for i in range(50)], DAY0)
+        store.write("acme", [row(f"shared-{b}-{i}") for i in range(10)], DAY0)  # every process sends these
+    store.close()
+
+
+def test_several_processes_share_one_file(db_path):
+    """BEGIN IMMEDIATE + busy timeout: no "database is locked", every row once, dedup across processes."""
+    SQLiteStore(str(db_path)).close()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer_process, args=(str(db_path), w, 20)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert count(db_path, "event_id LIKE 'w%'") == 4 * 20 * 50
+    assert count(db_path, "event_id LIKE 'shared-%'") == 20 * 10
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
