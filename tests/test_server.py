@@ -1,0 +1,152 @@
+"""The real thing: `drengr serve` (waitress) on 127.0.0.1, a real SQLite file, real HTTP."""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).parents[1] / "README.md"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    port: int
+    key: str
+    db: Path
+    process: subprocess.Popen[str]
+    prefix: str = ""
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, self.prefix + path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+
+def start_server(tmp_path: Path, *extra: str, prefix: str = "") -> Server:
+    port = free_port()
+    db = tmp_path / "serve.db"
+    args = [sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port), "--log-level", "warning"]
+    if prefix:
+        args += ["--prefix", prefix]
+    process = subprocess.Popen([*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    key = process.stdout.readline().strip()
+    assert key.startswith("drengr_pk_"), process.stderr.read() if process.stderr else key
+    server = Server(port, key, db, process, prefix)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if server.request("GET", "/health")[0] == 200:
+                return server
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("server did not come up")
+
+
+def stop_server(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    server = start_server(tmp_path)
+    yield server
+    stop_server(server)
+
+
+def rows(db: Path) -> list[tuple[str, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT event_name, external_id, dims, measures, tenant_id FROM semantic_events").fetchall()
+    finally:
+        conn.close()
+
+
+def readme_block(starting: str) -> str:
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
+    return next(block for block in blocks if block.startswith(starting))
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is installed by .ci/run; run it to get it")
+def test_readme_curl_quickstart_verbatim(server):
+    command = readme_block("curl").replace("http://127.0.0.1:8080", f"http://127.0.0.1:{server.port}")
+    command = command.replace("drengr_pk_YOUR_KEY", server.key)
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+    assert result.stdout == '{"success": true}'
+    expected_row = readme_block("sqlite3").splitlines()[1].removeprefix("# ")
+    [(name, external_id, dims, measures, tenant)] = rows(server.db)
+    assert "|".join((name, external_id, dims, measures)) == expected_row
+    assert tenant == "default"
+
+
+def test_serve_prints_a_key_only_for_a_new_database(tmp_path):
+    first = start_server(tmp_path)
+    stop_server(first)
+    port = free_port()
+    again = subprocess.Popen(
+        [sys.executable, "-m", "drengr", "serve", "--db", str(first.db), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.5)
+    again.send_signal(signal.SIGTERM)
+    out, _ = again.communicate(timeout=15)
+    assert "drengr_pk_" not in out
+
+
+def test_bodies_over_4mib_are_refused_by_waitress_and_between_get_our_400(server):
+    status, body = server.request("POST", "/v1/batch", b" " * 1_000_000, {"Authorization": "Basic eDo="})
+    assert status == 400 and json.loads(body)["error"] == "Request too large"
+    # Only the head is sent: waitress answers from Content-Length without reading the body.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (4 * 1024 * 1024 + 1))
+        assert sock.recv(100).startswith(b"HTTP/1.1 413")
+
+
+def test_prefix_over_http(tmp_path):
+    server = start_server(tmp_path, prefix="/segment-ingest")
+    try:
+        body = json.dumps({"type": "track", "event": "Hi", "userId": "u", "writeKey": server.key}).encode()
+        assert server.request("POST", "/v1/t", body) == (200, b'{"success": true}')
+        assert server.request("POST", "/api/s/s2s/track", body, {"X-Write-Key": server.key})[0] == 200
+        server.prefix = ""
+        assert server.request("POST", "/v1/t", body)[0] == 404
+    finally:
+        stop_server(server)
+    assert len(rows(server.db)) == 2
+
+
+def test_wsgi_entry_point_reads_environment(tmp_path):
+    program = "import wsgi; print(type(wsgi.application).__name__)"
+    env = {**os.environ, "DRENGR_DB": str(tmp_path / "w.db"), "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=60)
+    assert result.stdout.strip() == "Flask", result.stderr
+    assert (tmp_path / "w.db").exists()
