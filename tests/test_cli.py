@@ -11,7 +11,9 @@ import pytest
 from drengr.core.auth import hash_key
 
 
-def drengr(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def drengr(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "drengr", *args],
         capture_output=True, text=True, timeout=60, cwd=cwd, env={**os.environ, **(env or {})},
@@ -74,7 +76,9 @@ def test_tenants_set_daily_cap(tmp_path):
 
 def test_options_read_environment_variables(tmp_path):
     db = str(tmp_path / "env.db")
-    result = drengr("keys", "create", env={"DRENGR_DB": db, "DRENGR_TENANT": "envco", "DRENGR_KIND": "secret"})
+    result = drengr(
+        "keys", "create", env={"DRENGR_DB": db, "DRENGR_TENANT": "envco", "DRENGR_KIND": "secret"}
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("drengr_sk_")
     conn = sqlite3.connect(db)
@@ -86,11 +90,15 @@ def test_options_read_environment_variables(tmp_path):
     "args, hint",
     [
         pytest.param(["keys", "create"], "--tenant", id="missing-tenant"),
-        pytest.param(["keys", "create", "--tenant", "x", "--db", "/no/such/folder/d.db"], "--db", id="bad-db-folder"),
+        pytest.param(
+            ["keys", "create", "--tenant", "x", "--db", "/no/such/folder/d.db"], "--db", id="bad-db-folder"
+        ),
         pytest.param(["keys", "revoke", "drengr_pk_nope"], "drengr keys list", id="unknown-key"),
         pytest.param(["tenants", "set", "acme"], "--daily-cap", id="nothing-to-set"),
         pytest.param(["serve", "--port", "80x"], "not a whole number", id="bad-port"),
-        pytest.param(["tenants", "set", "acme", "--daily-cap", "-5"], "must not be negative", id="negative-cap"),
+        pytest.param(
+            ["tenants", "set", "acme", "--daily-cap", "-5"], "must not be negative", id="negative-cap"
+        ),
     ],
 )
 def test_user_mistakes_get_one_sentence_no_traceback(tmp_path, args, hint):

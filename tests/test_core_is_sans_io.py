@@ -38,6 +38,8 @@ def test_core_module_names_no_clock_env_or_io(module):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
-    assert imported.isdisjoint({"os", "time", "random", "secrets", "socket", "sqlite3", "flask", "waitress", "io"})
+    assert imported.isdisjoint(
+        {"os", "time", "random", "secrets", "socket", "sqlite3", "flask", "waitress", "io"}
+    )
     source = (CORE / module).read_text()
     assert "open(" not in source

@@ -23,7 +23,9 @@ def client(db_path: Path, store: SQLiteStore) -> Any:
     return create_app(Config(db=str(db_path)), store=store, clock_ms=lambda: RECEIVED_MS).test_client()
 
 
-def ingest_one(client: Any, key: str, db_path: Path, item: dict[str, Any], path: str = "/v1/batch") -> list[dict[str, Any]]:
+def ingest_one(
+    client: Any, key: str, db_path: Path, item: dict[str, Any], path: str = "/v1/batch"
+) -> list[dict[str, Any]]:
     body = {"batch": [item]} if path.endswith("batch") else item
     response = post(client, path, body, key)
     assert response.status_code == 200, response.data
@@ -181,7 +183,9 @@ def test_measures_keep_priority_keys_first_then_input_order_up_to_20(client, key
     properties = {f"m{i:02d}": i for i in range(25)}
     properties.update({"quantity": 2, "tax": 1.5, "revenue": 10, "price": 5, "total": 20})
     [row] = ingest_one(client, key, db_path, track("x", properties=properties))
-    assert list(row["measures"]) == ["revenue", "total", "price", "quantity"] + [f"m{i:02d}" for i in range(16)]
+    assert list(row["measures"]) == ["revenue", "total", "price", "quantity"] + [
+        f"m{i:02d}" for i in range(16)
+    ]
 
 
 def test_dims_capped_at_40_reserved_not_counted(client, key, db_path):
@@ -189,7 +193,9 @@ def test_dims_capped_at_40_reserved_not_counted(client, key, db_path):
     item = {"type": "page", "name": "Home", "userId": "u", "messageId": "m", "properties": properties,
             "context": {"os": {"name": "iOS"}, "app": {"version": "1"}, "device": {"model": "X"}}}  # fmt: skip
     [row] = ingest_one(client, key, db_path, item)
-    assert list(row["dims"]) == ["name", "app_version", "os", "device_model"] + [f"d{i:02d}" for i in range(40)]
+    assert list(row["dims"]) == ["name", "app_version", "os", "device_model"] + [
+        f"d{i:02d}" for i in range(40)
+    ]
 
 
 def test_reserved_dims_win_over_same_named_properties(client, key, db_path):
@@ -263,7 +269,12 @@ def test_user_and_anonymous_ids(client, key, db_path, ids, external_id, install_
     ],
 )
 def test_item_without_ids_is_dropped_rest_of_batch_succeeds(client, key, db_path, ids):
-    batch = {"batch": [{"type": "track", "event": "dropped", "messageId": "m1", **ids}, track("kept", messageId="m2")]}
+    batch = {
+        "batch": [
+            {"type": "track", "event": "dropped", "messageId": "m1", **ids},
+            track("kept", messageId="m2"),
+        ]
+    }
     response = post(client, "/v1/batch", batch, key)
     assert (response.status_code, response.data) == (200, b'{"success": true}')
     assert [row["event_name"] for row in read_rows(db_path)] == ["kept"]

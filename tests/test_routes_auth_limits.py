@@ -5,7 +5,6 @@ import gzip
 import json
 import sqlite3
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,9 +62,17 @@ def test_single_event_type_from_path_or_body(client, key, db_path, path, extra, 
     assert row["event_type"] == event_type
 
 
-@pytest.mark.parametrize("path", ["/v1/batch", "/batch", "/v1/b", "/v1/import", "/api/s/s2s/batch", "/", "/v1/x"])
+@pytest.mark.parametrize(
+    "path", ["/v1/batch", "/batch", "/v1/b", "/v1/import", "/api/s/s2s/batch", "/", "/v1/x"]
+)
 def test_batch_routes(client, key, db_path, path):
-    batch = {"batch": [item(type="track", messageId="1"), item(type="page", messageId="2"), item(type="i", messageId="3")]}
+    batch = {
+        "batch": [
+            item(type="track", messageId="1"),
+            item(type="page", messageId="2"),
+            item(type="i", messageId="3"),
+        ]
+    }
     assert post(client, path, batch, key).data == SUCCESS
     assert [row["event_type"] for row in read_rows(db_path)] == ["track", "page", "identify"]
 
@@ -120,7 +127,10 @@ def test_prefix_mount(db_path, store, key):
     app = create_app(Config(db=str(db_path), prefix="/segment-ingest"), store=store)
     client = app.test_client()
     assert post(client, "/segment-ingest/v1/track", item(), key).data == SUCCESS
-    assert post(client, "/segment-ingest/v1/batch", {"batch": [item(type="page", messageId="2")]}, key).data == SUCCESS
+    assert (
+        post(client, "/segment-ingest/v1/batch", {"batch": [item(type="page", messageId="2")]}, key).data
+        == SUCCESS
+    )
     assert client.get("/segment-ingest/health").status_code == 200
     outside = post(client, "/v1/track", item(messageId="3"), key)
     assert outside.status_code == 404
@@ -189,7 +199,11 @@ def test_settings_point_back_at_this_server(client, key):
     assert response.status_code == 200
     settings = response.get_json()
     segment = settings["integrations"]["Segment.io"]
-    assert (segment["apiKey"], segment["apiHost"], segment["protocol"]) == (key, "ingest.example:8080/v1", "http")
+    assert (segment["apiKey"], segment["apiHost"], segment["protocol"]) == (
+        key,
+        "ingest.example:8080/v1",
+        "http",
+    )
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
 
@@ -231,7 +245,9 @@ def test_basic_auth_password_ignored(client, key):
 
 
 def test_x_write_key_header(client, key):
-    assert client.post("/api/s/s2s/track", data=json.dumps(item()), headers={"X-Write-Key": key}).data == SUCCESS
+    assert (
+        client.post("/api/s/s2s/track", data=json.dumps(item()), headers={"X-Write-Key": key}).data == SUCCESS
+    )
 
 
 def test_body_write_key(client, key):
@@ -254,7 +270,12 @@ def test_first_place_with_a_key_decides(client, key, store):
     assert client.post("/v1/track", data=json.dumps(item()), headers=empty_basic).data == SUCCESS
     # X-Write-Key decides over the body.
     headers = {"X-Write-Key": secret}
-    assert client.post("/v1/track", data=json.dumps(item(writeKey=key, messageId="2")), headers=headers).status_code == 401
+    assert (
+        client.post(
+            "/v1/track", data=json.dumps(item(writeKey=key, messageId="2")), headers=headers
+        ).status_code
+        == 401
+    )
 
 
 def _auth_failures(store: SQLiteStore, key: str) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
@@ -271,7 +292,10 @@ def _auth_failures(store: SQLiteStore, key: str) -> dict[str, tuple[dict[str, st
         "masked-body-key": ({}, item(writeKey="2kd8f:***")),
         "not-basic": ({"Authorization": f"Bearer {key}"}, item()),
         "bad-base64": ({"Authorization": "Basic %%%"}, item()),
-        "non-utf8-credentials": ({"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:").decode()}, item()),
+        "non-utf8-credentials": (
+            {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:").decode()},
+            item(),
+        ),
         "body-key-not-string": ({}, item(writeKey=12)),
         "prefix-of-real-key": (basic(key[:-1]), item()),
     }
@@ -280,7 +304,9 @@ def _auth_failures(store: SQLiteStore, key: str) -> dict[str, tuple[dict[str, st
 def test_every_auth_failure_is_the_same_401(client, store, key, db_path):
     responses = {}
     for name, (headers, body) in _auth_failures(store, key).items():
-        response = client.post("/v1/track", data=json.dumps(body), headers={"Origin": "http://o.example", **headers})
+        response = client.post(
+            "/v1/track", data=json.dumps(body), headers={"Origin": "http://o.example", **headers}
+        )
         responses[name] = (response.status_code, response.data, sorted(response.headers.items()))
     first = next(iter(responses.values()))
     assert first[0] == 401 and first[1] == UNAUTHORIZED
@@ -374,7 +400,9 @@ def test_invalid_json(client, key, body):
 
 
 def test_corrupt_gzip_is_invalid_json(client, key):
-    response = client.post("/v1/batch", data=b"\x1f\x8b\x08\x00nonsense", headers={**basic(key), "Content-Encoding": "gzip"})
+    response = client.post(
+        "/v1/batch", data=b"\x1f\x8b\x08\x00nonsense", headers={**basic(key), "Content-Encoding": "gzip"}
+    )
     assert (response.status_code, response.data) == (400, error("Invalid JSON", "invalid_json"))
 
 

@@ -35,7 +35,9 @@ class Server:
     process: subprocess.Popen[str]
     prefix: str = ""
 
-    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             conn.request(method, self.prefix + path, body=body, headers=headers or {})
@@ -48,7 +50,18 @@ class Server:
 def start_server(tmp_path: Path, *extra: str, prefix: str = "") -> Server:
     port = free_port()
     db = tmp_path / "serve.db"
-    args = [sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port), "--log-level", "warning"]
+    args = [
+        sys.executable,
+        "-m",
+        "drengr",
+        "serve",
+        "--db",
+        str(db),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     if prefix:
         args += ["--prefix", prefix]
     process = subprocess.Popen([*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -86,7 +99,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def rows(db: Path) -> list[tuple[str, ...]]:
     conn = sqlite3.connect(db)
     try:
-        return conn.execute("SELECT event_name, external_id, dims, measures, tenant_id FROM semantic_events").fetchall()
+        return conn.execute(
+            "SELECT event_name, external_id, dims, measures, tenant_id FROM semantic_events"
+        ).fetchall()
     finally:
         conn.close()
 
@@ -127,7 +142,9 @@ def test_bodies_over_4mib_are_refused_by_waitress_and_between_get_our_400(server
     assert status == 400 and json.loads(body)["error"] == "Request too large"
     # Only the head is sent: waitress answers from Content-Length without reading the body.
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (4 * 1024 * 1024 + 1))
+        sock.sendall(
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (4 * 1024 * 1024 + 1)
+        )
         assert sock.recv(100).startswith(b"HTTP/1.1 413")
 
 
@@ -146,7 +163,13 @@ def test_prefix_over_http(tmp_path):
 
 def test_wsgi_entry_point_reads_environment(tmp_path):
     program = "import wsgi; print(type(wsgi.application).__name__)"
-    env = {**os.environ, "DRENGR_DB": str(tmp_path / "w.db"), "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=60)
+    env = {
+        **os.environ,
+        "DRENGR_DB": str(tmp_path / "w.db"),
+        "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.stdout.strip() == "Flask", result.stderr
     assert (tmp_path / "w.db").exists()

@@ -75,7 +75,9 @@ def test_dedup_is_per_tenant(store, db_path):
         pytest.param(DAY0, 7 * MS_PER_DAY, id="seven-days-later"),
         # The last millisecond of a 7-day generation, repeated 7 days later: two generations on.
         pytest.param((generation(DAY0) + 1) * 7 * MS_PER_DAY - 1, 7 * MS_PER_DAY, id="across-generations"),
-        pytest.param(generation(DAY0) * 7 * MS_PER_DAY, 7 * MS_PER_DAY + MS_PER_DAY - 1, id="start-of-generation"),
+        pytest.param(
+            generation(DAY0) * 7 * MS_PER_DAY, 7 * MS_PER_DAY + MS_PER_DAY - 1, id="start-of-generation"
+        ),
     ],
 )
 def test_repeat_within_seven_days_is_never_stored_twice(store, db_path, first_ms, repeat_after_ms):
@@ -88,7 +90,9 @@ def test_old_dedup_generations_are_dropped_whole(store, db_path):
     store.write("acme", [row("a")], DAY0)
     store.write("acme", [row("b")], DAY0 + 21 * MS_PER_DAY)
     conn = sqlite3.connect(db_path)
-    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'event_ids_%'")}
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'event_ids_%'")
+    }
     conn.close()
     later = generation(DAY0 + 21 * MS_PER_DAY)
     assert tables == {f"event_ids_{later}", f"event_ids_{later - 1}"}
@@ -130,9 +134,7 @@ def test_concurrent_requests_share_commits(store, db_path):
     before = store.group_commits
     holder = sqlite3.connect(db_path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
-    threads = [
-        threading.Thread(target=store.write, args=("acme", [row(f"t{i}")], DAY0)) for i in range(10)
-    ]
+    threads = [threading.Thread(target=store.write, args=("acme", [row(f"t{i}")], DAY0)) for i in range(10)]
     for thread in threads:
         thread.start()
     while store._queue.qsize() < 9:  # noqa: SLF001 - wait until they are all queued

@@ -254,9 +254,7 @@ class Document:
         rows: list[tuple[Any, ...]] = []
         dropped: dict[str, int] = {}
         for item in self._items(single_type):
-            result = _map_item(
-                item, single_type, batch_sent_at, received_at_ms, self._mapper.pii
-            )
+            result = _map_item(item, single_type, batch_sent_at, received_at_ms, self._mapper.pii)
             if isinstance(result, str):
                 dropped[result] = dropped.get(result, 0) + 1
                 continue
@@ -298,7 +296,9 @@ def _map_item(
     source: dict[str, Any] | None = None
     if event_type == "track":
         raw_name = item.get("event")
-        event_name = normalize_event_name(raw_name) if isinstance(raw_name, str) else ""
+        if not isinstance(raw_name, str) or isinstance(raw_name, BigLiteral):
+            return DROP_NO_EVENT_NAME  # a number is not an event name
+        event_name = normalize_event_name(raw_name)
         if not event_name:
             return DROP_NO_EVENT_NAME
         if event_name != raw_name:
@@ -353,7 +353,8 @@ def _map_item(
 
 
 def _get_path(obj: dict[str, Any] | None, first: str, second: str) -> Any:
-    return _get_object(obj, first).get(second) if _get_object(obj, first) else None
+    parent = _get_object(obj, first)
+    return None if parent is None else parent.get(second)
 
 
 def _set_reserved(reserved: dict[str, str], key: str, value: Any, pii: tuple[str, ...]) -> None:

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_db(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
-            "--db", default=_env("db", "drengr.db"), help="SQLite database file (DRENGR_DB; default ./drengr.db)"
+            "--db",
+            default=_env("db", "drengr.db"),
+            help="SQLite database file (DRENGR_DB; default ./drengr.db)",
         )
 
     serve = commands.add_parser("serve", help="run the ingest server (waitress)")
@@ -131,7 +133,10 @@ def keys(args: argparse.Namespace) -> int:
             if not args.tenant:
                 raise UsageError("Say which tenant the key is for: drengr keys create --tenant NAME.")
             key = store.create_key(args.tenant, args.kind)
-            print(f"Created a {args.kind} key for tenant {args.tenant!r}; it is shown only now:", file=sys.stderr)
+            print(
+                f"Created a {args.kind} key for tenant {args.tenant!r}; it is shown only now:",
+                file=sys.stderr,
+            )
             print(key)
         elif args.keys_command == "list":
             rows = store.list_keys()
@@ -139,7 +144,9 @@ def keys(args: argparse.Namespace) -> int:
                 print("No keys yet: create one with drengr keys create --tenant NAME.", file=sys.stderr)
             print(f"{'KEY_ID':<14}{'TENANT':<20}{'KIND':<13}{'CREATED':<26}REVOKED")
             for info in rows:
-                print(f"{info.key_id:<14}{info.tenant_id:<20}{info.kind:<13}{info.created_at:<26}{info.revoked_at or '-'}")
+                print(
+                    f"{info.key_id:<14}{info.tenant_id:<20}{info.kind:<13}{info.created_at:<26}{info.revoked_at or '-'}"
+                )
         else:
             if not store.revoke_key(args.key):
                 raise UsageError("No active key matches that: check it with drengr keys list.")
@@ -178,7 +185,11 @@ def serve(args: argparse.Namespace) -> int:
     config = Config(db=args.db, durability=args.durability, prefix=prefix)
     app = create_app(config, store=store)
     gc.freeze()  # the start-up objects never need collecting; keeps GC pauses off the hot path
-    print(f"Listening on http://{args.host}:{args.port}{prefix}/  (database {args.db})", file=sys.stderr, flush=True)
+    print(
+        f"Listening on http://{args.host}:{args.port}{prefix}/  (database {args.db})",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         waitress.serve(
             app,
@@ -194,7 +205,9 @@ def serve(args: argparse.Namespace) -> int:
             _quiet=True,
         )
     except OSError as error:
-        raise UsageError(f"Cannot listen on {args.host}:{args.port} ({error.strerror}): pick another --port.") from None
+        raise UsageError(
+            f"Cannot listen on {args.host}:{args.port} ({error.strerror}): pick another --port."
+        ) from None
     finally:
         store.close()
     return 0

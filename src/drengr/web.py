@@ -134,7 +134,9 @@ class PrefixMiddleware:
             environ["PATH_INFO"] = path[len(self.prefix) :]
             return self.app(environ, start_response)
         body = NotFound().body()
-        start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        start_response(
+            "404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
         return [body]
 
 

@@ -54,7 +54,7 @@ def parse_ms(text: object) -> int | None:
     if match is None:
         return None
     year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
-    if not (1 <= month <= 12 and 1 <= day and hour <= 23 and minute <= 59 and second <= 59):
+    if not (1 <= month <= 12 and day >= 1 and hour <= 23 and minute <= 59 and second <= 59):
         return None
     if day > _DAYS_IN_MONTH[month - 1] + (month == 2 and _is_leap(year)):
         return None

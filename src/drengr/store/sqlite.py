@@ -127,14 +127,14 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
             db = sqlite_utils.Database(conn)
-            db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            db["tenants"].create(
+            db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            db.table("tenants").create(
                 {"tenant_id": str, "daily_cap": int, "created_at": str},
                 pk="tenant_id",
                 not_null={"daily_cap", "created_at"},
                 if_not_exists=True,
             )
-            db["api_keys"].create(
+            db.table("api_keys").create(
                 {
                     "key_hash": str, "key_id": str, "tenant_id": str, "kind": str,
                     "created_at": str, "revoked_at": str,
@@ -144,14 +144,14 @@ class SQLiteStore:
                 foreign_keys=[("tenant_id", "tenants", "tenant_id")],
                 if_not_exists=True,
             )  # fmt: skip
-            db["daily_usage"].create(
+            db.table("daily_usage").create(
                 {"tenant_id": str, "day": int, "events": int},
                 pk=("tenant_id", "day"),
                 not_null={"events"},
                 if_not_exists=True,
             )
             # Column types and NOT NULL exactly as the SPEC's table; no index (append-only).
-            db["semantic_events"].create(
+            db.table("semantic_events").create(
                 {
                     "tenant_id": str, "event_id": str, "event_name": str, "event_type": str,
                     "external_id": str, "install_id": str, "occurred_at": str,
@@ -163,7 +163,7 @@ class SQLiteStore:
                 },
                 if_not_exists=True,
             )  # fmt: skip
-            db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+            db.table("meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             if conn.in_transaction:
@@ -198,7 +198,7 @@ class SQLiteStore:
 
     def is_new(self) -> bool:
         db = self._admin()
-        return db["tenants"].count == 0 and db["api_keys"].count == 0
+        return db.table("tenants").count == 0 and db.table("api_keys").count == 0
 
     def _ensure_tenant(self, conn: sqlite3.Connection, tenant_id: str) -> None:
         conn.execute(
@@ -352,10 +352,10 @@ class SQLiteStore:
     def _dedup_tables(self, conn: sqlite3.Connection, received_at_ms: int) -> tuple[str, str]:
         current = generation(received_at_ms)
         if current not in self._known_generations:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS event_ids_{current} (k BLOB PRIMARY KEY) WITHOUT ROWID")
             conn.execute(
-                f"CREATE TABLE IF NOT EXISTS event_ids_{current} (k BLOB PRIMARY KEY) WITHOUT ROWID"
+                f"CREATE TABLE IF NOT EXISTS event_ids_{current - 1} (k BLOB PRIMARY KEY) WITHOUT ROWID"
             )
-            conn.execute(f"CREATE TABLE IF NOT EXISTS event_ids_{current - 1} (k BLOB PRIMARY KEY) WITHOUT ROWID")
             for (name,) in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'event\\_ids\\_%' ESCAPE '\\'"
             ).fetchall():
@@ -394,7 +394,9 @@ class SQLiteStore:
             del fresh_rows[allowed:], fresh_keys[allowed:]
         conn.executemany(_INSERT_EVENTS, fresh_rows)
         conn.executemany(f"INSERT INTO {current} (k) VALUES (?)", fresh_keys)
-        return StoreOutcome(stored=len(fresh_rows), duplicates=duplicates, over_cap=len(digests) - duplicates - allowed)
+        return StoreOutcome(
+            stored=len(fresh_rows), duplicates=duplicates, over_cap=len(digests) - duplicates - allowed
+        )
 
     def _meter(self, conn: sqlite3.Connection, tenant_id: str, day: int, wanted: int) -> int:
         """How many of ``wanted`` new events fit under today's cap; counts them. Fails open."""
@@ -402,7 +404,9 @@ class SQLiteStore:
             return 0
         conn.execute("SAVEPOINT meter")
         try:
-            cap_row = conn.execute("SELECT daily_cap FROM tenants WHERE tenant_id = ?", (tenant_id,)).fetchone()
+            cap_row = conn.execute(
+                "SELECT daily_cap FROM tenants WHERE tenant_id = ?", (tenant_id,)
+            ).fetchone()
             cap = DEFAULT_DAILY_CAP_EVENTS if cap_row is None else cap_row[0]
             used_row = conn.execute(
                 "SELECT events FROM daily_usage WHERE tenant_id = ? AND day = ?", (tenant_id, day)

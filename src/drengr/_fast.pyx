@@ -1,0 +1,1665 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# distutils: language = c++
+"""The per-event hot path, compiled: the simdjson DOM walked from C++.
+
+Same names and the same output, byte for byte, as ``_fast_py`` (the
+oracle twin): SPEC "Event mapping", row by row. A body is parsed by the
+calling thread's own ``simdjson::dom::parser`` and each item is mapped by
+walking the DOM directly: no Python dict per item, the dims/measures JSON
+text is built in C, and an accepted event costs about ten Python objects
+(the row and its strings). The rare paths (non-ASCII event names and keys,
+ecommerce strings, the messageId fallback hash, non-ASCII ``type``) call
+the twin's own helpers, so both agree by construction.
+
+A parser is reused for every body its thread parses, which invalidates the
+previous document: a ``Document`` is bound to its thread and to the parse
+generation, and raises RuntimeError when used after either changed. No
+simdjson view leaves a method call.
+
+Imports only the standard library, ``drengr.core`` and ``drengr._fast_py``;
+links simdjson (compiled in by setup.py from pysimdjson's sources).
+"""
+
+cimport cython
+from cpython.pythread cimport PyThread_get_thread_ident
+from cython.operator cimport dereference as deref
+from cython.operator cimport preincrement as inc
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcmp, strlen
+
+import threading
+
+from . import _fast_py
+from .core import limits, routes
+from .core.errors import InvalidJSON
+
+# ------------------------------------------------------------------ C++ helpers
+# Plain C++ beside simdjson: buffers, JSON string escaping, number and
+# timestamp text, key sets. Nothing here touches Python objects except the
+# Python.h allocators; backslashes are spelled as numbers because this text
+# is a Python string literal.
+
+cdef extern from *:
+    """
+    #include <cmath>
+    #include <cstdint>
+    #include <cstdio>
+    #include <cstdlib>
+    #include <cstring>
+    #include <string>
+    #include <string_view>
+    #include <vector>
+    #include "simdjson.h"
+
+    namespace drengr {
+
+    typedef simdjson::dom::element El;
+    typedef simdjson::dom::object Obj;
+    typedef simdjson::dom::array Arr;
+    typedef simdjson::dom::parser Parser;
+
+    /* simdjson access through error codes; callers check the type first. */
+    static inline int el_kind(const El &e) { return (int)e.type(); }
+    static inline Obj el_obj(const El &e) {
+        return e.get_object().value_unsafe();
+    }
+    static inline Arr el_arr(const El &e) {
+        return e.get_array().value_unsafe();
+    }
+    static inline const char *el_str(const El &e, size_t *n) {
+        std::string_view v = e.get_string().value_unsafe();
+        *n = v.size();
+        return v.data();
+    }
+    static inline int64_t el_i64(const El &e) {
+        return e.get_int64().value_unsafe();
+    }
+    static inline uint64_t el_u64(const El &e) {
+        return e.get_uint64().value_unsafe();
+    }
+    static inline double el_f64(const El &e) {
+        return e.get_double().value_unsafe();
+    }
+    static inline bool el_bool(const El &e) {
+        return e.get_bool().value_unsafe();
+    }
+    /* simdjson's lookup returns the first of duplicated keys, as the twin. */
+    static inline bool obj_get(const Obj &o, const char *key, El *out) {
+        return o.at_key(std::string_view(key)).get(*out) == simdjson::SUCCESS;
+    }
+    static inline int parse_body(Parser *p, const char *buf, size_t n,
+                                 El *out) {
+        /* realloc_if_needed: Python bytes carry no SIMDJSON_PADDING. */
+        return (int)p->parse(buf, n, true).get(*out);
+    }
+    static inline const char *error_text(int code) {
+        return simdjson::error_message((simdjson::error_code)code);
+    }
+
+    /* A growable byte buffer; after a failed allocation it stops writing
+       and says so in `failed` (checked once per item). */
+    struct Buf {
+        char *p;
+        size_t n;
+        size_t cap;
+        bool failed;
+        Buf() : p(nullptr), n(0), cap(0), failed(false) {}
+        ~Buf() { std::free(p); }
+        Buf(const Buf &) = delete;
+        Buf &operator=(const Buf &) = delete;
+        bool reserve(size_t extra) {
+            if (n + extra <= cap) return true;
+            if (failed) return false;
+            size_t want = cap ? cap * 2 : 256;
+            while (want < n + extra) want *= 2;
+            char *q = (char *)std::realloc(p, want);
+            if (!q) { failed = true; return false; }
+            p = q;
+            cap = want;
+            return true;
+        }
+        void put(const char *s, size_t k) {
+            if (k && reserve(k)) { std::memcpy(p + n, s, k); n += k; }
+        }
+        void putc(char c) { if (reserve(1)) p[n++] = c; }
+        void clear() { n = 0; }
+    };
+
+    static unsigned char LOWER[256];
+    static unsigned char ESCAPE[256];   /* 0: raw; else the escape letter */
+    static unsigned char ESCAPED_SIZE[256];
+    static const char HEX[] = "0123456789abcdef";
+    static const double POW10[] = {
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+        1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    static const uint64_t POW10_INT[] = {
+        1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull,
+        10000000ull, 100000000ull, 1000000000ull, 10000000000ull,
+        100000000000ull, 1000000000000ull, 10000000000000ull,
+        100000000000000ull, 1000000000000000ull, 10000000000000000ull,
+        100000000000000000ull, 1000000000000000000ull,
+        10000000000000000000ull};
+
+    static void init_tables() {
+        for (int c = 0; c < 256; c++) {
+            LOWER[c] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32)
+                                              : (unsigned char)c;
+            ESCAPE[c] = c < 32 ? 'u' : 0;
+            ESCAPED_SIZE[c] = c < 32 ? 6 : 1;
+        }
+        /* json.dumps(s, ensure_ascii=False): quote, backslash and the five
+           short escapes; other controls as lowercase u00XX. */
+        const int shorts[7][2] = {{34, 34}, {92, 92}, {8, 'b'}, {12, 'f'},
+                                  {10, 'n'}, {13, 'r'}, {9, 't'}};
+        for (int i = 0; i < 7; i++) {
+            ESCAPE[shorts[i][0]] = (unsigned char)shorts[i][1];
+            ESCAPED_SIZE[shorts[i][0]] = 2;
+        }
+    }
+
+    /* "text" with json.dumps(ensure_ascii=False)'s escaping. */
+    static void put_json_string(Buf &b, const char *p, size_t n) {
+        if (!b.reserve(n * 6 + 2)) return;
+        char *o = b.p + b.n;
+        *o++ = 34;
+        for (size_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)p[i];
+            unsigned char e = ESCAPE[c];
+            if (!e) { *o++ = (char)c; continue; }
+            *o++ = 92;
+            *o++ = (char)e;
+            if (e == 'u') {
+                *o++ = '0';
+                *o++ = '0';
+                *o++ = HEX[c >> 4];
+                *o++ = HEX[c & 15];
+            }
+        }
+        *o++ = 34;
+        b.n = (size_t)(o - b.p);
+    }
+
+    static inline size_t json_string_size(const char *p, size_t n) {
+        size_t size = 2;
+        for (size_t i = 0; i < n; i++) size += ESCAPED_SIZE[(unsigned char)p[i]];
+        return size;
+    }
+
+    /* Bytes of the first `max_chars` code points (valid UTF-8 in, so a
+       code point starts at every byte that is not 10xxxxxx). */
+    static inline size_t utf8_prefix(const char *p, size_t n, size_t max_chars) {
+        if (n <= max_chars) return n;
+        size_t chars = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (((unsigned char)p[i] & 0xC0) != 0x80) {
+                if (chars == max_chars) return i;
+                chars++;
+            }
+        }
+        return n;
+    }
+
+    static inline bool is_ascii(const char *p, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+            if ((unsigned char)p[i] & 0x80) return false;
+        }
+        return true;
+    }
+
+    static inline uint64_t hash_bytes(const char *p, size_t n) {
+        uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
+        while (n >= 8) {
+            uint64_t w;
+            std::memcpy(&w, p, 8);
+            h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+            h ^= h >> 31;
+            p += 8;
+            n -= 8;
+        }
+        uint64_t w = 0;
+        std::memcpy(&w, p, n);
+        h = (h ^ w) * 0x94d049bb133111ebull;
+        return h ^ (h >> 29);
+    }
+
+    /* ---- numbers: str(int) and repr(float) */
+    static inline int fmt_u64(uint64_t v, char *out) {
+        char tmp[24];
+        int n = 0;
+        do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+        for (int i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+        return n;
+    }
+    static inline int fmt_i64(int64_t v, char *out) {
+        if (v < 0) {
+            out[0] = '-';
+            return 1 + fmt_u64(0 - (uint64_t)v, out + 1);
+        }
+        return fmt_u64((uint64_t)v, out);
+    }
+    /* repr(v) for the common case, else 0 (the caller asks CPython).
+       Python prints the shortest digits that round-trip, positionally
+       when 1e-4 <= |v| < 1e16. If r / 10**k == |v| exactly with
+       r < 10**15, that decimal has at most 15 significant digits; any two
+       such decimals reading as one double are equal (DBL_DIG), so it is
+       the shortest one. */
+    static int fmt_double(double v, char *out) {
+        if (v == 0) {
+            if (std::signbit(v)) { std::memcpy(out, "-0.0", 4); return 4; }
+            std::memcpy(out, "0.0", 3);
+            return 3;
+        }
+        double a = std::fabs(v);
+        if (!(a >= 1e-4 && a < 1e15)) return 0;
+        for (int k = 0; k <= 19; k++) {
+            double m = a * POW10[k];
+            if (m >= 1e15) return 0;
+            double r = std::nearbyint(m);
+            if (r / POW10[k] != a) continue;
+            uint64_t digits = (uint64_t)r;
+            int places = k;
+            while (places > 0 && digits % 10 == 0) { digits /= 10; places--; }
+            uint64_t whole = digits / POW10_INT[places];
+            uint64_t frac = digits % POW10_INT[places];
+            int n = 0;
+            if (v < 0) out[n++] = '-';
+            n += fmt_u64(whole, out + n);
+            out[n++] = '.';
+            if (places == 0) { out[n++] = '0'; return n; }
+            for (int j = places - 1; j >= 0; j--) {
+                out[n + j] = (char)('0' + frac % 10);
+                frac /= 10;
+            }
+            return n + places;
+        }
+        return 0;
+    }
+
+    /* ---- timestamps: core/timestamps.py in integer C */
+    static inline int64_t floordiv(int64_t a, int64_t b) {
+        int64_t q = a / b;
+        if ((a % b != 0) && ((a < 0) != (b < 0))) q--;
+        return q;
+    }
+    static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
+        y -= m <= 2;
+        int64_t era = floordiv(y, 400);
+        int64_t yoe = y - era * 400;
+        int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+        int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        return era * 146097 + doe - 719468;
+    }
+    static void civil_from_days(int64_t days, int64_t *y, int64_t *m,
+                                int64_t *d) {
+        days += 719468;
+        int64_t era = floordiv(days, 146097);
+        int64_t doe = days - era * 146097;
+        int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+        int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        int64_t mp = (5 * doy + 2) / 153;
+        *d = doy - (153 * mp + 2) / 5 + 1;
+        *m = mp < 10 ? mp + 3 : mp - 9;
+        *y = yoe + era * 400 + (*m <= 2);
+    }
+    static inline void put2(char *o, int64_t v) {
+        o[0] = (char)('0' + v / 10);
+        o[1] = (char)('0' + v % 10);
+    }
+    /* 2026-11-26T02:50:53.123Z (`out` holds 48 bytes) */
+    static int format_ms(int64_t ms, char *out) {
+        int64_t days = floordiv(ms, 86400000);
+        int64_t rest = ms - days * 86400000;
+        int64_t y, mo, d;
+        civil_from_days(days, &y, &mo, &d);
+        int64_t secs = rest / 1000, millis = rest % 1000;
+        int64_t hh = secs / 3600, mi = (secs % 3600) / 60, ss = secs % 60;
+        if (y < 0 || y > 9999) {
+            return std::snprintf(out, 48, "%04lld-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                                 (long long)y, (int)mo, (int)d, (int)hh,
+                                 (int)mi, (int)ss, (int)millis);
+        }
+        put2(out, y / 100);
+        put2(out + 2, y % 100);
+        out[4] = '-';
+        put2(out + 5, mo);
+        out[7] = '-';
+        put2(out + 8, d);
+        out[10] = 'T';
+        put2(out + 11, hh);
+        out[13] = ':';
+        put2(out + 14, mi);
+        out[16] = ':';
+        put2(out + 17, ss);
+        out[19] = '.';
+        out[20] = (char)('0' + millis / 100);
+        put2(out + 21, millis % 100);
+        out[23] = 'Z';
+        return 24;
+    }
+    static inline bool digits(const char *s, size_t at, size_t count,
+                              int64_t *value) {
+        int64_t v = 0;
+        for (size_t i = at; i < at + count; i++) {
+            if (s[i] < '0' || s[i] > '9') return false;
+            v = v * 10 + (s[i] - '0');
+        }
+        *value = v;
+        return true;
+    }
+    /* The twin's regex, by hand: YYYY-MM-DD[Tt ]hh:mm:ss, then .f{1,9},
+       then Z, z, +hh:mm, +hhmm or nothing; ASCII digits only. */
+    static bool parse_ms(const char *s, size_t n, int64_t *out) {
+        static const int month_days[12] = {31, 28, 31, 30, 31, 30,
+                                           31, 31, 30, 31, 30, 31};
+        int64_t year, month, day, hour, minute, second;
+        if (n < 19 || s[4] != '-' || s[7] != '-' || s[13] != ':' ||
+            s[16] != ':' || (s[10] != 'T' && s[10] != 't' && s[10] != ' '))
+            return false;
+        if (!digits(s, 0, 4, &year) || !digits(s, 5, 2, &month) ||
+            !digits(s, 8, 2, &day) || !digits(s, 11, 2, &hour) ||
+            !digits(s, 14, 2, &minute) || !digits(s, 17, 2, &second))
+            return false;
+        size_t i = 19;
+        int64_t millis = 0;
+        if (i < n && s[i] == '.') {
+            size_t start = ++i;
+            while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+            size_t count = i - start;
+            if (count < 1 || count > 9) return false;
+            for (size_t j = 0; j < 3; j++) {
+                millis = millis * 10 + (j < count ? s[start + j] - '0' : 0);
+            }
+        }
+        int64_t offset_minutes = 0;
+        if (i < n) {
+            if (s[i] == 'Z' || s[i] == 'z') {
+                i++;
+            } else if (s[i] == '+' || s[i] == '-') {
+                bool minus = s[i] == '-';
+                int64_t oh, om;
+                i++;
+                if (n - i < 4 || !digits(s, i, 2, &oh)) return false;
+                i += 2;
+                if (s[i] == ':') i++;
+                if (n - i < 2 || !digits(s, i, 2, &om)) return false;
+                i += 2;
+                if (oh > 23 || om > 59) return false;
+                offset_minutes = minus ? -(oh * 60 + om) : oh * 60 + om;
+            } else {
+                return false;
+            }
+        }
+        if (i != n) return false;
+        if (month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 ||
+            second > 59)
+            return false;
+        bool leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        if (day > month_days[month - 1] + (month == 2 && leap)) return false;
+        int64_t seconds = days_from_civil(year, month, day) * 86400 +
+                          hour * 3600 + minute * 60 + second;
+        *out = (seconds - offset_minutes * 60) * 1000 + millis;
+        return true;
+    }
+
+    /* ---- event names: normalize_event_name for ASCII input */
+    static inline bool is_alnum(unsigned char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    }
+    /* False when the name is not ASCII (the twin decides). */
+    static bool normalize_ascii(const char *p, size_t n, size_t max_chars,
+                                Buf &out) {
+        out.clear();
+        if (!is_ascii(p, n) || !out.reserve(n + 1)) return false;
+        bool gap = false;
+        for (size_t i = 0; i < n; i++) {
+            unsigned char c = LOWER[(unsigned char)p[i]];
+            if (!is_alnum(c)) { gap = true; continue; }
+            if (gap && out.n) out.p[out.n++] = '_';
+            gap = false;
+            out.p[out.n++] = (char)c;
+        }
+        if (out.n > max_chars) out.n = max_chars;
+        while (out.n && out.p[out.n - 1] == '_') out.n--;
+        return true;
+    }
+
+    /* ---- word lists built at import from the twin's constants */
+    enum { WORDS_TYPES, WORDS_ECOMMERCE, WORDS_PRIORITY, WORDS_NUMERIC,
+           WORDS_COUNT };
+    static std::vector<std::string> WORDS[WORDS_COUNT];
+    static std::vector<int> TYPE_CODES;
+    static void words_add(int list, const char *p, size_t n, int code) {
+        WORDS[list].emplace_back(p, n);
+        if (list == WORDS_TYPES) TYPE_CODES.push_back(code);
+    }
+    /* Index of p in the list (exact bytes), else -1. */
+    static inline int words_find(int list, const char *p, size_t n) {
+        const std::vector<std::string> &w = WORDS[list];
+        for (size_t i = 0; i < w.size(); i++) {
+            if (w[i].size() == n && std::memcmp(w[i].data(), p, n) == 0)
+                return (int)i;
+        }
+        return -1;
+    }
+    /* canonical_type for ASCII: -1 unknown, -2 not ASCII (ask Python). */
+    static int type_code(const char *p, size_t n) {
+        char low[16];
+        if (!is_ascii(p, n)) return -2;
+        if (n > sizeof(low)) return -1;
+        for (size_t i = 0; i < n; i++) low[i] = (char)LOWER[(unsigned char)p[i]];
+        int at = words_find(WORDS_TYPES, low, n);
+        return at < 0 ? -1 : TYPE_CODES[at];
+    }
+
+    /* ---- is_pii_key for ASCII keys: substring search after lowercasing,
+       prefiltered by the fragments' first two bytes. */
+    struct PiiMatcher {
+        std::vector<std::string> fragments;
+        unsigned char single[256];
+        uint64_t bigram[1024];
+        bool everything;
+        PiiMatcher() : everything(false) {
+            std::memset(single, 0, sizeof single);
+            std::memset(bigram, 0, sizeof bigram);
+        }
+        /* `p` is a fragment already lowercased by Python. A non-ASCII
+           fragment cannot occur in a lowercased ASCII key: skipped here. */
+        void add(const char *p, size_t n) {
+            if (n == 0) { everything = true; return; }
+            if (!is_ascii(p, n)) return;
+            if (n == 1) { single[(unsigned char)p[0]] = 1; return; }
+            unsigned pair = (unsigned)(unsigned char)p[0] << 8
+                            | (unsigned char)p[1];
+            bigram[pair >> 6] |= 1ull << (pair & 63);
+            fragments.emplace_back(p, n);
+        }
+        /* 1: PII; 0: not; -1: the key is not ASCII (ask Python). A match
+           inside an ASCII run is final: lower() keeps such runs intact. */
+        int test(const char *k, size_t n) const {
+            if (everything) return 1;
+            for (size_t i = 0; i < n; i++) {
+                unsigned char c = (unsigned char)k[i];
+                if (c & 0x80) return -1;
+                c = LOWER[c];
+                if (single[c]) return 1;
+                if (i + 1 >= n) break;
+                unsigned char c2 = LOWER[(unsigned char)k[i + 1]];
+                unsigned pair = (unsigned)c << 8 | c2;
+                if (!((bigram[pair >> 6] >> (pair & 63)) & 1)) continue;
+                for (const std::string &f : fragments) {
+                    if ((unsigned char)f[0] != c || (unsigned char)f[1] != c2 ||
+                        f.size() > n - i)
+                        continue;
+                    size_t j = 2;
+                    while (j < f.size() &&
+                           LOWER[(unsigned char)k[i + j]] == (unsigned char)f[j])
+                        j++;
+                    if (j == f.size()) return 1;
+                }
+            }
+            return 0;
+        }
+    };
+
+    /* First-wins duplicate detection over one object's keys (the twin's
+       dicts keep the first of duplicated keys; simdjson keeps them all). */
+    struct KeySet {
+        struct Slot { const char *p; uint64_t h; uint32_t n; uint32_t used; };
+        const char *lp[16];
+        uint32_t ln[16];
+        uint32_t count;
+        uint64_t bloom;
+        Slot *table;
+        size_t mask;
+        bool hashed;
+        KeySet() : count(0), bloom(0), table(nullptr), mask(0), hashed(false) {}
+        ~KeySet() { std::free(table); }
+        KeySet(const KeySet &) = delete;
+        KeySet &operator=(const KeySet &) = delete;
+        int start(size_t size) {
+            count = 0;
+            bloom = 0;
+            hashed = size > 16;
+            if (!hashed) return 0;
+            size_t cap = 64;
+            while (cap < size * 2) cap <<= 1;
+            if (!table || cap > mask + 1) {
+                std::free(table);
+                table = (Slot *)std::calloc(cap, sizeof(Slot));
+                if (!table) { mask = 0; return -1; }
+                mask = cap - 1;
+            } else {
+                std::memset((void *)table, 0, (mask + 1) * sizeof(Slot));
+            }
+            return 0;
+        }
+        /* True the first time a key is seen in this object. */
+        bool add(const char *p, uint32_t n) {
+            if (!hashed) {
+                unsigned mix = n * 7u;
+                if (n) mix += (unsigned char)p[0] * 3u + (unsigned char)p[n - 1];
+                uint64_t bit = 1ull << (mix & 63);
+                if (bloom & bit) {
+                    for (uint32_t j = 0; j < count; j++) {
+                        if (ln[j] == n && std::memcmp(lp[j], p, n) == 0)
+                            return false;
+                    }
+                }
+                bloom |= bit;
+                lp[count] = p;
+                ln[count] = n;
+                count++;
+                return true;
+            }
+            uint64_t h = hash_bytes(p, n);
+            size_t i = (size_t)h & mask;
+            while (table[i].used) {
+                if (table[i].h == h && table[i].n == n &&
+                    std::memcmp(table[i].p, p, n) == 0)
+                    return false;
+                i = (i + 1) & mask;
+            }
+            table[i].p = p;
+            table[i].h = h;
+            table[i].n = n;
+            table[i].used = 1;
+            return true;
+        }
+    };
+
+    /* The keys already in dims, priority or others for one item (after
+       the 64-character cut), copied into an arena. */
+    struct Kept {
+        struct Slot { uint64_t h; uint32_t off; uint32_t n; };
+        static const int SLOTS = 512;
+        static const uint32_t EMPTY = 0xFFFFFFFFu;
+        Slot slots[SLOTS];
+        uint16_t used[SLOTS];
+        int n_used;
+        Buf arena;
+        Kept() : n_used(0) {
+            for (int i = 0; i < SLOTS; i++) slots[i].n = EMPTY;
+        }
+        void reset() {
+            for (int i = 0; i < n_used; i++) slots[used[i]].n = EMPTY;
+            n_used = 0;
+            arena.clear();
+        }
+        bool has(const char *p, size_t n, uint64_t h) const {
+            size_t i = (size_t)h & (SLOTS - 1);
+            while (slots[i].n != EMPTY) {
+                const Slot &s = slots[i];
+                if (s.h == h && s.n == n &&
+                    std::memcmp(arena.p + s.off, p, n) == 0)
+                    return true;
+                i = (i + 1) & (SLOTS - 1);
+            }
+            return false;
+        }
+        void add(const char *p, size_t n, uint64_t h) {
+            if (n_used >= SLOTS / 2) { arena.failed = true; return; }
+            size_t i = (size_t)h & (SLOTS - 1);
+            while (slots[i].n != EMPTY) i = (i + 1) & (SLOTS - 1);
+            slots[i].h = h;
+            slots[i].off = (uint32_t)arena.n;
+            slots[i].n = (uint32_t)n;
+            used[n_used++] = (uint16_t)i;
+            arena.put(p, n);
+        }
+    };
+
+    /* Per-thread working memory, reused by every map() on that thread. */
+    struct Scratch {
+        Buf dims, measures, others, tmp, key, name, num;
+        Buf priority[4];
+        size_t others_end[64];
+        int n_others;
+        int n_dims;
+        int n_dim_entries;
+        bool busy;
+        Kept kept;
+        Scratch() : n_others(0), n_dims(0), n_dim_entries(0), busy(false) {}
+        void start_item() {
+            dims.clear();
+            others.clear();
+            for (int i = 0; i < 4; i++) priority[i].clear();
+            n_others = 0;
+            n_dims = 0;
+            n_dim_entries = 0;
+            kept.reset();
+            dims.putc('{');
+        }
+        bool failed() const {
+            return dims.failed || measures.failed || others.failed ||
+                   tmp.failed || key.failed || name.failed || num.failed ||
+                   priority[0].failed || priority[1].failed ||
+                   priority[2].failed || priority[3].failed ||
+                   kept.arena.failed;
+        }
+    };
+
+    /* The item's top-level members the mapping reads, found in one pass;
+       the first of duplicated keys wins. */
+    enum { F_TYPE, F_USER_ID, F_ANONYMOUS_ID, F_EVENT, F_PROPERTIES,
+           F_TRAITS, F_CONTEXT, F_TIMESTAMP, F_ORIGINAL_TIMESTAMP, F_SENT_AT,
+           F_MESSAGE_ID, F_NAME, F_GROUP_ID, F_PREVIOUS_ID, F_COUNT };
+    struct Fields {
+        El v[F_COUNT];
+        bool has[F_COUNT];
+    };
+    static inline int field_of(const char *k, uint32_t n) {
+    #define DRENGR_IS(word) (std::memcmp(k, word, n) == 0)
+        switch (n) {
+        case 4:
+            if (DRENGR_IS("type")) return F_TYPE;
+            if (DRENGR_IS("name")) return F_NAME;
+            return -1;
+        case 5: return DRENGR_IS("event") ? F_EVENT : -1;
+        case 6:
+            if (DRENGR_IS("userId")) return F_USER_ID;
+            if (DRENGR_IS("traits")) return F_TRAITS;
+            if (DRENGR_IS("sentAt")) return F_SENT_AT;
+            return -1;
+        case 7:
+            if (DRENGR_IS("context")) return F_CONTEXT;
+            if (DRENGR_IS("groupId")) return F_GROUP_ID;
+            return -1;
+        case 9:
+            if (DRENGR_IS("timestamp")) return F_TIMESTAMP;
+            if (DRENGR_IS("messageId")) return F_MESSAGE_ID;
+            return -1;
+        case 10:
+            if (DRENGR_IS("properties")) return F_PROPERTIES;
+            if (DRENGR_IS("previousId")) return F_PREVIOUS_ID;
+            return -1;
+        case 11: return DRENGR_IS("anonymousId") ? F_ANONYMOUS_ID : -1;
+        case 17: return DRENGR_IS("originalTimestamp") ? F_ORIGINAL_TIMESTAMP : -1;
+        default: return -1;
+        }
+    #undef DRENGR_IS
+    }
+    static void scan_fields(const Obj &o, Fields &f) {
+        for (int i = 0; i < F_COUNT; i++) f.has[i] = false;
+        for (Obj::iterator it = o.begin(); it != o.end(); ++it) {
+            int at = field_of(it.key_c_str(), it.key_length());
+            if (at >= 0 && !f.has[at]) {
+                f.has[at] = true;
+                f.v[at] = it.value();
+            }
+        }
+    }
+
+    }  // namespace drengr
+    """
+    int SIMDJSON_SUCCESS "simdjson::SUCCESS"
+    int SIMDJSON_MEMALLOC "simdjson::MEMALLOC"
+    int SIMDJSON_DEPTH_ERROR "simdjson::DEPTH_ERROR"
+    int SIMDJSON_UTF8_ERROR "simdjson::UTF8_ERROR"
+    int SIMDJSON_EMPTY "simdjson::EMPTY"
+
+    cdef cppclass Element "drengr::El":
+        Element()
+
+    cdef cppclass Object "drengr::Obj":
+        cppclass iterator:
+            iterator()
+            iterator& operator++()
+            bint operator!=(iterator)
+            uint32_t key_length()
+            const char* key_c_str()
+            Element value()
+        Object()
+        iterator begin()
+        iterator end()
+        size_t size()
+
+    cdef cppclass Array "drengr::Arr":
+        cppclass iterator:
+            iterator()
+            iterator& operator++()
+            bint operator!=(iterator)
+            Element operator*()
+        Array()
+        iterator begin()
+        iterator end()
+        size_t size()
+
+    cdef cppclass Parser "drengr::Parser":
+        Parser()
+
+    cdef cppclass Buf "drengr::Buf":
+        char* p
+        size_t n
+        bint failed
+        void put(const char*, size_t)
+        void putc(char)
+        void clear()
+
+    cdef cppclass PiiMatcher "drengr::PiiMatcher":
+        void add(const char*, size_t) except +
+        int test(const char*, size_t)
+
+    cdef cppclass KeySet "drengr::KeySet":
+        int start(size_t)
+        bint add(const char*, uint32_t)
+
+    cdef cppclass Kept "drengr::Kept":
+        bint has(const char*, size_t, uint64_t)
+        void add(const char*, size_t, uint64_t)
+
+    cdef cppclass Scratch "drengr::Scratch":
+        Buf dims, measures, others, tmp, key, name, num
+        Buf priority[4]
+        size_t others_end[64]
+        int n_others, n_dims, n_dim_entries
+        bint busy
+        Kept kept
+        void start_item()
+        bint failed()
+
+    cdef enum:
+        F_TYPE "drengr::F_TYPE"
+        F_USER_ID "drengr::F_USER_ID"
+        F_ANONYMOUS_ID "drengr::F_ANONYMOUS_ID"
+        F_EVENT "drengr::F_EVENT"
+        F_PROPERTIES "drengr::F_PROPERTIES"
+        F_TRAITS "drengr::F_TRAITS"
+        F_CONTEXT "drengr::F_CONTEXT"
+        F_TIMESTAMP "drengr::F_TIMESTAMP"
+        F_ORIGINAL_TIMESTAMP "drengr::F_ORIGINAL_TIMESTAMP"
+        F_SENT_AT "drengr::F_SENT_AT"
+        F_MESSAGE_ID "drengr::F_MESSAGE_ID"
+        F_NAME "drengr::F_NAME"
+        F_GROUP_ID "drengr::F_GROUP_ID"
+        F_PREVIOUS_ID "drengr::F_PREVIOUS_ID"
+        WORDS_TYPES "drengr::WORDS_TYPES"
+        WORDS_ECOMMERCE "drengr::WORDS_ECOMMERCE"
+        WORDS_PRIORITY "drengr::WORDS_PRIORITY"
+        WORDS_NUMERIC "drengr::WORDS_NUMERIC"
+
+    cdef cppclass Fields "drengr::Fields":
+        Element v[14]
+        bint has[14]
+
+    int el_kind "drengr::el_kind"(Element&)
+    Object el_obj "drengr::el_obj"(Element&)
+    Array el_arr "drengr::el_arr"(Element&)
+    const char* el_str "drengr::el_str"(Element&, size_t*)
+    int64_t el_i64 "drengr::el_i64"(Element&)
+    uint64_t el_u64 "drengr::el_u64"(Element&)
+    double el_f64 "drengr::el_f64"(Element&)
+    bint el_bool "drengr::el_bool"(Element&)
+    bint obj_get "drengr::obj_get"(Object&, const char*, Element*)
+    int parse_body "drengr::parse_body"(
+        Parser*, const char*, size_t, Element*) nogil
+    const char* error_text "drengr::error_text"(int)
+    void init_tables "drengr::init_tables"()
+    void put_json_string "drengr::put_json_string"(Buf&, const char*, size_t)
+    size_t json_string_size "drengr::json_string_size"(const char*, size_t)
+    size_t utf8_prefix "drengr::utf8_prefix"(const char*, size_t, size_t)
+    uint64_t hash_bytes "drengr::hash_bytes"(const char*, size_t)
+    int fmt_i64 "drengr::fmt_i64"(int64_t, char*)
+    int fmt_u64 "drengr::fmt_u64"(uint64_t, char*)
+    int fmt_double "drengr::fmt_double"(double, char*)
+    int format_ms "drengr::format_ms"(int64_t, char*)
+    bint parse_ms "drengr::parse_ms"(const char*, size_t, int64_t*)
+    bint normalize_ascii "drengr::normalize_ascii"(
+        const char*, size_t, size_t, Buf&)
+    void words_add "drengr::words_add"(int, const char*, size_t, int) except +
+    int words_find "drengr::words_find"(int, const char*, size_t)
+    int type_code "drengr::type_code"(const char*, size_t)
+    void scan_fields "drengr::scan_fields"(Object&, Fields&)
+
+
+cdef extern from "Python.h":
+    str PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
+    char* PyOS_double_to_string(
+        double val, char format_code, int precision, int flags, int* ptype
+    ) except NULL
+    int Py_DTSF_ADD_DOT_0
+    void PyMem_Free(void* p)
+
+
+# ------------------------------------------------------------------ constants
+# Everything numeric or listed comes from the contract modules, so the
+# compiled module cannot drift from the twin.
+
+BigLiteral = _fast_py.BigLiteral
+ECOMMERCE_EVENTS = _fast_py.ECOMMERCE_EVENTS
+TYPE_EVENT_NAMES = _fast_py.TYPE_EVENT_NAMES
+DROP_NOT_OBJECT = _fast_py.DROP_NOT_OBJECT
+DROP_UNKNOWN_TYPE = _fast_py.DROP_UNKNOWN_TYPE
+DROP_MISSING_ID = _fast_py.DROP_MISSING_ID
+DROP_NO_EVENT_NAME = _fast_py.DROP_NO_EVENT_NAME
+
+# The rare paths: the twin's own helpers.
+normalize_event_name = _fast_py.normalize_event_name
+is_pii_key = _fast_py.is_pii_key
+coerce_number_text = _fast_py.coerce_number_text
+fallback_event_id = _fast_py.fallback_event_id
+cdef object _canonical_type = routes.canonical_type
+
+cdef Py_ssize_t MAX_DIMS = limits.MAX_DIMS
+cdef Py_ssize_t MAX_MEASURES = limits.MAX_MEASURES
+cdef Py_ssize_t MAX_DIM_KEY_CHARS = limits.MAX_DIM_KEY_CHARS
+cdef Py_ssize_t MAX_DIM_VALUE_CHARS = limits.MAX_DIM_VALUE_CHARS
+cdef Py_ssize_t MAX_EVENT_NAME_CHARS = limits.MAX_EVENT_NAME_CHARS
+cdef int64_t MIN_OCCURRED_AT_MS = limits.MIN_OCCURRED_AT_MS
+cdef int64_t MAX_FUTURE_MS = limits.MAX_FUTURE_MS
+
+# Item type codes; -1 means "the body's `type` decides".
+cdef enum:
+    TRACK, IDENTIFY, PAGE, SCREEN, GROUP, ALIAS, OTHER_TYPE
+
+# Drop reason codes returned by _map_item (0 means a row was appended).
+cdef enum:
+    MAPPED, NOT_OBJECT, UNKNOWN_TYPE, MISSING_ID, NO_EVENT_NAME
+
+cdef tuple _TYPE_NAMES = ("track", "identify", "page", "screen", "group", "alias")
+cdef dict _TYPE_CODES = {name: code for code, name in enumerate(_TYPE_NAMES)}
+cdef tuple _EVENT_NAMES = ("",) + tuple(TYPE_EVENT_NAMES[t] for t in _TYPE_NAMES[1:])
+cdef tuple _DROP_REASONS = (
+    None, DROP_NOT_OBJECT, DROP_UNKNOWN_TYPE, DROP_MISSING_ID, DROP_NO_EVENT_NAME
+)
+cdef str _EMPTY_OBJECT = "{}"
+
+
+def _add_words(int which, words, codes=None):
+    for i, word in enumerate(words):
+        data = word.encode("utf-8")
+        words_add(which, data, len(data), -1 if codes is None else codes[i])
+
+
+init_tables()
+_add_words(
+    WORDS_TYPES,
+    list(routes.SEGMENT_TYPES),
+    [_TYPE_CODES[t] for t in routes.SEGMENT_TYPES.values()],
+)
+_add_words(WORDS_ECOMMERCE, sorted(ECOMMERCE_EVENTS))
+_add_words(WORDS_PRIORITY, limits.PRIORITY_MEASURES)
+_add_words(WORDS_NUMERIC, limits.ECOMMERCE_NUMERIC_KEYS)
+if len(limits.PRIORITY_MEASURES) > 4 or MAX_MEASURES > 64:
+    raise ImportError("drengr._fast holds at most 4 priority and 64 other measures")
+del _add_words
+
+
+class Refused(_fast_py.Refused):
+    """simdjson refused the body; the Python twin decides whether it is JSON.
+
+    A subclass of the twin's ``Refused``, so either name catches it.
+    """
+
+
+# ------------------------------------------------------------------ the parser
+
+@cython.final
+cdef class _ThreadParser:
+    """One thread's simdjson parser and working memory."""
+
+    cdef Parser* parser
+    cdef Scratch* scratch
+    cdef unsigned long long generation
+    cdef unsigned long owner
+
+    def __cinit__(self):
+        self.parser = new Parser()
+        self.scratch = new Scratch()
+        self.owner = PyThread_get_thread_ident()
+
+    def __dealloc__(self):
+        del self.parser
+        del self.scratch
+
+
+_local = threading.local()
+
+
+cdef _ThreadParser _thread_parser():
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = _ThreadParser()
+    return <_ThreadParser>parser
+
+
+# Above this size simdjson runs without the GIL (a few hundred µs).
+cdef size_t _NOGIL_BYTES = 65536
+
+
+@cython.final
+cdef class Mapper:
+    """Parses bodies and maps them to rows, with the PII list fixed at start-up."""
+
+    cdef readonly tuple pii
+    cdef PiiMatcher matcher
+    cdef dict _pii_cache
+    cdef dict _name_cache
+
+    def __init__(self, pii_substrings):
+        self.pii = tuple(fragment.lower() for fragment in pii_substrings)
+        self._pii_cache = {}
+        self._name_cache = {}
+        for fragment in self.pii:
+            data = fragment.encode("utf-8", "surrogatepass")
+            self.matcher.add(data, len(data))
+
+    def parse(self, body):
+        """A ``Document``; ``InvalidJSON`` or ``Refused`` (the twin decides)."""
+        cdef bytes data = body if type(body) is bytes else bytes(body)
+        cdef const char* buf = data
+        cdef size_t size = len(data)
+        cdef _ThreadParser tp = _thread_parser()
+        cdef Element root
+        cdef int err
+        tp.generation += 1  # every earlier Document of this thread is now stale
+        if size == 0:
+            raise InvalidJSON()
+        if size >= _NOGIL_BYTES:
+            with nogil:
+                err = parse_body(tp.parser, buf, size, &root)
+        else:
+            err = parse_body(tp.parser, buf, size, &root)
+        if err != SIMDJSON_SUCCESS:
+            if err == SIMDJSON_UTF8_ERROR or err == SIMDJSON_DEPTH_ERROR or err == SIMDJSON_EMPTY:
+                raise InvalidJSON()
+            if err == SIMDJSON_MEMALLOC:
+                raise MemoryError()
+            raise Refused(error_text(err).decode())
+        if el_kind(root) != c'{':
+            raise InvalidJSON()
+        cdef Document doc = Document.__new__(Document)
+        doc._tp = tp
+        doc._generation = tp.generation
+        doc._mapper = self
+        doc._root = root
+        doc._body_size = size
+        doc.write_key = None
+        cdef Element key
+        cdef const char* text
+        cdef size_t n
+        if obj_get(el_obj(root), b"writeKey", &key) and el_kind(key) == c'"':
+            text = el_str(key, &n)
+            if n:
+                doc.write_key = PyUnicode_DecodeUTF8(text, n, NULL)
+        return doc
+
+    cdef int _is_pii(self, const char* key, size_t n) except -1:
+        cdef int found = self.matcher.test(key, n)
+        if found >= 0:
+            return found
+        text = PyUnicode_DecodeUTF8(key, n, NULL)
+        cached = self._pii_cache.get(text)
+        if cached is None:
+            cached = bool(is_pii_key(text, self.pii))
+            if len(self._pii_cache) >= 4096:
+                self._pii_cache.clear()
+            self._pii_cache[text] = cached
+        return cached is True
+
+    cdef str _normalize_slow(self, str raw):
+        name = self._name_cache.get(raw)
+        if name is None:
+            name = normalize_event_name(raw)
+            if len(self._name_cache) >= 4096:
+                self._name_cache.clear()
+            self._name_cache[raw] = name
+        return name
+
+
+# ------------------------------------------------------------------ JSON text
+
+cdef int _put_number(Buf* out, Element value, int kind) except -1:
+    """str(int) / repr(float) of a number element."""
+    cdef char text[32]
+    cdef int n
+    cdef double number
+    cdef char* slow
+    if kind == c'l':
+        n = fmt_i64(el_i64(value), text)
+    elif kind == c'u':
+        n = fmt_u64(el_u64(value), text)
+    else:
+        number = el_f64(value)
+        n = fmt_double(number, text)
+        if n == 0:
+            slow = PyOS_double_to_string(number, c'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+            out.put(slow, strlen(slow))
+            PyMem_Free(slow)
+            return 0
+    out.put(text, n)
+    return 0
+
+
+cdef int _json_text(Buf* out, Element value, Mapper mapper, bint drop_pii) except -1:
+    """The twin's ``json_text``: compact, first key wins, PII keys dropped if asked."""
+    cdef int kind = el_kind(value)
+    cdef const char* p
+    cdef size_t n
+    cdef Object obj
+    cdef Object.iterator it, end
+    cdef Array arr
+    cdef Array.iterator at, stop
+    cdef KeySet seen
+    cdef bint first = True
+    if kind == c'"':
+        p = el_str(value, &n)
+        put_json_string(out[0], p, n)
+    elif kind == c'{':
+        obj = el_obj(value)
+        if seen.start(obj.size()) < 0:
+            raise MemoryError()
+        out.putc(c'{')
+        it = obj.begin()
+        end = obj.end()
+        while it != end:
+            p = it.key_c_str()
+            n = it.key_length()
+            if seen.add(p, n) and not (drop_pii and mapper._is_pii(p, n)):
+                if not first:
+                    out.putc(c',')
+                first = False
+                put_json_string(out[0], p, n)
+                out.putc(c':')
+                _json_text(out, it.value(), mapper, drop_pii)
+            inc(it)
+        out.putc(c'}')
+    elif kind == c'[':
+        arr = el_arr(value)
+        out.putc(c'[')
+        at = arr.begin()
+        stop = arr.end()
+        while at != stop:
+            if not first:
+                out.putc(c',')
+            first = False
+            _json_text(out, deref(at), mapper, drop_pii)
+            inc(at)
+        out.putc(c']')
+    elif kind == c't':
+        if el_bool(value):
+            out.put("true", 4)
+        else:
+            out.put("false", 5)
+    elif kind == c'n':
+        out.put("null", 4)
+    else:
+        _put_number(out, value, kind)
+    return 0
+
+
+cdef Py_ssize_t _json_size(Element value, Py_ssize_t limit) except -1:
+    """UTF-8 size of the twin's ``json_text(value, None)``; stops early past ``limit``."""
+    cdef int kind = el_kind(value)
+    cdef const char* p
+    cdef size_t n
+    cdef Py_ssize_t size
+    cdef Object obj
+    cdef Object.iterator it, end
+    cdef Array arr
+    cdef Array.iterator at, stop
+    cdef KeySet seen
+    cdef char text[32]
+    cdef char* slow
+    if kind == c'"':
+        p = el_str(value, &n)
+        return json_string_size(p, n)
+    if kind == c'{':
+        obj = el_obj(value)
+        if seen.start(obj.size()) < 0:
+            raise MemoryError()
+        size = 1  # {
+        it = obj.begin()
+        end = obj.end()
+        while it != end and size <= limit:
+            p = it.key_c_str()
+            n = it.key_length()
+            if seen.add(p, n):
+                size += json_string_size(p, n) + 2  # the colon, and a comma or }
+                size += _json_size(it.value(), limit)
+            inc(it)
+        return size if size > 1 else 2
+    if kind == c'[':
+        arr = el_arr(value)
+        size = 1  # [
+        at = arr.begin()
+        stop = arr.end()
+        while at != stop and size <= limit:
+            size += _json_size(deref(at), limit) + 1  # a comma or ]
+            inc(at)
+        return size if size > 1 else 2
+    if kind == c't':
+        return 4 if el_bool(value) else 5
+    if kind == c'n':
+        return 4
+    if kind == c'l':
+        return fmt_i64(el_i64(value), text)
+    if kind == c'u':
+        return fmt_u64(el_u64(value), text)
+    n = fmt_double(el_f64(value), text)
+    if n:
+        return n
+    slow = PyOS_double_to_string(el_f64(value), c'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    n = strlen(slow)
+    PyMem_Free(slow)
+    return n
+
+
+cdef bint _scalar_text(Buf* out, Element value, Mapper mapper) except -1:
+    """The twin's ``scalar_text`` appended to ``out``; False for null (absent)."""
+    cdef int kind = el_kind(value)
+    cdef const char* p
+    cdef size_t n
+    if kind == c'n':
+        return False
+    if kind == c'"':
+        p = el_str(value, &n)
+        out.put(p, n)
+    elif kind == c't':
+        if el_bool(value):
+            out.put("true", 4)
+        else:
+            out.put("false", 5)
+    else:
+        _json_text(out, value, mapper, True)
+    return True
+
+
+cdef object _id_text(Fields* fields, int field):
+    """The twin's ``id_text``: strings as-is, numbers as text; null, "" and others absent."""
+    cdef Element value
+    cdef const char* p
+    cdef size_t n
+    cdef int kind
+    cdef char text[32]
+    cdef Buf* out
+    if not fields.has[field]:
+        return None
+    value = fields.v[field]
+    kind = el_kind(value)
+    if kind == c'"':
+        p = el_str(value, &n)
+        return PyUnicode_DecodeUTF8(p, n, NULL) if n else None
+    if kind == c'l':
+        n = fmt_i64(el_i64(value), text)
+    elif kind == c'u':
+        n = fmt_u64(el_u64(value), text)
+    elif kind == c'd':
+        n = fmt_double(el_f64(value), text)
+        if n == 0:
+            return repr(el_f64(value))
+    else:
+        return None
+    return PyUnicode_DecodeUTF8(text, n, NULL)
+
+
+cdef inline bint _timestamp(Fields* fields, int field, int64_t* ms) noexcept:
+    """parse_ms of a member: False when absent, not a string or not a timestamp."""
+    cdef const char* p
+    cdef size_t n
+    if not fields.has[field] or el_kind(fields.v[field]) != c'"':
+        return False
+    p = el_str(fields.v[field], &n)
+    return parse_ms(p, n, ms)
+
+
+cdef inline bint _member_object(Object parent, const char* key, Object* out) noexcept:
+    """``_get_object``: the member when it is an object."""
+    cdef Element value
+    if obj_get(parent, key, &value) and el_kind(value) == c'{':
+        out[0] = el_obj(value)
+        return True
+    return False
+
+
+# ------------------------------------------------------------------ dims and measures
+
+cdef void _put_dim(Scratch* s, const char* key, size_t key_size,
+                   const char* value, size_t value_size) noexcept:
+    """One ``"key":"value"`` member of dims (value cut to 256 characters)."""
+    if s.n_dim_entries:
+        s.dims.putc(c',')
+    put_json_string(s.dims, key, key_size)
+    s.dims.putc(c':')
+    put_json_string(s.dims, value, utf8_prefix(value, value_size, MAX_DIM_VALUE_CHARS))
+    s.n_dim_entries += 1
+    s.kept.add(key, key_size, hash_bytes(key, key_size))
+
+
+cdef int _reserved(Scratch* s, const char* key, Fields* fields, int field,
+                   Mapper mapper) except -1:
+    """A reserved dim set by the mapper from a top-level member."""
+    if not fields.has[field]:
+        return 0
+    s.tmp.clear()
+    if _scalar_text(&s.tmp, fields.v[field], mapper):
+        _put_dim(s, key, strlen(key), s.tmp.p, s.tmp.n)
+    return 0
+
+
+cdef int _emit(Scratch* s, Mapper mapper, const char* key, size_t key_size,
+               Element value, bint ecommerce) except -1:
+    """The twin's ``emit``: one flattened property into measures or dims."""
+    cdef int kind = el_kind(value)
+    cdef uint64_t h
+    cdef const char* p
+    cdef size_t n
+    cdef int slot
+    cdef bint is_number = False
+    cdef Buf* entry
+    cdef Py_ssize_t size
+    if kind == c'n':
+        return 0
+    key_size = utf8_prefix(key, key_size, MAX_DIM_KEY_CHARS)
+    h = hash_bytes(key, key_size)
+    if s.kept.has(key, key_size, h):
+        return 0
+    if kind == c'l' or kind == c'u' or kind == c'd':
+        s.num.clear()
+        _put_number(&s.num, value, kind)
+        is_number = True
+    elif ecommerce and kind == c'"' and words_find(WORDS_NUMERIC, key, key_size) >= 0:
+        p = el_str(value, &n)
+        number = coerce_number_text(PyUnicode_DecodeUTF8(p, n, NULL))
+        if number is not None:
+            p = PyUnicode_AsUTF8AndSize(number, &size)
+            s.num.clear()
+            s.num.put(p, size)
+            is_number = True
+    if is_number:
+        slot = words_find(WORDS_PRIORITY, key, key_size)
+        if slot >= 0:
+            entry = &s.priority[slot]
+        elif s.n_others < MAX_MEASURES:
+            entry = &s.others
+            if s.n_others:
+                entry.putc(c',')
+        else:
+            return 0
+        put_json_string(entry[0], key, key_size)
+        entry.putc(c':')
+        entry.put(s.num.p, s.num.n)
+        if slot < 0:
+            s.others_end[s.n_others] = s.others.n
+            s.n_others += 1
+        s.kept.add(key, key_size, h)
+        return 0
+    if s.n_dims >= MAX_DIMS:
+        return 0
+    if s.n_dim_entries:
+        s.dims.putc(c',')
+    put_json_string(s.dims, key, key_size)
+    s.dims.putc(c':')
+    if kind == c'"':
+        p = el_str(value, &n)
+        put_json_string(s.dims, p, utf8_prefix(p, n, MAX_DIM_VALUE_CHARS))
+    elif kind == c't':
+        if el_bool(value):
+            s.dims.put('"true"', 6)
+        else:
+            s.dims.put('"false"', 7)
+    else:
+        s.tmp.clear()
+        _json_text(&s.tmp, value, mapper, True)
+        put_json_string(s.dims, s.tmp.p, utf8_prefix(s.tmp.p, s.tmp.n, MAX_DIM_VALUE_CHARS))
+    s.n_dim_entries += 1
+    s.n_dims += 1
+    s.kept.add(key, key_size, h)
+    return 0
+
+
+cdef int _properties(Scratch* s, Mapper mapper, Object source, bint ecommerce) except -1:
+    """Flatten one level: ``{"a": {"b": 1}}`` → ``a.b``; PII keys dropped first."""
+    cdef Object.iterator it = source.begin()
+    cdef Object.iterator end = source.end()
+    cdef Object.iterator sub_it, sub_end
+    cdef Object sub
+    cdef Element value
+    cdef KeySet seen, sub_seen
+    cdef const char* key
+    cdef uint32_t key_size
+    cdef const char* sub_key
+    cdef uint32_t sub_key_size
+    if seen.start(source.size()) < 0:
+        raise MemoryError()
+    while it != end:
+        key = it.key_c_str()
+        key_size = it.key_length()
+        value = it.value()
+        inc(it)
+        if not seen.add(key, key_size) or mapper._is_pii(key, key_size):
+            continue
+        if el_kind(value) != c'{':
+            _emit(s, mapper, key, key_size, value, ecommerce)
+            continue
+        sub = el_obj(value)
+        if sub_seen.start(sub.size()) < 0:
+            raise MemoryError()
+        sub_it = sub.begin()
+        sub_end = sub.end()
+        while sub_it != sub_end:
+            sub_key = sub_it.key_c_str()
+            sub_key_size = sub_it.key_length()
+            value = sub_it.value()
+            inc(sub_it)
+            if not sub_seen.add(sub_key, sub_key_size) or mapper._is_pii(sub_key, sub_key_size):
+                continue
+            s.key.clear()
+            s.key.put(key, key_size)
+            s.key.putc(c'.')
+            s.key.put(sub_key, sub_key_size)
+            _emit(s, mapper, s.key.p, s.key.n, value, ecommerce)
+    return 0
+
+
+cdef void _measures_text(Scratch* s) noexcept:
+    """Priority measures in their fixed order, then the others in input order, 20 in all."""
+    cdef int i
+    cdef int n_priority = 0
+    cdef Py_ssize_t room
+    cdef Buf* out = &s.measures
+    out.clear()
+    out.putc(c'{')
+    for i in range(4):
+        if s.priority[i].n:
+            if n_priority:
+                out.putc(c',')
+            out.put(s.priority[i].p, s.priority[i].n)
+            n_priority += 1
+    room = MAX_MEASURES - n_priority
+    if room > s.n_others:
+        room = s.n_others
+    if room > 0:
+        if n_priority:
+            out.putc(c',')
+        out.put(s.others.p, s.others_end[room - 1])
+    out.putc(c'}')
+
+
+# ------------------------------------------------------------------ the document
+
+@cython.final
+cdef class Document:
+    """One parsed request body, valid until its thread's parser parses another."""
+
+    cdef _ThreadParser _tp
+    cdef unsigned long long _generation
+    cdef Mapper _mapper
+    cdef Element _root
+    cdef Py_ssize_t _body_size
+    cdef readonly object write_key
+
+    cdef int _check(self) except -1:
+        if self._tp is None:
+            raise RuntimeError("a Document comes from Mapper.parse")
+        if self._tp.generation != self._generation:
+            raise RuntimeError(
+                "this Document is stale: its thread's parser has parsed another body since"
+            )
+        if PyThread_get_thread_ident() != self._tp.owner:
+            raise RuntimeError("a Document must be used on the thread that parsed it")
+        return 0
+
+    cdef bint _batch(self, single_type, Array* items) noexcept:
+        """The twin's ``_items``: the batch array, or False for [root]."""
+        cdef Element batch
+        if single_type is None and obj_get(el_obj(self._root), b"batch", &batch):
+            if el_kind(batch) == c'[':
+                items[0] = el_arr(batch)
+                return True
+        return False
+
+    def item_count(self, single_type):
+        cdef Array items
+        self._check()
+        return items.size() if self._batch(single_type, &items) else 1
+
+    def has_oversized_item(self, single_type, Py_ssize_t limit):
+        """Whether any item's compact JSON is over ``limit`` UTF-8 bytes."""
+        cdef Array items
+        cdef Array.iterator it, end
+        self._check()
+        # Compact text can outgrow its source only through doubles
+        # (`1e15` → `1000000000000000.0`): at most 19 bytes for 5 (with the
+        # separator before it), so no item can pass 4 × the body.
+        if self._body_size * 4 <= limit:
+            return False
+        if not self._batch(single_type, &items):
+            return _json_size(self._root, limit) > limit
+        it = items.begin()
+        end = items.end()
+        while it != end:
+            if _json_size(deref(it), limit) > limit:
+                return True
+            inc(it)
+        return False
+
+    def map(self, single_type, int64_t received_at_ms, tenant_id):
+        """Rows for every accepted item, and the count of dropped items by reason."""
+        cdef Array items
+        cdef Array.iterator it, end
+        cdef Scratch* s
+        cdef int single_code = -1
+        cdef int reason
+        cdef int64_t batch_sent_at = 0
+        cdef bint has_batch_sent_at
+        cdef char text[48]
+        cdef Fields* fields
+        self._check()
+        s = self._tp.scratch
+        if s.busy:
+            raise RuntimeError("Document.map is not re-entrant")
+        if single_type:
+            single_code = _TYPE_CODES.get(single_type, OTHER_TYPE)
+        fields = new Fields()
+        s.busy = True
+        try:
+            scan_fields(el_obj(self._root), fields[0])
+            has_batch_sent_at = _timestamp(fields, F_SENT_AT, &batch_sent_at)
+            received_at = PyUnicode_DecodeUTF8(text, format_ms(received_at_ms, text), NULL)
+            rows = []
+            dropped = {}
+            if not self._batch(single_type, &items):
+                reason = _map_item(
+                    s, self._mapper, self._root, fields, single_code, single_type,
+                    has_batch_sent_at, batch_sent_at, received_at_ms, received_at,
+                    tenant_id, rows,
+                )
+                if reason != MAPPED:
+                    dropped[_DROP_REASONS[reason]] = 1
+                return rows, dropped
+            it = items.begin()
+            end = items.end()
+            while it != end:
+                reason = _map_item(
+                    s, self._mapper, deref(it), fields, single_code, single_type,
+                    has_batch_sent_at, batch_sent_at, received_at_ms, received_at,
+                    tenant_id, rows,
+                )
+                if reason != MAPPED:
+                    name = _DROP_REASONS[reason]
+                    dropped[name] = dropped.get(name, 0) + 1
+                inc(it)
+            return rows, dropped
+        finally:
+            s.busy = False
+            del fields
+
+
+cdef int _map_item(
+    Scratch* s, Mapper mapper, Element item, Fields* fields, int single_code,
+    object single_type, bint has_batch_sent_at, int64_t batch_sent_at,
+    int64_t received_at_ms, str received_at, object tenant_id, list rows,
+) except -1:
+    """The twin's ``_map_item``; appends the row and returns MAPPED, or a drop reason."""
+    cdef Object obj, context, source, part
+    cdef Element value
+    cdef bint has_context, has_source = False
+    cdef bint ecommerce = False
+    cdef int code = single_code
+    cdef const char* p
+    cdef size_t n
+    cdef size_t mark
+    cdef bint have_os
+    cdef int64_t timestamp, sent_at, original, occurred
+    cdef bint has_timestamp, has_sent_at, has_original
+    cdef char text[48]
+    if el_kind(item) != c'{':
+        return NOT_OBJECT
+    obj = el_obj(item)
+    scan_fields(obj, fields[0])
+    if code < 0:
+        code = _body_type(fields)
+        if code < 0:
+            return UNKNOWN_TYPE
+    external_id = _id_text(fields, F_USER_ID)
+    install_id = _id_text(fields, F_ANONYMOUS_ID)
+    if install_id is None:
+        install_id = external_id
+        if install_id is None:
+            return MISSING_ID
+    s.start_item()
+    has_context = fields.has[F_CONTEXT] and el_kind(fields.v[F_CONTEXT]) == c'{'
+    if has_context:
+        context = el_obj(fields.v[F_CONTEXT])
+
+    if code == TRACK:
+        if not fields.has[F_EVENT] or el_kind(fields.v[F_EVENT]) != c'"':
+            return NO_EVENT_NAME
+        p = el_str(fields.v[F_EVENT], &n)
+        if normalize_ascii(p, n, MAX_EVENT_NAME_CHARS, s.name):
+            if s.name.n == 0:
+                return NO_EVENT_NAME
+            event_name = PyUnicode_DecodeUTF8(s.name.p, s.name.n, NULL)
+            if s.name.n != n or memcmp(s.name.p, p, n) != 0:
+                _put_dim(s, "_source_event_name", 18, p, n)
+            ecommerce = words_find(WORDS_ECOMMERCE, s.name.p, s.name.n) >= 0
+        else:
+            raw_name = PyUnicode_DecodeUTF8(p, n, NULL)
+            event_name = mapper._normalize_slow(raw_name)
+            if not event_name:
+                return NO_EVENT_NAME
+            if event_name != raw_name:
+                _put_dim(s, "_source_event_name", 18, p, n)
+            ecommerce = event_name in ECOMMERCE_EVENTS
+        if fields.has[F_PROPERTIES] and el_kind(fields.v[F_PROPERTIES]) == c'{':
+            source = el_obj(fields.v[F_PROPERTIES])
+            has_source = True
+    elif code == OTHER_TYPE:
+        raise KeyError(single_type)  # as the twin's TYPE_EVENT_NAMES[event_type]
+    else:
+        event_name = _EVENT_NAMES[code]
+        if code == PAGE or code == SCREEN:
+            _reserved(s, "name", fields, F_NAME, mapper)
+            if fields.has[F_PROPERTIES] and el_kind(fields.v[F_PROPERTIES]) == c'{':
+                source = el_obj(fields.v[F_PROPERTIES])
+                has_source = True
+        elif code == IDENTIFY or code == GROUP:
+            # `traits or context.traits`: an empty top-level traits falls through
+            if fields.has[F_TRAITS] and el_kind(fields.v[F_TRAITS]) == c'{':
+                source = el_obj(fields.v[F_TRAITS])
+                has_source = source.size() > 0
+            if not has_source and has_context:
+                has_source = _member_object(context, b"traits", &source)
+            if code == GROUP:
+                _reserved(s, "group_id", fields, F_GROUP_ID, mapper)
+        else:
+            _reserved(s, "previous_id", fields, F_PREVIOUS_ID, mapper)
+
+    if has_context:
+        if _member_object(context, b"app", &part) and obj_get(part, b"version", &value):
+            s.tmp.clear()
+            if _scalar_text(&s.tmp, value, mapper):
+                _put_dim(s, "app_version", 11, s.tmp.p, s.tmp.n)
+        if _member_object(context, b"os", &part):
+            s.tmp.clear()
+            have_os = obj_get(part, b"name", &value) and _scalar_text(&s.tmp, value, mapper)
+            if obj_get(part, b"version", &value):
+                mark = s.tmp.n
+                if have_os:
+                    s.tmp.putc(c' ')
+                if _scalar_text(&s.tmp, value, mapper):
+                    have_os = True
+                else:
+                    s.tmp.n = mark
+            if have_os:
+                _put_dim(s, "os", 2, s.tmp.p, s.tmp.n)
+        if _member_object(context, b"device", &part) and obj_get(part, b"model", &value):
+            s.tmp.clear()
+            if _scalar_text(&s.tmp, value, mapper):
+                _put_dim(s, "device_model", 12, s.tmp.p, s.tmp.n)
+
+    if has_source:
+        _properties(s, mapper, source, ecommerce)
+    s.dims.putc(c'}')
+    _measures_text(s)
+    if s.failed():
+        raise MemoryError()
+    dims = (
+        _EMPTY_OBJECT if s.dims.n == 2 else PyUnicode_DecodeUTF8(s.dims.p, s.dims.n, NULL)
+    )
+    measures = (
+        _EMPTY_OBJECT if s.measures.n == 2
+        else PyUnicode_DecodeUTF8(s.measures.p, s.measures.n, NULL)
+    )
+
+    has_timestamp = _timestamp(fields, F_TIMESTAMP, &timestamp)
+    has_original = _timestamp(fields, F_ORIGINAL_TIMESTAMP, &original)
+    has_sent_at = _timestamp(fields, F_SENT_AT, &sent_at)
+    if not has_sent_at:
+        has_sent_at = has_batch_sent_at
+        sent_at = batch_sent_at
+    if has_timestamp:
+        occurred = timestamp
+    elif has_sent_at and has_original:
+        # The client's clock may be off; its own sentAt - originalTimestamp
+        # is the event's age, which our clock can trust.
+        occurred = received_at_ms - (sent_at - original)
+    elif has_original:
+        occurred = original
+    else:
+        occurred = received_at_ms
+    if occurred < MIN_OCCURRED_AT_MS:
+        occurred = MIN_OCCURRED_AT_MS
+    if occurred > received_at_ms + MAX_FUTURE_MS:
+        occurred = received_at_ms + MAX_FUTURE_MS
+
+    event_id = _id_text(fields, F_MESSAGE_ID)
+    if event_id is None:
+        event_id = fallback_event_id(
+            external_id or install_id, event_name, _raw_timestamp(fields, received_at)
+        )
+    rows.append((
+        tenant_id, event_id, event_name,
+        single_type if single_code >= 0 else _TYPE_NAMES[code],
+        external_id, install_id,
+        PyUnicode_DecodeUTF8(text, format_ms(occurred, text), NULL),
+        received_at, dims, measures,
+    ))
+    return MAPPED
+
+
+cdef int _body_type(Fields* fields) except -2:
+    """``canonical_type(item.get("type"))`` as a type code, -1 when unrecognised."""
+    cdef const char* p
+    cdef size_t n
+    cdef int code
+    if not fields.has[F_TYPE] or el_kind(fields.v[F_TYPE]) != c'"':
+        return -1
+    p = el_str(fields.v[F_TYPE], &n)
+    code = type_code(p, n)
+    if code != -2:
+        return code
+    name = _canonical_type(PyUnicode_DecodeUTF8(p, n, NULL))  # e.g. the Kelvin sign
+    return -1 if name is None else _TYPE_CODES[name]
+
+
+cdef str _raw_timestamp(Fields* fields, str received_at):
+    """The fallback hash's raw timestamp: timestamp, else originalTimestamp, if strings."""
+    cdef const char* p
+    cdef size_t n
+    for field in (F_TIMESTAMP, F_ORIGINAL_TIMESTAMP):
+        if fields.has[field] and el_kind(fields.v[field]) == c'"':
+            p = el_str(fields.v[field], &n)
+            return PyUnicode_DecodeUTF8(p, n, NULL)
+    return received_at

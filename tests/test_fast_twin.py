@@ -1,0 +1,397 @@
+"""The compiled module ``drengr._fast`` and its Python twin agree, byte for byte.
+
+Hypothesis writes Segment-like bodies as JSON *text* (so duplicate keys, escapes,
+odd number literals and whitespace reach both parsers as a client would send
+them) and every public result is compared: ``write_key``, ``item_count``,
+``has_oversized_item`` and the rows and drop counts of ``map``. The twin is the
+oracle; the tables below pin which bodies the compiled module hands back to it
+(``Refused``) and which it rejects itself (``InvalidJSON``).
+"""
+
+import importlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drengr import _fast_py
+from drengr.core.errors import InvalidJSON
+from drengr.core.limits import DEFAULT_PII_SUBSTRINGS, MAX_ITEM_BYTES
+from drengr.core.timestamps import parse_ms
+
+try:
+    from drengr import _fast
+except ImportError:  # test_compiled_module_is_loaded fails loudly
+    _fast = None
+
+PROPERTY = settings(  # DRENGR_FUZZ_EXAMPLES=5000 for a longer soak
+    max_examples=int(os.environ.get("DRENGR_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+RECEIVED_MS = parse_ms("2026-11-26T02:50:53.123Z")
+TENANT = "acme"
+
+
+def compiled() -> Any:
+    assert _fast is not None, "drengr._fast did not load: see test_compiled_module_is_loaded"
+    return _fast
+
+
+def test_compiled_module_is_loaded():
+    """Fails when the extension did not build or import (the app would silently run the twin)."""
+    module = importlib.import_module("drengr._fast")
+    assert module.__file__ is not None and not module.__file__.endswith(".py")
+    assert importlib.import_module("drengr.core.mapping").COMPILED
+
+
+# ---------------------------------------------------------------- JSON text with duplicate keys
+
+
+@dataclass(frozen=True)
+class Obj:
+    """A JSON object as its member list, so a key may appear twice."""
+
+    pairs: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Num:
+    """A number written exactly as ``text`` (``1e15``, ``-0``, ``0.1E+2`` …)."""
+
+    text: str
+
+
+def dump(value: Any, ascii_only: bool, spaced: bool) -> str:
+    if isinstance(value, Obj):
+        sep = ", " if spaced else ","
+        colon = ": " if spaced else ":"
+        members = (dump(k, ascii_only, spaced) + colon + dump(v, ascii_only, spaced) for k, v in value.pairs)
+        return "{" + sep.join(members) + "}"
+    if isinstance(value, list):
+        return ("[\n " if spaced else "[") + ",".join(dump(v, ascii_only, spaced) for v in value) + "]"
+    if isinstance(value, Num):
+        return value.text
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+@st.composite
+def documents(draw: Any, root: Any) -> bytes:
+    text = dump(draw(root), draw(st.booleans()), draw(st.booleans()))
+    if draw(st.integers(0, 9)) == 0:
+        text = "\ufeff \t\r\n" + text + "\n"  # a BOM and whitespace around
+    return text.encode("utf-8")
+
+
+# ---------------------------------------------------------------- values
+
+
+@st.composite
+def mostly(draw: Any, usual: Any, odd: Any) -> Any:
+    """``usual`` about four times in five, so most generated items map to rows."""
+    return draw(odd if draw(st.integers(0, 4)) == 0 else usual)
+
+
+INT64_EDGES = [-(2**63), -(2**63) + 1, -1, 0, 1, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 2, 2**64 - 1]
+ints = st.one_of(st.integers(-1000, 1000), st.sampled_from(INT64_EDGES), st.integers(-(2**63), 2**64 - 1))
+floats = st.floats(allow_nan=False, allow_infinity=False)
+number_literals = st.builds(
+    lambda sign, whole, frac, exp: Num(sign + whole + frac + exp),
+    st.sampled_from(["", "-"]),
+    st.one_of(st.just("0"), st.from_regex(r"[1-9][0-9]{0,16}", fullmatch=True)),
+    st.one_of(st.just(""), st.from_regex(r"\.[0-9]{1,12}", fullmatch=True)),
+    st.one_of(st.just(""), st.from_regex(r"[eE][+-]?[0-9]{1,2}", fullmatch=True), st.sampled_from(["e-330", "E+280"])),
+) | st.sampled_from([Num(t) for t in ["1e15", "1e16", "-1e15", "1E5", "0.1e1", "-0", "-0.0", "1e-400", "123456789012345678.5", "9007199254740993", "0.0001", "0.00001", "1e22", "1.5"]])
+strings = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["", " ", "a\"b\\c", "line\nbreak\ttab\r\x08\x0c", "\x00\x01\x1f\x7f", "\u2028\u2029", "é", "名前", "😀", "true", "null", "9.99"]),
+    st.text(alphabet="aé名😀\n", min_size=250, max_size=270),  # the 256-character cut, multi-byte
+)
+scalars = st.one_of(st.none(), st.booleans(), ints, floats, number_literals, strings)
+
+PII_KEYS = ["email", "Email", "userEmail", "PHONE_number", "first_name", "naMe", "ssn", "card_no", "cvv", "Token",
+            "address", "password", "e\u0301mail", "ЕМAIL", "to\u212aen", "Stra\u00dfe"]  # fmt: skip
+RESERVED_KEYS = ["name", "os", "app_version", "device_model", "_source_event_name", "group_id", "previous_id"]
+ECOMMERCE_KEYS = ["revenue", "total", "price", "quantity", "tax", "shipping", "discount"]
+PLAIN_KEYS = ["plan", "url", "path", "category", "sku", "a", "a.b", "", " ", "k\"q", "\x01", "ключ", "clé", "😀"]
+keys = st.one_of(
+    st.sampled_from(PII_KEYS + RESERVED_KEYS + ECOMMERCE_KEYS + PLAIN_KEYS),
+    st.text(max_size=10),
+    st.text(alphabet="kéy", min_size=60, max_size=70),  # the 64-character cut
+)
+
+
+def objects(children: Any, max_size: int = 6) -> Any:
+    return st.lists(st.tuples(keys, children), max_size=max_size).map(lambda pairs: Obj(tuple(pairs)))
+
+
+values = st.recursive(scalars, lambda children: st.lists(children, max_size=3) | objects(children), max_leaves=8)
+
+
+def wide_properties() -> Any:
+    """More than 40 dims and 20 measures; every 7th key collides with another after the 64-character cut."""
+    return st.lists(st.one_of(ints, floats, strings, st.booleans()), min_size=45, max_size=90).map(
+        lambda members: Obj(tuple((("k" * 64 if i % 7 == 0 else "p") + str(i), v) for i, v in enumerate(members)))
+    )
+
+
+properties = st.one_of(
+    objects(values, max_size=12),
+    objects(st.one_of(scalars, objects(values)), max_size=8),  # one level of nesting, flattened to a.b
+    wide_properties(),
+    values,  # not an object: ignored
+)
+
+# ---------------------------------------------------------------- timestamps
+
+
+@st.composite
+def iso_timestamps(draw: Any) -> str:
+    year = draw(st.one_of(st.sampled_from([1999, 2000, 2024, 2026, 2027]), st.integers(0, 9999)))
+    month = draw(st.one_of(st.integers(1, 12), st.sampled_from([0, 13])))
+    day = draw(st.one_of(st.integers(1, 28), st.sampled_from([0, 29, 30, 31, 32])))
+    hour, minute, second = draw(st.integers(0, 24)), draw(st.integers(0, 60)), draw(st.integers(0, 60))
+    sep = draw(st.sampled_from("Tt "))
+    fraction = draw(st.one_of(st.just(""), st.from_regex(r"\.[0-9]{0,10}", fullmatch=True)))
+    offset = draw(st.sampled_from(["", "Z", "z", "+01:00", "-05:30", "+0530", "-0000", "+23:59", "+24:00", "-00:60", "+1:00", "+01:0", "+01:000"]))
+    tail = draw(st.sampled_from([""] * 8 + [" ", "x", "\n"]))
+    return f"{year:04d}-{month:02d}-{day:02d}{sep}{hour:02d}:{minute:02d}:{second:02d}{fraction}{offset}{tail}"
+
+
+timestamps = mostly(
+    st.sampled_from(["2026-11-25T10:00:00.000Z", "2026-11-26T02:50:53Z", "2026-11-26T03:50:53.1234+01:00", "2026-11-25 23:00:00"]),
+    st.one_of(iso_timestamps(),
+    st.sampled_from(["", "2024-01-01", "2024-02-29T00:00:00Z", "2023-02-29T00:00:00Z", "2026-11-26T02:50:53.123Z",
+                     "２０２４-01-01T00:00:00Z", "2024-01-01T00:00:00.Z", "1700000000000"]),  # fmt: skip
+    st.integers(0, 2_000_000_000_000),
+    st.none(),
+    ),
+)
+
+# ---------------------------------------------------------------- items and bodies
+
+TYPES = ["track", "identify", "page", "screen", "group", "alias", "t", "i", "p", "s", "g", "a", "TRACK", "Page",
+         "b", "batch", "import", "x", "", "trac\u212a", "\u0130dentify"]  # fmt: skip
+EVENT_NAMES = ["Order Completed", "order_completed", "ORDER COMPLETED!!", "Order Completed ✓", "Product Added to Wishlist",
+               "Signed Up", "  __Signed--Up__  ", "", "!!!", "Ördér Cömpleted", "名前 登録", "x" * 70, "a_" * 40,
+               "Order\u212aompleted", "Cart Viewed"]  # fmt: skip
+
+
+
+ids = mostly(
+    st.sampled_from(["user-1", "anon-1", "ユーザー", "u\"1"]),
+    st.one_of(strings, ints, floats, st.none(), st.booleans(), st.just(""), objects(scalars, 2)),
+)
+names = mostly(st.sampled_from(EVENT_NAMES), st.one_of(st.text(max_size=20), ints, st.none()))
+contexts = st.one_of(
+    st.builds(
+        lambda app, os_, device, traits, extra: Obj(tuple(m for m in (app, os_, device, traits) if m is not None) + extra),
+        st.one_of(st.none(), objects(values, 2).map(lambda o: ("app", Obj(o.pairs + (("version", "1.2.3"),))))),
+        st.one_of(st.none(), st.builds(lambda n, v: ("os", Obj(tuple(m for m in (n, v) if m is not None))),
+                                       st.one_of(st.none(), st.tuples(st.just("name"), st.one_of(st.sampled_from(["iOS", "Android"]), scalars))),
+                                       st.one_of(st.none(), st.tuples(st.just("version"), values))),
+                  st.tuples(st.just("os"), values)),  # fmt: skip
+        st.one_of(st.none(), st.tuples(st.just("device"), objects(values, 2).map(lambda o: Obj(o.pairs + (("model", "iPhone15,2"),))))),
+        st.one_of(st.none(), st.tuples(st.just("traits"), properties)),
+        st.lists(st.tuples(keys, values), max_size=2).map(tuple),
+    ),
+    values,
+)
+
+
+@st.composite
+def items(draw: Any) -> Any:
+    """One Segment message (sometimes not an object at all)."""
+    if draw(st.integers(0, 19)) == 0:
+        return draw(values)
+    members = [  # (key, value strategy, how often it is present out of 10)
+        ("type", mostly(st.sampled_from(["track"] * 5 + TYPES[1:6]), st.one_of(st.sampled_from(TYPES), ints, st.none())), 10),
+        ("event", names, 9),
+        ("userId", ids, 7),
+        ("anonymousId", ids, 7),
+        ("messageId", mostly(st.uuids().map(str), ids), 7),
+        ("properties", properties, 8),
+        ("traits", st.one_of(properties, st.just(Obj(()))), 4),
+        ("context", contexts, 6),
+        ("name", st.one_of(names, values), 4),
+        ("groupId", ids, 4),
+        ("previousId", ids, 4),
+        ("timestamp", timestamps, 5),
+        ("originalTimestamp", timestamps, 5),
+        ("sentAt", timestamps, 5),
+        ("integrations", values, 2),
+    ]
+    pairs = [(key, draw(strategy)) for key, strategy, tenths in members if draw(st.integers(0, 9)) < tenths]
+    pairs = draw(st.permutations(pairs))
+    if pairs and draw(st.integers(0, 3)) == 0:  # a duplicated key: the first one wins
+        key = pairs[draw(st.integers(0, len(pairs) - 1))][0]
+        pairs.insert(draw(st.integers(0, len(pairs))), (key, draw(values)))
+    return Obj(tuple(pairs))
+
+
+@st.composite
+def bodies(draw: Any) -> Any:
+    """A single message or a batch, with the batch-level members clients send."""
+    extra = []
+    if draw(st.booleans()):
+        extra.append(("writeKey", draw(st.one_of(st.sampled_from(["drengr_pk_x", "", "id:***"]), strings, ints, st.none()))))
+    if draw(st.booleans()):
+        extra.append(("sentAt", draw(timestamps)))
+    if draw(st.integers(0, 2)) == 0:
+        item = draw(items())
+        base = item.pairs if isinstance(item, Obj) else ()
+        return Obj(tuple(draw(st.permutations(list(base) + extra))))
+    batch = draw(st.one_of(st.lists(items(), max_size=6), values))
+    pairs = draw(st.permutations([("batch", batch), ("context", draw(contexts)), *extra]))
+    if draw(st.integers(0, 5)) == 0:
+        pairs.append(("batch", draw(st.lists(items(), max_size=2))))  # ignored: the first batch wins
+    return Obj(tuple(pairs))
+
+
+PII_LISTS = [DEFAULT_PII_SUBSTRINGS, ("EMAIL", "e"), ("straße", "ß", "名"), ("",), ()]
+single_types = st.sampled_from([None, None, None, "track", "identify", "page", "screen", "group", "alias"])
+received = st.one_of(
+    st.just(RECEIVED_MS),
+    st.integers(946_684_800_000 - 10 * 86_400_000, 2_000_000_000_000),
+    st.sampled_from([0, 900_000_000_000, -62_135_596_800_000, 253_402_300_799_999]),
+)
+
+
+def both(pii: tuple[str, ...], body: bytes) -> tuple[Any, Any]:
+    """Parse with both; the generators only write JSON simdjson accepts, so neither may refuse."""
+    twin = _fast_py.Mapper(pii).parse(body)
+    fast = compiled().Mapper(pii).parse(body)
+    return fast, twin
+
+
+# ---------------------------------------------------------------- properties
+
+
+@PROPERTY
+@given(documents(bodies()), st.sampled_from(PII_LISTS), single_types, received)
+def test_compiled_maps_like_the_twin(body, pii, single_type, received_at_ms):
+    fast, twin = both(pii, body)
+    assert fast.write_key == twin.write_key
+    assert fast.item_count(single_type) == twin.item_count(single_type)
+    assert fast.map(single_type, received_at_ms, TENANT) == twin.map(single_type, received_at_ms, TENANT)
+
+
+@PROPERTY
+@given(documents(bodies()), single_types, st.sampled_from([0, 10, 100, 300, 1000, 5000, MAX_ITEM_BYTES]))
+def test_compiled_sizes_items_like_the_twin(body, single_type, limit):
+    fast, twin = both(DEFAULT_PII_SUBSTRINGS, body)
+    assert fast.has_oversized_item(single_type, limit) == twin.has_oversized_item(single_type, limit)
+
+
+@PROPERTY
+@given(st.lists(st.one_of(floats, number_literals, ints), min_size=1, max_size=8), st.booleans())
+def test_numbers_are_written_like_python(numbers, ecommerce_strings):
+    """repr(float) and str(int) in measures, dims (inside arrays) and ids; ecommerce strings coerced."""
+    props = [(f"m{i}", n) for i, n in enumerate(numbers)] + [("list", numbers)]
+    if ecommerce_strings:
+        props += [(key, dump(n, True, False)) for key, n in zip(ECOMMERCE_KEYS, numbers, strict=False)]
+    first = numbers[0]
+    body = Obj((("type", "track"), ("event", "Order Completed"), ("userId", first), ("messageId", first), ("properties", Obj(tuple(props)))))
+    fast, twin = both(DEFAULT_PII_SUBSTRINGS, dump(body, True, False).encode())
+    assert fast.map(None, RECEIVED_MS, TENANT) == twin.map(None, RECEIVED_MS, TENANT)
+    assert fast.has_oversized_item(None, 0) == twin.has_oversized_item(None, 0)
+
+
+@PROPERTY
+@given(st.one_of(iso_timestamps(), timestamps.filter(lambda t: isinstance(t, str)), st.text(max_size=30)), received)
+def test_timestamps_parse_like_the_twin(timestamp, received_at_ms):
+    """occurred_at from `timestamp` alone, so every accepted grammar detail shows."""
+    body = Obj((("type", "track"), ("event", "x"), ("userId", "u"), ("timestamp", timestamp)))
+    fast, twin = both((), dump(body, False, False).encode())
+    assert fast.map(None, received_at_ms, TENANT) == twin.map(None, received_at_ms, TENANT)
+
+
+# ---------------------------------------------------------------- who decides what is JSON
+
+# simdjson refuses valid RFC 8259 JSON the twin accepts (SPEC: "still
+# accepted"): the compiled module raises Refused and the twin decides. Bodies
+# that are not JSON at all are InvalidJSON from whichever module sees them;
+# when simdjson's error is only "malformed" (`nul`, trailing junk, raw control
+# characters) it also says Refused, and the twin, the arbiter, says InvalidJSON.
+# Only invalid UTF-8, an empty body, nesting past simdjson's 1024 levels and a
+# root that is not an object are rejected without asking the twin.
+REFUSED = "refused"
+TABLE = [
+    pytest.param(b'{"a":123456789012345678901234567890}', REFUSED, "ok", id="integer-beyond-64-bits"),
+    pytest.param(b'{"a":-9223372036854775809}', REFUSED, "ok", id="integer-below-int64"),
+    pytest.param(b'{"a":1e400}', REFUSED, "ok", id="exponent-beyond-double"),
+    pytest.param(b'{"a":"\\ud800"}', REFUSED, "ok", id="lone-surrogate-escape"),
+    pytest.param(b"nul", REFUSED, "invalid", id="truncated-literal"),
+    pytest.param(b'{"a":1} x', REFUSED, "invalid", id="trailing-junk"),
+    pytest.param(b'{"a":"x\x01"}', REFUSED, "invalid", id="raw-control-character"),
+    pytest.param(b'{"a":NaN}', REFUSED, "invalid", id="nan"),
+    pytest.param(b'{"a":"\xff"}', "invalid", "invalid", id="invalid-utf8"),
+    pytest.param(b'{"a":"\xed\xa0\x80"}', "invalid", "invalid", id="utf8-encoded-surrogate"),
+    pytest.param(b"[1]", "invalid", "invalid", id="array-root"),
+    pytest.param(b'"writeKey"', "invalid", "invalid", id="string-root"),
+    pytest.param(b"", "invalid", "invalid", id="empty"),
+    pytest.param(b" \r\n\t", "invalid", "invalid", id="whitespace-only"),
+    pytest.param(b"\xef\xbb\xbf", "invalid", "invalid", id="bom-only"),
+    pytest.param(b'{"a":' * 1100 + b"1" + b"}" * 1100, "invalid", "invalid", id="nesting-past-1024"),
+    pytest.param(b'\xef\xbb\xbf{"a":1}', "ok", "ok", id="bom-then-object"),
+    pytest.param(b'{"a":18446744073709551615,"b":-9223372036854775808}', "ok", "ok", id="64-bit-extremes"),
+]
+
+
+def outcome(parse: Any, body: bytes) -> str:
+    try:
+        parse(body)
+    except InvalidJSON:
+        return "invalid"
+    except compiled().Refused:
+        return REFUSED
+    return "ok"
+
+
+@pytest.mark.parametrize(("body", "compiled_says", "twin_says"), TABLE)
+def test_refused_or_invalid(body, compiled_says, twin_says):
+    assert outcome(compiled().Mapper(DEFAULT_PII_SUBSTRINGS).parse, body) == compiled_says
+    assert outcome(_fast_py.Mapper(DEFAULT_PII_SUBSTRINGS).parse, body) == twin_says
+
+
+def test_refused_is_the_twins_refused():
+    assert issubclass(compiled().Refused, _fast_py.Refused)
+    assert issubclass(compiled().Refused, ValueError)
+
+
+# ---------------------------------------------------------------- one parser per thread
+
+
+def test_a_document_goes_stale_when_its_thread_parses_again():
+    mapper = compiled().Mapper(DEFAULT_PII_SUBSTRINGS)
+    first = mapper.parse(b'{"type":"track","event":"a","userId":"u"}')
+    second = mapper.parse(b'{"type":"track","event":"b","userId":"u"}')
+    with pytest.raises(RuntimeError, match="stale"):
+        first.map(None, RECEIVED_MS, TENANT)
+    with pytest.raises(RuntimeError, match="stale"):
+        first.item_count(None)
+    assert second.map(None, RECEIVED_MS, TENANT)[0][0][2] == "b"
+
+
+def test_a_document_stays_on_its_thread():
+    mapper = compiled().Mapper(DEFAULT_PII_SUBSTRINGS)
+    document = mapper.parse(b'{"type":"track","event":"a","userId":"u"}')
+    errors: list[BaseException] = []
+
+    def use() -> None:
+        try:
+            document.map(None, RECEIVED_MS, TENANT)
+        except RuntimeError as error:
+            errors.append(error)
+        mapper.parse(b'{"other":"thread"}')  # its own parser: ours stays valid
+
+    thread = threading.Thread(target=use)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+    assert document.map(None, RECEIVED_MS, TENANT)[0][0][2] == "a"
