@@ -166,7 +166,7 @@ def test_preflight(client):
     assert response.status_code == 204
     assert response.headers["Access-Control-Allow-Origin"] == "http://shop.example:3000"
     assert response.headers["Access-Control-Allow-Methods"] == "POST, OPTIONS"
-    assert response.headers["Access-Control-Allow-Headers"] == "authorization,content-type,x-custom"
+    assert response.headers["Access-Control-Allow-Headers"] == "authorization, content-type, x-custom, x-write-key"
     assert int(response.headers["Access-Control-Max-Age"]) > 0
 
 

@@ -29,7 +29,7 @@ from .limits import CORS_MAX_AGE_SECONDS, MAX_BATCH_ITEMS, MAX_BODY_BYTES, MAX_I
 from .mapping import BodyMapper
 from .routes import Route, classify
 
-DEFAULT_ALLOW_HEADERS = "authorization, content-type, x-write-key"
+DEFAULT_ALLOW_HEADERS = ("authorization", "content-type", "x-write-key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +101,15 @@ def cors_headers(origin: str | None) -> list[tuple[str, str]]:
 
 
 def preflight(request: Request) -> Response:
-    requested = request.headers.get("access-control-request-headers", "").strip()
+    # Echo what the browser asks for, and always allow the three headers our
+    # clients send (SPEC: "at least authorization, content-type, x-write-key").
+    requested = [h.strip() for h in request.headers.get("access-control-request-headers", "").split(",")]
+    allowed = [h for h in requested if h]
+    lowered = {h.lower() for h in allowed}
+    allowed += [h for h in DEFAULT_ALLOW_HEADERS if h not in lowered]
     headers = cors_headers(request.headers.get("origin")) + [
         ("Access-Control-Allow-Methods", "POST, OPTIONS"),
-        ("Access-Control-Allow-Headers", requested or DEFAULT_ALLOW_HEADERS),
+        ("Access-Control-Allow-Headers", ", ".join(allowed)),
         ("Access-Control-Max-Age", str(CORS_MAX_AGE_SECONDS)),
     ]
     return Response(204, headers, b"")
