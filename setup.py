@@ -22,9 +22,15 @@ extension = Extension(
     extra_compile_args=["-std=c++17", "-O3", "-DNDEBUG"],
 )
 
+index = Extension(
+    "drengr._index",
+    sources=["src/drengr/_index.pyx"],
+    extra_compile_args=["-O3"],
+)
+
 setup(
     ext_modules=cythonize(
-        [extension],
+        [extension, index],
         include_path=[SITE_DIR],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     ),

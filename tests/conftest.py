@@ -13,6 +13,7 @@ from drengr.store import SQLiteStore
 from drengr.web import Config, create_app
 
 TENANT = "acme"
+COLUMNS = "tenant_id, event_id, event_name, event_type, external_id, install_id, occurred_at, received_at, dims, measures"
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def read_rows(db_path: Path) -> list[dict[str, Any]]:
     conn = sqlite3.connect(db_path)
     conn.row_factory = sqlite3.Row
     try:
-        rows = [dict(row) for row in conn.execute("SELECT * FROM semantic_events ORDER BY rowid")]
+        rows = [dict(row) for row in conn.execute(f"SELECT {COLUMNS} FROM semantic_events ORDER BY seq")]
     finally:
         conn.close()
     for row in rows:

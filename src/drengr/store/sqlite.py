@@ -1,15 +1,18 @@
-"""The SQLite store: WAL, BEGIN IMMEDIATE, group commit, windowed dedup.
+"""The SQLite store: WAL, BEGIN IMMEDIATE, group commit, an in-memory dedup window.
 
 Layout, and why (see ../shared/PERF-NOTES.md — the dedup index, not parsing,
 is what costs at scale):
 
-- ``semantic_events`` is append-only: a rowid table with no random-key index,
-  so its write rate does not fall as it grows.
-- Dedup keys live in ``event_ids_<week>`` tables (``WITHOUT ROWID``, a 16-byte
-  BLAKE2b digest of tenant and event_id as the key), one per 7-day
-  generation of *received* time. A write checks the current and the previous
-  generation and inserts into the current one, so every repeat within 7 days
-  is caught; older generations are dropped whole (no per-row delete).
+- ``semantic_events`` is append-only: its only key is ``seq INTEGER PRIMARY KEY
+  AUTOINCREMENT`` (always increasing, never reused), so its write rate does not
+  fall as it grows. There is no random-key index on disk at all.
+- Dedup is exact and lives in memory (``_index.FingerprintIndex``): 64-bit
+  fingerprints of (tenant_id, event_id) → seq, for rows received in the
+  current and the previous 7-day generation (so every repeat within 7 days is
+  caught; older generations are dropped whole). On start the index is built
+  from those rows of the table; before every write, under the write lock, it
+  reads the rows other processes committed since (``seq > last_seq``); every
+  fingerprint hit is verified against the row it points to.
 - One writer thread per process owns the write connection and commits
   whatever requests are waiting in one transaction (group commit), so
   ``synchronous=FULL`` costs one fsync per group, not per request.
@@ -21,7 +24,6 @@ sqlite-utils does schema and admin; the hot insert goes straight to
 ``executemany`` (``insert_all`` measured ~2× slower).
 """
 
-import hashlib
 import logging
 import queue
 import secrets
@@ -34,11 +36,18 @@ from typing import Any
 
 import sqlite_utils
 
+from array import array
+
 from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.machine import StoreOutcome
 from ..core.timestamps import format_ms
 from .base import KeyInfo, StoreError
+
+try:
+    from .._index import FingerprintIndex, fingerprint, fingerprints  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - the extension did not build; the twin is exact, only slower
+    from .._index_py import FingerprintIndex, fingerprint, fingerprints
 
 log = logging.getLogger("drengr.store")
 
@@ -52,11 +61,6 @@ _EVENT_COLUMNS = (
     "occurred_at, received_at, dims, measures"
 )
 _INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
-
-
-def dedup_digest(tenant_id: str, event_id: str) -> bytes:
-    material = f"{tenant_id}\x00{event_id}".encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(material, digest_size=16).digest()
 
 
 def generation(received_at_ms: int) -> int:
@@ -95,7 +99,10 @@ class SQLiteStore:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
-        self._known_generations: set[int] = set()
+        # The dedup window, owned by the writer thread (see the module docstring).
+        self._generation = -1
+        self._window: tuple[Any, Any] = (FingerprintIndex(), FingerprintIndex())  # (current, previous)
+        self._last_seq = -1  # -1: not loaded yet
         self.group_commits = 0  # transactions the writer has committed (group commit is visible in tests)
         self._migrate()
 
@@ -150,19 +157,23 @@ class SQLiteStore:
                 not_null={"events"},
                 if_not_exists=True,
             )
-            # Column types and NOT NULL exactly as the SPEC's table; no index (append-only).
-            db.table("semantic_events").create(
-                {
-                    "tenant_id": str, "event_id": str, "event_name": str, "event_type": str,
-                    "external_id": str, "install_id": str, "occurred_at": str,
-                    "received_at": str, "dims": str, "measures": str,
-                },
-                not_null={
-                    "tenant_id", "event_id", "event_name", "event_type", "install_id",
-                    "occurred_at", "received_at", "dims", "measures",
-                },
-                if_not_exists=True,
-            )  # fmt: skip
+            # Column types and NOT NULL exactly as the SPEC's table, plus `seq`: an
+            # always-increasing key the dedup window points at (no other index).
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS semantic_events (
+                    tenant_id TEXT NOT NULL,
+                    event_id TEXT NOT NULL,
+                    event_name TEXT NOT NULL,
+                    event_type TEXT NOT NULL,
+                    external_id TEXT,
+                    install_id TEXT NOT NULL,
+                    occurred_at TEXT NOT NULL,
+                    received_at TEXT NOT NULL,
+                    dims TEXT NOT NULL,
+                    measures TEXT NOT NULL,
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT
+                )"""
+            )
             db.table("meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
             conn.execute("COMMIT")
         except sqlite3.Error as error:
@@ -335,68 +346,132 @@ class SQLiteStore:
         if all(job.probe for job in jobs):
             conn.execute("ROLLBACK")
             return
+        self._catch_up(conn)
+        staged: dict[str, set[str]] = {}  # tenant → event ids written in this transaction
+        additions: list[tuple[array, int]] = []  # (fingerprints, first seq) to index after COMMIT
         for job in jobs:
             if job.probe:
                 continue
             conn.execute("SAVEPOINT job")
             try:
-                job.outcome = self._apply(conn, job)
+                job.outcome, ids, added = self._apply(conn, job, staged)
                 conn.execute("RELEASE job")
             except sqlite3.Error as error:
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 job.outcome, job.error = None, error
+                continue
+            if added is not None:
+                staged.setdefault(job.tenant_id, set()).update(ids)
+                additions.append(added)
         conn.execute("COMMIT")
         self.group_commits += 1
+        current = self._window[0]
+        for fps, first_seq in additions:
+            current.add_many(fps, array("q", range(first_seq, first_seq + len(fps))))
+            self._last_seq = max(self._last_seq, first_seq + len(fps) - 1)
 
-    def _dedup_tables(self, conn: sqlite3.Connection, received_at_ms: int) -> tuple[str, str]:
-        current = generation(received_at_ms)
-        if current not in self._known_generations:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS event_ids_{current} (k BLOB PRIMARY KEY) WITHOUT ROWID")
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS event_ids_{current - 1} (k BLOB PRIMARY KEY) WITHOUT ROWID"
-            )
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'event\\_ids\\_%' ESCAPE '\\'"
-            ).fetchall():
-                if int(name.rsplit("_", 1)[1]) < current - 1:
-                    conn.execute(f"DROP TABLE {name}")  # older than the window: dropped whole
-            self._known_generations = {current}
-        return f"event_ids_{current}", f"event_ids_{current - 1}"
+    def _catch_up(self, conn: sqlite3.Connection) -> None:
+        """Bring the window up to date: load it on first use, rotate it, read others' rows."""
+        now_ms = int(self._clock() * 1000)
+        current_generation = generation(now_ms)
+        if self._last_seq < 0:
+            self._load_window(conn, current_generation)
+        elif current_generation > self._generation:
+            previous = self._window[0] if current_generation == self._generation + 1 else FingerprintIndex()
+            self._window = (FingerprintIndex(), previous)  # the older generation is dropped whole
+            self._generation = current_generation
+        current = self._window[0]
+        for seq, tenant_id, event_id in conn.execute(
+            "SELECT seq, tenant_id, event_id FROM semantic_events WHERE seq > ? ORDER BY seq",
+            (self._last_seq,),
+        ):
+            current.add(fingerprint(tenant_id, event_id), seq)
+            self._last_seq = seq
 
-    def _apply(self, conn: sqlite3.Connection, job: _Job) -> StoreOutcome:
-        current, previous = self._dedup_tables(conn, job.received_at_ms)
-        tenant_id = job.tenant_id
-        digests = [dedup_digest(tenant_id, row[1]) for row in job.rows]
-        seen: set[bytes] = set()
-        for start in range(0, len(digests), _SQL_VARIABLES // 2):
-            chunk = digests[start : start + _SQL_VARIABLES // 2]
-            marks = ",".join("?" * len(chunk))
-            seen.update(
-                found
-                for (found,) in conn.execute(
-                    f"SELECT k FROM {current} WHERE k IN ({marks}) "
-                    f"UNION ALL SELECT k FROM {previous} WHERE k IN ({marks})",
-                    chunk + chunk,
-                )
-            )
-        fresh_rows: list[tuple[Any, ...]] = []
-        fresh_keys: list[tuple[bytes]] = []
-        for row, digest in zip(job.rows, digests, strict=True):
-            if digest in seen:
-                continue
-            seen.add(digest)  # repeats inside one request are stored once too
-            fresh_rows.append(row)
-            fresh_keys.append((digest,))
-        duplicates = len(job.rows) - len(fresh_rows)
-        allowed = self._meter(conn, tenant_id, job.received_at_ms // MS_PER_DAY, len(fresh_rows))
-        if allowed < len(fresh_rows):
-            del fresh_rows[allowed:], fresh_keys[allowed:]
-        conn.executemany(_INSERT_EVENTS, fresh_rows)
-        conn.executemany(f"INSERT INTO {current} (k) VALUES (?)", fresh_keys)
-        return StoreOutcome(
-            stored=len(fresh_rows), duplicates=duplicates, over_cap=len(digests) - duplicates - allowed
+    def _load_window(self, conn: sqlite3.Connection, current_generation: int) -> None:
+        """Index the rows received in the current and previous generation (start-up)."""
+        window_ms = DEDUP_WINDOW_DAYS * MS_PER_DAY
+        boundary = format_ms(current_generation * window_ms)
+        # A day of margin: processes' clocks and commit order may disagree by a little.
+        start = format_ms((current_generation - 1) * window_ms - MS_PER_DAY)
+        first_seq = self._first_seq_received_since(conn, start)
+        current, previous = FingerprintIndex(), FingerprintIndex()
+        last = 0
+        for seq, tenant_id, event_id, received_at in conn.execute(
+            "SELECT seq, tenant_id, event_id, received_at FROM semantic_events WHERE seq >= ? ORDER BY seq",
+            (first_seq,),
+        ):
+            (current if received_at >= boundary else previous).add(fingerprint(tenant_id, event_id), seq)
+            last = seq
+        top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'semantic_events'").fetchone()
+        self._window = (current, previous)
+        self._generation = current_generation
+        self._last_seq = max(last, top[0] if top else 0)
+
+    @staticmethod
+    def _first_seq_received_since(conn: sqlite3.Connection, since: str) -> int:
+        """Binary search on seq: rows are appended in (nearly) received order."""
+        low_row = conn.execute("SELECT min(seq), max(seq) FROM semantic_events").fetchone()
+        low, high = low_row if low_row[0] is not None else (1, 0)
+        while low <= high:
+            middle = (low + high) // 2
+            row = conn.execute(
+                "SELECT seq, received_at FROM semantic_events WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
+            ).fetchone()
+            if row[1] < since:
+                low = row[0] + 1
+            else:
+                high = middle - 1
+        return low
+
+    def _is_stored(self, conn: sqlite3.Connection, key: int, tenant_id: str, event_id: str) -> bool:
+        for index in self._window:
+            for seq in index.candidates(key):
+                found = conn.execute(
+                    "SELECT tenant_id, event_id FROM semantic_events WHERE seq = ?", (seq,)
+                ).fetchone()
+                if found == (tenant_id, event_id):
+                    return True
+        return False
+
+    def _apply(
+        self, conn: sqlite3.Connection, job: _Job, staged: dict[str, set[str]]
+    ) -> tuple[StoreOutcome, list[str], tuple[array, int] | None]:
+        tenant_id, rows = job.tenant_id, job.rows
+        keys = fingerprints(tenant_id, rows, 1)
+        hits = set(self._window[0].hits(keys)).union(self._window[1].hits(keys))
+        ids = [row[1] for row in rows]
+        already = staged.get(tenant_id)
+        if not hits and not already and len(set(ids)) == len(ids):
+            fresh, fresh_ids, fresh_keys = rows, ids, keys  # the usual case: nothing to drop
+        else:
+            seen: set[str] = set(already or ())
+            positions = []
+            for position, event_id in enumerate(ids):
+                if event_id in seen:
+                    continue  # repeated inside this transaction
+                if position in hits and self._is_stored(conn, keys[position], tenant_id, event_id):
+                    continue
+                seen.add(event_id)
+                positions.append(position)
+            fresh = [rows[p] for p in positions]
+            fresh_ids = [ids[p] for p in positions]
+            fresh_keys = array("Q", [keys[p] for p in positions])
+        duplicates = len(rows) - len(fresh)
+        allowed = self._meter(conn, tenant_id, job.received_at_ms // MS_PER_DAY, len(fresh))
+        if allowed < len(fresh):
+            fresh, fresh_ids, fresh_keys = fresh[:allowed], fresh_ids[:allowed], fresh_keys[:allowed]
+        outcome = StoreOutcome(
+            stored=len(fresh), duplicates=duplicates, over_cap=len(rows) - duplicates - allowed
         )
+        if not fresh:
+            return outcome, [], None
+        conn.executemany(_INSERT_EVENTS, fresh)
+        last_seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'semantic_events'").fetchone()[
+            0
+        ]
+        return outcome, fresh_ids, (fresh_keys, last_seq - len(fresh) + 1)
 
     def _meter(self, conn: sqlite3.Connection, tenant_id: str, day: int, wanted: int) -> int:
         """How many of ``wanted`` new events fit under today's cap; counts them. Fails open."""

@@ -1,0 +1,66 @@
+"""Pure-Python twin of ``_index.pyx``: same fingerprints, same answers, slower and larger.
+
+Used where the extension did not build, and as the oracle in tests.
+"""
+
+from array import array
+from typing import Any
+
+_FNV_OFFSET = 14695981039346656037
+_FNV_PRIME = 1099511628211
+_MASK = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK
+    x ^= x >> 31
+    return x
+
+
+def _fnv(data: bytes, h: int) -> int:
+    for byte in data:
+        h = ((h ^ byte) * _FNV_PRIME) & _MASK
+    return h
+
+
+def fingerprint(tenant_id: str, event_id: str) -> int:
+    h = _fnv(tenant_id.encode("utf-8", "surrogatepass"), _FNV_OFFSET)
+    h = (h * _FNV_PRIME) & _MASK  # the 0 separator
+    h = _mix(_fnv(event_id.encode("utf-8", "surrogatepass"), h))
+    return h or 1
+
+
+def fingerprints(tenant_id: str, rows: list[tuple[Any, ...]], column: int) -> array:
+    return array("Q", [fingerprint(tenant_id, row[column]) for row in rows])
+
+
+class FingerprintIndex:
+    def __init__(self, capacity: int = 1 << 14) -> None:
+        self._map: dict[int, list[int]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._count * 100  # roughly: a dict entry, a list and two ints
+
+    def add(self, key: int, value: int) -> None:
+        if key == 0:
+            raise ValueError("fingerprints are never 0")
+        self._map.setdefault(key, []).append(value)
+        self._count += 1
+
+    def add_many(self, keys: Any, values: Any) -> None:
+        for key, value in zip(keys, values, strict=True):
+            self.add(key, value)
+
+    def candidates(self, key: int) -> list[int]:
+        return list(self._map.get(key, ()))
+
+    def hits(self, keys: Any) -> list[int]:
+        return [i for i, key in enumerate(keys) if key in self._map]
