@@ -1,0 +1,134 @@
+"""Store write path: rows/s of SQLiteStore.write for 2,500-row batches next to the bare-executemany floor.
+
+Run: python -m pytest bench/bench_store.py --benchmark-only --benchmark-columns=mean,ops,rounds
+(`ops` is batches/s; multiply by 2,500 for rows/s — `extra_info.rows_per_batch` says so).
+Under --benchmark-disable (CI) each case runs once on a small table, to stay correct.
+"""
+
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drengr.core.limits import MS_PER_DAY
+from drengr.core.timestamps import format_ms, parse_ms
+from drengr.store import SQLiteStore
+from drengr.store.sqlite import _INSERT_EVENTS
+
+ROWS_PER_BATCH = 2_500
+ROUNDS = 20
+NOW_MS = parse_ms("2026-11-26T12:00:00.000Z") or 0
+# A table that "already holds N rows": received long before the dedup window (history),
+# or inside it (the window then holds N fingerprints in memory).
+PREFILL_ROWS = int(os.environ.get("DRENGR_BENCH_PREFILL", "10000000"))
+
+
+def make_rows(n: int, received_at: str) -> list[tuple[Any, ...]]:
+    dims = json.dumps(
+        {"currency": "USD", "plan": "pro", "path": "/pricing", "os": "iOS 17.4", "app_version": "3.2.1"}
+    )
+    return [
+        ("acme", str(uuid.uuid4()), "order_completed", "track", f"user_{i % 5000}", f"anon_{i % 7000}",
+         received_at, received_at, dims, json.dumps({"revenue": 42.5, "quantity": i % 9}))
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def fresh_db(path: Path) -> Path:
+    SQLiteStore(str(path)).close()
+    return path
+
+
+def prefill(path: Path, rows: int, received_ms: int) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    chunk = 50_000
+    template = make_rows(chunk, format_ms(received_ms))
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            _INSERT_EVENTS, ((*row[:1], f"pre-{start + i}", *row[2:]) for i, row in enumerate(template[:n]))
+        )
+        conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def prefilled(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Path]]:
+    """Two databases holding PREFILL_ROWS rows each: history (outside the window) and in-window."""
+    disabled = request.config.getoption("benchmark_disable", False)
+    rows = 10_000 if disabled else PREFILL_ROWS
+    folder = tmp_path_factory.mktemp("prefilled")
+    history = fresh_db(folder / "history.db")
+    prefill(history, rows, NOW_MS - 30 * MS_PER_DAY)
+    window = fresh_db(folder / "window.db")
+    prefill(window, min(rows, 1_000_000), NOW_MS - MS_PER_DAY)
+    yield {"history": history, "window": window}
+
+
+def batches() -> Iterator[list[tuple[Any, ...]]]:
+    while True:
+        yield make_rows(ROWS_PER_BATCH, format_ms(NOW_MS))
+
+
+def run_rounds(benchmark: Any, write: Any) -> None:
+    source = batches()
+    benchmark.extra_info["rows_per_batch"] = ROWS_PER_BATCH
+    benchmark.pedantic(write, setup=lambda: ((next(source),), {}), rounds=ROUNDS, iterations=1)
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def bench_store_write_empty(benchmark: Any, tmp_path: Path, durability: str) -> None:
+    """SQLiteStore.write, 2,500 new rows per call, on an empty table."""
+    store = SQLiteStore(str(tmp_path / "s.db"), durability=durability, clock=lambda: NOW_MS / 1000)
+    run_rounds(benchmark, lambda rows: store.write("acme", rows, NOW_MS))
+    store.close()
+    assert count(tmp_path / "s.db") == ROWS_PER_BATCH * (1 if benchmark.disabled else ROUNDS)
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def bench_floor_executemany_empty(benchmark: Any, tmp_path: Path, durability: str) -> None:
+    """The floor: BEGIN IMMEDIATE; executemany of the same rows into the same schema; COMMIT."""
+    path = fresh_db(tmp_path / "f.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA synchronous = {durability.upper()}")
+
+    def write(rows: list[tuple[Any, ...]]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_INSERT_EVENTS, rows)
+        conn.execute("COMMIT")
+
+    run_rounds(benchmark, write)
+    conn.close()
+    assert count(path) == ROWS_PER_BATCH * (1 if benchmark.disabled else ROUNDS)
+
+
+@pytest.mark.parametrize("table", ["history", "window"])
+def bench_store_write_prefilled(benchmark: Any, prefilled: dict[str, Path], table: str) -> None:
+    """SQLiteStore.write (synchronous=FULL), 2,500 new rows per call, on a table that already holds many rows."""
+    path = prefilled[table]
+    before = count(path)
+    store = SQLiteStore(str(path), clock=lambda: NOW_MS / 1000)
+    store.write("acme", make_rows(1, format_ms(NOW_MS)), NOW_MS)  # loads the dedup window outside the timer
+    benchmark.extra_info["prefilled_rows"] = before
+    benchmark.extra_info["window_fingerprints"] = sum(len(index) for index in store._window)  # noqa: SLF001
+    run_rounds(benchmark, lambda rows: store.write("acme", rows, NOW_MS))
+    store.close()
+    assert count(path) == before + 1 + ROWS_PER_BATCH * (1 if benchmark.disabled else ROUNDS)
+
+
+def count(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT count(*) FROM semantic_events").fetchone()[0]
+    finally:
+        conn.close()
