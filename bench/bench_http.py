@@ -74,7 +74,7 @@ def server(kind: str, tmp: Path) -> Iterator[tuple[int, str, Path, subprocess.Po
         key = created.stdout.strip()
     if kind == "drengr":
         args = [*pinned(0), sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port),
-                "--threads", "8", "--log-level", "warning"]  # fmt: skip
+                "--threads", os.environ.get("DRENGR_BENCH_THREADS", "8"), "--log-level", "warning"]  # fmt: skip
     elif kind == "gunicorn":
         env["DRENGR_DB"] = str(db)
         args = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",

@@ -24,6 +24,8 @@ sqlite-utils does schema and admin; the hot insert goes straight to
 ``executemany`` (``insert_all`` measured ~2× slower).
 """
 
+import functools
+import itertools
 import logging
 import queue
 import secrets
@@ -60,6 +62,27 @@ _EVENT_COLUMNS = (
     "occurred_at, received_at, dims, measures"
 )
 _INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_ROWS_PER_STATEMENT = 100  # 1,000 parameters a statement
+
+
+@functools.cache
+def _insert_statement(rows: int) -> str:
+    return f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES " + ",".join(
+        ["(?,?,?,?,?,?,?,?,?,?)"] * rows
+    )
+
+
+def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Multi-row INSERTs, 100 rows a statement.
+
+    Faster than executemany on its own (~1.9 vs ~2.6 µs a row here), and above
+    all it steps SQLite once per 100 rows: the sqlite3 module drops the GIL at
+    every step, and under load each drop let a request thread hold the GIL for
+    a while before the writer got it back (group commits took ~10 µs a row).
+    """
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        conn.execute(_insert_statement(len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
 def generation(received_at_ms: int) -> int:
@@ -113,6 +136,7 @@ class SQLiteStore:
             isolation_level=None,
             timeout=self._busy_timeout_ms / 1000,
             check_same_thread=False,
+            cached_statements=256,  # the multi-row INSERTs of every size up to 100
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -466,7 +490,7 @@ class SQLiteStore:
         )
         if not fresh:
             return outcome, [], None
-        conn.executemany(_INSERT_EVENTS, fresh)
+        insert_events(conn, fresh)
         last_seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'semantic_events'").fetchone()[
             0
         ]
