@@ -250,6 +250,12 @@ def test_x_write_key_header(client, key):
     )
 
 
+def test_x_write_key_with_jitsu_secret_part(client, key):
+    """@jitsu/js refuses keys without `id:secret`; the part before the first `:` is the key."""
+    response = client.post("/api/s/s2s/track", data=json.dumps(item()), headers={"X-Write-Key": key + ":x"})
+    assert response.data == SUCCESS
+
+
 def test_body_write_key(client, key):
     assert client.post("/v1/track", data=json.dumps(item(writeKey=key))).data == SUCCESS
 

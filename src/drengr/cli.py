@@ -8,8 +8,11 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from .core.limits import WAITRESS_MAX_BODY_BYTES
 from .store import SQLiteStore, StoreError
@@ -62,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: a 200 survives a power cut (default); normal: survives a crash, faster",
     )
     serve.add_argument(
+        "--busy-timeout-ms",
+        type=_positive_int,
+        default=_env("busy_timeout_ms", "5000"),
+        help="how long a write waits for another process's lock before answering 502 (DRENGR_BUSY_TIMEOUT_MS)",
+    )
+    serve.add_argument(
         "--connection-limit", type=_positive_int, default=_env("connection_limit", "1000"),
         help="most simultaneous connections (DRENGR_CONNECTION_LIMIT)",
     )  # fmt: skip
@@ -102,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_store(path: str, durability: str = "full") -> SQLiteStore:
+def _open_store(path: str, durability: str = "full", busy_timeout_ms: int = 5_000) -> SQLiteStore:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"The folder {folder} does not exist: create it or pass another --db path.")
     try:
-        return SQLiteStore(path, durability=durability)
+        return SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms)
     except StoreError as error:
         raise UsageError(f"Cannot use {path} as the database ({error}): pass a writable --db path.") from None
 
@@ -171,27 +180,24 @@ def tenants(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     import waitress
 
-    from .web import Config, create_app
+    from .web import Config, OneLineFormatter, create_app
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    # One record, one line: a newline a client put in a path or header can never forge a log line.
+    handler.setFormatter(OneLineFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     # "Task queue depth is N" costs ~6 % and can wedge a server whose stderr nobody reads.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    store = _open_store(args.db, args.durability)
+    store = _open_store(args.db, args.durability, int(args.busy_timeout_ms))
     if store.is_new():
         key = store.create_key("default", "publishable")
         print("New database: created tenant 'default' with this publishable key:", file=sys.stderr)
         print(key, flush=True)
     prefix = "/" + args.prefix.strip("/") if args.prefix.strip("/") else ""
-    config = Config(db=args.db, durability=args.durability, prefix=prefix)
+    config = Config(db=args.db, durability=args.durability, prefix=prefix, busy_timeout_ms=int(args.busy_timeout_ms))
     app = create_app(config, store=store)
-    gc.freeze()  # the start-up objects never need collecting; keeps GC pauses off the hot path
-    print(
-        f"Listening on http://{args.host}:{args.port}{prefix}/  (database {args.db})",
-        file=sys.stderr,
-        flush=True,
-    )
     try:
-        waitress.serve(
+        server = waitress.create_server(
             app,
             host=args.host,
             port=int(args.port),
@@ -199,18 +205,86 @@ def serve(args: argparse.Namespace) -> int:
             max_request_body_size=WAITRESS_MAX_BODY_BYTES,
             connection_limit=int(args.connection_limit),
             channel_timeout=int(args.channel_timeout),
+            # Close idle connections within channel_timeout + 5 s, not + 30 s (waitress' default sweep).
+            cleanup_interval=5,
+            # poll(), not select(): select() cannot watch a descriptor numbered 1024 or more, so with
+            # a --connection-limit past ~1,000 a connection flood killed the server (ValueError).
+            asyncore_use_poll=True,
             recv_bytes=65536,
             expose_tracebacks=False,
             ident="drengr",
-            _quiet=True,
         )
     except OSError as error:
+        store.close()
         raise UsageError(
             f"Cannot listen on {args.host}:{args.port} ({error.strerror}): pick another --port."
         ) from None
+    gc.freeze()  # the start-up objects never need collecting; keeps GC pauses off the hot path
+    print(
+        f"Listening on http://{args.host}:{args.port}{prefix}/  (database {args.db})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        _run_until_stopped(server)
     finally:
-        store.close()
+        store.close()  # after the last response: the writer thread finishes what it was given
     return 0
+
+
+SHUTDOWN_GRACE_SECONDS = 10.0  # docker stop and Kubernetes send SIGKILL 10 s / 30 s after SIGTERM
+
+
+def _run_until_stopped(server: Any) -> None:
+    """waitress' loop, until SIGTERM or SIGINT; then stop accepting and finish what is in flight.
+
+    ``server.run()`` would stop the loop at once on a signal: requests already
+    being handled would get no answer (their rows may be stored, their client
+    retries) and queued ones would be dropped. Instead the listening socket is
+    closed (new connections are refused, so clients and load balancers retry
+    elsewhere) and the loop keeps going until every request that had started
+    arriving is answered and flushed, for at most SHUTDOWN_GRACE_SECONDS.
+    """
+    from waitress import wasyncore
+    from waitress.server import BaseWSGIServer
+
+    stopping: list[int] = []
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    socket_map = server.map if hasattr(server, "map") else server._map
+    use_poll = server.adj.asyncore_use_poll
+    try:
+        while not stopping and socket_map:
+            wasyncore.loop(timeout=server.adj.asyncore_loop_timeout, use_poll=use_poll, map=socket_map, count=1)
+        for listener in [d for d in socket_map.values() if isinstance(d, BaseWSGIServer)]:
+            # The dispatcher's own close: BaseWSGIServer.close() would also close the trigger
+            # that wakes this loop when a worker thread has an answer ready.
+            wasyncore.dispatcher.close(listener)
+        channels = [d for d in socket_map.values() if hasattr(d, "requests")]
+        busy = sum(1 for channel in channels if _in_flight(channel))
+        logging.getLogger("drengr").warning(
+            "Stopping: no longer accepting connections; finishing %d request(s) in flight.", busy
+        )
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while time.monotonic() < deadline and any(_in_flight(d) for d in list(socket_map.values())):
+            wasyncore.loop(timeout=0.05, use_poll=use_poll, map=socket_map, count=1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=SHUTDOWN_GRACE_SECONDS)
+        wasyncore.close_all(socket_map, ignore_all=True)
+
+
+def _in_flight(dispatcher: Any) -> bool:
+    """A connection with a request arriving, queued, being handled, or an answer not yet sent."""
+    if not hasattr(dispatcher, "requests"):
+        return False  # the listener or the trigger
+    return bool(
+        dispatcher.requests or dispatcher.total_outbufs_len or getattr(dispatcher, "request", None) is not None
+    )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ write rows, log one line. The decisions are ``drengr.core.machine``'s.
 import json
 import logging
 import os
+import re
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, request
@@ -33,6 +36,7 @@ class Config:
     db: str = "drengr.db"
     durability: str = "full"  # "full" | "normal"
     prefix: str = ""  # mount point, e.g. "/segment-ingest"
+    busy_timeout_ms: int = 5_000  # a write waits this long for another process's lock, then 502
     pii_substrings: tuple[str, ...] = DEFAULT_PII_SUBSTRINGS
 
     @classmethod
@@ -43,6 +47,7 @@ class Config:
             db=env.get("DRENGR_DB", cls.db),
             durability=env.get("DRENGR_DURABILITY", cls.durability).lower(),
             prefix=env.get("DRENGR_PREFIX", cls.prefix),
+            busy_timeout_ms=int(env.get("DRENGR_BUSY_TIMEOUT_MS", cls.busy_timeout_ms)),
             pii_substrings=tuple(p.strip().lower() for p in pii.split(",") if p.strip())
             if pii is not None
             else DEFAULT_PII_SUBSTRINGS,
@@ -58,7 +63,11 @@ def create_app(
 ) -> Flask:
     """The WSGI app. ``store`` defaults to a SQLiteStore on ``config.db``; ``clock_ms`` is the time of receipt."""
     config = config or Config.from_env()
-    store = store if store is not None else SQLiteStore(config.db, durability=config.durability)
+    store = (
+        store
+        if store is not None
+        else SQLiteStore(config.db, durability=config.durability, busy_timeout_ms=config.busy_timeout_ms)
+    )
     mapper = BodyMapper(config.pii_substrings)
     app = Flask("drengr")
     app.url_map.merge_slashes = False  # `//v1/t` must not redirect: a 3xx counts as delivered
@@ -88,8 +97,8 @@ def create_app(
         )
         try:
             result = machine.run(req, mapper, answer)
-        except Exception:  # a bug, not the client's doing: log it, never show a traceback
-            log.exception("unexpected error handling %s %s", req.method, req.path)
+        except Exception as error:  # a bug, not the client's doing: log it, never show a traceback
+            _log_unexpected(req, error)
             result = machine.error_response(IngestFailed(), headers.get("origin"))
         _log_request(req, result, time.perf_counter() - started)
         return Response(result.body, status=result.status, headers=result.headers)
@@ -101,18 +110,25 @@ def create_app(
 
     @app.get("/health")
     def health() -> Response:
+        started = time.perf_counter()
         ok = store.writable()
         body = {"status": "ok"} if ok else {"status": "unavailable", "error": "the store cannot write"}
-        return Response(json.dumps(body), status=200 if ok else 503, mimetype="application/json")
+        status = 200 if ok else 503
+        _log_line("GET", "/health", status, None, time.perf_counter() - started)
+        return Response(json.dumps(body), status=status, mimetype="application/json")
 
     @app.get("/v1/projects/<write_key>/settings")
     def settings(write_key: str) -> Response:
+        started = time.perf_counter()
         record = store.lookup_key(hash_key(write_key))
         origin = request.headers.get("Origin")
+        path = "/v1/projects/{writeKey}/settings"  # the key in the path is never logged
         if not write_key.startswith(PUBLISHABLE_PREFIX) or record is None or record.revoked:
             result = machine.error_response(NotFound(), origin)
+            _log_line("GET", path, result.status, None, time.perf_counter() - started)
             return Response(result.body, status=result.status, headers=result.headers)
         body = settings_document(write_key, request.host, request.scheme, request.script_root)
+        _log_line("GET", path, 200, record.tenant_id, time.perf_counter() - started)
         return Response(body, status=200, headers=machine.cors_headers(origin), mimetype="application/json")
 
     if config.prefix.strip("/"):
@@ -140,14 +156,27 @@ class PrefixMiddleware:
         return [body]
 
 
+# Anything shaped like one of our keys is cut out of what the client chose (path, User-Agent).
+_KEY_PATTERN = re.compile(r"drengr_[a-z]{2}_[A-Za-z0-9_\-]*")
+_REDACTED = "drengr_[redacted]"
+
+
+def _redact(text: str, limit: int) -> str:
+    return _KEY_PATTERN.sub(_REDACTED, text)[:limit]
+
+
 def _log_request(req: machine.Request, result: machine.Response, seconds: float) -> None:
-    """One structured line per request: counts and reasons only, never a key or a value."""
+    """One structured line per request: counts and reasons only, never a key or a value.
+
+    The line is JSON with ``ensure_ascii``: a newline (or U+2028) the client put
+    in the path or a header is written as an escape, so it cannot start a line.
+    """
     if not access_log.isEnabledFor(logging.INFO):
         return
     outcome = result.outcome
     line = {
         "method": req.method,
-        "path": req.path[:200],
+        "path": _redact(req.path, 200),
         "status": result.status,
         "error": result.error_code,
         "tenant": result.tenant_id,
@@ -157,7 +186,59 @@ def _log_request(req: machine.Request, result: machine.Response, seconds: float)
         "over_cap": outcome.over_cap if outcome else 0,
         "dropped": result.dropped,
         "bytes": req.content_length,
-        "library": req.headers.get("user-agent", "")[:80],
+        "library": _redact(req.headers.get("user-agent", ""), 80),
         "ms": round(seconds * 1000, 2),
     }
     access_log.info(json.dumps(line, ensure_ascii=True))
+
+
+def _log_line(method: str, path: str, status: int, tenant_id: str | None, seconds: float) -> None:
+    """The access line of the routes that are not ingest (health, settings): same shape."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    line = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "error": None,
+        "tenant": tenant_id,
+        "items": 0,
+        "stored": 0,
+        "duplicates": 0,
+        "over_cap": 0,
+        "dropped": {},
+        "bytes": None,
+        "library": _redact(request.headers.get("User-Agent", ""), 80),
+        "ms": round(seconds * 1000, 2),
+    }
+    access_log.info(json.dumps(line, ensure_ascii=True))
+
+
+def _log_unexpected(req: machine.Request, error: Exception) -> None:
+    """A bug: where it happened, one line, without the exception's message.
+
+    The message of an exception raised while mapping may quote the body (a
+    property value, a key); the type and the frames are enough to find the bug.
+    """
+    frames = [f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in traceback.extract_tb(error.__traceback__)]
+    line = {
+        "unexpected_error": type(error).__name__,
+        "method": req.method,
+        "path": _redact(req.path, 200),
+        "frames": frames[-12:],
+    }
+    log.error(json.dumps(line, ensure_ascii=True))
+
+
+# str.splitlines() breaks at all of these, and so do some log shippers.
+_LINE_BREAKS = {ord(c): f"\\x{ord(c):02x}" for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85"} | {
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every record on one line: line breaks inside it (a traceback, a quoted input) are escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).translate(_LINE_BREAKS)

@@ -44,7 +44,8 @@ def key_from_headers(authorization: str | None, x_write_key: str | None) -> obje
         if username:
             return username
     if x_write_key:
-        return x_write_key.strip() or None
+        # @jitsu/js refuses a key without a ":secret" part, so split like Basic.
+        return x_write_key.strip().split(":", 1)[0] or None
     return None
 
 

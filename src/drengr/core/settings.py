@@ -31,7 +31,8 @@ def settings_document(write_key: str, host: str, scheme: str, script_name: str) 
         "analyticsNextEnabled": True,
         "middlewareSettings": {},
         "enabledMiddleware": {},
-        "metrics": {"sampleRate": 0.1, "host": api_host},
+        # analytics-next's own telemetry: we would only throw it away (SPEC: /v1/m stores nothing).
+        "metrics": {"sampleRate": 0},
         "legacyVideoPluginsEnabled": False,
         "remotePlugins": [],
     }

@@ -107,7 +107,7 @@ class SQLiteStore:
         self,
         path: str,
         durability: str = "full",
-        busy_timeout_ms: int = 10_000,
+        busy_timeout_ms: int = 5_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if durability not in ("full", "normal"):

@@ -1,0 +1,496 @@
+"""What the live client suite shares: a real `drengr serve`, its access log, the rows, a store outage.
+
+The server is the real thing (waitress, a real SQLite file, 127.0.0.1, a free
+port), started the way tests/test_server.py does it, but with `--log-level
+info` so every request leaves one JSON line from logger ``drengr.access`` on
+stderr; a thread reads them, so the tests can count what a library sent
+(retries included) from the server's side. Nothing here talks to anything
+but 127.0.0.1.
+"""
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+README = ROOT / "README.md"
+NODE_DIR = Path(__file__).parent / "node"
+CHROMIUM = "/usr/bin/chromium"
+
+# The placeholders the README's "Connect your SDK" snippets use; the tests
+# swap in the live server's URL and a fresh key and run the snippet verbatim.
+README_KEY = "drengr_pk_…"
+README_HOST = "http://127.0.0.1:8080"
+
+# SPEC: the store gives up on a locked database after its busy timeout and the
+# request gets 502. `drengr serve` has no option for it yet (10 s fixed); the
+# suite already asks for a short one so the outage tests get fast once it does.
+BUSY_TIMEOUT_ENV = {"DRENGR_BUSY_TIMEOUT_MS": "1500"}
+
+
+# The SPEC's columns of semantic_events (the names and meanings are fixed there).
+COLUMNS = "tenant_id, event_id, event_name, event_type, external_id, install_id, occurred_at, received_at, dims, measures"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_rows(db: Path) -> list[dict[str, Any]]:
+    """Every semantic_events row, dims and measures decoded."""
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = [dict(row) for row in conn.execute(f"SELECT {COLUMNS} FROM semantic_events")]
+    finally:
+        conn.close()
+    for row in rows:
+        row["dims"] = json.loads(row["dims"])
+        row["measures"] = json.loads(row["measures"])
+    return rows
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip when a client's runtime is missing locally; in CI (.ci/run installs it) that is a failure."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (.ci/run should have installed it)")
+    pytest.skip(why)
+
+
+def require_node() -> None:
+    require(shutil.which("node") is not None, "node is not installed")
+    require((NODE_DIR / "node_modules").is_dir(), "run `npm ci` in tests/clients/node (.ci/run does)")
+
+
+@dataclass
+class LiveServer:
+    port: int
+    key: str  # the `default` tenant's publishable key, printed on a fresh database
+    db: Path
+    process: subprocess.Popen[str]
+    log: list[dict[str, Any]] = field(default_factory=list)  # access-log lines, in order
+    lines: list[str] = field(default_factory=list)  # every stderr line, for failure messages
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                if line.startswith("{"):
+                    with contextlib.suppress(ValueError):
+                        entry = json.loads(line)
+                        if isinstance(entry, dict) and "status" in entry:
+                            self.log.append(entry)
+                self._changed.notify_all()
+
+    def requests(self, method: str | None = "POST") -> list[dict[str, Any]]:
+        """Access-log lines so far (POSTs by default: preflights and GETs are not deliveries)."""
+        with self._changed:
+            return [e for e in self.log if method is None or e["method"] == method]
+
+    def statuses(self, method: str | None = "POST") -> list[int]:
+        return [e["status"] for e in self.requests(method)]
+
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str) -> None:
+        """Block until ``predicate(access log)`` holds; fail with the server's stderr if it never does."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self.log):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tail = "\n".join(self.lines[-30:])
+                    raise AssertionError(f"timed out waiting for {what}; server stderr:\n{tail}")
+                self._changed.wait(min(left, 0.5))
+
+    def wait_quiet(self, seconds: float) -> None:
+        """Wait until no request has arrived for ``seconds`` (a library still retrying would show)."""
+        while True:
+            with self._changed:
+                count = len(self.log)
+            time.sleep(seconds)
+            with self._changed:
+                if len(self.log) == count:
+                    return
+
+    def create_key(self, tenant: str, kind: str = "publishable") -> str:
+        """`drengr keys create`, the documented way, against the running server's database."""
+        result = subprocess.run(
+            [sys.executable, "-m", "drengr", "keys", "create", "--db", str(self.db), "--tenant", tenant,
+             "--kind", kind],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return result.stdout.strip()
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_rows(self.db)
+
+
+def start_live_server(tmp_path: Path, env: dict[str, str] | None = None) -> LiveServer:
+    port = free_port()
+    db = tmp_path / "live.db"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port), "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert process.stdout is not None
+    key = process.stdout.readline().strip()
+    server = LiveServer(port, key, db, process)
+    threading.Thread(target=server._read_stderr, name="drengr-stderr", daemon=True).start()
+    if not key.startswith("drengr_pk_"):
+        process.kill()
+        process.wait()
+        raise AssertionError(f"no key printed: {key!r}\n" + "\n".join(server.lines))
+    deadline = time.monotonic() + 30
+    import http.client
+
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return server
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    stop_live_server(server)
+    raise AssertionError("server did not come up:\n" + "\n".join(server.lines))
+
+
+def stop_live_server(server: LiveServer) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@contextlib.contextmanager
+def live_server(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
+    server = start_live_server(tmp_path, env)
+    try:
+        yield server
+    finally:
+        stop_live_server(server)
+
+
+class StoreOutage:
+    """Another process holds SQLite's write lock, so the server's writes fail (502) for real.
+
+    ``BEGIN EXCLUSIVE`` from a second connection is what a backup tool or a
+    long migration does; the store waits out its busy timeout, gives up, and
+    the request gets ``502 Ingest failed``. ``end()`` releases the lock so a
+    retry that is waiting on it (or comes later) lands.
+    """
+
+    def __init__(self, db: Path) -> None:
+        self._conn: sqlite3.Connection | None = sqlite3.connect(db, isolation_level=None, timeout=30)
+        self._conn.execute("BEGIN EXCLUSIVE")
+
+    def end(self) -> None:
+        if self._conn is not None:
+            self._conn.execute("ROLLBACK")
+            self._conn.close()
+            self._conn = None
+
+
+@contextlib.contextmanager
+def store_outage(db: Path) -> Iterator[StoreOutage]:
+    outage = StoreOutage(db)
+    try:
+        yield outage
+    finally:
+        outage.end()
+
+
+def first_502_then_200(log: list[dict[str, Any]]) -> bool:
+    statuses = [e["status"] for e in log if e["method"] == "POST"]
+    return 502 in statuses and 200 in statuses[statuses.index(502) :]
+
+
+def readme_snippet(language: str, containing: str) -> str:
+    """The one ```language block of README.md that contains ``containing``."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", README.read_text(), re.S)
+    matches = [block for block in blocks if containing in block]
+    assert len(matches) == 1, f"expected one ```{language} block with {containing!r}, found {len(matches)}"
+    return matches[0]
+
+
+def personalise(snippet: str, server: LiveServer, key: str) -> str:
+    assert README_KEY in snippet and README_HOST in snippet, snippet
+    return snippet.replace(README_KEY, key).replace(README_HOST, server.url)
+
+
+def start_node(script: Path | str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start a node script from tests/clients/node, with its node_modules; see finish_node.
+
+    ``script`` as a str is code (e.g. a README snippet): it runs from a temporary
+    file, finding the suite's packages through NODE_PATH, as `require` would in a project.
+    """
+    if isinstance(script, str):
+        fd, name = tempfile.mkstemp(prefix="drengr-snippet-", suffix=".js")
+        with os.fdopen(fd, "w") as file:
+            file.write(script)
+        path = Path(name)
+    else:
+        path = script
+    process = subprocess.Popen(
+        ["node", str(path), *args], cwd=NODE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules"), **(env or {})},
+    )  # fmt: skip
+    process.snippet = path if isinstance(script, str) else None  # type: ignore[attr-defined]
+    return process
+
+
+def finish_node(process: subprocess.Popen[str], timeout: float = 60) -> Any:
+    """Wait for the script to exit 0 and return its last stdout line, parsed as JSON when it is."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"node ran over {timeout} s:\n{out}\n{err}") from None
+    finally:
+        if getattr(process, "snippet", None):
+            process.snippet.unlink(missing_ok=True)  # type: ignore[attr-defined]
+    assert process.returncode == 0, f"node failed ({process.returncode}):\n{out}\n{err}"
+    last = out.strip().splitlines()[-1] if out.strip() else "null"
+    try:
+        return json.loads(last)
+    except ValueError:
+        return last
+
+
+def run_node(script: Path | str, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Any:
+    return finish_node(start_node(script, *args, env=env), timeout)
+
+
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (e.g. a README snippet) in a fresh interpreter: the SDKs keep module-level state."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"snippet failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+ANALYTICS_NEXT_UMD = NODE_DIR / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"
+
+
+class PageServer:
+    """A static site on its own 127.0.0.1 port (another origin than drengr's, so CORS is real).
+
+    ``/`` and any other path in ``pages`` answer that HTML; ``/analytics-next/…``
+    serves analytics-next's UMD build from node_modules, as a site that
+    self-hosts the library would.
+    """
+
+    def __init__(self, pages: dict[str, str]) -> None:
+        import http.server
+
+        site = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/favicon.ico":
+                    self._send(204, "image/x-icon", b"")
+                elif path in site.pages:
+                    self._send(200, "text/html; charset=utf-8", site.pages[path].encode())
+                elif path.startswith("/analytics-next/") and "/.." not in path:
+                    file = ANALYTICS_NEXT_UMD / path.removeprefix("/analytics-next/")
+                    if file.is_file():
+                        self._send(200, "application/javascript", file.read_bytes())
+                    else:
+                        self._send(404, "text/plain", b"not found")
+                else:
+                    self._send(404, "text/plain", b"not found")
+                site.requested.append(path)
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.pages = pages
+        self.requested: list[str] = []
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="page-server", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class Browser:
+    """tests/clients/node/browser.js: Debian's Chromium under playwright-core, one page, driven over stdin."""
+
+    def __init__(self, url: str) -> None:
+        import queue
+
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.process = subprocess.Popen(
+            ["node", "browser.js", url], cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "CHROMIUM": CHROMIUM},
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+        self.console: list[str] = []
+        self.requests: list[dict[str, Any]] = []
+        first = self._next(60)
+        if first.get("loaded") is not True:
+            self.kill()
+            raise AssertionError(f"browser did not load {url}: {first}")
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _next(self, timeout: float) -> dict[str, Any]:
+        import queue
+
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("the browser driver said nothing in time") from None
+        if line is None:
+            err = self.process.stderr.read() if self.process.stderr else ""
+            raise AssertionError(f"the browser driver ended: {err}")
+        answer = json.loads(line)
+        if "fatal" in answer:
+            raise AssertionError(answer["fatal"])
+        return answer
+
+    def _send(self, command: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def eval(self, expression: str, timeout: float = 30) -> Any:
+        """Evaluate ``expression`` in the page (awaiting a promise) and return its JSON value."""
+        self._send({"eval": expression})
+        answer = self._next(timeout)
+        if "error" in answer:
+            raise AssertionError(f"in the page: {answer['error']}")
+        return answer.get("result")  # undefined has no JSON
+
+    def close(self) -> list[str]:
+        """Close the page (pagehide fires), then Chromium; return the page's console lines."""
+        self._send({"close": True})
+        answer = self._next(60)
+        self.console = answer.get("console", [])
+        self.requests = answer.get("requests", [])
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+        return self.console
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+# What the README snippets send, as SPEC's mapping must store it: event_name →
+# (event_type, dims, measures). Every snippet makes the same calls (where the
+# library has them): identify with an email (a PII key: dropped), a plain
+# track, an ecommerce track with string prices, page, screen, group, alias.
+CANONICAL: dict[str, tuple[str, dict[str, str], dict[str, float]]] = {
+    "identify": ("identify", {"plan": "pro"}, {"logins": 5}),
+    "article_read": ("track", {"_source_event_name": "Article Read", "section": "news"}, {"words": 1200}),
+    "order_completed": (
+        "track",
+        {"_source_event_name": "Order Completed", "order_id": "o_1", "currency": "USD"},
+        {"revenue": 9.99, "price": 9.99, "quantity": 2},  # "9.99" coerced: an ecommerce event
+    ),
+    "page_viewed": ("page", {"name": "Pricing", "plan": "pro"}, {}),
+    "screen_viewed": ("screen", {"name": "Home", "tab": "feed"}, {}),
+    "group": ("group", {"group_id": "acme_inc", "plan": "enterprise"}, {"seats": 20}),
+    "alias": ("alias", {"previous_id": "anon_42"}, {}),
+}
+
+
+def utc_ms(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
+
+
+def assert_canonical_rows(
+    server: LiveServer,
+    tenant: str,
+    started: float,
+    *,
+    expected: dict[str, tuple[str, dict[str, str], dict[str, float]]] | None = None,
+    install_id: str | None = "user_123",
+    extra_dims: dict[str, set[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows are exactly the snippet's calls, mapped per SPEC, for ``tenant``, each stored once.
+
+    ``install_id`` None means "the library's own anonymousId": one non-empty
+    value shared by every row. ``extra_dims`` names dims a library adds on its
+    own (analytics-next's page url, path, …), allowed beside the expected ones.
+    """
+    expected = CANONICAL if expected is None else expected
+    finished = time.time()
+    rows = server.rows()
+    by_name = {row["event_name"]: row for row in rows}
+    assert sorted(row["event_name"] for row in rows) == sorted(expected), rows
+    assert len({row["event_id"] for row in rows}) == len(rows), "an event_id was stored twice"
+    installs = {row["install_id"] for row in rows}
+    if install_id is None:
+        assert len(installs) == 1 and "" not in installs and "user_123" not in installs, installs
+    else:
+        assert installs == {install_id}
+    window = (utc_ms(started - 2), utc_ms(finished + 1))
+    for name, (event_type, dims, measures) in expected.items():
+        row = by_name[name]
+        assert row["tenant_id"] == tenant
+        assert row["event_type"] == event_type
+        assert row["external_id"] == "user_123"
+        assert row["measures"] == measures, (name, row)
+        assert row["dims"].items() >= dims.items(), (name, row)
+        allowed = set(dims) | (extra_dims or {}).get(name, set())
+        assert set(row["dims"]) <= allowed, (name, row)
+        assert window[0] <= row["occurred_at"] <= window[1], (name, row["occurred_at"], window)
+        assert window[0] <= row["received_at"] <= window[1], (name, row["received_at"], window)
+        assert "ada@example.com" not in json.dumps(row), "a PII value was stored"
+    posts = server.requests()
+    assert posts and all(e["status"] == 200 for e in posts), posts
+    assert sum(e["stored"] for e in posts) == len(rows)
+    assert sum(e["duplicates"] for e in posts) == 0
+    return rows

@@ -1,0 +1,134 @@
+"""Live: @segment/analytics-node, @rudderstack/rudder-sdk-node and @jitsu/js (under Node) against `drengr serve`.
+
+The README snippets run verbatim under node (the packages pinned in
+tests/clients/node/package.json, installed by .ci/run with `npm ci`); the rows
+are checked per SPEC. tests/clients/node/send-one.js sends one event for the
+wrong-key and store-outage cases; requests are counted from the server's
+access log.
+"""
+
+import time
+
+import pytest
+
+from tests.clients.harness import (
+    BUSY_TIMEOUT_ENV,
+    CANONICAL,
+    NODE_DIR,
+    assert_canonical_rows,
+    finish_node,
+    live_server,
+    personalise,
+    readme_snippet,
+    require_node,
+    run_node,
+    start_node,
+    store_outage,
+)
+
+pytestmark = [pytest.mark.clients, pytest.mark.usefixtures("node")]
+
+SEND_ONE = NODE_DIR / "send-one.js"
+UNKNOWN_KEY = "drengr_pk_" + "0" * 32  # well-formed, never issued
+
+NEEDS_PAGE_NAME_FROM_PROPERTIES = pytest.mark.xfail(
+    strict=True,
+    reason="src: X-Write-Key `key:secret` (above), and a page's name taken from properties.name when the item "
+    "has no top-level name (Jitsu sends it only there; `name` is dropped as PII today)",
+)
+
+JITSU_EXPECTED = {
+    name: shape
+    for name, shape in CANONICAL.items()
+    if name not in ("screen_viewed", "alias")  # @jitsu/js has neither
+} | {"page_viewed": ("page", {"plan": "pro"}, {})}  # its page name: see test_jitsu_page_name_lands
+
+
+@pytest.fixture
+def node() -> None:
+    require_node()
+
+
+@pytest.mark.parametrize(
+    ("tell", "options"),
+    [
+        pytest.param("@segment/analytics-node", {}, id="segment-analytics-node"),
+        pytest.param("@rudderstack/rudder-sdk-node", {}, id="rudder-sdk-node"),
+        pytest.param(
+            "@jitsu/js",
+            {"expected": JITSU_EXPECTED, "install_id": None, "extra_dims": {"page_viewed": {"name"}}},
+            id="jitsu-js",
+        ),
+    ],
+)
+def test_readme_snippet_lands_every_call_once(tmp_path, tell, options):
+    with live_server(tmp_path) as server:
+        key = server.create_key("acme")
+        started = time.time()
+        run_node(personalise(readme_snippet("js", tell), server, key))
+        server.wait_quiet(0.3)
+        assert_canonical_rows(server, "acme", started, **options)
+
+
+@NEEDS_PAGE_NAME_FROM_PROPERTIES
+def test_jitsu_page_name_lands(tmp_path):
+    """@jitsu/js sends `page('Pricing', …)` as properties.name only; a user expects dims.name = Pricing.
+
+    Today `name` is dropped as a PII key; the mapper would need to take a
+    page/screen's name from properties.name when there is no top-level name.
+    """
+    with live_server(tmp_path) as server:
+        key = server.create_key("acme")
+        run_node(personalise(readme_snippet("js", "@jitsu/js"), server, key))
+        server.wait_quiet(0.3)
+        [page] = [row for row in server.rows() if row["event_name"] == "page_viewed"]
+        assert page["dims"].get("name") == "Pricing", page
+
+
+@pytest.mark.parametrize("client", ["segment-node", "rudder-node", "jitsu", "jitsu-s2s"])
+def test_wrong_key_gets_one_401_and_no_retry(tmp_path, client):
+    key = UNKNOWN_KEY + (":x" if client.startswith("jitsu") else "")
+    with live_server(tmp_path) as server:
+        started = time.monotonic()
+        report = run_node(SEND_ONE, client, env={"DRENGR_HOST": server.url, "DRENGR_KEY": key}, timeout=30)
+        server.wait_quiet(1.5)
+        assert server.statuses() == [401], report
+        assert report["errors"], report  # the library told its caller
+        assert server.rows() == []
+        assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("client", ["segment-node", "rudder-node"])
+def test_store_outage_502_is_retried_and_stored_once(tmp_path, client):
+    with live_server(tmp_path, BUSY_TIMEOUT_ENV) as server:
+        key = server.create_key("acme")
+        env = {"DRENGR_HOST": server.url, "DRENGR_KEY": key, "MESSAGE_ID": "m-outage"}
+        with store_outage(server.db):
+            sending = start_node(SEND_ONE, client, env=env)
+            server.wait_for(lambda log: any(e["method"] == "POST" for e in log), 40, "the first attempt's answer")
+            assert server.statuses() == [502]  # the store gave up on the lock
+        report = finish_node(sending, 60)
+        server.wait_quiet(1.0)
+        statuses = server.statuses()
+        assert statuses[0] == 502 and statuses[-1] == 200 and set(statuses) == {200, 502}, statuses
+        assert report["errors"] == [], report
+        [row] = server.rows()
+        assert (row["tenant_id"], row["event_id"]) == ("acme", "m-outage")
+        assert row["event_name"] == "order_completed"
+        assert row["measures"] == {"revenue": 19.99} and row["dims"]["order_id"] == "o_2"
+
+
+def test_jitsu_does_not_retry_a_502(tmp_path):
+    """@jitsu/js has no retry at all: an event sent during a store outage is lost (README says so)."""
+    with live_server(tmp_path, BUSY_TIMEOUT_ENV) as server:
+        key = server.create_key("acme") + ":x"
+        env = {"DRENGR_HOST": server.url, "DRENGR_KEY": key}
+        with store_outage(server.db):
+            sending = start_node(SEND_ONE, "jitsu-s2s", env=env)
+            server.wait_for(lambda log: any(e["method"] == "POST" for e in log), 40, "the first attempt's answer")
+            assert server.statuses() == [502]
+        report = finish_node(sending, 30)
+        server.wait_quiet(1.5)
+        assert server.statuses() == [502]
+        assert report["statuses"] == [502] and "502" in report["errors"][0], report
+        assert server.rows() == []
