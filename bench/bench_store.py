@@ -5,7 +5,7 @@ Run: python -m pytest bench/bench_store.py --benchmark-only --benchmark-columns=
 Under --benchmark-disable (CI) each case runs once on a small table, to stay correct.
 """
 
-import json
+import itertools
 import os
 import sqlite3
 import uuid
@@ -16,9 +16,12 @@ from typing import Any
 import pytest
 
 from drengr.core.limits import MS_PER_DAY
+from drengr.core.mapping import BodyMapper
 from drengr.core.timestamps import format_ms, parse_ms
 from drengr.store import SQLiteStore
 from drengr.store.sqlite import _INSERT_EVENTS
+
+from .payloads import batch_body
 
 ROWS_PER_BATCH = 2_500
 ROUNDS = 20
@@ -28,15 +31,14 @@ NOW_MS = parse_ms("2026-11-26T12:00:00.000Z") or 0
 PREFILL_ROWS = int(os.environ.get("DRENGR_BENCH_PREFILL", "10000000"))
 
 
+_MAPPER = BodyMapper()
+_seeds = itertools.count(1_000)
+
+
 def make_rows(n: int, received_at: str) -> list[tuple[Any, ...]]:
-    dims = json.dumps(
-        {"currency": "USD", "plan": "pro", "path": "/pricing", "os": "iOS 17.4", "app_version": "3.2.1"}
-    )
-    return [
-        ("acme", str(uuid.uuid4()), "order_completed", "track", f"user_{i % 5000}", f"anon_{i % 7000}",
-         received_at, received_at, dims, json.dumps({"revenue": 42.5, "quantity": i % 9}))
-        for i in range(n)
-    ]  # fmt: skip
+    """The rows our mapper makes of n realistic analytics-python events (bench/payloads.py), fresh ids."""
+    rows = _MAPPER.parse(batch_body(n, seed=next(_seeds))).map(None, NOW_MS, "acme")[0]
+    return [(*row[:1], str(uuid.uuid4()), *row[2:7], received_at, *row[8:]) for row in rows]
 
 
 def fresh_db(path: Path) -> Path:
@@ -48,12 +50,16 @@ def prefill(path: Path, rows: int, received_ms: int) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = NORMAL")
     chunk = 50_000
-    template = make_rows(chunk, format_ms(received_ms))
+    template = make_rows(ROWS_PER_BATCH, format_ms(received_ms))
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
-            _INSERT_EVENTS, ((*row[:1], f"pre-{start + i}", *row[2:]) for i, row in enumerate(template[:n]))
+            _INSERT_EVENTS,
+            (
+                (*template[i % ROWS_PER_BATCH][:1], f"pre-{start + i}", *template[i % ROWS_PER_BATCH][2:])
+                for i in range(n)
+            ),
         )
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
