@@ -1,6 +1,45 @@
-"""Where rows go. One small interface (``base.Store``); SQLite now, PostgreSQL next."""
+"""Where rows go. One small interface (``base.Store``); SQLite by default, PostgreSQL for several nodes.
+
+``PostgresStore`` needs psycopg (``pip install 'drengr-ingest[postgres]'``); it is
+imported on first use, so the SQLite store works without it.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from .base import KeyInfo, Store, StoreError
 from .sqlite import SQLiteStore
 
-__all__ = ["KeyInfo", "SQLiteStore", "Store", "StoreError"]
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
+
+__all__ = ["KeyInfo", "PostgresStore", "SQLiteStore", "Store", "StoreError", "is_postgres_url", "open_store"]
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(location: str) -> bool:
+    """True for a PostgreSQL URI (``postgresql://…``, ``postgres://…``); anything else is a SQLite path."""
+    return location.strip().lower().startswith(POSTGRES_SCHEMES)
+
+
+def open_store(location: str, durability: str = "full") -> Store:
+    """A PostgresStore for a ``postgresql://`` URI, else a SQLiteStore on the file ``location``."""
+    if is_postgres_url(location):
+        return _postgres_class()(location.strip(), durability=durability)
+    return SQLiteStore(location, durability=durability)
+
+
+def _postgres_class() -> Any:
+    try:
+        from .postgres import PostgresStore
+    except ImportError as error:
+        raise StoreError(
+            f"the PostgreSQL store needs psycopg: pip install 'drengr-ingest[postgres]' ({error})"
+        ) from None
+    return PostgresStore
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":
+        return _postgres_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,130 @@
+"""PostgreSQL write path: rows/s of PostgresStore.write next to SQLiteStore.write and a bare COPY floor.
+
+Run (a server with fsync on, as in production; the test session's own server has fsync off):
+
+    export DRENGR_TEST_POSTGRES_DSN="$(PG_EXTRA_OPTS= .ci/postgres.sh start)"
+    python -m pytest bench/bench_postgres.py --benchmark-only --benchmark-columns=mean,ops,rounds
+    .ci/postgres.sh stop
+
+``ops`` is batches/s; multiply by 2,500 for rows/s (``extra_info.rows_per_batch``).
+Every case writes 2,500-row batches of new events for one tenant, one call at a
+time (one request's worth: no group commit across requests). Under
+--benchmark-disable (CI) each case runs once, on a small table, to stay correct.
+"""
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drengr.core.timestamps import format_ms, parse_ms
+from drengr.store import SQLiteStore
+
+try:
+    import psycopg
+
+    from drengr.store.postgres import _COPY_EVENTS, PostgresStore, generation
+    from tests.test_postgres_store import server_dsn, with_schema
+except ImportError as error:  # pragma: no cover - psycopg is in the `test` extra
+    if os.environ.get("CI"):
+        raise
+    pytest.skip(f"the PostgreSQL benchmarks need psycopg and tests/ ({error})", allow_module_level=True)
+
+ROWS_PER_BATCH = 2_500
+ROUNDS = 20
+NOW_MS = parse_ms("2026-11-26T12:00:00.000Z") or 0
+# event_ids already holding this many ids of the current window (the dedup index PostgreSQL must probe).
+PREFILL_IDS = int(os.environ.get("DRENGR_BENCH_PG_PREFILL", "1000000"))
+
+
+def make_rows(n: int, received_at: str) -> list[tuple[Any, ...]]:
+    """The rows of bench/bench_store.py: uuid4 event ids, five dims, two measures."""
+    dims = json.dumps(
+        {"currency": "USD", "plan": "pro", "path": "/pricing", "os": "iOS 17.4", "app_version": "3.2.1"}
+    )
+    return [
+        ("acme", str(uuid.uuid4()), "order_completed", "track", f"user_{i % 5000}", f"anon_{i % 7000}",
+         received_at, received_at, dims, json.dumps({"revenue": 42.5, "quantity": i % 9}))
+        for i in range(n)
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def schema_dsn() -> Iterator[str]:
+    schema = "bench_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(server_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield with_schema(server_dsn(), schema)
+    with psycopg.connect(server_dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def batches() -> Iterator[list[tuple[Any, ...]]]:
+    while True:
+        yield make_rows(ROWS_PER_BATCH, format_ms(NOW_MS))
+
+
+def run_rounds(benchmark: Any, write: Any, dsn: str | None = None) -> None:
+    source = batches()
+    benchmark.extra_info["rows_per_batch"] = ROWS_PER_BATCH
+    if dsn is not None:
+        with psycopg.connect(dsn) as conn:
+            benchmark.extra_info["fsync"] = conn.execute("SHOW fsync").fetchone()[0]  # type: ignore[index]
+    benchmark.pedantic(write, setup=lambda: ((next(source),), {}), rounds=ROUNDS, iterations=1)
+
+
+def count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("SELECT count(*) FROM semantic_events").fetchone()[0])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def bench_postgres_write_empty(benchmark: Any, schema_dsn: str, durability: str) -> None:
+    """PostgresStore.write, 2,500 new rows per call, on empty tables."""
+    store = PostgresStore(schema_dsn, durability=durability, clock=lambda: NOW_MS / 1000)
+    run_rounds(benchmark, lambda rows: store.write("acme", rows, NOW_MS), schema_dsn)
+    store.close()
+    assert count(schema_dsn) == ROWS_PER_BATCH * (1 if benchmark.disabled else ROUNDS)
+
+
+def bench_postgres_write_window(benchmark: Any, schema_dsn: str) -> None:
+    """PostgresStore.write (synchronous_commit on) when event_ids already holds PREFILL_IDS ids of the window."""
+    store = PostgresStore(schema_dsn, clock=lambda: NOW_MS / 1000)
+    ids = 10_000 if benchmark.disabled else PREFILL_IDS
+    with psycopg.connect(schema_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO event_ids (tenant_id, event_id, gen) "
+            "SELECT 'acme', gen_random_uuid()::text, %s FROM generate_series(1, %s)",
+            (generation(NOW_MS), ids),
+        )
+        conn.execute("VACUUM ANALYZE event_ids")
+    benchmark.extra_info["prefilled_ids"] = ids
+    run_rounds(benchmark, lambda rows: store.write("acme", rows, NOW_MS), schema_dsn)
+    store.close()
+
+
+def bench_postgres_floor_copy(benchmark: Any, schema_dsn: str) -> None:
+    """The floor: one transaction, COPY of the same rows into the same table; no dedup, no cap."""
+    PostgresStore(schema_dsn).close()  # the schema
+    conn = psycopg.connect(schema_dsn)
+
+    def write(rows: list[tuple[Any, ...]]) -> None:
+        with conn.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+
+    run_rounds(benchmark, write, schema_dsn)
+    conn.close()
+    assert count(schema_dsn) == ROWS_PER_BATCH * (1 if benchmark.disabled else ROUNDS)
+
+
+def bench_sqlite_write_same_run(benchmark: Any, tmp_path: Path) -> None:
+    """SQLiteStore.write (synchronous=FULL), 2,500 new rows per call: the same rows, in the same run."""
+    store = SQLiteStore(str(tmp_path / "s.db"), clock=lambda: NOW_MS / 1000)
+    run_rounds(benchmark, lambda rows: store.write("acme", rows, NOW_MS))
+    store.close()

@@ -1,0 +1,756 @@
+"""The PostgreSQL store: the same interface and the same ``semantic_events`` as SQLite, for several nodes.
+
+Several stateless ingest nodes (``drengr serve --store postgresql://…``, or
+gunicorn workers) share one PostgreSQL database. Everything that must be exact
+across nodes is decided by PostgreSQL itself, inside the write transaction:
+
+- ``semantic_events`` has the SPEC's ten columns (``dims``/``measures`` as
+  ``jsonb``; ``occurred_at``/``received_at`` as ``text`` holding exactly
+  ``2026-11-26T02:50:53.123Z``, so they read back byte for byte as SQLite's and
+  sort in time order) plus ``seq``, an identity column with no index. It is
+  append-only, written with ``COPY``: no random-key index on it at all.
+- Dedup is a side table ``event_ids (tenant_id, event_id, gen)`` whose primary
+  key is ``(tenant_id, event_id)``. A write inserts the batch's ids with
+  ``INSERT … ON CONFLICT DO NOTHING RETURNING``: what comes back is new, the
+  rest are duplicates. Two nodes inserting the same id at once are serialised
+  by the unique index (the second waits for the first to commit or roll back),
+  so dedup is exact across nodes. ``gen`` is the 7-day generation of receipt;
+  generations older than the previous one (less a day of clock margin) are
+  deleted by ``prune()`` (found through a BRIN index on ``gen``), which a writer
+  runs every ``PRUNE_EVERY_SECONDS``: the dedup index holds 7–15 days of ids,
+  not all of history, so its size — and the write rate — stays flat.
+- Daily-cap metering locks the group's ``daily_usage`` rows, one (tenant, day)
+  at a time (``SELECT … FOR UPDATE``), adds what fits and releases the locks at
+  COMMIT: exact across nodes. An item dropped over the cap is also taken out of
+  ``event_ids``, so a later resend is not mistaken for a duplicate. It runs in a savepoint and fails open (an error there
+  rolls back only the metering; the events are stored).
+- Lock order is fixed — event ids sorted by ``(tenant_id, event_id)``, then
+  usage rows sorted by ``(tenant_id, day)`` — so concurrent writers cannot
+  deadlock each other; a deadlock or serialization failure is retried anyway.
+- Group commit: ``writers`` threads (each with its own connection) take
+  whatever requests are waiting and write them in one transaction.
+
+Citus: every table that grows is keyed by ``tenant_id`` (``event_ids`` and
+``daily_usage`` have it first in their primary keys; ``semantic_events`` has
+no unique key), so ``semantic_events``, ``event_ids`` and ``daily_usage`` can be
+distributed by ``tenant_id`` and co-located, with ``tenants`` and ``api_keys``
+(looked up by key digest, not by tenant) as reference tables; each metering
+statement then touches one shard. (Designed for, not run against Citus here.)
+
+``import_sqlite()`` copies a SQLite store over (``drengr db import-sqlite``).
+
+Strings PostgreSQL refuses are dealt with before the database (never a 502):
+``text`` cannot hold U+0000 and no column can hold a lone surrogate, and
+``jsonb`` refuses the escape ``\\u0000``. Every such character — a NUL in any
+text column or inside dims/measures (keys and values), a lone surrogate
+anywhere — becomes U+FFFD (the replacement character), as the mapper already
+does for lone surrogates. ``jsonb`` also reorders object keys (shorter keys
+first) and normalises spacing: read dims/measures as JSON, not as text.
+"""
+
+import itertools
+import json
+import logging
+import queue
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
+from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
+from ..core.machine import StoreOutcome
+from ..core.timestamps import format_ms, parse_ms
+from .base import KeyInfo, StoreError
+
+log = logging.getLogger("drengr.store")
+
+SCHEMA_VERSION = 1
+GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
+KEY_CACHE_SECONDS = 2.0  # a revoked key stops working within this long
+KEY_CACHE_MAX = 10_000
+PRUNE_EVERY_SECONDS = 600.0
+PRUNE_CHUNK = 50_000  # ids deleted per statement, so pruning never holds long locks
+RETRIES = 3  # attempts of a group on deadlock / serialization failure / a dropped connection
+_MIGRATION_LOCK = 0x64726E67  # pg_advisory_xact_lock key: nodes starting together migrate one at a time
+
+EVENT_COLUMNS = (
+    "tenant_id",
+    "event_id",
+    "event_name",
+    "event_type",
+    "external_id",
+    "install_id",
+    "occurred_at",
+    "received_at",
+    "dims",
+    "measures",
+)
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS drengr_meta (
+        key text PRIMARY KEY,
+        value text NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tenants (
+        tenant_id text PRIMARY KEY,
+        daily_cap bigint NOT NULL,
+        created_at text NOT NULL
+    )""",
+    # Keys are stored only as SHA-256 digests; key_id is the digest's first 12 hex digits.
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        key_hash text PRIMARY KEY,
+        key_id text NOT NULL,
+        tenant_id text NOT NULL REFERENCES tenants (tenant_id),
+        kind text NOT NULL,
+        created_at text NOT NULL,
+        revoked_at text
+    )""",
+    """CREATE TABLE IF NOT EXISTS daily_usage (
+        tenant_id text NOT NULL,
+        day integer NOT NULL,
+        events bigint NOT NULL,
+        PRIMARY KEY (tenant_id, day)
+    )""",
+    """CREATE TABLE IF NOT EXISTS semantic_events (
+        tenant_id text NOT NULL,
+        event_id text NOT NULL,
+        event_name text NOT NULL,
+        event_type text NOT NULL,
+        external_id text,
+        install_id text NOT NULL,
+        occurred_at text NOT NULL,
+        received_at text NOT NULL,
+        dims jsonb NOT NULL,
+        measures jsonb NOT NULL,
+        seq bigint GENERATED BY DEFAULT AS IDENTITY
+    )""",
+    """CREATE TABLE IF NOT EXISTS event_ids (
+        tenant_id text NOT NULL,
+        event_id text NOT NULL,
+        gen integer NOT NULL,
+        PRIMARY KEY (tenant_id, event_id)
+    )""",
+    # BRIN, not a B-tree: ids arrive in generation order, so block ranges summarise well, and
+    # the index costs next to nothing to keep up; prune() finds an old generation through it.
+    "CREATE INDEX IF NOT EXISTS event_ids_gen ON event_ids USING brin (gen)",
+]
+
+_COPY_EVENTS = f"COPY semantic_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
+# %b: binary parameters; psycopg dumps a text array in binary without escaping each element (~5x faster).
+_INSERT_IDS = """
+    INSERT INTO event_ids (tenant_id, event_id, gen)
+    SELECT k.t, k.e, k.g FROM unnest(%b::text[], %b::text[], %b::int[]) AS k(t, e, g) ORDER BY k.t, k.e
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, event_id"""
+_DELETE_IDS = """
+    DELETE FROM event_ids
+    WHERE (tenant_id, event_id) IN (SELECT k.t, k.e FROM unnest(%s::text[], %s::text[]) AS k(t, e))"""
+# Metering, one (tenant, day) at a time in sorted order: each statement touches one row of one
+# tenant (a single-shard "router" query once Citus distributes daily_usage by tenant_id).
+_ENSURE_USAGE = """
+    INSERT INTO daily_usage (tenant_id, day, events) VALUES (%s, %s, 0) ON CONFLICT DO NOTHING"""
+_LOCK_USAGE = """
+    SELECT events FROM daily_usage WHERE tenant_id = %s AND day = %s FOR UPDATE"""
+_CAP = "SELECT daily_cap FROM tenants WHERE tenant_id = %s"
+_ADD_USAGE = """
+    UPDATE daily_usage SET events = events + %s WHERE tenant_id = %s AND day = %s"""
+_PRUNE = """
+    DELETE FROM event_ids
+    WHERE (tenant_id, event_id) IN (
+        SELECT tenant_id, event_id FROM event_ids WHERE gen < %s LIMIT %s
+    )"""
+
+# Characters PostgreSQL refuses in text: U+0000 and lone surrogates (they cannot be UTF-8).
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+# ... and in JSON text also the escapes jsonb refuses: \u0000 and surrogate escapes (checked precisely below).
+_BAD_IN_ROW = re.compile(r"[\x00\ud800-\udfff]|\\u0000|\\u[dD][89abAB]")
+
+
+def generation(received_at_ms: int) -> int:
+    """The 7-day generation of a moment (the same numbering as the SQLite store)."""
+    return received_at_ms // MS_PER_DAY // DEDUP_WINDOW_DAYS
+
+
+def clean_text(value: Any) -> Any:
+    """U+0000 and lone surrogates → U+FFFD; anything else (None included) unchanged."""
+    if isinstance(value, str) and _BAD_CHARS.search(value):
+        return _BAD_CHARS.sub("\ufffd", value)
+    return value
+
+
+def _clean_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(key): _clean_value(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_clean_value(inner) for inner in value]
+    return value
+
+
+def clean_json(text: str) -> str:
+    """JSON text that jsonb accepts: NUL and lone surrogates (raw or escaped) in keys and values → U+FFFD."""
+    if not _BAD_IN_ROW.search(text):
+        return text
+    try:
+        # strict=False: a raw control character in a string is read, not refused. Escaped surrogate
+        # pairs are joined; lone ones come back as lone surrogates, and are replaced below.
+        value = json.loads(text, strict=False)
+    except ValueError:  # the mapper always writes valid JSON; if not, let jsonb say so (502)
+        return _BAD_CHARS.sub("\ufffd", text)
+    return json.dumps(_clean_value(value), ensure_ascii=False)
+
+
+def _suspect(text: str) -> bool:
+    """Cheap test: might ``text`` hold something PostgreSQL refuses? (False: certainly not.)
+
+    ``in`` and ``encode`` run at memory speed: a NUL, a backslash-u escape (the
+    mapper writes one only for control characters), or a lone surrogate (the
+    UTF-8 encoder refuses it).
+    """
+    if "\x00" in text or "\\u" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _clean_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not _BAD_IN_ROW.search("\x1f".join(v for v in row if isinstance(v, str))):
+        return row
+    return (*(clean_text(v) for v in row[:8]), clean_json(row[8]), clean_json(row[9]), *row[10:])
+
+
+def clean_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows, with what PostgreSQL would refuse replaced (see the module docstring). Usually the same list.
+
+    The whole batch is tested at once (one join, memory-speed scans); only a
+    suspect batch is looked at row by row.
+    """
+    if not _suspect("\x1f".join(map(str, itertools.chain.from_iterable(rows)))):
+        return rows
+    return [_clean_row(row) for row in rows]
+
+
+@dataclass(eq=False)
+class _Job:
+    tenant_id: str
+    rows: list[tuple[Any, ...]]
+    received_at_ms: int
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: StoreOutcome | None = None
+    error: BaseException | None = None
+
+
+class PostgresStore:
+    """Implements ``drengr.store.base.Store`` on a PostgreSQL database (psycopg 3).
+
+    ``dsn`` is a libpq connection string or URI (``postgresql://user@host/db``);
+    the tables are created if missing (idempotent, safe when nodes start together).
+    ``durability="normal"`` sets ``synchronous_commit = off`` for this store's
+    writes (a server crash may lose the last acknowledged commits); ``"full"``
+    leaves the server's setting (by default ``on``: a 200 is flushed to the WAL).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        durability: str = "full",
+        writers: int = 2,
+        connect_timeout: int = 5,
+        statement_timeout_ms: int = 30_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise ValueError("durability must be 'full' or 'normal'")
+        if writers < 1:
+            raise ValueError("writers must be at least 1")
+        self.dsn = dsn
+        self.durability = durability
+        self._writers_wanted = writers
+        self._connect_timeout = connect_timeout
+        self._statement_timeout_ms = statement_timeout_ms
+        self._clock = clock
+        self._local = threading.local()
+        self._connections: list[psycopg.Connection[Any]] = []  # every reader connection, for close()
+        self._connections_lock = threading.Lock()
+        self._key_cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writers: list[threading.Thread] = []
+        self._writer_lock = threading.Lock()
+        self._prune_lock = threading.Lock()
+        self._next_prune = 0.0
+        self.group_commits = 0  # transactions the writers have committed (group commit is visible in tests)
+        self.migrate()
+
+    # ------------------------------------------------------------ connections
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self._connect_timeout)
+        except psycopg.Error as error:
+            raise StoreError(f"cannot connect to PostgreSQL: {_first_line(error)}") from error
+        try:
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)", (str(self._statement_timeout_ms),)
+            )
+            if self.durability == "normal":
+                conn.execute("SELECT set_config('synchronous_commit', 'off', false)")
+        except psycopg.Error as error:
+            conn.close()
+            raise StoreError(f"cannot set up the PostgreSQL session: {_first_line(error)}") from error
+        return conn
+
+    def _reader(self) -> psycopg.Connection[Any]:
+        """This thread's connection (autocommit) for key look-ups and admin; made on first use."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections = [c for c in self._connections if not c.closed]
+                self._connections.append(conn)
+        return conn
+
+    def _drop_reader(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """``work(conn)`` on this thread's connection; a database error → StoreError (and a fresh connection)."""
+        conn = self._reader()
+        try:
+            return work(conn)
+        except psycopg.Error as error:
+            if conn.broken or conn.closed or isinstance(error, psycopg.OperationalError):
+                self._drop_reader()
+            raise StoreError(_first_line(error)) from error
+
+    def migrate(self) -> None:
+        """Create what is missing (idempotent; concurrent starts wait on an advisory lock)."""
+        conn = self._connect()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                for statement in SCHEMA:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO drengr_meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+        except psycopg.Error as error:
+            raise StoreError(f"cannot prepare the PostgreSQL database: {_first_line(error)}") from error
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------ keys and admin
+
+    def lookup_key(self, key_hash: str) -> KeyRecord | None:
+        now = self._clock()
+        cached = self._key_cache.get(key_hash)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        row = self._run(
+            lambda conn: conn.execute(
+                "SELECT key_hash, tenant_id, kind, revoked_at FROM api_keys WHERE key_hash = %s", (key_hash,)
+            ).fetchone()
+        )
+        record = None if row is None else KeyRecord(row[0], row[1], row[2], row[3] is not None)
+        if len(self._key_cache) >= KEY_CACHE_MAX:
+            self._key_cache.clear()  # a flood of unknown keys cannot grow memory
+        self._key_cache[key_hash] = (now + KEY_CACHE_SECONDS, record)
+        return record
+
+    def writable(self) -> bool:
+        """True when the database answers and is not a read-only standby."""
+        try:
+            row = self._run(lambda conn: conn.execute("SELECT NOT pg_is_in_recovery()").fetchone())
+        except StoreError as error:
+            log.warning("store not writable: %s", error)
+            return False
+        return bool(row and row[0])
+
+    def is_new(self) -> bool:
+        row = self._run(
+            lambda conn: conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM tenants) AND NOT EXISTS (SELECT 1 FROM api_keys)"
+            ).fetchone()
+        )
+        return bool(row[0])
+
+    def _now_text(self) -> str:
+        return format_ms(int(self._clock() * 1000))
+
+    def create_key(self, tenant_id: str, kind: str = "publishable") -> str:
+        if kind not in KEY_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KEY_KINDS)}")
+        key = new_key(kind, secrets.token_bytes(24))
+        digest = hash_key(key)
+        now = self._now_text()
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO tenants (tenant_id, daily_cap, created_at) VALUES (%s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    (tenant_id, DEFAULT_DAILY_CAP_EVENTS, now),
+                )
+                conn.execute(
+                    "INSERT INTO api_keys (key_hash, key_id, tenant_id, kind, created_at) VALUES (%s,%s,%s,%s,%s)",
+                    (digest, digest[:12], tenant_id, kind, now),
+                )
+
+        self._run(work)
+        return key
+
+    def list_keys(self) -> list[KeyInfo]:
+        rows = self._run(
+            lambda conn: conn.execute(
+                "SELECT key_id, tenant_id, kind, created_at, revoked_at FROM api_keys "
+                "ORDER BY created_at, key_id"
+            ).fetchall()
+        )
+        return [KeyInfo(*row) for row in rows]
+
+    def revoke_key(self, key_or_id: str) -> bool:
+        """Revoke by the key itself or by the key_id `keys list` shows."""
+        digest = hash_key(key_or_id)
+        cursor = self._run(
+            lambda conn: conn.execute(
+                "UPDATE api_keys SET revoked_at = %s "
+                "WHERE (key_hash = %s OR key_id = %s) AND revoked_at IS NULL",
+                (self._now_text(), digest, key_or_id),
+            )
+        )
+        self._key_cache.clear()
+        return bool(cursor.rowcount > 0)
+
+    def set_daily_cap(self, tenant_id: str, daily_cap: int) -> None:
+        self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO tenants (tenant_id, daily_cap, created_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET daily_cap = excluded.daily_cap",
+                (tenant_id, daily_cap, self._now_text()),
+            )
+        )
+
+    def prune(self, now_ms: int | None = None) -> int:
+        """Forget event ids older than the dedup window needs (a day of clock margin); returns how many."""
+        now_ms = int(self._clock() * 1000) if now_ms is None else now_ms
+        oldest_kept = generation(now_ms - MS_PER_DAY) - 1
+        deleted = 0
+        while True:
+            cursor = self._run(lambda conn: conn.execute(_PRUNE, (oldest_kept, PRUNE_CHUNK)))
+            deleted += max(cursor.rowcount, 0)
+            if cursor.rowcount < PRUNE_CHUNK:
+                return deleted
+
+    def import_sqlite(self, path: str, chunk_rows: int = 10_000) -> dict[str, int]:
+        """Copy a SQLite store (``drengr.db``) into this database; safe to run again, resumes where it stopped.
+
+        Tenants, keys (their digests), daily usage and every ``semantic_events``
+        row, in ``seq`` order, ``chunk_rows`` a transaction. Each chunk records
+        the last SQLite ``seq`` it copied in ``drengr_meta`` in the same
+        transaction, so a second run copies only what is new. The event ids go
+        into the dedup table with the generation of their ``received_at``: a
+        client retry that reaches PostgreSQL after the move is still caught.
+        No cap applies, and nothing is counted as today's usage.
+        """
+        try:
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open {path}: {error}") from error
+        marker = f"sqlite_import_last_seq:{path}"
+        counts = {"tenants": 0, "api_keys": 0, "daily_usage": 0, "events": 0, "duplicates": 0}
+        try:
+            conn = self._reader()
+            with conn.transaction(), conn.cursor() as cur:
+                for table, columns, conflict in (
+                    ("tenants", "tenant_id, daily_cap, created_at", "DO NOTHING"),
+                    ("api_keys", "key_hash, key_id, tenant_id, kind, created_at, revoked_at",
+                     "(key_hash) DO UPDATE SET revoked_at = coalesce(api_keys.revoked_at, excluded.revoked_at)"),
+                    ("daily_usage", "tenant_id, day, events",
+                     "(tenant_id, day) DO UPDATE SET events = greatest(daily_usage.events, excluded.events)"),
+                ):  # fmt: skip
+                    rows = source.execute(f"SELECT {columns} FROM {table}").fetchall()
+                    marks = ", ".join(["%s"] * len(columns.split(",")))
+                    cur.executemany(
+                        f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT {conflict}", rows
+                    )
+                    counts[table] = len(rows)
+            while True:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute("SELECT value FROM drengr_meta WHERE key = %s FOR UPDATE", (marker,))
+                    found = cur.fetchone()
+                    last_seq = int(found[0]) if found else 0
+                    chunk = source.execute(
+                        f"SELECT {', '.join(EVENT_COLUMNS)}, seq FROM semantic_events WHERE seq > ? "
+                        "ORDER BY seq LIMIT ?",
+                        (last_seq, chunk_rows),
+                    ).fetchall()
+                    if not chunk:
+                        return counts
+                    rows = clean_rows([row[:10] for row in chunk])
+                    first: dict[tuple[str, str], tuple[Any, ...]] = {}
+                    for row in rows:  # a repeat SQLite kept (beyond its window) is kept once here
+                        first.setdefault((row[0], row[1]), row)
+                    rows = list(first.values())
+                    gens = [generation(parse_ms(row[7]) or 0) for row in rows]
+                    cur.execute(_INSERT_IDS, ([r[0] for r in rows], [r[1] for r in rows], gens))
+                    new = set(cur.fetchall())
+                    fresh = [row for row in rows if (row[0], row[1]) in new]
+                    with cur.copy(_COPY_EVENTS) as copy:
+                        for row in fresh:
+                            copy.write_row(row)
+                    cur.execute(
+                        "INSERT INTO drengr_meta (key, value) VALUES (%s, %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (marker, str(chunk[-1][10])),
+                    )
+                    counts["events"] += len(fresh)
+                    counts["duplicates"] += len(rows) - len(fresh)
+        except (psycopg.Error, sqlite3.Error) as error:
+            raise StoreError(f"import from {path} failed: {_first_line(error)}") from error
+        finally:
+            source.close()
+
+    # ------------------------------------------------------------ writes
+
+    def write(self, tenant_id: str, rows: list[tuple[Any, ...]], received_at_ms: int) -> StoreOutcome:
+        job = _Job(tenant_id, clean_rows(rows), received_at_ms)
+        self._start_writers()
+        self._queue.put(job)
+        job.done.wait()
+        if job.outcome is None:
+            raise StoreError(str(job.error))
+        return job.outcome
+
+    def _start_writers(self) -> None:
+        if self._writers:
+            return
+        with self._writer_lock:
+            if not self._writers:
+                for number in range(self._writers_wanted):
+                    thread = threading.Thread(
+                        target=self._write_loop, name=f"drengr-pg-writer-{number}", daemon=True
+                    )
+                    thread.start()
+                    self._writers.append(thread)
+
+    def close(self) -> None:
+        with self._writer_lock:
+            for _ in self._writers:
+                self._queue.put(None)
+            for thread in self._writers:
+                thread.join(timeout=30)
+            self._writers = []
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections = []
+        self._local = threading.local()
+
+    def _write_loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while True:
+            try:
+                first = self._queue.get(timeout=PRUNE_EVERY_SECONDS)
+            except queue.Empty:
+                self._maybe_prune()
+                continue
+            if first is None:
+                break
+            jobs = [first]
+            rows = len(first.rows)
+            stop = False
+            while rows < GROUP_MAX_ROWS:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                jobs.append(job)
+                rows += len(job.rows)
+            conn = self._write_group(conn, jobs)
+            if stop:
+                break
+            self._maybe_prune()
+        if conn is not None:
+            conn.close()
+
+    def _write_group(
+        self, conn: psycopg.Connection[Any] | None, jobs: list[_Job]
+    ) -> psycopg.Connection[Any] | None:
+        """Write ``jobs`` in one transaction; every job gets its outcome or its error. Returns the connection."""
+        try:
+            conn = self._commit_with_retries(conn, jobs)
+        except Exception as error:
+            log.error("write transaction failed (%d request(s)): %s", len(jobs), _first_line(error))
+            if conn is not None and (conn.broken or conn.closed):
+                conn.close()
+                conn = None
+            # One bad request must not fail the others: each alone. Not when the database itself is
+            # the trouble (unreachable, statement timeout): every job would wait for it again.
+            if (
+                len(jobs) > 1
+                and conn is not None
+                and not isinstance(error, (psycopg.OperationalError, StoreError))
+            ):
+                for job in jobs:
+                    conn = self._write_group(conn, [job])
+                return conn
+            for job in jobs:
+                job.outcome, job.error = None, error
+        finally:
+            for job in jobs:
+                if job.outcome is None and job.error is None:  # never leave a request waiting
+                    job.error = StoreError("the write was not attempted")
+                job.done.set()
+        return conn
+
+    def _commit_with_retries(
+        self, conn: psycopg.Connection[Any] | None, jobs: list[_Job]
+    ) -> psycopg.Connection[Any]:
+        for attempt in range(RETRIES):
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect()
+            try:
+                outcomes = self._commit_group(conn, jobs)
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as error:
+                if attempt == RETRIES - 1:
+                    raise
+                log.warning("write transaction retried: %s", _first_line(error))
+                continue
+            except psycopg.OperationalError:
+                # A connection that died while idle (server restart, failover, idle timeout):
+                # reconnect once and try again. Nothing was committed by the failed attempt.
+                if not reused or attempt == RETRIES - 1 or not (conn.broken or conn.closed):
+                    raise
+                conn.close()
+                conn = None
+                continue
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                job.outcome = outcome
+            self.group_commits += 1
+            return conn
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _commit_group(self, conn: psycopg.Connection[Any], jobs: list[_Job]) -> list[StoreOutcome]:
+        # Candidates: the first occurrence of each (tenant, event_id) in the group, in queue order.
+        first_job: dict[tuple[str, str], int] = {}
+        candidates: list[list[tuple[Any, ...]]] = []
+        for number, job in enumerate(jobs):
+            mine = []
+            for row in job.rows:
+                key = (job.tenant_id, row[1])
+                if key not in first_job:
+                    first_job[key] = number
+                    mine.append(row)
+            candidates.append(mine)
+        with conn.transaction(), conn.cursor() as cur:
+            inserted: set[tuple[str, str]] = set()
+            if first_job:
+                tenants, ids = zip(*first_job, strict=True)
+                gens = [generation(jobs[first_job[key]].received_at_ms) for key in first_job]
+                cur.execute(_INSERT_IDS, (list(tenants), list(ids), gens))
+                inserted = set(cur.fetchall())
+            fresh = [
+                [row for row in mine if (job.tenant_id, row[1]) in inserted]
+                for job, mine in zip(jobs, candidates, strict=True)
+            ]
+            allowed = self._meter(conn, cur, jobs, [len(rows) for rows in fresh])
+            dropped = [
+                (job.tenant_id, row[1])
+                for job, rows, n in zip(jobs, fresh, allowed, strict=True)
+                for row in rows[n:]
+            ]
+            if dropped:  # over the cap: not stored, so not remembered either (a retry tomorrow is stored)
+                cur.execute(_DELETE_IDS, ([t for t, _ in dropped], [e for _, e in dropped]))
+            if any(allowed):
+                with cur.copy(_COPY_EVENTS) as copy:
+                    for rows, n in zip(fresh, allowed, strict=True):
+                        for row in rows[:n]:
+                            copy.write_row(row)
+        outcomes: list[StoreOutcome] = []
+        for job, n in zip(jobs, allowed, strict=True):
+            duplicates = len(job.rows) - len(fresh[len(outcomes)])
+            outcomes.append(
+                StoreOutcome(stored=n, duplicates=duplicates, over_cap=len(job.rows) - duplicates - n)
+            )
+        return outcomes
+
+    def _meter(
+        self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], jobs: list[_Job], wanted: list[int]
+    ) -> list[int]:
+        """How many of each job's new events fit under today's cap; counts them. Fails open."""
+        days = [job.received_at_ms // MS_PER_DAY for job in jobs]
+        keys = sorted({(job.tenant_id, day) for job, day, n in zip(jobs, days, wanted, strict=True) if n})
+        if not keys:
+            return list(wanted)
+        try:
+            with conn.transaction():  # a savepoint: a failure here rolls back only the metering
+                room: dict[tuple[str, int], int] = {}
+                caps: dict[str, int] = {}
+                for tenant, day in keys:  # sorted: one lock order for every writer, so no deadlock
+                    cur.execute(_ENSURE_USAGE, (tenant, day))
+                    cur.execute(_LOCK_USAGE, (tenant, day))
+                    used = cur.fetchone()
+                    if tenant not in caps:
+                        cur.execute(_CAP, (tenant,))
+                        cap = cur.fetchone()
+                        caps[tenant] = DEFAULT_DAILY_CAP_EVENTS if cap is None else int(cap[0])
+                    room[(tenant, day)] = caps[tenant] - (int(used[0]) if used else 0)
+                allowed = []
+                for job, day, n in zip(jobs, days, wanted, strict=True):
+                    left = room.get((job.tenant_id, day), n)
+                    fits = max(0, min(n, left))
+                    if n:
+                        room[(job.tenant_id, day)] = left - fits
+                    allowed.append(fits)
+                added: dict[tuple[str, int], int] = {}
+                for job, day, fits in zip(jobs, days, allowed, strict=True):
+                    if fits:
+                        added[(job.tenant_id, day)] = added.get((job.tenant_id, day), 0) + fits
+                for (tenant, day), n in added.items():
+                    cur.execute(_ADD_USAGE, (n, tenant, day))
+                return allowed
+        except psycopg.Error as error:
+            if conn.broken or conn.closed:
+                raise
+            log.warning("metering failed, ingesting anyway (fail open): %s", _first_line(error))
+            return list(wanted)
+
+    def _maybe_prune(self) -> None:
+        now = self._clock()
+        if now < self._next_prune or not self._prune_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_prune = now + PRUNE_EVERY_SECONDS
+            deleted = self.prune()
+            if deleted:
+                log.info("forgot %d event ids older than the dedup window", deleted)
+        except StoreError as error:
+            log.warning("pruning old event ids failed (will try again): %s", error)
+        finally:
+            self._prune_lock.release()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,55 @@
+"""`drengr … --store postgresql://…`: keys, tenants, `db init` and `db import-sqlite` against PostgreSQL."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from drengr.store import SQLiteStore
+
+from . import test_postgres_store
+from .test_postgres_nginx import cli_has_store, node_env
+from .test_postgres_store import count, query, server_dsn, with_schema
+
+pg_dsn = test_postgres_store.pg_dsn  # the fixture: a fresh schema
+
+pytestmark = pytest.mark.skipif(not cli_has_store(), reason="cli.py has no --store option yet")
+
+
+def drengr(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "drengr", *args], capture_output=True, text=True, env=node_env()
+    )
+
+
+def test_admin_commands_and_moving_a_sqlite_database(pg_dsn: str, tmp_path: Path) -> None:
+    schema = query(pg_dsn, "SELECT current_schema()")[0][0]
+    uri = with_schema(server_dsn(), schema)
+    assert drengr("db", "init", "--store", uri).returncode == 0
+    created = drengr("keys", "create", "--tenant", "acme", "--store", uri)
+    assert created.returncode == 0 and created.stdout.strip().startswith("drengr_pk_")
+    assert "acme" in drengr("keys", "list", "--store", uri).stdout
+    assert drengr("tenants", "set", "acme", "--daily-cap", "7", "--store", uri).returncode == 0
+    assert query(pg_dsn, "SELECT daily_cap FROM tenants WHERE tenant_id = 'acme'") == [(7,)]
+
+    old = tmp_path / "old.db"
+    lite = SQLiteStore(str(old))
+    rows = [("globex", f"e{i}", "e", "track", "u", "u", "2026-11-26T00:00:00.000Z", "2026-11-26T00:00:00.000Z",
+             "{}", "{}") for i in range(25)]  # fmt: skip
+    lite.write("globex", rows, 1_795_660_000_000)
+    lite.create_key("globex")
+    lite.close()
+    moved = drengr("db", "import-sqlite", str(old), "--store", uri)
+    assert moved.returncode == 0, moved.stderr
+    assert "Copied 25 events" in moved.stderr
+    assert "Copied 0 events" in drengr("db", "import-sqlite", str(old), "--store", uri).stderr
+    assert count(pg_dsn) == 25
+
+
+def test_store_mistakes_are_one_sentence(tmp_path: Path) -> None:
+    wrong = drengr("keys", "list", "--store", "mysql://x/y")
+    assert wrong.returncode == 2 and "postgresql://" in wrong.stderr and "Traceback" not in wrong.stderr
+    down = drengr("keys", "list", "--store", "postgresql://u:secret@127.0.0.1:1/x")
+    assert down.returncode == 2 and "Traceback" not in down.stderr
+    assert "secret" not in down.stderr and "u:***@" in down.stderr

@@ -1,0 +1,647 @@
+"""The store contract against a real PostgreSQL server, and SQLite ⇄ PostgreSQL parity.
+
+The server: ``DRENGR_TEST_POSTGRES_DSN`` (a ``postgresql://`` URI of a database
+the tests may create schemas and databases in) when set; otherwise the session
+starts one with ``.ci/postgres.sh`` (installing Debian's ``postgresql`` if it
+is missing) and stops it at the end. When no server can be had, these tests
+skip with the reason — except under ``CI`` (``CI=true``), where they fail.
+
+Every test gets a schema of its own (``search_path`` in the DSN), dropped after.
+"""
+
+import atexit
+import base64
+import gzip
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drengr.core.auth import hash_key
+from drengr.core.limits import MS_PER_DAY
+from drengr.core.timestamps import parse_ms
+from drengr.store import SQLiteStore, StoreError, is_postgres_url, open_store
+from drengr.web import Config, create_app
+
+from .conftest import COLUMNS, TENANT, post, read_rows
+
+IN_CI = bool(os.environ.get("CI"))
+
+try:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from drengr.store.postgres import EVENT_COLUMNS, PostgresStore, clean_json, clean_rows, generation
+except ImportError as error:  # pragma: no cover - psycopg is in the `test` extra
+    if IN_CI:
+        raise
+    pytest.skip(f"psycopg is not installed ({error}): pip install '.[test]'", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / ".ci" / "postgres.sh"
+DAY0: int = parse_ms("2026-11-26T12:00:00.000Z") or 0
+assert DAY0
+SUCCESS = b'{"success": true}'
+
+# --------------------------------------------------------------------------- the server
+
+_server: dict[str, Any] = {}
+
+
+def server_dsn() -> str:
+    """A PostgreSQL URI for the whole session; skips (or, under CI, fails) when none can be had."""
+    if "dsn" not in _server and "error" not in _server:
+        _server.update(_find_or_start_server())
+    if "error" in _server:
+        message = f"no PostgreSQL server for the tests: {_server['error']}"
+        if IN_CI:
+            pytest.fail(message + " (CI is set: these tests must run)")
+        pytest.skip(message + " (set DRENGR_TEST_POSTGRES_DSN, or let .ci/postgres.sh install one)")
+    return str(_server["dsn"])
+
+
+def _find_or_start_server() -> dict[str, Any]:
+    given = os.environ.get("DRENGR_TEST_POSTGRES_DSN")
+    if given:
+        return _check(given)
+    folder = tempfile.mkdtemp(prefix="drengr-pg.", dir="/tmp")
+    env = {**os.environ, "PG_EXTRA_OPTS": os.environ.get("PG_EXTRA_OPTS", "-c fsync=off")}
+    try:
+        started = subprocess.run(
+            ["bash", str(SCRIPT), "start", folder], capture_output=True, text=True, timeout=600, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return {"error": f"{SCRIPT.name} start: {error}"}
+    if started.returncode != 0:
+        return {"error": f"{SCRIPT.name} start failed: {started.stderr.strip()[-500:]}"}
+    atexit.register(subprocess.run, ["bash", str(SCRIPT), "stop", folder], capture_output=True, timeout=120)
+    return _check(started.stdout.strip().splitlines()[-1])
+
+
+def _check(dsn: str) -> dict[str, Any]:
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as error:
+        return {"error": f"cannot connect to {dsn}: {error}"}
+    return {"dsn": dsn}
+
+
+def admin() -> "psycopg.Connection[Any]":
+    return psycopg.connect(server_dsn(), autocommit=True)
+
+
+def with_schema(dsn: str, schema: str) -> str:
+    """``dsn`` whose connections use ``schema`` (kept a postgresql:// URI, as --store wants one)."""
+    options = f"-c search_path={schema}"
+    if is_postgres_url(dsn):
+        separator = "&" if "?" in dsn else "?"
+        return f"{dsn}{separator}options={options.replace(' ', '%20').replace('=', '%3D')}"
+    return make_conninfo(dsn, options=options)
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """A fresh, empty schema on the session's server."""
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with admin() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield with_schema(server_dsn(), schema)
+    with admin() as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh database of its own (for tests that cut connections to it)."""
+    name = "drengr_t_" + uuid.uuid4().hex[:12]
+    with admin() as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    params = conninfo_to_dict(server_dsn())
+    params["dbname"] = name
+    yield f"postgresql://{params.get('user', 'postgres')}@{params['host']}:{params['port']}/{name}"
+    with admin() as conn:
+        conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+class Clock:
+    """A settable clock for the store (seconds, like time.time)."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+@pytest.fixture
+def pg(pg_dsn: str) -> Iterator[PostgresStore]:
+    store = PostgresStore(pg_dsn, clock=Clock(DAY0))
+    yield store
+    store.close()
+
+
+def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
+    return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
+            "2026-11-26T00:00:00.000Z", "{}", "{}")  # fmt: skip
+
+
+def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def count(dsn: str, where: str = "true") -> int:
+    return int(query(dsn, f"SELECT count(*) FROM semantic_events WHERE {where}")[0][0])
+
+
+def pg_rows(dsn: str) -> list[dict[str, Any]]:
+    """Every semantic_events row in insertion order; dims/measures are dicts already (jsonb)."""
+    return [
+        dict(zip(EVENT_COLUMNS, r, strict=True))
+        for r in query(dsn, f"SELECT {COLUMNS} FROM semantic_events ORDER BY seq")
+    ]
+
+
+# --------------------------------------------------------------------------- schema and migrations
+
+
+def test_the_server_is_there() -> None:
+    """Under CI this fails (never skips) when no server could be started."""
+    assert query(server_dsn(), "SELECT 1") == [(1,)]
+
+
+def test_semantic_events_has_the_spec_columns(pg: PostgresStore, pg_dsn: str) -> None:
+    columns = query(
+        pg_dsn,
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_name = 'semantic_events' AND table_schema = current_schema() ORDER BY ordinal_position",
+    )
+    assert columns[:10] == [
+        ("tenant_id", "text", "NO"), ("event_id", "text", "NO"), ("event_name", "text", "NO"),
+        ("event_type", "text", "NO"), ("external_id", "text", "YES"), ("install_id", "text", "NO"),
+        ("occurred_at", "text", "NO"), ("received_at", "text", "NO"), ("dims", "jsonb", "NO"),
+        ("measures", "jsonb", "NO"),
+    ]  # fmt: skip
+    # Append-only: no index on semantic_events at all (dedup lives in event_ids).
+    assert query(pg_dsn, "SELECT count(*) FROM pg_indexes WHERE tablename = 'semantic_events' "
+                 "AND schemaname = current_schema()") == [(0,)]  # fmt: skip
+
+
+def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: str) -> None:
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            PostgresStore(pg_dsn).close()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    store = PostgresStore(pg_dsn)  # and once more on a migrated database
+    assert store.is_new()
+    store.close()
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("1",)]
+
+
+def test_open_store_picks_the_engine_by_url(pg_dsn: str, tmp_path: Path) -> None:
+    uri = with_schema(server_dsn(), query(pg_dsn, "SELECT current_schema()")[0][0])
+    store = open_store(uri)
+    assert isinstance(store, PostgresStore)
+    store.close()
+    lite = open_store(str(tmp_path / "x.db"))
+    assert isinstance(lite, SQLiteStore)
+    lite.close()
+
+
+def test_an_unreachable_server_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="cannot connect"):
+        PostgresStore("postgresql://postgres@127.0.0.1:1/none", connect_timeout=2)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_keys_are_stored_hashed(pg: PostgresStore, pg_dsn: str) -> None:
+    assert pg.is_new()
+    key = pg.create_key("acme", "publishable")
+    secret = pg.create_key("acme", "secret")
+    assert not pg.is_new()
+    stored = query(pg_dsn, "SELECT key_hash, key_id, kind FROM api_keys ORDER BY kind")
+    assert stored == [
+        (hash_key(key), hash_key(key)[:12], "publishable"),
+        (hash_key(secret), hash_key(secret)[:12], "secret"),
+    ]
+    dump = json.dumps(query(pg_dsn, "SELECT * FROM api_keys"))
+    assert key not in dump and secret not in dump and key[10:] not in dump
+    record = pg.lookup_key(hash_key(key))
+    assert record is not None and (record.tenant_id, record.kind, record.revoked) == (
+        "acme",
+        "publishable",
+        False,
+    )
+    assert pg.lookup_key(hash_key("drengr_pk_unknown")) is None
+    listed = {(info.key_id, info.tenant_id, info.kind, info.revoked_at) for info in pg.list_keys()}
+    assert listed == {
+        (hash_key(key)[:12], "acme", "publishable", None),
+        (hash_key(secret)[:12], "acme", "secret", None),
+    }
+    assert pg.revoke_key(hash_key(key)[:12]) is True
+    assert pg.revoke_key(key) is False  # already revoked
+    record = pg.lookup_key(hash_key(key))
+    assert record is not None and record.revoked
+
+
+def test_revoked_and_secret_keys_do_not_ingest(pg: PostgresStore) -> None:
+    app = create_app(Config(db="unused"), store=pg)
+    client = app.test_client()
+    key, secret = pg.create_key(TENANT), pg.create_key(TENANT, "secret")
+    event = {"type": "track", "event": "x", "userId": "u"}
+    assert post(client, "/v1/track", event, key).status_code == 200
+    assert post(client, "/v1/track", event, secret).status_code == 401
+    pg.revoke_key(key)
+    assert post(client, "/v1/track", event, key).status_code == 401
+
+
+# --------------------------------------------------------------------------- dedup
+
+
+def test_write_reports_stored_and_duplicates(pg: PostgresStore, pg_dsn: str) -> None:
+    outcome = pg.write("acme", [row("a"), row("b"), row("a")], DAY0)
+    assert (outcome.stored, outcome.duplicates, outcome.over_cap) == (2, 1, 0)
+    again = pg.write("acme", [row("a"), row("c")], DAY0)
+    assert (again.stored, again.duplicates) == (1, 1)
+    assert count(pg_dsn) == 3
+
+
+def test_dedup_survives_restart_and_is_shared_by_nodes(pg_dsn: str) -> None:
+    first = PostgresStore(pg_dsn)
+    first.write("acme", [row("a")], DAY0)
+    first.close()
+    second, third = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
+    assert second.write("acme", [row("a")], DAY0 + 1000).stored == 0
+    assert second.write("acme", [row("b")], DAY0).stored == 1
+    assert third.write("acme", [row("b"), row("c")], DAY0).stored == 1
+    second.close()
+    third.close()
+    assert count(pg_dsn) == 3
+
+
+def test_dedup_is_per_tenant(pg: PostgresStore, pg_dsn: str) -> None:
+    pg.write("acme", [row("a")], DAY0)
+    pg.write("globex", [row("a", "globex")], DAY0)
+    assert count(pg_dsn) == 2
+
+
+GENERATION_MS = 7 * MS_PER_DAY
+
+
+@pytest.mark.parametrize(
+    "first_ms, repeat_after_ms",
+    [
+        pytest.param(DAY0, 1, id="same-moment"),
+        pytest.param(DAY0, 7 * MS_PER_DAY, id="seven-days-later"),
+        pytest.param((generation(DAY0) + 1) * GENERATION_MS - 1, 7 * MS_PER_DAY, id="end-of-generation"),
+        pytest.param(
+            generation(DAY0) * GENERATION_MS, 7 * MS_PER_DAY + MS_PER_DAY - 1, id="start-of-generation"
+        ),
+    ],
+)
+def test_repeat_within_seven_days_is_never_stored_twice(
+    pg_dsn: str, first_ms: int, repeat_after_ms: int
+) -> None:
+    clock = Clock(first_ms)
+    store = PostgresStore(pg_dsn, clock=clock)
+    assert store.write("acme", [row("a")], first_ms).stored == 1
+    clock.ms = first_ms + repeat_after_ms
+    store.prune()  # whatever pruning would have run by then
+    assert store.write("acme", [row("a")], clock.ms).stored == 0
+    store.close()
+    assert count(pg_dsn) == 1
+
+
+def test_old_event_ids_are_pruned(pg: PostgresStore, pg_dsn: str) -> None:
+    pg.write("acme", [row(str(i)) for i in range(100)], DAY0)
+    assert pg.prune(DAY0 + 7 * MS_PER_DAY) == 0
+    assert pg.prune(DAY0 + 21 * MS_PER_DAY) == 100
+    assert query(pg_dsn, "SELECT count(*) FROM event_ids") == [(0,)]
+    # Beyond the window a repeat may be stored again (the SPEC allows, not requires, longer memory).
+    assert pg.write("acme", [row("0")], DAY0 + 21 * MS_PER_DAY).stored == 1
+
+
+def _hammer(
+    stores: list[PostgresStore], batches: list[list[tuple[str, ...]]], threads_per_store: int
+) -> list[Any]:
+    """Every thread of every store writes every batch (in its own order); returns the outcomes."""
+    outcomes: list[Any] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(store: PostgresStore, offset: int) -> None:
+        for i in range(len(batches)):
+            batch = batches[(i + offset) % len(batches)]
+            try:
+                outcome = store.write("acme", list(reversed(batch)) if offset % 2 else batch, DAY0)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+                continue
+            with lock:
+                outcomes.append(outcome)
+
+    threads = [
+        threading.Thread(target=work, args=(store, n * threads_per_store + t))
+        for n, store in enumerate(stores)
+        for t in range(threads_per_store)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return outcomes
+
+
+def test_dedup_is_exact_across_nodes_under_concurrency(pg_dsn: str) -> None:
+    """Three nodes × four threads send the same overlapping batches at once: every id stored once, no error."""
+    stores = [PostgresStore(pg_dsn) for _ in range(3)]
+    ids = [f"id-{i}" for i in range(600)]
+    batches = [[row(event_id) for event_id in ids[start : start + 60]] for start in range(0, 600, 30)]
+    outcomes = _hammer(stores, batches, 4)
+    for store in stores:
+        store.close()
+    assert sum(o.stored for o in outcomes) == 600
+    assert count(pg_dsn) == 600
+    assert query(pg_dsn, "SELECT count(DISTINCT event_id) FROM semantic_events") == [(600,)]
+
+
+# --------------------------------------------------------------------------- the daily cap
+
+
+def test_daily_cap_drops_items_over_it(pg: PostgresStore, pg_dsn: str) -> None:
+    pg.set_daily_cap("acme", 3)
+    outcome = pg.write("acme", [row(str(i)) for i in range(5)], DAY0)
+    assert (outcome.stored, outcome.over_cap) == (3, 2)
+    assert pg.write("acme", [row("x")], DAY0 + 1).over_cap == 1
+    # Duplicates do not count against the cap; a new UTC day starts afresh.
+    assert pg.write("acme", [row("0")], DAY0 + MS_PER_DAY).duplicates == 1
+    assert pg.write("acme", [row("y"), row("z")], DAY0 + MS_PER_DAY).stored == 2
+    # An item dropped over the cap is not remembered: sent again (here, under a raised cap), it is stored.
+    outcome = pg.write("acme", [row("4"), row("w")], DAY0 + MS_PER_DAY)  # "4": day 1's over-cap item
+    assert (outcome.stored, outcome.over_cap) == (1, 1)
+    pg.set_daily_cap("acme", 10)
+    assert pg.write("acme", [row("w")], DAY0 + MS_PER_DAY).stored == 1
+    assert count(pg_dsn) == 7
+
+
+def test_cap_is_per_tenant(pg: PostgresStore) -> None:
+    pg.set_daily_cap("acme", 1)
+    pg.write("acme", [row("1"), row("2")], DAY0)
+    assert pg.write("globex", [row("1", "globex"), row("2", "globex")], DAY0).stored == 2
+
+
+def test_cap_is_exact_across_nodes_under_concurrency(pg_dsn: str) -> None:
+    stores = [PostgresStore(pg_dsn) for _ in range(3)]
+    stores[0].set_daily_cap("acme", 1_000)
+    batches = [[row(f"b{b}-{i}") for i in range(25)] for b in range(40)]  # 1,000 distinct ids, sent by all
+    batches += [[row(f"x{b}-{i}") for i in range(25)] for b in range(20)]  # 500 more
+    outcomes = _hammer(stores, batches, 3)
+    for store in stores:
+        store.close()
+    assert sum(o.stored for o in outcomes) == 1_000
+    assert count(pg_dsn) == 1_000
+    assert query(pg_dsn, "SELECT events FROM daily_usage") == [(1_000,)]
+    # Over the cap: not stored and not remembered as seen.
+    assert query(pg_dsn, "SELECT count(*) FROM event_ids") == [(1_000,)]
+
+
+def test_metering_fails_open(pg: PostgresStore, pg_dsn: str) -> None:
+    pg.set_daily_cap("acme", 1)
+    assert pg.write("acme", [row("0")], DAY0).stored == 1
+    query(pg_dsn, "DROP TABLE daily_usage")  # counting is now impossible
+    outcome = pg.write("acme", [row("1"), row("2"), row("3")], DAY0)
+    assert outcome.stored == 3
+    assert count(pg_dsn) == 4
+
+
+# --------------------------------------------------------------------------- what PostgreSQL refuses
+
+
+def test_nul_and_lone_surrogates_never_reach_the_database(pg: PostgresStore, pg_dsn: str) -> None:
+    """Raw NUL, the JSON escape \\u0000 (refused by jsonb) and lone surrogates all become U+FFFD."""
+    bad = (
+        "acme", "id\x00x", "e\x00", "track", "u\x00\ud800", "i\udfff",
+        "2026-11-26T00:00:00.000Z", "2026-11-26T00:00:00.000Z",
+        json.dumps({"k\x00": "v\x00", "s": "\ud800x", "pair": "\U0001f600", "esc": "a\\u0000b"}, ensure_ascii=False),
+        json.dumps({"n\x00": 1}),
+    )  # fmt: skip
+    assert pg.write("acme", [bad, row("fine")], DAY0).stored == 2
+    stored = pg_rows(pg_dsn)[0]
+    assert (stored["event_id"], stored["event_name"], stored["external_id"], stored["install_id"]) == (
+        "id\ufffdx", "e\ufffd", "u\ufffd\ufffd", "i\ufffd"
+    )  # fmt: skip
+    # A backslash followed by "u0000" in the text itself is left alone; an escaped pair is one emoji.
+    assert stored["dims"] == {"k\ufffd": "v\ufffd", "s": "\ufffdx", "pair": "\U0001f600", "esc": "a\\u0000b"}
+    assert stored["measures"] == {"n\ufffd": 1}
+    assert clean_json('{"a": "\\ud83d\\ude00", "b": "\\ud83d"}') == '{"a": "\U0001f600", "b": "\ufffd"}'
+    rows = [row("x")]
+    assert clean_rows(rows) is rows  # the usual case costs no copy
+
+
+def test_nul_and_surrogates_through_the_app_are_200(pg: PostgresStore, pg_dsn: str) -> None:
+    client = create_app(Config(db="unused"), store=pg).test_client()
+    key = pg.create_key(TENANT)
+    body = (
+        b'{"batch": ['
+        b'{"type": "track", "event": "Bad\\u0000Name", "userId": "u\\u0000", "messageId": "m\\u00001",'
+        b' "properties": {"k\\u0000": "v\\u0000", "lone": "\\ud800", "nested": {"x": "\\u0000"}}},'
+        b'{"type": "identify", "userId": "\\udfff", "messageId": "m2", "traits": {"plan": "p\\u0000"}}'
+        b"]}"
+    )
+    response = post(client, "/v1/batch", body, key)
+    assert (response.status_code, response.data) == (200, SUCCESS)
+    rows = pg_rows(pg_dsn)
+    assert len(rows) == 2
+    text = json.dumps(rows, ensure_ascii=False)
+    assert "\x00" not in text and "\\u0000" not in text
+    assert rows[0]["event_id"] == "m\ufffd1" and rows[0]["external_id"] == "u\ufffd"
+    assert rows[0]["dims"]["k\ufffd"] == "v\ufffd" and rows[0]["dims"]["lone"] == "\ufffd"
+    assert rows[1]["external_id"] == "\ufffd" and rows[1]["dims"]["plan"] == "p\ufffd"
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_a_failing_database_is_502_then_recovers(pg_database: str) -> None:
+    """Connections cut and refused: 502 Ingest failed and /health 503; back: 200, the retry stored once."""
+    store = PostgresStore(pg_database, connect_timeout=2)
+    client = create_app(Config(db="unused"), store=store).test_client()
+    key = store.create_key(TENANT)
+    first = {"type": "track", "event": "one", "userId": "u", "messageId": "m1"}
+    second = {"type": "track", "event": "two", "userId": "u", "messageId": "m2"}
+    assert post(client, "/v1/track", first, key).status_code == 200
+    assert client.get("/health").status_code == 200
+    name = pg_database.rsplit("/", 1)[1]
+    with admin() as conn:
+        conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    failed = post(client, "/v1/track", second, key)
+    assert failed.status_code == 502
+    store._key_cache.clear()  # noqa: SLF001 - a key look-up that cannot reach the database: 502, never 401
+    assert post(client, "/v1/track", second, key).status_code == 502
+    assert json.loads(failed.data)["error"] == "Ingest failed"
+    assert client.get("/health").status_code == 503
+    with admin() as conn:
+        conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    assert post(client, "/v1/track", second, key).status_code == 200  # the client's retry
+    assert post(client, "/v1/track", second, key).status_code == 200  # and a duplicate of it
+    assert client.get("/health").status_code == 200
+    store.close()
+    assert [r[0] for r in query(pg_database, "SELECT event_id FROM semantic_events ORDER BY seq")] == [
+        "m1",
+        "m2",
+    ]
+
+
+def test_a_stuck_database_is_502_after_the_statement_timeout(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn, statement_timeout_ms=500)
+    store.write("acme", [row("warm-up")], DAY0)
+    holder = psycopg.connect(pg_dsn)
+    holder.execute("LOCK TABLE semantic_events IN ACCESS EXCLUSIVE MODE")
+    started = time.monotonic()
+    with pytest.raises(StoreError):
+        store.write("acme", [row("a")], DAY0)
+    assert time.monotonic() - started < 10
+    holder.rollback()
+    holder.close()
+    assert store.write("acme", [row("a")], DAY0).stored == 1  # not remembered by the failed attempt
+    store.close()
+
+
+def test_concurrent_requests_share_commits(pg_dsn: str) -> None:
+    """Ten requests arrive while the table is locked: with 2 writers they go out in at most 4 transactions."""
+    store = PostgresStore(pg_dsn, writers=2)
+    store.write("acme", [row("warm-up")], DAY0)
+    before = store.group_commits
+    holder = psycopg.connect(pg_dsn)
+    holder.execute("LOCK TABLE event_ids IN EXCLUSIVE MODE")
+    threads = [threading.Thread(target=store.write, args=("acme", [row(f"t{i}")], DAY0)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while store._queue.qsize() < 8 and time.monotonic() < deadline:  # noqa: SLF001 - wait until queued
+        time.sleep(0.01)
+    holder.rollback()
+    holder.close()
+    for thread in threads:
+        thread.join()
+    assert count(pg_dsn) == 11
+    assert store.group_commits - before <= 4
+    store.close()
+
+
+# --------------------------------------------------------------------------- parity with SQLite
+
+
+def _decoded_number(value: Any) -> Any:
+    """JSON numbers compared as numbers: jsonb writes 1e+23 out as 100000000000000000000000."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {**r, "measures": {k: _decoded_number(v) for k, v in r["measures"].items()}, "dims": dict(r["dims"])}
+        for r in rows
+    ]
+
+
+EXTRA_REQUESTS: list[tuple[str, Any]] = [
+    ("/v1/track", {"type": "track", "event": "Order Completed", "userId": 42, "messageId": "x1",
+                   "properties": {"revenue": "9.99", "quantity": 2, "big": 123456789012345678901234567890,
+                                  "tiny": 1e-7, "huge": 1e23, "neg": -0.5, "ok": True, "none": None,
+                                  "deep": {"a": {"b": [1, {"c": "d"}]}}, "émoji": "\U0001f600 ü"},
+                   "context": {"os": {"name": "iOS", "version": "17.4"}, "app": {"version": "3.2.1"}},
+                   "timestamp": "2026-11-26T02:50:53.123456+02:00"}),
+    ("/v1/page", {"type": "page", "name": "Pricing", "anonymousId": "a1", "properties": {"plan": "pro"}}),
+    ("/v1/batch", {"batch": [{"type": "identify", "userId": "u", "traits": {"plan": "pro", "logins": 5}},
+                             {"type": "alias", "userId": "u", "previousId": "p"},
+                             {"type": "track", "event": "x", "userId": "u", "messageId": "x1"}]}),
+]  # fmt: skip
+
+
+def test_sqlite_and_postgresql_store_the_same_rows(pg: PostgresStore, pg_dsn: str, tmp_path: Path) -> None:
+    """Every captured client request (../shared/wire) plus a few tricky ones, through both stores: same rows."""
+    from .test_golden_wire import POSTS, send
+
+    clock_ms = lambda: DAY0  # noqa: E731 - one time of receipt for both, so fallback ids agree
+    lite_path = tmp_path / "parity.db"
+    lite = SQLiteStore(str(lite_path))
+    apps = [
+        create_app(Config(db=str(lite_path)), store=lite, clock_ms=clock_ms).test_client(),
+        create_app(Config(db="unused"), store=pg, clock_ms=clock_ms).test_client(),
+    ]
+    keys = [lite.create_key(TENANT), pg.create_key(TENANT)]
+    assert len(POSTS) > 100, "the golden wire captures are missing"
+    for capture in POSTS:
+        answers = [send(client, capture, key) for client, key in zip(apps, keys, strict=True)]
+        assert answers[0].status_code == answers[1].status_code, capture.id
+        assert answers[0].data == answers[1].data, capture.id
+    for path, body in EXTRA_REQUESTS:
+        for client, key in zip(apps, keys, strict=True):
+            token = base64.b64encode(f"{key}:".encode()).decode()
+            data = gzip.compress(json.dumps(body).encode())
+            headers = {"Authorization": f"Basic {token}", "Content-Encoding": "gzip"}
+            assert client.post(path, data=data, headers=headers).status_code == 200
+    lite.close()
+    sqlite_rows, postgres_rows = read_rows(lite_path), pg_rows(pg_dsn)
+    assert len(sqlite_rows) > 200
+    assert comparable(postgres_rows) == comparable(sqlite_rows)
+    # jsonb keeps the values but not the key order of the JSON text (shorter keys first):
+    order = [list(r["dims"]) for r in postgres_rows] != [list(r["dims"]) for r in sqlite_rows]
+    assert order, "jsonb reorders keys; the docs say so — update them if this ever changes"
+
+
+def test_sqlite_data_moves_over_to_postgresql(pg: PostgresStore, pg_dsn: str, tmp_path: Path) -> None:
+    """PostgresStore.import_sqlite: rows, tenants, hashed keys and usage; run twice, copies once; dedup holds."""
+    from .test_golden_wire import POSTS, send
+
+    lite_path = tmp_path / "old.db"
+    lite = SQLiteStore(str(lite_path))
+    key, revoked = lite.create_key(TENANT), lite.create_key(TENANT)
+    lite.revoke_key(revoked)
+    lite.set_daily_cap(TENANT, 123_456)
+    client = create_app(Config(db=str(lite_path)), store=lite).test_client()
+    for capture in POSTS[:60]:
+        send(client, capture, key)
+    lite.close()
+    counts = pg.import_sqlite(str(lite_path), chunk_rows=7)
+    before = read_rows(lite_path)
+    assert counts["events"] == len(before) > 50
+    assert comparable(pg_rows(pg_dsn)) == comparable(before)
+    assert pg.import_sqlite(str(lite_path))["events"] == 0  # resumable: nothing new, nothing twice
+    assert count(pg_dsn) == len(before)
+    assert query(pg_dsn, "SELECT daily_cap FROM tenants WHERE tenant_id = %s", (TENANT,)) == [(123_456,)]
+    pg_client = create_app(Config(db="unused"), store=pg).test_client()
+    assert send(pg_client, POSTS[0], key).status_code == 200  # the same key works; the retry is a duplicate
+    assert (
+        post(pg_client, "/v1/track", {"type": "track", "event": "x", "userId": "u"}, revoked).status_code
+        == 401
+    )
+    assert count(pg_dsn) == len(before)
