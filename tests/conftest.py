@@ -3,13 +3,14 @@
 import base64
 import json
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from drengr.store import SQLiteStore
+from drengr.store import is_postgres_url, open_store
 from drengr.web import Config, create_app
 
 TENANT = "acme"
@@ -17,24 +18,46 @@ COLUMNS = "tenant_id, event_id, event_name, event_type, external_id, install_id,
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "drengr.db"
+def engine(request: pytest.FixtureRequest) -> str:
+    """The store engine: SQLite unless a module parametrizes it (``ENGINES`` below, indirect)."""
+    return getattr(request, "param", "sqlite")
+
+
+# A contract module runs against both stores with:
+#     pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
+ENGINES = ["sqlite", "postgresql"]
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(str(db_path))
+def db_path(tmp_path: Path, engine: str) -> Iterator[Any]:
+    """Where the rows are: a SQLite file, or a PostgreSQL URI with a fresh schema of its own."""
+    if engine == "sqlite":
+        yield tmp_path / "drengr.db"
+        return
+    from .test_postgres_store import admin, server_dsn, with_schema
+
+    schema = "c_" + uuid.uuid4().hex[:12]
+    with admin() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield with_schema(server_dsn(), schema)
+    with admin() as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def store(db_path: Any) -> Iterator[Any]:
+    store = open_store(str(db_path))
     yield store
     store.close()
 
 
 @pytest.fixture
-def key(store: SQLiteStore) -> str:
+def key(store: Any) -> str:
     return store.create_key(TENANT, "publishable")
 
 
 @pytest.fixture
-def app(db_path: Path, store: SQLiteStore) -> Any:
+def app(db_path: Any, store: Any) -> Any:
     return create_app(Config(db=str(db_path)), store=store)
 
 
@@ -56,8 +79,12 @@ def post(client: Any, path: str, body: Any, key: str | None = None, **headers: s
     return client.post(path, data=data, headers=all_headers)
 
 
-def read_rows(db_path: Path) -> list[dict[str, Any]]:
-    """Every semantic_events row, in insertion order, with dims/measures decoded."""
+def read_rows(db_path: Any) -> list[dict[str, Any]]:
+    """Every semantic_events row, in insertion order, with dims/measures decoded (either engine)."""
+    if is_postgres_url(str(db_path)):
+        from .test_postgres_store import pg_rows
+
+        return pg_rows(str(db_path))
     conn = sqlite3.connect(db_path)
     conn.row_factory = sqlite3.Row
     try:
