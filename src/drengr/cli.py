@@ -194,7 +194,9 @@ def serve(args: argparse.Namespace) -> int:
         print("New database: created tenant 'default' with this publishable key:", file=sys.stderr)
         print(key, flush=True)
     prefix = "/" + args.prefix.strip("/") if args.prefix.strip("/") else ""
-    config = Config(db=args.db, durability=args.durability, prefix=prefix, busy_timeout_ms=int(args.busy_timeout_ms))
+    config = Config(
+        db=args.db, durability=args.durability, prefix=prefix, busy_timeout_ms=int(args.busy_timeout_ms)
+    )
     app = create_app(config, store=store)
     try:
         server = waitress.create_server(
@@ -244,6 +246,8 @@ def _run_until_stopped(server: Any) -> None:
     closed (new connections are refused, so clients and load balancers retry
     elsewhere) and the loop keeps going until every request that had started
     arriving is answered and flushed, for at most SHUTDOWN_GRACE_SECONDS.
+    Idle keep-alive connections are closed as soon as they are idle, so a busy
+    client cannot keep the process alive by sending on an old connection.
     """
     from waitress import wasyncore
     from waitress.server import BaseWSGIServer
@@ -258,7 +262,8 @@ def _run_until_stopped(server: Any) -> None:
     use_poll = server.adj.asyncore_use_poll
     try:
         while not stopping and socket_map:
-            wasyncore.loop(timeout=server.adj.asyncore_loop_timeout, use_poll=use_poll, map=socket_map, count=1)
+            # A signal does not cut poll() short (PEP 475): a short timeout notices it within 0.25 s.
+            wasyncore.loop(timeout=0.25, use_poll=use_poll, map=socket_map, count=1)
         for listener in [d for d in socket_map.values() if isinstance(d, BaseWSGIServer)]:
             # The dispatcher's own close: BaseWSGIServer.close() would also close the trigger
             # that wakes this loop when a worker thread has an answer ready.
@@ -269,8 +274,14 @@ def _run_until_stopped(server: Any) -> None:
             "Stopping: no longer accepting connections; finishing %d request(s) in flight.", busy
         )
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-        while time.monotonic() < deadline and any(_in_flight(d) for d in list(socket_map.values())):
-            wasyncore.loop(timeout=0.05, use_poll=use_poll, map=socket_map, count=1)
+        while True:
+            wasyncore.loop(timeout=0.05, use_poll=use_poll, map=socket_map, count=1)  # read what came
+            channels = [d for d in list(socket_map.values()) if hasattr(d, "requests")]
+            for channel in channels:
+                if not _in_flight(channel):
+                    channel.handle_close()  # answered, or never asked: the client reconnects elsewhere
+            if not any(_in_flight(channel) for channel in channels) or time.monotonic() >= deadline:
+                break
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -283,7 +294,9 @@ def _in_flight(dispatcher: Any) -> bool:
     if not hasattr(dispatcher, "requests"):
         return False  # the listener or the trigger
     return bool(
-        dispatcher.requests or dispatcher.total_outbufs_len or getattr(dispatcher, "request", None) is not None
+        dispatcher.requests
+        or dispatcher.total_outbufs_len
+        or getattr(dispatcher, "request", None) is not None
     )
 
 

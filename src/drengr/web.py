@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, request
+from werkzeug.routing import PathConverter
 
 from .core import machine
 from .core.auth import PUBLISHABLE_PREFIX, hash_key
@@ -72,6 +73,7 @@ def create_app(
     app = Flask("drengr")
     app.url_map.merge_slashes = False  # `//v1/t` must not redirect: a 3xx counts as delivered
     app.url_map.strict_slashes = False
+    app.url_map.converters["anypath"] = AnyPathConverter
     app.extensions["drengr.store"] = store
     app.extensions["drengr.config"] = config
 
@@ -105,7 +107,7 @@ def create_app(
 
     app.add_url_rule("/", "ingest_root", ingest, methods=INGEST_METHODS, provide_automatic_options=False)
     app.add_url_rule(
-        "/<path:path>", "ingest", ingest, methods=INGEST_METHODS, provide_automatic_options=False
+        "/<anypath:path>", "ingest", ingest, methods=INGEST_METHODS, provide_automatic_options=False
     )
 
     @app.get("/health")
@@ -134,6 +136,12 @@ def create_app(
     if config.prefix.strip("/"):
         app.wsgi_app = PrefixMiddleware(app.wsgi_app, config.prefix)  # type: ignore[method-assign]
     return app
+
+
+class AnyPathConverter(PathConverter):
+    """``path``, newlines included: werkzeug's ``.`` stops at one, and the request got Flask's HTML 404."""
+
+    regex = r"[^/][\s\S]*?"
 
 
 class PrefixMiddleware:
@@ -220,12 +228,14 @@ def _log_unexpected(req: machine.Request, error: Exception) -> None:
     The message of an exception raised while mapping may quote the body (a
     property value, a key); the type and the frames are enough to find the bug.
     """
-    frames = [f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in traceback.extract_tb(error.__traceback__)]
+    frames = [
+        f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in traceback.extract_tb(error.__traceback__)
+    ]
     line = {
         "unexpected_error": type(error).__name__,
         "method": req.method,
         "path": _redact(req.path, 200),
-        "frames": frames[-12:],
+        "frames": frames if len(frames) <= 12 else [*frames[:4], "…", *frames[-7:]],  # a deep recursion
     }
     log.error(json.dumps(line, ensure_ascii=True))
 

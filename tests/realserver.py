@@ -1,0 +1,216 @@
+"""Helpers for the tests that run the real thing: `drengr serve` (waitress) on 127.0.0.1.
+
+Each server is a child process started with ``python -m drengr serve`` on a
+free port and a real SQLite file; its stderr (the access log) goes to a file,
+never to an unread pipe (a full pipe wedges a logging server). Only processes
+started here are signalled or killed, always by their own PID.
+"""
+
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drengr.store import SQLiteStore
+
+TENANT = "acme"
+INGEST_FAILED = {"error": "Ingest failed", "code": "ingest_failed", "message": "Ingest failed"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def create_db(path: Path, tenant: str = TENANT, kind: str = "publishable") -> str:
+    """A database with one tenant and one key (so `serve` finds it not new and prints nothing)."""
+    store = SQLiteStore(str(path))
+    try:
+        return store.create_key(tenant, kind)
+    finally:
+        store.close()
+
+
+def basic(key: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Server:
+    port: int
+    key: str
+    db: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return Reply(response.status, response.getheaders(), response.read())
+        finally:
+            conn.close()
+
+    def post(
+        self, path: str, body: Any, key: str | None = None, timeout: float = 30, **headers: str
+    ) -> Reply:
+        """POST a dict as JSON (bytes as-is) with Basic auth (the server's key unless ``key`` is given)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        all_headers = {"Content-Type": "application/json", **basic(self.key if key is None else key)}
+        all_headers.update({name.replace("_", "-"): value for name, value in headers.items()})
+        return self.request("POST", path, data, all_headers, timeout)
+
+    def healthy(self) -> bool:
+        try:
+            return self.request("GET", "/health", timeout=15).status == 200
+        except OSError:
+            return False
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def status_kib(self, field_name: str) -> int:
+        """A memory figure from /proc/PID/status, in KiB (VmRSS now, VmHWM the peak)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+        raise KeyError(field_name)
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; SIGKILL if it will not go. Returns the exit status."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+_LAUNCHED: list[Server] = []
+
+
+@pytest.fixture(autouse=True)
+def no_stray_servers() -> Iterator[None]:
+    """Import into a test module: a server a failed test left running is killed (by its PID).
+
+    Only servers launched during the test itself: a module-scoped fixture's
+    server is set up before this runs, and stopped by its own teardown.
+    """
+    before = len(_LAUNCHED)
+    yield
+    while len(_LAUNCHED) > before:
+        server = _LAUNCHED.pop()
+        if server.alive():
+            server.kill()
+
+
+def launch(
+    db: Path,
+    key: str,
+    *extra: str,
+    log_level: str = "info",
+    log: Path | None = None,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """Start `drengr serve` on ``db`` and wait until /health answers 200."""
+    port = port or free_port()
+    log = log or db.with_name(f"{db.stem}-{port}.log")
+    args = [
+        sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port),
+        "--log-level", log_level, *extra,
+    ]  # fmt: skip
+    with open(log, "ab") as stderr:
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env
+        )
+    server = Server(port, key, db, log, process, args)
+    _LAUNCHED.append(server)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise AssertionError(f"server exited with {process.returncode}: {server.log_text()[-2000:]}")
+        if server.healthy():
+            return server
+        time.sleep(0.05)
+    server.kill()
+    raise AssertionError("server did not come up: " + server.log_text()[-2000:])
+
+
+def track(message_id: str, **extra: Any) -> dict[str, Any]:
+    item = {"type": "track", "event": "Order Completed", "userId": "u-1", "messageId": message_id}
+    item["properties"] = {"revenue": 9.5, "plan": "pro"}
+    item.update(extra)
+    return item
+
+
+def batch(message_ids: list[str], **extra: Any) -> dict[str, Any]:
+    return {"batch": [track(m, **extra) for m in message_ids]}
+
+
+def event_id_counts(db: Path, tenant: str = TENANT) -> dict[str, int]:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return dict(
+            conn.execute(
+                "SELECT event_id, count(*) FROM semantic_events WHERE tenant_id = ? GROUP BY event_id",
+                (tenant,),
+            ).fetchall()
+        )
+    finally:
+        conn.close()
+
+
+def integrity(db: Path) -> str:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
