@@ -171,10 +171,6 @@ def sql_survived(db: Path) -> None:
         conn.close()
 
 
-# Bugs in _fast_py.py (not this test's to fix); strict xfail, so a fix turns them into failures to unmark.
-KNOWN_BUG = "_fast_py calls int() on more than 4,300 digits (ValueError): a 5000-digit integer"
-DEEP_BUG = "_fast_py.json_text and json.loads recurse once per nesting level"
-
 CASES = {
     # ---- decompression bombs: stop at the limit, never inflate it all
     "gzip-bomb-100MB": Case(
@@ -298,7 +294,6 @@ CASES = {
             ),
             200,
         ),
-        marks=pytest.mark.xfail(strict=True, reason=DEEP_BUG + ": RecursionError → 502"),
     ),
     "nesting-900-with-big-integer": pytest.param(
         Case(
@@ -312,9 +307,6 @@ CASES = {
             ),
             200,
         ),
-        marks=pytest.mark.xfail(
-            strict=True, reason=DEEP_BUG + ": valid JSON within 1,024 levels answered 502 (or 400)"
-        ),
     ),
     "integer-5000-digits": pytest.param(
         Case(
@@ -324,7 +316,6 @@ CASES = {
             200,
             check=stored("bigint", n=huge_int.decode()[:256]),
         ),
-        marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUG + " is valid JSON; answered 400"),
     ),
     "integer-5000-digits-ecommerce-string": pytest.param(
         Case(
@@ -336,7 +327,6 @@ CASES = {
             ),
             200,
         ),
-        marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUG + " in an ecommerce string: 502"),
     ),
     "exponent-5000-digits": Case(
         lambda k: http_request(

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from typing import Any
 
 from .core.errors import InvalidJSON
@@ -64,6 +65,11 @@ _NON_ALNUM_RUN = re.compile(r"[\W_]+")  # \W is Unicode-aware on str
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?", re.ASCII)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what simdjson represents
+MAX_DEPTH = 1024  # simdjson's default; deeper bodies are Invalid JSON in both parsers
+
+# json.loads recurses in C once per nesting level and stops at the recursion
+# limit (~990 levels with the default 1,000); simdjson accepts 1,024.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_DEPTH))
 
 
 class BigLiteral(str):
@@ -97,6 +103,9 @@ def coerce_number_text(text: str) -> str | None:
     if match is None:
         return None
     if match.group(1) is None and match.group(2) is None:
+        # An integer beyond 64 bits stays a dim, as it would in properties.
+        if len(text) > 21 or not _INT_MIN <= int(text) <= _INT_MAX:
+            return None
         return str(int(text))
     value = float(text)
     return repr(value) if math.isfinite(value) else None
@@ -117,6 +126,8 @@ def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _parse_int(text: str) -> int | BigLiteral:
+    if len(text) > 21:  # beyond 64 bits for sure (and int() refuses past 4,300 digits)
+        return BigLiteral(text)
     value = int(text)
     return value if _INT_MIN <= value <= _INT_MAX else BigLiteral(text)
 
@@ -138,28 +149,67 @@ def _number_text(value: int | float) -> str:
     return str(value) if isinstance(value, int) else repr(value)
 
 
+class _Raw(str):
+    """Text json_text emits as it is (punctuation, keys)."""
+
+
 def json_text(value: Any, pii: tuple[str, ...] | None) -> str:
-    """Compact JSON of a parsed value; PII keys dropped at every depth when ``pii`` is given."""
-    if isinstance(value, dict):
-        members = [
-            _json_string(k) + ":" + json_text(v, pii)
-            for k, v in value.items()
-            if pii is None or not is_pii_key(k, pii)
-        ]
-        return "{" + ",".join(members) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(json_text(v, pii) for v in value) + "]"
-    if isinstance(value, BigLiteral):
-        return str.__str__(value)
-    if isinstance(value, str):
-        return _json_string(value)
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    return _number_text(value)
+    """Compact JSON of a parsed value; PII keys dropped at every depth when ``pii`` is given.
+
+    An explicit stack, not recursion: bodies up to simdjson's 1,024 levels must not
+    run out of Python frames.
+    """
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Raw:
+            out.append(item)
+        elif isinstance(item, dict):
+            members = [(k, v) for k, v in item.items() if pii is None or not is_pii_key(k, pii)]
+            stack.append(_Raw("}"))
+            for position in range(len(members) - 1, -1, -1):
+                member_key, member_value = members[position]
+                stack.append(member_value)
+                stack.append(_Raw(("," if position else "") + _json_string(member_key) + ":"))
+            stack.append(_Raw("{"))
+        elif isinstance(item, list):
+            stack.append(_Raw("]"))
+            for position in range(len(item) - 1, -1, -1):
+                stack.append(item[position])
+                if position:
+                    stack.append(_Raw(","))
+            stack.append(_Raw("["))
+        elif isinstance(item, BigLiteral):
+            out.append(str.__str__(item))
+        elif isinstance(item, str):
+            out.append(_json_string(item))
+        elif item is True:
+            out.append("true")
+        elif item is False:
+            out.append("false")
+        elif item is None:
+            out.append("null")
+        else:
+            out.append(_number_text(item))
+    return "".join(out)
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest (the root object is 1)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def scalar_text(value: Any, pii: tuple[str, ...]) -> str | None:
@@ -216,7 +266,7 @@ class Mapper:
             )
         except (ValueError, RecursionError):
             raise InvalidJSON() from None
-        if not isinstance(root, dict):
+        if not isinstance(root, dict) or _depth(root) > MAX_DEPTH:
             raise InvalidJSON()
         return Document(self, root)
 

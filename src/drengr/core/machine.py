@@ -20,6 +20,7 @@ from .errors import (
     BatchTooLarge,
     IngestError,
     IngestFailed,
+    InvalidJSON,
     MessageTooLarge,
     MethodNotAllowed,
     RequestTooLarge,
@@ -149,7 +150,7 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
 
         raw = yield ReadBody(MAX_BODY_BYTES)
         body = decode_body(raw, request.headers.get("content-encoding"))
-        document = mapper.parse(body)
+        document = _parse(mapper, body)
         if tenant_id is None:
             if document.write_key is None:
                 raise Unauthorized()
@@ -176,6 +177,13 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
     response.dropped = dropped
     response.outcome = outcome
     return response
+
+
+def _parse(mapper: BodyMapper, body: bytes) -> Any:
+    try:
+        return mapper.parse(body)
+    except RecursionError:  # nesting our parsers cannot follow is not a server fault
+        raise InvalidJSON() from None
 
 
 def _authorize(key: str) -> Generator[Need, Any, str]:
