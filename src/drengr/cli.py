@@ -8,6 +8,7 @@ import argparse
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .core.limits import WAITRESS_MAX_BODY_BYTES
-from .store import SQLiteStore, StoreError
+from .store import SQLiteStore, Store, StoreError, is_postgres_url, open_store
 
 
 class UsageError(Exception):
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--db",
             default=_env("db", "drengr.db"),
             help="SQLite database file (DRENGR_DB; default ./drengr.db)",
+        )
+        sub.add_argument(
+            "--store",
+            default=_env("store", ""),
+            help="postgresql://user@host/db: rows, keys and tenants go to PostgreSQL instead of --db "
+            "(DRENGR_STORE; needs pip install 'drengr-ingest[postgres]')",
         )
 
     serve = commands.add_parser("serve", help="run the ingest server (waitress)")
@@ -99,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     with_db(revoke)
     revoke.add_argument("key", help="the key, or its id from `drengr keys list`")
 
+    db = commands.add_parser("db", help="database set-up and moves")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_commands.required = True
+    init = db_commands.add_parser("init", help="create the tables if missing (idempotent; serve does it too)")
+    with_db(init)
+    move = db_commands.add_parser("import-sqlite", help="copy a SQLite database into the --store PostgreSQL")
+    move.add_argument("sqlite_file", help="the SQLite database to copy (read only; resumes if run again)")
+    move.add_argument("--store", default=_env("store", ""), help="postgresql://… (DRENGR_STORE)")
+
     tenants = commands.add_parser("tenants", help="tenant settings")
     tenant_commands = tenants.add_subparsers(dest="tenants_command", metavar="ACTION")
     tenant_commands.required = True
@@ -111,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_store(path: str, durability: str = "full", busy_timeout_ms: int = 5_000) -> SQLiteStore:
+def _open_store(
+    path: str, durability: str = "full", busy_timeout_ms: int = 5_000, store_url: str = ""
+) -> Store:
+    if store_url:
+        return _open_postgres(store_url, durability)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"The folder {folder} does not exist: create it or pass another --db path.")
@@ -119,6 +139,26 @@ def _open_store(path: str, durability: str = "full", busy_timeout_ms: int = 5_00
         return SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms)
     except StoreError as error:
         raise UsageError(f"Cannot use {path} as the database ({error}): pass a writable --db path.") from None
+
+
+def _open_postgres(url: str, durability: str = "full") -> Store:
+    if not is_postgres_url(url):
+        raise UsageError("--store takes a postgresql://user@host/db URL (for a SQLite file, use --db).")
+    try:
+        return open_store(url, durability=durability)
+    except StoreError as error:
+        raise UsageError(
+            f"Cannot use the PostgreSQL store at {_redact_url(url)} ({error}): check --store."
+        ) from None
+
+
+def _redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def _where(args: argparse.Namespace) -> str:
+    return f"store {_redact_url(args.store)}" if args.store else f"database {args.db}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "keys":
             return keys(args)
+        if args.command == "db":
+            return db(args)
         return tenants(args)
     except UsageError as error:
         print(f"drengr: {error}", file=sys.stderr)
@@ -136,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    store = _open_store(args.db)
+    store = _open_store(args.db, store_url=args.store)
     try:
         if args.keys_command == "create":
             if not args.tenant:
@@ -165,10 +207,34 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def db(args: argparse.Namespace) -> int:
+    if args.db_command == "init":
+        _open_store(args.db, store_url=args.store).close()  # opening a store creates what is missing
+        print(f"Ready: {_where(args)}.", file=sys.stderr)
+        return 0
+    if not args.store:
+        raise UsageError("Say where to copy to: drengr db import-sqlite FILE --store postgresql://….")
+    if not os.path.isfile(args.sqlite_file):
+        raise UsageError(f"There is no file {args.sqlite_file}: pass the SQLite database to copy.")
+    store = _open_postgres(args.store)
+    try:
+        counts = store.import_sqlite(args.sqlite_file)  # type: ignore[attr-defined]
+    except StoreError as error:
+        raise UsageError(f"The copy stopped ({error}); run the same command again to resume.") from None
+    finally:
+        store.close()
+    print(
+        f"Copied {counts['events']:,} events ({counts['duplicates']:,} already there), "
+        f"{counts['tenants']} tenants, {counts['api_keys']} keys to {_redact_url(args.store)}.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def tenants(args: argparse.Namespace) -> int:
     if args.daily_cap is None:
         raise UsageError("Say what to change: drengr tenants set NAME --daily-cap N.")
-    store = _open_store(args.db)
+    store = _open_store(args.db, store_url=args.store)
     try:
         store.set_daily_cap(args.name, int(args.daily_cap))
     finally:
@@ -188,14 +254,18 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     # "Task queue depth is N" costs ~6 % and can wedge a server whose stderr nobody reads.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    store = _open_store(args.db, args.durability, int(args.busy_timeout_ms))
+    store = _open_store(args.db, args.durability, int(args.busy_timeout_ms), args.store)
     if store.is_new():
         key = store.create_key("default", "publishable")
         print("New database: created tenant 'default' with this publishable key:", file=sys.stderr)
         print(key, flush=True)
     prefix = "/" + args.prefix.strip("/") if args.prefix.strip("/") else ""
     config = Config(
-        db=args.db, durability=args.durability, prefix=prefix, busy_timeout_ms=int(args.busy_timeout_ms)
+        db=args.db,
+        store=args.store,
+        durability=args.durability,
+        prefix=prefix,
+        busy_timeout_ms=int(args.busy_timeout_ms),
     )
     app = create_app(config, store=store)
     try:
@@ -223,7 +293,7 @@ def serve(args: argparse.Namespace) -> int:
         ) from None
     gc.freeze()  # the start-up objects never need collecting; keeps GC pauses off the hot path
     print(
-        f"Listening on http://{args.host}:{args.port}{prefix}/  (database {args.db})",
+        f"Listening on http://{args.host}:{args.port}{prefix}/  ({_where(args)})",
         file=sys.stderr,
         flush=True,
     )

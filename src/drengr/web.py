@@ -24,7 +24,7 @@ from .core.errors import IngestFailed, NotFound
 from .core.limits import DEFAULT_PII_SUBSTRINGS
 from .core.mapping import BodyMapper
 from .core.settings import settings_document
-from .store import SQLiteStore, Store, StoreError
+from .store import SQLiteStore, Store, StoreError, open_store
 
 access_log = logging.getLogger("drengr.access")
 log = logging.getLogger("drengr")
@@ -35,6 +35,7 @@ INGEST_METHODS = ["POST", "OPTIONS", "GET", "PUT", "PATCH", "DELETE"]
 @dataclass
 class Config:
     db: str = "drengr.db"
+    store: str = ""  # a postgresql://… URI: rows go to PostgreSQL; empty: the SQLite file `db`
     durability: str = "full"  # "full" | "normal"
     prefix: str = ""  # mount point, e.g. "/segment-ingest"
     busy_timeout_ms: int = 5_000  # a write waits this long for another process's lock, then 502
@@ -46,6 +47,7 @@ class Config:
         pii = env.get("DRENGR_PII_KEYS")
         return cls(
             db=env.get("DRENGR_DB", cls.db),
+            store=env.get("DRENGR_STORE", cls.store),
             durability=env.get("DRENGR_DURABILITY", cls.durability).lower(),
             prefix=env.get("DRENGR_PREFIX", cls.prefix),
             busy_timeout_ms=int(env.get("DRENGR_BUSY_TIMEOUT_MS", cls.busy_timeout_ms)),
@@ -64,6 +66,8 @@ def create_app(
 ) -> Flask:
     """The WSGI app. ``store`` defaults to a SQLiteStore on ``config.db``; ``clock_ms`` is the time of receipt."""
     config = config or Config.from_env()
+    if store is None and config.store:
+        store = open_store(config.store, durability=config.durability)
     store = (
         store
         if store is not None
