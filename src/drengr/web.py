@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,16 @@ from .store import SQLiteStore, Store, StoreError, open_store
 access_log = logging.getLogger("drengr.access")
 log = logging.getLogger("drengr")
 
+# The request headers the machine reads, as WSGI spells them.
+_INGEST_HEADERS = [
+    ("HTTP_AUTHORIZATION", "authorization"),
+    ("HTTP_X_WRITE_KEY", "x-write-key"),
+    ("HTTP_CONTENT_ENCODING", "content-encoding"),
+    ("HTTP_ORIGIN", "origin"),
+    ("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "access-control-request-headers"),
+    ("HTTP_USER_AGENT", "user-agent"),
+]
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 INGEST_METHODS = ["POST", "OPTIONS", "GET", "PUT", "PATCH", "DELETE"]
 
 
@@ -81,24 +92,30 @@ def create_app(
     app.extensions["drengr.store"] = store
     app.extensions["drengr.config"] = config
 
-    def answer(need: Any) -> Any:
-        if isinstance(need, machine.ReadBody):
-            return request.stream.read(need.limit + 1)
-        if isinstance(need, machine.LookupKey):
-            return store.lookup_key(hash_key(need.key))
-        try:
-            return store.write(need.tenant_id, need.rows, need.received_at_ms)
-        except StoreError:
-            return None  # the machine answers 502 Ingest failed
-
-    def ingest(path: str = "") -> Response:
+    def run_ingest(environ: dict[str, Any]) -> machine.Response:
+        """One ingest request, from the WSGI environ to the machine's Response (logged)."""
         started = time.perf_counter()
-        headers = {name.lower(): value for name, value in request.headers.items()}
+        headers = {name: environ[key] for key, name in _INGEST_HEADERS if key in environ}
+        length = environ.get("CONTENT_LENGTH")
+        content_length = int(length) if length and length.isdigit() else None
+        stream = environ["wsgi.input"]
+
+        def answer(need: Any) -> Any:
+            if isinstance(need, machine.ReadBody):
+                wanted = need.limit + 1
+                return stream.read(wanted if content_length is None else min(wanted, content_length))
+            if isinstance(need, machine.LookupKey):
+                return store.lookup_key(hash_key(need.key))
+            try:
+                return store.write(need.tenant_id, need.rows, need.received_at_ms)
+            except StoreError:
+                return None  # the machine answers 502 Ingest failed
+
         req = machine.Request(
-            method=request.method,
-            path="/" + path,
+            method=environ.get("REQUEST_METHOD", ""),
+            path=environ.get("PATH_INFO") or "/",
             headers=headers,
-            content_length=request.content_length,
+            content_length=content_length,
             received_at_ms=clock_ms(),
         )
         try:
@@ -107,7 +124,20 @@ def create_app(
             _log_unexpected(req, error)
             result = machine.error_response(IngestFailed(), headers.get("origin"))
         _log_request(req, result, time.perf_counter() - started)
+        return result
+
+    def ingest(path: str = "") -> Response:
+        """Methods the fast path leaves to Flask (GET, HEAD): the machine answers 405."""
+        result = run_ingest(request.environ)
         return Response(result.body, status=result.status, headers=result.headers)
+
+    def ingest_fast_path(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # POST and OPTIONS skip Flask's request/response objects and routing: ~0.1 ms
+        # a request, a third of a single-event request's cost.
+        result = run_ingest(environ)
+        headers = [*result.headers, ("Content-Length", str(len(result.body)))]
+        start_response(_STATUS_LINES.get(result.status) or str(result.status), headers)
+        return [result.body]
 
     app.add_url_rule("/", "ingest_root", ingest, methods=INGEST_METHODS, provide_automatic_options=False)
     app.add_url_rule(
@@ -137,6 +167,14 @@ def create_app(
         _log_line("GET", path, 200, record.tenant_id, time.perf_counter() - started)
         return Response(body, status=200, headers=machine.cors_headers(origin), mimetype="application/json")
 
+    flask_wsgi_app = app.wsgi_app
+
+    def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") in ("POST", "OPTIONS"):
+            return ingest_fast_path(environ, start_response)
+        return flask_wsgi_app(environ, start_response)
+
+    app.wsgi_app = dispatch  # type: ignore[method-assign]
     if config.prefix.strip("/"):
         app.wsgi_app = PrefixMiddleware(app.wsgi_app, config.prefix)  # type: ignore[method-assign]
     return app
