@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from . import cli_read
 from .core.limits import WAITRESS_MAX_BODY_BYTES
 from .store import SQLiteStore, Store, StoreError, is_postgres_url, open_store
 
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_tenant.add_argument(
         "--daily-cap", type=_positive_int, default=_env("daily_cap"), help="events per UTC day"
     )
+    cli_read.add_commands(commands)
     return parser
 
 
@@ -165,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in cli_read.COMMANDS:
+            return cli_read.run(args)
         if args.command == "serve":
             return serve(args)
         if args.command == "keys":

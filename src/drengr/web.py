@@ -19,12 +19,14 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.routing import PathConverter
 
+from . import read_api
 from .core import machine
 from .core.auth import PUBLISHABLE_PREFIX, hash_key
 from .core.errors import IngestFailed, NotFound
 from .core.limits import DEFAULT_PII_SUBSTRINGS
 from .core.mapping import BodyMapper
 from .core.settings import settings_document
+from .drops import DropLog
 from .store import SQLiteStore, Store, StoreError, open_store
 
 access_log = logging.getLogger("drengr.access")
@@ -91,6 +93,8 @@ def create_app(
     app.url_map.converters["anypath"] = AnyPathConverter
     app.extensions["drengr.store"] = store
     app.extensions["drengr.config"] = config
+    drop_log = DropLog()  # what was dropped, by tenant and reason, for the debugger and /v1/drops
+    app.extensions["drengr.drops"] = drop_log
 
     def run_ingest(environ: dict[str, Any]) -> machine.Response:
         """One ingest request, from the WSGI environ to the machine's Response (logged)."""
@@ -123,6 +127,7 @@ def create_app(
         except Exception as error:  # a bug, not the client's doing: log it, never show a traceback
             _log_unexpected(req, error)
             result = machine.error_response(IngestFailed(), headers.get("origin"))
+        drop_log.record(result, req.path, headers.get("user-agent"))
         _log_request(req, result, time.perf_counter() - started)
         return result
 
@@ -167,6 +172,7 @@ def create_app(
         _log_line("GET", path, 200, record.tenant_id, time.perf_counter() - started)
         return Response(body, status=200, headers=machine.cors_headers(origin), mimetype="application/json")
 
+    read_api.register(app, store, clock_ms=clock_ms)
     flask_wsgi_app = app.wsgi_app
 
     def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -1,0 +1,394 @@
+"""The live debugger page, as text: one HTML document and one script, no build step, nothing from a CDN.
+
+Served by ``drengr.read_api`` at ``/debugger`` and ``/debugger/app.js``. Kept in a
+Python module (not package data) so every install has it. The page asks for a
+secret key, keeps it in memory only (never in storage or the URL) and sends it
+as ``Authorization: Bearer`` to the read API: ``/v1/events`` every second
+(cursor ``order=asc``, so each poll returns only what landed since),
+``/v1/drops`` every second and ``/v1/stats?interval=minute`` every five for
+the chart (inline SVG). Everything a client sent is put in the page with
+``textContent``, never as HTML: event names and dims come from publishable
+keys, which are public.
+"""
+
+DEBUGGER_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>Drengr live debugger</title>
+<link rel="icon" href="data:,">
+<style>
+  :root { color-scheme: light; --fg: #1b1f24; --muted: #57606a; --line: #d0d7de; --bg: #f6f8fa; --accent: #0a5bd6; --bad: #b3261e; }
+  * { box-sizing: border-box; }
+  body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); margin: 0; }
+  header { background: #10243f; color: #fff; padding: .75rem 1.25rem; display: flex; gap: 1rem; align-items: baseline; flex-wrap: wrap; }
+  header h1 { font-size: 1.2rem; margin: 0; }
+  header p { margin: 0; color: #c9d6e8; }
+  main { padding: 1rem 1.25rem; max-width: 1280px; }
+  form { display: flex; gap: .5rem; align-items: end; flex-wrap: wrap; }
+  label { display: block; font-weight: 600; }
+  input[type=password] { font: inherit; padding: .4rem .5rem; width: 28rem; max-width: 100%; border: 1px solid var(--muted); border-radius: 4px; }
+  button { font: inherit; padding: .4rem .9rem; border-radius: 4px; border: 1px solid var(--accent); background: var(--accent); color: #fff; cursor: pointer; }
+  button.secondary { background: #fff; color: var(--accent); }
+  :focus-visible { outline: 3px solid #f0b400; outline-offset: 2px; }
+  .status { margin: .5rem 0; min-height: 1.5em; }
+  .status.error { color: var(--bad); font-weight: 600; }
+  .grid { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 1fr); gap: 1.25rem; }
+  @media (max-width: 900px) { .grid { grid-template-columns: 1fr; } }
+  section { margin-top: 1rem; }
+  h2 { font-size: 1.05rem; margin: 0 0 .5rem; }
+  table { border-collapse: collapse; width: 100%; font-size: .85rem; }
+  caption { text-align: left; color: var(--muted); padding-bottom: .25rem; }
+  th, td { border-bottom: 1px solid var(--line); padding: .3rem .4rem; text-align: left; vertical-align: top; }
+  th { background: var(--bg); position: sticky; top: 0; }
+  td code { font-size: .8rem; word-break: break-all; }
+  .scroll { max-height: 28rem; overflow: auto; border: 1px solid var(--line); border-radius: 4px; }
+  .counts { display: flex; flex-wrap: wrap; gap: .4rem; padding: 0; list-style: none; margin: 0 0 .5rem; }
+  .counts li { background: #fdecea; color: var(--bad); border-radius: 999px; padding: .1rem .6rem; font-size: .85rem; }
+  .legend { display: flex; flex-wrap: wrap; gap: .25rem 1rem; list-style: none; padding: 0; margin: .25rem 0 0; font-size: .85rem; }
+  .swatch { display: inline-block; width: .8rem; height: .8rem; border-radius: 2px; margin-right: .3rem; vertical-align: -1px; }
+  .new { animation: flash 1.2s ease-out; }
+  @keyframes flash { from { background: #fff6c7; } to { background: transparent; } }
+  @media (prefers-reduced-motion: reduce) { .new { animation: none; } }
+  .visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
+  [hidden] { display: none !important; }
+  .muted { color: var(--muted); }
+</style>
+</head>
+<body>
+<header>
+  <h1>Drengr live debugger</h1>
+  <p>Events as they land, what was dropped and why.</p>
+</header>
+<main id="main" data-root="{{ROOT}}">
+  <form id="signin" autocomplete="off">
+    <div>
+      <label for="key">Secret key</label>
+      <input id="key" name="key" type="password" required spellcheck="false" autocomplete="off" placeholder="drengr_sk_…"
+             aria-describedby="key-help">
+      <div id="key-help" class="muted">A secret key of your tenant (<code>drengr keys create --tenant NAME --kind secret</code>).
+        Publishable keys (<code>drengr_pk_…</code>) are public and cannot open this page. The key stays in this tab's memory.</div>
+    </div>
+    <button type="submit" id="open">Open</button>
+  </form>
+  <p id="status" class="status" role="status" aria-live="polite"></p>
+
+  <div id="live" hidden>
+    <p>
+      <button type="button" id="pause" class="secondary" aria-pressed="false">Pause</button>
+      <button type="button" id="signout" class="secondary">Sign out</button>
+      <span id="updated" class="muted"></span>
+    </p>
+    <div class="grid">
+      <section aria-labelledby="events-title">
+        <h2 id="events-title">Latest events</h2>
+        <div class="scroll" tabindex="0" role="region" aria-labelledby="events-title">
+          <table id="events">
+            <caption>Newest first; updated every second. Times are UTC.</caption>
+            <thead><tr>
+              <th scope="col">Received</th><th scope="col">Occurred</th><th scope="col">Event</th>
+              <th scope="col">Type</th><th scope="col">User / install</th><th scope="col">Dims</th><th scope="col">Measures</th>
+            </tr></thead>
+            <tbody></tbody>
+          </table>
+        </div>
+        <p id="events-empty" class="muted">No events yet. Send one with your publishable key and it shows here within a second.</p>
+      </section>
+      <section aria-labelledby="drops-title">
+        <h2 id="drops-title">Recent drops</h2>
+        <p class="muted">Accepted with a 200 but not stored. Counted by this server process since it started.</p>
+        <ul id="drop-counts" class="counts" aria-label="Drops by reason"></ul>
+        <div class="scroll" tabindex="0" role="region" aria-labelledby="drops-title">
+          <table id="drops">
+            <caption>Newest first. Key names only, never values.</caption>
+            <thead><tr><th scope="col">When</th><th scope="col">Reason</th><th scope="col">Items</th><th scope="col">Keys</th><th scope="col">Path / library</th></tr></thead>
+            <tbody></tbody>
+          </table>
+        </div>
+        <p id="drops-empty" class="muted">Nothing dropped.</p>
+      </section>
+    </div>
+    <section aria-labelledby="chart-title">
+      <h2 id="chart-title">Events per minute, last 30 minutes</h2>
+      <div id="chart"></div>
+      <ul id="legend" class="legend" aria-hidden="true"></ul>
+      <details>
+        <summary>Chart data as a table</summary>
+        <table id="chart-table"><caption>Events per minute by event name (UTC)</caption>
+          <thead><tr><th scope="col">Minute</th><th scope="col">Event</th><th scope="col">Count</th></tr></thead><tbody></tbody></table>
+      </details>
+    </section>
+  </div>
+</main>
+<script src="{{ROOT}}/debugger/app.js"></script>
+</body>
+</html>
+"""
+
+DEBUGGER_JS = r"""'use strict'
+;(function () {
+  const root = document.getElementById('main').dataset.root || ''
+  const $ = (id) => document.getElementById(id)
+  const MAX_ROWS = 200
+  const COLORS = ['#0a5bd6', '#e8710a', '#1a7f37', '#a40e8c', '#b3261e', '#5b4bd6', '#8c959f']
+  let key = null
+  let cursor = null
+  let paused = false
+  let timers = []
+  let lastStats = 0
+  let generation = 0 // a sign-out or a new sign-in abandons the polls of the previous one
+
+  function say(text, isError) {
+    const status = $('status')
+    status.textContent = text
+    status.className = 'status' + (isError ? ' error' : '')
+  }
+
+  function el(tag, text, attrs) {
+    const node = document.createElement(tag)
+    if (text !== undefined && text !== null) node.textContent = String(text)
+    for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value)
+    return node
+  }
+
+  async function api(path) {
+    const response = await fetch(root + path, {
+      headers: { Authorization: 'Bearer ' + key, Accept: 'application/json' },
+      cache: 'no-store',
+      credentials: 'omit',
+    })
+    if (response.status === 401) {
+      const error = new Error('unauthorized')
+      error.unauthorized = true
+      throw error
+    }
+    if (!response.ok) throw new Error('HTTP ' + response.status)
+    return response.json()
+  }
+
+  function refused() {
+    const typed = key || ''
+    stop()
+    key = null
+    $('live').hidden = true
+    $('signin').hidden = false
+    if (typed.startsWith('drengr_pk_')) {
+      say('Refused: that is a publishable key. Publishable keys are public and cannot open the debugger; use a secret key (drengr_sk_…).', true)
+    } else {
+      say('Refused: that is not an active secret key of this server. Check it, or create one with drengr keys create --kind secret.', true)
+    }
+    $('key').focus()
+  }
+
+  function compact(value) {
+    const text = JSON.stringify(value)
+    return text === '{}' ? '' : text
+  }
+
+  function eventRow(event, fresh) {
+    const tr = el('tr', null, { 'data-seq': String(event.seq), 'data-event-name': event.event_name })
+    if (fresh) tr.className = 'new'
+    tr.append(el('td', event.received_at.slice(11, 23)))
+    tr.append(el('td', event.occurred_at.replace('T', ' ').slice(0, 23)))
+    const name = el('td')
+    name.append(el('strong', event.event_name))
+    tr.append(name)
+    tr.append(el('td', event.event_type))
+    const ids = el('td')
+    ids.append(el('div', event.external_id === null ? '—' : event.external_id))
+    ids.append(el('div', event.install_id, { class: 'muted' }))
+    tr.append(ids)
+    const dims = el('td')
+    dims.append(el('code', compact(event.dims)))
+    tr.append(dims)
+    const measures = el('td')
+    measures.append(el('code', compact(event.measures)))
+    tr.append(measures)
+    return tr
+  }
+
+  function addEvents(events, fresh) {
+    const body = $('events').tBodies[0]
+    // `events` is oldest first; the table is newest first.
+    for (const event of events) body.insertBefore(eventRow(event, fresh), body.firstChild)
+    while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1)
+    $('events-empty').hidden = body.rows.length > 0
+  }
+
+  function showDrops(data) {
+    const counts = $('drop-counts')
+    counts.replaceChildren()
+    for (const [reason, count] of Object.entries(data.counts)) {
+      counts.append(el('li', reason + ': ' + count, { 'data-reason': reason, title: data.reasons[reason] || reason }))
+    }
+    const body = $('drops').tBodies[0]
+    body.replaceChildren()
+    for (const sample of data.recent) {
+      const tr = el('tr', null, { 'data-reason': sample.reason })
+      tr.append(el('td', sample.at.slice(11, 19)))
+      const reason = el('td')
+      reason.append(el('strong', sample.reason))
+      reason.append(el('div', sample.description, { class: 'muted' }))
+      tr.append(reason)
+      tr.append(el('td', sample.count))
+      tr.append(el('td', sample.keys.join(', ') || '—'))
+      const where = el('td')
+      where.append(el('code', sample.path))
+      where.append(el('div', sample.library || '(no User-Agent)', { class: 'muted' }))
+      tr.append(where)
+      body.append(tr)
+    }
+    $('drops-empty').hidden = data.recent.length > 0
+  }
+
+  const SVG = 'http://www.w3.org/2000/svg'
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag)
+    for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value))
+    if (text !== undefined) node.textContent = text
+    return node
+  }
+
+  function showChart(stats) {
+    // 31 one-minute slots ending at the server's current minute (the server's clock, not the browser's).
+    const start = Math.floor(Date.parse(stats.since) / 60000) * 60000
+    const slots = []
+    for (let i = 0; i <= 30; i++) slots.push(new Date(start + i * 60000).toISOString().slice(0, 16))
+    const totals = {}
+    for (const point of stats.series) totals[point.event_name] = (totals[point.event_name] || 0) + point.count
+    const names = Object.keys(totals).sort((a, b) => totals[b] - totals[a] || (a < b ? -1 : 1))
+    const shown = names.slice(0, COLORS.length - 1)
+    const colorOf = (name) => (shown.includes(name) ? COLORS[shown.indexOf(name)] : COLORS[COLORS.length - 1])
+    const cells = {}
+    for (const point of stats.series) {
+      const slot = point.bucket.slice(0, 16)
+      const group = shown.includes(point.event_name) ? point.event_name : 'other'
+      cells[slot] = cells[slot] || {}
+      cells[slot][group] = (cells[slot][group] || 0) + point.count
+    }
+    const peak = Math.max(1, ...slots.map((s) => Object.values(cells[s] || {}).reduce((a, b) => a + b, 0)))
+    const W = 760, H = 180, left = 40, bottom = 24, top = 10
+    const barW = (W - left - 10) / slots.length
+    const scale = (H - bottom - top) / peak
+    const total = names.reduce((sum, n) => sum + totals[n], 0)
+    const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: '100%', role: 'img', 'aria-labelledby': 'chart-svg-title' })
+    chart.append(svg('title', { id: 'chart-svg-title' },
+      `${total} events in the last 30 minutes` + (names.length ? `, most ${names[0]} (${totals[names[0]]})` : '')))
+    chart.append(svg('line', { x1: left, y1: H - bottom, x2: W - 10, y2: H - bottom, stroke: '#8c959f' }))
+    chart.append(svg('text', { x: left - 6, y: top + 8, 'text-anchor': 'end', 'font-size': 11, fill: '#57606a' }, String(peak)))
+    chart.append(svg('text', { x: left - 6, y: H - bottom, 'text-anchor': 'end', 'font-size': 11, fill: '#57606a' }, '0'))
+    slots.forEach((slot, i) => {
+      let y = H - bottom
+      const x = left + i * barW + 1
+      for (const group of [...shown, 'other']) {
+        const count = (cells[slot] || {})[group] || 0
+        if (!count) continue
+        const h = count * scale
+        y -= h
+        const rect = svg('rect', { x, y, width: Math.max(1, barW - 2), height: h, fill: colorOf(group), 'data-event-name': group })
+        rect.append(svg('title', {}, `${slot.slice(11)} ${group}: ${count}`))
+        chart.append(rect)
+      }
+      if (i % 10 === 0 || i === slots.length - 1) {
+        chart.append(svg('text', { x: x + barW / 2, y: H - 6, 'text-anchor': 'middle', 'font-size': 11, fill: '#57606a' }, slot.slice(11)))
+      }
+    })
+    $('chart').replaceChildren(chart)
+    const legend = $('legend')
+    legend.replaceChildren()
+    for (const group of names.length > shown.length ? [...shown, 'other'] : shown) {
+      const item = el('li')
+      item.append(el('span', null, { class: 'swatch', style: 'background:' + colorOf(group) }))
+      item.append(document.createTextNode(group + ' (' + (group === 'other'
+        ? names.slice(shown.length).reduce((s, n) => s + totals[n], 0) : totals[group]) + ')'))
+      legend.append(item)
+    }
+    const body = $('chart-table').tBodies[0]
+    body.replaceChildren()
+    for (const point of stats.series) {
+      const tr = el('tr')
+      tr.append(el('td', point.bucket.slice(0, 16).replace('T', ' ')))
+      tr.append(el('td', point.event_name))
+      tr.append(el('td', point.count))
+      body.append(tr)
+    }
+  }
+
+  async function poll(mine) {
+    if (mine !== generation) return
+    if (!paused) {
+      try {
+        const page = await api('/v1/events?order=asc&limit=500&cursor=' + encodeURIComponent(cursor))
+        if (mine !== generation) return
+        cursor = page.next_cursor
+        if (page.events.length) addEvents(page.events, true)
+        showDrops(await api('/v1/drops?limit=50'))
+        if (Date.now() - lastStats >= 5000 || page.events.length) {
+          lastStats = Date.now()
+          showChart(await api('/v1/stats?since=30m&interval=minute'))
+        }
+        $('updated').textContent = 'Updated ' + new Date().toISOString().slice(11, 19) + ' UTC'
+      } catch (error) {
+        if (mine !== generation) return
+        if (error.unauthorized) return refused() // revoked while open
+        $('updated').textContent = 'Server unreachable; retrying…'
+      }
+    }
+    timers.push(setTimeout(() => poll(mine), 1000))
+  }
+
+  function stop() {
+    generation += 1
+    for (const timer of timers) clearTimeout(timer)
+    timers = []
+  }
+
+  async function open(typed) {
+    stop()
+    const mine = generation
+    key = typed
+    say('Checking the key…')
+    try {
+      const page = await api('/v1/events?order=desc&limit=50')
+      if (mine !== generation) return
+      $('events').tBodies[0].replaceChildren()
+      addEvents(page.events.slice().reverse(), false)
+      cursor = page.latest_cursor
+      showDrops(await api('/v1/drops?limit=50'))
+      lastStats = Date.now()
+      showChart(await api('/v1/stats?since=30m&interval=minute'))
+    } catch (error) {
+      if (error.unauthorized) return refused()
+      say('Cannot reach the read API (' + error.message + ').', true)
+      return
+    }
+    $('live').hidden = false
+    $('signin').hidden = true
+    $('key').value = ''
+    say('Signed in. Listening for events…')
+    timers.push(setTimeout(() => poll(mine), 1000))
+  }
+
+  $('signin').addEventListener('submit', (event) => {
+    event.preventDefault()
+    const typed = $('key').value.trim()
+    if (typed) open(typed)
+  })
+  $('pause').addEventListener('click', () => {
+    paused = !paused
+    $('pause').textContent = paused ? 'Resume' : 'Pause'
+    $('pause').setAttribute('aria-pressed', String(paused))
+  })
+  $('signout').addEventListener('click', () => {
+    stop()
+    key = null
+    $('live').hidden = true
+    $('signin').hidden = false
+    $('events').tBodies[0].replaceChildren()
+    say('Signed out.')
+    $('key').focus()
+  })
+})()
+"""

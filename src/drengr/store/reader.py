@@ -1,0 +1,440 @@
+"""Read queries on ``semantic_events``: pages of events by cursor, counts and sums over an interval.
+
+Used by the read API (``drengr.read_api``), the debugger page and ``drengr tail``
+/ ``drengr stats``. Never writes: SQLite is opened through a read-only
+connection of its own (one per thread, ``mode=ro``), so a long read never holds
+the writer's lock and WAL lets it run beside the writer. PostgreSQL uses plain
+autocommit connections with the same queries in its dialect.
+
+The cursor is ``seq``, the always-increasing key both stores give every row:
+rows are appended in (nearly) received order, so ``seq`` is what "newer than
+what I have seen" means, and paging by it never skips or repeats a row.
+Timestamps are compared as text: every stored time has the one format
+``2026-11-26T02:50:53.123Z``, which sorts in time order.
+
+Imports no web framework; knows nothing of keys (the caller passes the tenant).
+"""
+
+import json
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .base import StoreError
+
+TIME_FIELDS = ("received_at", "occurred_at")
+ORDERS = ("asc", "desc")
+# The width of a bucket in the stored text: `2026-11-26T02:50` is a minute.
+BUCKET_PREFIX_CHARS = {"minute": 16, "hour": 13, "day": 10}
+BUCKET_SUFFIX = {"minute": ":00.000Z", "hour": ":00:00.000Z", "day": "T00:00:00.000Z"}
+MAX_MEASURES_PER_QUERY = 10
+# Rows are appended in received order only nearly (clocks of several processes,
+# group commits): the seq found by binary search on received_at starts this much earlier.
+RECEIVED_ORDER_SLACK_MS = 60_000
+_SAFE_MEASURE = re.compile(r'[^"\\\x00-\x1f]{1,64}')
+
+EVENT_SELECT = (
+    "seq, tenant_id, event_id, event_name, event_type, external_id, install_id, "
+    "occurred_at, received_at, dims, measures"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Which rows of ``semantic_events`` to read. ``tenant_id`` None means every tenant (the CLI)."""
+
+    tenant_id: str | None
+    since: str | None = None  # inclusive, stored-time text
+    until: str | None = None  # exclusive
+    time_field: str = "received_at"  # which time since/until compare against
+    event_name: str | None = None
+    event_type: str | None = None
+    external_id: str | None = None
+    install_id: str | None = None
+    cursor: int | None = None  # seq: asc → rows after it, desc → rows before it
+    order: str = "desc"
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[dict[str, Any]]
+    next_cursor: int | None  # the same query with cursor=next_cursor gives the next page
+    latest_cursor: int  # the newest seq when answered: order=asc from here follows new rows only
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    tenant_id: str | None
+    since: str | None = None
+    until: str | None = None
+    time_field: str = "received_at"
+    event_name: str | None = None
+    measures: tuple[str, ...] = ()
+    interval: str | None = None  # "minute" | "hour" | "day": also count per bucket
+
+
+@dataclass(slots=True)
+class Stats:
+    total: int
+    by_event: list[dict[str, Any]]  # {event_name, count, sums: {measure: number}}, most frequent first
+    sums: dict[str, float | int]  # every measure summed over all events
+    series: list[dict[str, Any]] = field(default_factory=list)  # {bucket, event_name, count}
+
+
+class Reader(Protocol):
+    def events(self, query: EventQuery) -> EventPage: ...
+
+    def stats(self, query: StatsQuery) -> Stats: ...
+
+    def close(self) -> None: ...
+
+
+_DURATION = re.compile(r"(\d{1,9})([smhd])")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_time(text: str, now_ms: int) -> str | None:
+    """Stored-time text for an ISO-8601 timestamp, or for a duration ago (``90s``, ``15m``, ``2h``, ``7d``).
+
+    None when ``text`` is neither. The result compares as text with stored times.
+    """
+    from ..core.timestamps import format_ms, parse_ms
+
+    text = text.strip()
+    duration = _DURATION.fullmatch(text)
+    if duration:
+        return format_ms(max(0, now_ms - int(duration.group(1)) * _UNIT_MS[duration.group(2)]))
+    if len(text) == 10 and text[4:5] == "-" and text[7:8] == "-":
+        text += "T00:00:00Z"  # a bare date is its midnight, UTC
+    ms = parse_ms(text)
+    return None if ms is None else format_ms(ms)
+
+
+def check_measure_name(name: str) -> bool:
+    """A measure name the queries can carry: 1–64 characters, no quote, backslash or control character."""
+    return bool(_SAFE_MEASURE.fullmatch(name))
+
+
+def _row_to_event(row: tuple[Any, ...]) -> dict[str, Any]:
+    seq, tenant_id, event_id, event_name, event_type, external_id, install_id, occ, rec, dims, measures = row
+    return {
+        "seq": int(seq),
+        "tenant_id": tenant_id,
+        "event_id": event_id,
+        "event_name": event_name,
+        "event_type": event_type,
+        "external_id": external_id,
+        "install_id": install_id,
+        "occurred_at": occ,
+        "received_at": rec,
+        # SQLite keeps JSON text; PostgreSQL's jsonb arrives already decoded.
+        "dims": json.loads(dims) if isinstance(dims, str) else dims,
+        "measures": json.loads(measures) if isinstance(measures, str) else measures,
+    }
+
+
+def _number(value: Any) -> float | int:
+    """A sum as JSON can carry it: integers stay integers (PostgreSQL hands back Decimal)."""
+    if value is None:
+        return 0
+    if isinstance(value, int | float):
+        return value
+    as_float = float(value)
+    return int(value) if as_float.is_integer() and abs(as_float) < 2**53 else as_float
+
+
+class _SQLBuilder:
+    """WHERE clauses for one dialect: ``?`` (sqlite3) or ``%s`` (psycopg) placeholders."""
+
+    def __init__(self, mark: str) -> None:
+        self.mark = mark
+        self.clauses: list[str] = []
+        self.params: list[Any] = []
+
+    def add(self, clause: str, *params: Any) -> None:
+        self.clauses.append(clause.replace("?", self.mark))
+        self.params.extend(params)
+
+    def where(self) -> str:
+        return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
+
+
+def _filters(sql: _SQLBuilder, query: EventQuery | StatsQuery) -> None:
+    if query.time_field not in TIME_FIELDS:
+        raise ValueError(f"time_field must be one of {TIME_FIELDS}")
+    if query.tenant_id is not None:
+        sql.add("tenant_id = ?", query.tenant_id)
+    if query.since is not None:
+        sql.add(f"{query.time_field} >= ?", query.since)
+    if query.until is not None:
+        sql.add(f"{query.time_field} < ?", query.until)
+    if query.event_name is not None:
+        sql.add("event_name = ?", query.event_name)
+    if isinstance(query, EventQuery):
+        for column in ("event_type", "external_id", "install_id"):
+            value = getattr(query, column)
+            if value is not None:
+                sql.add(f"{column} = ?", value)
+
+
+def _page(rows: list[tuple[Any, ...]], query: EventQuery, top: int) -> EventPage:
+    events = [_row_to_event(row) for row in rows]
+    full = len(events) == query.limit
+    if query.order == "asc":
+        # A short page has read everything up to `top`: the next poll starts there.
+        next_cursor = events[-1]["seq"] if full else max(top, query.cursor or 0)
+    else:
+        next_cursor = events[-1]["seq"] if full else None
+    return EventPage(events, next_cursor, top)
+
+
+class SQLiteReader:
+    """Read-only queries on a SQLite store's file (WAL: reads never wait for the writer)."""
+
+    def __init__(self, path: str, busy_timeout_ms: int = 5_000) -> None:
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+            try:
+                conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False,
+                    timeout=self._busy_timeout_ms / 1000,
+                )  # fmt: skip
+                conn.execute("PRAGMA query_only = 1")
+            except sqlite3.Error as error:
+                raise StoreError(f"cannot open {self.path} for reading: {error}") from error
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _seq_floor(self, conn: sqlite3.Connection, since: str) -> int:
+        """The first seq that may have been received at or after ``since`` (binary search on seq)."""
+        from ..core.timestamps import format_ms, parse_ms
+
+        since_ms = parse_ms(since)
+        if since_ms is None:
+            return 0
+        target = format_ms(max(0, since_ms - RECEIVED_ORDER_SLACK_MS))
+        low, high = conn.execute("SELECT min(seq), max(seq) FROM semantic_events").fetchone()
+        if low is None:
+            return 0
+        while low <= high:
+            middle = (low + high) // 2
+            row = conn.execute(
+                "SELECT seq, received_at FROM semantic_events WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
+            ).fetchone()
+            if row[1] < target:
+                low = row[0] + 1
+            else:
+                high = middle - 1
+        return low
+
+    def events(self, query: EventQuery) -> EventPage:
+        if query.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}")
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN")  # one snapshot: `top` and the rows agree
+            try:
+                top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
+                sql = _SQLBuilder("?")
+                sql.add("seq <= ?", top)
+                if query.cursor is not None:
+                    sql.add("seq > ?" if query.order == "asc" else "seq < ?", query.cursor)
+                if query.since is not None and query.time_field == "received_at":
+                    sql.add("seq >= ?", self._seq_floor(conn, query.since))  # seq is the rowid: a range scan
+                _filters(sql, query)
+                rows = conn.execute(
+                    f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} "
+                    f"ORDER BY seq {query.order.upper()} LIMIT ?",
+                    [*sql.params, query.limit],
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot read events: {error}") from error
+        return _page(rows, query, top)
+
+    def stats(self, query: StatsQuery) -> Stats:
+        for name in query.measures:
+            if not check_measure_name(name):
+                raise ValueError(f"not a measure name: {name!r}")
+        paths = ['$."' + name + '"' for name in query.measures]
+        sums = "".join(", coalesce(sum(json_extract(measures, ?)), 0)" for _ in paths)
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                sql = _SQLBuilder("?")
+                if query.since is not None and query.time_field == "received_at":
+                    sql.add("seq >= ?", self._seq_floor(conn, query.since))
+                _filters(sql, query)
+                rows = conn.execute(
+                    f"SELECT event_name, count(*){sums} FROM semantic_events{sql.where()} "
+                    "GROUP BY event_name ORDER BY count(*) DESC, event_name",
+                    [*paths, *sql.params],
+                ).fetchall()
+                series = []
+                if query.interval is not None:
+                    width = BUCKET_PREFIX_CHARS[query.interval]
+                    series = conn.execute(
+                        f"SELECT substr({query.time_field}, 1, {width}) AS bucket, event_name, count(*) "
+                        f"FROM semantic_events{sql.where()} GROUP BY bucket, event_name "
+                        "ORDER BY bucket, event_name",
+                        sql.params,
+                    ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot read stats: {error}") from error
+        return _stats(rows, series, query)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def _stats(rows: list[tuple[Any, ...]], series: list[tuple[Any, ...]], query: StatsQuery) -> Stats:
+    by_event = []
+    totals: dict[str, float | int] = dict.fromkeys(query.measures, 0)
+    for row in rows:
+        sums = {name: _number(value) for name, value in zip(query.measures, row[2:], strict=True)}
+        for name, value in sums.items():
+            totals[name] += value
+        by_event.append({"event_name": row[0], "count": int(row[1]), "sums": sums})
+    suffix = BUCKET_SUFFIX.get(query.interval or "", "")
+    return Stats(
+        total=sum(item["count"] for item in by_event),
+        by_event=by_event,
+        sums={name: _number(value) for name, value in totals.items()},
+        series=[
+            {"bucket": bucket + suffix, "event_name": name, "count": int(n)} for bucket, name, n in series
+        ],
+    )
+
+
+class PostgresReader:
+    """The same queries on a PostgreSQL store (``seq`` has no index there: fine for a debugger's volumes)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _conn(self) -> Any:
+        import psycopg
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            try:
+                conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+                conn.execute("SET default_transaction_read_only = on")
+            except psycopg.Error as error:
+                raise StoreError(f"cannot connect to PostgreSQL for reading: {error}") from error
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _run(self, work: Any) -> Any:
+        import psycopg
+
+        conn = self._conn()
+        try:
+            with conn.transaction():  # REPEATABLE READ is not needed: one snapshot per statement suffices
+                return work(conn)
+        except psycopg.Error as error:
+            if conn.broken or conn.closed:
+                self._local.conn = None
+            raise StoreError(f"cannot read: {error}") from error
+
+    def events(self, query: EventQuery) -> EventPage:
+        if query.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}")
+
+        def work(conn: Any) -> tuple[list[tuple[Any, ...]], int]:
+            top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
+            sql = _SQLBuilder("%s")
+            sql.add("seq <= ?", top)
+            if query.cursor is not None:
+                sql.add("seq > ?" if query.order == "asc" else "seq < ?", query.cursor)
+            _filters(sql, query)
+            rows = conn.execute(
+                f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} "
+                f"ORDER BY seq {query.order.upper()} LIMIT %s",
+                [*sql.params, query.limit],
+            ).fetchall()
+            return rows, int(top)
+
+        rows, top = self._run(work)
+        return _page(rows, query, top)
+
+    def stats(self, query: StatsQuery) -> Stats:
+        for name in query.measures:
+            if not check_measure_name(name):
+                raise ValueError(f"not a measure name: {name!r}")
+        sums = "".join(", sum((measures ->> %s)::numeric)" for _ in query.measures)
+
+        def work(conn: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            sql = _SQLBuilder("%s")
+            _filters(sql, query)
+            rows = conn.execute(
+                f"SELECT event_name, count(*){sums} FROM semantic_events{sql.where()} "
+                "GROUP BY event_name ORDER BY count(*) DESC, event_name",
+                [*query.measures, *sql.params],
+            ).fetchall()
+            series: list[tuple[Any, ...]] = []
+            if query.interval is not None:
+                width = BUCKET_PREFIX_CHARS[query.interval]
+                series = conn.execute(
+                    f"SELECT substr({query.time_field}, 1, {width}) AS bucket, event_name, count(*) "
+                    f"FROM semantic_events{sql.where()} GROUP BY bucket, event_name ORDER BY bucket, event_name",
+                    sql.params,
+                ).fetchall()
+            return rows, series
+
+        rows, series = self._run(work)
+        return _stats(rows, series, query)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def open_reader(store: Any) -> Reader:
+    """A Reader on the same database as ``store`` (a SQLiteStore's ``path`` or a PostgresStore's ``dsn``)."""
+    path = getattr(store, "path", None)
+    if isinstance(path, str | Path):
+        return SQLiteReader(str(path))
+    dsn = getattr(store, "dsn", None)
+    if isinstance(dsn, str):
+        return PostgresReader(dsn)
+    raise StoreError(f"no reader for a store of type {type(store).__name__}")
+
+
+def reader_for_location(location: str) -> Reader:
+    """A Reader on a SQLite path or a ``postgresql://`` URI (the CLI's ``--db``)."""
+    from . import is_postgres_url
+
+    if is_postgres_url(location):
+        return PostgresReader(location.strip())
+    return SQLiteReader(location)

@@ -1,0 +1,219 @@
+"""Live: the debugger page in Debian's headless Chromium against a real `drengr serve`.
+
+The server is `drengr serve` (waitress, a real SQLite file, 127.0.0.1) with the
+read API and drop feeding wired in by create_app. Chromium is driven by
+playwright-core with executablePath=/usr/bin/chromium (tests/clients/node/debugger.js): the test
+types a key into the page, sends events with curl, and waits for the page to
+show them. ``DRENGR_SCREENSHOT=docs/debugger.png`` also saves the screenshot
+the README shows (otherwise it goes to the test's temporary folder).
+"""
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients.harness import (
+    CHROMIUM,
+    NODE_DIR,
+    Browser,
+    LiveServer,
+    free_port,
+    require,
+    require_node,
+    stop_live_server,
+)
+
+pytestmark = [pytest.mark.clients]
+
+ROOT = Path(__file__).resolve().parents[1]
+POLL_BUDGET_MS = 1_000  # the page polls every second…
+SLACK_MS = 400  # …plus a request to the read API and a render, on a busy shared machine
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    require_node()
+    require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    require(shutil.which("curl") is not None, "curl is not installed")
+    port, db = free_port(), tmp_path / "live.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port),
+         "--log-level", "info"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert process.stdout is not None
+    key = process.stdout.readline().strip()
+    live = LiveServer(port, key, db, process)
+    threading.Thread(target=live._read_stderr, daemon=True).start()
+    try:
+        assert key.startswith("drengr_pk_"), key
+        deadline = time.monotonic() + 30
+        while not any("Listening on" in line for line in live.lines):
+            assert time.monotonic() < deadline, "\n".join(live.lines)
+            time.sleep(0.05)
+        yield live
+    finally:
+        stop_live_server(live)
+
+
+class DebuggerPage(Browser):
+    """tests/clients/node/debugger.js: harness.Browser's protocol, plus typing and screenshots."""
+
+    def __init__(self, url: str) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.process = subprocess.Popen(
+            ["node", "debugger.js", url], cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "CHROMIUM": CHROMIUM},
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+        self.console: list[str] = []
+        self.requests: list[dict[str, Any]] = []
+        first = self._next(60)
+        assert first.get("loaded") is True, first
+
+    def command(self, command: dict[str, Any], timeout: float = 30) -> Any:
+        self._send(command)
+        answer = self._next(timeout)
+        assert "error" not in answer, answer["error"]
+        return answer.get("result")
+
+    def sign_in(self, key: str) -> None:
+        self.command({"fill": "#key", "value": key})
+        self.command({"click": "#open"})
+
+    def wait_ms(self, condition: str, timeout_ms: int = 5_000) -> int:
+        """Milliseconds until the JS ``condition`` holds in the page (fails after ``timeout_ms``)."""
+        elapsed = self.eval(
+            f"""(async () => {{
+                const start = performance.now()
+                while (!({condition})) {{
+                    if (performance.now() - start > {timeout_ms}) return -1
+                    await new Promise((r) => setTimeout(r, 20))
+                }}
+                return Math.round(performance.now() - start)
+            }})()""",
+            timeout=timeout_ms / 1000 + 30,
+        )
+        assert elapsed >= 0, (
+            f"timed out waiting for {condition}; console: {self.eval('document.body.innerText')}"
+        )
+        return int(elapsed)
+
+    def text(self, selector: str) -> str:
+        return str(self.eval(f"document.querySelector({json.dumps(selector)})?.innerText ?? ''"))
+
+
+@pytest.fixture
+def page(server: LiveServer) -> Iterator[DebuggerPage]:
+    browser = DebuggerPage(server.url + "/debugger")
+    try:
+        yield browser
+    finally:
+        try:
+            if browser.process.stdin is not None and not browser.process.stdin.closed:
+                browser.close()
+        finally:
+            browser.kill()
+
+
+def curl(
+    server: LiveServer, key: str, body: Any, path: str = "/v1/batch", agent: str = "curl/drengr-test"
+) -> None:
+    result = subprocess.run(
+        ["curl", "-sS", "-u", f"{key}:", "-A", agent, "-H", "Content-Type: application/json",
+         "--data-binary", json.dumps(body), server.url + path],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0 and json.loads(result.stdout) == {"success": True}, result
+
+
+def rows_named(name: str) -> str:
+    return f"document.querySelector('#events tbody tr[data-event-name=\"{name}\"]')"
+
+
+def test_publishable_key_is_refused(server: LiveServer, page: DebuggerPage) -> None:
+    page.sign_in(server.key)
+    page.wait_ms("document.getElementById('status').textContent.startsWith('Refused')")
+    assert "publishable key" in page.text("#status")
+    assert page.eval("document.getElementById('live').hidden") is True
+    # The same refusal for a made-up secret key; the page never shows data.
+    page.sign_in("drengr_sk_not_a_real_key")
+    page.wait_ms("document.getElementById('status').textContent.includes('not an active secret key')")
+    assert page.eval("document.querySelectorAll('#events tbody tr').length") == 0
+
+
+def test_events_appear_within_a_second_and_drops_show_their_reason(
+    server: LiveServer, page: DebuggerPage, tmp_path: Path
+) -> None:
+    secret = server.create_key("default", "secret")
+    curl(server, server.key, {"batch": [{"type": "track", "event": "Signed Up", "userId": "user_1"}]})
+    page.sign_in(secret)
+    page.wait_ms("!document.getElementById('live').hidden")
+    assert page.eval(f"!!{rows_named('signed_up')}")  # what was there before signing in
+
+    # Live: each event shows up within one poll of its 200.
+    waits = []
+    for n, name in enumerate(["Checkout Started", "Order Completed", "Product Viewed"]):
+        properties = {"revenue": 19.99 + n, "currency": "EUR", "sku": f"sku_{n}"}
+        curl(server, server.key, {"batch": [{"type": "track", "event": name, "userId": f"user_{n}",
+                                             "properties": properties}]})  # fmt: skip
+        waits.append(page.wait_ms(rows_named(name.lower().replace(" ", "_")), 5_000))
+    assert max(waits) <= POLL_BUDGET_MS + SLACK_MS, waits
+    row = page.text("#events tbody tr[data-event-name='order_completed']")
+    assert "user_1" in row and '"currency":"EUR"' in row and '"revenue":20.99' in row
+
+    # A dropped event: no userId, no anonymousId. The page names the reason and the keys, never values.
+    curl(server, server.key, {"batch": [
+        {"type": "track", "event": "Lost", "properties": {"email": "ada@example.com"}},
+        {"type": "page", "userId": "user_1", "name": "Pricing"},
+    ]}, agent="analytics-python/2.4.0")  # fmt: skip
+    page.wait_ms("document.querySelector('#drops tbody tr[data-reason=\"missing_id\"]')")
+    drop = page.text("#drops tbody tr[data-reason='missing_id']")
+    assert "userId and anonymousId both missing" in drop
+    assert "userId, anonymousId" in drop and "analytics-python/2.4.0" in drop
+    assert "ada@example.com" not in page.eval("document.body.innerText")
+    assert page.eval("document.querySelector('#drop-counts li[data-reason=\"missing_id\"]').textContent") == (
+        "missing_id: 1"
+    )
+
+    # The chart has bars for what landed, and says so in words.
+    page.wait_ms(
+        "document.querySelector('#chart svg title')?.textContent.startsWith('5 events in the last')", 8_000
+    )
+    assert page.eval("document.querySelectorAll('#chart svg rect').length") >= 5
+
+    # Accessibility basics: labelled key field, status region, table headers.
+    assert page.eval("document.querySelector('label[for=key]').textContent") == "Secret key"
+    assert page.eval("document.getElementById('status').getAttribute('role')") == "status"
+    assert page.eval("document.querySelectorAll('#events th[scope=col]').length") == 7
+
+    screenshot = Path(os.environ.get("DRENGR_SCREENSHOT") or tmp_path / "debugger.png")
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.command({"screenshot": str(screenshot.resolve())})
+    assert screenshot.stat().st_size > 10_000
+    console = page.close()
+    assert not [line for line in console if line.startswith(("pageerror", "error"))], console
+
+
+def test_revoked_key_stops_the_page(server: LiveServer, page: DebuggerPage) -> None:
+    secret = server.create_key("default", "secret")
+    page.sign_in(secret)
+    page.wait_ms("!document.getElementById('live').hidden")
+    subprocess.run(
+        [sys.executable, "-m", "drengr", "keys", "revoke", "--db", str(server.db), secret],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    # The server caches key look-ups for 2 s; the next poll after that is refused.
+    page.wait_ms("document.getElementById('live').hidden", 8_000)
+    assert page.text("#status").startswith("Refused")
