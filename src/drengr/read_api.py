@@ -96,13 +96,22 @@ def register(
     drop_log = drops or app.extensions.get("drengr.drops") or DropLog()
     app.extensions["drengr.drops"] = drop_log
     app.extensions["drengr.read_store"] = store
-    app.extensions["drengr.reader"] = reader if reader is not None else open_reader(store)
+    app.extensions["drengr.reader"] = reader  # opened on first use: ingest-only apps never open one
     app.extensions["drengr.read_clock"] = clock_ms or (lambda: time.time_ns() // 1_000_000)
     app.register_blueprint(blueprint)
     return drop_log
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _reader() -> Reader:
+    reader: Reader | None = current_app.extensions["drengr.reader"]
+    if reader is None:
+        reader = current_app.extensions["drengr.reader"] = open_reader(
+            current_app.extensions["drengr.read_store"]
+        )
+    return reader
 
 
 def _json(status: int, body: Any) -> Response:
@@ -277,7 +286,7 @@ def events(tenant_id: str) -> Response:
         order=_choice("order", ORDERS, "desc") or "desc",
         limit=_int("limit", DEFAULT_EVENTS_LIMIT, 1, MAX_EVENTS_LIMIT),
     )
-    reader: Reader = current_app.extensions["drengr.reader"]
+    reader = _reader()
     page = reader.events(query)
     for event in page.events:
         del event["tenant_id"]  # always the key's own
@@ -321,7 +330,7 @@ def stats(tenant_id: str) -> Response:
         measures=tuple(dict.fromkeys(measures)),
         interval=interval,
     )
-    reader: Reader = current_app.extensions["drengr.reader"]
+    reader = _reader()
     result = reader.stats(query)
     return _json(
         200,
