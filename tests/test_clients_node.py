@@ -105,7 +105,9 @@ def test_store_outage_502_is_retried_and_stored_once(tmp_path, client):
         env = {"DRENGR_HOST": server.url, "DRENGR_KEY": key, "MESSAGE_ID": "m-outage"}
         with store_outage(server.db):
             sending = start_node(SEND_ONE, client, env=env)
-            server.wait_for(lambda log: any(e["method"] == "POST" for e in log), 40, "the first attempt's answer")
+            server.wait_for(
+                lambda log: any(e["method"] == "POST" for e in log), 40, "the first attempt's answer"
+            )
             assert server.statuses() == [502]  # the store gave up on the lock
         report = finish_node(sending, 60)
         server.wait_quiet(1.0)
@@ -125,7 +127,9 @@ def test_jitsu_does_not_retry_a_502(tmp_path):
         env = {"DRENGR_HOST": server.url, "DRENGR_KEY": key}
         with store_outage(server.db):
             sending = start_node(SEND_ONE, "jitsu-s2s", env=env)
-            server.wait_for(lambda log: any(e["method"] == "POST" for e in log), 40, "the first attempt's answer")
+            server.wait_for(
+                lambda log: any(e["method"] == "POST" for e in log), 40, "the first attempt's answer"
+            )
             assert server.statuses() == [502]
         report = finish_node(sending, 30)
         server.wait_quiet(1.5)

@@ -94,7 +94,9 @@ def test_store_outage_502_is_retried_and_stored_once(tmp_path, snippet: str, mak
             )  # fmt: skip
             flushing = threading.Thread(target=client.flush, daemon=True)
             flushing.start()
-            server.wait_for(lambda log: any(e["method"] == "POST" for e in log), 40, "the first attempt's answer")
+            server.wait_for(
+                lambda log: any(e["method"] == "POST" for e in log), 40, "the first attempt's answer"
+            )
             assert server.statuses() == [502]  # the store gave up on the lock
         # The lock is gone: the library's retry (already waiting on it, or soon) lands.
         flushing.join(30)

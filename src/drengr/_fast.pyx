@@ -35,9 +35,9 @@ from .core.errors import InvalidJSON
 
 # ------------------------------------------------------------------ C++ helpers
 # Plain C++ beside simdjson: buffers, JSON string escaping, number and
-# timestamp text, key sets. Nothing here touches Python objects except the
-# Python.h allocators; backslashes are spelled as numbers because this text
-# is a Python string literal.
+# timestamp text, key sets, the PII matcher. Nothing here touches Python
+# objects or the GIL. Backslashes are spelled as numbers because this text is
+# a Python string literal.
 
 cdef extern from *:
     """
@@ -50,6 +50,14 @@ cdef extern from *:
     #include <string_view>
     #include <vector>
     #include "simdjson.h"
+
+    #if defined(__GNUC__)
+    #define DRENGR_HOT inline __attribute__((always_inline))
+    #define DRENGR_COLD __attribute__((noinline))
+    #else
+    #define DRENGR_HOT inline
+    #define DRENGR_COLD
+    #endif
 
     namespace drengr {
 
@@ -108,7 +116,9 @@ cdef extern from *:
         Buf(const Buf &) = delete;
         Buf &operator=(const Buf &) = delete;
         bool reserve(size_t extra) {
-            if (n + extra <= cap) return true;
+            return n + extra <= cap || grow(extra);
+        }
+        DRENGR_COLD bool grow(size_t extra) {
             if (failed) return false;
             size_t want = cap ? cap * 2 : 256;
             while (want < n + extra) want *= 2;
@@ -118,10 +128,33 @@ cdef extern from *:
             cap = want;
             return true;
         }
-        void put(const char *s, size_t k) {
-            if (k && reserve(k)) { std::memcpy(p + n, s, k); n += k; }
+        DRENGR_HOT void put(const char *s, size_t k) {
+            if (!reserve(k)) return;
+            char *d = p + n;
+            if (k > 16) {
+                std::memcpy(d, s, k);
+            } else if (k >= 8) {  /* short copies inline, as two overlapping words */
+                uint64_t a, b;
+                std::memcpy(&a, s, 8);
+                std::memcpy(&b, s + k - 8, 8);
+                std::memcpy(d, &a, 8);
+                std::memcpy(d + k - 8, &b, 8);
+            } else if (k >= 4) {
+                uint32_t a, b;
+                std::memcpy(&a, s, 4);
+                std::memcpy(&b, s + k - 4, 4);
+                std::memcpy(d, &a, 4);
+                std::memcpy(d + k - 4, &b, 4);
+            } else if (k) {
+                d[0] = s[0];
+                d[k / 2] = s[k / 2];
+                d[k - 1] = s[k - 1];
+            }
+            n += k;
         }
-        void putc(char c) { if (reserve(1)) p[n++] = c; }
+        DRENGR_HOT void putc(char c) {
+            if (reserve(1)) p[n++] = c;
+        }
         void clear() { n = 0; }
     };
 
@@ -157,12 +190,60 @@ cdef extern from *:
         }
     }
 
+    /* Whether any of the 8 bytes needs escaping: < 0x20, a quote or a
+       backslash (SWAR: a byte is zero iff its high bit survives). */
+    static inline bool needs_escape(uint64_t w) {
+        const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+        uint64_t quote = w ^ (ones * 34), slash = w ^ (ones * 92);
+        uint64_t control = (w - ones * 0x20) & ~w;
+        uint64_t q = (quote - ones) & ~quote, b = (slash - ones) & ~slash;
+        return ((control | q | b) & highs) != 0;
+    }
+
     /* "text" with json.dumps(ensure_ascii=False)'s escaping. */
     static void put_json_string(Buf &b, const char *p, size_t n) {
         if (!b.reserve(n * 6 + 2)) return;
         char *o = b.p + b.n;
         *o++ = 34;
-        for (size_t i = 0; i < n; i++) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {  /* most text needs no escape at all */
+            uint64_t w;
+            std::memcpy(&w, p + i, 8);
+            if (needs_escape(w)) break;
+            std::memcpy(o, &w, 8);
+            o += 8;
+        }
+        size_t rest = n - i;
+        if (rest && rest < 8) {  /* the tail as one (overlapping) word */
+            uint64_t w;
+            if (n >= 8) {
+                std::memcpy(&w, p + n - 8, 8);
+            } else if (rest >= 4) {
+                uint32_t a, b;
+                std::memcpy(&a, p, 4);
+                std::memcpy(&b, p + n - 4, 4);
+                w = (uint64_t)a << 32 | b;
+            } else {
+                w = 0x6161610000000000ull | (uint64_t)(unsigned char)p[0] << 16 |
+                    (uint64_t)(unsigned char)p[n / 2] << 8 | (unsigned char)p[n - 1];
+                w |= 0x6161ull << 24;
+            }
+            if (!needs_escape(w)) {
+                if (n >= 8) {
+                    std::memcpy(o + rest - 8, &w, 8);
+                } else if (rest >= 4) {
+                    std::memcpy(o, p, 4);
+                    std::memcpy(o + rest - 4, p + n - 4, 4);
+                } else {
+                    o[0] = p[0];
+                    o[rest / 2] = p[rest / 2];
+                    o[rest - 1] = p[rest - 1];
+                }
+                o += rest;
+                i = n;
+            }
+        }
+        for (; i < n; i++) {
             unsigned char c = (unsigned char)p[i];
             unsigned char e = ESCAPE[c];
             if (!e) { *o++ = (char)c; continue; }
@@ -180,8 +261,15 @@ cdef extern from *:
     }
 
     static inline size_t json_string_size(const char *p, size_t n) {
-        size_t size = 2;
-        for (size_t i = 0; i < n; i++) size += ESCAPED_SIZE[(unsigned char)p[i]];
+        size_t size = 2, i = 0;
+        for (; i + 8 <= n; i += 8) {
+            uint64_t w;
+            std::memcpy(&w, p + i, 8);
+            if (!needs_escape(w)) { size += 8; continue; }
+            for (size_t j = i; j < i + 8; j++)
+                size += ESCAPED_SIZE[(unsigned char)p[j]];
+        }
+        for (; i < n; i++) size += ESCAPED_SIZE[(unsigned char)p[i]];
         return size;
     }
 
@@ -200,7 +288,13 @@ cdef extern from *:
     }
 
     static inline bool is_ascii(const char *p, size_t n) {
-        for (size_t i = 0; i < n; i++) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            uint64_t w;
+            std::memcpy(&w, p + i, 8);
+            if (w & 0x8080808080808080ull) return false;
+        }
+        for (; i < n; i++) {
             if ((unsigned char)p[i] & 0x80) return false;
         }
         return true;
@@ -216,8 +310,16 @@ cdef extern from *:
             p += 8;
             n -= 8;
         }
-        uint64_t w = 0;
-        std::memcpy(&w, p, n);
+        uint64_t w = 0;  /* the last 0-7 bytes, without a variable-size copy */
+        if (n >= 4) {
+            uint32_t a, b;
+            std::memcpy(&a, p, 4);
+            std::memcpy(&b, p + n - 4, 4);
+            w = (uint64_t)a << 32 | b;
+        } else if (n) {
+            w = (uint64_t)(unsigned char)p[0] << 16 |
+                (uint64_t)(unsigned char)p[n / 2] << 8 | (unsigned char)p[n - 1];
+        }
         h = (h ^ w) * 0x94d049bb133111ebull;
         return h ^ (h >> 29);
     }
@@ -254,9 +356,11 @@ cdef extern from *:
         for (int k = 0; k <= 19; k++) {
             double m = a * POW10[k];
             if (m >= 1e15) return 0;
-            double r = std::nearbyint(m);
-            if (r / POW10[k] != a) continue;
-            uint64_t digits = (uint64_t)r;
+            uint64_t digits = (uint64_t)(m + 0.5);  /* the nearest integer, or a tie */
+            double r = (double)digits;
+            /* Cheap necessary test first: a == r / 10**k puts m within a few
+               ulps of r. Then the exact one (one correctly rounded division). */
+            if (std::fabs(m - r) > m * 1e-15 || r / POW10[k] != a) continue;
             int places = k;
             while (places > 0 && digits % 10 == 0) { digits /= 10; places--; }
             uint64_t whole = digits / POW10_INT[places];
@@ -458,61 +562,114 @@ cdef extern from *:
         unsigned char single[256];
         uint64_t bigram[1024];
         bool everything;
-        PiiMatcher() : everything(false) {
+        bool has_single;
+        /* Answers for keys of up to 16 bytes, which (length, first 8 bytes,
+           last 8 bytes) name exactly: property names repeat from event to
+           event, so most tests are one lookup. */
+        struct Answer { uint64_t a, b; uint32_t n; int32_t pii; };
+        static const int ANSWERS = 1024;
+        Answer answers[ANSWERS];
+        PiiMatcher() : everything(false), has_single(false) {
             std::memset(single, 0, sizeof single);
             std::memset(bigram, 0, sizeof bigram);
+            for (int i = 0; i < ANSWERS; i++) answers[i].n = 0xFFFFFFFFu;
         }
         /* `p` is a fragment already lowercased by Python. A non-ASCII
            fragment cannot occur in a lowercased ASCII key: skipped here. */
         void add(const char *p, size_t n) {
             if (n == 0) { everything = true; return; }
             if (!is_ascii(p, n)) return;
-            if (n == 1) { single[(unsigned char)p[0]] = 1; return; }
+            if (n == 1) {
+                single[(unsigned char)p[0]] = 1;
+                has_single = true;
+                return;
+            }
             unsigned pair = (unsigned)(unsigned char)p[0] << 8
                             | (unsigned char)p[1];
             bigram[pair >> 6] |= 1ull << (pair & 63);
             fragments.emplace_back(p, n);
         }
-        /* 1: PII; 0: not; -1: the key is not ASCII (ask Python). A match
-           inside an ASCII run is final: lower() keeps such runs intact. */
+        /* test(), remembered for short keys. */
+        int test_cached(const char *k, size_t n) {
+            if (n == 0 || n > 16) return test(k, n);
+            uint64_t a, b;
+            if (n >= 8) {
+                std::memcpy(&a, k, 8);
+                std::memcpy(&b, k + n - 8, 8);
+            } else if (n >= 4) {
+                uint32_t x, y;
+                std::memcpy(&x, k, 4);
+                std::memcpy(&y, k + n - 4, 4);
+                a = x;
+                b = y;
+            } else {
+                a = (uint64_t)(unsigned char)k[0] |
+                    (uint64_t)(unsigned char)k[n / 2] << 8 |
+                    (uint64_t)(unsigned char)k[n - 1] << 16;
+                b = 0;
+            }
+            uint64_t mix = (a * 0x9E3779B97F4A7C15ull) ^ (b * 0xC2B2AE3D27D4EB4Full);
+            mix ^= n;
+            Answer &answer = answers[(mix ^ (mix >> 29)) & (ANSWERS - 1)];
+            if (answer.n == n && answer.a == a && answer.b == b) return answer.pii;
+            int pii = test(k, n);
+            if (pii >= 0) {
+                answer.a = a;
+                answer.b = b;
+                answer.n = (uint32_t)n;
+                answer.pii = pii;
+            }
+            return pii;
+        }
+        /* 1: PII; 0: not; -1: the key is not ASCII (ask Python). */
         int test(const char *k, size_t n) const {
             if (everything) return 1;
-            for (size_t i = 0; i < n; i++) {
-                unsigned char c = (unsigned char)k[i];
-                if (c & 0x80) return -1;
-                c = LOWER[c];
-                if (single[c]) return 1;
-                if (i + 1 >= n) break;
-                unsigned char c2 = LOWER[(unsigned char)k[i + 1]];
-                unsigned pair = (unsigned)c << 8 | c2;
-                if (!((bigram[pair >> 6] >> (pair & 63)) & 1)) continue;
-                for (const std::string &f : fragments) {
-                    if ((unsigned char)f[0] != c || (unsigned char)f[1] != c2 ||
-                        f.size() > n - i)
-                        continue;
-                    size_t j = 2;
-                    while (j < f.size() &&
-                           LOWER[(unsigned char)k[i + j]] == (unsigned char)f[j])
-                        j++;
-                    if (j == f.size()) return 1;
+            if (!is_ascii(k, n)) return -1;
+            if (has_single) {
+                for (size_t i = 0; i < n; i++) {
+                    if (single[LOWER[(unsigned char)k[i]]]) return 1;
                 }
             }
+            if (n < 2) return 0;
+            unsigned c = LOWER[(unsigned char)k[0]];
+            for (size_t i = 0; i + 1 < n; i++) {
+                unsigned c2 = LOWER[(unsigned char)k[i + 1]];
+                unsigned pair = c << 8 | c2;
+                c = c2;
+                if ((bigram[pair >> 6] >> (pair & 63)) & 1 && match_at(k, n, i))
+                    return 1;
+            }
             return 0;
+        }
+        bool match_at(const char *k, size_t n, size_t i) const {
+            for (const std::string &f : fragments) {
+                if (f.size() > n - i) continue;
+                size_t j = 0;
+                while (j < f.size() &&
+                       LOWER[(unsigned char)k[i + j]] == (unsigned char)f[j])
+                    j++;
+                if (j == f.size()) return true;
+            }
+            return false;
         }
     };
 
     /* First-wins duplicate detection over one object's keys (the twin's
        dicts keep the first of duplicated keys; simdjson keeps them all). */
     struct KeySet {
-        struct Slot { const char *p; uint64_t h; uint32_t n; uint32_t used; };
+        /* A slot is in use when its stamp is the current one: starting over
+           is one increment, not a memset. */
+        struct Slot { const char *p; uint64_t h; uint32_t n; uint32_t stamp; };
         const char *lp[16];
         uint32_t ln[16];
         uint32_t count;
         uint64_t bloom;
         Slot *table;
         size_t mask;
+        uint32_t stamp;
         bool hashed;
-        KeySet() : count(0), bloom(0), table(nullptr), mask(0), hashed(false) {}
+        KeySet()
+            : count(0), bloom(0), table(nullptr), mask(0), stamp(0), hashed(false) {}
         ~KeySet() { std::free(table); }
         KeySet(const KeySet &) = delete;
         KeySet &operator=(const KeySet &) = delete;
@@ -523,14 +680,15 @@ cdef extern from *:
             if (!hashed) return 0;
             size_t cap = 64;
             while (cap < size * 2) cap <<= 1;
-            if (!table || cap > mask + 1) {
+            if (!table || cap > mask + 1 || stamp == 0xFFFFFFFFu) {
                 std::free(table);
-                table = (Slot *)std::calloc(cap, sizeof(Slot));
+                table = (Slot *)std::calloc(cap > mask + 1 ? cap : mask + 1,
+                                            sizeof(Slot));
                 if (!table) { mask = 0; return -1; }
-                mask = cap - 1;
-            } else {
-                std::memset((void *)table, 0, (mask + 1) * sizeof(Slot));
+                if (cap > mask + 1) mask = cap - 1;
+                stamp = 0;
             }
+            stamp++;
             return 0;
         }
         /* True the first time a key is seen in this object. */
@@ -553,7 +711,7 @@ cdef extern from *:
             }
             uint64_t h = hash_bytes(p, n);
             size_t i = (size_t)h & mask;
-            while (table[i].used) {
+            while (table[i].stamp == stamp) {
                 if (table[i].h == h && table[i].n == n &&
                     std::memcmp(table[i].p, p, n) == 0)
                     return false;
@@ -562,7 +720,7 @@ cdef extern from *:
             table[i].p = p;
             table[i].h = h;
             table[i].n = n;
-            table[i].used = 1;
+            table[i].stamp = stamp;
             return true;
         }
     };
@@ -570,8 +728,10 @@ cdef extern from *:
     /* The keys already in dims, priority or others for one item (after
        the 64-character cut), copied into an arena. */
     struct Kept {
-        struct Slot { uint64_t h; uint32_t off; uint32_t n; };
-        static const int SLOTS = 512;
+        /* `p` points into the simdjson document (or at a literal) for keys
+           that outlive the item; other keys are copied to the arena. */
+        struct Slot { uint64_t h; const char *p; uint32_t off; uint32_t n; };
+        static const int SLOTS = 512;  /* 4 reserved + 40 dims + 4 + 20 measures */
         static const uint32_t EMPTY = 0xFFFFFFFFu;
         Slot slots[SLOTS];
         uint16_t used[SLOTS];
@@ -590,21 +750,54 @@ cdef extern from *:
             while (slots[i].n != EMPTY) {
                 const Slot &s = slots[i];
                 if (s.h == h && s.n == n &&
-                    std::memcmp(arena.p + s.off, p, n) == 0)
+                    std::memcmp(s.p ? s.p : arena.p + s.off, p, n) == 0)
                     return true;
                 i = (i + 1) & (SLOTS - 1);
             }
             return false;
         }
-        void add(const char *p, size_t n, uint64_t h) {
+        void add(const char *p, size_t n, uint64_t h, bool stable) {
             if (n_used >= SLOTS / 2) { arena.failed = true; return; }
             size_t i = (size_t)h & (SLOTS - 1);
             while (slots[i].n != EMPTY) i = (i + 1) & (SLOTS - 1);
             slots[i].h = h;
+            slots[i].p = stable ? p : nullptr;
             slots[i].off = (uint32_t)arena.n;
             slots[i].n = (uint32_t)n;
             used[n_used++] = (uint16_t)i;
-            arena.put(p, n);
+            if (!stable) arena.put(p, n);
+        }
+    };
+
+    /* One level of an iterative walk over nested values: heap frames, so
+       simdjson's 1024 levels of nesting never meet a small thread stack. */
+    struct Frame {
+        Obj::iterator it, end;
+        Arr::iterator ait, aend;
+        KeySet seen;
+        bool is_object;
+        bool first;
+        size_t size;
+    };
+    struct Frames {
+        std::vector<Frame *> levels;
+        Frames() {}
+        Frames(const Frames &) = delete;
+        Frames &operator=(const Frames &) = delete;
+        ~Frames() { for (Frame *f : levels) delete f; }
+        /* The frame for `depth`, made on first use; nullptr without memory. */
+        Frame *at(size_t depth) {
+            if (depth < levels.size()) return levels[depth];
+            try {
+                while (levels.size() <= depth) {
+                    levels.push_back(nullptr);
+                    levels.back() = new Frame();
+                }
+            } catch (...) {
+                if (!levels.empty() && !levels.back()) levels.pop_back();
+                return nullptr;
+            }
+            return levels[depth];
         }
     };
 
@@ -618,6 +811,8 @@ cdef extern from *:
         int n_dim_entries;
         bool busy;
         Kept kept;
+        KeySet seen;  /* the properties' keys: its table outlives the item */
+        Frames frames;
         Scratch() : n_others(0), n_dims(0), n_dim_entries(0), busy(false) {}
         void start_item() {
             dims.clear();
@@ -648,7 +843,7 @@ cdef extern from *:
         bool has[F_COUNT];
     };
     static inline int field_of(const char *k, uint32_t n) {
-    #define DRENGR_IS(word) (std::memcmp(k, word, n) == 0)
+    #define DRENGR_IS(word) (std::memcmp(k, word, sizeof(word) - 1) == 0)
         switch (n) {
         case 4:
             if (DRENGR_IS("type")) return F_TYPE;
@@ -676,7 +871,6 @@ cdef extern from *:
         case 17: return DRENGR_IS("originalTimestamp") ? F_ORIGINAL_TIMESTAMP : -1;
         default: return -1;
         }
-    #undef DRENGR_IS
     }
     static void scan_fields(const Obj &o, Fields &f) {
         for (int i = 0; i < F_COUNT; i++) f.has[i] = false;
@@ -688,6 +882,29 @@ cdef extern from *:
             }
         }
     }
+
+    /* context.app / .os / .device / .traits in one pass, first key wins. */
+    enum { C_APP, C_OS, C_DEVICE, C_TRAITS, C_COUNT };
+    static void scan_context(const Obj &o, Fields &f) {
+        for (int i = 0; i < C_COUNT; i++) f.has[i] = false;
+        for (Obj::iterator it = o.begin(); it != o.end(); ++it) {
+            const char *k = it.key_c_str();
+            int at = -1;
+            switch (it.key_length()) {
+            case 2: at = DRENGR_IS("os") ? C_OS : -1; break;
+            case 3: at = DRENGR_IS("app") ? C_APP : -1; break;
+            case 6:
+                at = DRENGR_IS("device") ? C_DEVICE
+                   : DRENGR_IS("traits") ? C_TRAITS : -1;
+                break;
+            }
+            if (at >= 0 && !f.has[at]) {
+                f.has[at] = true;
+                f.v[at] = it.value();
+            }
+        }
+    }
+    #undef DRENGR_IS
 
     }  // namespace drengr
     """
@@ -725,19 +942,20 @@ cdef extern from *:
         size_t size()
 
     cdef cppclass Parser "drengr::Parser":
-        Parser()
+        Parser() except +
 
     cdef cppclass Buf "drengr::Buf":
         char* p
         size_t n
         bint failed
+        bint reserve(size_t)
         void put(const char*, size_t)
         void putc(char)
         void clear()
 
     cdef cppclass PiiMatcher "drengr::PiiMatcher":
         void add(const char*, size_t) except +
-        int test(const char*, size_t)
+        int test_cached(const char*, size_t)
 
     cdef cppclass KeySet "drengr::KeySet":
         int start(size_t)
@@ -745,7 +963,17 @@ cdef extern from *:
 
     cdef cppclass Kept "drengr::Kept":
         bint has(const char*, size_t, uint64_t)
-        void add(const char*, size_t, uint64_t)
+        void add(const char*, size_t, uint64_t, bint)
+
+    cdef cppclass Frame "drengr::Frame":
+        Object.iterator it, end
+        Array.iterator ait, aend
+        KeySet seen
+        bint is_object, first
+        size_t size
+
+    cdef cppclass Frames "drengr::Frames":
+        Frame* at(size_t)
 
     cdef cppclass Scratch "drengr::Scratch":
         Buf dims, measures, others, tmp, key, name, num
@@ -754,6 +982,9 @@ cdef extern from *:
         int n_others, n_dims, n_dim_entries
         bint busy
         Kept kept
+        KeySet seen
+        Frames frames
+        Scratch() except +
         void start_item()
         bint failed()
 
@@ -776,6 +1007,10 @@ cdef extern from *:
         WORDS_ECOMMERCE "drengr::WORDS_ECOMMERCE"
         WORDS_PRIORITY "drengr::WORDS_PRIORITY"
         WORDS_NUMERIC "drengr::WORDS_NUMERIC"
+        C_APP "drengr::C_APP"
+        C_OS "drengr::C_OS"
+        C_DEVICE "drengr::C_DEVICE"
+        C_TRAITS "drengr::C_TRAITS"
 
     cdef cppclass Fields "drengr::Fields":
         Element v[14]
@@ -809,11 +1044,14 @@ cdef extern from *:
     int words_find "drengr::words_find"(int, const char*, size_t)
     int type_code "drengr::type_code"(const char*, size_t)
     void scan_fields "drengr::scan_fields"(Object&, Fields&)
+    void scan_context "drengr::scan_context"(Object&, Fields&)
 
 
 cdef extern from "Python.h":
     str PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
+    void* PyUnicode_DATA(object text)  # ASCII text only: one byte per character
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
     char* PyOS_double_to_string(
         double val, char format_code, int precision, int flags, int* ptype
     ) except NULL
@@ -880,8 +1118,8 @@ _add_words(
 _add_words(WORDS_ECOMMERCE, sorted(ECOMMERCE_EVENTS))
 _add_words(WORDS_PRIORITY, limits.PRIORITY_MEASURES)
 _add_words(WORDS_NUMERIC, limits.ECOMMERCE_NUMERIC_KEYS)
-if len(limits.PRIORITY_MEASURES) > 4 or MAX_MEASURES > 64:
-    raise ImportError("drengr._fast holds at most 4 priority and 64 other measures")
+if len(limits.PRIORITY_MEASURES) > 4 or MAX_MEASURES > 64 or MAX_DIMS > 160:
+    raise ImportError("drengr._fast holds 4 priority measures, 64 others, 160 dims")
 del _add_words
 
 
@@ -935,11 +1173,14 @@ cdef class Mapper:
     cdef PiiMatcher matcher
     cdef dict _pii_cache
     cdef dict _name_cache
+    cdef list _names  # recent normalised event names, by hash slot
+    cdef uint64_t _name_hashes[64]
 
     def __init__(self, pii_substrings):
         self.pii = tuple(fragment.lower() for fragment in pii_substrings)
         self._pii_cache = {}
         self._name_cache = {}
+        self._names = [None] * 64
         for fragment in self.pii:
             data = fragment.encode("utf-8", "surrogatepass")
             self.matcher.add(data, len(data))
@@ -952,6 +1193,8 @@ cdef class Mapper:
         cdef _ThreadParser tp = _thread_parser()
         cdef Element root
         cdef int err
+        if tp.scratch.busy:  # a finalizer run mid-map must not reuse its parser
+            raise RuntimeError("Mapper.parse called while this thread maps a Document")
         tp.generation += 1  # every earlier Document of this thread is now stale
         if size == 0:
             raise InvalidJSON()
@@ -961,7 +1204,7 @@ cdef class Mapper:
         else:
             err = parse_body(tp.parser, buf, size, &root)
         if err != SIMDJSON_SUCCESS:
-            if err == SIMDJSON_UTF8_ERROR or err == SIMDJSON_DEPTH_ERROR or err == SIMDJSON_EMPTY:
+            if err in (SIMDJSON_UTF8_ERROR, SIMDJSON_DEPTH_ERROR, SIMDJSON_EMPTY):
                 raise InvalidJSON()
             if err == SIMDJSON_MEMALLOC:
                 raise MemoryError()
@@ -984,10 +1227,12 @@ cdef class Mapper:
                 doc.write_key = PyUnicode_DecodeUTF8(text, n, NULL)
         return doc
 
-    cdef int _is_pii(self, const char* key, size_t n) except -1:
-        cdef int found = self.matcher.test(key, n)
-        if found >= 0:
-            return found
+    cdef inline int _is_pii(self, const char* key, size_t n) except -1:
+        cdef int found = self.matcher.test_cached(key, n)
+        return found if found >= 0 else self._is_pii_slow(key, n)
+
+    cdef int _is_pii_slow(self, const char* key, size_t n) except -1:
+        """``is_pii_key`` for keys that are not ASCII (Unicode lowercasing)."""
         text = PyUnicode_DecodeUTF8(key, n, NULL)
         cached = self._pii_cache.get(text)
         if cached is None:
@@ -996,6 +1241,22 @@ cdef class Mapper:
                 self._pii_cache.clear()
             self._pii_cache[text] = cached
         return cached is True
+
+    cdef str _ascii_name(self, const char* name, size_t n):
+        """The str of a normalised ASCII event name, shared by the events of a batch."""
+        cdef uint64_t h = hash_bytes(name, n)
+        cdef Py_ssize_t slot = h & 63
+        cdef str cached = self._names[slot]
+        if (
+            cached is not None and self._name_hashes[slot] == h
+            and PyUnicode_GET_LENGTH(cached) == <Py_ssize_t>n
+            and memcmp(PyUnicode_DATA(cached), name, n) == 0
+        ):
+            return cached
+        cached = PyUnicode_DecodeUTF8(name, n, NULL)
+        self._names[slot] = cached
+        self._name_hashes[slot] = h
+        return cached
 
     cdef str _normalize_slow(self, str raw):
         name = self._name_cache.get(raw)
@@ -1011,71 +1272,34 @@ cdef class Mapper:
 
 cdef int _put_number(Buf* out, Element value, int kind) except -1:
     """str(int) / repr(float) of a number element."""
-    cdef char text[32]
     cdef int n
     cdef double number
     cdef char* slow
+    if not out.reserve(32):
+        return 0  # out.failed is checked once per item
     if kind == c'l':
-        n = fmt_i64(el_i64(value), text)
+        n = fmt_i64(el_i64(value), out.p + out.n)
     elif kind == c'u':
-        n = fmt_u64(el_u64(value), text)
+        n = fmt_u64(el_u64(value), out.p + out.n)
     else:
         number = el_f64(value)
-        n = fmt_double(number, text)
+        n = fmt_double(number, out.p + out.n)
         if n == 0:
             slow = PyOS_double_to_string(number, c'r', 0, Py_DTSF_ADD_DOT_0, NULL)
             out.put(slow, strlen(slow))
             PyMem_Free(slow)
             return 0
-    out.put(text, n)
+    out.n += n
     return 0
 
 
-cdef int _json_text(Buf* out, Element value, Mapper mapper, bint drop_pii) except -1:
-    """The twin's ``json_text``: compact, first key wins, PII keys dropped if asked."""
-    cdef int kind = el_kind(value)
+cdef int _put_scalar(Buf* out, Element value, int kind) except -1:
+    """A string, number, boolean or null as JSON text."""
     cdef const char* p
     cdef size_t n
-    cdef Object obj
-    cdef Object.iterator it, end
-    cdef Array arr
-    cdef Array.iterator at, stop
-    cdef KeySet seen
-    cdef bint first = True
     if kind == c'"':
         p = el_str(value, &n)
         put_json_string(out[0], p, n)
-    elif kind == c'{':
-        obj = el_obj(value)
-        if seen.start(obj.size()) < 0:
-            raise MemoryError()
-        out.putc(c'{')
-        it = obj.begin()
-        end = obj.end()
-        while it != end:
-            p = it.key_c_str()
-            n = it.key_length()
-            if seen.add(p, n) and not (drop_pii and mapper._is_pii(p, n)):
-                if not first:
-                    out.putc(c',')
-                first = False
-                put_json_string(out[0], p, n)
-                out.putc(c':')
-                _json_text(out, it.value(), mapper, drop_pii)
-            inc(it)
-        out.putc(c'}')
-    elif kind == c'[':
-        arr = el_arr(value)
-        out.putc(c'[')
-        at = arr.begin()
-        stop = arr.end()
-        while at != stop:
-            if not first:
-                out.putc(c',')
-            first = False
-            _json_text(out, deref(at), mapper, drop_pii)
-            inc(at)
-        out.putc(c']')
     elif kind == c't':
         if el_bool(value):
             out.put("true", 4)
@@ -1088,46 +1312,88 @@ cdef int _json_text(Buf* out, Element value, Mapper mapper, bint drop_pii) excep
     return 0
 
 
-cdef Py_ssize_t _json_size(Element value, Py_ssize_t limit) except -1:
-    """UTF-8 size of the twin's ``json_text(value, None)``; stops early past ``limit``."""
-    cdef int kind = el_kind(value)
+cdef int _json_text(Scratch* s, Buf* out, Element value, Mapper mapper,
+                    bint drop_pii) except -1:
+    """The twin's ``json_text``: compact, first key wins, PII keys dropped if asked.
+
+    Iterative over ``s.frames`` (one heap frame per level), not recursive.
+    """
+    cdef size_t depth = 0
+    cdef int kind
+    cdef Frame* f
+    cdef Object obj
+    cdef Array arr
     cdef const char* p
     cdef size_t n
-    cdef Py_ssize_t size
-    cdef Object obj
-    cdef Object.iterator it, end
-    cdef Array arr
-    cdef Array.iterator at, stop
-    cdef KeySet seen
+    cdef bint found
+    while True:
+        kind = el_kind(value)
+        if kind == c'{' or kind == c'[':
+            f = s.frames.at(depth)
+            if f == NULL:
+                raise MemoryError()
+            f.first = True
+            f.is_object = kind == c'{'
+            if f.is_object:
+                obj = el_obj(value)
+                if f.seen.start(obj.size()) < 0:
+                    raise MemoryError()
+                f.it = obj.begin()
+                f.end = obj.end()
+                out.putc(c'{')
+            else:
+                arr = el_arr(value)
+                f.ait = arr.begin()
+                f.aend = arr.end()
+                out.putc(c'[')
+            depth += 1
+        else:
+            _put_scalar(out, value, kind)
+        # The next value to write, closing the containers that are done.
+        while depth:
+            f = s.frames.at(depth - 1)
+            if f.is_object:
+                found = False
+                while f.it != f.end:
+                    p = f.it.key_c_str()
+                    n = f.it.key_length()
+                    if f.seen.add(p, n) and not (drop_pii and mapper._is_pii(p, n)):
+                        found = True
+                        break
+                    inc(f.it)
+                if found:
+                    if not f.first:
+                        out.putc(c',')
+                    f.first = False
+                    put_json_string(out[0], p, n)
+                    out.putc(c':')
+                    value = f.it.value()
+                    inc(f.it)
+                    break
+                out.putc(c'}')
+            else:
+                if f.ait != f.aend:
+                    if not f.first:
+                        out.putc(c',')
+                    f.first = False
+                    value = deref(f.ait)
+                    inc(f.ait)
+                    break
+                out.putc(c']')
+            depth -= 1
+        if depth == 0:
+            return 0
+
+
+cdef size_t _scalar_size(Element value, int kind) except 0:
+    """Bytes of a string, number, boolean or null as JSON text."""
+    cdef const char* p
+    cdef size_t n
     cdef char text[32]
     cdef char* slow
     if kind == c'"':
         p = el_str(value, &n)
         return json_string_size(p, n)
-    if kind == c'{':
-        obj = el_obj(value)
-        if seen.start(obj.size()) < 0:
-            raise MemoryError()
-        size = 1  # {
-        it = obj.begin()
-        end = obj.end()
-        while it != end and size <= limit:
-            p = it.key_c_str()
-            n = it.key_length()
-            if seen.add(p, n):
-                size += json_string_size(p, n) + 2  # the colon, and a comma or }
-                size += _json_size(it.value(), limit)
-            inc(it)
-        return size if size > 1 else 2
-    if kind == c'[':
-        arr = el_arr(value)
-        size = 1  # [
-        at = arr.begin()
-        stop = arr.end()
-        while at != stop and size <= limit:
-            size += _json_size(deref(at), limit) + 1  # a comma or ]
-            inc(at)
-        return size if size > 1 else 2
     if kind == c't':
         return 4 if el_bool(value) else 5
     if kind == c'n':
@@ -1145,7 +1411,77 @@ cdef Py_ssize_t _json_size(Element value, Py_ssize_t limit) except -1:
     return n
 
 
-cdef bint _scalar_text(Buf* out, Element value, Mapper mapper) except -1:
+cdef size_t _json_size(Scratch* s, Element value, size_t limit, bint exact) except 0:
+    """UTF-8 size of the twin's ``json_text(value, None)``; stops once past ``limit``.
+
+    ``exact=False`` is a cheap upper bound instead: duplicate keys counted, each
+    double as 24 bytes (the longest repr, -2.2250738585072014e-308). Iterative
+    over ``s.frames``, like ``_json_text``.
+    """
+    cdef size_t depth = 0
+    cdef size_t size = 0
+    cdef int kind
+    cdef Frame* f
+    cdef Object obj
+    cdef Array arr
+    cdef const char* p
+    cdef size_t n
+    cdef bint found
+    while True:
+        kind = el_kind(value)
+        if kind == c'{' or kind == c'[':
+            f = s.frames.at(depth)
+            if f == NULL:
+                raise MemoryError()
+            f.is_object = kind == c'{'
+            size += 2  # the brackets; each member or element adds its comma
+            f.first = True
+            if f.is_object:
+                obj = el_obj(value)
+                if exact and f.seen.start(obj.size()) < 0:
+                    raise MemoryError()
+                f.it = obj.begin()
+                f.end = obj.end()
+            else:
+                arr = el_arr(value)
+                f.ait = arr.begin()
+                f.aend = arr.end()
+            depth += 1
+        elif exact or kind != c'd':
+            size += _scalar_size(value, kind)
+        else:
+            size += 24
+        if size > limit:
+            return size
+        while depth:
+            f = s.frames.at(depth - 1)
+            if f.is_object:
+                found = False
+                while f.it != f.end:
+                    p = f.it.key_c_str()
+                    n = f.it.key_length()
+                    if not exact or f.seen.add(p, n):
+                        found = True
+                        break
+                    inc(f.it)
+                if found:
+                    size += json_string_size(p, n) + 1 + (0 if f.first else 1)
+                    f.first = False
+                    value = f.it.value()
+                    inc(f.it)
+                    break
+            elif f.ait != f.aend:
+                size += 0 if f.first else 1
+                f.first = False
+                value = deref(f.ait)
+                inc(f.ait)
+                break
+            depth -= 1
+        if depth == 0:
+            return size
+
+
+cdef bint _scalar_text(Scratch* s, Buf* out, Element value, Mapper mapper) except -1:
     """The twin's ``scalar_text`` appended to ``out``; False for null (absent)."""
     cdef int kind = el_kind(value)
     cdef const char* p
@@ -1161,18 +1497,17 @@ cdef bint _scalar_text(Buf* out, Element value, Mapper mapper) except -1:
         else:
             out.put("false", 5)
     else:
-        _json_text(out, value, mapper, True)
+        _json_text(s, out, value, mapper, True)
     return True
 
 
 cdef object _id_text(Fields* fields, int field):
-    """The twin's ``id_text``: strings as-is, numbers as text; null, "" and others absent."""
+    """The twin's ``id_text``: strings as-is, numbers as text; null, "" etc.: None."""
     cdef Element value
     cdef const char* p
     cdef size_t n
     cdef int kind
     cdef char text[32]
-    cdef Buf* out
     if not fields.has[field]:
         return None
     value = fields.v[field]
@@ -1203,11 +1538,10 @@ cdef inline bint _timestamp(Fields* fields, int field, int64_t* ms) noexcept:
     return parse_ms(p, n, ms)
 
 
-cdef inline bint _member_object(Object parent, const char* key, Object* out) noexcept:
-    """``_get_object``: the member when it is an object."""
-    cdef Element value
-    if obj_get(parent, key, &value) and el_kind(value) == c'{':
-        out[0] = el_obj(value)
+cdef inline bint _part(Fields* parts, int part, Object* out) noexcept:
+    """``_get_object`` over a scanned member: True when it is there and an object."""
+    if parts.has[part] and el_kind(parts.v[part]) == c'{':
+        out[0] = el_obj(parts.v[part])
         return True
     return False
 
@@ -1223,7 +1557,7 @@ cdef void _put_dim(Scratch* s, const char* key, size_t key_size,
     s.dims.putc(c':')
     put_json_string(s.dims, value, utf8_prefix(value, value_size, MAX_DIM_VALUE_CHARS))
     s.n_dim_entries += 1
-    s.kept.add(key, key_size, hash_bytes(key, key_size))
+    s.kept.add(key, key_size, hash_bytes(key, key_size), True)
 
 
 cdef int _reserved(Scratch* s, const char* key, Fields* fields, int field,
@@ -1232,14 +1566,17 @@ cdef int _reserved(Scratch* s, const char* key, Fields* fields, int field,
     if not fields.has[field]:
         return 0
     s.tmp.clear()
-    if _scalar_text(&s.tmp, fields.v[field], mapper):
+    if _scalar_text(s, &s.tmp, fields.v[field], mapper):
         _put_dim(s, key, strlen(key), s.tmp.p, s.tmp.n)
     return 0
 
 
-cdef int _emit(Scratch* s, Mapper mapper, const char* key, size_t key_size,
+cdef int _emit(Scratch* s, Mapper mapper, const char* key, size_t key_size, bint stable,
                Element value, bint ecommerce) except -1:
-    """The twin's ``emit``: one flattened property into measures or dims."""
+    """The twin's ``emit``: one flattened property into measures or dims.
+
+    ``stable``: ``key`` lives as long as the document (not a scratch buffer).
+    """
     cdef int kind = el_kind(value)
     cdef uint64_t h
     cdef const char* p
@@ -1282,7 +1619,7 @@ cdef int _emit(Scratch* s, Mapper mapper, const char* key, size_t key_size,
         if slot < 0:
             s.others_end[s.n_others] = s.others.n
             s.n_others += 1
-        s.kept.add(key, key_size, h)
+        s.kept.add(key, key_size, h, stable)
         return 0
     if s.n_dims >= MAX_DIMS:
         return 0
@@ -1300,22 +1637,25 @@ cdef int _emit(Scratch* s, Mapper mapper, const char* key, size_t key_size,
             s.dims.put('"false"', 7)
     else:
         s.tmp.clear()
-        _json_text(&s.tmp, value, mapper, True)
-        put_json_string(s.dims, s.tmp.p, utf8_prefix(s.tmp.p, s.tmp.n, MAX_DIM_VALUE_CHARS))
+        _json_text(s, &s.tmp, value, mapper, True)
+        n = utf8_prefix(s.tmp.p, s.tmp.n, MAX_DIM_VALUE_CHARS)
+        put_json_string(s.dims, s.tmp.p, n)
     s.n_dim_entries += 1
     s.n_dims += 1
-    s.kept.add(key, key_size, h)
+    s.kept.add(key, key_size, h, stable)
     return 0
 
 
-cdef int _properties(Scratch* s, Mapper mapper, Object source, bint ecommerce) except -1:
+cdef int _properties(Scratch* s, Mapper mapper, Object source,
+                     bint ecommerce) except -1:
     """Flatten one level: ``{"a": {"b": 1}}`` → ``a.b``; PII keys dropped first."""
     cdef Object.iterator it = source.begin()
     cdef Object.iterator end = source.end()
     cdef Object.iterator sub_it, sub_end
     cdef Object sub
     cdef Element value
-    cdef KeySet seen, sub_seen
+    cdef KeySet* seen = &s.seen
+    cdef KeySet sub_seen
     cdef const char* key
     cdef uint32_t key_size
     cdef const char* sub_key
@@ -1330,7 +1670,7 @@ cdef int _properties(Scratch* s, Mapper mapper, Object source, bint ecommerce) e
         if not seen.add(key, key_size) or mapper._is_pii(key, key_size):
             continue
         if el_kind(value) != c'{':
-            _emit(s, mapper, key, key_size, value, ecommerce)
+            _emit(s, mapper, key, key_size, True, value, ecommerce)
             continue
         sub = el_obj(value)
         if sub_seen.start(sub.size()) < 0:
@@ -1342,18 +1682,20 @@ cdef int _properties(Scratch* s, Mapper mapper, Object source, bint ecommerce) e
             sub_key_size = sub_it.key_length()
             value = sub_it.value()
             inc(sub_it)
-            if not sub_seen.add(sub_key, sub_key_size) or mapper._is_pii(sub_key, sub_key_size):
+            if not sub_seen.add(sub_key, sub_key_size):
+                continue
+            if mapper._is_pii(sub_key, sub_key_size):
                 continue
             s.key.clear()
             s.key.put(key, key_size)
             s.key.putc(c'.')
             s.key.put(sub_key, sub_key_size)
-            _emit(s, mapper, s.key.p, s.key.n, value, ecommerce)
+            _emit(s, mapper, s.key.p, s.key.n, False, value, ecommerce)
     return 0
 
 
 cdef void _measures_text(Scratch* s) noexcept:
-    """Priority measures in their fixed order, then the others in input order, 20 in all."""
+    """Priority measures in their fixed order, then others in input order; 20 in all."""
     cdef int i
     cdef int n_priority = 0
     cdef Py_ssize_t room
@@ -1376,6 +1718,14 @@ cdef void _measures_text(Scratch* s) noexcept:
     out.putc(c'}')
 
 
+cdef inline bint _oversized(Scratch* s, Element item, size_t limit) except -1:
+    """The cheap bound first; the exact size (first keys, repr) only near the limit."""
+    return (
+        _json_size(s, item, limit, False) > limit
+        and _json_size(s, item, limit, True) > limit
+    )
+
+
 # ------------------------------------------------------------------ the document
 
 @cython.final
@@ -1392,12 +1742,12 @@ cdef class Document:
     cdef int _check(self) except -1:
         if self._tp is None:
             raise RuntimeError("a Document comes from Mapper.parse")
-        if self._tp.generation != self._generation:
-            raise RuntimeError(
-                "this Document is stale: its thread's parser has parsed another body since"
-            )
         if PyThread_get_thread_ident() != self._tp.owner:
             raise RuntimeError("a Document must be used on the thread that parsed it")
+        if self._tp.generation != self._generation:
+            raise RuntimeError(
+                "this Document is stale: its thread's parser parsed another body since"
+            )
         return 0
 
     cdef bint _batch(self, single_type, Array* items) noexcept:
@@ -1418,18 +1768,26 @@ cdef class Document:
         """Whether any item's compact JSON is over ``limit`` UTF-8 bytes."""
         cdef Array items
         cdef Array.iterator it, end
+        cdef Scratch* s
+        cdef bint batch
         self._check()
-        # Compact text can outgrow its source only through doubles
-        # (`1e15` → `1000000000000000.0`): at most 19 bytes for 5 (with the
-        # separator before it), so no item can pass 4 × the body.
+        s = self._tp.scratch
+        if s.busy:
+            raise RuntimeError("has_oversized_item called while this thread maps")
+        batch = self._batch(single_type, &items)
+        if limit < 0:
+            return items.size() > 0 if batch else True
+        # Compact text outgrows its source only through doubles: `,1e15` (5
+        # bytes) becomes `,1000000000000000.0` (19), the worst ratio; strings,
+        # keys, ints and literals never grow. So no item passes 4 × the body.
         if self._body_size * 4 <= limit:
             return False
-        if not self._batch(single_type, &items):
-            return _json_size(self._root, limit) > limit
+        if not batch:
+            return _oversized(s, self._root, limit)
         it = items.begin()
         end = items.end()
         while it != end:
-            if _json_size(deref(it), limit) > limit:
+            if _oversized(s, deref(it), limit):
                 return True
             inc(it)
         return False
@@ -1444,26 +1802,27 @@ cdef class Document:
         cdef int64_t batch_sent_at = 0
         cdef bint has_batch_sent_at
         cdef char text[48]
-        cdef Fields* fields
+        cdef Fields fields, context
+        cdef int n
         self._check()
         s = self._tp.scratch
         if s.busy:
             raise RuntimeError("Document.map is not re-entrant")
         if single_type:
             single_code = _TYPE_CODES.get(single_type, OTHER_TYPE)
-        fields = new Fields()
         s.busy = True
         try:
-            scan_fields(el_obj(self._root), fields[0])
-            has_batch_sent_at = _timestamp(fields, F_SENT_AT, &batch_sent_at)
-            received_at = PyUnicode_DecodeUTF8(text, format_ms(received_at_ms, text), NULL)
+            scan_fields(el_obj(self._root), fields)
+            has_batch_sent_at = _timestamp(&fields, F_SENT_AT, &batch_sent_at)
+            n = format_ms(received_at_ms, text)
+            received_at = PyUnicode_DecodeUTF8(text, n, NULL)
             rows = []
             dropped = {}
             if not self._batch(single_type, &items):
                 reason = _map_item(
-                    s, self._mapper, self._root, fields, single_code, single_type,
-                    has_batch_sent_at, batch_sent_at, received_at_ms, received_at,
-                    tenant_id, rows,
+                    s, self._mapper, self._root, &fields, &context, single_code,
+                    single_type, has_batch_sent_at, batch_sent_at, received_at_ms,
+                    received_at, tenant_id, rows,
                 )
                 if reason != MAPPED:
                     dropped[_DROP_REASONS[reason]] = 1
@@ -1472,9 +1831,9 @@ cdef class Document:
             end = items.end()
             while it != end:
                 reason = _map_item(
-                    s, self._mapper, deref(it), fields, single_code, single_type,
-                    has_batch_sent_at, batch_sent_at, received_at_ms, received_at,
-                    tenant_id, rows,
+                    s, self._mapper, deref(it), &fields, &context, single_code,
+                    single_type, has_batch_sent_at, batch_sent_at, received_at_ms,
+                    received_at, tenant_id, rows,
                 )
                 if reason != MAPPED:
                     name = _DROP_REASONS[reason]
@@ -1483,16 +1842,16 @@ cdef class Document:
             return rows, dropped
         finally:
             s.busy = False
-            del fields
 
 
 cdef int _map_item(
-    Scratch* s, Mapper mapper, Element item, Fields* fields, int single_code,
-    object single_type, bint has_batch_sent_at, int64_t batch_sent_at,
-    int64_t received_at_ms, str received_at, object tenant_id, list rows,
+    Scratch* s, Mapper mapper, Element item, Fields* fields, Fields* context,
+    int single_code, object single_type, bint has_batch_sent_at,
+    int64_t batch_sent_at, int64_t received_at_ms, str received_at,
+    object tenant_id, list rows,
 ) except -1:
-    """The twin's ``_map_item``; appends the row and returns MAPPED, or a drop reason."""
-    cdef Object obj, context, source, part
+    """The twin's ``_map_item``: appends the row and returns MAPPED, or why not."""
+    cdef Object obj, source, part
     cdef Element value
     cdef bint has_context, has_source = False
     cdef bint ecommerce = False
@@ -1521,7 +1880,7 @@ cdef int _map_item(
     s.start_item()
     has_context = fields.has[F_CONTEXT] and el_kind(fields.v[F_CONTEXT]) == c'{'
     if has_context:
-        context = el_obj(fields.v[F_CONTEXT])
+        scan_context(el_obj(fields.v[F_CONTEXT]), context[0])
 
     if code == TRACK:
         if not fields.has[F_EVENT] or el_kind(fields.v[F_EVENT]) != c'"':
@@ -1530,7 +1889,7 @@ cdef int _map_item(
         if normalize_ascii(p, n, MAX_EVENT_NAME_CHARS, s.name):
             if s.name.n == 0:
                 return NO_EVENT_NAME
-            event_name = PyUnicode_DecodeUTF8(s.name.p, s.name.n, NULL)
+            event_name = mapper._ascii_name(s.name.p, s.name.n)
             if s.name.n != n or memcmp(s.name.p, p, n) != 0:
                 _put_dim(s, "_source_event_name", 18, p, n)
             ecommerce = words_find(WORDS_ECOMMERCE, s.name.p, s.name.n) >= 0
@@ -1560,33 +1919,35 @@ cdef int _map_item(
                 source = el_obj(fields.v[F_TRAITS])
                 has_source = source.size() > 0
             if not has_source and has_context:
-                has_source = _member_object(context, b"traits", &source)
+                has_source = _part(context, C_TRAITS, &source)
             if code == GROUP:
                 _reserved(s, "group_id", fields, F_GROUP_ID, mapper)
         else:
             _reserved(s, "previous_id", fields, F_PREVIOUS_ID, mapper)
 
     if has_context:
-        if _member_object(context, b"app", &part) and obj_get(part, b"version", &value):
+        if _part(context, C_APP, &part) and obj_get(part, b"version", &value):
             s.tmp.clear()
-            if _scalar_text(&s.tmp, value, mapper):
+            if _scalar_text(s, &s.tmp, value, mapper):
                 _put_dim(s, "app_version", 11, s.tmp.p, s.tmp.n)
-        if _member_object(context, b"os", &part):
+        if _part(context, C_OS, &part):
             s.tmp.clear()
-            have_os = obj_get(part, b"name", &value) and _scalar_text(&s.tmp, value, mapper)
+            have_os = obj_get(part, b"name", &value) and _scalar_text(
+                s, &s.tmp, value, mapper
+            )
             if obj_get(part, b"version", &value):
                 mark = s.tmp.n
                 if have_os:
                     s.tmp.putc(c' ')
-                if _scalar_text(&s.tmp, value, mapper):
+                if _scalar_text(s, &s.tmp, value, mapper):
                     have_os = True
                 else:
                     s.tmp.n = mark
             if have_os:
                 _put_dim(s, "os", 2, s.tmp.p, s.tmp.n)
-        if _member_object(context, b"device", &part) and obj_get(part, b"model", &value):
+        if _part(context, C_DEVICE, &part) and obj_get(part, b"model", &value):
             s.tmp.clear()
-            if _scalar_text(&s.tmp, value, mapper):
+            if _scalar_text(s, &s.tmp, value, mapper):
                 _put_dim(s, "device_model", 12, s.tmp.p, s.tmp.n)
 
     if has_source:
@@ -1596,7 +1957,8 @@ cdef int _map_item(
     if s.failed():
         raise MemoryError()
     dims = (
-        _EMPTY_OBJECT if s.dims.n == 2 else PyUnicode_DecodeUTF8(s.dims.p, s.dims.n, NULL)
+        _EMPTY_OBJECT if s.dims.n == 2
+        else PyUnicode_DecodeUTF8(s.dims.p, s.dims.n, NULL)
     )
     measures = (
         _EMPTY_OBJECT if s.measures.n == 2
@@ -1655,9 +2017,10 @@ cdef int _body_type(Fields* fields) except -2:
 
 
 cdef str _raw_timestamp(Fields* fields, str received_at):
-    """The fallback hash's raw timestamp: timestamp, else originalTimestamp, if strings."""
+    """The fallback hash's raw timestamp: timestamp, else originalTimestamp, as str."""
     cdef const char* p
     cdef size_t n
+    cdef int field
     for field in (F_TIMESTAMP, F_ORIGINAL_TIMESTAMP):
         if fields.has[field] and el_kind(fields.v[field]) == c'"':
             p = el_str(fields.v[field], &n)

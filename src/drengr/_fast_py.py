@@ -14,6 +14,7 @@ list) parses bodies and maps documents to rows:
 """
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -195,21 +196,19 @@ def json_text(value: Any, pii: tuple[str, ...] | None) -> str:
     return "".join(out)
 
 
-def _depth(value: Any) -> int:
-    """How deeply arrays and objects nest (the root object is 1)."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _text_depth(text: str) -> int:
+    """How deeply arrays and objects nest in the JSON text (the root object is 1).
+
+    Measured on the text, not the parsed value: a duplicated key that the
+    first-wins rule drops still counts, as it does for simdjson.
+    """
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return 0  # cannot be too deep
+    brackets = [c for c in _JSON_STRING.sub("", text) if c in "[]{}"]
+    return max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
 
 
 def scalar_text(value: Any, pii: tuple[str, ...]) -> str | None:
@@ -266,7 +265,7 @@ class Mapper:
             )
         except (ValueError, RecursionError):
             raise InvalidJSON() from None
-        if not isinstance(root, dict) or _depth(root) > MAX_DEPTH:
+        if not isinstance(root, dict) or _text_depth(text) > MAX_DEPTH:
             raise InvalidJSON()
         return Document(self, root)
 
@@ -314,7 +313,7 @@ class Document:
                     tenant_id, _clean(event_id), event_name, event_type,
                     None if external_id is None else _clean(external_id),
                     _clean(install_id), format_ms(occurred), received_at,
-                    _clean(dims), measures,
+                    _clean(dims), _clean(measures),
                 )
             )  # fmt: skip
         return rows, dropped
