@@ -31,17 +31,11 @@ pytestmark = [pytest.mark.clients, pytest.mark.usefixtures("node")]
 SEND_ONE = NODE_DIR / "send-one.js"
 UNKNOWN_KEY = "drengr_pk_" + "0" * 32  # well-formed, never issued
 
-NEEDS_PAGE_NAME_FROM_PROPERTIES = pytest.mark.xfail(
-    strict=True,
-    reason="src: X-Write-Key `key:secret` (above), and a page's name taken from properties.name when the item "
-    "has no top-level name (Jitsu sends it only there; `name` is dropped as PII today)",
-)
-
 JITSU_EXPECTED = {
     name: shape
     for name, shape in CANONICAL.items()
     if name not in ("screen_viewed", "alias")  # @jitsu/js has neither
-} | {"page_viewed": ("page", {"plan": "pro"}, {})}  # its page name: see test_jitsu_page_name_lands
+}
 
 
 @pytest.fixture
@@ -56,7 +50,7 @@ def node() -> None:
         pytest.param("@rudderstack/rudder-sdk-node", {}, id="rudder-sdk-node"),
         pytest.param(
             "@jitsu/js",
-            {"expected": JITSU_EXPECTED, "install_id": None, "extra_dims": {"page_viewed": {"name"}}},
+            {"expected": JITSU_EXPECTED, "install_id": None},
             id="jitsu-js",
         ),
     ],
@@ -70,13 +64,8 @@ def test_readme_snippet_lands_every_call_once(tmp_path, tell, options):
         assert_canonical_rows(server, "acme", started, **options)
 
 
-@NEEDS_PAGE_NAME_FROM_PROPERTIES
 def test_jitsu_page_name_lands(tmp_path):
-    """@jitsu/js sends `page('Pricing', …)` as properties.name only; a user expects dims.name = Pricing.
-
-    Today `name` is dropped as a PII key; the mapper would need to take a
-    page/screen's name from properties.name when there is no top-level name.
-    """
+    """@jitsu/js sends `page('Pricing', …)` as properties.name only: the mapper takes it from there."""
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
         run_node(personalise(readme_snippet("js", "@jitsu/js"), server, key))

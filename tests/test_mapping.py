@@ -95,6 +95,14 @@ TYPE_ROWS = [
     ),
     pytest.param({"type": "page"}, "page", "page_viewed", {}, id="page-without-name"),
     pytest.param(
+        {"type": "page", "properties": {"name": "Pricing", "path": "/p"}},
+        "page", "page_viewed", {"name": "Pricing", "path": "/p"}, id="page-name-from-properties",
+    ),
+    pytest.param(
+        {"type": "screen", "name": "Top", "properties": {"name": "Props"}},
+        "screen", "screen_viewed", {"name": "Top"}, id="top-level-name-wins",
+    ),
+    pytest.param(
         {"type": "identify", "traits": {"plan": "pro", "email": "a@b.c"}},
         "identify", "identify", {"plan": "pro"}, id="identify-traits",
     ),

@@ -1562,12 +1562,13 @@ cdef void _put_dim(Scratch* s, const char* key, size_t key_size,
 
 cdef int _reserved(Scratch* s, const char* key, Fields* fields, int field,
                    Mapper mapper) except -1:
-    """A reserved dim set by the mapper from a top-level member."""
+    """A reserved dim set by the mapper from a top-level member; 1 when it was set."""
     if not fields.has[field]:
         return 0
     s.tmp.clear()
     if _scalar_text(s, &s.tmp, fields.v[field], mapper):
         _put_dim(s, key, strlen(key), s.tmp.p, s.tmp.n)
+        return 1
     return 0
 
 
@@ -1854,6 +1855,7 @@ cdef int _map_item(
     cdef Object obj, source, part
     cdef Element value
     cdef bint has_context, has_source = False
+    cdef int named
     cdef bint ecommerce = False
     cdef int code = single_code
     cdef const char* p
@@ -1909,10 +1911,15 @@ cdef int _map_item(
     else:
         event_name = _EVENT_NAMES[code]
         if code == PAGE or code == SCREEN:
-            _reserved(s, "name", fields, F_NAME, mapper)
+            named = _reserved(s, "name", fields, F_NAME, mapper)
             if fields.has[F_PROPERTIES] and el_kind(fields.v[F_PROPERTIES]) == c'{':
                 source = el_obj(fields.v[F_PROPERTIES])
                 has_source = True
+                # @jitsu/js sends a page's name only as properties.name
+                if not named and obj_get(source, b"name", &value):
+                    s.tmp.clear()
+                    if _scalar_text(s, &s.tmp, value, mapper):
+                        _put_dim(s, "name", 4, s.tmp.p, s.tmp.n)
         elif code == IDENTIFY or code == GROUP:
             # `traits or context.traits`: an empty top-level traits falls through
             if fields.has[F_TRAITS] and el_kind(fields.v[F_TRAITS]) == c'{':

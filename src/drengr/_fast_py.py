@@ -358,6 +358,9 @@ def _map_item(
         if event_type in ("page", "screen"):
             _set_reserved(reserved, "name", item.get("name"), pii)
             source = _get_object(item, "properties")
+            if "name" not in reserved and source is not None:
+                # @jitsu/js sends a page's name only as properties.name
+                _set_reserved(reserved, "name", source.get("name"), pii)
         elif event_type in ("identify", "group"):
             source = _get_object(item, "traits") or _get_object(_get_object(item, "context"), "traits")
             if event_type == "group":
