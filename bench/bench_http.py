@@ -170,7 +170,7 @@ def bench_http_matrix(benchmark: Any, tmp_path: Path) -> None:
                         row["stored"] = stored(db)
                 results.append(row)
     with server("drengr", tmp_path) as (port, key, db, process):
-        row = {"server": "drengr-500KB", "events": 750, "c": 8, **wrk(port, key, 750, 8, SECONDS)}
+        row = {"server": "drengr-500KB", "events": 700, "c": 8, **wrk(port, key, 700, 8, SECONDS)}
         row["peak_rss_mb"] = peak_rss_mb(process.pid)
         results.append(row)
     if shutil.which("gunicorn") or _importable("gunicorn"):
