@@ -16,26 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import cli_read
+from .cli_common import UsageError
+from .cli_common import env as _env
+from .cli_common import non_negative_int as _positive_int
 from .core.limits import WAITRESS_MAX_BODY_BYTES
 from .store import SQLiteStore, Store, StoreError, is_postgres_url, open_store
-
-
-class UsageError(Exception):
-    """A mistake the user can fix; the message says how."""
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get("DRENGR_" + name.upper().replace("-", "_"), default)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from .cli_common import UsageError
+from .cli_common import env as _env
+from .cli_common import non_negative_int as _non_negative_int
 from .store.base import StoreError
 from .store.reader import (
     BUCKET_PREFIX_CHARS,
@@ -37,24 +40,6 @@ from .store.reader import (
 COMMANDS = ("tail", "stats")
 POLL_SECONDS = 0.25
 PAGE_ROWS = 500
-
-
-class UsageError(Exception):
-    """A mistake the user can fix; the message says how."""
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get("DRENGR_" + name.upper().replace("-", "_"), default)
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
 
 
 def _seconds(text: str) -> float:
