@@ -3,7 +3,6 @@
 import base64
 import json
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,10 @@ def db_path(tmp_path: Path, engine: str) -> Iterator[Any]:
     if engine == "sqlite":
         yield tmp_path / "drengr.db"
         return
-    from .test_postgres_store import admin, server_dsn, with_schema
+    from .test_postgres_store import fresh_schema
 
-    schema = "c_" + uuid.uuid4().hex[:12]
-    with admin() as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    yield with_schema(server_dsn(), schema)
-    with admin() as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with fresh_schema("c_") as dsn:
+        yield dsn
 
 
 @pytest.fixture

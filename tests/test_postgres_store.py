@@ -11,6 +11,7 @@ Every test gets a schema of its own (``search_path`` in the DSN), dropped after.
 
 import atexit
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -109,15 +110,24 @@ def with_schema(dsn: str, schema: str) -> str:
     return make_conninfo(dsn, options=options)
 
 
+@contextlib.contextmanager
+def fresh_schema(prefix: str = "t_") -> Iterator[str]:
+    """A URI whose connections use a fresh, empty schema on the session's server, dropped after."""
+    schema = prefix + uuid.uuid4().hex[:12]
+    with admin() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_schema(server_dsn(), schema)
+    finally:
+        with admin() as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture
 def pg_dsn() -> Iterator[str]:
     """A fresh, empty schema on the session's server."""
-    schema = "t_" + uuid.uuid4().hex[:12]
-    with admin() as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    yield with_schema(server_dsn(), schema)
-    with admin() as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with fresh_schema() as dsn:
+        yield dsn
 
 
 @pytest.fixture

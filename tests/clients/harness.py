@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import read_rows
+
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 NODE_DIR = Path(__file__).parent / "node"
@@ -45,27 +47,12 @@ BUSY_TIMEOUT_ENV = {"DRENGR_BUSY_TIMEOUT_MS": "1500"}
 
 
 # The SPEC's columns of semantic_events (the names and meanings are fixed there).
-COLUMNS = "tenant_id, event_id, event_name, event_type, external_id, install_id, occurred_at, received_at, dims, measures"
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def read_rows(db: Path) -> list[dict[str, Any]]:
-    """Every semantic_events row, dims and measures decoded."""
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = [dict(row) for row in conn.execute(f"SELECT {COLUMNS} FROM semantic_events")]
-    finally:
-        conn.close()
-    for row in rows:
-        row["dims"] = json.loads(row["dims"])
-        row["measures"] = json.loads(row["measures"])
-    return rows
 
 
 def require(condition: bool, why: str) -> None:
