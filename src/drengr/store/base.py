@@ -4,6 +4,7 @@ The web shell needs three things of a store — who owns a key, write rows
 durably, and whether it can write at all; the CLI needs the admin verbs.
 """
 
+import queue
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,3 +47,24 @@ class Store(Protocol):
     def set_daily_cap(self, tenant_id: str, daily_cap: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+def take_group(
+    waiting: "queue.SimpleQueue[Any] | queue.Queue[Any]", first: Any, max_rows: int
+) -> tuple[list[Any], bool]:
+    """Group commit: ``first`` plus whatever jobs are already waiting, up to ``max_rows`` rows.
+
+    Returns the jobs and whether the stop sentinel (None) was met.
+    """
+    jobs = [first]
+    rows = len(first.rows)
+    while rows < max_rows:
+        try:
+            job = waiting.get_nowait()
+        except queue.Empty:
+            return jobs, False
+        if job is None:
+            return jobs, True
+        jobs.append(job)
+        rows += len(job.rows)
+    return jobs, False

@@ -68,7 +68,7 @@ from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.machine import StoreOutcome
 from ..core.timestamps import format_ms, parse_ms
-from .base import KeyInfo, StoreError
+from .base import KeyInfo, StoreError, take_group
 
 log = logging.getLogger("drengr.store")
 
@@ -573,19 +573,7 @@ class PostgresStore:
                 continue
             if first is None:
                 break
-            jobs = [first]
-            rows = len(first.rows)
-            stop = False
-            while rows < GROUP_MAX_ROWS:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                jobs.append(job)
-                rows += len(job.rows)
+            jobs, stop = take_group(self._queue, first, GROUP_MAX_ROWS)
             conn = self._write_group(conn, jobs)
             if stop:
                 break
