@@ -3,6 +3,7 @@
 import multiprocessing
 import sqlite3
 import threading
+import time
 from array import array
 from pathlib import Path
 
@@ -176,8 +177,9 @@ def test_metering_fails_open(store, db_path):
     assert count(db_path) == 3
 
 
-def test_concurrent_requests_share_commits(store, db_path):
+def test_concurrent_requests_share_commits(db_path):
     """Ten requests arrive while the file is locked: they go out in at most two transactions."""
+    store = SQLiteStore(str(db_path), busy_timeout_ms=30_000)
     store.write("acme", [row("warm-up")], DAY0)
     before = store.group_commits
     holder = sqlite3.connect(db_path, isolation_level=None)
@@ -185,12 +187,16 @@ def test_concurrent_requests_share_commits(store, db_path):
     threads = [threading.Thread(target=store.write, args=("acme", [row(f"t{i}")], DAY0)) for i in range(10)]
     for thread in threads:
         thread.start()
-    while store._queue.qsize() < 9:  # noqa: SLF001 - wait until they are all queued
+    # The writer holds the first job(s), blocked on the lock; wait until the rest are queued. It may
+    # have taken more than one job already, so the queue can stay below 9: stop waiting after 3 s.
+    deadline = time.monotonic() + 3
+    while store._queue.qsize() < 9 and time.monotonic() < deadline:  # noqa: SLF001
         threading.Event().wait(0.01)
     holder.execute("ROLLBACK")
     holder.close()
     for thread in threads:
         thread.join()
+    store.close()
     assert count(db_path) == 11
     assert store.group_commits - before <= 2
 
