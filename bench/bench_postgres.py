@@ -48,7 +48,7 @@ def make_rows(n: int, received_at: str) -> list[tuple[Any, ...]]:
     )
     return [
         ("acme", str(uuid.uuid4()), "order_completed", "track", f"user_{i % 5000}", f"anon_{i % 7000}",
-         received_at, received_at, dims, json.dumps({"revenue": 42.5, "quantity": i % 9}))
+         received_at, received_at, dims, json.dumps({"revenue": 42.5, "quantity": i % 9}), "analytics-python 2.4.0")
         for i in range(n)
     ]  # fmt: skip
 

@@ -13,7 +13,7 @@ from drengr.store import is_postgres_url, open_store
 from drengr.web import Config, create_app
 
 TENANT = "acme"
-COLUMNS = "tenant_id, event_id, event_name, event_type, external_id, install_id, occurred_at, received_at, dims, measures"
+COLUMNS = "tenant_id, event_id, event_name, event_type, external_id, install_id, occurred_at, received_at, dims, measures, library"
 
 
 @pytest.fixture
@@ -52,8 +52,10 @@ def key(store: Any) -> str:
 
 
 @pytest.fixture
-def app(db_path: Any, store: Any) -> Any:
-    return create_app(Config(db=str(db_path)), store=store)
+def app(db_path: Any, store: Any) -> Iterator[Any]:
+    app = create_app(Config(db=str(db_path)), store=store)
+    yield app
+    app.extensions["drengr.drops"].close()  # its last drop counts, before the store closes
 
 
 @pytest.fixture

@@ -39,7 +39,16 @@ def db(tmp_path: Path) -> Any:
     sends = [
         (acme, {"type": "track", "event": "Order Completed", "userId": "u1", "properties": {"revenue": 10}}),
         (other, {"type": "track", "event": "Secret Thing", "userId": "u1", "properties": {"revenue": 99}}),
-        (acme, {"type": "track", "event": "Order Completed", "userId": "u2", "properties": {"revenue": 2.5}}),
+        (
+            acme,
+            {
+                "type": "track",
+                "event": "Order Completed",
+                "userId": "u2",
+                "properties": {"revenue": 2.5},
+                "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
+            },
+        ),
         (acme, {"type": "track", "event": "Signed Up", "anonymousId": "a1", "properties": {"plan": "pro"}}),
     ]
     for minute, (key, body) in enumerate(sends):
@@ -148,6 +157,8 @@ def test_tail_no_follow_prints_the_last_rows_oldest_first(db: Any) -> None:
     assert lines[0].split()[:4] == ["2026-11-26T10:02:00.000Z", "acme", "track", "order_completed"]
     assert lines[1].split()[:4] == ["2026-11-26T10:03:00.000Z", "acme", "track", "signed_up"]
     assert 'dims={"_source_event_name":"Signed Up","plan":"pro"}' in lines[1]
+    assert lines[0].endswith("library=analytics-python 2.4.0")  # the SDK that sent it, when it said
+    assert "library=" not in lines[1]
 
 
 def test_tail_tenant_filter_json(db: Any) -> None:
@@ -156,6 +167,7 @@ def test_tail_tenant_filter_json(db: Any) -> None:
     assert [e["event_name"] for e in events] == ["order_completed", "order_completed", "signed_up"]
     assert {e["tenant_id"] for e in events} == {"acme"}
     assert events[0]["measures"] == {"revenue": 10}
+    assert [e["library"] for e in events] == [None, "analytics-python 2.4.0", None]
 
 
 def test_tail_follows_new_rows_until_count(db: Any) -> None:

@@ -8,20 +8,26 @@ show them. ``DRENGR_SCREENSHOT=docs/debugger.png`` also saves the screenshot
 the README shows (otherwise it goes to the test's temporary folder).
 """
 
+import contextlib
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 
+from drengr.store import SQLiteStore
+from drengr.web import Config, create_app
 from tests.clients.harness import (
     CHROMIUM,
     NODE_DIR,
@@ -38,10 +44,23 @@ pytestmark = [pytest.mark.clients]
 ROOT = Path(__file__).resolve().parents[1]
 POLL_BUDGET_MS = 1_000  # the page polls every second…
 SLACK_MS = 400  # …plus a request to the read API and a render, on a busy shared machine
+PREFIX = "/segment-ingest"  # `drengr serve --prefix`, as the README's nginx example mounts it
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LiveServer]:
+    with serve(tmp_path) as live:
+        yield live
+
+
+@pytest.fixture
+def prefixed_server(tmp_path: Path) -> Iterator[LiveServer]:
+    with serve(tmp_path, "--prefix", PREFIX) as live:
+        yield live
+
+
+@contextlib.contextmanager
+def serve(tmp_path: Path, *extra: str) -> Iterator[LiveServer]:
     require_node()
     require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
     require(shutil.which("curl") is not None, "curl is not installed")
@@ -49,7 +68,7 @@ def server(tmp_path: Path) -> Iterator[LiveServer]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     process = subprocess.Popen(
         [sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port),
-         "--log-level", "info"],
+         "--log-level", "info", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert process.stdout is not None
@@ -116,7 +135,19 @@ class DebuggerPage(Browser):
 
 @pytest.fixture
 def page(server: LiveServer) -> Iterator[DebuggerPage]:
-    browser = DebuggerPage(server.url + "/debugger")
+    with open_page(server.url + "/debugger") as browser:
+        yield browser
+
+
+@pytest.fixture
+def prefixed_page(prefixed_server: LiveServer) -> Iterator[DebuggerPage]:
+    with open_page(prefixed_server.url + PREFIX + "/debugger") as browser:
+        yield browser
+
+
+@contextlib.contextmanager
+def open_page(url: str) -> Iterator[DebuggerPage]:
+    browser = DebuggerPage(url)
     try:
         yield browser
     finally:
@@ -166,22 +197,30 @@ def test_events_appear_within_a_second_and_drops_show_their_reason(
     waits = []
     for n, name in enumerate(["Checkout Started", "Order Completed", "Product Viewed"]):
         properties = {"revenue": 19.99 + n, "currency": "EUR", "sku": f"sku_{n}"}
+        library = {"name": "analytics-python", "version": "2.4.0"}
         curl(server, server.key, {"batch": [{"type": "track", "event": name, "userId": f"user_{n}",
-                                             "properties": properties}]})  # fmt: skip
+                                             "properties": properties, "context": {"library": library}}]})  # fmt: skip
         waits.append(page.wait_ms(rows_named(name.lower().replace(" ", "_")), 5_000))
     assert max(waits) <= POLL_BUDGET_MS + SLACK_MS, waits
     row = page.text("#events tbody tr[data-event-name='order_completed']")
     assert "user_1" in row and '"currency":"EUR"' in row and '"revenue":20.99' in row
+    library = "#events tbody tr[data-event-name='{}'] td.library"
+    assert page.text(library.format("order_completed")) == "analytics-python 2.4.0"  # the sending SDK
+    assert page.text(library.format("signed_up")) == "—"  # sent without context.library
 
     # A dropped event: no userId, no anonymousId. The page names the reason and the keys, never values.
     curl(server, server.key, {"batch": [
         {"type": "track", "event": "Lost", "properties": {"email": "ada@example.com"}},
-        {"type": "page", "userId": "user_1", "name": "Pricing"},
+        {"type": "page", "userId": "user_1", "name": "Pricing", "properties": {"user_email": "ada@example.com"}},
     ]}, agent="analytics-python/2.4.0")  # fmt: skip
     page.wait_ms("document.querySelector('#drops tbody tr[data-reason=\"missing_id\"]')")
     drop = page.text("#drops tbody tr[data-reason='missing_id']")
     assert "userId and anonymousId both missing" in drop
     assert "userId, anonymousId" in drop and "analytics-python/2.4.0" in drop
+    # A stored event with a PII key stripped: the reason and the key's name, never its value.
+    page.wait_ms("document.querySelector('#drops tbody tr[data-reason=\"pii_key_removed\"]')")
+    stripped = page.text("#drops tbody tr[data-reason='pii_key_removed']")
+    assert "looks like personal data" in stripped and "user_email" in stripped
     assert "ada@example.com" not in page.eval("document.body.innerText")
     assert page.eval("document.querySelector('#drop-counts li[data-reason=\"missing_id\"]').textContent") == (
         "missing_id: 1"
@@ -196,7 +235,7 @@ def test_events_appear_within_a_second_and_drops_show_their_reason(
     # Accessibility basics: labelled key field, status region, table headers.
     assert page.eval("document.querySelector('label[for=key]').textContent") == "Secret key"
     assert page.eval("document.getElementById('status').getAttribute('role')") == "status"
-    assert page.eval("document.querySelectorAll('#events th[scope=col]').length") == 7
+    assert page.eval("document.querySelectorAll('#events th[scope=col]').length") == 8
 
     screenshot = Path(os.environ.get("DRENGR_SCREENSHOT") or tmp_path / "debugger.png")
     screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -217,3 +256,83 @@ def test_revoked_key_stops_the_page(server: LiveServer, page: DebuggerPage) -> N
     # The server caches key look-ups for 2 s; the next poll after that is refused.
     page.wait_ms("document.getElementById('live').hidden", 8_000)
     assert page.text("#status").startswith("Refused")
+
+
+# ---------------------------------------------------------------- behind `--prefix`
+# The page is served at PREFIX/debugger; everything it loads and calls must be
+# under PREFIX too (a call to /v1/events gets the prefix middleware's 404).
+API_PATHS = {"/v1/events", "/v1/drops", "/v1/stats"}
+
+
+def test_page_works_behind_a_prefix(prefixed_server: LiveServer, prefixed_page: DebuggerPage) -> None:
+    server, page = prefixed_server, prefixed_page
+    base = server.url + PREFIX
+    secret = server.create_key("default", "secret")
+    curl(server, server.key, {"batch": [{"type": "track", "event": "Signed Up", "userId": "user_1"}]},
+         path=PREFIX + "/v1/batch")  # fmt: skip
+    page.sign_in(secret)
+    page.wait_ms("!document.getElementById('live').hidden")
+    assert page.eval(f"!!{rows_named('signed_up')}")  # the first /v1/events answered
+
+    # Live polling (/v1/events with a cursor), the drop feed (/v1/drops) and the chart (/v1/stats).
+    curl(server, server.key, {"batch": [
+        {"type": "track", "event": "Order Completed", "userId": "user_2"},
+        {"type": "track", "event": "Lost", "properties": {"plan": "pro"}},
+    ]}, path=PREFIX + "/v1/batch")  # fmt: skip
+    page.wait_ms(rows_named("order_completed"))
+    page.wait_ms("document.querySelector('#drops tbody tr[data-reason=\"missing_id\"]')")
+    page.wait_ms(
+        "document.querySelector('#chart svg title')?.textContent.startsWith('2 events in the last')", 8_000
+    )
+    assert not page.text("#status").startswith("Refused")
+
+    # What the page loaded and called, as the browser saw it: all under the prefix, all 200.
+    fetched = page.eval("performance.getEntriesByType('resource').map((e) => [e.name, e.responseStatus])")
+    outside = [(url, status) for url, status in fetched if not url.startswith(base + "/")]
+    assert not outside, outside
+    failed = [(url, status) for url, status in fetched if status != 200]
+    assert not failed, failed
+    paths = {url.removeprefix(base).split("?")[0] for url, _ in fetched}
+    assert paths >= API_PATHS | {"/debugger/app.js"}, paths
+
+    # The server agrees: the read API was asked under the mount point and answered 200.
+    reads = [e for e in server.requests("GET") if e["path"] in API_PATHS]
+    assert {e["path"] for e in reads} == API_PATHS
+    assert {e["status"] for e in reads} == {200}, reads
+    console = page.close()
+    assert not [line for line in console if line.startswith(("pageerror", "error"))], console
+
+
+@pytest.mark.parametrize("page_path", ["/debugger", "/debugger/"])
+def test_page_urls_resolve_under_a_prefix(tmp_path: Path, page_path: str) -> None:
+    """Without a browser: the URLs the page will load and call, resolved as a browser would."""
+    store = SQLiteStore(str(tmp_path / "drengr.db"))
+    try:
+        secret = store.create_key("acme", "secret")
+        client = create_app(Config(db=str(tmp_path / "drengr.db"), prefix=PREFIX), store=store).test_client()
+        page_url = "http://localhost" + PREFIX + page_path
+        response = client.get(page_url)
+        assert response.status_code == 200
+        page = response.get_data(as_text=True)
+
+        scripts = [urljoin(page_url, unescape(src)) for src in re.findall(r'<script src="([^"]+)"', page)]
+        assert scripts == ["http://localhost" + PREFIX + "/debugger/app.js"]
+        script = client.get(scripts[0])
+        assert script.status_code == 200 and script.mimetype == "text/javascript"
+
+        # app.js calls api(path) with fetch(root + path), root being <main data-root>.
+        [root] = [unescape(value) for value in re.findall(r'<main id="main" data-root="([^"]*)"', page)]
+        js = script.get_data(as_text=True)
+        assert "fetch(root + path" in js
+        calls = set(re.findall(r"api\('([^'?]+)", js))
+        assert calls == API_PATHS, calls
+        bearer = {"Authorization": f"Bearer {secret}"}
+        for path in sorted(calls):
+            url = urljoin(page_url, root + path)
+            assert url.startswith("http://localhost" + PREFIX + "/"), url
+            answer = client.get(url, headers=bearer)
+            assert (answer.status_code, answer.mimetype) == (200, "application/json"), (url, answer.data)
+            # Without the prefix the same call is the middleware's 404: the prefix is what made it work.
+            assert client.get(path, headers=bearer).status_code == 404
+    finally:
+        store.close()

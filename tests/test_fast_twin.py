@@ -249,9 +249,12 @@ ids = mostly(
 names = mostly(st.sampled_from(EVENT_NAMES), st.one_of(st.text(max_size=20), ints, st.none()))
 
 
+LIBRARY_NAMES = ["analytics-python", "@segment/analytics-node", "analytics.js", "", "é" * 70, "名前"]
+
+
 @st.composite
 def contexts(draw: Any) -> Any:
-    """context.app.version, .os.name/.version, .device.model, .traits, and other members; sometimes not an object."""
+    """context.app.version, .os, .device.model, .library, .traits, and other members; sometimes not an object."""
     if draw(st.integers(0, 9)) == 0:
         return draw(values)
     pairs = list(draw(st.lists(st.tuples(keys, values), max_size=2)))
@@ -259,6 +262,7 @@ def contexts(draw: Any) -> Any:
         "app": ("version", mostly(st.sampled_from(["4.2.0", "1.0"]), values)),
         "os": ("name", mostly(st.sampled_from(["iOS", "Android"]), values)),
         "device": ("model", mostly(st.sampled_from(["iPhone15,2", "Pixel 8"]), values)),
+        "library": ("name", mostly(st.sampled_from(LIBRARY_NAMES), values)),
     }
     for part, (key, value) in parts.items():
         if draw(st.integers(0, 3)) == 0:
@@ -269,8 +273,10 @@ def contexts(draw: Any) -> Any:
         members = list(draw(objects(values, 2)).pairs)
         if draw(st.integers(0, 3)):
             members.insert(0, (key, draw(value)))
-        if part == "os" and draw(st.booleans()):
-            members.append(("version", draw(mostly(st.sampled_from(["17.4", "14"]), values))))
+        if part in ("os", "library") and draw(st.booleans()):
+            members.append(
+                ("version", draw(mostly(st.sampled_from(["17.4", "2.4.0", "npm:next-1.84.3"]), values)))
+            )
         pairs.append((part, Obj(tuple(members))))
     if draw(st.booleans()):
         pairs.append(("traits", draw(properties)))
@@ -475,6 +481,98 @@ def test_edges_map_alike(body):
     assert fast.write_key == twin.write_key
     assert fast.map(None, RECEIVED_MS, TENANT) == twin.map(None, RECEIVED_MS, TENANT)
     assert largest_item_bytes(fast, None, body) == largest_item_bytes(twin, None, body)
+
+
+LONG_KEY = "k" * 70
+STRIPS = [  # (properties or a whole body, the expected `stripped` of map)
+    pytest.param(track('{"plan":"pro"}'), {}, id="nothing-stripped"),
+    pytest.param(
+        track(
+            '{"email":"a@b","user":{"phone":"1","plan":"x"},"list":[{"token":"t","ok":1}],"email":"again"}'
+        ),
+        {"pii_key_removed": (3, ("email", "user.phone", "token"))},
+        id="pii-at-every-depth-duplicate-once",
+    ),
+    pytest.param(
+        track("{" + ",".join(f'"e{i}_email":1' for i in range(7)) + "}"),
+        {"pii_key_removed": (7, ("e0_email", "e1_email", "e2_email", "e3_email", "e4_email"))},
+        id="pii-names-kept-are-five",
+    ),
+    pytest.param(
+        track(f'{{"{LONG_KEY}":"v","{LONG_KEY}2":"w"}}'),
+        {"key_truncated": (2, ("k" * 64,))},
+        id="key-cut-twice-second-collides",
+    ),
+    pytest.param(
+        track('{"long":"' + "x" * 257 + '","ok":"' + "y" * 256 + '","obj":{"deep":["' + "z" * 300 + '"]}}'),
+        {"value_truncated": (2, ("long", "obj.deep"))},
+        id="values-over-256-characters",
+    ),
+    pytest.param(
+        ('{"type":"track","userId":"u","event":"' + "Ü" * 300 + '"}').encode(),
+        {"value_truncated": (1, ("_source_event_name",))},
+        id="reserved-value-cut",
+    ),
+    pytest.param(
+        track("{" + ",".join(f'"d{i}":"v"' for i in range(43)) + "}"),
+        {"over_dim_cap": (3, ("d40", "d41", "d42"))},
+        id="dims-over-40",
+    ),
+    pytest.param(
+        track("{" + ",".join(f'"m{i}":{i}' for i in range(22)) + "}"),
+        {"over_measure_cap": (2, ("m20", "m21"))},
+        id="measures-over-20",
+    ),
+    pytest.param(
+        track("{" + ",".join(f'"m{i}":{i}' for i in range(20)) + ',"revenue":1,"price":2}'),
+        {"over_measure_cap": (2, ())},
+        id="priority-measures-push-two-out-unnamed",
+    ),
+    pytest.param(
+        b'{"type":"track","event":"e","properties":{"email":"x"}}',
+        {},
+        id="a-dropped-item-strips-nothing",
+    ),
+    pytest.param(
+        b'{"type":"page","userId":"u","name":{"email":"x"},"context":{"os":{"name":{"phone":1}}}}',
+        {"pii_key_removed": (2, ("email", "phone"))},
+        id="pii-inside-reserved-values",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), STRIPS)
+def test_stripped_keys_are_counted_alike(body, expected):
+    """Every stripped key counted by reason, with the first five names, in both implementations."""
+    fast, twin = both(DEFAULT_PII_SUBSTRINGS, body)
+    twin_result = twin.map(None, RECEIVED_MS, TENANT)
+    assert twin_result[2] == expected
+    assert fast.map(None, RECEIVED_MS, TENANT) == twin_result
+
+
+LIBRARIES = [
+    pytest.param(
+        {"name": "analytics-python", "version": "2.4.0"}, "analytics-python 2.4.0", id="name-version"
+    ),
+    pytest.param({"name": "analytics.js"}, "analytics.js", id="name-only"),
+    pytest.param({"name": "x", "version": 2}, "x", id="version-not-a-string"),
+    pytest.param({"version": "1.0"}, None, id="no-name"),
+    pytest.param({"name": ""}, None, id="empty-name"),
+    pytest.param({"name": 7}, None, id="name-not-a-string"),
+    pytest.param({"name": "é" * 70, "version": "1"}, "é" * 64, id="cut-to-64"),
+    pytest.param("analytics", None, id="not-an-object"),
+]
+
+
+@pytest.mark.parametrize(("library", "expected"), LIBRARIES)
+def test_library_column_alike(library, expected):
+    body = json.dumps(
+        {"batch": [{"type": "track", "event": "e", "userId": "u", "context": {"library": library}}] * 3}
+    ).encode()
+    fast, twin = both(DEFAULT_PII_SUBSTRINGS, body)
+    rows = twin.map(None, RECEIVED_MS, TENANT)[0]
+    assert [row[10] for row in rows] == [expected] * 3
+    assert fast.map(None, RECEIVED_MS, TENANT)[0] == rows
 
 
 def test_remembered_pii_answers_never_mix_up_look_alike_keys():

@@ -54,7 +54,9 @@ from drengr.core.limits import (
     MAX_DIM_VALUE_CHARS,
     MAX_DIMS,
     MAX_EVENT_NAME_CHARS,
+    MAX_LIBRARY_CHARS,
     MAX_MEASURES,
+    MAX_STRIPPED_KEY_NAMES,
     MIN_OCCURRED_AT_MS,
 )
 from drengr.core.mapping import BodyMapper
@@ -159,7 +161,20 @@ def check_input(data: bytes) -> int:
     assert (twin_response.status, twin_response.body) == (response.status, response.body), "twin disagrees"
     assert twin_rows == rows, "twin maps differently"
     assert twin_response.dropped == response.dropped
+    assert twin_response.stripped == response.stripped
+    check_stripped(response.stripped)
     return response.status
+
+
+def check_stripped(stripped: dict[str, tuple[int, tuple[str, ...]]]) -> None:
+    """Counts are positive; only a few names are kept, each a key name cut to 64, never repeated."""
+    for reason, (count, names) in stripped.items():
+        assert reason in _fast_py.STRIP_REASONS
+        assert count >= len(names) and count > 0
+        assert len(names) <= MAX_STRIPPED_KEY_NAMES and len(set(names)) == len(names)
+        assert all(isinstance(n, str) and len(n) <= MAX_DIM_KEY_CHARS for n in names)
+        for name in names:
+            name.encode("utf-8")
 
 
 def check_response(response: machine.Response, rows: list[tuple[Any, ...]]) -> None:
@@ -178,9 +193,22 @@ def _no_nan(text: str) -> None:
 
 
 def check_row(row: tuple[Any, ...]) -> None:
-    tenant, event_id, event_name, event_type, external_id, install_id, occurred, received, dims, measures = (
-        row
-    )
+    (
+        tenant,
+        event_id,
+        event_name,
+        event_type,
+        external_id,
+        install_id,
+        occurred,
+        received,
+        dims,
+        measures,
+        library,
+    ) = row
+    if library is not None:
+        assert isinstance(library, str) and 0 < len(library) <= MAX_LIBRARY_CHARS
+        library.encode("utf-8")
     for text in (tenant, event_id, event_name, event_type, install_id, occurred, received, dims, measures):
         assert isinstance(text, str)
         text.encode("utf-8")  # strict: no lone surrogates reach SQLite

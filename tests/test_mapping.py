@@ -424,5 +424,5 @@ def test_row_matches_spec_example(client, key, db_path):
         "external_id": "user_123", "install_id": "user_123",
         "occurred_at": RECEIVED, "received_at": RECEIVED,
         "dims": {"_source_event_name": "Order Completed", "app_version": "3.2.1", "os": "iOS 17.4", "currency": "USD"},
-        "measures": {"revenue": 42.5},
+        "measures": {"revenue": 42.5}, "library": None,
     }  # fmt: skip

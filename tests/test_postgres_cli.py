@@ -36,7 +36,7 @@ def test_admin_commands_and_moving_a_sqlite_database(pg_dsn: str, tmp_path: Path
     old = tmp_path / "old.db"
     lite = SQLiteStore(str(old))
     rows = [("globex", f"e{i}", "e", "track", "u", "u", "2026-11-26T00:00:00.000Z", "2026-11-26T00:00:00.000Z",
-             "{}", "{}") for i in range(25)]  # fmt: skip
+             "{}", "{}", None) for i in range(25)]  # fmt: skip
     lite.write("globex", rows, 1_795_660_000_000)
     lite.create_key("globex")
     lite.close()

@@ -163,7 +163,7 @@ def pg(pg_dsn: str) -> Iterator[PostgresStore]:
 
 def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
     return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
-            "2026-11-26T00:00:00.000Z", "{}", "{}")  # fmt: skip
+            "2026-11-26T00:00:00.000Z", "{}", "{}", "analytics-python 2.4.0")  # fmt: skip
 
 
 def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -204,9 +204,33 @@ def test_semantic_events_has_the_spec_columns(pg: PostgresStore, pg_dsn: str) ->
         ("occurred_at", "text", "NO"), ("received_at", "text", "NO"), ("dims", "jsonb", "NO"),
         ("measures", "jsonb", "NO"),
     ]  # fmt: skip
-    # Append-only: no index on semantic_events at all (dedup lives in event_ids).
-    assert query(pg_dsn, "SELECT count(*) FROM pg_indexes WHERE tablename = 'semantic_events' "
-                 "AND schemaname = current_schema()") == [(0,)]  # fmt: skip
+    assert ("library", "text", "YES") in columns  # an extra column: the sending SDK
+    # Append-only: no unique index (dedup lives in event_ids); one index for the read API's pages.
+    assert query(pg_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'semantic_events' "
+                 "AND schemaname = current_schema()") == [  # fmt: skip
+        (f"CREATE INDEX semantic_events_tenant_seq ON {query(pg_dsn, 'SELECT current_schema()')[0][0]}"
+         ".semantic_events USING btree (tenant_id, seq)",)
+    ]  # fmt: skip
+
+
+def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
+    """A database made before `library` existed: migrating adds it, old rows read NULL, new rows have it."""
+    PostgresStore(pg_dsn).close()
+    query(pg_dsn, "DROP INDEX semantic_events_tenant_seq")
+    query(pg_dsn, "ALTER TABLE semantic_events DROP COLUMN library")
+    query(pg_dsn, "UPDATE drengr_meta SET value = '1' WHERE key = 'schema_version'")
+    query(pg_dsn, "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id,"
+                  " occurred_at, received_at, dims, measures) VALUES ('acme', 'old', 'e', 'track', 'u',"
+                  " '2026-11-26T00:00:00.000Z', '2026-11-26T00:00:00.000Z', '{}', '{}')")  # fmt: skip
+    store = PostgresStore(pg_dsn)
+    try:
+        assert store.write("acme", [row("new")], DAY0).stored == 1
+    finally:
+        store.close()
+    assert [(r["event_id"], r["library"]) for r in pg_rows(pg_dsn)] == [
+        ("old", None), ("new", "analytics-python 2.4.0")
+    ]  # fmt: skip
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("2",)]
 
 
 def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: str) -> None:
@@ -227,7 +251,7 @@ def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: st
     store = PostgresStore(pg_dsn)  # and once more on a migrated database
     assert store.is_new()
     store.close()
-    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("1",)]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("2",)]
 
 
 def test_open_store_picks_the_engine_by_url(pg_dsn: str, tmp_path: Path) -> None:
@@ -459,6 +483,7 @@ def test_nul_and_lone_surrogates_never_reach_the_database(pg: PostgresStore, pg_
         "2026-11-26T00:00:00.000Z", "2026-11-26T00:00:00.000Z",
         json.dumps({"k\x00": "v\x00", "s": "\ud800x", "pair": "\U0001f600", "esc": "a\\u0000b"}, ensure_ascii=False),
         json.dumps({"n\x00": 1}),
+        "lib\x00 1.0",
     )  # fmt: skip
     assert pg.write("acme", [bad, row("fine")], DAY0).stored == 2
     stored = pg_rows(pg_dsn)[0]
@@ -468,6 +493,7 @@ def test_nul_and_lone_surrogates_never_reach_the_database(pg: PostgresStore, pg_
     # A backslash followed by "u0000" in the text itself is left alone; an escaped pair is one emoji.
     assert stored["dims"] == {"k\ufffd": "v\ufffd", "s": "\ufffdx", "pair": "\U0001f600", "esc": "a\\u0000b"}
     assert stored["measures"] == {"n\ufffd": 1}
+    assert stored["library"] == "lib\ufffd 1.0"
     assert clean_json('{"a": "\\ud83d\\ude00", "b": "\\ud83d"}') == '{"a": "\U0001f600", "b": "\ufffd"}'
     rows = [row("x")]
     assert clean_rows(rows) is rows  # the usual case costs no copy

@@ -8,13 +8,17 @@ checked by schemathesis against the app (SQLite), with real rows and drops in it
 
 import base64
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from drengr.core.errors import UNAUTHORIZED_BODY
+from drengr.core.machine import Response
 from drengr.core.timestamps import parse_ms
+from drengr.drops import DropLog
+from drengr.store import SQLiteStore, open_store
 from drengr.web import Config, create_app
 
 from .conftest import ENGINES, basic, post
@@ -58,6 +62,8 @@ OTHER_TENANT = ("x1", 1, "2026-11-26T09:00:00.000Z", "track", "Secret Thing", "u
 def item(seed: tuple[Any, ...]) -> dict[str, Any]:
     message_id, _, timestamp, event_type, name, user_id, anonymous_id, measures = seed
     body: dict[str, Any] = {"type": event_type, "messageId": message_id, "anonymousId": anonymous_id}
+    if event_type == "track":  # the sending SDK, as analytics-python puts it
+        body["context"] = {"library": {"name": "analytics-python", "version": "2.4.0"}}
     if timestamp:
         body["timestamp"] = timestamp
     if user_id:
@@ -73,10 +79,11 @@ def item(seed: tuple[Any, ...]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(db_path: Any, store: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+def api(db_path: Any, store: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
     """The app with the read API wired, four rows of tenant acme and one of tenant other; clock at 10:10."""
     clock = Clock(T0)
     app = create_app(Config(db=str(db_path)), store=store, clock_ms=clock)
+    request.addfinalizer(app.extensions["drengr.drops"].close)
     drops = wire(app, store, monkeypatch, clock_ms=clock)
     client = app.test_client()
     pk, sk = store.create_key("acme", "publishable"), store.create_key("acme", "secret")
@@ -150,9 +157,10 @@ def test_event_shape_is_the_stored_row(api: Any) -> None:
         "received_at": "2026-11-26T10:01:00.000Z",
         "dims": {"_source_event_name": "Order Completed", "currency": "USD"},
         "measures": {"revenue": 5.5},
+        "library": "analytics-python 2.4.0",
     }
     identify = get(api, "/v1/events", install_id="a3").get_json()["events"][0]
-    assert identify["external_id"] is None
+    assert identify["external_id"] is None and identify["library"] is None
     assert "ada@example.com" not in json.dumps(identify)
 
 
@@ -270,9 +278,16 @@ def test_stats_series_per_minute_and_hour(api: Any) -> None:
 
 
 def test_drops_by_reason_with_key_names_never_values(api: Any) -> None:
+    before = get(api, "/v1/drops").get_json()["counts"]
+    assert before == {"pii_key_removed": 1}  # the seeded identify's traits.email
     batch = {
         "batch": [
-            {"type": "track", "event": "Fine", "userId": "u1"},
+            {
+                "type": "track",
+                "event": "Fine",
+                "userId": "u1",
+                "properties": {"contact": {"phone": "555"}, "k" * 70: 1},
+            },
             {"type": "track", "event": "No Ids", "properties": {"email": "ada@example.com"}},
             {"type": "track", "event": "No Ids Either"},
             {"type": "track", "userId": "u1"},
@@ -284,9 +299,19 @@ def test_drops_by_reason_with_key_names_never_values(api: Any) -> None:
     response = post(api.client, path, batch, api.pk, User_Agent="analytics-python/2.4.0")
     assert response.status_code == 200
     body = get(api, "/v1/drops").get_json()
-    assert body["counts"] == {"missing_id": 2, "no_event_name": 1, "not_an_object": 1, "unknown_type": 1}
-    assert body["total"] == 5
-    by_reason = {sample["reason"]: sample for sample in body["recent"]}
+    assert body["counts"] == {
+        "missing_id": 2, "no_event_name": 1, "not_an_object": 1, "unknown_type": 1,  # items
+        "pii_key_removed": 2, "key_truncated": 1,  # keys of the stored event (and the seeded one)
+    }  # fmt: skip
+    assert body["total"] == 8
+    by_reason: dict[str, Any] = {}
+    for sample in body["recent"]:  # newest first
+        by_reason.setdefault(sample["reason"], sample)
+    assert by_reason["pii_key_removed"]["keys"] == [
+        "contact.phone"
+    ]  # the dropped item's email is not counted
+    assert by_reason["key_truncated"]["keys"] == ["k" * 64]
+    assert by_reason["key_truncated"]["description"] == "a property key was cut to 64 characters"
     assert by_reason["missing_id"]["keys"] == ["userId", "anonymousId"]
     assert by_reason["missing_id"]["count"] == 2
     assert by_reason["missing_id"]["description"] == "userId and anonymousId both missing"
@@ -307,7 +332,54 @@ def test_drops_over_cap_duplicates_and_refused_requests(api: Any) -> None:
     assert post(api.client, "/v1/track", b"{not json", api.pk).status_code == 400
     assert post(api.client, "/v1/track", {"type": "track"}, "drengr_pk_unknown").status_code == 401
     counts = get(api, "/v1/drops").get_json()["counts"]
-    assert counts == {"duplicate": 1, "invalid_json": 1, "over_daily_cap": 2}
+    assert counts == {"duplicate": 1, "invalid_json": 1, "over_daily_cap": 2, "pii_key_removed": 1}
+
+
+def test_drop_counts_survive_a_restart_and_are_shared(db_path: Any, store: Any) -> None:
+    """Counts persist in drop_counts: a second app on the same store (another worker, a restart) reads them."""
+    first = create_app(Config(db=str(db_path)), store=store)
+    pk, sk = store.create_key("acme", "publishable"), store.create_key("acme", "secret")
+    batch = {"batch": [{"type": "track", "event": "No Ids"}, {"type": "track", "event": "E", "userId": "u",
+                                                               "properties": {"email": "x"}}]}  # fmt: skip
+    assert post(first.test_client(), "/v1/batch", batch, pk).status_code == 200
+    first.extensions["drengr.drops"].flush()
+    second = create_app(Config(db=str(db_path)), store=open_store(str(db_path)))
+    try:
+        body = second.test_client().get("/v1/drops", headers=bearer(sk)).get_json()
+        assert body["counts"] == {"missing_id": 1, "pii_key_removed": 1}
+        assert body["recent"] == []  # samples are this process's own
+        assert post(second.test_client(), "/v1/batch", batch, pk).status_code == 200
+        # not flushed yet: this process adds what it holds to what the table says
+        body = second.test_client().get("/v1/drops", headers=bearer(sk)).get_json()
+        assert body["counts"] == {"missing_id": 2, "pii_key_removed": 2}
+    finally:
+        second.extensions["drengr.drops"].close()
+        second.extensions["drengr.store"].close()
+    assert first.test_client().get("/v1/drops", headers=bearer(sk)).get_json()["counts"] == {
+        "missing_id": 2, "pii_key_removed": 2
+    }  # fmt: skip
+    first.extensions["drengr.drops"].close()
+
+
+def test_drop_counts_wait_out_a_locked_store(tmp_path: Path) -> None:
+    """A flush that meets a locked SQLite file keeps its counts and saves them once the lock is gone."""
+    path = tmp_path / "drengr.db"
+    store = SQLiteStore(str(path), busy_timeout_ms=50)
+    log = DropLog(sink=store, flush_seconds=3600)  # flushed by hand below
+    try:
+        log.record(Response(200, [], b"", tenant_id="acme", dropped={"missing_id": 3}), "/v1/batch", None)
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        assert log.flush() is False
+        assert log.counts("acme") == {"missing_id": 3}  # still counted, from memory
+        locker.execute("ROLLBACK")
+        locker.close()
+        assert log.flush() is True
+        assert store.drop_counts("acme") == {"missing_id": 3}
+        assert log.counts("acme") == {"missing_id": 3}  # not twice
+    finally:
+        log.close()
+        store.close()
 
 
 def test_drop_log_is_bounded() -> None:

@@ -69,5 +69,5 @@ def test_semantic_events_columns_exactly_as_specified(store, db_path):
         ("tenant_id", "TEXT", True), ("event_id", "TEXT", True), ("event_name", "TEXT", True),
         ("event_type", "TEXT", True), ("external_id", "TEXT", False), ("install_id", "TEXT", True),
         ("occurred_at", "TEXT", True), ("received_at", "TEXT", True), ("dims", "TEXT", True),
-        ("measures", "TEXT", True), ("seq", "INTEGER", False),
-    ]  # fmt: skip
+        ("measures", "TEXT", True), ("library", "TEXT", False), ("seq", "INTEGER", False),
+    ]  # fmt: skip  # the SPEC's ten, then two extra: the sending SDK, and the append order

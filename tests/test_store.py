@@ -20,7 +20,7 @@ assert DAY0 is not None
 
 def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
     return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
-            "2026-11-26T00:00:00.000Z", "{}", "{}")  # fmt: skip
+            "2026-11-26T00:00:00.000Z", "{}", "{}", "analytics-python 2.4.0")  # fmt: skip
 
 
 def count(path: Path, where: str = "1") -> int:
@@ -44,6 +44,30 @@ def test_durability_sets_synchronous(db_path, durability, level):
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
     conn.close()
     store.close()
+
+
+def test_a_version_1_file_gets_the_library_column(db_path):
+    """A file made before `library` existed: opening it adds the column; old rows read NULL."""
+    SQLiteStore(str(db_path)).close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("ALTER TABLE semantic_events DROP COLUMN library")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.execute(
+        "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id, occurred_at,"
+        " received_at, dims, measures) VALUES ('acme', 'old', 'e', 'track', 'u', 'x', 'x', '{}', '{}')"
+    )
+    conn.close()
+    store = SQLiteStore(str(db_path))
+    try:
+        assert store.write("acme", [row("new")], DAY0).stored == 1
+    finally:
+        store.close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT event_id, library FROM semantic_events ORDER BY seq").fetchall() == [
+        ("old", None), ("new", "analytics-python 2.4.0")
+    ]  # fmt: skip
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    conn.close()
 
 
 def test_write_reports_stored_and_duplicates(store, db_path):

@@ -803,17 +803,21 @@ cdef extern from *:
 
     /* Per-thread working memory, reused by every map() on that thread. */
     struct Scratch {
-        Buf dims, measures, others, tmp, key, name, num;
+        Buf dims, measures, others, tmp, key, name, num, lib;
         Buf priority[4];
         size_t others_end[64];
         int n_others;
         int n_dims;
         int n_dim_entries;
         bool busy;
+        long long strips[5];  /* keys left out, by strip reason, this request */
+        void *names;  /* the owning _ThreadParser's list of name lists */
         Kept kept;
         KeySet seen;  /* the properties' keys: its table outlives the item */
         Frames frames;
-        Scratch() : n_others(0), n_dims(0), n_dim_entries(0), busy(false) {}
+        Scratch() : n_others(0), n_dims(0), n_dim_entries(0), busy(false), names(0) {
+            for (int i = 0; i < 5; i++) strips[i] = 0;
+        }
         void start_item() {
             dims.clear();
             others.clear();
@@ -827,6 +831,7 @@ cdef extern from *:
         bool failed() const {
             return dims.failed || measures.failed || others.failed ||
                    tmp.failed || key.failed || name.failed || num.failed ||
+                   lib.failed ||
                    priority[0].failed || priority[1].failed ||
                    priority[2].failed || priority[3].failed ||
                    kept.arena.failed;
@@ -883,8 +888,8 @@ cdef extern from *:
         }
     }
 
-    /* context.app / .os / .device / .traits in one pass, first key wins. */
-    enum { C_APP, C_OS, C_DEVICE, C_TRAITS, C_COUNT };
+    /* context.app / .os / .device / .traits / .library in one pass, first key wins. */
+    enum { C_APP, C_OS, C_DEVICE, C_TRAITS, C_LIBRARY, C_COUNT };
     static void scan_context(const Obj &o, Fields &f) {
         for (int i = 0; i < C_COUNT; i++) f.has[i] = false;
         for (Obj::iterator it = o.begin(); it != o.end(); ++it) {
@@ -897,6 +902,7 @@ cdef extern from *:
                 at = DRENGR_IS("device") ? C_DEVICE
                    : DRENGR_IS("traits") ? C_TRAITS : -1;
                 break;
+            case 7: at = DRENGR_IS("library") ? C_LIBRARY : -1; break;
             }
             if (at >= 0 && !f.has[at]) {
                 f.has[at] = true;
@@ -976,11 +982,13 @@ cdef extern from *:
         Frame* at(size_t)
 
     cdef cppclass Scratch "drengr::Scratch":
-        Buf dims, measures, others, tmp, key, name, num
+        Buf dims, measures, others, tmp, key, name, num, lib
         Buf priority[4]
         size_t others_end[64]
         int n_others, n_dims, n_dim_entries
         bint busy
+        long long strips[5]
+        void* names
         Kept kept
         KeySet seen
         Frames frames
@@ -1011,6 +1019,7 @@ cdef extern from *:
         C_OS "drengr::C_OS"
         C_DEVICE "drengr::C_DEVICE"
         C_TRAITS "drengr::C_TRAITS"
+        C_LIBRARY "drengr::C_LIBRARY"
 
     cdef cppclass Fields "drengr::Fields":
         Element v[14]
@@ -1070,6 +1079,7 @@ DROP_NOT_OBJECT = _fast_py.DROP_NOT_OBJECT
 DROP_UNKNOWN_TYPE = _fast_py.DROP_UNKNOWN_TYPE
 DROP_MISSING_ID = _fast_py.DROP_MISSING_ID
 DROP_NO_EVENT_NAME = _fast_py.DROP_NO_EVENT_NAME
+STRIP_REASONS = _fast_py.STRIP_REASONS
 
 # The rare paths: the twin's own helpers.
 normalize_event_name = _fast_py.normalize_event_name
@@ -1083,6 +1093,8 @@ cdef Py_ssize_t MAX_MEASURES = limits.MAX_MEASURES
 cdef Py_ssize_t MAX_DIM_KEY_CHARS = limits.MAX_DIM_KEY_CHARS
 cdef Py_ssize_t MAX_DIM_VALUE_CHARS = limits.MAX_DIM_VALUE_CHARS
 cdef Py_ssize_t MAX_EVENT_NAME_CHARS = limits.MAX_EVENT_NAME_CHARS
+cdef Py_ssize_t MAX_LIBRARY_CHARS = limits.MAX_LIBRARY_CHARS
+cdef Py_ssize_t MAX_STRIPPED_KEY_NAMES = limits.MAX_STRIPPED_KEY_NAMES
 cdef int64_t MIN_OCCURRED_AT_MS = limits.MIN_OCCURRED_AT_MS
 cdef int64_t MAX_FUTURE_MS = limits.MAX_FUTURE_MS
 
@@ -1093,6 +1105,11 @@ cdef enum:
 # Drop reason codes returned by _map_item (0 means a row was appended).
 cdef enum:
     MAPPED, NOT_OBJECT, UNKNOWN_TYPE, MISSING_ID, NO_EVENT_NAME
+
+# Strip reason codes: indexes of Scratch.strips and of STRIP_REASONS.
+cdef enum:
+    STRIP_PII_KEY, STRIP_KEY_TRUNCATED, STRIP_VALUE_TRUNCATED
+    STRIP_OVER_DIMS, STRIP_OVER_MEASURES
 
 cdef tuple _TYPE_NAMES = ("track", "identify", "page", "screen", "group", "alias")
 cdef dict _TYPE_CODES = {name: code for code, name in enumerate(_TYPE_NAMES)}
@@ -1140,11 +1157,14 @@ cdef class _ThreadParser:
     cdef Scratch* scratch
     cdef unsigned long long generation
     cdef unsigned long owner
+    cdef list strip_names  # per strip reason: the first few key names, this request
 
     def __cinit__(self):
         self.parser = new Parser()
         self.scratch = new Scratch()
         self.owner = PyThread_get_thread_ident()
+        self.strip_names = [[] for _ in STRIP_REASONS]
+        self.scratch.names = <void*>self.strip_names  # lives as long as self
 
     def __dealloc__(self):
         del self.parser
@@ -1312,6 +1332,30 @@ cdef int _put_scalar(Buf* out, Element value, int kind) except -1:
     return 0
 
 
+cdef int _strip(Scratch* s, int reason, const char* key, size_t n) except -1:
+    """The twin's ``Strips.note``: count a key left out; keep a few names."""
+    cdef list names = <list>(<object>s.names)[reason]
+    s.strips[reason] += 1
+    if len(names) < MAX_STRIPPED_KEY_NAMES:
+        name = PyUnicode_DecodeUTF8(key, utf8_prefix(key, n, MAX_DIM_KEY_CHARS), NULL)
+        if name not in names:
+            names.append(name)
+    return 0
+
+
+cdef object _stripped(Scratch* s):
+    """The twin's ``Strips.result()``, and both reset for the next request."""
+    cdef int reason
+    cdef list names = <list>(<object>s.names)
+    result = {}
+    for reason in range(len(STRIP_REASONS)):
+        if s.strips[reason]:
+            result[STRIP_REASONS[reason]] = (s.strips[reason], tuple(names[reason]))
+            s.strips[reason] = 0
+        del names[reason][:]
+    return result
+
+
 cdef int _json_text(Scratch* s, Buf* out, Element value, Mapper mapper,
                     bint drop_pii) except -1:
     """The twin's ``json_text``: compact, first key wins, PII keys dropped if asked.
@@ -1357,9 +1401,11 @@ cdef int _json_text(Scratch* s, Buf* out, Element value, Mapper mapper,
                 while f.it != f.end:
                     p = f.it.key_c_str()
                     n = f.it.key_length()
-                    if f.seen.add(p, n) and not (drop_pii and mapper._is_pii(p, n)):
-                        found = True
-                        break
+                    if f.seen.add(p, n):
+                        if not (drop_pii and mapper._is_pii(p, n)):
+                            found = True
+                            break
+                        _strip(s, STRIP_PII_KEY, p, n)
                     inc(f.it)
                 if found:
                     if not f.first:
@@ -1548,16 +1594,20 @@ cdef inline bint _part(Fields* parts, int part, Object* out) noexcept:
 
 # ------------------------------------------------------------------ dims and measures
 
-cdef void _put_dim(Scratch* s, const char* key, size_t key_size,
-                   const char* value, size_t value_size) noexcept:
-    """One ``"key":"value"`` member of dims (value cut to 256 characters)."""
+cdef int _put_dim(Scratch* s, const char* key, size_t key_size,
+                  const char* value, size_t value_size) except -1:
+    """One reserved ``"key":"value"`` member of dims (value cut to 256 characters)."""
+    cdef size_t cut = utf8_prefix(value, value_size, MAX_DIM_VALUE_CHARS)
+    if cut < value_size:
+        _strip(s, STRIP_VALUE_TRUNCATED, key, key_size)
     if s.n_dim_entries:
         s.dims.putc(c',')
     put_json_string(s.dims, key, key_size)
     s.dims.putc(c':')
-    put_json_string(s.dims, value, utf8_prefix(value, value_size, MAX_DIM_VALUE_CHARS))
+    put_json_string(s.dims, value, cut)
     s.n_dim_entries += 1
     s.kept.add(key, key_size, hash_bytes(key, key_size), True)
+    return 0
 
 
 cdef int _reserved(Scratch* s, const char* key, Fields* fields, int field,
@@ -1586,9 +1636,13 @@ cdef int _emit(Scratch* s, Mapper mapper, const char* key, size_t key_size, bint
     cdef bint is_number = False
     cdef Buf* entry
     cdef Py_ssize_t size
+    cdef size_t cut
     if kind == c'n':
         return 0
-    key_size = utf8_prefix(key, key_size, MAX_DIM_KEY_CHARS)
+    cut = utf8_prefix(key, key_size, MAX_DIM_KEY_CHARS)
+    if cut < key_size:
+        key_size = cut
+        _strip(s, STRIP_KEY_TRUNCATED, key, key_size)
     h = hash_bytes(key, key_size)
     if s.kept.has(key, key_size, h):
         return 0
@@ -1613,6 +1667,7 @@ cdef int _emit(Scratch* s, Mapper mapper, const char* key, size_t key_size, bint
             if s.n_others:
                 entry.putc(c',')
         else:
+            _strip(s, STRIP_OVER_MEASURES, key, key_size)
             return 0
         put_json_string(entry[0], key, key_size)
         entry.putc(c':')
@@ -1623,23 +1678,30 @@ cdef int _emit(Scratch* s, Mapper mapper, const char* key, size_t key_size, bint
         s.kept.add(key, key_size, h, stable)
         return 0
     if s.n_dims >= MAX_DIMS:
+        _strip(s, STRIP_OVER_DIMS, key, key_size)
         return 0
+    if kind != c'"' and kind != c't':  # rendered first: it may strip keys of its own
+        s.tmp.clear()
+        _json_text(s, &s.tmp, value, mapper, True)
     if s.n_dim_entries:
         s.dims.putc(c',')
     put_json_string(s.dims, key, key_size)
     s.dims.putc(c':')
     if kind == c'"':
         p = el_str(value, &n)
-        put_json_string(s.dims, p, utf8_prefix(p, n, MAX_DIM_VALUE_CHARS))
+        cut = utf8_prefix(p, n, MAX_DIM_VALUE_CHARS)
+        if cut < n:
+            _strip(s, STRIP_VALUE_TRUNCATED, key, key_size)
+        put_json_string(s.dims, p, cut)
     elif kind == c't':
         if el_bool(value):
             s.dims.put('"true"', 6)
         else:
             s.dims.put('"false"', 7)
     else:
-        s.tmp.clear()
-        _json_text(s, &s.tmp, value, mapper, True)
         n = utf8_prefix(s.tmp.p, s.tmp.n, MAX_DIM_VALUE_CHARS)
+        if n < s.tmp.n:
+            _strip(s, STRIP_VALUE_TRUNCATED, key, key_size)
         put_json_string(s.dims, s.tmp.p, n)
     s.n_dim_entries += 1
     s.n_dims += 1
@@ -1668,7 +1730,10 @@ cdef int _properties(Scratch* s, Mapper mapper, Object source,
         key_size = it.key_length()
         value = it.value()
         inc(it)
-        if not seen.add(key, key_size) or mapper._is_pii(key, key_size):
+        if not seen.add(key, key_size):
+            continue
+        if mapper._is_pii(key, key_size):
+            _strip(s, STRIP_PII_KEY, key, key_size)
             continue
         if el_kind(value) != c'{':
             _emit(s, mapper, key, key_size, True, value, ecommerce)
@@ -1685,12 +1750,13 @@ cdef int _properties(Scratch* s, Mapper mapper, Object source,
             inc(sub_it)
             if not sub_seen.add(sub_key, sub_key_size):
                 continue
-            if mapper._is_pii(sub_key, sub_key_size):
-                continue
             s.key.clear()
             s.key.put(key, key_size)
             s.key.putc(c'.')
             s.key.put(sub_key, sub_key_size)
+            if mapper._is_pii(sub_key, sub_key_size):
+                _strip(s, STRIP_PII_KEY, s.key.p, s.key.n)
+                continue
             _emit(s, mapper, s.key.p, s.key.n, False, value, ecommerce)
     return 0
 
@@ -1712,6 +1778,8 @@ cdef void _measures_text(Scratch* s) noexcept:
     room = MAX_MEASURES - n_priority
     if room > s.n_others:
         room = s.n_others
+    else:  # priority measures came after others had filled up: those are cut
+        s.strips[STRIP_OVER_MEASURES] += s.n_others - room
     if room > 0:
         if n_priority:
             out.putc(c',')
@@ -1794,7 +1862,7 @@ cdef class Document:
         return False
 
     def map(self, single_type, int64_t received_at_ms, tenant_id):
-        """Rows for every accepted item, and the count of dropped items by reason."""
+        """Rows of accepted items; dropped items and stripped keys by reason."""
         cdef Array items
         cdef Array.iterator it, end
         cdef Scratch* s
@@ -1812,6 +1880,9 @@ cdef class Document:
         if single_type:
             single_code = _TYPE_CODES.get(single_type, OTHER_TYPE)
         s.busy = True
+        _stripped(s)  # nothing left over from a map that raised
+        s.lib.clear()
+        library = [None]  # the last library text, reused while the bytes repeat
         try:
             scan_fields(el_obj(self._root), fields)
             has_batch_sent_at = _timestamp(&fields, F_SENT_AT, &batch_sent_at)
@@ -1823,24 +1894,24 @@ cdef class Document:
                 reason = _map_item(
                     s, self._mapper, self._root, &fields, &context, single_code,
                     single_type, has_batch_sent_at, batch_sent_at, received_at_ms,
-                    received_at, tenant_id, rows,
+                    received_at, tenant_id, rows, library,
                 )
                 if reason != MAPPED:
                     dropped[_DROP_REASONS[reason]] = 1
-                return rows, dropped
+                return rows, dropped, _stripped(s)
             it = items.begin()
             end = items.end()
             while it != end:
                 reason = _map_item(
                     s, self._mapper, deref(it), &fields, &context, single_code,
                     single_type, has_batch_sent_at, batch_sent_at, received_at_ms,
-                    received_at, tenant_id, rows,
+                    received_at, tenant_id, rows, library,
                 )
                 if reason != MAPPED:
                     name = _DROP_REASONS[reason]
                     dropped[name] = dropped.get(name, 0) + 1
                 inc(it)
-            return rows, dropped
+            return rows, dropped, _stripped(s)
         finally:
             s.busy = False
 
@@ -1849,7 +1920,7 @@ cdef int _map_item(
     Scratch* s, Mapper mapper, Element item, Fields* fields, Fields* context,
     int single_code, object single_type, bint has_batch_sent_at,
     int64_t batch_sent_at, int64_t received_at_ms, str received_at,
-    object tenant_id, list rows,
+    object tenant_id, list rows, list library,
 ) except -1:
     """The twin's ``_map_item``: appends the row and returns MAPPED, or why not."""
     cdef Object obj, source, part
@@ -2004,8 +2075,42 @@ cdef int _map_item(
         external_id, install_id,
         PyUnicode_DecodeUTF8(text, format_ms(occurred, text), NULL),
         received_at, dims, measures,
+        _library(s, context, library) if has_context else None,
     ))
     return MAPPED
+
+
+cdef object _library(Scratch* s, Fields* context, list last):
+    """The twin's ``_library``: "name version" of ``context.library``, cut to 64.
+
+    ``last[0]`` is the text of the previous item, whose bytes ``s.lib`` holds:
+    a batch from one SDK builds the string once.
+    """
+    cdef Object part
+    cdef Element value
+    cdef const char* p
+    cdef size_t n
+    if not _part(context, C_LIBRARY, &part) or not obj_get(part, b"name", &value):
+        return None
+    if el_kind(value) != c'"':
+        return None
+    p = el_str(value, &n)
+    if n == 0:
+        return None
+    s.tmp.clear()
+    s.tmp.put(p, n)
+    if obj_get(part, b"version", &value) and el_kind(value) == c'"':
+        p = el_str(value, &n)
+        if n:
+            s.tmp.putc(c' ')
+            s.tmp.put(p, n)
+    n = utf8_prefix(s.tmp.p, s.tmp.n, MAX_LIBRARY_CHARS)
+    if last[0] is not None and n == s.lib.n and memcmp(s.tmp.p, s.lib.p, n) == 0:
+        return last[0]
+    s.lib.clear()
+    s.lib.put(s.tmp.p, n)
+    last[0] = PyUnicode_DecodeUTF8(s.tmp.p, n, NULL)
+    return last[0]
 
 
 cdef int _body_type(Fields* fields) except -2:

@@ -10,7 +10,13 @@ A parsed body is a ``Document``; a ``Mapper`` (built once, from the PII
 list) parses bodies and maps documents to rows:
 
     row = (tenant_id, event_id, event_name, event_type, external_id,
-           install_id, occurred_at, received_at, dims_json, measures_json)
+           install_id, occurred_at, received_at, dims_json, measures_json,
+           library)
+
+``library`` is ``context.library`` as "name version" (an extra column the
+SPEC allows), so a user can see which SDK sent a row. ``map`` also reports
+what it left out: items dropped, and keys stripped from the items it kept
+(``Strips``).
 """
 
 import hashlib
@@ -28,7 +34,9 @@ from .core.limits import (
     MAX_DIM_VALUE_CHARS,
     MAX_DIMS,
     MAX_EVENT_NAME_CHARS,
+    MAX_LIBRARY_CHARS,
     MAX_MEASURES,
+    MAX_STRIPPED_KEY_NAMES,
     PRIORITY_MEASURES,
 )
 from .core.routes import canonical_type
@@ -61,6 +69,20 @@ DROP_NOT_OBJECT = "not_an_object"
 DROP_UNKNOWN_TYPE = "unknown_type"
 DROP_MISSING_ID = "missing_id"
 DROP_NO_EVENT_NAME = "no_event_name"
+
+# Strip reasons: keys left out of a row that was stored (the keys of `stripped`).
+STRIP_PII_KEY = "pii_key_removed"  # at any depth, in what the row would have shown
+STRIP_KEY_TRUNCATED = "key_truncated"  # a flattened property key over 64 characters
+STRIP_VALUE_TRUNCATED = "value_truncated"  # a dim value over 256 characters
+STRIP_OVER_DIMS = "over_dim_cap"  # a property past the 40 dims
+STRIP_OVER_MEASURES = "over_measure_cap"  # a number past the 20 measures
+STRIP_REASONS = (
+    STRIP_PII_KEY,
+    STRIP_KEY_TRUNCATED,
+    STRIP_VALUE_TRUNCATED,
+    STRIP_OVER_DIMS,
+    STRIP_OVER_MEASURES,
+)
 
 _NON_ALNUM_RUN = re.compile(r"[\W_]+")  # \W is Unicode-aware on str
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?", re.ASCII)
@@ -150,50 +172,98 @@ def _number_text(value: int | float) -> str:
     return str(value) if isinstance(value, int) else repr(value)
 
 
-class _Raw(str):
-    """Text json_text emits as it is (punctuation, keys)."""
+class Strips:
+    """Keys left out of the rows of one request: a count, and the first few names, by reason.
+
+    Names are key names (cut to 64 characters), never values. The compiled
+    module counts the same keys, in the same order, so both report the same.
+    """
+
+    __slots__ = ("counts", "names")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.names: dict[str, list[str]] = {}
+
+    def note(self, reason: str, key: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        names = self.names.setdefault(reason, [])
+        if len(names) < MAX_STRIPPED_KEY_NAMES:
+            name = _clean(key[:MAX_DIM_KEY_CHARS])
+            if name not in names:
+                names.append(name)
+
+    def add(self, reason: str, count: int) -> None:
+        """Keys counted without names (measures cut when the row is finished)."""
+        self.counts[reason] = self.counts.get(reason, 0) + count
+        self.names.setdefault(reason, [])
+
+    def result(self) -> dict[str, tuple[int, tuple[str, ...]]]:
+        return {reason: (n, tuple(self.names[reason])) for reason, n in self.counts.items()}
 
 
-def json_text(value: Any, pii: tuple[str, ...] | None) -> str:
+def json_text(value: Any, pii: tuple[str, ...] | None, strips: Strips | None = None) -> str:
     """Compact JSON of a parsed value; PII keys dropped at every depth when ``pii`` is given.
 
-    An explicit stack, not recursion: bodies up to simdjson's 1,024 levels must not
-    run out of Python frames.
+    An explicit stack of iterators, not recursion: bodies up to simdjson's 1,024
+    levels must not run out of Python frames. Members are visited in order, so
+    a dropped key is noted in ``strips`` where it is met, as the compiled module does.
     """
     out: list[str] = []
-    stack: list[Any] = [value]
-    while stack:
-        item = stack.pop()
-        if type(item) is _Raw:
-            out.append(item)
-        elif isinstance(item, dict):
-            members = [(k, v) for k, v in item.items() if pii is None or not is_pii_key(k, pii)]
-            stack.append(_Raw("}"))
-            for position in range(len(members) - 1, -1, -1):
-                member_key, member_value = members[position]
-                stack.append(member_value)
-                stack.append(_Raw(("," if position else "") + _json_string(member_key) + ":"))
-            stack.append(_Raw("{"))
-        elif isinstance(item, list):
-            stack.append(_Raw("]"))
-            for position in range(len(item) - 1, -1, -1):
-                stack.append(item[position])
-                if position:
-                    stack.append(_Raw(","))
-            stack.append(_Raw("["))
-        elif isinstance(item, BigLiteral):
-            out.append(str.__str__(item))
-        elif isinstance(item, str):
-            out.append(_json_string(item))
-        elif item is True:
-            out.append("true")
-        elif item is False:
-            out.append("false")
-        elif item is None:
-            out.append("null")
+    stack: list[tuple[Any, bool, list[bool]]] = []  # (iterator, is_object, [first])
+    while True:
+        if isinstance(value, dict):
+            out.append("{")
+            stack.append((iter(value.items()), True, [True]))
+        elif isinstance(value, list):
+            out.append("[")
+            stack.append((iter(value), False, [True]))
         else:
-            out.append(_number_text(item))
-    return "".join(out)
+            out.append(_scalar_json(value))
+        while stack:  # the next value to write, closing the containers that are done
+            members, is_object, first = stack[-1]
+            if is_object:
+                for member_key, member_value in members:
+                    if pii is not None and is_pii_key(member_key, pii):
+                        if strips is not None:
+                            strips.note(STRIP_PII_KEY, member_key)
+                        continue
+                    out.append(("," if not first[0] else "") + _json_string(member_key) + ":")
+                    first[0] = False
+                    value = member_value
+                    break
+                else:
+                    out.append("}")
+                    stack.pop()
+                    continue
+                break
+            for element in members:
+                if not first[0]:
+                    out.append(",")
+                first[0] = False
+                value = element
+                break
+            else:
+                out.append("]")
+                stack.pop()
+                continue
+            break
+        if not stack:
+            return "".join(out)
+
+
+def _scalar_json(item: Any) -> str:
+    if isinstance(item, BigLiteral):
+        return str.__str__(item)
+    if isinstance(item, str):
+        return _json_string(item)
+    if item is True:
+        return "true"
+    if item is False:
+        return "false"
+    if item is None:
+        return "null"
+    return _number_text(item)
 
 
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -211,7 +281,7 @@ def _text_depth(text: str) -> int:
     return max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
 
 
-def scalar_text(value: Any, pii: tuple[str, ...]) -> str | None:
+def scalar_text(value: Any, pii: tuple[str, ...], strips: Strips | None = None) -> str | None:
     """A value as dim text: strings as-is, booleans true/false, numbers as text, nulls absent."""
     if value is None:
         return None
@@ -223,7 +293,7 @@ def scalar_text(value: Any, pii: tuple[str, ...]) -> str | None:
         return "false"
     if isinstance(value, (int, float)):
         return _number_text(value)
-    return json_text(value, pii)
+    return json_text(value, pii, strips)
 
 
 def id_text(value: Any) -> str | None:
@@ -296,27 +366,34 @@ class Document:
 
     def map(
         self, single_type: str | None, received_at_ms: int, tenant_id: str
-    ) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
-        """Rows for every accepted item, and the count of dropped items by reason."""
+    ) -> tuple[list[tuple[Any, ...]], dict[str, int], dict[str, tuple[int, tuple[str, ...]]]]:
+        """Rows for every accepted item; dropped items by reason; stripped keys by reason.
+
+        ``stripped`` maps a reason to (how many keys, the first few key names).
+        """
         batch_sent_at = parse_ms(self._root.get("sentAt"))
         received_at = format_ms(received_at_ms)
         rows: list[tuple[Any, ...]] = []
         dropped: dict[str, int] = {}
+        strips = Strips()
         for item in self._items(single_type):
-            result = _map_item(item, single_type, batch_sent_at, received_at_ms, self._mapper.pii)
+            result = _map_item(item, single_type, batch_sent_at, received_at_ms, self._mapper.pii, strips)
             if isinstance(result, str):
                 dropped[result] = dropped.get(result, 0) + 1
                 continue
-            event_id, event_name, event_type, external_id, install_id, occurred, dims, measures = result
+            event_id, event_name, event_type, external_id, install_id, occurred, dims, measures, library = (
+                result
+            )
             rows.append(
                 (
                     tenant_id, _clean(event_id), event_name, event_type,
                     None if external_id is None else _clean(external_id),
                     _clean(install_id), format_ms(occurred), received_at,
                     _clean(dims), _clean(measures),
+                    None if library is None else _clean(library),
                 )
             )  # fmt: skip
-        return rows, dropped
+        return rows, dropped, strips.result()
 
 
 def _get_object(parent: Any, key: str) -> dict[str, Any] | None:
@@ -330,6 +407,7 @@ def _map_item(
     batch_sent_at: int | None,
     received_at_ms: int,
     pii: tuple[str, ...],
+    strips: Strips,
 ) -> tuple[Any, ...] | str:
     if not isinstance(item, dict):
         return DROP_NOT_OBJECT
@@ -356,34 +434,34 @@ def _map_item(
     else:
         event_name = TYPE_EVENT_NAMES[event_type]
         if event_type in ("page", "screen"):
-            _set_reserved(reserved, "name", item.get("name"), pii)
+            _set_reserved(reserved, "name", item.get("name"), pii, strips)
             source = _get_object(item, "properties")
             if "name" not in reserved and source is not None:
                 # @jitsu/js sends a page's name only as properties.name
-                _set_reserved(reserved, "name", source.get("name"), pii)
+                _set_reserved(reserved, "name", source.get("name"), pii, strips)
         elif event_type in ("identify", "group"):
             source = _get_object(item, "traits") or _get_object(_get_object(item, "context"), "traits")
             if event_type == "group":
-                _set_reserved(reserved, "group_id", item.get("groupId"), pii)
+                _set_reserved(reserved, "group_id", item.get("groupId"), pii, strips)
         else:
-            _set_reserved(reserved, "previous_id", item.get("previousId"), pii)
+            _set_reserved(reserved, "previous_id", item.get("previousId"), pii, strips)
 
     context = _get_object(item, "context")
-    _set_reserved(reserved, "app_version", _get_path(context, "app", "version"), pii)
+    _set_reserved(reserved, "app_version", _get_path(context, "app", "version"), pii, strips)
     os_parts = [
         text
         for text in (
-            scalar_text(_get_path(context, "os", "name"), pii),
-            scalar_text(_get_path(context, "os", "version"), pii),
+            scalar_text(_get_path(context, "os", "name"), pii, strips),
+            scalar_text(_get_path(context, "os", "version"), pii, strips),
         )
         if text is not None
     ]
     if os_parts:
         reserved["os"] = " ".join(os_parts)
-    _set_reserved(reserved, "device_model", _get_path(context, "device", "model"), pii)
+    _set_reserved(reserved, "device_model", _get_path(context, "device", "model"), pii, strips)
 
     dims, measures = _dims_and_measures(
-        source, reserved, event_type == "track" and event_name in ECOMMERCE_EVENTS, pii
+        source, reserved, event_type == "track" and event_name in ECOMMERCE_EVENTS, pii, strips
     )
 
     timestamp = item.get("timestamp")
@@ -401,7 +479,20 @@ def _map_item(
             else format_ms(received_at_ms)
         )  # fmt: skip
         event_id = fallback_event_id(external_id or install_id, event_name, raw_timestamp)
-    return event_id, event_name, event_type, external_id, install_id, occurred, dims, measures
+    library = _library(context)
+    return event_id, event_name, event_type, external_id, install_id, occurred, dims, measures, library
+
+
+def _library(context: dict[str, Any] | None) -> str | None:
+    """``context.library`` as "name version" (version only when it is a string), cut to 64."""
+    library = _get_object(context, "library")
+    name = None if library is None else library.get("name")
+    if not isinstance(name, str) or isinstance(name, BigLiteral) or not name:
+        return None
+    version = library.get("version")  # type: ignore[union-attr]
+    if isinstance(version, str) and not isinstance(version, BigLiteral) and version:
+        name = name + " " + version
+    return name[:MAX_LIBRARY_CHARS]
 
 
 def _get_path(obj: dict[str, Any] | None, first: str, second: str) -> Any:
@@ -409,8 +500,10 @@ def _get_path(obj: dict[str, Any] | None, first: str, second: str) -> Any:
     return None if parent is None else parent.get(second)
 
 
-def _set_reserved(reserved: dict[str, str], key: str, value: Any, pii: tuple[str, ...]) -> None:
-    text = scalar_text(value, pii)
+def _set_reserved(
+    reserved: dict[str, str], key: str, value: Any, pii: tuple[str, ...], strips: Strips
+) -> None:
+    text = scalar_text(value, pii, strips)
     if text is not None:
         reserved[key] = text
 
@@ -420,16 +513,25 @@ def _dims_and_measures(
     reserved: dict[str, str],
     ecommerce: bool,
     pii: tuple[str, ...],
+    strips: Strips,
 ) -> tuple[str, str]:
-    dims: dict[str, str] = {key: value[:MAX_DIM_VALUE_CHARS] for key, value in reserved.items()}
+    dims: dict[str, str] = {}
+    for key, value in reserved.items():
+        if len(value) > MAX_DIM_VALUE_CHARS:
+            strips.note(STRIP_VALUE_TRUNCATED, key)
+        dims[key] = value[:MAX_DIM_VALUE_CHARS]
     n_dims = 0
     priority: dict[str, str] = {}
     others: dict[str, str] = {}
 
     def emit(key: str, value: Any) -> None:
         nonlocal n_dims
-        key = key[:MAX_DIM_KEY_CHARS]
-        if value is None or key in dims or key in priority or key in others:
+        if value is None:
+            return
+        if len(key) > MAX_DIM_KEY_CHARS:
+            key = key[:MAX_DIM_KEY_CHARS]
+            strips.note(STRIP_KEY_TRUNCATED, key)
+        if key in dims or key in priority or key in others:
             return
         number: str | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -441,25 +543,37 @@ def _dims_and_measures(
                 priority[key] = number
             elif len(others) < MAX_MEASURES:
                 others[key] = number
+            else:
+                strips.note(STRIP_OVER_MEASURES, key)
             return
-        if n_dims < MAX_DIMS:
-            text = scalar_text(value, pii)
-            assert text is not None
-            dims[key] = text[:MAX_DIM_VALUE_CHARS]
-            n_dims += 1
+        if n_dims >= MAX_DIMS:
+            strips.note(STRIP_OVER_DIMS, key)
+            return
+        text = scalar_text(value, pii, strips)
+        assert text is not None
+        if len(text) > MAX_DIM_VALUE_CHARS:
+            strips.note(STRIP_VALUE_TRUNCATED, key)
+        dims[key] = text[:MAX_DIM_VALUE_CHARS]
+        n_dims += 1
 
     for key, value in (source or {}).items():
         if is_pii_key(key, pii):
+            strips.note(STRIP_PII_KEY, key)
             continue
         if isinstance(value, dict):
             for sub_key, sub_value in value.items():
-                if not is_pii_key(sub_key, pii):
+                if is_pii_key(sub_key, pii):
+                    strips.note(STRIP_PII_KEY, key + "." + sub_key)
+                else:
                     emit(key + "." + sub_key, sub_value)
         else:
             emit(key, value)
 
     measures = [(key, priority[key]) for key in PRIORITY_MEASURES if key in priority]
-    measures += list(others.items())[: MAX_MEASURES - len(measures)]
+    room = MAX_MEASURES - len(measures)
+    if len(others) > room:  # priority measures came after others had filled up
+        strips.add(STRIP_OVER_MEASURES, len(others) - room)
+    measures += list(others.items())[:room]
     dims_json = "{" + ",".join(_json_string(k) + ":" + _json_string(v) for k, v in dims.items()) + "}"
     measures_json = "{" + ",".join(_json_string(k) + ":" + v for k, v in measures) + "}"
     return dims_json, measures_json

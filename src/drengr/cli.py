@@ -289,6 +289,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         _run_until_stopped(server)
     finally:
+        app.extensions["drengr.drops"].close()  # the last drop counts, while the store is open
         store.close()  # after the last response: the writer thread finishes what it was given
     return 0
 

@@ -140,6 +140,8 @@ def format_event(event: dict[str, Any], as_json: bool, show_tenant: bool) -> str
         parts.append("dims=" + json.dumps(event["dims"], ensure_ascii=False, separators=(",", ":")))
     if event["measures"]:
         parts.append("measures=" + json.dumps(event["measures"], separators=(",", ":")))
+    if event.get("library"):
+        parts.append(f"library={event['library']}")
     # One line per event whatever a client put in a name or a dim.
     return "  ".join(parts).replace("\n", "\\n").replace("\r", "\\r")
 

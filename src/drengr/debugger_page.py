@@ -89,7 +89,7 @@ DEBUGGER_HTML = """<!doctype html>
             <caption>Newest first; updated every second. Times are UTC.</caption>
             <thead><tr>
               <th scope="col">Received</th><th scope="col">Occurred</th><th scope="col">Event</th>
-              <th scope="col">Type</th><th scope="col">User / install</th><th scope="col">Dims</th><th scope="col">Measures</th>
+              <th scope="col">Type</th><th scope="col">User / install</th><th scope="col">Library</th><th scope="col">Dims</th><th scope="col">Measures</th>
             </tr></thead>
             <tbody></tbody>
           </table>
@@ -103,7 +103,7 @@ DEBUGGER_HTML = """<!doctype html>
         <div class="scroll" tabindex="0" role="region" aria-labelledby="drops-title">
           <table id="drops">
             <caption>Newest first. Key names only, never values.</caption>
-            <thead><tr><th scope="col">When</th><th scope="col">Reason</th><th scope="col">Items</th><th scope="col">Keys</th><th scope="col">Path / library</th></tr></thead>
+            <thead><tr><th scope="col">When</th><th scope="col">Reason</th><th scope="col">Count</th><th scope="col">Keys</th><th scope="col">Path / library</th></tr></thead>
             <tbody></tbody>
           </table>
         </div>
@@ -200,6 +200,7 @@ DEBUGGER_JS = r"""'use strict'
     ids.append(el('div', event.external_id === null ? '—' : event.external_id))
     ids.append(el('div', event.install_id, { class: 'muted' }))
     tr.append(ids)
+    tr.append(el('td', event.library === null ? '—' : event.library, { class: 'library' }))
     const dims = el('td')
     dims.append(el('code', compact(event.dims)))
     tr.append(dims)

@@ -13,6 +13,8 @@ MAX_MEASURES = 20
 MAX_DIMS = 40
 MAX_DIM_KEY_CHARS = 64
 MAX_DIM_VALUE_CHARS = 256
+MAX_LIBRARY_CHARS = 64  # context.library "name version", an extra column (not in the SPEC's ten)
+MAX_STRIPPED_KEY_NAMES = 5  # names kept per strip reason and request, for the drop samples
 
 PRIORITY_MEASURES = ("revenue", "total", "price", "quantity")
 ECOMMERCE_NUMERIC_KEYS = ("revenue", "total", "price", "quantity", "tax", "shipping", "discount")

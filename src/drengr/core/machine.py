@@ -81,7 +81,9 @@ class Response:
     tenant_id: str | None = None
     error_code: str | None = None
     items: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # items, by reason
+    # keys left out of stored rows: reason -> (count, the first few key names)
+    stripped: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
     outcome: StoreOutcome | None = None
 
 
@@ -161,7 +163,7 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
             raise BatchTooLarge()
         if document.has_oversized_item(single_type, MAX_ITEM_BYTES):
             raise MessageTooLarge()
-        rows, dropped = document.map(single_type, request.received_at_ms, tenant_id)
+        rows, dropped, stripped = document.map(single_type, request.received_at_ms, tenant_id)
         outcome: StoreOutcome | None = None
         if rows:
             outcome = yield StoreRows(tenant_id, rows, request.received_at_ms)
@@ -175,6 +177,7 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
     response.tenant_id = tenant_id
     response.items = items
     response.dropped = dropped
+    response.stripped = stripped
     response.outcome = outcome
     return response
 

@@ -46,6 +46,14 @@ class Store(Protocol):
 
     def set_daily_cap(self, tenant_id: str, daily_cap: int) -> None: ...
 
+    def add_drop_counts(self, counts: dict[tuple[str, int, str], int]) -> None:
+        """Add to the drop counts by (tenant_id, day, reason) (drengr.drops); raises StoreError."""
+        ...
+
+    def drop_counts(self, tenant_id: str) -> dict[str, int]:
+        """A tenant's drop counts by reason, every day summed; raises StoreError."""
+        ...
+
     def close(self) -> None: ...
 
 

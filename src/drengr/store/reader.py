@@ -38,7 +38,7 @@ _SAFE_MEASURE = re.compile(r'[^"\\\x00-\x1f]{1,64}')
 
 EVENT_SELECT = (
     "seq, tenant_id, event_id, event_name, event_type, external_id, install_id, "
-    "occurred_at, received_at, dims, measures"
+    "occurred_at, received_at, dims, measures, library"
 )
 
 
@@ -120,7 +120,20 @@ def check_measure_name(name: str) -> bool:
 
 
 def _row_to_event(row: tuple[Any, ...]) -> dict[str, Any]:
-    seq, tenant_id, event_id, event_name, event_type, external_id, install_id, occ, rec, dims, measures = row
+    (
+        seq,
+        tenant_id,
+        event_id,
+        event_name,
+        event_type,
+        external_id,
+        install_id,
+        occ,
+        rec,
+        dims,
+        measures,
+        library,
+    ) = row
     return {
         "seq": int(seq),
         "tenant_id": tenant_id,
@@ -134,6 +147,7 @@ def _row_to_event(row: tuple[Any, ...]) -> dict[str, Any]:
         # SQLite keeps JSON text; PostgreSQL's jsonb arrives already decoded.
         "dims": json.loads(dims) if isinstance(dims, str) else dims,
         "measures": json.loads(measures) if isinstance(measures, str) else measures,
+        "library": library,  # context.library "name version", the SDK that sent it
     }
 
 

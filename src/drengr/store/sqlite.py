@@ -52,23 +52,23 @@ except ImportError:  # pragma: no cover - the extension did not build; the twin 
 
 log = logging.getLogger("drengr.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: semantic_events.library, drop_counts
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 KEY_CACHE_SECONDS = 2.0  # a revoked key stops working within this long
 KEY_CACHE_MAX = 10_000
 _SQL_VARIABLES = 30_000  # below SQLite's 32,766 per statement
 _EVENT_COLUMNS = (
     "tenant_id, event_id, event_name, event_type, external_id, install_id, "
-    "occurred_at, received_at, dims, measures"
+    "occurred_at, received_at, dims, measures, library"
 )
-_INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
-_ROWS_PER_STATEMENT = 100  # 1,000 parameters a statement
+_INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_ROWS_PER_STATEMENT = 100  # 1,100 parameters a statement
 
 
 @functools.cache
 def _insert_statement(rows: int) -> str:
     return f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES " + ",".join(
-        ["(?,?,?,?,?,?,?,?,?,?)"] * rows
+        ["(?,?,?,?,?,?,?,?,?,?,?)"] * rows
     )
 
 
@@ -194,9 +194,21 @@ class SQLiteStore:
                     received_at TEXT NOT NULL,
                     dims TEXT NOT NULL,
                     measures TEXT NOT NULL,
+                    library TEXT,
                     seq INTEGER PRIMARY KEY AUTOINCREMENT
                 )"""
             )
+            # What was accepted but not stored, by tenant, UTC day and reason (drengr.drops).
+            db.table("drop_counts").create(
+                {"tenant_id": str, "day": int, "reason": str, "count": int},
+                pk=("tenant_id", "day", "reason"),
+                not_null={"count"},
+                if_not_exists=True,
+            )
+            # Version 1 files lack `library` (context.library, an extra column the
+            # SPEC allows): older rows keep NULL there.
+            if "library" not in db.table("semantic_events").columns_dict:
+                conn.execute("ALTER TABLE semantic_events ADD COLUMN library TEXT")
             db.table("meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
             conn.execute("COMMIT")
         except sqlite3.Error as error:
@@ -278,6 +290,27 @@ class SQLiteStore:
         with self._admin_transaction() as conn:
             self._ensure_tenant(conn, tenant_id)
             conn.execute("UPDATE tenants SET daily_cap = ? WHERE tenant_id = ?", (daily_cap, tenant_id))
+
+    def add_drop_counts(self, counts: dict[tuple[str, int, str], int]) -> None:
+        """Add to drop_counts by (tenant_id, day, reason): one short write transaction."""
+        try:
+            with self._admin_transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO drop_counts (tenant_id, day, reason, count) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (tenant_id, day, reason) DO UPDATE SET count = count + excluded.count",
+                    [(*key, count) for key, count in counts.items()],
+                )
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot save drop counts: {error}") from error
+
+    def drop_counts(self, tenant_id: str) -> dict[str, int]:
+        try:
+            rows = self._reader().execute(
+                "SELECT reason, sum(count) FROM drop_counts WHERE tenant_id = ? GROUP BY reason", (tenant_id,)
+            )
+            return {reason: int(total) for reason, total in rows}
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot read drop counts: {error}") from error
 
     def _admin_transaction(self) -> "_Transaction":
         return _Transaction(self._reader())
