@@ -98,7 +98,7 @@ DEBUGGER_HTML = """<!doctype html>
       </section>
       <section aria-labelledby="drops-title">
         <h2 id="drops-title">Recent drops</h2>
-        <p class="muted">Accepted with a 200 but not stored. Counted by this server process since it started.</p>
+        <p class="muted">Accepted with a 200 but not stored (whole items), or left out of a stored event (keys). Counts are all days, from the database; the samples are this server process's own.</p>
         <ul id="drop-counts" class="counts" aria-label="Drops by reason"></ul>
         <div class="scroll" tabindex="0" role="region" aria-labelledby="drops-title">
           <table id="drops">
