@@ -811,6 +811,7 @@ cdef extern from *:
         int n_dim_entries;
         bool busy;
         long long strips[5];  /* keys left out, by strip reason, this request */
+        Buf strip_last[5];  /* the last key noted per reason: a repeat is not decoded */
         void *names;  /* the owning _ThreadParser's list of name lists */
         Kept kept;
         KeySet seen;  /* the properties' keys: its table outlives the item */
@@ -988,6 +989,7 @@ cdef extern from *:
         int n_others, n_dims, n_dim_entries
         bint busy
         long long strips[5]
+        Buf strip_last[5]
         void* names
         Kept kept
         KeySet seen
@@ -1334,8 +1336,14 @@ cdef int _put_scalar(Buf* out, Element value, int kind) except -1:
 
 cdef int _strip(Scratch* s, int reason, const char* key, size_t n) except -1:
     """The twin's ``Strips.note``: count a key left out; keep a few names."""
-    cdef list names = <list>(<object>s.names)[reason]
+    cdef list names
+    cdef Buf* last = &s.strip_last[reason]
     s.strips[reason] += 1
+    if n and last.n == n and memcmp(last.p, key, n) == 0:
+        return 0  # the same key as the last one (PII in every item of a batch)
+    last.clear()
+    last.put(key, n)
+    names = <list>(<object>s.names)[reason]
     if len(names) < MAX_STRIPPED_KEY_NAMES:
         name = PyUnicode_DecodeUTF8(key, utf8_prefix(key, n, MAX_DIM_KEY_CHARS), NULL)
         if name not in names:
@@ -1352,6 +1360,7 @@ cdef object _stripped(Scratch* s):
         if s.strips[reason]:
             result[STRIP_REASONS[reason]] = (s.strips[reason], tuple(names[reason]))
             s.strips[reason] = 0
+        s.strip_last[reason].clear()
         del names[reason][:]
     return result
 
