@@ -128,3 +128,32 @@ def bench_sqlite_write_same_run(benchmark: Any, tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "s.db"), clock=lambda: NOW_MS / 1000)
     run_rounds(benchmark, lambda rows: store.write("acme", rows, NOW_MS))
     store.close()
+
+
+READ_ROWS = int(os.environ.get("DRENGR_BENCH_PG_READ_ROWS", "2000000"))
+
+
+@pytest.mark.parametrize("index", ["tenant_seq", "none"])
+def bench_postgres_read_newest_page(benchmark: Any, schema_dsn: str, index: str) -> None:
+    """The read API's newest page (50 rows) of a tenant holding 1 row in 10, with the (tenant_id, seq) index and without."""
+    from drengr.store.reader import EventQuery, PostgresReader
+
+    PostgresStore(schema_dsn).close()  # the schema, with its index
+    rows = 20_000 if benchmark.disabled else READ_ROWS
+    with psycopg.connect(schema_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id,"
+            " occurred_at, received_at, dims, measures) "
+            "SELECT CASE WHEN g %% 10 = 0 THEN 'small' ELSE 'big' END, 'e' || g, 'order_completed', 'track',"
+            " 'u', '2026-11-26T00:00:00.000Z', '2026-11-26T00:00:00.000Z', '{}', '{\"revenue\": 1}'"
+            " FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        if index == "none":
+            conn.execute("DROP INDEX semantic_events_tenant_seq")
+        conn.execute("VACUUM ANALYZE semantic_events")
+    reader = PostgresReader(schema_dsn)
+    benchmark.extra_info["rows"] = rows
+    page = benchmark(lambda: reader.events(EventQuery("small", limit=50)))
+    reader.close()
+    assert [event["event_id"] for event in page.events] == [f"e{n}" for n in range(rows, rows - 500, -10)]

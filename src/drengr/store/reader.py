@@ -19,6 +19,7 @@ import json
 import re
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -206,123 +207,6 @@ def _page(rows: list[tuple[Any, ...]], query: EventQuery, top: int) -> EventPage
     return EventPage(events, next_cursor, top)
 
 
-class SQLiteReader:
-    """Read-only queries on a SQLite store's file (WAL: reads never wait for the writer)."""
-
-    def __init__(self, path: str, busy_timeout_ms: int = 5_000) -> None:
-        self.path = path
-        self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
-            try:
-                conn = sqlite3.connect(
-                    uri, uri=True, isolation_level=None, check_same_thread=False,
-                    timeout=self._busy_timeout_ms / 1000,
-                )  # fmt: skip
-                conn.execute("PRAGMA query_only = 1")
-            except sqlite3.Error as error:
-                raise StoreError(f"cannot open {self.path} for reading: {error}") from error
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
-
-    def _seq_floor(self, conn: sqlite3.Connection, since: str) -> int:
-        """The first seq that may have been received at or after ``since`` (binary search on seq)."""
-        from ..core.timestamps import format_ms, parse_ms
-
-        since_ms = parse_ms(since)
-        if since_ms is None:
-            return 0
-        target = format_ms(max(0, since_ms - RECEIVED_ORDER_SLACK_MS))
-        low, high = conn.execute("SELECT min(seq), max(seq) FROM semantic_events").fetchone()
-        if low is None:
-            return 0
-        while low <= high:
-            middle = (low + high) // 2
-            row = conn.execute(
-                "SELECT seq, received_at FROM semantic_events WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
-            ).fetchone()
-            if row[1] < target:
-                low = row[0] + 1
-            else:
-                high = middle - 1
-        return low
-
-    def events(self, query: EventQuery) -> EventPage:
-        if query.order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}")
-        try:
-            conn = self._conn()
-            conn.execute("BEGIN")  # one snapshot: `top` and the rows agree
-            try:
-                top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
-                sql = _SQLBuilder("?")
-                sql.add("seq <= ?", top)
-                if query.cursor is not None:
-                    sql.add("seq > ?" if query.order == "asc" else "seq < ?", query.cursor)
-                if query.since is not None and query.time_field == "received_at":
-                    sql.add("seq >= ?", self._seq_floor(conn, query.since))  # seq is the rowid: a range scan
-                _filters(sql, query)
-                rows = conn.execute(
-                    f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} "
-                    f"ORDER BY seq {query.order.upper()} LIMIT ?",
-                    [*sql.params, query.limit],
-                ).fetchall()
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot read events: {error}") from error
-        return _page(rows, query, top)
-
-    def stats(self, query: StatsQuery) -> Stats:
-        for name in query.measures:
-            if not check_measure_name(name):
-                raise ValueError(f"not a measure name: {name!r}")
-        paths = ['$."' + name + '"' for name in query.measures]
-        sums = "".join(", coalesce(sum(json_extract(measures, ?)), 0)" for _ in paths)
-        try:
-            conn = self._conn()
-            conn.execute("BEGIN")
-            try:
-                sql = _SQLBuilder("?")
-                if query.since is not None and query.time_field == "received_at":
-                    sql.add("seq >= ?", self._seq_floor(conn, query.since))
-                _filters(sql, query)
-                rows = conn.execute(
-                    f"SELECT event_name, count(*){sums} FROM semantic_events{sql.where()} "
-                    "GROUP BY event_name ORDER BY count(*) DESC, event_name",
-                    [*paths, *sql.params],
-                ).fetchall()
-                series = []
-                if query.interval is not None:
-                    width = BUCKET_PREFIX_CHARS[query.interval]
-                    series = conn.execute(
-                        f"SELECT substr({query.time_field}, 1, {width}) AS bucket, event_name, count(*) "
-                        f"FROM semantic_events{sql.where()} GROUP BY bucket, event_name "
-                        "ORDER BY bucket, event_name",
-                        sql.params,
-                    ).fetchall()
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot read stats: {error}") from error
-        return _stats(rows, series, query)
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
-
-
 def _stats(rows: list[tuple[Any, ...]], series: list[tuple[Any, ...]], query: StatsQuery) -> Stats:
     by_event = []
     totals: dict[str, float | int] = dict.fromkeys(query.measures, 0)
@@ -342,14 +226,191 @@ def _stats(rows: list[tuple[Any, ...]], series: list[tuple[Any, ...]], query: St
     )
 
 
-class PostgresReader:
-    """The same queries on a PostgreSQL store (``seq`` has no index there: fine for a debugger's volumes)."""
+class _QueryReader:
+    """``events`` and ``stats`` written once; each engine supplies its connection and dialect.
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
+    An engine says how to run ``work(execute)`` in one read snapshot
+    (``_snapshot``), its placeholder, how to sum one JSON measure, and
+    whether its seq look-ups should be per tenant (PostgreSQL: an index on
+    ``(tenant_id, seq)``) or over the whole table (SQLite: seq is the rowid).
+    """
+
+    mark = "?"
+    sum_expression = ""
+    seq_per_tenant = False
+
+    def __init__(self) -> None:
         self._local = threading.local()
         self._connections: list[Any] = []
         self._lock = threading.Lock()
+
+    def _remember(self, conn: Any) -> Any:
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
+        raise NotImplementedError
+
+    def _measure_param(self, name: str) -> str:
+        raise NotImplementedError
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.mark)
+
+    def _top(self, execute: Callable[..., Any], tenant_id: str | None) -> int:
+        """The newest seq (of the tenant, where seq look-ups are per tenant)."""
+        if tenant_id is None or not self.seq_per_tenant:
+            return int(execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0])
+        found = execute(
+            self._sql("SELECT coalesce(max(seq), 0) FROM semantic_events WHERE tenant_id = ?"), [tenant_id]
+        ).fetchone()
+        return int(found[0])
+
+    def _seq_floor(self, execute: Callable[..., Any], since: str, tenant_id: str | None) -> int:
+        """The first seq that may have been received at or after ``since`` (binary search on seq).
+
+        Rows are appended in received order only nearly, so the search aims
+        ``RECEIVED_ORDER_SLACK_MS`` earlier; the exact ``received_at`` filter
+        still applies. Each probe is one step down an index on seq.
+        """
+        from ..core.timestamps import format_ms, parse_ms
+
+        since_ms = parse_ms(since)
+        if since_ms is None:
+            return 0
+        target = format_ms(max(0, since_ms - RECEIVED_ORDER_SLACK_MS))
+        scoped = tenant_id is not None and self.seq_per_tenant
+        tenant = " AND tenant_id = ?" if scoped else ""
+        extra = [tenant_id] if scoped else []
+        low, high = execute(
+            self._sql(f"SELECT min(seq), max(seq) FROM semantic_events WHERE true{tenant}"), extra
+        ).fetchone()
+        if low is None:
+            return 0
+        probe = self._sql(
+            f"SELECT seq, received_at FROM semantic_events WHERE seq >= ?{tenant} ORDER BY seq LIMIT 1"
+        )
+        while low <= high:
+            middle = (low + high) // 2
+            row = execute(probe, [middle, *extra]).fetchone()
+            if row[1] < target:
+                low = row[0] + 1
+            else:
+                high = middle - 1
+        return int(low)
+
+    def events(self, query: EventQuery) -> EventPage:
+        if query.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}")
+
+        def work(execute: Callable[..., Any]) -> tuple[list[tuple[Any, ...]], int]:
+            top = self._top(execute, query.tenant_id)  # one snapshot: `top` and the rows agree
+            sql = _SQLBuilder(self.mark)
+            sql.add("seq <= ?", top)
+            if query.cursor is not None:
+                sql.add("seq > ?" if query.order == "asc" else "seq < ?", query.cursor)
+            if query.since is not None and query.time_field == "received_at":
+                sql.add("seq >= ?", self._seq_floor(execute, query.since, query.tenant_id))
+            _filters(sql, query)
+            rows = execute(
+                f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} "
+                f"ORDER BY seq {query.order.upper()} LIMIT {self.mark}",
+                [*sql.params, query.limit],
+            ).fetchall()
+            return rows, top
+
+        rows, top = self._snapshot(work, "events")
+        return _page(rows, query, top)
+
+    def stats(self, query: StatsQuery) -> Stats:
+        for name in query.measures:
+            if not check_measure_name(name):
+                raise ValueError(f"not a measure name: {name!r}")
+        sums = "".join(", " + self.sum_expression for _ in query.measures)
+
+        def work(execute: Callable[..., Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            sql = _SQLBuilder(self.mark)
+            if query.since is not None and query.time_field == "received_at":
+                sql.add("seq >= ?", self._seq_floor(execute, query.since, query.tenant_id))
+            _filters(sql, query)
+            rows = execute(
+                f"SELECT event_name, count(*){sums} FROM semantic_events{sql.where()} "
+                "GROUP BY event_name ORDER BY count(*) DESC, event_name",
+                [*(self._measure_param(name) for name in query.measures), *sql.params],
+            ).fetchall()
+            series: list[tuple[Any, ...]] = []
+            if query.interval is not None:
+                width = BUCKET_PREFIX_CHARS[query.interval]
+                series = execute(
+                    f"SELECT substr({query.time_field}, 1, {width}) AS bucket, event_name, count(*) "
+                    f"FROM semantic_events{sql.where()} GROUP BY bucket, event_name ORDER BY bucket, event_name",
+                    sql.params,
+                ).fetchall()
+            return rows, series
+
+        rows, series = self._snapshot(work, "stats")
+        return _stats(rows, series, query)
+
+
+class SQLiteReader(_QueryReader):
+    """Read-only queries on a SQLite store's file (WAL: reads never wait for the writer)."""
+
+    sum_expression = "coalesce(sum(json_extract(measures, ?)), 0)"
+
+    def __init__(self, path: str, busy_timeout_ms: int = 5_000) -> None:
+        super().__init__()
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+            try:
+                conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False,
+                    timeout=self._busy_timeout_ms / 1000,
+                )  # fmt: skip
+                conn.execute("PRAGMA query_only = 1")
+            except sqlite3.Error as error:
+                raise StoreError(f"cannot open {self.path} for reading: {error}") from error
+            self._remember(conn)
+        return conn
+
+    def _measure_param(self, name: str) -> str:
+        return '$."' + name + '"'
+
+    def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN")  # a read transaction: one snapshot for every statement
+            try:
+                return work(conn.execute)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot read {what}: {error}") from error
+
+
+class PostgresReader(_QueryReader):
+    """The same queries on a PostgreSQL store, through its index on ``(tenant_id, seq)``."""
+
+    mark = "%s"
+    sum_expression = "sum((measures ->> %s)::numeric)"
+    seq_per_tenant = True
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self.dsn = dsn
 
     def _conn(self) -> Any:
         import psycopg
@@ -361,77 +422,24 @@ class PostgresReader:
                 conn.execute("SET default_transaction_read_only = on")
             except psycopg.Error as error:
                 raise StoreError(f"cannot connect to PostgreSQL for reading: {error}") from error
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+            self._remember(conn)
         return conn
 
-    def _run(self, work: Any) -> Any:
+    def _measure_param(self, name: str) -> str:
+        return name
+
+    def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
         import psycopg
 
         conn = self._conn()
         try:
-            with conn.transaction():  # REPEATABLE READ is not needed: one snapshot per statement suffices
-                return work(conn)
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot, as SQLite's
+                return work(conn.execute)
         except psycopg.Error as error:
             if conn.broken or conn.closed:
                 self._local.conn = None
-            raise StoreError(f"cannot read: {error}") from error
-
-    def events(self, query: EventQuery) -> EventPage:
-        if query.order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}")
-
-        def work(conn: Any) -> tuple[list[tuple[Any, ...]], int]:
-            top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
-            sql = _SQLBuilder("%s")
-            sql.add("seq <= ?", top)
-            if query.cursor is not None:
-                sql.add("seq > ?" if query.order == "asc" else "seq < ?", query.cursor)
-            _filters(sql, query)
-            rows = conn.execute(
-                f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} "
-                f"ORDER BY seq {query.order.upper()} LIMIT %s",
-                [*sql.params, query.limit],
-            ).fetchall()
-            return rows, int(top)
-
-        rows, top = self._run(work)
-        return _page(rows, query, top)
-
-    def stats(self, query: StatsQuery) -> Stats:
-        for name in query.measures:
-            if not check_measure_name(name):
-                raise ValueError(f"not a measure name: {name!r}")
-        sums = "".join(", sum((measures ->> %s)::numeric)" for _ in query.measures)
-
-        def work(conn: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-            sql = _SQLBuilder("%s")
-            _filters(sql, query)
-            rows = conn.execute(
-                f"SELECT event_name, count(*){sums} FROM semantic_events{sql.where()} "
-                "GROUP BY event_name ORDER BY count(*) DESC, event_name",
-                [*query.measures, *sql.params],
-            ).fetchall()
-            series: list[tuple[Any, ...]] = []
-            if query.interval is not None:
-                width = BUCKET_PREFIX_CHARS[query.interval]
-                series = conn.execute(
-                    f"SELECT substr({query.time_field}, 1, {width}) AS bucket, event_name, count(*) "
-                    f"FROM semantic_events{sql.where()} GROUP BY bucket, event_name ORDER BY bucket, event_name",
-                    sql.params,
-                ).fetchall()
-            return rows, series
-
-        rows, series = self._run(work)
-        return _stats(rows, series, query)
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+            raise StoreError(f"cannot read {what}: {error}") from error
 
 
 def open_reader(store: Any) -> Reader:
