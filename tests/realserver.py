@@ -1,12 +1,15 @@
 """Helpers for the tests that run the real thing: `drengr serve` (waitress) on 127.0.0.1.
 
 Each server is a child process started with ``python -m drengr serve`` on a
-free port and a real SQLite file; its stderr (the access log) goes to a file,
-never to an unread pipe (a full pipe wedges a logging server). Only processes
-started here are signalled or killed, always by their own PID.
+free port and a real SQLite file (every test that starts one does it with
+``launch``); its stderr (the access log) goes to a file, or to a pipe that a
+thread reads line by line, never to an unread pipe (a full pipe wedges a
+logging server). Only processes started here are signalled or killed, always
+by their own PID.
 """
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -15,6 +18,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,13 +67,21 @@ class Server:
     port: int
     key: str
     db: Path
-    log: Path
+    log: Path | None  # the file stderr goes to; None when it is piped (see ``lines``)
     process: subprocess.Popen[bytes]
     args: list[str] = field(default_factory=list)
+    prefix: str = ""  # `--prefix`: ``request`` puts it before every path
+    lines: list[str] = field(default_factory=list)  # piped stderr, one entry a line
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+    _reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def request(
         self,
@@ -81,7 +93,7 @@ class Server:
     ) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, self.prefix + path, body=body, headers=headers or {})
             response = conn.getresponse()
             return Reply(response.status, response.getheaders(), response.read())
         finally:
@@ -130,7 +142,23 @@ class Server:
             return self.process.wait()
 
     def log_text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
+        if self.log is not None:
+            return self.log.read_text(encoding="utf-8", errors="replace")
+        if self._reader is not None and not self.alive():
+            self._reader.join(timeout=5)  # the last lines of a server that has exited
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            self._stderr_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+    def _stderr_line(self, line: str) -> None:
+        """One line of piped stderr (the reader thread's); a subclass may look at it too."""
+        with self._changed:
+            self.lines.append(line)
+            self._changed.notify_all()
 
 
 _LAUNCHED: list[Server] = []
@@ -153,26 +181,49 @@ def no_stray_servers() -> Iterator[None]:
 
 def launch(
     db: Path,
-    key: str,
+    key: str | None,
     *extra: str,
     log_level: str = "info",
     log: Path | None = None,
     port: int | None = None,
+    prefix: str = "",
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    pipe_stderr: bool = False,
+    server_class: type[Server] = Server,
 ) -> Server:
-    """Start `drengr serve` on ``db`` and wait until /health answers 200."""
+    """Start `drengr serve` on ``db`` and wait until /health answers 200.
+
+    ``key`` None means a new database: the publishable key `serve` prints for
+    it on stdout becomes the server's. ``prefix`` is passed as ``--prefix``
+    (and /health is asked under it); ``env`` is added to this process's
+    environment. Stderr goes to ``log`` (a file beside ``db`` by default), or
+    with ``pipe_stderr`` to a thread that hands each line to the server
+    (``lines``; ``server_class`` may be a subclass that reads them too).
+    """
     port = port or free_port()
-    log = log or db.with_name(f"{db.stem}-{port}.log")
+    log = None if pipe_stderr else log or db.with_name(f"{db.stem}-{port}.log")
     args = [
         sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port),
-        "--log-level", log_level, *extra,
+        "--log-level", log_level, *(["--prefix", prefix] if prefix else []), *extra,
     ]  # fmt: skip
-    with open(log, "ab") as stderr:
+    with contextlib.ExitStack() as files:
+        stderr = subprocess.PIPE if log is None else files.enter_context(open(log, "ab"))
         process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env
-        )
-    server = Server(port, key, db, log, process, args)
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if key is None else subprocess.DEVNULL,
+            stderr=stderr, env=None if env is None else {**os.environ, **env}, cwd=cwd,
+        )  # fmt: skip
+    server = server_class(port, key or "", db, log, process, args, prefix)
     _LAUNCHED.append(server)
+    if log is None:
+        server._reader = threading.Thread(target=server._read_stderr, name="drengr-stderr", daemon=True)
+        server._reader.start()
+    if key is None:
+        assert process.stdout is not None
+        server.key = process.stdout.readline().decode().strip()
+        if not server.key.startswith("drengr_pk_"):
+            server.kill()
+            raise AssertionError(f"no key printed: {server.key!r}\n{server.log_text()[-2000:]}")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if not server.alive():

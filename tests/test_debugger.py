@@ -11,13 +11,10 @@ the README shows (otherwise it goes to the test's temporary folder).
 import contextlib
 import json
 import os
-import queue
 import re
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
@@ -30,13 +27,11 @@ from drengr.store import SQLiteStore
 from drengr.web import Config, create_app
 from tests.clients.harness import (
     CHROMIUM,
-    NODE_DIR,
     Browser,
     LiveServer,
-    free_port,
+    live_server,
     require,
     require_node,
-    stop_live_server,
 )
 
 pytestmark = [pytest.mark.clients]
@@ -55,51 +50,24 @@ def server(tmp_path: Path) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def prefixed_server(tmp_path: Path) -> Iterator[LiveServer]:
-    with serve(tmp_path, "--prefix", PREFIX) as live:
+    with serve(tmp_path, PREFIX) as live:
         yield live
 
 
 @contextlib.contextmanager
-def serve(tmp_path: Path, *extra: str) -> Iterator[LiveServer]:
+def serve(tmp_path: Path, prefix: str = "") -> Iterator[LiveServer]:
     require_node()
     require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
     require(shutil.which("curl") is not None, "curl is not installed")
-    port, db = free_port(), tmp_path / "live.db"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port),
-         "--log-level", "info", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    assert process.stdout is not None
-    key = process.stdout.readline().strip()
-    live = LiveServer(port, key, db, process)
-    threading.Thread(target=live._read_stderr, daemon=True).start()
-    try:
-        assert key.startswith("drengr_pk_"), key
-        deadline = time.monotonic() + 30
-        while not any("Listening on" in line for line in live.lines):
-            assert time.monotonic() < deadline, "\n".join(live.lines)
-            time.sleep(0.05)
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    with live_server(tmp_path, env, prefix=prefix, cwd=ROOT) as live:
         yield live
-    finally:
-        stop_live_server(live)
 
 
 class DebuggerPage(Browser):
     """tests/clients/node/debugger.js: harness.Browser's protocol, plus typing and screenshots."""
 
-    def __init__(self, url: str) -> None:
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self.process = subprocess.Popen(
-            ["node", "debugger.js", url], cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "CHROMIUM": CHROMIUM},
-        )  # fmt: skip
-        threading.Thread(target=self._read, daemon=True).start()
-        self.console: list[str] = []
-        self.requests: list[dict[str, Any]] = []
-        first = self._next(60)
-        assert first.get("loaded") is True, first
+    SCRIPT = "debugger.js"
 
     def command(self, command: dict[str, Any], timeout: float = 30) -> Any:
         self._send(command)

@@ -1,6 +1,5 @@
 """The real thing: `drengr serve` (waitress) on 127.0.0.1, a real SQLite file, real HTTP."""
 
-import http.client
 import json
 import os
 import re
@@ -12,88 +11,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .realserver import Server, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 README = Path(__file__).parents[1] / "README.md"
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    port: int
-    key: str
-    db: Path
-    process: subprocess.Popen[str]
-    prefix: str = ""
-
-    def request(
-        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
-    ) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, self.prefix + path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-
 def start_server(tmp_path: Path, *extra: str, prefix: str = "") -> Server:
-    port = free_port()
-    db = tmp_path / "serve.db"
-    args = [
-        sys.executable,
-        "-m",
-        "drengr",
-        "serve",
-        "--db",
-        str(db),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    if prefix:
-        args += ["--prefix", prefix]
-    process = subprocess.Popen([*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    key = process.stdout.readline().strip()
-    assert key.startswith("drengr_pk_"), process.stderr.read() if process.stderr else key
-    server = Server(port, key, db, process, prefix)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if server.request("GET", "/health")[0] == 200:
-                return server
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("server did not come up")
-
-
-def stop_server(server: Server) -> None:
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    """`drengr serve` on a new database (it prints the key), answering /health."""
+    return launch(tmp_path / "serve.db", None, *extra, log_level="warning", prefix=prefix)
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     server = start_server(tmp_path)
     yield server
-    stop_server(server)
+    server.stop()
 
 
 def rows(db: Path) -> list[tuple[str, ...]]:
@@ -125,7 +62,7 @@ def test_readme_curl_quickstart_verbatim(server):
 
 def test_serve_prints_a_key_only_for_a_new_database(tmp_path):
     first = start_server(tmp_path)
-    stop_server(first)
+    first.stop()
     port = free_port()
     again = subprocess.Popen(
         [sys.executable, "-m", "drengr", "serve", "--db", str(first.db), "--port", str(port)],
@@ -138,8 +75,8 @@ def test_serve_prints_a_key_only_for_a_new_database(tmp_path):
 
 
 def test_bodies_over_4mib_are_refused_by_waitress_and_between_get_our_400(server):
-    status, body = server.request("POST", "/v1/batch", b" " * 1_000_000, {"Authorization": "Basic eDo="})
-    assert status == 400 and json.loads(body)["error"] == "Request too large"
+    reply = server.request("POST", "/v1/batch", b" " * 1_000_000, {"Authorization": "Basic eDo="})
+    assert reply.status == 400 and reply.json()["error"] == "Request too large"
     # Only the head is sent: waitress answers from Content-Length without reading the body.
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(
@@ -152,12 +89,13 @@ def test_prefix_over_http(tmp_path):
     server = start_server(tmp_path, prefix="/segment-ingest")
     try:
         body = json.dumps({"type": "track", "event": "Hi", "userId": "u", "writeKey": server.key}).encode()
-        assert server.request("POST", "/v1/t", body) == (200, b'{"success": true}')
-        assert server.request("POST", "/api/s/s2s/track", body, {"X-Write-Key": server.key})[0] == 200
+        reply = server.request("POST", "/v1/t", body)
+        assert (reply.status, reply.body) == (200, b'{"success": true}')
+        assert server.request("POST", "/api/s/s2s/track", body, {"X-Write-Key": server.key}).status == 200
         server.prefix = ""
-        assert server.request("POST", "/v1/t", body)[0] == 404
+        assert server.request("POST", "/v1/t", body).status == 404
     finally:
-        stop_server(server)
+        server.stop()
     assert len(rows(server.db)) == 2
 
 

@@ -1,11 +1,11 @@
 """What the live client suite shares: a real `drengr serve`, its access log, the rows, a store outage.
 
 The server is the real thing (waitress, a real SQLite file, 127.0.0.1, a free
-port), started the way tests/test_server.py does it, but with `--log-level
-info` so every request leaves one JSON line from logger ``drengr.access`` on
-stderr; a thread reads them, so the tests can count what a library sent
-(retries included) from the server's side. Nothing here talks to anything
-but 127.0.0.1.
+port), started by tests/realserver.py's ``launch`` like every other real
+server, with `--log-level info` so every request leaves one JSON line from
+logger ``drengr.access`` on stderr; a thread reads them, so the tests can count
+what a library sent (retries included) from the server's side. Nothing here
+talks to anything but 127.0.0.1.
 """
 
 import contextlib
@@ -13,8 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import read_rows
+from tests.realserver import Server, launch
 
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
@@ -41,18 +40,12 @@ README_KEY = "drengr_pk_…"
 README_HOST = "http://127.0.0.1:8080"
 
 # SPEC: the store gives up on a locked database after its busy timeout and the
-# request gets 502. `drengr serve` has no option for it yet (10 s fixed); the
-# suite already asks for a short one so the outage tests get fast once it does.
+# request gets 502. A short one (`drengr serve` reads DRENGR_BUSY_TIMEOUT_MS, as
+# --busy-timeout-ms) keeps the outage tests fast.
 BUSY_TIMEOUT_ENV = {"DRENGR_BUSY_TIMEOUT_MS": "1500"}
 
 
 # The SPEC's columns of semantic_events (the names and meanings are fixed there).
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def require(condition: bool, why: str) -> None:
@@ -70,35 +63,28 @@ def require_node() -> None:
 
 
 @dataclass
-class LiveServer:
-    port: int
-    key: str  # the `default` tenant's publishable key, printed on a fresh database
-    db: Path
-    process: subprocess.Popen[str]
-    log: list[dict[str, Any]] = field(default_factory=list)  # access-log lines, in order
-    lines: list[str] = field(default_factory=list)  # every stderr line, for failure messages
-    _changed: threading.Condition = field(default_factory=threading.Condition)
+class LiveServer(Server):
+    """A `drengr serve` on a new database; its access log, read as it comes, in ``access``.
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    ``key`` is the `default` tenant's publishable key, printed on a new database;
+    ``lines`` holds every stderr line, for failure messages.
+    """
 
-    def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                if line.startswith("{"):
-                    with contextlib.suppress(ValueError):
-                        entry = json.loads(line)
-                        if isinstance(entry, dict) and "status" in entry:
-                            self.log.append(entry)
-                self._changed.notify_all()
+    access: list[dict[str, Any]] = field(default_factory=list)  # access-log lines, in order
+
+    def _stderr_line(self, line: str) -> None:
+        with self._changed:
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if isinstance(entry, dict) and "status" in entry:
+                        self.access.append(entry)
+            super()._stderr_line(line)
 
     def requests(self, method: str | None = "POST") -> list[dict[str, Any]]:
         """Access-log lines so far (POSTs by default: preflights and GETs are not deliveries)."""
         with self._changed:
-            return [e for e in self.log if method is None or e["method"] == method]
+            return [e for e in self.access if method is None or e["method"] == method]
 
     def statuses(self, method: str | None = "POST") -> list[int]:
         return [e["status"] for e in self.requests(method)]
@@ -107,7 +93,7 @@ class LiveServer:
         """Block until ``predicate(access log)`` holds; fail with the server's stderr if it never does."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not predicate(self.log):
+            while not predicate(self.access):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     tail = "\n".join(self.lines[-30:])
@@ -118,10 +104,10 @@ class LiveServer:
         """Wait until no request has arrived for ``seconds`` (a library still retrying would show)."""
         while True:
             with self._changed:
-                count = len(self.log)
+                count = len(self.access)
             time.sleep(seconds)
             with self._changed:
-                if len(self.log) == count:
+                if len(self.access) == count:
                     return
 
     def create_key(self, tenant: str, kind: str = "publishable") -> str:
@@ -137,54 +123,23 @@ class LiveServer:
         return read_rows(self.db)
 
 
-def start_live_server(tmp_path: Path, env: dict[str, str] | None = None) -> LiveServer:
-    port = free_port()
-    db = tmp_path / "live.db"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port), "--log-level", "info"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    assert process.stdout is not None
-    key = process.stdout.readline().strip()
-    server = LiveServer(port, key, db, process)
-    threading.Thread(target=server._read_stderr, name="drengr-stderr", daemon=True).start()
-    if not key.startswith("drengr_pk_"):
-        process.kill()
-        process.wait()
-        raise AssertionError(f"no key printed: {key!r}\n" + "\n".join(server.lines))
-    deadline = time.monotonic() + 30
-    import http.client
-
-    while time.monotonic() < deadline:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        try:
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return server
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            conn.close()
-    stop_live_server(server)
-    raise AssertionError("server did not come up:\n" + "\n".join(server.lines))
-
-
-def stop_live_server(server: LiveServer) -> None:
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-
-
 @contextlib.contextmanager
-def live_server(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
-    server = start_live_server(tmp_path, env)
+def live_server(
+    tmp_path: Path, env: dict[str, str] | None = None, *, prefix: str = "", cwd: Path | None = None
+) -> Iterator[LiveServer]:
+    """`drengr serve --log-level info` on a new database in ``tmp_path``; stopped (by its PID) after.
+
+    ``env`` is added to the environment; ``prefix`` is `--prefix` (``url`` stays the root).
+    """
+    server = launch(
+        tmp_path / "live.db", None, log_level="info", prefix=prefix, env=env, cwd=cwd,
+        pipe_stderr=True, server_class=LiveServer,
+    )  # fmt: skip
+    assert isinstance(server, LiveServer)
     try:
         yield server
     finally:
-        stop_live_server(server)
+        server.stop()
 
 
 class StoreOutage:
@@ -347,12 +302,14 @@ class PageServer:
 class Browser:
     """tests/clients/node/browser.js: Debian's Chromium under playwright-core, one page, driven over stdin."""
 
+    SCRIPT = "browser.js"  # a driver in tests/clients/node that speaks this protocol
+
     def __init__(self, url: str) -> None:
         import queue
 
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.process = subprocess.Popen(
-            ["node", "browser.js", url], cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            ["node", self.SCRIPT, url], cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env={**os.environ, "CHROMIUM": CHROMIUM},
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()

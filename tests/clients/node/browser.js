@@ -1,4 +1,4 @@
-// Drives Debian's Chromium (never a downloaded browser) with playwright-core
+// Drives Debian's Chromium (never a downloaded browser; see chromium.js) with playwright-core
 // for tests/test_clients_browser.py.
 //
 //   node browser.js URL
@@ -14,36 +14,11 @@
 // failing test can show what the library said.
 'use strict'
 
-const fs = require('fs')
-const os = require('os')
-const path = require('path')
-const readline = require('readline')
-const { chromium } = require('playwright-core')
-
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium'
-// Without the background-networking flags Chromium keeps dialling Google's
-// hosts, which this closed network refuses; --disable-quic keeps it on TCP.
-const ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
-]
-
-function say(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n')
-}
+const { launch, commands, say, run } = require('./chromium')
 
 async function main() {
   const url = process.argv[2]
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'drengr-chromium-'))
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ARGS,
-  })
-  const messages = []
-  const page = context.pages()[0] || (await context.newPage())
-  page.on('console', (m) => messages.push(`${m.type()}: ${m.text()}`))
-  page.on('pageerror', (e) => messages.push(`pageerror: ${e.message}`))
+  const { page, messages, close } = await launch()
   page.on('requestfailed', (r) => messages.push(`requestfailed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`))
   // What the page fetched, as the browser saw it (preflights are not page requests in Chromium).
   const requests = []
@@ -51,13 +26,7 @@ async function main() {
     const response = await r.response().catch(() => null)
     requests.push({ method: r.method(), url: r.url(), status: response ? response.status() : null })
   })
-  await page.goto(url, { waitUntil: 'load' })
-  say({ loaded: true })
-
-  const lines = readline.createInterface({ input: process.stdin })
-  for await (const line of lines) {
-    if (!line.trim()) continue
-    const command = JSON.parse(line)
+  for await (const command of commands(page, url)) {
     if (command.eval !== undefined) {
       try {
         say({ result: await page.evaluate(command.eval) })
@@ -71,13 +40,9 @@ async function main() {
   await page.close({ runBeforeUnload: true })
   // Give a keepalive request sent from `pagehide` a moment to leave the browser.
   await new Promise((resolve) => setTimeout(resolve, Number(process.env.CLOSE_GRACE_MS || 500)))
-  await context.close()
-  fs.rmSync(profile, { recursive: true, force: true })
+  await close()
   say({ closed: true, console: messages, requests })
   process.exit(0) // stdin may still be open
 }
 
-main().catch((error) => {
-  say({ fatal: String(error && error.stack ? error.stack : error) })
-  process.exit(1)
-})
+run(main)

@@ -1,4 +1,4 @@
-// Drives Debian's Chromium (never a downloaded browser) with playwright-core
+// Drives Debian's Chromium (never a downloaded browser; see chromium.js) with playwright-core
 // for tests/test_debugger.py: browser.js's protocol plus real typing and a screenshot.
 //
 //   node debugger.js URL
@@ -12,43 +12,12 @@
 //   {"close": true}                           -> {"closed": true, "console": [...]}
 'use strict'
 
-const fs = require('fs')
-const os = require('os')
-const path = require('path')
-const readline = require('readline')
-const { chromium } = require('playwright-core')
-
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium'
-// As browser.js: without the background-networking flags Chromium keeps dialling Google's hosts.
-const ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
-]
-
-function say(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n')
-}
+const { launch, commands, say, run } = require('./chromium')
 
 async function main() {
   const url = process.argv[2]
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'drengr-chromium-'))
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ARGS,
-    viewport: { width: 1280, height: 900 },
-  })
-  const messages = []
-  const page = context.pages()[0] || (await context.newPage())
-  page.on('console', (m) => messages.push(`${m.type()}: ${m.text()}`))
-  page.on('pageerror', (e) => messages.push(`pageerror: ${e.message}`))
-  await page.goto(url, { waitUntil: 'load' })
-  say({ loaded: true })
-
-  const lines = readline.createInterface({ input: process.stdin })
-  for await (const line of lines) {
-    if (!line.trim()) continue
-    const command = JSON.parse(line)
+  const { page, messages, close } = await launch({ viewport: { width: 1280, height: 900 } })
+  for await (const command of commands(page, url)) {
     if (command.close) break
     try {
       if (command.eval !== undefined) say({ result: await page.evaluate(command.eval) })
@@ -62,13 +31,9 @@ async function main() {
       say({ error: String(error && error.message ? error.message : error) })
     }
   }
-  await context.close()
-  fs.rmSync(profile, { recursive: true, force: true })
+  await close()
   say({ closed: true, console: messages })
   process.exit(0)
 }
 
-main().catch((error) => {
-  say({ fatal: String(error && error.stack ? error.stack : error) })
-  process.exit(1)
-})
+run(main)
