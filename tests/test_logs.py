@@ -29,7 +29,7 @@ SECRET_VALUE = "SENTINEL-VALUE-5f9c"
 SECRET_USER = "SENTINEL-USER-0a7e"
 FORGED = '{"method": "POST", "path": "/forged", "status": 200}'
 ACCESS_FIELDS = {"method", "path", "status", "error", "tenant", "items", "stored", "duplicates", "over_cap",
-                 "dropped", "bytes", "library", "ms"}  # fmt: skip
+                 "dropped", "stripped", "bytes", "library", "ms"}  # fmt: skip
 
 
 def access_lines(server: Server) -> list[dict[str, Any]]:
@@ -159,6 +159,7 @@ def test_one_line_per_request_with_counts_and_never_a_key_or_value(tmp_path):
         1,
     )
     assert first["dropped"] == {"missing_id": 1, "unknown_type": 1}
+    assert first["stripped"] == {"pii_key_removed": 1}  # counts only: names and values stay out of the log
     assert first["bytes"] == len(json.dumps(batch).encode()) and first["ms"] >= 0
     statuses = [line["status"] for line in lines[before:]]
     assert statuses[:5] == [200, 401, 200, 400, 200]

@@ -237,7 +237,7 @@ def _log(status: int, tenant_id: str | None, started: float) -> None:
         return
     line = {
         "method": request.method, "path": request.path[:200], "status": status, "error": None,
-        "tenant": tenant_id, "items": 0, "stored": 0, "duplicates": 0, "over_cap": 0, "dropped": {},
+        "tenant": tenant_id, "items": 0, "stored": 0, "duplicates": 0, "over_cap": 0, "dropped": {}, "stripped": {},
         "bytes": None, "library": request.headers.get("User-Agent", "")[:80],
         "ms": round((time.perf_counter() - started) * 1000, 2),
     }  # fmt: skip
