@@ -1,7 +1,8 @@
 """End to end over HTTP with wrk: events/s and p50/p99 of our server next to the server floors, in one run.
 
 Run: python -m pytest bench/bench_http.py --benchmark-enable -s   (prints the table; see bench/README.md)
-Servers are pinned to core 0 and wrk to core 1 (taskset), except gunicorn's two workers.
+Servers are pinned to core 0 and wrk to core 1 (taskset), except gunicorn's two workers; with
+``--writer process`` (the "drengr-wproc" rows) our SQLite writer process runs on core 1 beside wrk.
 Under --benchmark-disable (CI) it runs one short, small load against our server and checks rows = acks.
 """
 
@@ -66,15 +67,19 @@ def server(kind: str, tmp: Path) -> Iterator[tuple[int, str, Path, subprocess.Po
     db = tmp / f"{kind}-{port}.db"
     key = ""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    if kind in ("drengr", "gunicorn"):
+    if kind in ("drengr", "drengr-wproc", "gunicorn"):
         created = subprocess.run(
             [sys.executable, "-m", "drengr", "keys", "create", "--tenant", "bench", "--db", str(db)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         key = created.stdout.strip()
-    if kind == "drengr":
+    if kind in ("drengr", "drengr-wproc"):
         args = [*pinned(0), sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port),
                 "--threads", os.environ.get("DRENGR_BENCH_THREADS", "8"), "--log-level", "warning"]  # fmt: skip
+        if kind == "drengr-wproc":
+            args += ["--writer", "process"]
+            if pinned(1):  # the writer process runs on the other core (beside wrk), not on core 0
+                env["DRENGR_WRITER_CPUS"] = "1"
     elif kind == "gunicorn":
         env["DRENGR_DB"] = str(db)
         args = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
@@ -132,8 +137,15 @@ def stored(db: Path) -> int:
 
 
 def peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+    """Peak RSS of the server and its children (the writer process), summed: an upper bound."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(child) for child in (task / "children").read_text().split()]
+    total = 0
+    for each in pids:
+        status = Path(f"/proc/{each}/status").read_text()
+        total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    return total / 1024
 
 
 def bench_http_smoke_rows_equal_acks(benchmark: Any, tmp_path: Path) -> None:
@@ -172,6 +184,20 @@ def bench_http_matrix(benchmark: Any, tmp_path: Path) -> None:
     with server("drengr", tmp_path) as (port, key, db, process):
         row = {"server": "drengr-500KB", "events": 700, "c": 8, **wrk(port, key, 700, 8, SECONDS)}
         row["peak_rss_mb"] = peak_rss_mb(process.pid)
+        results.append(row)
+    for connections in (1, 8, 32):
+        with server("drengr-wproc", tmp_path) as (port, key, db, process):
+            row = {
+                "server": "drengr-wproc",
+                "events": 100,
+                "c": connections,
+                **wrk(port, key, 100, connections, SECONDS),
+            }
+            row["stored"] = stored(db)
+            results.append(row)
+    with server("drengr-wproc", tmp_path) as (port, key, db, process):
+        row = {"server": "drengr-wproc", "events": 1, "c": 32, **wrk(port, key, 1, 32, SECONDS)}
+        row["stored"] = stored(db)
         results.append(row)
     if shutil.which("gunicorn") or _importable("gunicorn"):
         for connections in (8, 32):

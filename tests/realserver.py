@@ -124,6 +124,13 @@ class Server:
                 return int(line.split()[1])
         raise KeyError(field_name)
 
+    def children(self) -> list[int]:
+        """The pids of the server's child processes (its SQLite writer process)."""
+        found: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            found += [int(pid) for pid in (task / "children").read_text().split()]
+        return found
+
     def signal(self, signum: int) -> None:
         if self.alive():
             os.kill(self.pid, signum)

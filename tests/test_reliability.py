@@ -150,7 +150,22 @@ def assert_acked_stored_once(db: Path, acked: set[str], attempted: set[str]) -> 
 # ---------------------------------------------------------------- 1. crash safety
 
 
-def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path):
+def ends_soon(pid: int, seconds: float = 15) -> bool:
+    """Whether process ``pid`` exits (or is a zombie nobody reaped yet) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path, writer):
     seed = int(os.environ.get("DRENGR_CRASH_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
     db = tmp_path / "crash.db"
@@ -159,11 +174,14 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path):
     attempted: set[str] = set()
     requests = refused = 0
     for round_number in range(CRASH_ROUNDS):
-        server = launch(db, key, "--threads", "4", log_level="warning")
+        server = launch(db, key, "--threads", "4", "--writer", writer, log_level="warning")
+        writers = server.children()  # the SQLite writer process (and multiprocessing's resource tracker)
+        assert bool(writers) == (writer == "process"), writers
         with Load([server.port], key, f"r{round_number}", threads=4) as load:
             time.sleep(rng.uniform(0.2, 1.2))
             server.kill()  # SIGKILL: no handler runs, no buffer is flushed by us
         assert set(load.statuses) <= {200}, (load.statuses, load.bodies)
+        assert all(ends_soon(pid) for pid in writers), "a child outlived its server"
         acked |= load.acked
         attempted |= load.attempted
         requests += load.requests
@@ -183,7 +201,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path):
     assert integrity(db) == "ok"
     assert len(acked) > 0
     print(
-        f"\ncrash: seed={seed} rounds={CRASH_ROUNDS} requests={requests} acked_events={len(acked)} "
+        f"\ncrash ({writer} writer): seed={seed} rounds={CRASH_ROUNDS} requests={requests} acked_events={len(acked)} "
         f"errors_at_kill={refused} committed_but_unacked={committed_unacked} "
         f"events_after_resend={len(counts)} lost=0 duplicated=0"
     )

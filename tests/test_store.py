@@ -1,6 +1,8 @@
 """SPEC "Storage and durability" and the daily cap, against real SQLite files."""
 
 import multiprocessing
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -11,8 +13,8 @@ import pytest
 
 from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import parse_ms
-from drengr.store import SQLiteStore
-from drengr.store.sqlite import generation
+from drengr.store import SQLiteStore, StoreError
+from drengr.store.sqlite import WRITERS, _WriterProcess, generation
 
 DAY0 = parse_ms("2026-11-26T12:00:00.000Z")
 assert DAY0 is not None
@@ -21,6 +23,19 @@ assert DAY0 is not None
 def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
     return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
             "2026-11-26T00:00:00.000Z", "{}", "{}", "analytics-python 2.4.0")  # fmt: skip
+
+
+@pytest.fixture(params=WRITERS)
+def writer(request: pytest.FixtureRequest) -> str:
+    """Where SQLite writes run: a thread of this process, or a writer process of their own."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store(db_path, writer):
+    store = SQLiteStore(str(db_path), writer=writer)
+    yield store
+    store.close()
 
 
 def count(path: Path, where: str = "1") -> int:
@@ -78,11 +93,11 @@ def test_write_reports_stored_and_duplicates(store, db_path):
     assert count(db_path) == 3
 
 
-def test_dedup_survives_restart(db_path):
-    first = SQLiteStore(str(db_path))
+def test_dedup_survives_restart(db_path, writer):
+    first = SQLiteStore(str(db_path), writer=writer)
     first.write("acme", [row("a")], DAY0)
     first.close()
-    second = SQLiteStore(str(db_path))
+    second = SQLiteStore(str(db_path), writer=writer)
     assert second.write("acme", [row("a")], DAY0 + 1000).stored == 0
     second.close()
     assert count(db_path) == 1
@@ -201,9 +216,11 @@ def test_metering_fails_open(store, db_path):
     assert count(db_path) == 3
 
 
-def test_concurrent_requests_share_commits(db_path):
-    """Ten requests arrive while the file is locked: they go out in at most two transactions."""
-    store = SQLiteStore(str(db_path), busy_timeout_ms=30_000)
+def test_concurrent_requests_share_commits(db_path, writer):
+    """Ten requests arrive while the file is locked: they go out in at most two transactions (the
+    writer process is sent up to IN_FLIGHT groups ahead, so there: at most IN_FLIGHT + 1)."""
+    groups_ahead = 1 if writer == "thread" else _WriterProcess.IN_FLIGHT
+    store = SQLiteStore(str(db_path), busy_timeout_ms=30_000, writer=writer)
     store.write("acme", [row("warm-up")], DAY0)
     before = store.group_commits
     holder = sqlite3.connect(db_path, isolation_level=None)
@@ -214,7 +231,7 @@ def test_concurrent_requests_share_commits(db_path):
     # The writer holds the first job(s), blocked on the lock; wait until the rest are queued. It may
     # have taken more than one job already, so the queue can stay below 9: stop waiting after 3 s.
     deadline = time.monotonic() + 3
-    while store._queue.qsize() < 9 and time.monotonic() < deadline:  # noqa: SLF001
+    while store._queue.qsize() < 10 - groups_ahead and time.monotonic() < deadline:  # noqa: SLF001
         threading.Event().wait(0.01)
     holder.execute("ROLLBACK")
     holder.close()
@@ -222,7 +239,72 @@ def test_concurrent_requests_share_commits(db_path):
         thread.join()
     store.close()
     assert count(db_path) == 11
-    assert store.group_commits - before <= 2
+    assert store.group_commits - before <= groups_ahead + 1
+
+
+def test_a_dead_writer_process_fails_its_group_and_is_replaced(db_path):
+    """The writer process killed: that write fails (the client gets 502 and resends), the next
+    starts a new process, and what the dead one had committed is caught as a duplicate."""
+    store = SQLiteStore(str(db_path), writer="process")
+    try:
+        assert store.write("acme", [row("a"), row("b")], DAY0).stored == 2
+        first = store.writer_pid
+        assert first is not None and first != os.getpid()
+        os.kill(first, signal.SIGKILL)
+        try:  # sent before the death is noticed: fails (502); after: a new writer process takes it
+            landed = store.write("acme", [row("c")], DAY0).stored
+        except StoreError as error:
+            assert "writer process failed" in str(error)
+            landed = 0
+        again = store.write("acme", [row("a"), row("b"), row("c")], DAY0)  # the client's resends
+        assert (again.stored, again.duplicates) == (1 - landed, 2 + landed)
+        assert store.writer_pid not in (None, first)
+        assert store.writable()
+    finally:
+        store.close()
+    assert count(db_path) == 3
+
+
+def test_a_group_in_flight_when_the_writer_process_dies_fails(db_path):
+    """The child dies holding a group (blocked on a lock): that write fails, never a false 200."""
+    store = SQLiteStore(str(db_path), writer="process", busy_timeout_ms=30_000)
+    try:
+        store.write("acme", [row("a")], DAY0)
+        holder = sqlite3.connect(db_path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                store.write("acme", [row("b")], DAY0)
+            except StoreError as error:
+                errors.append(error)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        deadline = time.monotonic() + 10
+        while store._queue.qsize() and time.monotonic() < deadline:  # noqa: SLF001 - sent to the child
+            time.sleep(0.01)
+        time.sleep(0.2)  # the child is in BEGIN IMMEDIATE, waiting for the holder
+        os.kill(store.writer_pid or 0, signal.SIGKILL)
+        sender.join(timeout=30)
+        holder.execute("ROLLBACK")
+        holder.close()
+        assert len(errors) == 1 and "writer process failed" in str(errors[0])
+        assert store.write("acme", [row("b")], DAY0).stored == 1  # the resend, in a new writer process
+    finally:
+        store.close()
+    assert count(db_path) == 2
+
+
+def test_the_writer_process_ends_with_the_store(db_path):
+    store = SQLiteStore(str(db_path), writer="process")
+    store.write("acme", [row("a")], DAY0)
+    pid = store.writer_pid
+    assert pid is not None
+    store.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # joined: gone, not a zombie
 
 
 def _writer_process(path: str, worker: int, batches: int) -> None:

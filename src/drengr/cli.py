@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: a 200 survives a power cut (default); normal: survives a crash, faster",
     )
     serve.add_argument(
+        "--writer",
+        choices=["process", "thread"],
+        default=_env("writer", "thread"),
+        help="where SQLite writes run: a thread of the server (default) or a process of their own, "
+        "which can use a second core (DRENGR_WRITER)",
+    )
+    serve.add_argument(
         "--busy-timeout-ms",
         type=_positive_int,
         default=_env("busy_timeout_ms", "5000"),
@@ -115,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_store(
-    path: str, durability: str = "full", busy_timeout_ms: int = 5_000, store_url: str = ""
+    path: str,
+    durability: str = "full",
+    busy_timeout_ms: int = 5_000,
+    store_url: str = "",
+    writer: str = "thread",
 ) -> Store:
     if store_url:
         return _open_postgres(store_url, durability)
@@ -123,7 +134,7 @@ def _open_store(
     if not os.path.isdir(folder):
         raise UsageError(f"The folder {folder} does not exist: create it or pass another --db path.")
     try:
-        return SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms)
+        return SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms, writer=writer)
     except StoreError as error:
         raise UsageError(f"Cannot use {path} as the database ({error}): pass a writable --db path.") from None
 
@@ -243,7 +254,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     # "Task queue depth is N" costs ~6 % and can wedge a server whose stderr nobody reads.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    store = _open_store(args.db, args.durability, int(args.busy_timeout_ms), args.store)
+    store = _open_store(args.db, args.durability, int(args.busy_timeout_ms), args.store, args.writer)
     if store.is_new():
         key = store.create_key("default", "publishable")
         print("New database: created tenant 'default' with this publishable key:", file=sys.stderr)

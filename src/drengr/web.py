@@ -61,6 +61,7 @@ class Config:
     durability: str = "full"  # "full" | "normal"
     prefix: str = ""  # mount point, e.g. "/segment-ingest"
     busy_timeout_ms: int = 5_000  # a write waits this long for another process's lock, then 502
+    writer: str = "thread"  # SQLite writes in a thread of this process, or "process": a child of their own
     pii_substrings: tuple[str, ...] = DEFAULT_PII_SUBSTRINGS
 
     @classmethod
@@ -73,6 +74,7 @@ class Config:
             durability=env.get("DRENGR_DURABILITY", cls.durability).lower(),
             prefix=env.get("DRENGR_PREFIX", cls.prefix),
             busy_timeout_ms=int(env.get("DRENGR_BUSY_TIMEOUT_MS", cls.busy_timeout_ms)),
+            writer=env.get("DRENGR_WRITER", cls.writer).lower(),
             pii_substrings=tuple(p.strip().lower() for p in pii.split(",") if p.strip())
             if pii is not None
             else DEFAULT_PII_SUBSTRINGS,
@@ -93,7 +95,12 @@ def create_app(
     store = (
         store
         if store is not None
-        else SQLiteStore(config.db, durability=config.durability, busy_timeout_ms=config.busy_timeout_ms)
+        else SQLiteStore(
+            config.db,
+            durability=config.durability,
+            busy_timeout_ms=config.busy_timeout_ms,
+            writer=config.writer,
+        )
     )
     mapper = BodyMapper(config.pii_substrings)
     app = Flask("drengr")

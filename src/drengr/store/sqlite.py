@@ -16,6 +16,13 @@ is what costs at scale):
 - One writer thread per process owns the write connection and commits
   whatever requests are waiting in one transaction (group commit), so
   ``synchronous=FULL`` costs one fsync per group, not per request.
+- ``writer="process"`` (what ``drengr serve`` uses) moves that work — the
+  connection, the dedup window, the metering — into a child process of its
+  own, fed each group through a pipe by the writer thread. SQLite's CPU time
+  then no longer competes for the request threads' GIL, and a second core
+  can run it. The child dies with its parent (it reads EOF); a child that dies
+  fails its group with 502 (a commit it made is caught as a duplicate when
+  the client resends) and a new one starts with the next group.
 - Several processes share the file: every write transaction is
   ``BEGIN IMMEDIATE`` with a busy timeout, never a deferred upgrade.
 - Daily-cap metering runs inside a savepoint and fails open.
@@ -24,9 +31,13 @@ sqlite-utils does schema and admin; the hot insert goes straight to
 ``executemany`` (``insert_all`` measured ~2× slower).
 """
 
+import collections
+import contextlib
 import functools
 import itertools
 import logging
+import multiprocessing
+import os
 import queue
 import secrets
 import sqlite3
@@ -52,6 +63,8 @@ except ImportError:  # pragma: no cover - the extension did not build; the twin 
 
 log = logging.getLogger("drengr.store")
 
+WRITERS = ("thread", "process")
+WRITER_CPUS_ENV = "DRENGR_WRITER_CPUS"  # e.g. "1": the cores the writer process may run on
 SCHEMA_VERSION = 2  # 2: semantic_events.library, drop_counts
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 KEY_CACHE_SECONDS = 2.0  # a revoked key stops working within this long
@@ -109,10 +122,16 @@ class SQLiteStore:
         durability: str = "full",
         busy_timeout_ms: int = 5_000,
         clock: Callable[[], float] = time.time,
+        writer: str = "thread",
+        migrate: bool = True,  # False: the file is known to be ready (the writer process's own store)
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")
+        if writer not in WRITERS:
+            raise ValueError(f"writer must be one of {WRITERS}")
         self.path = path
+        self._writer_kind = writer
+        self._durability = durability
         self._synchronous = durability.upper()
         self._busy_timeout_ms = busy_timeout_ms
         self._clock = clock
@@ -126,7 +145,11 @@ class SQLiteStore:
         self._window: tuple[Any, Any] = (FingerprintIndex(), FingerprintIndex())  # (current, previous)
         self._last_seq = -1  # -1: not loaded yet
         self.group_commits = 0  # transactions the writer has committed (group commit is visible in tests)
-        self._migrate()
+        self._child: _WriterProcess | None = None  # writer="process": owned by the writer thread
+        if migrate:
+            self._migrate()
+        if writer == "process":
+            self._start_writer()
 
     # ------------------------------------------------------------ connections
 
@@ -354,29 +377,37 @@ class SQLiteStore:
             conn.close()
             self._local.conn = None
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid (``writer="process"``), None while there is none."""
+        child = self._child
+        return None if child is None else child.pid
+
     def _write_loop(self) -> None:
         conn: sqlite3.Connection | None = None
+        if self._writer_kind == "process":
+            try:  # now, not on the first request: a spawned child takes a few hundred ms to start
+                self._child = _WriterProcess(self.path, self._durability, self._busy_timeout_ms)
+            except Exception as error:  # noqa: BLE001 - tried again with the first group
+                log.error("cannot start the writer process: %s", error)
         while True:
             first = self._queue.get()
             if first is None:
                 break
+            if self._writer_kind == "process":
+                # Room in the pipe first, then the group: jobs keep gathering while we wait.
+                child = self._ready_child()
+                jobs, stop = take_group(self._queue, first, GROUP_MAX_ROWS)
+                if child is None:
+                    _fail(jobs, StoreError("cannot start the writer process"))
+                else:
+                    child.submit(jobs, self._committed)  # its answer completes the jobs
+                if stop:
+                    break
+                continue
             jobs, stop = take_group(self._queue, first, GROUP_MAX_ROWS)
             try:
-                if conn is None:
-                    conn = self._connect()
-                self._commit_group(conn, jobs)
-            except Exception as error:  # the whole group failed: every request gets 502
-                log.error("write transaction failed: %s", error)
-                for job in jobs:
-                    job.outcome, job.error = None, error
-                if conn is not None:
-                    try:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                    conn.close()
-                    conn = None  # reconnect next time: the file may have changed under us
+                conn = self._commit_jobs(conn, jobs)
             finally:
                 for job in jobs:
                     job.done.set()
@@ -384,6 +415,50 @@ class SQLiteStore:
                 break
         if conn is not None:
             conn.close()
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
+
+    def _ready_child(self) -> "_WriterProcess | None":
+        """A live writer process with room for one more group (reserved); None if none can start.
+
+        A dead or broken one (its groups already failed: 502) is replaced.
+        """
+        while True:
+            if self._child is not None and self._child.failed:
+                self._child.stop()
+                self._child = None
+            if self._child is None:
+                try:
+                    self._child = _WriterProcess(self.path, self._durability, self._busy_timeout_ms)
+                except Exception as error:  # noqa: BLE001 - this group fails, the next tries again
+                    log.error("cannot start the writer process: %s", error)
+                    return None
+            if self._child.reserve():
+                return self._child
+
+    def _committed(self, commits: int) -> None:
+        self.group_commits += commits  # only the writer process's receiver thread adds
+
+    def _commit_jobs(self, conn: sqlite3.Connection | None, jobs: list[_Job]) -> sqlite3.Connection | None:
+        """One group in one transaction; on failure every job gets the error. Returns the connection to reuse."""
+        try:
+            if conn is None:
+                conn = self._connect()
+            self._commit_group(conn, jobs)
+        except Exception as error:  # the whole group failed: every request gets 502
+            log.error("write transaction failed: %s", error)
+            for job in jobs:
+                job.outcome, job.error = None, error
+            if conn is not None:
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                conn.close()
+                conn = None  # reconnect next time: the file may have changed under us
+        return conn
 
     def _commit_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -544,6 +619,138 @@ class SQLiteStore:
             conn.execute("RELEASE meter")
             log.warning("metering failed, ingesting anyway (fail open): %s", error)
             return wanted
+
+
+class _WriterProcess:
+    """The child that owns the write connection when ``writer="process"``: one group a message.
+
+    Started with ``spawn`` (never fork a process that runs threads). The pipe
+    carries ``[(tenant_id, rows, received_at_ms, probe), …]`` one way and
+    ``([(outcome, error text), …], commits)`` back, in order. Up to
+    ``IN_FLIGHT`` groups are sent ahead, so the child starts the next group
+    the moment it has committed one; a receiver thread completes them.
+    """
+
+    IN_FLIGHT = 3
+
+    def __init__(self, path: str, durability: str, busy_timeout_ms: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child_end = context.Pipe()
+        self._process = context.Process(
+            target=_writer_main,
+            args=(child_end, path, durability, busy_timeout_ms),
+            name="drengr-writer",
+            daemon=True,
+        )
+        self._process.start()
+        child_end.close()  # the child's end lives in the child only: its exit is our EOF
+        self.pid = self._process.pid
+        self.failed: BaseException | None = None
+        self._in_flight: collections.deque[tuple[list[_Job], Callable[[int], None]]] = collections.deque()
+        self._lock = threading.Lock()
+        self._room = threading.Semaphore(self.IN_FLIGHT)
+        self._receiver = threading.Thread(target=self._receive, name="drengr-writer-answers", daemon=True)
+        self._receiver.start()
+
+    def reserve(self) -> bool:
+        """Wait for room for one more group; False if the child failed meanwhile (room not kept)."""
+        while not self._room.acquire(timeout=1):
+            if self.failed is not None:
+                return False
+        if self.failed is not None:
+            self._room.release()
+            return False
+        return True
+
+    def submit(self, jobs: list[_Job], committed: Callable[[int], None]) -> None:
+        """Send a group (after ``reserve``); its jobs are completed (outcome or error, then ``done``) when answered."""
+        with self._lock:
+            if self.failed is not None:
+                self._room.release()
+                _fail(jobs, self.failed)
+                return
+            self._in_flight.append((jobs, committed))
+        try:
+            self._pipe.send([(job.tenant_id, job.rows, job.received_at_ms, job.probe) for job in jobs])
+        except Exception as error:  # noqa: BLE001 - the child is gone: fail what it holds
+            self._fail_all(error)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                results, commits = self._pipe.recv()
+            except Exception as error:  # noqa: BLE001 - EOF: the child died (or stop() closed the pipe)
+                self._fail_all(error)
+                return
+            with self._lock:
+                jobs, committed = self._in_flight.popleft()
+            committed(int(commits))
+            for job, (outcome, text) in zip(jobs, results, strict=True):
+                job.outcome, job.error = outcome, None if text is None else StoreError(text)
+                job.done.set()
+            self._room.release()
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            if self.failed is None:
+                log.error("writer process failed: %r", error)
+                self.failed = error
+            groups = list(self._in_flight)
+            self._in_flight.clear()
+        for jobs, _committed in groups:
+            _fail(jobs, error)
+            self._room.release()
+
+    def stop(self) -> None:
+        """After the groups in flight are answered: close the pipe, let the child exit, reap it."""
+        for _ in range(self.IN_FLIGHT):
+            self._room.acquire(timeout=60)
+        with self._lock:
+            if self.failed is None:
+                self.failed = StoreError("the writer process was stopped")
+        with contextlib.suppress(OSError, ValueError):
+            self._pipe.send(None)  # "exit": EOF alone would not come while our receiver reads the pipe
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._receiver.join(timeout=30)  # it reads EOF now that the child is gone
+        self._pipe.close()
+
+
+def _fail(jobs: list[_Job], error: BaseException) -> None:
+    for job in jobs:
+        job.outcome, job.error = None, StoreError(f"writer process failed: {error!r}")
+        job.done.set()
+
+
+def _writer_main(pipe: Any, path: str, durability: str, busy_timeout_ms: int) -> None:
+    """The writer process: receive a group, commit it with the thread writer's own code, answer."""
+    cpus = os.environ.get(WRITER_CPUS_ENV)
+    if cpus:
+        os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
+    store = SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms, migrate=False)
+    conn: sqlite3.Connection | None = None
+    while True:
+        try:
+            message = pipe.recv()
+        except (EOFError, OSError):
+            break  # the parent died
+        if message is None:
+            break  # the parent's stop()
+        jobs = [
+            _Job(tenant_id, rows, received_at_ms, probe=probe)
+            for tenant_id, rows, received_at_ms, probe in message
+        ]
+        before = store.group_commits
+        conn = store._commit_jobs(conn, jobs)
+        answer = [(job.outcome, None if job.error is None else str(job.error)) for job in jobs]
+        try:
+            pipe.send((answer, store.group_commits - before))
+        except OSError:
+            break
+    if conn is not None:
+        conn.close()
 
 
 class _Transaction:
