@@ -168,48 +168,29 @@ def bench_http_matrix(benchmark: Any, tmp_path: Path) -> None:
     if benchmark.disabled:
         pytest.skip("timed run only: python -m pytest bench/bench_http.py --benchmark-enable -s")
     results: list[dict[str, Any]] = []
+
+    def measure(kind: str, events: int, connections: int, label: str | None = None) -> dict[str, Any]:
+        with server(kind, tmp_path) as (port, key, db, process):
+            row = {"server": label or kind, "events": events, "c": connections,
+                   **wrk(port, key, events, connections, SECONDS)}  # fmt: skip
+            if kind != "bare-wsgi" and kind != "bare-flask":
+                row["stored"] = stored(db)
+            if label == "drengr-500KB":
+                row["peak_rss_mb"] = peak_rss_mb(process.pid)
+        results.append(row)
+        return row
+
     for kind in ("drengr", "bare-wsgi", "bare-flask"):
         for events in (100, 1):
             for connections in (1, 8, 32):
-                with server(kind, tmp_path) as (port, key, db, _):
-                    row = {
-                        "server": kind,
-                        "events": events,
-                        "c": connections,
-                        **wrk(port, key, events, connections, SECONDS),
-                    }
-                    if kind == "drengr":
-                        row["stored"] = stored(db)
-                results.append(row)
-    with server("drengr", tmp_path) as (port, key, db, process):
-        row = {"server": "drengr-500KB", "events": 700, "c": 8, **wrk(port, key, 700, 8, SECONDS)}
-        row["peak_rss_mb"] = peak_rss_mb(process.pid)
-        results.append(row)
+                measure(kind, events, connections)
+    measure("drengr", 700, 8, label="drengr-500KB")
     for connections in (1, 8, 32):
-        with server("drengr-wproc", tmp_path) as (port, key, db, process):
-            row = {
-                "server": "drengr-wproc",
-                "events": 100,
-                "c": connections,
-                **wrk(port, key, 100, connections, SECONDS),
-            }
-            row["stored"] = stored(db)
-            results.append(row)
-    with server("drengr-wproc", tmp_path) as (port, key, db, process):
-        row = {"server": "drengr-wproc", "events": 1, "c": 32, **wrk(port, key, 1, 32, SECONDS)}
-        row["stored"] = stored(db)
-        results.append(row)
+        measure("drengr-wproc", 100, connections)
+    measure("drengr-wproc", 1, 32)
     if shutil.which("gunicorn") or _importable("gunicorn"):
         for connections in (8, 32):
-            with server("gunicorn", tmp_path) as (port, key, db, _):
-                row = {
-                    "server": "gunicorn-2w",
-                    "events": 100,
-                    "c": connections,
-                    **wrk(port, key, 100, connections, SECONDS),
-                }
-                row["stored"] = stored(db)
-                results.append(row)
+            measure("gunicorn", 100, connections, label="gunicorn-2w")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1))
     print()
