@@ -4,17 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from drengr.store import SQLiteStore
 
 from . import test_postgres_store
-from .test_postgres_nginx import cli_has_store, node_env
+from .test_postgres_nginx import node_env
 from .test_postgres_store import count, query, server_dsn, with_schema
 
 pg_dsn = test_postgres_store.pg_dsn  # the fixture: a fresh schema
-
-pytestmark = pytest.mark.skipif(not cli_has_store(), reason="cli.py has no --store option yet")
 
 
 def drengr(*args: str) -> subprocess.CompletedProcess[str]:

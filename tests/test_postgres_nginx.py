@@ -1,8 +1,8 @@
 """Several stateless ingest nodes behind nginx, all writing to one PostgreSQL: a bounded load test.
 
 nginx (Debian's) listens on 127.0.0.1 and proxies ``location /segment-ingest/``
-to three ``drengr serve --store postgresql://…`` nodes (``tests/nginx/node.py``
-stands in while the CLI has no ``--store``). What is checked:
+to three ``drengr serve --store postgresql://…`` nodes and one gunicorn running
+``wsgi.py``. What is checked:
 
 - a load run through nginx loses nothing and stores nothing twice, even when
   the same batch is sent to two nodes at once;
@@ -75,42 +75,22 @@ def wait_for(port: int, path: str, deadline_s: float = 30) -> None:
     raise AssertionError(f"nothing healthy on 127.0.0.1:{port}{path}")
 
 
-def cli_has_store() -> bool:
-    help_text = subprocess.run(
-        [sys.executable, "-m", "drengr", "serve", "--help"], capture_output=True, text=True, env=node_env()
-    ).stdout
-    return "--store" in help_text
-
-
 def node_env() -> dict[str, str]:
     src = str(ROOT / "src")
     return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def start_node(store_uri: str, port: int, use_cli: bool, log: Path) -> subprocess.Popen[bytes]:
-    if use_cli:
-        command = [sys.executable, "-m", "drengr", "serve", "--store", store_uri, "--port", str(port),
-                   "--prefix", PREFIX, "--threads", "4", "--log-level", "warning"]  # fmt: skip
-    else:
-        command = [sys.executable, str(HERE / "node.py"), "--store", store_uri, "--port", str(port),
-                   "--prefix", PREFIX]  # fmt: skip
+def start_node(store_uri: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "drengr", "serve", "--store", store_uri, "--port", str(port),
+               "--prefix", PREFIX, "--threads", "4", "--log-level", "warning"]  # fmt: skip
     with log.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=node_env())
 
 
-def wsgi_has_store() -> bool:
-    """True once web.Config reads DRENGR_STORE (then wsgi.py can serve PostgreSQL under gunicorn)."""
-    from drengr.web import Config
-
-    return "store" in getattr(Config, "__dataclass_fields__", {})
-
-
-def start_gunicorn(store_uri: str, port: int, log: Path) -> subprocess.Popen[bytes] | None:
-    """gunicorn running the top-level wsgi.py, configured from DRENGR_* like a real deployment."""
-    if not wsgi_has_store() or shutil.which("gunicorn") is None:
-        return None
+def start_gunicorn(store_uri: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """gunicorn (in the `test` extra) running the top-level wsgi.py, configured from DRENGR_* like a deployment."""
     env = {**node_env(), "DRENGR_STORE": store_uri, "DRENGR_PREFIX": PREFIX, "DRENGR_LOG_LEVEL": "warning"}
-    command = ["gunicorn", "-w", "2", "-k", "gthread", "--threads", "4", "-b", f"127.0.0.1:{port}",
+    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "4", "-b", f"127.0.0.1:{port}",
                "--graceful-timeout", "5", "wsgi:application"]  # fmt: skip
     with log.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -162,19 +142,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("nginx")
     os.chmod(folder, 0o755)
     node_ports = [free_port() for _ in range(NODES)]
-    use_cli = cli_has_store()
-    nodes = [
-        start_node(store_uri, port, use_cli, folder / f"node{n}.log") for n, port in enumerate(node_ports)
-    ]
+    nodes = [start_node(store_uri, port, folder / f"node{n}.log") for n, port in enumerate(node_ports)]
     gunicorn_port = free_port()
     gunicorn = start_gunicorn(store_uri, gunicorn_port, folder / "gunicorn.log")
     ports = {"one": free_port(), "two": free_port(), "three": free_port(), "all": free_port()}
     listen = {"one": (ports["one"], [0]), "two": (ports["two"], [0, 1]), "three": (ports["three"], [0, 1, 2])}
-    # "all": the three drengr serve nodes and, once wsgi.py can, one gunicorn running wsgi.py.
-    listen["all"] = (ports["all"], [0, 1, 2, 3] if gunicorn else [0, 1, 2])
-    if gunicorn is not None:
-        nodes.append(gunicorn)
-        node_ports.append(gunicorn_port)
+    # "all": the three drengr serve nodes and one gunicorn running wsgi.py.
+    listen["all"] = (ports["all"], [0, 1, 2, 3])
+    nodes.append(gunicorn)
+    node_ports.append(gunicorn_port)
     (folder / "nginx.conf").write_text(nginx_config(folder, node_ports, listen))
     nginx_process = subprocess.Popen(
         [nginx, "-c", str(folder / "nginx.conf"), "-p", str(folder), "-e", str(folder / "error.log")],
