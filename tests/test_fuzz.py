@@ -308,8 +308,8 @@ values = st.recursive(
     ),
     max_leaves=12,
 )
-# Nesting between ~400 and 1,024 levels is where the twin's recursion gives out (KNOWN_BUGS
-# below, kept in the corpus); generated inputs stay on either side of it until that is fixed.
+# Nesting: shallow values, and just past simdjson's 1,024 levels (Invalid JSON in both parsers).
+# The range between is in the corpus (the twin once ran out of recursion there; fixed).
 nested_deep = st.tuples(st.one_of(st.integers(1, 200), st.integers(1_025, 1_100)), scalars).map(
     lambda d: "[" * d[0] + d[1] + "]" * d[0]
 )
@@ -402,19 +402,10 @@ def test_random_bytes_keep_the_invariants(data):
 
 # ---------------------------------------------------------------- the corpus, as regression tests
 
-# Inputs that expose bugs outside this test's reach (core/_fast_py.py); each
-# entry says what is wrong. Remove an entry when its fix lands (strict xfail).
-KNOWN_BUGS: dict[str, str] = {}
-
 
 def corpus_files() -> list[Any]:
     files = sorted(p for p in CORPUS.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [
-        pytest.param(p, id=p.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[p.name])])
-        if p.name in KNOWN_BUGS
-        else pytest.param(p, id=p.name)
-        for p in files
-    ]
+    return [pytest.param(p, id=p.name) for p in files]
 
 
 @pytest.mark.parametrize("path", corpus_files())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from .clients.harness import require
 from .realserver import Server, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 README = Path(__file__).parents[1] / "README.md"
@@ -48,8 +49,8 @@ def readme_block(starting: str) -> str:
     return next(block for block in blocks if block.startswith(starting))
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is installed by .ci/run; run it to get it")
 def test_readme_curl_quickstart_verbatim(server):
+    require(shutil.which("curl") is not None, "curl is not installed (apt-get install -y curl)")
     command = readme_block("curl").replace("http://127.0.0.1:8080", f"http://127.0.0.1:{server.port}")
     command = command.replace("drengr_pk_YOUR_KEY", server.key)
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
