@@ -538,7 +538,7 @@ def test_a_failing_database_is_502_then_recovers(pg_database: str) -> None:
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     failed = post(client, "/v1/track", second, key)
     assert failed.status_code == 502
-    store._key_cache.clear()  # noqa: SLF001 - a key look-up that cannot reach the database: 502, never 401
+    store._keys.clear()  # noqa: SLF001 - a key look-up that cannot reach the database: 502, never 401
     assert post(client, "/v1/track", second, key).status_code == 502
     assert json.loads(failed.data)["error"] == "Ingest failed"
     assert client.get("/health").status_code == 503

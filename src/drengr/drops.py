@@ -123,7 +123,7 @@ class _Tenant:
     __slots__ = ("counts", "samples")
 
     def __init__(self, samples: int) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # without a sink only
         self.samples: deque[DropSample] = deque(maxlen=samples)
 
 
@@ -186,11 +186,12 @@ class DropLog:
             else:
                 self._tenants.move_to_end(tenant_id)
             for reason, count in sorted(reasons.items()):
-                tenant.counts[reason] += count
+                if self._sink is None:
+                    tenant.counts[reason] += count
+                else:  # counted in the sink: pending here until the next flush
+                    self._pending[(tenant_id, now_ms // MS_PER_DAY, reason)] += count
                 keys = names.get(reason) or REASONS.get(reason, ("", ()))[1]
                 tenant.samples.append(DropSample(at, reason, count, path, library, keys))
-                if self._sink is not None:
-                    self._pending[(tenant_id, now_ms // MS_PER_DAY, reason)] += count
             if self._sink is not None and self._flusher is None and not self._closed:
                 self._flusher = threading.Thread(target=self._flush_loop, name="drengr-drops", daemon=True)
                 self._flusher.start()

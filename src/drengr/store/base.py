@@ -5,6 +5,7 @@ durably, and whether it can write at all; the CLI needs the admin verbs.
 """
 
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +56,32 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+KEY_CACHE_SECONDS = 2.0  # a revoked key stops working within this long
+KEY_CACHE_MAX = 10_000
+
+
+class KeyCache:
+    """Key look-ups remembered for ``KEY_CACHE_SECONDS``, unknown keys too, at most ``KEY_CACHE_MAX``."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    def get(self, key_hash: str, load: Callable[[str], KeyRecord | None]) -> KeyRecord | None:
+        now = self._clock()
+        cached = self._entries.get(key_hash)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = load(key_hash)
+        if len(self._entries) >= KEY_CACHE_MAX:
+            self._entries.clear()  # a flood of unknown keys cannot grow memory
+        self._entries[key_hash] = (now + KEY_CACHE_SECONDS, record)
+        return record
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def take_group(

@@ -71,14 +71,12 @@ from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.machine import StoreOutcome
 from ..core.timestamps import format_ms, parse_ms
-from .base import KeyInfo, StoreError, take_group
+from .base import KeyCache, KeyInfo, StoreError, take_group
 
 log = logging.getLogger("drengr.store")
 
 SCHEMA_VERSION = 2  # 2: semantic_events.library, index (tenant_id, seq), drop_counts
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
-KEY_CACHE_SECONDS = 2.0  # a revoked key stops working within this long
-KEY_CACHE_MAX = 10_000
 PRUNE_EVERY_SECONDS = 600.0
 PRUNE_CHUNK = 50_000  # ids deleted per statement, so pruning never holds long locks
 RETRIES = 3  # attempts of a group on deadlock / serialization failure / a dropped connection
@@ -304,7 +302,7 @@ class PostgresStore:
         self._local = threading.local()
         self._connections: list[psycopg.Connection[Any]] = []  # every reader connection, for close()
         self._connections_lock = threading.Lock()
-        self._key_cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._keys = KeyCache(clock)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writers: list[threading.Thread] = []
         self._writer_lock = threading.Lock()
@@ -379,20 +377,15 @@ class PostgresStore:
     # ------------------------------------------------------------ keys and admin
 
     def lookup_key(self, key_hash: str) -> KeyRecord | None:
-        now = self._clock()
-        cached = self._key_cache.get(key_hash)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        return self._keys.get(key_hash, self._load_key)
+
+    def _load_key(self, key_hash: str) -> KeyRecord | None:
         row = self._run(
             lambda conn: conn.execute(
                 "SELECT key_hash, tenant_id, kind, revoked_at FROM api_keys WHERE key_hash = %s", (key_hash,)
             ).fetchone()
         )
-        record = None if row is None else KeyRecord(row[0], row[1], row[2], row[3] is not None)
-        if len(self._key_cache) >= KEY_CACHE_MAX:
-            self._key_cache.clear()  # a flood of unknown keys cannot grow memory
-        self._key_cache[key_hash] = (now + KEY_CACHE_SECONDS, record)
-        return record
+        return None if row is None else KeyRecord(row[0], row[1], row[2], row[3] is not None)
 
     def writable(self) -> bool:
         """True when the database answers and is not a read-only standby."""
@@ -455,7 +448,7 @@ class PostgresStore:
                 (self._now_text(), digest, key_or_id),
             )
         )
-        self._key_cache.clear()
+        self._keys.clear()
         return bool(cursor.rowcount > 0)
 
     def set_daily_cap(self, tenant_id: str, daily_cap: int) -> None:

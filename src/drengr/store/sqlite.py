@@ -54,7 +54,7 @@ from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.machine import StoreOutcome
 from ..core.timestamps import format_ms
-from .base import KeyInfo, StoreError, take_group
+from .base import KeyCache, KeyInfo, StoreError, take_group
 
 try:
     from .._index import FingerprintIndex, fingerprint, fingerprints  # type: ignore[import-not-found]
@@ -67,8 +67,6 @@ WRITERS = ("thread", "process")
 WRITER_CPUS_ENV = "DRENGR_WRITER_CPUS"  # e.g. "1": the cores the writer process may run on
 SCHEMA_VERSION = 2  # 2: semantic_events.library, drop_counts
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
-KEY_CACHE_SECONDS = 2.0  # a revoked key stops working within this long
-KEY_CACHE_MAX = 10_000
 _SQL_VARIABLES = 30_000  # below SQLite's 32,766 per statement
 _EVENT_COLUMNS = (
     "tenant_id, event_id, event_name, event_type, external_id, install_id, "
@@ -136,7 +134,7 @@ class SQLiteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._clock = clock
         self._local = threading.local()
-        self._key_cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._keys = KeyCache(clock)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -244,10 +242,9 @@ class SQLiteStore:
     # ------------------------------------------------------------ keys
 
     def lookup_key(self, key_hash: str) -> KeyRecord | None:
-        now = self._clock()
-        cached = self._key_cache.get(key_hash)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        return self._keys.get(key_hash, self._load_key)
+
+    def _load_key(self, key_hash: str) -> KeyRecord | None:
         row = (
             self._reader()
             .execute(
@@ -256,11 +253,7 @@ class SQLiteStore:
             )
             .fetchone()
         )
-        record = None if row is None else KeyRecord(row[0], row[1], row[2], row[3] is not None)
-        if len(self._key_cache) >= KEY_CACHE_MAX:
-            self._key_cache.clear()  # a flood of unknown keys cannot grow memory
-        self._key_cache[key_hash] = (now + KEY_CACHE_SECONDS, record)
-        return record
+        return None if row is None else KeyRecord(row[0], row[1], row[2], row[3] is not None)
 
     def _admin(self) -> sqlite_utils.Database:
         return sqlite_utils.Database(self._reader())
@@ -306,7 +299,7 @@ class SQLiteStore:
                 (self._now_text(), digest, key_or_id),
             )
             changed = cursor.rowcount > 0
-        self._key_cache.clear()
+        self._keys.clear()
         return changed
 
     def set_daily_cap(self, tenant_id: str, daily_cap: int) -> None:
