@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from drengr.core.limits import MS_PER_DAY
+from drengr.core.machine import StoreOutcome
 from drengr.core.timestamps import parse_ms
 from drengr.store import SQLiteStore, StoreError
-from drengr.store.sqlite import WRITERS, _WriterProcess, generation
+from drengr.store.sqlite import WRITERS, _Job, _WriterProcess, generation
 
 DAY0 = parse_ms("2026-11-26T12:00:00.000Z")
 assert DAY0 is not None
@@ -330,3 +331,58 @@ def test_several_processes_share_one_file(db_path):
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def _usage(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT coalesce(sum(events), 0) FROM daily_usage").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_group_is_deduplicated_metered_and_indexed_as_its_jobs_arrived(db_path):
+    """Three jobs in one transaction: repeats across jobs, the cap in arrival order, and each job's
+    fingerprints pointing at its own rows (a repeat of any of them later is caught)."""
+    store = SQLiteStore(str(db_path))
+    store.set_daily_cap("acme", 5)
+    jobs = [
+        _Job("acme", [row("1"), row("2")], DAY0),
+        _Job("globex", [row("1", "globex"), row("9", "globex")], DAY0),
+        _Job("acme", [row("2"), row("3"), row("4"), row("5"), row("6")], DAY0),
+    ]
+    conn = store._commit_jobs(None, jobs)  # noqa: SLF001 - one group, as the writer would take it
+    assert conn is not None
+    conn.close()
+    assert [job.outcome for job in jobs] == [
+        StoreOutcome(stored=2), StoreOutcome(stored=2), StoreOutcome(stored=3, duplicates=1, over_cap=1)
+    ]  # fmt: skip
+    assert store.group_commits == 1
+    assert count(db_path) == 7
+    assert _usage(db_path) == 7
+    again = store.write("acme", [row(str(i)) for i in range(1, 7)], DAY0)
+    assert again == StoreOutcome(stored=0, duplicates=5, over_cap=1)
+    assert store.write("globex", [row("9", "globex")], DAY0).duplicates == 1
+    store.close()
+
+
+def test_a_job_that_cannot_be_written_fails_alone(db_path):
+    """A statement fails inside a group: the group is written again job by job, and only that job
+    fails; the others are stored once, repeats across them and the cap still hold."""
+    store = SQLiteStore(str(db_path))
+    store.set_daily_cap("acme", 3)
+    broken = ("acme", "broken", None, *row("x")[3:])  # event_name NULL: the INSERT fails
+    jobs = [
+        _Job("acme", [row("1"), row("2")], DAY0),
+        _Job("acme", [broken], DAY0),
+        _Job("acme", [row("2"), row("3"), row("4")], DAY0),
+    ]
+    conn = store._commit_jobs(None, jobs)  # noqa: SLF001
+    assert conn is not None
+    conn.close()
+    assert jobs[0].outcome == StoreOutcome(stored=2)
+    assert jobs[1].outcome is None and isinstance(jobs[1].error, sqlite3.IntegrityError)
+    assert jobs[2].outcome == StoreOutcome(stored=1, duplicates=1, over_cap=1)
+    assert count(db_path) == 3 and count(db_path, "event_id = 'broken'") == 0
+    assert _usage(db_path) == 3  # the failed job's metering was rolled back with it
+    store.close()

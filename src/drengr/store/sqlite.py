@@ -36,6 +36,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import marshal
 import multiprocessing
 import os
 import queue
@@ -66,14 +67,15 @@ log = logging.getLogger("drengr.store")
 WRITERS = ("thread", "process")
 WRITER_CPUS_ENV = "DRENGR_WRITER_CPUS"  # e.g. "1": the cores the writer process may run on
 SCHEMA_VERSION = 2  # 2: semantic_events.library, drop_counts
-GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
-_SQL_VARIABLES = 30_000  # below SQLite's 32,766 per statement
+GROUP_MAX_ROWS = 25_000
+_CHECKPOINT_EVERY_ROWS = 4_000  # ~700 pages of WAL: about SQLite's own auto-checkpoint size
+_CHECKPOINT_FALLBACK_PAGES = 20_000  # the writer checkpoints itself only if the WAL grows past ~80 MB  # one transaction takes at most this many rows' worth of requests
 _EVENT_COLUMNS = (
     "tenant_id, event_id, event_name, event_type, external_id, install_id, "
     "occurred_at, received_at, dims, measures, library"
 )
 _INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-_ROWS_PER_STATEMENT = 100  # 1,100 parameters a statement
+_ROWS_PER_STATEMENT = 512  # 5,632 parameters a statement, below SQLite's 32,766
 
 
 @functools.cache
@@ -83,17 +85,24 @@ def _insert_statement(rows: int) -> str:
     )
 
 
-def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Multi-row INSERTs, 100 rows a statement.
+def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
+    """Multi-row INSERTs; returns the last row's seq.
 
     Faster than executemany on its own (~1.9 vs ~2.6 µs a row here), and above
-    all it steps SQLite once per 100 rows: the sqlite3 module drops the GIL at
-    every step, and under load each drop let a request thread hold the GIL for
-    a while before the writer got it back (group commits took ~10 µs a row).
+    all it steps SQLite once per statement, not once per row: the sqlite3
+    module drops the GIL at every step, and under load each retake waits
+    behind the request threads. Statements take 512, 256, …, 1 rows (at most
+    ten prepared statements, all cached), so 800 rows are three steps.
     """
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _ROWS_PER_STATEMENT]
-        conn.execute(_insert_statement(len(chunk)), list(itertools.chain.from_iterable(chunk)))
+    cursor = conn.cursor()
+    start = 0
+    while start < len(rows):
+        size = min(_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+        cursor.execute(
+            _insert_statement(size), list(itertools.chain.from_iterable(rows[start : start + size]))
+        )
+        start += size
+    return cursor.lastrowid or 0
 
 
 def generation(received_at_ms: int) -> int:
@@ -122,6 +131,7 @@ class SQLiteStore:
         clock: Callable[[], float] = time.time,
         writer: str = "thread",
         migrate: bool = True,  # False: the file is known to be ready (the writer process's own store)
+        checkpoints: bool = True,  # False: someone else checkpoints (the writer process's parent)
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")
@@ -144,6 +154,8 @@ class SQLiteStore:
         self._last_seq = -1  # -1: not loaded yet
         self.group_commits = 0  # transactions the writer has committed (group commit is visible in tests)
         self._child: _WriterProcess | None = None  # writer="process": owned by the writer thread
+        self._checkpoints = checkpoints
+        self._checkpointer: _Checkpointer | None = None  # started with the first write
         if migrate:
             self._migrate()
         if writer == "process":
@@ -365,6 +377,9 @@ class SQLiteStore:
                 self._queue.put(None)
                 self._writer.join(timeout=30)
                 self._writer = None
+            if self._checkpointer is not None:
+                self._checkpointer.stop()
+                self._checkpointer = None
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -395,6 +410,7 @@ class SQLiteStore:
                     _fail(jobs, StoreError("cannot start the writer process"))
                 else:
                     child.submit(jobs, self._committed)  # its answer completes the jobs
+                    self._wrote(jobs)  # checkpoints run here, beside the requests: the child only writes
                 if stop:
                     break
                 continue
@@ -430,6 +446,13 @@ class SQLiteStore:
             if self._child.reserve():
                 return self._child
 
+    def _wrote(self, jobs: list[_Job]) -> None:
+        """Count rows towards the next background checkpoint (started with the first write)."""
+        if self._checkpoints:
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self._connect)
+            self._checkpointer.wrote(sum(len(job.rows) for job in jobs))
+
     def _committed(self, commits: int) -> None:
         self.group_commits += commits  # only the writer process's receiver thread adds
 
@@ -438,7 +461,9 @@ class SQLiteStore:
         try:
             if conn is None:
                 conn = self._connect()
+                conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_FALLBACK_PAGES}")
             self._commit_group(conn, jobs)
+            self._wrote(jobs)
         except Exception as error:  # the whole group failed: every request gets 502
             log.error("write transaction failed: %s", error)
             for job in jobs:
@@ -454,34 +479,83 @@ class SQLiteStore:
         return conn
 
     def _commit_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        """One transaction for the whole group, in as few statements as possible.
+
+        Every statement drops and retakes the GIL; under load each retake waits
+        behind the request threads, so the writer states the group at once: one
+        metering read and write per tenant and day, and multi-row INSERTs for all
+        its rows. Should a statement fail, the group starts over with one
+        savepoint a job, so that a job that cannot be written fails alone.
+        """
         conn.execute("BEGIN IMMEDIATE")
-        if all(job.probe for job in jobs):
+        work = [job for job in jobs if not job.probe]
+        if not work:
             conn.execute("ROLLBACK")
             return
         self._catch_up(conn)
-        staged: dict[str, set[str]] = {}  # tenant → event ids written in this transaction
-        additions: list[tuple[array, int]] = []  # (fingerprints, first seq) to index after COMMIT
-        for job in jobs:
-            if job.probe:
-                continue
-            conn.execute("SAVEPOINT job")
-            try:
-                job.outcome, ids, added = self._apply(conn, job, staged)
-                conn.execute("RELEASE job")
-            except sqlite3.Error as error:
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                job.outcome, job.error = None, error
-                continue
-            if added is not None:
-                staged.setdefault(job.tenant_id, set()).update(ids)
-                additions.append(added)
+        try:
+            additions = self._apply_group(conn, work, {})
+        except sqlite3.Error as error:
+            log.warning("a group write failed (%s); writing its jobs one by one", error)
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            additions = self._apply_each(conn, work)
         conn.execute("COMMIT")
         self.group_commits += 1
         current = self._window[0]
         for fps, first_seq in additions:
             current.add_many(fps, array("q", range(first_seq, first_seq + len(fps))))
             self._last_seq = max(self._last_seq, first_seq + len(fps) - 1)
+
+    def _apply_group(
+        self, conn: sqlite3.Connection, jobs: list[_Job], staged: dict[str, set[str]]
+    ) -> list[tuple[array, int]]:
+        """Dedup and meter every job in order, then insert all their rows; (fingerprints, first seq) a job.
+
+        ``staged`` holds, per tenant, the event ids written earlier in this transaction; it is updated.
+        """
+        meter = _Meter(conn)
+        planned = []
+        for job in jobs:
+            fresh, ids, keys, duplicates = self._fresh(conn, job, staged)
+            allowed = meter.take(job.tenant_id, job.received_at_ms // MS_PER_DAY, len(fresh))
+            if allowed < len(fresh):
+                fresh, ids, keys = fresh[:allowed], ids[:allowed], keys[:allowed]
+            job.outcome = StoreOutcome(
+                stored=len(fresh), duplicates=duplicates, over_cap=len(job.rows) - duplicates - len(fresh)
+            )
+            if fresh:
+                staged.setdefault(job.tenant_id, set()).update(ids)
+                planned.append((fresh, keys))
+        meter.save()
+        rows = [row for fresh, _keys in planned for row in fresh]
+        if not rows:
+            return []
+        seq = insert_events(conn, rows) - len(rows) + 1  # AUTOINCREMENT under our write lock: consecutive
+        additions = []
+        for fresh, keys in planned:
+            additions.append((keys, seq))
+            seq += len(fresh)
+        return additions
+
+    def _apply_each(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[array, int]]:
+        """The slow path: one savepoint a job, so a failing job gets its error and the others are written."""
+        additions = []
+        staged: dict[str, set[str]] = {}
+        for job in jobs:
+            attempt = {tenant_id: set(ids) for tenant_id, ids in staged.items()}
+            conn.execute("SAVEPOINT job")
+            try:
+                added = self._apply_group(conn, [job], attempt)
+                conn.execute("RELEASE job")
+            except sqlite3.Error as error:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                job.outcome, job.error = None, error
+                continue
+            staged = attempt
+            additions += added
+        return additions
 
     def _catch_up(self, conn: sqlite3.Connection) -> None:
         """Bring the window up to date: load it on first use, rotate it, read others' rows."""
@@ -547,71 +621,140 @@ class SQLiteStore:
                     return True
         return False
 
-    def _apply(
+    def _fresh(
         self, conn: sqlite3.Connection, job: _Job, staged: dict[str, set[str]]
-    ) -> tuple[StoreOutcome, list[str], tuple[array, int] | None]:
+    ) -> tuple[list[tuple[Any, ...]], list[str], array, int]:
+        """The job's rows not yet stored (nor written earlier in this transaction): rows, ids, fingerprints, duplicates."""
         tenant_id, rows = job.tenant_id, job.rows
         keys = fingerprints(tenant_id, rows, 1)
         hits = set(self._window[0].hits(keys)).union(self._window[1].hits(keys))
         ids = [row[1] for row in rows]
         already = staged.get(tenant_id)
-        if not hits and not already and len(set(ids)) == len(ids):
-            fresh, fresh_ids, fresh_keys = rows, ids, keys  # the usual case: nothing to drop
-        else:
-            seen: set[str] = set(already or ())
-            positions = []
-            for position, event_id in enumerate(ids):
-                if event_id in seen:
-                    continue  # repeated inside this transaction
-                if position in hits and self._is_stored(conn, keys[position], tenant_id, event_id):
-                    continue
-                seen.add(event_id)
-                positions.append(position)
-            fresh = [rows[p] for p in positions]
-            fresh_ids = [ids[p] for p in positions]
-            fresh_keys = array("Q", [keys[p] for p in positions])
-        duplicates = len(rows) - len(fresh)
-        allowed = self._meter(conn, tenant_id, job.received_at_ms // MS_PER_DAY, len(fresh))
-        if allowed < len(fresh):
-            fresh, fresh_ids, fresh_keys = fresh[:allowed], fresh_ids[:allowed], fresh_keys[:allowed]
-        outcome = StoreOutcome(
-            stored=len(fresh), duplicates=duplicates, over_cap=len(rows) - duplicates - allowed
+        if not hits and len(set(ids)) == len(ids) and (not already or already.isdisjoint(ids)):
+            return rows, ids, keys, 0  # the usual case: nothing to drop
+        seen: set[str] = set(already or ())
+        positions = []
+        for position, event_id in enumerate(ids):
+            if event_id in seen:
+                continue  # repeated inside this transaction
+            if position in hits and self._is_stored(conn, keys[position], tenant_id, event_id):
+                continue
+            seen.add(event_id)
+            positions.append(position)
+        return (
+            [rows[p] for p in positions],
+            [ids[p] for p in positions],
+            array("Q", [keys[p] for p in positions]),
+            len(rows) - len(positions),
         )
-        if not fresh:
-            return outcome, [], None
-        insert_events(conn, fresh)
-        last_seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'semantic_events'").fetchone()[
-            0
-        ]
-        return outcome, fresh_ids, (fresh_keys, last_seq - len(fresh) + 1)
 
-    def _meter(self, conn: sqlite3.Connection, tenant_id: str, day: int, wanted: int) -> int:
-        """How many of ``wanted`` new events fit under today's cap; counts them. Fails open."""
+
+class _Checkpointer:
+    """Copies the WAL back into the database from a thread of its own, off the writer's path.
+
+    A checkpoint is one sqlite3 call, so it runs without the GIL: on a second
+    core it costs the writer nothing (inline, SQLite's auto-checkpoint took
+    ~20 % of the write path's time). PASSIVE: it never blocks the writer or a
+    reader. The writer connection keeps an auto-checkpoint at a much larger
+    WAL size, should this thread fall behind.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._pending = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="drengr-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wrote(self, rows: int) -> None:
+        self._pending += rows
+        if self._pending >= _CHECKPOINT_EVERY_ROWS:
+            self._pending = 0
+            self._wake.set()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            try:
+                if conn is None:
+                    conn = self._connect()
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as error:  # the writer's fallback auto-checkpoint covers us
+                log.warning("background checkpoint failed: %s", error)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+
+class _Meter:
+    """Daily caps for one transaction: each (tenant, day) read once, counted in order, saved once. Fails open."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._left: dict[tuple[str, int], int | None] = {}  # None: cannot be metered, let through
+        self._taken: dict[tuple[str, int], int] = {}
+
+    def take(self, tenant_id: str, day: int, wanted: int) -> int:
+        """How many of ``wanted`` new events fit under the day's cap; counts them."""
         if wanted == 0:
             return 0
-        conn.execute("SAVEPOINT meter")
+        key = (tenant_id, day)
+        if key not in self._left:
+            self._left[key] = self._read(tenant_id, day)
+        left = self._left[key]
+        if left is None:
+            return wanted
+        allowed = max(0, min(wanted, left))
+        self._left[key] = left - allowed
+        self._taken[key] = self._taken.get(key, 0) + allowed
+        return allowed
+
+    def _read(self, tenant_id: str, day: int) -> int | None:
         try:
-            cap_row = conn.execute(
-                "SELECT daily_cap FROM tenants WHERE tenant_id = ?", (tenant_id,)
+            cap_row = self._conn.execute(
+                "SELECT daily_cap, (SELECT events FROM daily_usage WHERE tenant_id = ?1 AND day = ?2) "
+                "FROM tenants WHERE tenant_id = ?1",
+                (tenant_id, day),
             ).fetchone()
-            cap = DEFAULT_DAILY_CAP_EVENTS if cap_row is None else cap_row[0]
-            used_row = conn.execute(
-                "SELECT events FROM daily_usage WHERE tenant_id = ? AND day = ?", (tenant_id, day)
-            ).fetchone()
-            used = 0 if used_row is None else used_row[0]
-            allowed = max(0, min(wanted, cap - used))
-            conn.execute(
+            if cap_row is None:  # a tenant without a row: the default cap, today's usage still counted
+                used_row = self._conn.execute(
+                    "SELECT events FROM daily_usage WHERE tenant_id = ? AND day = ?", (tenant_id, day)
+                ).fetchone()
+                cap_row = (DEFAULT_DAILY_CAP_EVENTS, None if used_row is None else used_row[0])
+        except sqlite3.Error as error:
+            log.warning("metering failed, ingesting anyway (fail open): %s", error)
+            return None
+        cap, used = cap_row
+        return cap - (used or 0)
+
+    def save(self) -> None:
+        """Add what was taken to ``daily_usage``; on failure the events stay (fail open)."""
+        if not any(self._taken.values()):
+            return
+        self._conn.execute("SAVEPOINT meter")
+        try:
+            self._conn.executemany(
                 "INSERT INTO daily_usage (tenant_id, day, events) VALUES (?, ?, ?) "
                 "ON CONFLICT (tenant_id, day) DO UPDATE SET events = events + excluded.events",
-                (tenant_id, day, allowed),
+                [(tenant_id, day, taken) for (tenant_id, day), taken in self._taken.items() if taken],
             )
-            conn.execute("RELEASE meter")
-            return allowed
+            self._conn.execute("RELEASE meter")
         except sqlite3.Error as error:
-            conn.execute("ROLLBACK TO meter")
-            conn.execute("RELEASE meter")
+            self._conn.execute("ROLLBACK TO meter")
+            self._conn.execute("RELEASE meter")
             log.warning("metering failed, ingesting anyway (fail open): %s", error)
-            return wanted
 
 
 class _WriterProcess:
@@ -619,12 +762,14 @@ class _WriterProcess:
 
     Started with ``spawn`` (never fork a process that runs threads). The pipe
     carries ``[(tenant_id, rows, received_at_ms, probe), …]`` one way and
-    ``([(outcome, error text), …], commits)`` back, in order. Up to
-    ``IN_FLIGHT`` groups are sent ahead, so the child starts the next group
-    the moment it has committed one; a receiver thread completes them.
+    ``([[(outcome, error text), …], …], commits)`` back, in order, as
+    ``marshal`` bytes (plain values only: about twice as fast as pickle, and
+    both ends are this module). Up to ``IN_FLIGHT`` groups are sent ahead; the
+    child commits every group already waiting in one transaction and answers
+    them in one message, which a receiver thread here completes.
     """
 
-    IN_FLIGHT = 3
+    IN_FLIGHT = 8
 
     def __init__(self, path: str, durability: str, busy_timeout_ms: int) -> None:
         context = multiprocessing.get_context("spawn")
@@ -664,24 +809,28 @@ class _WriterProcess:
                 return
             self._in_flight.append((jobs, committed))
         try:
-            self._pipe.send([(job.tenant_id, job.rows, job.received_at_ms, job.probe) for job in jobs])
+            self._pipe.send_bytes(
+                marshal.dumps([(job.tenant_id, job.rows, job.received_at_ms, job.probe) for job in jobs])
+            )
         except Exception as error:  # noqa: BLE001 - the child is gone: fail what it holds
             self._fail_all(error)
 
     def _receive(self) -> None:
         while True:
             try:
-                results, commits = self._pipe.recv()
+                answers, commits = marshal.loads(self._pipe.recv_bytes())
             except Exception as error:  # noqa: BLE001 - EOF: the child died (or stop() closed the pipe)
                 self._fail_all(error)
                 return
             with self._lock:
-                jobs, committed = self._in_flight.popleft()
-            committed(int(commits))
-            for job, (outcome, text) in zip(jobs, results, strict=True):
-                job.outcome, job.error = outcome, None if text is None else StoreError(text)
-                job.done.set()
-            self._room.release()
+                groups = [self._in_flight.popleft() for _ in answers]
+            groups[0][1](int(commits))
+            for (jobs, _committed), results in zip(groups, answers, strict=True):
+                for job, (outcome, text) in zip(jobs, results, strict=True):
+                    job.outcome = None if outcome is None else StoreOutcome(*outcome)
+                    job.error = None if text is None else StoreError(text)
+                    job.done.set()
+                self._room.release()
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
@@ -702,7 +851,9 @@ class _WriterProcess:
             if self.failed is None:
                 self.failed = StoreError("the writer process was stopped")
         with contextlib.suppress(OSError, ValueError):
-            self._pipe.send(None)  # "exit": EOF alone would not come while our receiver reads the pipe
+            self._pipe.send_bytes(
+                marshal.dumps(None)
+            )  # "exit": EOF alone would not come while our receiver reads the pipe
         self._process.join(timeout=30)
         if self._process.is_alive():
             self._process.kill()
@@ -722,28 +873,49 @@ def _writer_main(pipe: Any, path: str, durability: str, busy_timeout_ms: int) ->
     cpus = os.environ.get(WRITER_CPUS_ENV)
     if cpus:
         os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
-    store = SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms, migrate=False)
+    store = SQLiteStore(
+        path, durability=durability, busy_timeout_ms=busy_timeout_ms, migrate=False, checkpoints=False
+    )
     conn: sqlite3.Connection | None = None
     while True:
         try:
-            message = pipe.recv()
+            messages = [marshal.loads(pipe.recv_bytes())]
+            # Every group already waiting joins this transaction: one commit for all of them.
+            rows = 0
+            while messages[-1] is not None and rows < GROUP_MAX_ROWS and pipe.poll():
+                messages.append(marshal.loads(pipe.recv_bytes()))
+                rows += sum(len(each[1]) for each in messages[-1] or ())
         except (EOFError, OSError):
             break  # the parent died
-        if message is None:
-            break  # the parent's stop()
-        jobs = [
-            _Job(tenant_id, rows, received_at_ms, probe=probe)
-            for tenant_id, rows, received_at_ms, probe in message
+        stop = messages[-1] is None  # the parent's stop()
+        groups = [
+            [
+                _Job(tenant_id, rows, received_at_ms, probe=probe)
+                for tenant_id, rows, received_at_ms, probe in message
+            ]
+            for message in messages
+            if message is not None
         ]
-        before = store.group_commits
-        conn = store._commit_jobs(conn, jobs)
-        answer = [(job.outcome, None if job.error is None else str(job.error)) for job in jobs]
-        try:
-            pipe.send((answer, store.group_commits - before))
-        except OSError:
+        if groups:
+            before = store.group_commits
+            conn = store._commit_jobs(conn, [job for jobs in groups for job in jobs])
+            answers = [[_answer(job) for job in jobs] for jobs in groups]
+            try:
+                pipe.send_bytes(marshal.dumps((answers, store.group_commits - before)))
+            except OSError:
+                break
+        if stop:
             break
     if conn is not None:
         conn.close()
+
+
+def _answer(job: _Job) -> tuple[tuple[int, int, int] | None, str | None]:
+    """A job's result as plain values for the pipe: (stored, duplicates, over cap) or None, error text."""
+    outcome = (
+        None if job.outcome is None else (job.outcome.stored, job.outcome.duplicates, job.outcome.over_cap)
+    )
+    return outcome, None if job.error is None else str(job.error)
 
 
 class _Transaction:
