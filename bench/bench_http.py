@@ -2,7 +2,10 @@
 
 Run: python -m pytest bench/bench_http.py --benchmark-enable -s   (prints the table; see bench/README.md)
 Servers are pinned to core 0 and wrk to core 1 (taskset), except gunicorn's two workers; with
-``--writer process`` (the "drengr-wproc" rows) our SQLite writer process runs on core 1 beside wrk.
+``--writer process`` (the "drengr-process" rows) our SQLite writer process runs on core 1 beside wrk.
+Every server gets the same worker threads (8, serve's default; DRENGR_BENCH_THREADS). The bare
+``executemany`` floor (bench_store.py's, 2,500-row batches, FULL) is measured in the same run, before
+and after the loads, and every batch row is reported as a share of it.
 Under --benchmark-disable (CI) it runs one short, small load against our server and checks rows = acks.
 """
 
@@ -13,6 +16,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -23,9 +27,13 @@ from typing import Any
 
 import pytest
 
+from .bench_store import floor_rows_per_second
+
 ROOT = Path(__file__).parents[1]
 LUA = Path(__file__).with_name("wrk_post.lua")
 SECONDS = int(os.environ.get("DRENGR_BENCH_SECONDS", "5"))
+THREADS = os.environ.get("DRENGR_BENCH_THREADS", "8")
+WRITERS = {"drengr-thread": "thread", "drengr-process": "process"}
 RESULTS = Path(os.environ.get("DRENGR_BENCH_RESULTS", str(ROOT / ".benchmarks" / "http.json")))
 
 pytestmark = pytest.mark.skipif(
@@ -67,26 +75,24 @@ def server(kind: str, tmp: Path) -> Iterator[tuple[int, str, Path, subprocess.Po
     db = tmp / f"{kind}-{port}.db"
     key = ""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    if kind in ("drengr", "drengr-wproc", "gunicorn"):
+    if kind in (*WRITERS, "gunicorn"):
         created = subprocess.run(
             [sys.executable, "-m", "drengr", "keys", "create", "--tenant", "bench", "--db", str(db)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         key = created.stdout.strip()
-    if kind in ("drengr", "drengr-wproc"):
+    if kind in WRITERS:
         args = [*pinned(0), sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port),
-                "--threads", os.environ.get("DRENGR_BENCH_THREADS", "8"), "--log-level", "warning"]  # fmt: skip
-        if kind == "drengr-wproc":
-            args += ["--writer", "process"]
-            if pinned(1):  # the writer process runs on the other core (beside wrk), not on core 0
-                env["DRENGR_WRITER_CPUS"] = "1"
+                "--threads", THREADS, "--writer", WRITERS[kind], "--log-level", "warning"]  # fmt: skip
+        if kind == "drengr-process" and pinned(1):  # the writer process runs beside wrk, not on core 0
+            env["DRENGR_WRITER_CPUS"] = "1"
     elif kind == "gunicorn":
         env["DRENGR_DB"] = str(db)
-        args = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
+        args = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", THREADS,
                 "-b", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:application"]  # fmt: skip
     else:
         app = {"bare-wsgi": "bench.bare_apps:bare", "bare-flask": "bench.bare_apps:flask_app"}[kind]
-        args = [*pinned(0), sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8",
+        args = [*pinned(0), sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", f"--threads={THREADS}",
                 "--recv-bytes=65536", app]  # fmt: skip
     process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -148,10 +154,11 @@ def peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def bench_http_smoke_rows_equal_acks(benchmark: Any, tmp_path: Path) -> None:
-    """Correctness of the load path: every acknowledged event is stored once (runs in CI too)."""
+@pytest.mark.parametrize("kind", list(WRITERS))
+def bench_http_smoke_rows_equal_acks(benchmark: Any, tmp_path: Path, kind: str) -> None:
+    """Correctness of the load path, with each writer: every acknowledged event is stored once (runs in CI too)."""
     seconds = 1 if benchmark.disabled else SECONDS
-    with server("drengr", tmp_path) as (port, key, db, _):
+    with server(kind, tmp_path) as (port, key, db, _):
         batch, single = benchmark.pedantic(
             lambda: (wrk(port, key, 100, 4, seconds), wrk(port, key, 1, 4, seconds)), rounds=1, iterations=1
         )
@@ -175,31 +182,41 @@ def bench_http_matrix(benchmark: Any, tmp_path: Path) -> None:
                    **wrk(port, key, events, connections, SECONDS)}  # fmt: skip
             if kind != "bare-wsgi" and kind != "bare-flask":
                 row["stored"] = stored(db)
-            if label == "drengr-500KB":
+            if label and label.endswith("-500KB"):
                 row["peak_rss_mb"] = peak_rss_mb(process.pid)
         results.append(row)
         return row
 
-    for kind in ("drengr", "bare-wsgi", "bare-flask"):
+    floors = [floor_rows_per_second(tmp_path)]
+    for kind in ("drengr-process", "drengr-thread", "bare-wsgi", "bare-flask"):
         for events in (100, 1):
             for connections in (1, 8, 32):
                 measure(kind, events, connections)
-    measure("drengr", 700, 8, label="drengr-500KB")
-    for connections in (1, 8, 32):
-        measure("drengr-wproc", 100, connections)
-    measure("drengr-wproc", 1, 32)
+        if kind in WRITERS:
+            measure(kind, 700, 8, label=f"{kind}-500KB")
     if shutil.which("gunicorn") or _importable("gunicorn"):
         for connections in (8, 32):
             measure("gunicorn", 100, connections, label="gunicorn-2w")
+    floors.append(floor_rows_per_second(tmp_path))
+    floor = statistics.mean(floors)
+    for r in results:
+        if r["events"] > 1:
+            r["share_of_floor"] = r["events_per_s"] / floor
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    RESULTS.write_text(json.dumps({"floor_rows_per_s": floors, "cells": results}, indent=1))
     print()
     print(
-        f"{'server':<14}{'events':>7}{'c':>4}{'req/s':>10}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non2xx':>8}"
+        f"bare executemany floor (2,500-row batches, FULL): {floors[0]:,.0f} rows/s before, {floors[1]:,.0f} after"
+    )
+    print(
+        f"{'server':<21}{'events':>7}{'c':>4}{'req/s':>10}{'events/s':>11}{'÷floor':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'non2xx':>8}{'RSS MB':>8}"
     )
     for r in results:
-        print(f"{r['server']:<14}{r['events']:>7}{r['c']:>4}{r['req_per_s']:>10.0f}{r['events_per_s']:>11.0f}"
-              f"{r['p50_ms'] or 0:>9.2f}{r['p99_ms'] or 0:>9.2f}{r['non_2xx']:>8}")  # fmt: skip
+        share = f"{r['share_of_floor']:.0%}" if "share_of_floor" in r else ""
+        rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else ""
+        print(f"{r['server']:<21}{r['events']:>7}{r['c']:>4}{r['req_per_s']:>10.0f}{r['events_per_s']:>11.0f}"
+              f"{share:>8}{r['p50_ms'] or 0:>9.2f}{r['p99_ms'] or 0:>9.2f}{r['non_2xx']:>8}{rss:>8}")  # fmt: skip
     for r in results:
         assert r["non_2xx"] == 0, r
         if "stored" in r:  # every ack stored; at most one in-flight request per connection beyond

@@ -8,6 +8,8 @@ Under --benchmark-disable (CI) each case runs once on a small table, to stay cor
 import itertools
 import os
 import sqlite3
+import statistics
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,17 +107,38 @@ def bench_store_write_empty(benchmark: Any, tmp_path: Path, durability: str) -> 
 def bench_floor_executemany_empty(benchmark: Any, tmp_path: Path, durability: str) -> None:
     """The floor: BEGIN IMMEDIATE; executemany of the same rows into the same schema; COMMIT."""
     path = fresh_db(tmp_path / "f.db")
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute(f"PRAGMA synchronous = {durability.upper()}")
-
-    def write(rows: list[tuple[Any, ...]]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_INSERT_EVENTS, rows)
-        conn.execute("COMMIT")
-
-    run_rounds(benchmark, write)
+    conn = floor_connection(path, durability)
+    run_rounds(benchmark, lambda rows: floor_write(conn, rows))
     conn.close()
     assert count(path) == ROWS_PER_BATCH * (1 if benchmark.disabled else ROUNDS)
+
+
+def floor_connection(path: Path, durability: str = "full") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA synchronous = {durability.upper()}")
+    return conn
+
+
+def floor_write(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """The floor's one batch: BEGIN IMMEDIATE; executemany; COMMIT."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(_INSERT_EVENTS, rows)
+    conn.execute("COMMIT")
+
+
+def floor_rows_per_second(folder: Path, rounds: int = ROUNDS) -> float:
+    """The floor measured outside pytest-benchmark (bench_http's same-run ratio): median of ``rounds`` batches."""
+    path = fresh_db(folder / f"floor-{next(_seeds)}.db")
+    conn = floor_connection(path)
+    source = batches()
+    times = []
+    for _ in range(rounds):
+        rows = next(source)
+        start = time.perf_counter()
+        floor_write(conn, rows)
+        times.append(time.perf_counter() - start)
+    conn.close()
+    return ROWS_PER_BATCH / statistics.median(times)
 
 
 @pytest.mark.parametrize("table", ["history", "window"])

@@ -386,3 +386,24 @@ def test_a_job_that_cannot_be_written_fails_alone(db_path):
     assert count(db_path) == 3 and count(db_path, "event_id = 'broken'") == 0
     assert _usage(db_path) == 3  # the failed job's metering was rolled back with it
     store.close()
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_checkpoints_run_beside_the_writer_and_the_log_starts_over(tmp_path, writer):
+    """The writer no longer checkpoints (its auto-checkpoint waits for an 80 MB log): a background
+    thread copies the WAL into the database as rows arrive, and restarts the log past 16 MB."""
+    path = tmp_path / "ck.db"
+    store = SQLiteStore(str(path), writer=writer)
+    rows = 0
+    for batch in range(150):
+        store.write("acme", [row(f"{batch}-{i}-" + "x" * 400) for i in range(1_000)], DAY0)
+        rows += 1_000
+    deadline = time.monotonic() + 30
+    while path.stat().st_size < 16 * 2**20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    database, log = path.stat().st_size, Path(f"{path}-wal").stat().st_size
+    store.close()
+    assert count(path) == rows
+    data = rows * 500  # each row holds at least ~500 bytes
+    assert database >= 16 * 2**20, (database, log)  # copied in while the store was open
+    assert log < data * 0.7, (database, log)  # the log started over instead of holding every row

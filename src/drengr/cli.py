@@ -50,10 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to listen on (DRENGR_HOST)")
     serve.add_argument("--port", type=_positive_int, default=_env("port", "8080"), help="port (DRENGR_PORT)")
     serve.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=_env("threads", "32"),
-        help="worker threads (DRENGR_THREADS); each waits for its commit, so at least the client connections",
+        "--threads", type=_positive_int, default=_env("threads", "8"), help="worker threads (DRENGR_THREADS)"
     )
     serve.add_argument("--prefix", default=_env("prefix", ""), help="mount point, e.g. /segment-ingest")
     serve.add_argument(

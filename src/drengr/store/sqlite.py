@@ -68,8 +68,12 @@ WRITERS = ("thread", "process")
 WRITER_CPUS_ENV = "DRENGR_WRITER_CPUS"  # e.g. "1": the cores the writer process may run on
 SCHEMA_VERSION = 2  # 2: semantic_events.library, drop_counts
 GROUP_MAX_ROWS = 25_000
-_CHECKPOINT_EVERY_ROWS = 4_000  # ~700 pages of WAL: about SQLite's own auto-checkpoint size
-_CHECKPOINT_FALLBACK_PAGES = 20_000  # the writer checkpoints itself only if the WAL grows past ~80 MB  # one transaction takes at most this many rows' worth of requests
+# Background WAL checkpoints (see _Checkpointer): one every ~1,000 rows written (~150 pages); the
+# writer finishes the log once it holds 4,000 frames (16 MB), so it starts over; its own
+# auto-checkpoint only past 20,000 (80 MB), should the checkpoint thread fall behind.
+_CHECKPOINT_EVERY_ROWS = 1_000
+_WAL_RESTART_FRAMES = 4_000
+_CHECKPOINT_FALLBACK_PAGES = 20_000  # one transaction takes at most this many rows' worth of requests
 _EVENT_COLUMNS = (
     "tenant_id, event_id, event_name, event_type, external_id, install_id, "
     "occurred_at, received_at, dims, measures, library"
@@ -131,7 +135,6 @@ class SQLiteStore:
         clock: Callable[[], float] = time.time,
         writer: str = "thread",
         migrate: bool = True,  # False: the file is known to be ready (the writer process's own store)
-        checkpoints: bool = True,  # False: someone else checkpoints (the writer process's parent)
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")
@@ -154,7 +157,6 @@ class SQLiteStore:
         self._last_seq = -1  # -1: not loaded yet
         self.group_commits = 0  # transactions the writer has committed (group commit is visible in tests)
         self._child: _WriterProcess | None = None  # writer="process": owned by the writer thread
-        self._checkpoints = checkpoints
         self._checkpointer: _Checkpointer | None = None  # started with the first write
         if migrate:
             self._migrate()
@@ -410,7 +412,6 @@ class SQLiteStore:
                     _fail(jobs, StoreError("cannot start the writer process"))
                 else:
                     child.submit(jobs, self._committed)  # its answer completes the jobs
-                    self._wrote(jobs)  # checkpoints run here, beside the requests: the child only writes
                 if stop:
                     break
                 continue
@@ -446,13 +447,6 @@ class SQLiteStore:
             if self._child.reserve():
                 return self._child
 
-    def _wrote(self, jobs: list[_Job]) -> None:
-        """Count rows towards the next background checkpoint (started with the first write)."""
-        if self._checkpoints:
-            if self._checkpointer is None:
-                self._checkpointer = _Checkpointer(self._connect)
-            self._checkpointer.wrote(sum(len(job.rows) for job in jobs))
-
     def _committed(self, commits: int) -> None:
         self.group_commits += commits  # only the writer process's receiver thread adds
 
@@ -463,7 +457,9 @@ class SQLiteStore:
                 conn = self._connect()
                 conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_FALLBACK_PAGES}")
             self._commit_group(conn, jobs)
-            self._wrote(jobs)
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self._connect)
+            self._checkpointer.wrote(conn, sum(len(job.rows) for job in jobs))
         except Exception as error:  # the whole group failed: every request gets 502
             log.error("write transaction failed: %s", error)
             for job in jobs:
@@ -655,23 +651,34 @@ class _Checkpointer:
     A checkpoint is one sqlite3 call, so it runs without the GIL: on a second
     core it costs the writer nothing (inline, SQLite's auto-checkpoint took
     ~20 % of the write path's time). PASSIVE: it never blocks the writer or a
-    reader. The writer connection keeps an auto-checkpoint at a much larger
-    WAL size, should this thread fall behind.
+    reader. But beside a busy writer it never finishes the whole log, and only
+    a finished log starts over, so once the log holds ``_WAL_RESTART_FRAMES``
+    the writer itself checkpoints after its next commit: it copies the few
+    pages left, and its next transaction starts the log over. The writer
+    connection keeps an auto-checkpoint at a much larger WAL size, should this
+    thread fall behind.
     """
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._connect = connect
         self._pending = 0
+        self._restart = False  # the log is long: the writer finishes it after its next commit
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="drengr-checkpoint", daemon=True)
         self._thread.start()
 
-    def wrote(self, rows: int) -> None:
+    def wrote(self, conn: sqlite3.Connection, rows: int) -> None:
+        """The writer, after each commit: count rows; finish the log itself when it is long."""
         self._pending += rows
         if self._pending >= _CHECKPOINT_EVERY_ROWS:
             self._pending = 0
             self._wake.set()
+        if self._restart:
+            # Copies only what the thread has not (a few pages), and completes: nobody else
+            # writes meanwhile. The next transaction then starts the log over.
+            _busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._restart = done < frames  # the thread held the checkpoint lock: next commit
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
@@ -683,7 +690,8 @@ class _Checkpointer:
             try:
                 if conn is None:
                     conn = self._connect()
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self._restart = frames >= _WAL_RESTART_FRAMES
             except sqlite3.Error as error:  # the writer's fallback auto-checkpoint covers us
                 log.warning("background checkpoint failed: %s", error)
                 if conn is not None:
@@ -873,9 +881,7 @@ def _writer_main(pipe: Any, path: str, durability: str, busy_timeout_ms: int) ->
     cpus = os.environ.get(WRITER_CPUS_ENV)
     if cpus:
         os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
-    store = SQLiteStore(
-        path, durability=durability, busy_timeout_ms=busy_timeout_ms, migrate=False, checkpoints=False
-    )
+    store = SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms, migrate=False)
     conn: sqlite3.Connection | None = None
     while True:
         try:
