@@ -1,9 +1,12 @@
 """SPEC "Storage and durability" and the daily cap, against real SQLite files."""
 
+import importlib.util
 import multiprocessing
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from array import array
@@ -407,3 +410,13 @@ def test_checkpoints_run_beside_the_writer_and_the_log_starts_over(tmp_path, wri
     data = rows * 500  # each row holds at least ~500 bytes
     assert database >= 16 * 2**20, (database, log)  # copied in while the store was open
     assert log < data * 0.7, (database, log)  # the log started over instead of holding every row
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numpy") is None, reason="numpy is not installed here: nothing could import it"
+)
+def test_the_server_does_not_load_numpy():
+    """sqlite-utils would import numpy (~12 MB of the server's memory) when it is installed."""
+    probe = "import sys, drengr.cli, drengr.web, drengr.store.sqlite; print('numpy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

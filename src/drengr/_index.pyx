@@ -10,11 +10,15 @@ fingerprint hit against the row it points to, so dedup stays exact.
 
 Open addressing with linear probing over two C arrays; a fingerprint may
 appear more than once (two ids that collide), so ``candidates`` returns all
-of them. ``_index_py.py`` is the pure-Python twin. Imports nothing of ours.
+of them. A slot keeps the seq's low 32 bits only (12 bytes a slot, not 16:
+the window is most of the server's memory); ``candidates`` restores the rest
+from the highest seq added, exact while a window spans fewer than 2**32 rows
+(and a wrong guess would only fail the row check that follows every hit).
+``_index_py.py`` is the pure-Python twin. Imports nothing of ours.
 """
 
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from array import array
 
@@ -69,12 +73,13 @@ def fingerprints(str tenant_id, list rows, Py_ssize_t column):
 
 
 cdef class FingerprintIndex:
-    """fingerprint → seq multimap; 16 bytes a slot, at most 70 % full."""
+    """fingerprint → seq multimap; 12 bytes a slot, at most 70 % full."""
 
     cdef uint64_t *keys  # 0 marks an empty slot
-    cdef int64_t *values
+    cdef uint32_t *values  # the seq's low 32 bits
     cdef size_t capacity
     cdef size_t count
+    cdef int64_t top  # the highest seq added
 
     def __cinit__(self, size_t capacity=1 << 14):
         cdef size_t size = 1024
@@ -84,7 +89,7 @@ cdef class FingerprintIndex:
 
     cdef void _allocate(self, size_t size) except *:
         self.keys = <uint64_t *>PyMem_Calloc(size, sizeof(uint64_t))
-        self.values = <int64_t *>PyMem_Calloc(size, sizeof(int64_t))
+        self.values = <uint32_t *>PyMem_Calloc(size, sizeof(uint32_t))
         if self.keys == NULL or self.values == NULL:
             raise MemoryError()
         self.capacity = size
@@ -99,9 +104,9 @@ cdef class FingerprintIndex:
 
     @property
     def memory_bytes(self):
-        return self.capacity * 16
+        return self.capacity * 12
 
-    cdef void _put(self, uint64_t key, int64_t value) noexcept nogil:
+    cdef void _put(self, uint64_t key, uint32_t value) noexcept nogil:
         cdef size_t mask = self.capacity - 1
         cdef size_t slot = key & mask
         while self.keys[slot] != 0:
@@ -112,7 +117,7 @@ cdef class FingerprintIndex:
 
     cdef void _grow(self) except *:
         cdef uint64_t *old_keys = self.keys
-        cdef int64_t *old_values = self.values
+        cdef uint32_t *old_values = self.values
         cdef size_t old_capacity = self.capacity, i
         self._allocate(old_capacity * 2)
         for i in range(old_capacity):
@@ -124,9 +129,13 @@ cdef class FingerprintIndex:
     cpdef add(self, uint64_t key, int64_t value):
         if key == 0:
             raise ValueError("fingerprints are never 0")
+        if value < 0:
+            raise ValueError("seqs are never negative")
         if (self.count + 1) * 10 > self.capacity * 7:
             self._grow()
-        self._put(key, value)
+        self._put(key, <uint32_t>(value & 0xFFFFFFFF))
+        if value > self.top:
+            self.top = value
 
     def add_many(self, const uint64_t[::1] keys, const int64_t[::1] values):
         cdef Py_ssize_t i
@@ -137,10 +146,14 @@ cdef class FingerprintIndex:
         """Every seq stored under ``key`` (usually none or one)."""
         cdef size_t mask = self.capacity - 1
         cdef size_t slot = key & mask
+        cdef int64_t seq
         found = []
         while self.keys[slot] != 0:
             if self.keys[slot] == key:
-                found.append(self.values[slot])
+                seq = (self.top & ~(<int64_t>0xFFFFFFFF)) | self.values[slot]
+                if seq > self.top:
+                    seq -= <int64_t>1 << 32
+                found.append(seq)
             slot = (slot + 1) & mask
         return found
 

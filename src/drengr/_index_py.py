@@ -52,6 +52,8 @@ class FingerprintIndex:
     def add(self, key: int, value: int) -> None:
         if key == 0:
             raise ValueError("fingerprints are never 0")
+        if value < 0:
+            raise ValueError("seqs are never negative")
         self._map.setdefault(key, []).append(value)
         self._count += 1
 

@@ -49,7 +49,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlite_utils
+from .._imports import without_numpy
+
+with without_numpy():  # sqlite-utils imports numpy if installed (to map numpy column types): 12 MB
+    import sqlite_utils
 
 from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
