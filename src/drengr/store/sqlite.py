@@ -16,13 +16,14 @@ is what costs at scale):
 - One writer thread per process owns the write connection and commits
   whatever requests are waiting in one transaction (group commit), so
   ``synchronous=FULL`` costs one fsync per group, not per request.
-- ``writer="process"`` (what ``drengr serve`` uses) moves that work — the
-  connection, the dedup window, the metering — into a child process of its
-  own, fed each group through a pipe by the writer thread. SQLite's CPU time
+- ``writer="process"`` (``drengr serve --writer process``) moves that work —
+  the connection, the dedup window, the metering — into a child process of
+  its own; each request hands its rows straight to it through a pipe, and the
+  child commits every job waiting there in one transaction. SQLite's CPU time
   then no longer competes for the request threads' GIL, and a second core
   can run it. The child dies with its parent (it reads EOF); a child that dies
-  fails its group with 502 (a commit it made is caught as a duplicate when
-  the client resends) and a new one starts with the next group.
+  fails the jobs it holds with 502 (a commit it made is caught as a duplicate
+  when the client resends) and a new one starts with the next job.
 - Several processes share the file: every write transaction is
   ``BEGIN IMMEDIATE`` with a busy timeout, never a deferred upgrade.
 - Daily-cap metering runs inside a savepoint and fails open.
@@ -159,12 +160,16 @@ class SQLiteStore:
         self._window: tuple[Any, Any] = (FingerprintIndex(), FingerprintIndex())  # (current, previous)
         self._last_seq = -1  # -1: not loaded yet
         self.group_commits = 0  # transactions the writer has committed (group commit is visible in tests)
-        self._child: _WriterProcess | None = None  # writer="process": owned by the writer thread
+        self._child: _WriterProcess | None = None  # writer="process"
+        self._child_lock = threading.Lock()  # one request at a time hands its job to the child
         self._checkpointer: _Checkpointer | None = None  # started with the first write
         if migrate:
             self._migrate()
         if writer == "process":
-            self._start_writer()
+            try:  # now, not on the first request: a spawned child takes a few hundred ms to start
+                self._child = _WriterProcess(self.path, self._durability, self._busy_timeout_ms)
+            except Exception as error:  # noqa: BLE001 - tried again with the first write
+                log.error("cannot start the writer process: %s", error)
 
     # ------------------------------------------------------------ connections
 
@@ -363,8 +368,18 @@ class SQLiteStore:
         return job.error is None
 
     def _submit(self, job: _Job) -> None:
-        self._start_writer()
-        self._queue.put(job)
+        if self._writer_kind == "process":
+            # Straight into the pipe, no hop through a thread: the child commits every job
+            # already waiting there in one transaction, which is the group commit.
+            with self._child_lock:
+                child = self._ready_child()
+                if child is None:
+                    _fail([job], StoreError("cannot start the writer process"))
+                else:
+                    child.submit([job], self._committed)  # its answer completes the job
+        else:
+            self._start_writer()
+            self._queue.put(job)
         job.done.wait()
 
     def _start_writer(self) -> None:
@@ -385,6 +400,10 @@ class SQLiteStore:
             if self._checkpointer is not None:
                 self._checkpointer.stop()
                 self._checkpointer = None
+        with self._child_lock:
+            if self._child is not None:
+                self._child.stop()
+                self._child = None
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -397,27 +416,12 @@ class SQLiteStore:
         return None if child is None else child.pid
 
     def _write_loop(self) -> None:
+        """The writer thread (``writer="thread"``): take what is waiting, commit it as one group."""
         conn: sqlite3.Connection | None = None
-        if self._writer_kind == "process":
-            try:  # now, not on the first request: a spawned child takes a few hundred ms to start
-                self._child = _WriterProcess(self.path, self._durability, self._busy_timeout_ms)
-            except Exception as error:  # noqa: BLE001 - tried again with the first group
-                log.error("cannot start the writer process: %s", error)
         while True:
             first = self._queue.get()
             if first is None:
                 break
-            if self._writer_kind == "process":
-                # Room in the pipe first, then the group: jobs keep gathering while we wait.
-                child = self._ready_child()
-                jobs, stop = take_group(self._queue, first, GROUP_MAX_ROWS)
-                if child is None:
-                    _fail(jobs, StoreError("cannot start the writer process"))
-                else:
-                    child.submit(jobs, self._committed)  # its answer completes the jobs
-                if stop:
-                    break
-                continue
             jobs, stop = take_group(self._queue, first, GROUP_MAX_ROWS)
             try:
                 conn = self._commit_jobs(conn, jobs)
@@ -428,12 +432,9 @@ class SQLiteStore:
                 break
         if conn is not None:
             conn.close()
-        if self._child is not None:
-            self._child.stop()
-            self._child = None
 
     def _ready_child(self) -> "_WriterProcess | None":
-        """A live writer process with room for one more group (reserved); None if none can start.
+        """A live writer process with room for one more job (reserved); None if none can start.
 
         A dead or broken one (its groups already failed: 502) is replaced.
         """
@@ -769,18 +770,18 @@ class _Meter:
 
 
 class _WriterProcess:
-    """The child that owns the write connection when ``writer="process"``: one group a message.
+    """The child that owns the write connection when ``writer="process"``: one job a message.
 
     Started with ``spawn`` (never fork a process that runs threads). The pipe
     carries ``[(tenant_id, rows, received_at_ms, probe), …]`` one way and
     ``([[(outcome, error text), …], …], commits)`` back, in order, as
     ``marshal`` bytes (plain values only: about twice as fast as pickle, and
-    both ends are this module). Up to ``IN_FLIGHT`` groups are sent ahead; the
-    child commits every group already waiting in one transaction and answers
+    both ends are this module). Up to ``IN_FLIGHT`` messages are in flight; the
+    child commits every message already waiting in one transaction and answers
     them in one message, which a receiver thread here completes.
     """
 
-    IN_FLIGHT = 8
+    IN_FLIGHT = 64
 
     def __init__(self, path: str, durability: str, busy_timeout_ms: int) -> None:
         context = multiprocessing.get_context("spawn")
@@ -812,7 +813,7 @@ class _WriterProcess:
         return True
 
     def submit(self, jobs: list[_Job], committed: Callable[[int], None]) -> None:
-        """Send a group (after ``reserve``); its jobs are completed (outcome or error, then ``done``) when answered."""
+        """Send jobs (after ``reserve``, one sender at a time); completed (outcome or error, then ``done``) when answered."""
         with self._lock:
             if self.failed is not None:
                 self._room.release()
@@ -855,16 +856,15 @@ class _WriterProcess:
             self._room.release()
 
     def stop(self) -> None:
-        """After the groups in flight are answered: close the pipe, let the child exit, reap it."""
+        """After the jobs in flight are answered (a minute at most): close the pipe, let the child exit, reap it."""
+        deadline = time.monotonic() + 60
         for _ in range(self.IN_FLIGHT):
-            self._room.acquire(timeout=60)
+            self._room.acquire(timeout=max(0.0, deadline - time.monotonic()))
         with self._lock:
             if self.failed is None:
                 self.failed = StoreError("the writer process was stopped")
-        with contextlib.suppress(OSError, ValueError):
-            self._pipe.send_bytes(
-                marshal.dumps(None)
-            )  # "exit": EOF alone would not come while our receiver reads the pipe
+        with contextlib.suppress(OSError, ValueError):  # "exit": no EOF while our receiver reads the pipe
+            self._pipe.send_bytes(marshal.dumps(None))
         self._process.join(timeout=30)
         if self._process.is_alive():
             self._process.kill()
