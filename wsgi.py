@@ -1,5 +1,10 @@
 """WSGI entry point for gunicorn / uwsgi / mod_wsgi: configured from DRENGR_* variables."""
 
+import sys
+
+from drengr.cli import SWITCH_INTERVAL_S
 from drengr.web import create_app
+
+sys.setswitchinterval(SWITCH_INTERVAL_S)  # as `drengr serve` does: see the README ("GIL switch interval")
 
 application = create_app()
