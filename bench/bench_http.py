@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+import drengr
+
 from .bench_store import floor_rows_per_second
 
 ROOT = Path(__file__).parents[1]
@@ -77,7 +79,9 @@ def server(kind: str, tmp: Path) -> Iterator[tuple[int, str, Path, subprocess.Po
     port = free_port()
     db = tmp / f"{kind}-{port}.db"
     key = ""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # The servers run the drengr this process imports (an installed one, or src/ on PYTHONPATH).
+    code = str(Path(drengr.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), code, os.environ.get("PYTHONPATH", "")])}
     if kind in (*WRITERS, "gunicorn"):
         created = subprocess.run(
             [sys.executable, "-m", "drengr", "keys", "create", "--tenant", "bench", "--db", str(db)],
@@ -97,9 +101,14 @@ def server(kind: str, tmp: Path) -> Iterator[tuple[int, str, Path, subprocess.Po
         app = {"bare-wsgi": "bench.bare_apps:bare", "bare-flask": "bench.bare_apps:flask_app"}[kind]
         args = [*pinned(0), sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", f"--threads={THREADS}",
                 "--recv-bytes=65536", app]  # fmt: skip
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp / f"{kind}-{port}.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_up(port, process)
+        try:
+            wait_up(port, process)
+        except AssertionError as error:
+            raise AssertionError(f"{kind}: {error}; its log ends:\n{log.read_text()[-3000:]}") from None
         yield port, key, db, process
     finally:
         process.send_signal(signal.SIGTERM)
@@ -167,11 +176,12 @@ def bench_http_smoke_rows_equal_acks(benchmark: Any, tmp_path: Path, kind: str) 
         batch, single = benchmark.pedantic(
             lambda: (wrk(port, key, 100, 4, seconds), wrk(port, key, 1, 4, seconds)), rounds=1, iterations=1
         )
+        rows = stored(db)
     acked = 100 * (batch["requests"] - batch["non_2xx"]) + (single["requests"] - single["non_2xx"])
     assert batch["non_2xx"] == single["non_2xx"] == 0
     # wrk stops counting at its deadline: requests still in flight then (at most one per
     # connection) were stored but never counted as acknowledged.
-    assert acked <= stored(db) <= acked + 4 * 100 + 4
+    assert acked <= rows <= acked + 4 * 100 + 4
 
 
 @pytest.mark.slow
