@@ -186,6 +186,7 @@ def bench_http_smoke_rows_equal_acks(benchmark: Any, tmp_path: Path, kind: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 28 cells of 10 s and more
 def bench_http_matrix(benchmark: Any, tmp_path: Path) -> None:
     """The full matrix (skipped under --benchmark-disable): ours vs floors, batches and singles, c=1/8/32."""
     if benchmark.disabled:
