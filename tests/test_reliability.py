@@ -373,12 +373,15 @@ def test_file_size_limit_gives_502_then_recovers(tmp_path):
     soft, hard = resource.prlimit(server.pid, resource.RLIMIT_FSIZE)
     try:
         assert server.post("/v1/batch", batch(["before"])).status == 200
+        writers = [server.pid, *server.children()]  # the server, and its writer process (the default)
         wal = db.with_name(db.name + "-wal")
         limit = max(wal.stat().st_size, server.log.stat().st_size) + 16384
-        resource.prlimit(server.pid, resource.RLIMIT_FSIZE, (limit, hard))
+        for pid in writers:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, hard))
         ids = [f"fsize-{i}" for i in range(500)]  # ~150 KB of WAL frames: past the limit
         _fail_then_recover(server, ids)
-        resource.prlimit(server.pid, resource.RLIMIT_FSIZE, (soft, hard))
+        for pid in writers:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
         _recover(server, ids)
     finally:
         assert server.stop() == 0
@@ -392,7 +395,8 @@ def _chattr(flag: str, *paths: Path) -> bool:
 
 
 @pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr(1) (e2fsprogs)")
-def test_read_only_database_file_gives_502_then_recovers(tmp_path):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_read_only_database_file_gives_502_then_recovers(tmp_path, writer):
     """Read-only even for root: the immutable attribute (chattr +i) on the database and its WAL.
 
     chmod does not stop root, and a read-only bind mount does not stop writes
@@ -403,7 +407,7 @@ def test_read_only_database_file_gives_502_then_recovers(tmp_path):
     """
     db = tmp_path / "readonly.db"
     key = create_db(db)
-    server = launch(db, key, log_level="warning")
+    server = launch(db, key, "--writer", writer, log_level="warning")
     files = [db, db.with_name(db.name + "-wal")]
     try:
         assert server.post("/v1/batch", batch(["before"])).status == 200
@@ -413,6 +417,7 @@ def test_read_only_database_file_gives_502_then_recovers(tmp_path):
         try:
             _fail_then_recover(server, ids)
             _fail_then_recover(server, ids)  # still read-only: the reopened connection fails too
+            # (and is read-only for good: it must be dropped, not kept, once the file is writable)
         finally:
             _chattr("-i", *files)
         _recover(server, ids)

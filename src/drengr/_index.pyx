@@ -73,7 +73,12 @@ def fingerprints(str tenant_id, list rows, Py_ssize_t column):
 
 
 cdef class FingerprintIndex:
-    """fingerprint → seq multimap; 12 bytes a slot, at most 70 % full."""
+    """fingerprint → seq multimap; 12 bytes a slot, at most 85 % full.
+
+    Linear probing stays cheap enough at 85 % (a miss reads ~3 cache lines of
+    keys), and each doubling, when old and new tables live together, is the
+    window's peak: doubling later saves up to half the memory.
+    """
 
     cdef uint64_t *keys  # 0 marks an empty slot
     cdef uint32_t *values  # the seq's low 32 bits
@@ -131,7 +136,7 @@ cdef class FingerprintIndex:
             raise ValueError("fingerprints are never 0")
         if value < 0:
             raise ValueError("seqs are never negative")
-        if (self.count + 1) * 10 > self.capacity * 7:
+        if (self.count + 1) * 20 > self.capacity * 17:  # 85 % full: the next doubling is the RSS peak
             self._grow()
         self._put(key, <uint32_t>(value & 0xFFFFFFFF))
         if value > self.top:

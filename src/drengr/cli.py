@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--writer",
         choices=["process", "thread"],
-        default=_env("writer", "thread"),
-        help="where SQLite writes run: a thread of the server (default) or a process of their own, "
-        "which can use a second core (DRENGR_WRITER)",
+        default=_env("writer", "process"),
+        help="where SQLite writes run: a process of their own, which can use a second core (default), "
+        "or a thread of the server, which needs less memory (DRENGR_WRITER)",
     )
     serve.add_argument(
         "--busy-timeout-ms",

@@ -75,6 +75,9 @@ GROUP_MAX_ROWS = 25_000
 # Background WAL checkpoints (see _Checkpointer): one every ~1,000 rows written (~150 pages); the
 # writer finishes the log once it holds 4,000 frames (16 MB), so it starts over; its own
 # auto-checkpoint only past 20,000 (80 MB), should the checkpoint thread fall behind.
+# Errors one job's rows can cause (the others are written without it). Any other error (a
+# read-only or full disk, I/O, a lock) fails the whole group, and the connection is reopened.
+_JOB_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 _CHECKPOINT_EVERY_ROWS = 1_000
 _WAL_RESTART_FRAMES = 4_000
 _CHECKPOINT_FALLBACK_PAGES = 20_000  # one transaction takes at most this many rows' worth of requests
@@ -484,8 +487,8 @@ class SQLiteStore:
         Every statement drops and retakes the GIL; under load each retake waits
         behind the request threads, so the writer states the group at once: one
         metering read and write per tenant and day, and multi-row INSERTs for all
-        its rows. Should a statement fail, the group starts over with one
-        savepoint a job, so that a job that cannot be written fails alone.
+        its rows. Should a statement fail because of a job's rows, the group
+        starts over with one savepoint a job, so that job fails alone.
         """
         conn.execute("BEGIN IMMEDIATE")
         work = [job for job in jobs if not job.probe]
@@ -495,7 +498,7 @@ class SQLiteStore:
         self._catch_up(conn)
         try:
             additions = self._apply_group(conn, work, {})
-        except sqlite3.Error as error:
+        except _JOB_ERRORS as error:
             log.warning("a group write failed (%s); writing its jobs one by one", error)
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
@@ -548,7 +551,7 @@ class SQLiteStore:
             try:
                 added = self._apply_group(conn, [job], attempt)
                 conn.execute("RELEASE job")
-            except sqlite3.Error as error:
+            except _JOB_ERRORS as error:
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 job.outcome, job.error = None, error
