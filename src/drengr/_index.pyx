@@ -136,7 +136,7 @@ cdef class FingerprintIndex:
             raise ValueError("fingerprints are never 0")
         if value < 0:
             raise ValueError("seqs are never negative")
-        if (self.count + 1) * 20 > self.capacity * 17:  # 85 % full: the next doubling is the RSS peak
+        if (self.count + 1) * 20 > self.capacity * 17:  # 85 % full
             self._grow()
         self._put(key, <uint32_t>(value & 0xFFFFFFFF))
         if value > self.top:
