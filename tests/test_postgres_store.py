@@ -254,6 +254,30 @@ def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: st
     assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("2",)]
 
 
+def test_a_node_starting_beside_a_serving_one_takes_no_table_lock(pg_dsn: str) -> None:
+    """On a database already at this version, migrate() runs no DDL: a node that starts while another
+    holds a table in a transaction neither waits for it nor deadlocks with it (it did: ALTER TABLE …
+    IF NOT EXISTS takes an exclusive lock)."""
+    PostgresStore(pg_dsn).close()
+    holder = psycopg.connect(pg_dsn)
+    try:
+        holder.execute("SELECT count(*) FROM semantic_events")  # a transaction holding the table
+        started: list[float] = []
+
+        def start() -> None:
+            PostgresStore(pg_dsn).close()
+            started.append(time.monotonic())
+
+        thread = threading.Thread(target=start)
+        thread.start()
+        thread.join(timeout=20)
+        assert started, "the second node waited for the table lock"
+    finally:
+        holder.rollback()
+        holder.close()
+        thread.join()
+
+
 def test_open_store_picks_the_engine_by_url(pg_dsn: str, tmp_path: Path) -> None:
     uri = with_schema(server_dsn(), query(pg_dsn, "SELECT current_schema()")[0][0])
     store = open_store(uri)

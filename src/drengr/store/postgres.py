@@ -357,11 +357,23 @@ class PostgresStore:
             raise StoreError(_first_line(error)) from error
 
     def migrate(self) -> None:
-        """Create what is missing (idempotent; concurrent starts wait on an advisory lock)."""
+        """Create what is missing (idempotent; concurrent starts wait on an advisory lock).
+
+        A database already at this version gets no DDL at all: ``ALTER TABLE … IF NOT
+        EXISTS`` still takes an exclusive table lock, and nodes started together
+        deadlocked with the one that had migrated first and was already serving.
+        """
         conn = self._connect()
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                exists = conn.execute("SELECT to_regclass('drengr_meta') IS NOT NULL").fetchone()
+                if exists and exists[0]:
+                    row = conn.execute(
+                        "SELECT value FROM drengr_meta WHERE key = 'schema_version'"
+                    ).fetchone()
+                    if row is not None and row[0] == str(SCHEMA_VERSION):
+                        return
                 for statement in SCHEMA:
                     conn.execute(statement)
                 conn.execute(
