@@ -26,7 +26,8 @@ is what costs at scale):
   when the client resends) and a new one starts with the next job.
 - Several processes share the file: every write transaction is
   ``BEGIN IMMEDIATE`` with a busy timeout, never a deferred upgrade.
-- Daily-cap metering runs inside a savepoint and fails open.
+- Daily-cap metering: one read and one upsert per tenant and day a group; it fails open.
+- WAL checkpoints run in a background thread (``_Checkpointer``), not in the writer's commits.
 
 sqlite-utils does schema and admin; the hot insert goes straight to
 ``executemany`` (``insert_all`` measured ~2× slower).
@@ -71,16 +72,16 @@ log = logging.getLogger("drengr.store")
 WRITERS = ("thread", "process")
 WRITER_CPUS_ENV = "DRENGR_WRITER_CPUS"  # e.g. "1": the cores the writer process may run on
 SCHEMA_VERSION = 2  # 2: semantic_events.library, drop_counts
-GROUP_MAX_ROWS = 25_000
-# Background WAL checkpoints (see _Checkpointer): one every ~1,000 rows written (~150 pages); the
-# writer finishes the log once it holds 4,000 frames (16 MB), so it starts over; its own
-# auto-checkpoint only past 20,000 (80 MB), should the checkpoint thread fall behind.
+GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 # Errors one job's rows can cause (the others are written without it). Any other error (a
 # read-only or full disk, I/O, a lock) fails the whole group, and the connection is reopened.
 _JOB_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+# Background WAL checkpoints (see _Checkpointer): one every ~1,000 rows written (~150 pages); the
+# writer finishes the log once it holds 4,000 frames (16 MB), so it starts over; its own
+# auto-checkpoint only past 20,000 (80 MB), should the checkpoint thread fall behind.
 _CHECKPOINT_EVERY_ROWS = 1_000
 _WAL_RESTART_FRAMES = 4_000
-_CHECKPOINT_FALLBACK_PAGES = 20_000  # one transaction takes at most this many rows' worth of requests
+_CHECKPOINT_FALLBACK_PAGES = 20_000
 _EVENT_COLUMNS = (
     "tenant_id, event_id, event_name, event_type, external_id, install_id, "
     "occurred_at, received_at, dims, measures, library"
@@ -683,8 +684,13 @@ class _Checkpointer:
             self._wake.set()
         if self._restart:
             # Copies only what the thread has not (a few pages), and completes: nobody else
-            # writes meanwhile. The next transaction then starts the log over.
-            _busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            # writes meanwhile. The next transaction then starts the log over. The group is
+            # committed already: a failure here must not turn its answers into 502s.
+            try:
+                _busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as error:
+                log.warning("checkpoint after commit failed: %s", error)
+                return
             self._restart = done < frames  # the thread held the checkpoint lock: next commit
 
     def _run(self) -> None:
