@@ -1,4 +1,4 @@
-"""The dedup window's index, compiled and twin: the same answers, 12 bytes a slot when compiled."""
+"""The dedup window's index, compiled and twin: the same answers, 8 bytes a slot when compiled."""
 
 import random
 from array import array
@@ -15,28 +15,66 @@ except ImportError:  # pragma: no cover - the extension did not build
 IMPLEMENTATIONS = [_index_py] + ([_index] if _index is not None else [])
 
 
+def tag(key: int) -> int:
+    return (key >> 32) or 1
+
+
 @pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 @pytest.mark.parametrize("first_seq", [1, 2**32 - 3_000, 2**40])
-def test_candidates_return_every_seq_added(module, first_seq):
-    """Seqs on both sides of 2**32 come back whole, with colliding fingerprints and through growth."""
+def test_candidates_return_every_seq_added_under_the_tag(module, first_seq):
+    """Seqs on both sides of 2**32 come back whole, with keys sharing a tag (or all 64 bits), through growth."""
     rng = random.Random(first_seq)
     index = module.FingerprintIndex(capacity=1024)
     added: dict[int, list[int]] = {}
     for seq in range(first_seq, first_seq + 6_000):
-        key = rng.randrange(1, 2_000) if seq % 3 == 0 else rng.randrange(1, 2**64)  # some collide
+        if seq % 5 == 0:  # some share their whole fingerprint, some their high 32 bits (or have none: tag 1)
+            key = rng.choice([rng.randrange(1, 2_000), rng.randrange(1, 500) << 32 | rng.randrange(2**32)])
+        else:
+            key = rng.randrange(1, 2**64)
         index.add(key, seq)
         added.setdefault(key, []).append(seq)
     assert len(index) == 6_000
+    under_tag: dict[int, list[int]] = {}
     for key, seqs in added.items():
-        assert sorted(index.candidates(key)) == seqs
+        under_tag.setdefault(tag(key), []).extend(seqs)
+    assert len(under_tag) < len(added)  # the test does exercise shared tags
+    for key in added:
+        assert sorted(index.candidates(key)) == sorted(under_tag[tag(key)])
     probes = [*added, *(rng.randrange(2**63, 2**64) for _ in range(500))]  # then keys never added
     assert index.hits(array("Q", probes)) == list(range(len(added)))
+    assert index.candidates(probes[-1]) == []
+
+
+@pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_a_key_differing_only_in_its_low_bits_is_a_candidate_to_verify(module):
+    index = module.FingerprintIndex()
+    index.add(0xABCDEF01_00000001, 42)
+    assert index.candidates(0xABCDEF01_FFFFFFFF) == [42]
+    assert index.hits(array("Q", [0xABCDEF02_00000001, 0xABCDEF01_12345678])) == [1]
+
+
+@pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+@pytest.mark.parametrize("seed", range(40))
+def test_runs_that_wrap_around_the_end_survive_doubling(module, seed):
+    """Many homes in the last slots of a 1,024-slot table: their run wraps past slot 0, then the table doubles."""
+    rng = random.Random(seed)
+    index = module.FingerprintIndex(capacity=1024)
+    crowded = rng.randrange(2, 40)  # how many of the last slots the crowd's homes fall in
+    keys = []
+    for seq in range(1, 1_000):  # the table doubles at 871 keys
+        home = 1024 - rng.randrange(1, crowded) if rng.random() < 0.4 else rng.randrange(1024)
+        key = (rng.randrange(2**22) << 10 | home) << 32 | rng.randrange(2**32)  # the 11th bit splits them
+        index.add(key, seq)
+        keys.append(key)
+    for seq, key in enumerate(keys, start=1):
+        assert seq in index.candidates(key)
+    assert index.hits(array("Q", keys)) == list(range(len(keys)))
 
 
 @pytest.mark.skipif(_index is None, reason="the compiled index did not build")
-def test_a_slot_takes_12_bytes():
+def test_a_slot_takes_8_bytes():
     index = _index.FingerprintIndex(capacity=1 << 16)
-    assert index.memory_bytes == 12 * (1 << 16)
+    assert index.memory_bytes == 8 * (1 << 16)
 
 
 @pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from drengr.core.auth import KeyRecord
-from drengr.core.machine import StoreOutcome
+from drengr.core.outcome import StoreOutcome
 from drengr.web import Config, OneLineFormatter, create_app
 
 from .realserver import Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from drengr.core.limits import MS_PER_DAY
-from drengr.core.machine import StoreOutcome
+from drengr.core.outcome import StoreOutcome
 from drengr.core.timestamps import parse_ms
 from drengr.store import SQLiteStore, StoreError
 from drengr.store.sqlite import WRITERS, _Job, generation

@@ -8,16 +8,20 @@ index from the table's recent rows on start, tails rows other processes
 committed before every write (under the write lock), and verifies every
 fingerprint hit against the row it points to, so dedup stays exact.
 
-Open addressing with linear probing over two C arrays; a fingerprint may
-appear more than once (two ids that collide), so ``candidates`` returns all
-of them. A slot keeps the seq's low 32 bits only (12 bytes a slot, not 16:
-the window is most of the server's memory); ``candidates`` restores the rest
-from the highest seq added, exact while a window spans fewer than 2**32 rows
-(and a wrong guess would only fail the row check that follows every hit).
-``_index_py.py`` is the pure-Python twin. Imports nothing of ours.
+Open addressing with linear probing over one C array of 8-byte slots: the
+fingerprint's high 32 bits (its *tag*, which also picks the home slot) and
+the seq's low 32 bits. Several rows may share a tag (two ids whose
+fingerprints agree there: about one lookup in 2**32 / rows), so
+``candidates`` returns all of them, and the store's row check after every
+hit sorts them out. The rest of a seq comes back from the highest seq added,
+exact while a window spans fewer than 2**32 rows (a wrong guess would only
+fail that row check). 8 bytes a slot, not 16: the window is most of the
+writer's memory. ``_index_py.py`` is the pure-Python twin. Imports nothing
+of ours.
 """
 
-from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.string cimport memcpy, memset
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from array import array
@@ -72,16 +76,20 @@ def fingerprints(str tenant_id, list rows, Py_ssize_t column):
     return result
 
 
-cdef class FingerprintIndex:
-    """fingerprint → seq multimap; 12 bytes a slot, at most 85 % full.
+cdef inline uint64_t _tag(uint64_t key) noexcept nogil:
+    cdef uint64_t tag = key >> 32
+    return tag if tag != 0 else 1
 
-    Linear probing stays cheap enough at 85 % (a miss reads ~3 cache lines of
-    keys), and each doubling, when old and new tables live together, is the
-    window's peak: doubling later saves up to half the memory.
+
+cdef class FingerprintIndex:
+    """fingerprint tag → seq multimap; 8 bytes a slot, at most 85 % full.
+
+    Linear probing stays cheap enough at 85 % (a miss reads a cache line or
+    two), and doubling later saves up to half the memory; a doubling happens
+    in place (``_grow``).
     """
 
-    cdef uint64_t *keys  # 0 marks an empty slot
-    cdef uint32_t *values  # the seq's low 32 bits
+    cdef uint64_t *slots  # tag << 32 | seq & 0xFFFFFFFF; 0: empty (a tag is never 0)
     cdef size_t capacity
     cdef size_t count
     cdef int64_t top  # the highest seq added
@@ -93,43 +101,70 @@ cdef class FingerprintIndex:
         self._allocate(size)
 
     cdef void _allocate(self, size_t size) except *:
-        self.keys = <uint64_t *>PyMem_Calloc(size, sizeof(uint64_t))
-        self.values = <uint32_t *>PyMem_Calloc(size, sizeof(uint32_t))
-        if self.keys == NULL or self.values == NULL:
+        self.slots = <uint64_t *>PyMem_Calloc(size, sizeof(uint64_t))
+        if self.slots == NULL:
             raise MemoryError()
         self.capacity = size
         self.count = 0
 
     def __dealloc__(self):
-        PyMem_Free(self.keys)
-        PyMem_Free(self.values)
+        PyMem_Free(self.slots)
 
     def __len__(self):
         return self.count
 
     @property
     def memory_bytes(self):
-        return self.capacity * 12
+        return self.capacity * sizeof(uint64_t)
 
-    cdef void _put(self, uint64_t key, uint32_t value) noexcept nogil:
+    cdef void _put(self, uint64_t slot_value) noexcept nogil:
         cdef size_t mask = self.capacity - 1
-        cdef size_t slot = key & mask
-        while self.keys[slot] != 0:
+        cdef size_t slot = (slot_value >> 32) & mask
+        while self.slots[slot] != 0:
             slot = (slot + 1) & mask
-        self.keys[slot] = key
-        self.values[slot] = value
+        self.slots[slot] = slot_value
         self.count += 1
 
     cdef void _grow(self) except *:
-        cdef uint64_t *old_keys = self.keys
-        cdef uint32_t *old_values = self.values
-        cdef size_t old_capacity = self.capacity, i
-        self._allocate(old_capacity * 2)
-        for i in range(old_capacity):
-            if old_keys[i] != 0:
-                self._put(old_keys[i], old_values[i])
-        PyMem_Free(old_keys)
-        PyMem_Free(old_values)
+        """Double in place: ``realloc`` (``mremap`` here: no copy), then rehash.
+
+        Old and new tables never live side by side, so a doubling costs no
+        more memory than its result. Each slot moves to its home in the new
+        table (``tag & mask`` gains a bit: the same slot or the one ``old``
+        further). The run at the very start, which may hold slots wrapped
+        around from the end, is taken out first and put back last; every
+        other slot is taken out and put back in order, and each lands at or
+        before its old position (or in the upper half), on a probe path of
+        slots already rehashed: so every slot stays reachable from its home.
+        """
+        cdef size_t old = self.capacity, i, head = 0
+        cdef uint64_t value
+        cdef uint64_t *held
+        cdef uint64_t *slots
+        while self.slots[head] != 0:  # below 85 % full, an empty slot exists
+            head += 1
+        held = <uint64_t *>PyMem_Malloc((head + 1) * sizeof(uint64_t))
+        if held == NULL:
+            raise MemoryError()
+        slots = <uint64_t *>PyMem_Realloc(self.slots, 2 * old * sizeof(uint64_t))
+        if slots == NULL:
+            PyMem_Free(held)
+            raise MemoryError()
+        memset(slots + old, 0, old * sizeof(uint64_t))
+        memcpy(held, slots, head * sizeof(uint64_t))
+        memset(slots, 0, head * sizeof(uint64_t))
+        self.slots = slots
+        self.capacity = 2 * old
+        self.count -= head
+        for i in range(head + 1, old):
+            value = slots[i]
+            if value != 0:
+                slots[i] = 0
+                self.count -= 1
+                self._put(value)
+        for i in range(head):
+            self._put(held[i])
+        PyMem_Free(held)
 
     cpdef add(self, uint64_t key, int64_t value):
         if key == 0:
@@ -138,7 +173,7 @@ cdef class FingerprintIndex:
             raise ValueError("seqs are never negative")
         if (self.count + 1) * 20 > self.capacity * 17:  # 85 % full
             self._grow()
-        self._put(key, <uint32_t>(value & 0xFFFFFFFF))
+        self._put(_tag(key) << 32 | <uint32_t>(value & 0xFFFFFFFF))
         if value > self.top:
             self.top = value
 
@@ -148,14 +183,15 @@ cdef class FingerprintIndex:
             self.add(keys[i], values[i])
 
     def candidates(self, uint64_t key):
-        """Every seq stored under ``key`` (usually none or one)."""
+        """Every seq stored under ``key``'s tag (usually none or one)."""
+        cdef uint64_t tag = _tag(key)
         cdef size_t mask = self.capacity - 1
-        cdef size_t slot = key & mask
+        cdef size_t slot = tag & mask
         cdef int64_t seq
         found = []
-        while self.keys[slot] != 0:
-            if self.keys[slot] == key:
-                seq = (self.top & ~(<int64_t>0xFFFFFFFF)) | self.values[slot]
+        while self.slots[slot] != 0:
+            if self.slots[slot] >> 32 == tag:
+                seq = (self.top & ~(<int64_t>0xFFFFFFFF)) | <uint32_t>self.slots[slot]
                 if seq > self.top:
                     seq -= <int64_t>1 << 32
                 found.append(seq)
@@ -163,16 +199,17 @@ cdef class FingerprintIndex:
         return found
 
     cdef bint _contains(self, uint64_t key) noexcept nogil:
+        cdef uint64_t tag = _tag(key)
         cdef size_t mask = self.capacity - 1
-        cdef size_t slot = key & mask
-        while self.keys[slot] != 0:
-            if self.keys[slot] == key:
+        cdef size_t slot = tag & mask
+        while self.slots[slot] != 0:
+            if self.slots[slot] >> 32 == tag:
                 return True
             slot = (slot + 1) & mask
         return False
 
     def hits(self, const uint64_t[::1] keys):
-        """Positions in ``keys`` whose fingerprint is stored (candidates to verify)."""
+        """Positions in ``keys`` whose tag is stored (candidates to verify)."""
         cdef Py_ssize_t i
         found = []
         for i in range(keys.shape[0]):

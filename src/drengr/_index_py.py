@@ -33,6 +33,10 @@ def fingerprint(tenant_id: str, event_id: str) -> int:
     return h or 1
 
 
+def _tag(key: int) -> int:
+    return (key >> 32) or 1  # the compiled index keeps only a fingerprint's high 32 bits
+
+
 def fingerprints(tenant_id: str, rows: list[tuple[Any, ...]], column: int) -> array:
     return array("Q", [fingerprint(tenant_id, row[column]) for row in rows])
 
@@ -54,7 +58,7 @@ class FingerprintIndex:
             raise ValueError("fingerprints are never 0")
         if value < 0:
             raise ValueError("seqs are never negative")
-        self._map.setdefault(key, []).append(value)
+        self._map.setdefault(_tag(key), []).append(value)
         self._count += 1
 
     def add_many(self, keys: Any, values: Any) -> None:
@@ -62,7 +66,7 @@ class FingerprintIndex:
             self.add(key, value)
 
     def candidates(self, key: int) -> list[int]:
-        return list(self._map.get(key, ()))
+        return list(self._map.get(_tag(key), ()))
 
     def hits(self, keys: Any) -> list[int]:
-        return [i for i, key in enumerate(keys) if key in self._map]
+        return [i for i, key in enumerate(keys) if _tag(key) in self._map]

@@ -248,8 +248,10 @@ def tenants(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     import waitress
 
+    from ._memory import return_large_blocks
     from .web import Config, OneLineFormatter, create_app
 
+    return_large_blocks()  # before any thread has a heap of its own: see _memory
     handler = logging.StreamHandler(sys.stderr)
     # One record, one line: a newline a client put in a path or header can never forge a log line.
     handler.setFormatter(OneLineFormatter())

@@ -28,6 +28,7 @@ from .errors import (
 )
 from .limits import CORS_MAX_AGE_SECONDS, MAX_BATCH_ITEMS, MAX_BODY_BYTES, MAX_ITEM_BYTES
 from .mapping import BodyMapper
+from .outcome import StoreOutcome
 from .routes import Route, classify
 
 DEFAULT_ALLOW_HEADERS = ("authorization", "content-type", "x-write-key")
@@ -63,13 +64,6 @@ class StoreRows:
     tenant_id: str
     rows: list[tuple[Any, ...]]
     received_at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOutcome:
-    stored: int
-    duplicates: int = 0
-    over_cap: int = 0
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..core.auth import KeyRecord
-from ..core.machine import StoreOutcome
+from ..core.outcome import StoreOutcome
 
 
 class StoreError(Exception):

@@ -69,7 +69,7 @@ from psycopg import errors as pg_errors
 
 from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
-from ..core.machine import StoreOutcome
+from ..core.outcome import StoreOutcome
 from ..core.timestamps import format_ms, parse_ms
 from .base import KeyCache, KeyInfo, StoreError, take_group
 

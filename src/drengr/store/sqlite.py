@@ -39,26 +39,32 @@ import functools
 import itertools
 import logging
 import marshal
-import multiprocessing
 import os
 import queue
 import secrets
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .._imports import without_numpy
+from .._memory import return_large_blocks
 
-with without_numpy():  # sqlite-utils imports numpy if installed (to map numpy column types): 12 MB
+if TYPE_CHECKING:
     import sqlite_utils
 
 from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
-from ..core.machine import StoreOutcome
+from ..core.outcome import StoreOutcome
 from ..core.timestamps import format_ms
 from .base import KeyCache, KeyInfo, StoreError, take_group
 
@@ -68,11 +74,15 @@ except ImportError:  # pragma: no cover - the extension did not build; the twin 
     from .._index_py import FingerprintIndex, fingerprint, fingerprints
 
 log = logging.getLogger("drengr.store")
+_CODE_ROOT = str(
+    Path(__file__).resolve().parents[2]
+)  # where this drengr is imported from: the writer process's too
 
 WRITERS = ("thread", "process")
 WRITER_CPUS_ENV = "DRENGR_WRITER_CPUS"  # e.g. "1": the cores the writer process may run on
 SCHEMA_VERSION = 2  # 2: semantic_events.library, drop_counts
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
+_MERGE_MAX_BYTES = 4 << 20  # the writer process's groups: at most this many bytes of messages
 # Errors one job's rows can cause (the others are written without it). Any other error (a
 # read-only or full disk, I/O, a lock) fails the whole group, and the connection is reopened.
 _JOB_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
@@ -115,6 +125,14 @@ def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
         )
         start += size
     return cursor.lastrowid or 0
+
+
+def _sqlite_utils() -> Any:
+    """sqlite-utils, imported on first use: the writer process never needs it (~8 MB less there)."""
+    with without_numpy():  # sqlite-utils imports numpy if installed (to map numpy column types): 12 MB
+        import sqlite_utils
+
+    return sqlite_utils
 
 
 def generation(received_at_ms: int) -> int:
@@ -203,7 +221,7 @@ class SQLiteStore:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
-            db = sqlite_utils.Database(conn)
+            db = _sqlite_utils().Database(conn)
             db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
             db.table("tenants").create(
                 {"tenant_id": str, "daily_cap": int, "created_at": str},
@@ -281,8 +299,8 @@ class SQLiteStore:
         )
         return None if row is None else KeyRecord(row[0], row[1], row[2], row[3] is not None)
 
-    def _admin(self) -> sqlite_utils.Database:
-        return sqlite_utils.Database(self._reader())
+    def _admin(self) -> "sqlite_utils.Database":
+        return _sqlite_utils().Database(self._reader())
 
     def is_new(self) -> bool:
         db = self._admin()
@@ -781,28 +799,38 @@ class _Meter:
 class _WriterProcess:
     """The child that owns the write connection when ``writer="process"``: one job a message.
 
-    Started with ``spawn`` (never fork a process that runs threads). The pipe
-    carries ``[(tenant_id, rows, received_at_ms, probe), …]`` one way and
-    ``([[(outcome, error text), …], …], commits)`` back, in order, as
-    ``marshal`` bytes (plain values only: about twice as fast as pickle, and
-    both ends are this module). Up to ``IN_FLIGHT`` messages are in flight; the
-    child commits every message already waiting in one transaction and answers
-    them in one message, which a receiver thread here completes.
+    A fresh interpreter (``subprocess``, never a fork of a process that runs
+    threads) that imports only this module, talking over one end of a socket
+    pair: not ``multiprocessing``'s spawn, which re-imports the server's
+    ``__main__`` in the child and starts a resource-tracker process beside
+    it (~25 MB between them). The socket carries ``[(tenant_id, rows,
+    received_at_ms, probe), …]`` one way and ``([[(outcome, error text), …],
+    …], commits)`` back, in order, as ``marshal`` bytes framed by
+    ``multiprocessing.connection`` (plain values only: about twice as fast as
+    pickle, and both ends are this module). Up to ``IN_FLIGHT`` messages are
+    in flight; the child commits every message already waiting in one
+    transaction and answers them in one message, which a receiver thread
+    here completes.
     """
 
     IN_FLIGHT = 64
 
     def __init__(self, path: str, durability: str, busy_timeout_ms: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._pipe, child_end = context.Pipe()
-        self._process = context.Process(
-            target=_writer_main,
-            args=(child_end, path, durability, busy_timeout_ms),
-            name="drengr-writer",
-            daemon=True,
+        ours, theirs = socket.socketpair()
+        code = (
+            f"import sys; sys.path.insert(0, {_CODE_ROOT!r}); from drengr.store.sqlite import _writer_main; "
+            f"_writer_main({theirs.fileno()}, {path!r}, {durability!r}, {busy_timeout_ms!r})"
         )
-        self._process.start()
-        child_end.close()  # the child's end lives in the child only: its exit is our EOF
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the child's end lives in the child only: its exit is our EOF
+        self._pipe = Connection(ours.detach())
         self.pid = self._process.pid
         self.failed: BaseException | None = None
         self._in_flight: collections.deque[tuple[list[_Job], Callable[[int], None]]] = collections.deque()
@@ -874,10 +902,11 @@ class _WriterProcess:
                 self.failed = StoreError("the writer process was stopped")
         with contextlib.suppress(OSError, ValueError):  # "exit": no EOF while our receiver reads the pipe
             self._pipe.send_bytes(marshal.dumps(None))
-        self._process.join(timeout=30)
-        if self._process.is_alive():
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.join()
+            self._process.wait()
         self._receiver.join(timeout=30)  # it reads EOF now that the child is gone
         self._pipe.close()
 
@@ -888,8 +917,15 @@ def _fail(jobs: list[_Job], error: BaseException) -> None:
         job.done.set()
 
 
-def _writer_main(pipe: Any, path: str, durability: str, busy_timeout_ms: int) -> None:
+def _writer_main(fd: int, path: str, durability: str, busy_timeout_ms: int) -> None:
     """The writer process: receive a group, commit it with the thread writer's own code, answer."""
+    return_large_blocks()  # the messages are large blocks: see _memory
+    pipe = Connection(fd)
+    # A terminal's Ctrl-C or a service manager's SIGTERM reaches the whole process group: the
+    # parent answers it (it finishes what is in flight, then sends "stop"); this child exits on
+    # that message or at the parent's EOF, never halfway through a group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cpus = os.environ.get(WRITER_CPUS_ENV)
     if cpus:
         os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
@@ -897,12 +933,15 @@ def _writer_main(pipe: Any, path: str, durability: str, busy_timeout_ms: int) ->
     conn: sqlite3.Connection | None = None
     while True:
         try:
-            messages = [marshal.loads(pipe.recv_bytes())]
-            # Every group already waiting joins this transaction: one commit for all of them.
-            rows = 0
-            while messages[-1] is not None and rows < GROUP_MAX_ROWS and pipe.poll():
-                messages.append(marshal.loads(pipe.recv_bytes()))
-                rows += sum(len(each[1]) for each in messages[-1] or ())
+            received = pipe.recv_bytes()
+            messages = [marshal.loads(received)]
+            # Every group already waiting joins this transaction (one commit for all of them), up
+            # to a size: a few large batches already make a group, and each byte costs ~3 in rows.
+            size = len(received)
+            while messages[-1] is not None and size < _MERGE_MAX_BYTES and pipe.poll():
+                received = pipe.recv_bytes()
+                messages.append(marshal.loads(received))
+                size += len(received)
         except (EOFError, OSError):
             break  # the parent died
         stop = messages[-1] is None  # the parent's stop()
