@@ -175,7 +175,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path, writer)
     requests = refused = 0
     for round_number in range(CRASH_ROUNDS):
         server = launch(db, key, "--threads", "4", "--writer", writer, log_level="warning")
-        writers = server.children()  # the SQLite writer process (and multiprocessing's resource tracker)
+        writers = server.children()  # the SQLite writer process
         assert bool(writers) == (writer == "process"), writers
         with Load([server.port], key, f"r{round_number}", threads=4) as load:
             time.sleep(rng.uniform(0.2, 1.2))

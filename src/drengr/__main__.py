@@ -4,5 +4,5 @@ import sys
 
 from .cli import main
 
-if __name__ == "__main__":  # not when the writer process (spawn) imports this module again
+if __name__ == "__main__":  # only when run as a program, never on import
     sys.exit(main())

@@ -188,7 +188,7 @@ class SQLiteStore:
         if migrate:
             self._migrate()
         if writer == "process":
-            try:  # now, not on the first request: a spawned child takes a few hundred ms to start
+            try:  # now, not on the first request: the child takes ~0.1 s to start
                 self._child = _WriterProcess(self.path, self._durability, self._busy_timeout_ms)
             except Exception as error:  # noqa: BLE001 - tried again with the first write
                 log.error("cannot start the writer process: %s", error)
