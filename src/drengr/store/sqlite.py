@@ -800,7 +800,8 @@ class _WriterProcess:
     """The child that owns the write connection when ``writer="process"``: one job a message.
 
     A fresh interpreter (``subprocess``, never a fork of a process that runs
-    threads) that imports only this module, talking over one end of a socket
+    threads) that puts SQLite in multi-thread mode (``drengr._sqlite_lib``)
+    and imports only this module, talking over one end of a socket
     pair: not ``multiprocessing``'s spawn, which re-imports the server's
     ``__main__`` in the child and starts a resource-tracker process beside
     it (~25 MB between them). The socket carries ``[(tenant_id, rows,
@@ -818,7 +819,9 @@ class _WriterProcess:
     def __init__(self, path: str, durability: str, busy_timeout_ms: int) -> None:
         ours, theirs = socket.socketpair()
         code = (
-            f"import sys; sys.path.insert(0, {_CODE_ROOT!r}); from drengr.store.sqlite import _writer_main; "
+            f"import sys; sys.path.insert(0, {_CODE_ROOT!r}); "
+            "from drengr._sqlite_lib import unlock_connections; unlock_connections(); "  # before sqlite3
+            "from drengr.store.sqlite import _writer_main; "
             f"_writer_main({theirs.fileno()}, {path!r}, {durability!r}, {busy_timeout_ms!r})"
         )
         try:
