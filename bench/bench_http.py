@@ -131,7 +131,8 @@ def wrk(port: int, key: str, events: int, connections: int, seconds: int) -> dic
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    latency = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
+    # wrk pads a figure to its column: "1.63s " (seconds) ends in a space
+    latency = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M)}
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     return {
         "requests": requests,
@@ -180,6 +181,7 @@ def bench_http_smoke_rows_equal_acks(benchmark: Any, tmp_path: Path, kind: str) 
         rows = stored(db)
     acked = 100 * (batch["requests"] - batch["non_2xx"]) + (single["requests"] - single["non_2xx"])
     assert batch["non_2xx"] == single["non_2xx"] == 0
+    assert None not in (batch["p50_ms"], batch["p99_ms"], single["p50_ms"], single["p99_ms"])
     # wrk stops counting at its deadline: requests still in flight then (at most one per
     # connection) were stored but never counted as acknowledged.
     assert acked <= rows <= acked + 4 * 100 + 4
@@ -241,6 +243,7 @@ def bench_http_matrix(benchmark: Any, tmp_path: Path) -> None:
               f"{share:>8}{r['p50_ms'] or 0:>9.2f}{r['p99_ms'] or 0:>9.2f}{r['non_2xx']:>8}{rss:>8}")  # fmt: skip
     for r in results:
         assert r["requests"] > 0 and r["non_2xx"] == r["socket_errors"] == 0, r
+        assert r["p50_ms"] is not None and r["p99_ms"] is not None, r  # wrk's output was read
         if "stored" in r:  # every ack stored; at most one in-flight request per connection per load beyond
             acked = r["requests"] + r["warmup_requests"]
             assert r["events"] * acked <= r["stored"] <= r["events"] * (acked + 2 * r["c"]), r
