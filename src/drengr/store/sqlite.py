@@ -826,7 +826,10 @@ class _WriterProcess:
         )
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL
+                [sys.executable, "-c", code],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # not serve's stdout, where a new database's key is printed
             )
         except BaseException:
             ours.close()
