@@ -74,9 +74,8 @@ except ImportError:  # pragma: no cover - the extension did not build; the twin 
     from .._index_py import FingerprintIndex, fingerprint, fingerprints
 
 log = logging.getLogger("drengr.store")
-_CODE_ROOT = str(
-    Path(__file__).resolve().parents[2]
-)  # where this drengr is imported from: the writer process's too
+# Where this drengr is imported from: the writer process imports the same one.
+_CODE_ROOT = str(Path(__file__).resolve().parents[2])
 
 WRITERS = ("thread", "process")
 WRITER_CPUS_ENV = "DRENGR_WRITER_CPUS"  # e.g. "1": the cores the writer process may run on
@@ -804,7 +803,7 @@ class _WriterProcess:
     and imports only this module, talking over one end of a socket
     pair: not ``multiprocessing``'s spawn, which re-imports the server's
     ``__main__`` in the child and starts a resource-tracker process beside
-    it (~25 MB between them). The socket carries ``[(tenant_id, rows,
+    it (~19 MB between them). The socket carries ``[(tenant_id, rows,
     received_at_ms, probe), …]`` one way and ``([[(outcome, error text), …],
     …], commits)`` back, in order, as ``marshal`` bytes framed by
     ``multiprocessing.connection`` (plain values only: about twice as fast as
