@@ -1,5 +1,6 @@
 """SPEC "Storage and durability" and the daily cap, against real SQLite files."""
 
+import fcntl
 import importlib.util
 import multiprocessing
 import os
@@ -338,6 +339,50 @@ def test_several_processes_share_one_file(db_path):
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def hold_writer_lock(db_path: Path) -> int:
+    """Another writer's transaction, as far as the writer lock goes: an fd holding it (close to release)."""
+    fd = os.open(f"{db_path}-writer.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_a_writer_waits_its_turn_at_the_writer_lock(db_path, writer):
+    """Writers of one file queue at an OS lock (no SQLite busy-handler sleeps): each write waits for its turn."""
+    store = SQLiteStore(str(db_path), writer=writer, busy_timeout_ms=10_000)
+    try:
+        assert store.write("acme", [row("first")], DAY0).stored == 1
+        held = hold_writer_lock(db_path)
+        outcome: list[StoreOutcome] = []
+        waiting = threading.Thread(target=lambda: outcome.append(store.write("acme", [row("second")], DAY0)))
+        waiting.start()
+        waiting.join(timeout=0.5)
+        assert waiting.is_alive() and count(db_path) == 1  # its turn has not come
+        os.close(held)  # the other writer's transaction ends
+        waiting.join(timeout=10)
+        assert outcome == [StoreOutcome(stored=1)] and count(db_path) == 2
+    finally:
+        store.close()
+
+
+def test_a_writer_lock_held_past_the_busy_timeout_fails_the_write_then_recovers(db_path, writer):
+    store = SQLiteStore(str(db_path), writer=writer, busy_timeout_ms=300)
+    try:
+        held = hold_writer_lock(db_path)
+        with pytest.raises(StoreError):
+            store.write("acme", [row("a")], DAY0)  # 502, as a busy SQLite lock would give
+        with pytest.raises(StoreError):
+            store.write("acme", [row("b")], DAY0)  # its helper is still queued: this one waits on it
+        os.close(held)
+        assert store.write("acme", [row("c")], DAY0).stored == 1
+        assert store.write("acme", [row("a")], DAY0).stored == 1  # the failed one was never stored
+        assert count(db_path) == 2
+        free = os.open(f"{db_path}-writer.lock", os.O_RDWR)
+        fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)  # given back: nothing of ours still holds it
+        os.close(free)
+    finally:
+        store.close()
 
 
 def _usage(path: Path) -> int:
