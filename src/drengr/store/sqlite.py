@@ -25,7 +25,8 @@ is what costs at scale):
   fails the jobs it holds with 502 (a commit it made is caught as a duplicate
   when the client resends) and a new one starts with the next job.
 - Several processes share the file: every write transaction is
-  ``BEGIN IMMEDIATE`` with a busy timeout, never a deferred upgrade.
+  ``BEGIN IMMEDIATE`` with a busy timeout, never a deferred upgrade, and
+  their writers take turns at an OS lock (``_WriterLock``).
 - Daily-cap metering: one read and one upsert per tenant and day a group; it fails open.
 - WAL checkpoints run in a background thread (``_Checkpointer``), not in the writer's commits.
 
