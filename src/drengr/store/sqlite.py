@@ -692,8 +692,8 @@ class _WriterLock:
     in SQLite's busy handler, 1, 2, 5, … then 25-100 ms between tries, while
     the holder, its next group already waiting, takes the lock again
     microseconds after releasing it: two gunicorn workers answered 100-event
-    batches with a p99 of 1-2.7 s. ``flock`` queues the waiter in the kernel
-    and wakes it at the release: p99 19-60 ms, and 17-25 % more requests.
+    batches with a p99 of 0.9-3.1 s. ``flock`` queues the waiter in the kernel
+    and wakes it at the release: p99 0.18-0.27 s (README, "Performance").
 
     The wait stays bounded by the busy timeout (then the group fails with
     ``502``, as a busy SQLite lock would): it happens on a helper thread, which
