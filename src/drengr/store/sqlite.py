@@ -728,10 +728,15 @@ class _WriterLock:
                     os.close(fd)
                     raise
                 self._ready.clear()
-                self._waiter = True
-                threading.Thread(
+                helper = threading.Thread(
                     target=self._wait, args=(fd,), name="drengr-writer-lock", daemon=True
-                ).start()
+                )
+                try:
+                    helper.start()  # it takes self._state before anything else: after we let go
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._waiter = True
             self._wanted = True
         self._ready.wait(timeout)
         with self._state:
@@ -760,6 +765,7 @@ class _WriterLock:
             os.close(fd)
             with self._state:
                 self._waiter = False
+                self._ready.set()  # nothing granted: its writer fails now, not at the timeout
             return
         with self._state:
             self._waiter = False
