@@ -186,9 +186,7 @@ class SQLiteStore:
         self._child: _WriterProcess | None = None  # writer="process"
         self._child_lock = threading.Lock()  # one request at a time hands its job to the child
         self._checkpointer: _Checkpointer | None = None  # started with the first write
-        self._turns: _WriterLock | None = (
-            None  # writers of this file take turns (opened with the first write)
-        )
+        self._turns = _WriterLock(path)  # writers of this file take turns (see there)
         if migrate:
             self._migrate()
         if writer == "process":
@@ -426,6 +424,7 @@ class SQLiteStore:
             if self._checkpointer is not None:
                 self._checkpointer.stop()
                 self._checkpointer = None
+            self._turns.close()  # the writer thread is done with it
         with self._child_lock:
             if self._child is not None:
                 self._child.stop()
@@ -486,8 +485,6 @@ class SQLiteStore:
             if conn is None:
                 conn = self._connect()
                 conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_FALLBACK_PAGES}")
-            if self._turns is None:
-                self._turns = _WriterLock(self.path)
             turn = self._turns.acquire(self._busy_timeout_ms / 1000)
             if turn is None:
                 raise StoreError("another writer held the database's writer lock past the busy timeout")
@@ -706,6 +703,7 @@ class _WriterLock:
 
     def __init__(self, database: str) -> None:
         self._path = None if database == ":memory:" else database + "-writer.lock"
+        self._fd: int | None = None  # opened once: the uncontended turn is two flock calls
         self._state = threading.Lock()
         self._waiter = False  # a helper thread is blocked in flock
         self._wanted = False  # and our writer is waiting for what it gets
@@ -716,17 +714,18 @@ class _WriterLock:
         """A turn to write (give it to ``release``), or None if the lock stayed taken ``timeout`` s."""
         with self._state:
             if not self._waiter:
-                fd = self._open()
-                if fd is None:
-                    return self._NONE
+                if self._fd is None:
+                    self._fd = self._open()
+                    if self._fd is None:
+                        return self._NONE
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return fd
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return self._fd
                 except BlockingIOError:  # taken: wait in the kernel's queue, on a helper thread
                     pass
-                except OSError:
-                    os.close(fd)
-                    raise
+                fd = self._open()  # a description of its own: the lock it gets is its writer's
+                if fd is None:
+                    return self._NONE
                 self._ready.clear()
                 helper = threading.Thread(
                     target=self._wait, args=(fd,), name="drengr-writer-lock", daemon=True
@@ -745,8 +744,16 @@ class _WriterLock:
         return fd
 
     def release(self, turn: int) -> None:
-        if turn != self._NONE:
-            os.close(turn)  # closing the file releases its flock
+        if turn == self._fd:
+            fcntl.flock(turn, fcntl.LOCK_UN)
+        elif turn != self._NONE:
+            os.close(turn)  # a helper's description: closing it releases its flock
+
+    def close(self) -> None:
+        with self._state:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def _open(self) -> int | None:
         if self._path is None:
