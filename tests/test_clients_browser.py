@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from drengr import clock
 from tests.clients.harness import (
     BUSY_TIMEOUT_ENV,
     CHROMIUM,
@@ -95,7 +96,7 @@ def revoke(server: LiveServer, key: str) -> None:
 def test_readme_page_lands_every_call_once_across_origins(tmp_path, site, browser_pages):
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
-        started = time.time()
+        started = clock.now()
         browser = open_readme_page(server, site, key, browser_pages)
         browser.close()
         server.wait_quiet(0.3)
@@ -125,7 +126,7 @@ def test_batching_mode_sends_one_v1_b_when_the_page_is_hidden(tmp_path, site, br
         calls = [line.strip() for line in html.splitlines() if line.strip().startswith("analytics.")]
         sent = "window.sent = Promise.all([\n  " + ",\n  ".join(calls) + ",\n])"
         site.pages["/"] = page('<script src="/analytics-next/index.js"></script>', load + "\n" + sent)
-        started = time.time()
+        started = clock.now()
         browser = Browser(site.url + "/")
         browser_pages.append(browser)
         assert browser.eval("window.sent.then(() => 'queued')") == "queued"

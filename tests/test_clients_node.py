@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from drengr import clock
 from tests.clients.harness import (
     BUSY_TIMEOUT_ENV,
     CANONICAL,
@@ -58,7 +59,7 @@ def node() -> None:
 def test_readme_snippet_lands_every_call_once(tmp_path, tell, options):
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
-        started = time.time()
+        started = clock.now()
         run_node(personalise(readme_snippet("js", tell), server, key))
         server.wait_quiet(0.3)
         assert_canonical_rows(server, "acme", started, **options)

@@ -8,12 +8,12 @@ server's access log.
 """
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from drengr import clock
 from tests.clients.harness import (
     BUSY_TIMEOUT_ENV,
     assert_canonical_rows,
@@ -60,7 +60,7 @@ def flush_within(client: Any, seconds: float) -> None:
 def test_readme_snippet_lands_every_call_once(tmp_path, snippet: str, make_client: Callable[..., Any]):
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
-        started = time.time()
+        started = clock.now()
         run_python(personalise(readme_snippet("python", snippet), server, key))
         server.wait_quiet(0.3)
         rows = assert_canonical_rows(server, "acme", started)

@@ -29,7 +29,6 @@ import gzip
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from typing import Any
 
 import pytest
 
+from drengr import clock
 from drengr.store import SQLiteStore
 
 from .conftest import TENANT, read_rows
@@ -193,7 +193,7 @@ def send(client: Any, capture: Capture, key: str | None) -> Any:
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return clock.now_ms()
 
 
 # --------------------------------------------------------------------------- the SPEC, as a model

@@ -53,6 +53,17 @@ DAY0: int = parse_ms("2026-11-26T12:00:00.000Z") or 0
 assert DAY0
 SUCCESS = b'{"success": true}'
 
+
+class Clock:
+    """A settable clock for the store (seconds, like time.time)."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
 # --------------------------------------------------------------------------- the server
 
 _server: dict[str, Any] = {}
@@ -144,16 +155,6 @@ def pg_database() -> Iterator[str]:
         conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-class Clock:
-    """A settable clock for the store (seconds, like time.time)."""
-
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
-
-
 @pytest.fixture
 def pg(pg_dsn: str) -> Iterator[PostgresStore]:
     store = PostgresStore(pg_dsn, clock=Clock(DAY0))
@@ -215,14 +216,14 @@ def test_semantic_events_has_the_spec_columns(pg: PostgresStore, pg_dsn: str) ->
 
 def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     """A database made before `library` existed: migrating adds it, old rows read NULL, new rows have it."""
-    PostgresStore(pg_dsn).close()
+    PostgresStore(pg_dsn, clock=Clock(DAY0)).close()
     query(pg_dsn, "DROP INDEX semantic_events_tenant_seq")
     query(pg_dsn, "ALTER TABLE semantic_events DROP COLUMN library")
     query(pg_dsn, "UPDATE drengr_meta SET value = '1' WHERE key = 'schema_version'")
     query(pg_dsn, "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id,"
                   " occurred_at, received_at, dims, measures) VALUES ('acme', 'old', 'e', 'track', 'u',"
                   " '2026-11-26T00:00:00.000Z', '2026-11-26T00:00:00.000Z', '{}', '{}')")  # fmt: skip
-    store = PostgresStore(pg_dsn)
+    store = PostgresStore(pg_dsn, clock=Clock(DAY0))
     try:
         assert store.write("acme", [row("new")], DAY0).stored == 1
     finally:
@@ -238,7 +239,7 @@ def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: st
 
     def start() -> None:
         try:
-            PostgresStore(pg_dsn).close()
+            PostgresStore(pg_dsn, clock=Clock(DAY0)).close()
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
@@ -248,7 +249,7 @@ def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: st
     for thread in threads:
         thread.join()
     assert errors == []
-    store = PostgresStore(pg_dsn)  # and once more on a migrated database
+    store = PostgresStore(pg_dsn, clock=Clock(DAY0))  # and once more on a migrated database
     assert store.is_new()
     store.close()
     assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("2",)]
@@ -258,14 +259,14 @@ def test_a_node_starting_beside_a_serving_one_takes_no_table_lock(pg_dsn: str) -
     """On a database already at this version, migrate() runs no DDL: a node that starts while another
     holds a table in a transaction neither waits for it nor deadlocks with it (it did: ALTER TABLE …
     IF NOT EXISTS takes an exclusive lock)."""
-    PostgresStore(pg_dsn).close()
+    PostgresStore(pg_dsn, clock=Clock(DAY0)).close()
     holder = psycopg.connect(pg_dsn)
     try:
         holder.execute("SELECT count(*) FROM semantic_events")  # a transaction holding the table
         started: list[float] = []
 
         def start() -> None:
-            PostgresStore(pg_dsn).close()
+            PostgresStore(pg_dsn, clock=Clock(DAY0)).close()
             started.append(time.monotonic())
 
         thread = threading.Thread(target=start)
@@ -349,10 +350,10 @@ def test_write_reports_stored_and_duplicates(pg: PostgresStore, pg_dsn: str) -> 
 
 
 def test_dedup_survives_restart_and_is_shared_by_nodes(pg_dsn: str) -> None:
-    first = PostgresStore(pg_dsn)
+    first = PostgresStore(pg_dsn, clock=Clock(DAY0))
     first.write("acme", [row("a")], DAY0)
     first.close()
-    second, third = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
+    second, third = PostgresStore(pg_dsn, clock=Clock(DAY0)), PostgresStore(pg_dsn, clock=Clock(DAY0))
     assert second.write("acme", [row("a")], DAY0 + 1000).stored == 0
     assert second.write("acme", [row("b")], DAY0).stored == 1
     assert third.write("acme", [row("b"), row("c")], DAY0).stored == 1
@@ -437,7 +438,7 @@ def _hammer(
 
 def test_dedup_is_exact_across_nodes_under_concurrency(pg_dsn: str) -> None:
     """Three nodes × four threads send the same overlapping batches at once: every id stored once, no error."""
-    stores = [PostgresStore(pg_dsn) for _ in range(3)]
+    stores = [PostgresStore(pg_dsn, clock=Clock(DAY0)) for _ in range(3)]
     ids = [f"id-{i}" for i in range(600)]
     batches = [[row(event_id) for event_id in ids[start : start + 60]] for start in range(0, 600, 30)]
     outcomes = _hammer(stores, batches, 4)
@@ -474,7 +475,7 @@ def test_cap_is_per_tenant(pg: PostgresStore) -> None:
 
 
 def test_cap_is_exact_across_nodes_under_concurrency(pg_dsn: str) -> None:
-    stores = [PostgresStore(pg_dsn) for _ in range(3)]
+    stores = [PostgresStore(pg_dsn, clock=Clock(DAY0)) for _ in range(3)]
     stores[0].set_daily_cap("acme", 1_000)
     batches = [[row(f"b{b}-{i}") for i in range(25)] for b in range(40)]  # 1,000 distinct ids, sent by all
     batches += [[row(f"x{b}-{i}") for i in range(25)] for b in range(20)]  # 500 more
@@ -549,7 +550,7 @@ def test_nul_and_surrogates_through_the_app_are_200(pg: PostgresStore, pg_dsn: s
 
 def test_a_failing_database_is_502_then_recovers(pg_database: str) -> None:
     """Connections cut and refused: 502 Ingest failed and /health 503; back: 200, the retry stored once."""
-    store = PostgresStore(pg_database, connect_timeout=2)
+    store = PostgresStore(pg_database, connect_timeout=2, clock=Clock(DAY0))
     client = create_app(Config(db="unused"), store=store).test_client()
     key = store.create_key(TENANT)
     first = {"type": "track", "event": "one", "userId": "u", "messageId": "m1"}
@@ -579,7 +580,7 @@ def test_a_failing_database_is_502_then_recovers(pg_database: str) -> None:
 
 
 def test_a_stuck_database_is_502_after_the_statement_timeout(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn, statement_timeout_ms=500)
+    store = PostgresStore(pg_dsn, clock=Clock(DAY0), statement_timeout_ms=500)
     store.write("acme", [row("warm-up")], DAY0)
     holder = psycopg.connect(pg_dsn)
     holder.execute("LOCK TABLE semantic_events IN ACCESS EXCLUSIVE MODE")
@@ -595,7 +596,7 @@ def test_a_stuck_database_is_502_after_the_statement_timeout(pg_dsn: str) -> Non
 
 def test_concurrent_requests_share_commits(pg_dsn: str) -> None:
     """Ten requests arrive while the table is locked: with 2 writers they go out in at most 4 transactions."""
-    store = PostgresStore(pg_dsn, writers=2)
+    store = PostgresStore(pg_dsn, clock=Clock(DAY0), writers=2)
     store.write("acme", [row("warm-up")], DAY0)
     before = store.group_commits
     holder = psycopg.connect(pg_dsn)

@@ -25,6 +25,16 @@ DAY0 = parse_ms("2026-11-26T12:00:00.000Z")
 assert DAY0 is not None
 
 
+class Clock:
+    """A settable clock for the store (seconds, like time.time)."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
 def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
     return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
             "2026-11-26T00:00:00.000Z", "{}", "{}", "analytics-python 2.4.0")  # fmt: skip
@@ -38,7 +48,7 @@ def writer(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store(db_path, writer):
-    store = SQLiteStore(str(db_path), writer=writer)
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer=writer)
     yield store
     store.close()
 
@@ -59,7 +69,7 @@ def test_database_is_in_wal_mode(store, db_path):
 
 @pytest.mark.parametrize("durability, level", [("full", 2), ("normal", 1)])
 def test_durability_sets_synchronous(db_path, durability, level):
-    store = SQLiteStore(str(db_path), durability=durability)
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), durability=durability)
     conn = store._connect()  # noqa: SLF001 - the writer's connections are made here
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
     conn.close()
@@ -68,7 +78,7 @@ def test_durability_sets_synchronous(db_path, durability, level):
 
 def test_a_version_1_file_gets_the_library_column(db_path):
     """A file made before `library` existed: opening it adds the column; old rows read NULL."""
-    SQLiteStore(str(db_path)).close()
+    SQLiteStore(str(db_path), clock=Clock(DAY0)).close()
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("ALTER TABLE semantic_events DROP COLUMN library")
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
@@ -77,7 +87,7 @@ def test_a_version_1_file_gets_the_library_column(db_path):
         " received_at, dims, measures) VALUES ('acme', 'old', 'e', 'track', 'u', 'x', 'x', '{}', '{}')"
     )
     conn.close()
-    store = SQLiteStore(str(db_path))
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0))
     try:
         assert store.write("acme", [row("new")], DAY0).stored == 1
     finally:
@@ -99,10 +109,10 @@ def test_write_reports_stored_and_duplicates(store, db_path):
 
 
 def test_dedup_survives_restart(db_path, writer):
-    first = SQLiteStore(str(db_path), writer=writer)
+    first = SQLiteStore(str(db_path), clock=Clock(DAY0), writer=writer)
     first.write("acme", [row("a")], DAY0)
     first.close()
-    second = SQLiteStore(str(db_path), writer=writer)
+    second = SQLiteStore(str(db_path), clock=Clock(DAY0), writer=writer)
     assert second.write("acme", [row("a")], DAY0 + 1000).stored == 0
     second.close()
     assert count(db_path) == 1
@@ -112,16 +122,6 @@ def test_dedup_is_per_tenant(store, db_path):
     store.write("acme", [row("a")], DAY0)
     store.write("globex", [row("a", "globex")], DAY0)
     assert count(db_path) == 2
-
-
-class Clock:
-    """A settable clock for the store (seconds, like time.time)."""
-
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
 
 
 GENERATION_MS = 7 * MS_PER_DAY
@@ -173,18 +173,18 @@ def test_fingerprint_collisions_never_drop_a_distinct_event(db_path, monkeypatch
         sqlite_store, "fingerprints", lambda tenant, rows, column: array("Q", [7] * len(rows))
     )
     monkeypatch.setattr(sqlite_store, "fingerprint", lambda tenant, event_id: 7)
-    store = SQLiteStore(str(db_path))
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0))
     assert store.write("acme", [row("a"), row("b")], DAY0).stored == 2
     assert store.write("acme", [row("c"), row("a"), row("b")], DAY0).stored == 1
     store.close()
-    restarted = SQLiteStore(str(db_path))
+    restarted = SQLiteStore(str(db_path), clock=Clock(DAY0))
     assert restarted.write("acme", [row("a"), row("d")], DAY0).stored == 1
     restarted.close()
     assert count(db_path) == 4
 
 
 def test_window_sees_rows_another_process_wrote(db_path):
-    one, two = SQLiteStore(str(db_path)), SQLiteStore(str(db_path))
+    one, two = SQLiteStore(str(db_path), clock=Clock(DAY0)), SQLiteStore(str(db_path), clock=Clock(DAY0))
     assert one.write("acme", [row("a")], DAY0).stored == 1  # `one` loads its window here
     assert two.write("acme", [row("b")], DAY0).stored == 1
     assert one.write("acme", [row("b"), row("c")], DAY0).stored == 1  # caught up before writing
@@ -223,7 +223,7 @@ def test_metering_fails_open(store, db_path):
 
 def test_concurrent_requests_share_commits(db_path, writer):
     """Ten requests arrive while the file is locked: they go out in at most two transactions."""
-    store = SQLiteStore(str(db_path), busy_timeout_ms=30_000, writer=writer)
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), busy_timeout_ms=30_000, writer=writer)
     store.write("acme", [row("warm-up")], DAY0)
     before = store.group_commits
     holder = sqlite3.connect(db_path, isolation_level=None)
@@ -254,7 +254,7 @@ def test_concurrent_requests_share_commits(db_path, writer):
 def test_a_dead_writer_process_fails_its_group_and_is_replaced(db_path):
     """The writer process killed: that write fails (the client gets 502 and resends), the next
     starts a new process, and what the dead one had committed is caught as a duplicate."""
-    store = SQLiteStore(str(db_path), writer="process")
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer="process")
     try:
         assert store.write("acme", [row("a"), row("b")], DAY0).stored == 2
         first = store.writer_pid
@@ -276,7 +276,7 @@ def test_a_dead_writer_process_fails_its_group_and_is_replaced(db_path):
 
 def test_a_group_in_flight_when_the_writer_process_dies_fails(db_path):
     """The child dies holding a group (blocked on a lock): that write fails, never a false 200."""
-    store = SQLiteStore(str(db_path), writer="process", busy_timeout_ms=30_000)
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer="process", busy_timeout_ms=30_000)
     try:
         store.write("acme", [row("a")], DAY0)
         holder = sqlite3.connect(db_path, isolation_level=None)
@@ -307,7 +307,7 @@ def test_a_group_in_flight_when_the_writer_process_dies_fails(db_path):
 
 
 def test_the_writer_process_ends_with_the_store(db_path):
-    store = SQLiteStore(str(db_path), writer="process")
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer="process")
     store.write("acme", [row("a")], DAY0)
     pid = store.writer_pid
     assert pid is not None
@@ -326,7 +326,7 @@ def _writer_process(path: str, worker: int, batches: int) -> None:
 
 def test_several_processes_share_one_file(db_path):
     """BEGIN IMMEDIATE + busy timeout: no "database is locked", every row once, dedup across processes."""
-    SQLiteStore(str(db_path)).close()
+    SQLiteStore(str(db_path), clock=Clock(DAY0)).close()
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_writer_process, args=(str(db_path), w, 20)) for w in range(4)]
     for worker in workers:
@@ -350,7 +350,7 @@ def hold_writer_lock(db_path: Path) -> int:
 
 def test_a_writer_waits_its_turn_at_the_writer_lock(db_path, writer):
     """Writers of one file queue at an OS lock (no SQLite busy-handler sleeps): each write waits for its turn."""
-    store = SQLiteStore(str(db_path), writer=writer, busy_timeout_ms=10_000)
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer=writer, busy_timeout_ms=10_000)
     try:
         assert store.write("acme", [row("first")], DAY0).stored == 1
         held = hold_writer_lock(db_path)
@@ -367,7 +367,7 @@ def test_a_writer_waits_its_turn_at_the_writer_lock(db_path, writer):
 
 
 def test_a_writer_lock_held_past_the_busy_timeout_fails_the_write_then_recovers(db_path, writer):
-    store = SQLiteStore(str(db_path), writer=writer, busy_timeout_ms=300)
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer=writer, busy_timeout_ms=300)
     try:
         held = hold_writer_lock(db_path)
         with pytest.raises(StoreError):
@@ -396,7 +396,7 @@ def _usage(path: Path) -> int:
 def test_a_group_is_deduplicated_metered_and_indexed_as_its_jobs_arrived(db_path):
     """Three jobs in one transaction: repeats across jobs, the cap in arrival order, and each job's
     fingerprints pointing at its own rows (a repeat of any of them later is caught)."""
-    store = SQLiteStore(str(db_path))
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0))
     store.set_daily_cap("acme", 5)
     jobs = [
         _Job("acme", [row("1"), row("2")], DAY0),
@@ -421,7 +421,7 @@ def test_a_group_is_deduplicated_metered_and_indexed_as_its_jobs_arrived(db_path
 def test_a_job_that_cannot_be_written_fails_alone(db_path):
     """A statement fails inside a group: the group is written again job by job, and only that job
     fails; the others are stored once, repeats across them and the cap still hold."""
-    store = SQLiteStore(str(db_path))
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0))
     store.set_daily_cap("acme", 3)
     broken = ("acme", "broken", None, *row("x")[3:])  # event_name NULL: the INSERT fails
     jobs = [

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from . import clock
 from .cli_common import UsageError
 from .cli_common import env as _env
 from .cli_common import non_negative_int as _non_negative_int
@@ -207,7 +208,7 @@ def _sleep(seconds: float, stop: _Stop, deadline: float | None) -> None:
 
 
 def stats(args: argparse.Namespace, reader: Reader, out: TextIO) -> int:
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = clock.now_ms()
     since = parse_time(args.since, now_ms)
     if since is None:
         raise UsageError(

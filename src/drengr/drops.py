@@ -31,12 +31,12 @@ Imports only the standard library; no web framework, no store.
 import logging
 import re
 import threading
-import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from . import clock
 from .core.limits import MS_PER_DAY
 from .core.timestamps import format_ms
 
@@ -134,7 +134,7 @@ class DropLog:
         self,
         max_tenants: int = DEFAULT_MAX_TENANTS,
         samples_per_tenant: int = DEFAULT_SAMPLES_PER_TENANT,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        clock_ms: Callable[[], int] = clock.now_ms,
         sink: DropSink | None = None,
         flush_seconds: float = FLUSH_SECONDS,
     ) -> None:

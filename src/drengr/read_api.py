@@ -27,6 +27,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 
+from . import clock
 from .core.auth import SECRET_PREFIX, hash_key, key_from_headers
 from .core.errors import UNAUTHORIZED_BODY, error_body
 from .debugger_page import DEBUGGER_HTML, DEBUGGER_JS
@@ -97,7 +98,7 @@ def register(
     app.extensions["drengr.drops"] = drop_log
     app.extensions["drengr.read_store"] = store
     app.extensions["drengr.reader"] = reader  # opened on first use: ingest-only apps never open one
-    app.extensions["drengr.read_clock"] = clock_ms or (lambda: time.time_ns() // 1_000_000)
+    app.extensions["drengr.read_clock"] = clock_ms or clock.now_ms
     app.register_blueprint(blueprint)
     return drop_log
 

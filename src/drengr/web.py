@@ -20,7 +20,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from . import read_api
+from . import clock, read_api
 from .core import machine
 from .core.auth import PUBLISHABLE_PREFIX, hash_key
 from .core.errors import IngestFailed, NotFound
@@ -81,12 +81,8 @@ class Config:
         )
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def create_app(
-    config: Config | None = None, store: Store | None = None, clock_ms: Callable[[], int] = _now_ms
+    config: Config | None = None, store: Store | None = None, clock_ms: Callable[[], int] = clock.now_ms
 ) -> Flask:
     """The WSGI app. ``store`` defaults to a SQLiteStore on ``config.db``; ``clock_ms`` is the time of receipt."""
     config = config or Config.from_env()

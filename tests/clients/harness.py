@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from drengr import clock
 from tests.conftest import read_rows
 from tests.realserver import Server, launch
 
@@ -410,7 +411,7 @@ def assert_canonical_rows(
     own (analytics-next's page url, path, …), allowed beside the expected ones.
     """
     expected = CANONICAL if expected is None else expected
-    finished = time.time()
+    finished = clock.now()
     rows = server.rows()
     by_name = {row["event_name"]: row for row in rows}
     assert sorted(row["event_name"] for row in rows) == sorted(expected), rows

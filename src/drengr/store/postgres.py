@@ -59,7 +59,6 @@ import re
 import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +66,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
+from ..clock import now as clock_now
 from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.outcome import StoreOutcome
@@ -287,7 +287,7 @@ class PostgresStore:
         writers: int = 2,
         connect_timeout: int = 5,
         statement_timeout_ms: int = 30_000,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = clock_now,
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")

@@ -64,6 +64,7 @@ from .._memory import return_large_blocks
 if TYPE_CHECKING:
     import sqlite_utils
 
+from ..clock import now as clock_now
 from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.outcome import StoreOutcome
@@ -159,7 +160,7 @@ class SQLiteStore:
         path: str,
         durability: str = "full",
         busy_timeout_ms: int = 5_000,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = clock_now,
         writer: str = "thread",
         migrate: bool = True,  # False: the file is known to be ready (the writer process's own store)
     ) -> None:
@@ -523,7 +524,7 @@ class SQLiteStore:
         if not work:
             conn.execute("ROLLBACK")
             return
-        self._catch_up(conn)
+        self._catch_up(conn, max(job.received_at_ms for job in work))
         try:
             additions = self._apply_group(conn, work, {})
         except _JOB_ERRORS as error:
@@ -588,9 +589,12 @@ class SQLiteStore:
             additions += added
         return additions
 
-    def _catch_up(self, conn: sqlite3.Connection) -> None:
-        """Bring the window up to date: load it on first use, rotate it, read others' rows."""
-        now_ms = int(self._clock() * 1000)
+    def _catch_up(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        """Bring the window up to date: load it on first use, rotate it, read others' rows.
+
+        ``now_ms`` is the group's latest time of receipt: the window follows the
+        clock that stamps the rows, the one that ``received_at`` shows.
+        """
         current_generation = generation(now_ms)
         if self._last_seq < 0:
             self._load_window(conn, current_generation)

@@ -1,0 +1,46 @@
+"""The one wall clock of the server: every time of receipt, key-cache expiry
+and dedup generation is read here.
+
+``DRENGR_CLOCK_OFFSET`` (seconds, may be negative) shifts it for a whole
+process and the processes it starts (the writer process inherits the
+environment). It exists for tests: the suite runs its date-dependent parts
+far from today with it, and the fault suite makes a server's clock jump with
+``set_offset``, without touching the system clock. Monotonic time (waits,
+timeouts) is never shifted.
+"""
+
+import os
+import time
+
+
+def _offset_from_env() -> float:
+    text = os.environ.get("DRENGR_CLOCK_OFFSET", "").strip()
+    if not text:
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        raise SystemExit(f"DRENGR_CLOCK_OFFSET={text!r} is not a number of seconds: unset it.") from None
+
+
+_offset = _offset_from_env()
+
+
+def set_offset(seconds: float) -> None:
+    """Shift this process's clock by ``seconds`` from the system's (a jump, for tests)."""
+    global _offset
+    _offset = seconds
+
+
+def offset() -> float:
+    return _offset
+
+
+def now() -> float:
+    """Seconds since the epoch, like ``time.time``."""
+    return time.time() + _offset
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch, an integer (the unit of every stored time)."""
+    return time.time_ns() // 1_000_000 + int(_offset * 1000)

@@ -1,0 +1,46 @@
+"""The suite passes on any date: its date-dependent parts run again with the
+server's clock shifted far from today.
+
+``DRENGR_CLOCK_OFFSET`` moves ``drengr.clock`` (every time of receipt, the
+key cache, the dedup window) for the test process and the servers and writer
+processes it starts; the system clock is never touched. A test that stamps
+rows with a fixed date and lets the store read the real clock fails here.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY_SECONDS = 86_400
+
+# Every module whose tests stamp, store or compare times of receipt.
+DATED_MODULES = [
+    "tests/test_store.py",
+    "tests/test_postgres_store.py",
+    "tests/test_mapping.py",
+    "tests/test_routes_auth_limits.py",
+    "tests/test_read_api.py",
+    "tests/test_cli_read.py",
+    "tests/test_golden_wire.py",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("DRENGR_CLOCK_OFFSET"), reason="already running with a shifted clock")
+@pytest.mark.parametrize("days", [400, -400, 45], ids=lambda days: f"{days:+d}-days")
+def test_the_dated_tests_pass_with_the_clock_far_from_today(days: int) -> None:
+    env = {**os.environ, "DRENGR_CLOCK_OFFSET": str(days * DAY_SECONDS)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+         "-x", *DATED_MODULES],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    tail = "\n".join(result.stdout.splitlines()[-40:])
+    assert result.returncode == 0, (
+        f"with the clock {days:+d} days from today:\n{tail}\n{result.stderr[-2000:]}"
+    )
+    assert " passed" in tail and " failed" not in tail, tail
