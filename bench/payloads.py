@@ -1,7 +1,7 @@
 """Seeded, realistic request bodies for the benchmarks: what analytics-python sends.
 
 Every body is a ``{"batch": [...], "sentAt": ...}`` JSON object like the ones
-analytics-python posts to ``/v1/batch`` (see ``../shared/wire/``): tracks with
+analytics-python posts to ``/v1/batch`` (see ``tests/data/wire/``): tracks with
 context (library, app, os, device, ip, locale), 10–20 properties including a
 nested object and a list, some identify/page/screen/group items, messageIds and
 timestamps. The same seed always gives the same bytes, so benchmarks can be

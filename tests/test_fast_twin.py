@@ -593,11 +593,11 @@ def test_remembered_pii_answers_never_mix_up_look_alike_keys():
 
 # ---------------------------------------------------------------- requests captured from real clients
 
-WIRE_DIR = Path(os.environ.get("DRENGR_WIRE_DIR", Path(__file__).resolve().parents[2] / "shared" / "wire"))
+WIRE_DIR = Path(os.environ.get("DRENGR_WIRE_DIR", Path(__file__).resolve().parent / "data" / "wire"))
 
 
 def captured_bodies() -> list[Any]:
-    """(path, JSON text) of every capture in ../shared/wire, decompressed as the server sees it."""
+    """(path, JSON text) of every capture in tests/data/wire, decompressed as the server sees it."""
     params = []
     for path in sorted(WIRE_DIR.glob("*/[0-9][0-9][0-9].json")):
         raw = json.loads(path.read_text())

@@ -1,6 +1,6 @@
 """Golden wire tests: every request captured from six real client libraries, replayed byte for byte.
 
-The captures live in ``../shared/wire/<client>/NNN.json`` (see its INDEX.md):
+The captures live in ``tests/data/wire/<client>/NNN.json`` (see its INDEX.md):
 segment-analytics-python, rudder-sdk-python, segment-analytics-node,
 rudder-sdk-node, jitsu-js-node and segment-analytics-next-browser. Each holds
 the method, path, headers and the exact body bytes one client sent (gzip
@@ -43,7 +43,7 @@ from drengr.store import SQLiteStore
 
 from .conftest import TENANT, read_rows
 
-WIRE_DIR = Path(os.environ.get("DRENGR_WIRE_DIR", Path(__file__).resolve().parents[2] / "shared" / "wire"))
+WIRE_DIR = Path(os.environ.get("DRENGR_WIRE_DIR", Path(__file__).resolve().parent / "data" / "wire"))
 
 # Requests per client, as INDEX.md lists them: every one of them is replayed.
 CLIENT_REQUEST_COUNTS = {

@@ -648,7 +648,7 @@ EXTRA_REQUESTS: list[tuple[str, Any]] = [
 
 
 def test_sqlite_and_postgresql_store_the_same_rows(pg: PostgresStore, pg_dsn: str, tmp_path: Path) -> None:
-    """Every captured client request (../shared/wire) plus a few tricky ones, through both stores: same rows."""
+    """Every captured client request (tests/data/wire) plus a few tricky ones, through both stores: same rows."""
     from .test_golden_wire import POSTS, send
 
     clock_ms = lambda: DAY0  # noqa: E731 - one time of receipt for both, so fallback ids agree
