@@ -135,6 +135,7 @@ def create_app(
             headers=headers,
             content_length=content_length,
             received_at_ms=clock_ms(),
+            query=environ.get("QUERY_STRING", ""),
         )
         try:
             result = machine.run(req, mapper, answer)

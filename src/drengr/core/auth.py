@@ -1,8 +1,9 @@
 """Where a write key comes from, what kind it is, and how it is stored.
 
 The contract (SPEC "Auth"): Basic username, then ``X-Write-Key``, then a
-top-level ``writeKey`` in the body; the first place that has a key decides.
-Keys are kept only as SHA-256 digests. Pure: randomness is passed in.
+top-level ``writeKey`` in the body, then ``?writeKey=`` in the query string;
+the first place that has a key decides. Keys are kept only as SHA-256
+digests. Pure: randomness is passed in.
 """
 
 import base64
@@ -10,6 +11,7 @@ import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 PUBLISHABLE_PREFIX = "drengr_pk_"
 SECRET_PREFIX = "drengr_sk_"
@@ -46,6 +48,21 @@ def key_from_headers(authorization: str | None, x_write_key: str | None) -> obje
     if x_write_key:
         # @jitsu/js refuses a key without a ":secret" part, so split like Basic.
         return x_write_key.strip().split(":", 1)[0] or None
+    return None
+
+
+def key_from_query(query: str) -> str | None:
+    """The first non-empty ``writeKey`` of a raw query string, or None.
+
+    RudderStack's browser SDKs put the key there when they cannot send a
+    header: ``navigator.sendBeacon`` (``/beacon/v1/batch?writeKey=``) and the
+    source-config fetch. Undecodable bytes stay as surrogates: an unknown key.
+    """
+    if "writeKey" not in query:  # the common case: no query, or none of ours
+        return None
+    for name, value in parse_qsl(query, errors="surrogateescape"):
+        if name == "writeKey" and value:
+            return value
     return None
 
 

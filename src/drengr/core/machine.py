@@ -3,8 +3,9 @@
 The machine yields what it needs from the outside world — the request
 body, the owner of a key, a durable store — and the shell sends back the
 answer; it returns the Response. Checks run in the SPEC's order: size from
-Content-Length, header auth, decompression/size, JSON, body writeKey auth,
-batch count, per-item size, mapping, store. Every IngestError becomes its
+Content-Length, header auth, decompression/size, JSON, body writeKey auth
+(else the query string's ``writeKey``), batch count, per-item size,
+mapping, store. Every IngestError becomes its
 response here, at one boundary. No I/O, no clock: ``received_at_ms`` is
 passed in.
 """
@@ -13,7 +14,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .auth import MALFORMED, KeyRecord, key_from_headers, may_ingest
+from .auth import MALFORMED, KeyRecord, key_from_headers, key_from_query, may_ingest
 from .body import decode_body
 from .errors import (
     SUCCESS_BODY,
@@ -41,6 +42,9 @@ class Request:
     headers: Mapping[str, str]  # lower-case names
     content_length: int | None
     received_at_ms: int
+    # The raw query string. It may hold a write key (``?writeKey=``), so it is
+    # read for that and nothing else, and never logged.
+    query: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +152,12 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
         body = decode_body(raw, request.headers.get("content-encoding"))
         document = _parse(mapper, body)
         if tenant_id is None:
-            if document.write_key is None:
+            # The body's key, else the query string's (sendBeacon cannot set a header).
+            body_key = document.write_key
+            key = body_key if body_key is not None else key_from_query(request.query)
+            if key is None:
                 raise Unauthorized()
-            tenant_id = yield from _authorize(document.write_key)
+            tenant_id = yield from _authorize(key)
 
         items = document.item_count(single_type)
         if items > MAX_BATCH_ITEMS:
