@@ -131,7 +131,7 @@ def batch_body(events: int, seed: int = 1) -> bytes:
 
 
 def body_of_size(max_bytes: int = MAX_BODY_BYTES, seed: int = 2) -> tuple[bytes, int]:
-    """The largest batch body under ``max_bytes`` (the SPEC's 500 KB cap) and its item count."""
+    """The largest batch body under ``max_bytes`` (docs/mapping.md "Limits and responses") and its item count."""
     rng = random.Random(seed)
     items: list[dict[str, Any]] = []
     size = len('{"batch": [], "sentAt": ""}') + 29

@@ -1,8 +1,8 @@
 """RFC 9110 §15.5.6: every 405 carries an ``Allow`` header naming what the path does take.
 
 Every method but GET and HEAD goes to the Sans-IO machine, which takes POST
-and OPTIONS on any path (SPEC: any POST path under the mount is ingest) and
-answers the contract's JSON 405 to the rest. A GET or HEAD that no read route
+and OPTIONS on any path (docs/mapping.md "Routes": any POST path under the mount
+is ingest) and answers the contract's JSON 405 to the rest. A GET or HEAD that no read route
 serves reaches the ingest route, which asks the machine too. So on an ingest
 path ``Allow`` is ``POST, OPTIONS``; on a path a read route also serves
 (``/health``, ``/v1/events``, the debugger, …) it is ``GET, HEAD, POST, OPTIONS``.
@@ -50,7 +50,7 @@ def test_wrong_method_on_ingest_path(client, path, method):
     assert response.headers["Allow"] == INGEST_ALLOW
     assert response.data == METHOD_NOT_ALLOWED  # the contract's JSON body, not werkzeug's HTML page
     assert response.headers["Content-Type"] == "application/json"
-    # An ingest error like any other: it carries the CORS headers (SPEC "Routes").
+    # An ingest error like any other: it carries the CORS headers (docs/mapping.md "CORS").
     assert response.headers["Access-Control-Allow-Origin"] == "http://shop.example"
     assert response.headers["Access-Control-Expose-Headers"] == "Retry-After"
     assert response.headers.getlist("Allow") == [INGEST_ALLOW]  # one header, not two
@@ -75,7 +75,7 @@ def test_wrong_method_on_read_path(client, path, method):
 
 @pytest.mark.parametrize("path", ["/health", "/v1/events"])
 def test_post_on_a_read_path_is_ingest_not_405(client, key, db_path, path):
-    """SPEC "Routes": any POST path under the mount falls back to the body; so ``Allow`` lists POST."""
+    """docs/mapping.md "Routes": a POST to any path falls back to the body; so ``Allow`` lists POST."""
     assert client.post(path, data=b"{}").status_code == 401  # no key: the ingest 401, not a 405
     body = {"type": "track", "event": "Clicked", "userId": "u1", "messageId": path}
     assert post(client, path, body, key).status_code == 200

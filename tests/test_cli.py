@@ -1,4 +1,4 @@
-"""SPEC "Operating it": the drengr command, run as a user would run it."""
+"""docs/operating.md: the drengr command, run as a user would run it."""
 
 import os
 import sqlite3

@@ -2,7 +2,7 @@
 
 The README snippets run verbatim under node (the packages pinned in
 tests/clients/node/package.json, installed by .ci/run with `npm ci`); the rows
-are checked per SPEC. tests/clients/node/send-one.js sends one event for the
+are checked per docs/mapping.md. tests/clients/node/send-one.js sends one event for the
 wrong-key and store-outage cases; requests are counted from the server's
 access log.
 """

@@ -113,7 +113,7 @@ def test_store_outage_502_is_retried_and_stored_once(tmp_path, snippet: str, mak
 
 
 def test_rudder_python_batches_over_500kb_get_400_unless_upload_size_is_capped(tmp_path):
-    """rudder-sdk-python packs up to 100 events / 4 MB a request; SPEC caps a body at 500 KB (decompressed).
+    """rudder-sdk-python packs up to 100 events / 4 MB a request; drengr caps a body at 500 KB (decompressed).
 
     The default loses the batch (400 is not retried: one request); the README's
     `Client(..., upload_size=15)` keeps every request under the cap.

@@ -637,7 +637,7 @@ def test_captures_are_there():
 
 # ---------------------------------------------------------------- who decides what is JSON
 
-# simdjson refuses some valid RFC 8259 JSON (SPEC: "still accepted"): the
+# simdjson refuses some valid RFC 8259 JSON (docs/mapping.md "Event mapping": still accepted): the
 # compiled module raises Refused and the twin decides. It also says Refused for
 # bodies simdjson finds malformed (`nul`, trailing junk, raw control characters,
 # NaN): the twin is the arbiter and says InvalidJSON; a second parse of a bad

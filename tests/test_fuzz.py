@@ -10,7 +10,7 @@ with the pure-Python twin alone — and must satisfy:
 - nothing escapes ``machine.run`` (an escaping exception is a 502 for client input);
 - the status is one of the contract's (200, 400, 401 for a POST), with its exact body;
 - every stored row is valid UTF-8; ``dims`` is a JSON object of strings and
-  ``measures`` one of finite numbers, within the SPEC's counts and lengths;
+  ``measures`` one of finite numbers, within the counts and lengths of docs/mapping.md "Event mapping";
 - no key containing a PII fragment survives, at any depth of the JSON text
   stored for nested values (reserved dims the mapper sets are exempt);
 - the compiled module and the twin give the same response and the same rows.

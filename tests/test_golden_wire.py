@@ -9,13 +9,13 @@ publishable key wherever a placeholder sits (Basic auth, ``X-Write-Key``, the
 body's ``writeKey``) and changes nothing else. Jitsu's masked body key
 (``id:***``) is left as it is: the header key decides.
 
-What is asserted comes from SPEC.md, worked out here in the test:
+What is asserted comes from docs/mapping.md, worked out here in the test:
 
-* ``spec_rows`` — a small model of the SPEC's "Event mapping" table (route →
+* ``spec_rows`` — a small model of docs/mapping.md "Event mapping" (route →
   type, event name normalisation, ids, dims/measures, the occurred_at rule).
   Every captured request is checked against it.
 * ``GOLDEN_ROWS`` — the full expected rows for representative requests of
-  each client, written out by hand from the SPEC.
+  each client, written out by hand from that page.
 
 Captures whose original answer was a retry status (500, 429, …) are valid
 requests all the same: this server must accept them. Point
@@ -196,7 +196,7 @@ def now_ms() -> int:
     return clock.now_ms()
 
 
-# --------------------------------------------------------------------------- the SPEC, as a model
+# --------------------------------------------------------------------------- the contract, as a model
 
 ITEM_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 SHORT_TYPES = {
@@ -305,7 +305,7 @@ def spec_occurred_at(item: dict[str, Any], batch_sent_at: Any, received_ms: int)
 
 
 def spec_dims_measures(kind: str, item: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]] | None:
-    """dims and measures per the SPEC table; None when the item needs a JSON-text value (format unspecified)."""
+    """dims and measures per the contract's table; None when the item needs a JSON-text value (format unspecified)."""
     if kind in ("track", "page", "screen"):
         source = item.get("properties")
     elif kind in ("identify", "group"):
@@ -369,7 +369,7 @@ def spec_dims_measures(kind: str, item: dict[str, Any]) -> tuple[dict[str, str],
 
 @dataclass(frozen=True)
 class SpecRow:
-    """What the SPEC says one stored row holds (occurred_at is worked out against the row's received_at)."""
+    """What the contract says one stored row holds (occurred_at is worked out against the row's received_at)."""
 
     event_id: str
     event_type: str
@@ -385,7 +385,7 @@ class SpecRow:
 
 
 def spec_rows(capture: Capture) -> list[SpecRow]:
-    """The rows the SPEC's mapping makes of this request (before dedup against earlier requests)."""
+    """The rows the contract's mapping makes of this request (before dedup against earlier requests)."""
     items, batch_sent_at = items_of(capture)
     kind = route_type(capture.path)
     rows: dict[str, SpecRow] = {}
@@ -410,7 +410,7 @@ def spec_rows(capture: Capture) -> list[SpecRow]:
 
 
 def spec_rejection(capture: Capture) -> str | None:
-    """The SPEC's 400 for this body, if any: "Request too large" / "Message too large"."""
+    """The contract's 400 for this body, if any: "Request too large" / "Message too large"."""
     if len(capture.wire) > MAX_BODY_BYTES or len(capture.text) > MAX_BODY_BYTES:
         return "Request too large"
     items, _ = items_of(capture)
@@ -419,9 +419,9 @@ def spec_rejection(capture: Capture) -> str | None:
     return None
 
 
-# The two captures the SPEC's limits turn away (the recording server had answered 200):
+# The two captures the contract's limits turn away (the recording server had answered 200):
 # a 1.2 MB batch (> 500 KB) and a batch holding one 40 KB item (> 32 KB).
-SPEC_REJECTIONS = {
+CONTRACT_REJECTIONS = {
     "rudder-sdk-python/045-size_60x20KB": "Request too large",
     "rudder-sdk-python/046-size_single_40KB": "Message too large",
 }
@@ -438,7 +438,7 @@ def assert_cors(response: Any, capture: Capture) -> None:
 
 
 def assert_row_follows_spec(row: dict[str, Any], spec: SpecRow, window: tuple[int, int]) -> None:
-    """One stored row against the SPEC model."""
+    """One stored row against the contract's model."""
     assert row["tenant_id"] == TENANT
     assert row["event_id"] == spec.event_id
     assert row["event_type"] == spec.event_type
@@ -471,7 +471,7 @@ def assert_rows_follow_spec(capture: Capture, rows: list[dict[str, Any]], window
 def test_every_captured_request_is_replayed() -> None:
     counts = {client: sum(c.client == client for c in CAPTURES) for client in CLIENT_REQUEST_COUNTS}
     assert counts == CLIENT_REQUEST_COUNTS
-    assert {c.id for c in POSTS if spec_rejection(c)} == set(SPEC_REJECTIONS)
+    assert {c.id for c in POSTS if spec_rejection(c)} == set(CONTRACT_REJECTIONS)
 
 
 # --------------------------------------------------------------------------- every request
@@ -491,8 +491,8 @@ def test_post_is_accepted_and_stored_as_the_spec_maps_it(
         assert read_rows(db_path) == []
         return
 
-    if capture.id in SPEC_REJECTIONS:
-        error = SPEC_REJECTIONS[capture.id]
+    if capture.id in CONTRACT_REJECTIONS:
+        error = CONTRACT_REJECTIONS[capture.id]
         assert spec_rejection(capture) == error
         assert response.status_code == 400, response.data
         body = json.loads(response.data)
@@ -530,7 +530,7 @@ def test_preflight_answers_cors(capture: Capture, client: Any, key: str, db_path
 
 
 def test_preflight_allows_at_least_the_spec_headers(client: Any, key: str) -> None:
-    """SPEC: Allow-Headers echoes the request's list, "at least authorization, content-type, x-write-key".
+    """docs/mapping.md "CORS": Allow-Headers echoes the request's list plus the three headers clients send.
 
     One test over every captured preflight (they all ask for a subset, e.g. just `authorization`).
     """
@@ -562,7 +562,7 @@ def test_scenario_replayed_in_order_stores_each_message_once(
         response = send(client, capture, key)
         if capture.method == "OPTIONS":
             assert response.status_code == 204
-        elif capture.id in SPEC_REJECTIONS:
+        elif capture.id in CONTRACT_REJECTIONS:
             assert response.status_code == 400
         else:
             assert response.status_code == 200, (capture.id, response.data)
@@ -618,7 +618,7 @@ def test_request_without_a_valid_key_is_refused(
 
 @dataclass(frozen=True)
 class ReceivedMinus:
-    """occurred_at = the row's received_at minus ``ms`` (the SPEC's clock-skew correction)."""
+    """occurred_at = the row's received_at minus ``ms`` (docs/mapping.md "Event mapping": clock skew)."""
 
     ms: int
 
@@ -1113,7 +1113,7 @@ def test_golden_rows(capture_id: str, client: Any, key: str, db_path: Path) -> N
         "received_at",
         "dims",
         "measures",
-    )  # extra columns are allowed by the SPEC: ignored
+    )  # the extra columns (library, seq): ignored
     stored = {row["event_id"]: {name: row[name] for name in columns} for row in read_rows(db_path)}
     expected = {row["event_id"]: dict(row) for row in GOLDEN_ROWS[capture_id]}
     assert sorted(stored) == sorted(expected)

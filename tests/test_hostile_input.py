@@ -1,4 +1,4 @@
-"""Hostile input against the real server: each gets its 4xx (or its 200, where the SPEC accepts it).
+"""Hostile input against the real server: each gets its 4xx (or its 200, where the contract accepts it).
 
 Issue 5, point 5. One `drengr serve` (shipped settings) takes the whole
 table; after every row the server must still be alive and healthy, never
@@ -99,7 +99,7 @@ def dumps(value: Any) -> bytes:
 
 
 def item_of_size(size: int) -> dict[str, Any]:
-    """A track item whose compact JSON (the SPEC's item size) is exactly ``size`` bytes."""
+    """A track item whose compact JSON (the item size of docs/mapping.md) is exactly ``size`` bytes."""
     item = track(properties={"pad": ""})
     base = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
     item["properties"]["pad"] = "x" * (size - base)

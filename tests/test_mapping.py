@@ -1,4 +1,4 @@
-"""SPEC "Event mapping": one table per row, through the real app into the real SQLite file."""
+"""docs/mapping.md "Event mapping": one table per row, through the real app into the real SQLite file."""
 
 import json
 from pathlib import Path
@@ -412,7 +412,7 @@ def test_ecommerce_fields_coerced(client, key, db_path, event, properties, dims,
 
 
 def test_row_matches_spec_example(client, key, db_path):
-    """The SPEC's curl quickstart body, field by field."""
+    """docs/mapping.md "An example" (without its email), field by field."""
     body = {
         "type": "track", "event": "Order Completed", "userId": "user_123",
         "properties": {"revenue": 42.50, "currency": "USD"},

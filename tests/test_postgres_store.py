@@ -400,7 +400,7 @@ def test_old_event_ids_are_pruned(pg: PostgresStore, pg_dsn: str) -> None:
     assert pg.prune(DAY0 + 7 * MS_PER_DAY) == 0
     assert pg.prune(DAY0 + 21 * MS_PER_DAY) == 100
     assert query(pg_dsn, "SELECT count(*) FROM event_ids") == [(0,)]
-    # Beyond the window a repeat may be stored again (the SPEC allows, not requires, longer memory).
+    # Beyond the window a repeat may be stored again (docs/mapping.md "Storage and durability").
     assert pg.write("acme", [row("0")], DAY0 + 21 * MS_PER_DAY).stored == 1
 
 

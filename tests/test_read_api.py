@@ -464,7 +464,7 @@ def test_ingest_still_refuses_secret_keys(api: Any) -> None:
 
 
 def test_post_to_a_read_path_is_still_ingest(api: Any) -> None:
-    """The read routes are GET only: a POST to /v1/events falls back to the body, as SPEC's routes say."""
+    """The read routes are GET only: a POST to /v1/events falls back to the body (docs/mapping.md "Routes")."""
     response = post(api.client, "/v1/events", {"type": "track", "event": "Via Events", "userId": "u"}, api.pk)
     assert response.status_code == 200
     assert ids(get(api, "/v1/events", event_name="via_events")) != []

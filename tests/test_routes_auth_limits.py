@@ -1,4 +1,4 @@
-"""SPEC "Routes", "Auth" and "Limits and responses", through the real app and SQLite file."""
+"""docs/mapping.md "Routes", "Auth" and "Limits and responses", through the real app and SQLite file."""
 
 import base64
 import gzip

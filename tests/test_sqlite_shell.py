@@ -70,4 +70,4 @@ def test_semantic_events_columns_exactly_as_specified(store, db_path):
         ("event_type", "TEXT", True), ("external_id", "TEXT", False), ("install_id", "TEXT", True),
         ("occurred_at", "TEXT", True), ("received_at", "TEXT", True), ("dims", "TEXT", True),
         ("measures", "TEXT", True), ("library", "TEXT", False), ("seq", "INTEGER", False),
-    ]  # fmt: skip  # the SPEC's ten, then two extra: the sending SDK, and the append order
+    ]  # fmt: skip  # the ten fixed columns, then two extra: the sending SDK, and the append order

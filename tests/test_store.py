@@ -1,4 +1,4 @@
-"""SPEC "Storage and durability" and the daily cap, against real SQLite files."""
+"""docs/mapping.md "Storage and durability" and the daily cap, against real SQLite files."""
 
 import fcntl
 import importlib.util
@@ -160,7 +160,7 @@ def test_old_generations_are_dropped_whole(db_path):
     clock.ms = DAY0 + 21 * MS_PER_DAY
     store.write("acme", [row("b")], clock.ms)
     assert [len(index) for index in store._window] == [1, 0]  # noqa: SLF001 - memory stays bounded
-    # Beyond the window a repeat may be stored again (the SPEC allows, not requires, longer memory).
+    # Beyond the window a repeat may be stored again (docs/mapping.md "Storage and durability").
     assert store.write("acme", [row("0")], clock.ms).stored == 1
     store.close()
 

@@ -3,7 +3,7 @@
 """The per-event hot path, compiled: the simdjson DOM walked from C++.
 
 Same names and the same output, byte for byte, as ``_fast_py`` (the
-oracle twin): SPEC "Event mapping", row by row. A body is parsed by the
+oracle twin): docs/mapping.md "Event mapping", row by row. A body is parsed by the
 calling thread's own ``simdjson::dom::parser`` and each item is mapped by
 walking the DOM directly: no Python dict per item, the dims/measures JSON
 text is built in C, and an accepted event costs about ten Python objects

@@ -3,7 +3,7 @@
 Same names, same output, byte for byte. It serves bodies simdjson refuses
 (integers beyond 64 bits, exponents beyond double range, lone surrogates),
 runs where the extension is missing, and is what the property tests hold
-the compiled module to. SPEC "Event mapping" is implemented here, row by
+the compiled module to. docs/mapping.md "Event mapping" is implemented here, row by
 row. Imports only the standard library and ``drengr.core``.
 
 A parsed body is a ``Document``; a ``Mapper`` (built once, from the PII
@@ -13,10 +13,10 @@ list) parses bodies and maps documents to rows:
            install_id, occurred_at, received_at, dims_json, measures_json,
            library)
 
-``library`` is ``context.library`` as "name version" (an extra column the
-SPEC allows), so a user can see which SDK sent a row. ``map`` also reports
-what it left out: items dropped, and keys stripped from the items it kept
-(``Strips``).
+``library`` is ``context.library`` as "name version" (an extra column, see
+docs/mapping.md "The semantic_events table"), so a user can see which SDK
+sent a row. ``map`` also reports what it left out: items dropped, and keys
+stripped from the items it kept (``Strips``).
 """
 
 import hashlib
@@ -135,7 +135,7 @@ def coerce_number_text(text: str) -> str | None:
 
 
 def fallback_event_id(who: str, event_name: str, raw_timestamp: str) -> str:
-    """SPEC: a stable hash of (userId or anonymousId, event name, raw timestamp)."""
+    """docs/mapping.md "Event mapping": a stable hash of (userId or anonymousId, event name, timestamp)."""
     material = "\x1f".join((who, event_name, raw_timestamp)).encode("utf-8", "surrogatepass")
     return hashlib.sha256(material).hexdigest()[:32]
 

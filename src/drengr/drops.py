@@ -1,6 +1,6 @@
 """Drop accounting: what was accepted with a 200 but not stored, by tenant and reason.
 
-The contract makes drops silent (SPEC "Limits and responses": 200 even when
+The contract makes drops silent (docs/mapping.md "What lands where": 200 even when
 every item was dropped), so a user cannot tell "not sent" from "sent and
 dropped" without this. Fed once per ingest request from the machine's
 Response (``dropped`` items {reason: count}, ``stripped`` keys {reason:

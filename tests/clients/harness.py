@@ -40,13 +40,13 @@ CHROMIUM = "/usr/bin/chromium"
 README_KEY = "drengr_pk_…"
 README_HOST = "http://127.0.0.1:8080"
 
-# SPEC: the store gives up on a locked database after its busy timeout and the
-# request gets 502. A short one (`drengr serve` reads DRENGR_BUSY_TIMEOUT_MS, as
+# docs/mapping.md "Storage and durability": the store gives up on a locked database
+# after its busy timeout and the request gets 502. A short one (`drengr serve` reads DRENGR_BUSY_TIMEOUT_MS, as
 # --busy-timeout-ms) keeps the outage tests fast.
 BUSY_TIMEOUT_ENV = {"DRENGR_BUSY_TIMEOUT_MS": "1500"}
 
 
-# The SPEC's columns of semantic_events (the names and meanings are fixed there).
+# The columns of docs/mapping.md "The semantic_events table" (names and meanings fixed there).
 
 
 def require(condition: bool, why: str) -> None:
@@ -372,7 +372,7 @@ class Browser:
             self.process.wait()
 
 
-# What the README snippets send, as SPEC's mapping must store it: event_name →
+# What the README snippets send, as docs/mapping.md "Event mapping" must store it: event_name →
 # (event_type, dims, measures). Every snippet makes the same calls (where the
 # library has them): identify with an email (a PII key: dropped), a plain
 # track, an ecommerce track with string prices, page, screen, group, alias.
@@ -404,7 +404,7 @@ def assert_canonical_rows(
     install_id: str | None = "user_123",
     extra_dims: dict[str, set[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The rows are exactly the snippet's calls, mapped per SPEC, for ``tenant``, each stored once.
+    """The rows are exactly the snippet's calls, mapped per docs/mapping.md, for ``tenant``, each stored once.
 
     ``install_id`` None means "the library's own anonymousId": one non-empty
     value shared by every row. ``extra_dims`` names dims a library adds on its

@@ -1,6 +1,6 @@
 """Where a write key comes from, what kind it is, and how it is stored.
 
-The contract (SPEC "Auth"): Basic username, then ``X-Write-Key``, then a
+The contract (docs/mapping.md "Auth"): Basic username, then ``X-Write-Key``, then a
 top-level ``writeKey`` in the body, then ``?writeKey=`` in the query string;
 the first place that has a key decides. Keys are kept only as SHA-256
 digests. Pure: randomness is passed in.

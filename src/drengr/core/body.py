@@ -1,4 +1,4 @@
-"""Bounded decompression of request bodies (SPEC: gzip and deflate, no bombs).
+"""Bounded decompression of request bodies (docs/mapping.md "Routes": gzip and deflate, no bombs).
 
 Decompression stops as soon as the output passes the limit. Imports only
 ``zlib`` and the core's own errors.

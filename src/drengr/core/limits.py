@@ -1,4 +1,4 @@
-"""Every number of the contract (SPEC "Limits and responses", "Event mapping"), with its unit.
+"""Every number of the contract (docs/mapping.md "Limits and responses", "Event mapping"), with its unit.
 
 Pure constants: imports nothing.
 """
@@ -13,7 +13,7 @@ MAX_MEASURES = 20
 MAX_DIMS = 40
 MAX_DIM_KEY_CHARS = 64
 MAX_DIM_VALUE_CHARS = 256
-MAX_LIBRARY_CHARS = 64  # context.library "name version", an extra column (not in the SPEC's ten)
+MAX_LIBRARY_CHARS = 64  # context.library "name version", an extra column (not one of the ten fixed ones)
 MAX_STRIPPED_KEY_NAMES = 5  # names kept per strip reason and request, for the drop samples
 
 PRIORITY_MEASURES = ("revenue", "total", "price", "quantity")
@@ -26,6 +26,6 @@ MAX_FUTURE_MS = 86_400_000  # received_at + 1 day
 MS_PER_DAY = 86_400_000
 
 DEFAULT_DAILY_CAP_EVENTS = 5_000_000
-DEDUP_WINDOW_DAYS = 7  # repeats inside this window are always caught (SPEC "Storage")
+DEDUP_WINDOW_DAYS = 7  # repeats inside it are always caught (docs/mapping.md "Storage and durability")
 
 CORS_MAX_AGE_SECONDS = 86_400

@@ -2,11 +2,11 @@
 
 The machine yields what it needs from the outside world — the request
 body, the owner of a key, a durable store — and the shell sends back the
-answer; it returns the Response. Checks run in the SPEC's order: size from
-Content-Length, header auth, decompression/size, JSON, body writeKey auth
-(else the query string's ``writeKey``), batch count, per-item size,
-mapping, store. Every IngestError becomes its
-response here, at one boundary. No I/O, no clock: ``received_at_ms`` is
+answer; it returns the Response. Checks run in the order of docs/mapping.md
+"Limits and responses": size from Content-Length, header auth,
+decompression/size, JSON, body writeKey auth (else the query string's
+``writeKey``), batch count, per-item size, mapping, store. Every IngestError
+becomes its response here, at one boundary. No I/O, no clock: ``received_at_ms`` is
 passed in.
 """
 
@@ -89,7 +89,7 @@ Need = ReadBody | LookupKey | StoreRows
 
 
 def cors_headers(origin: str | None) -> list[tuple[str, str]]:
-    """On every ingest response, errors included (SPEC "CORS")."""
+    """On every ingest response, errors included (docs/mapping.md "CORS")."""
     headers = [
         ("Access-Control-Allow-Origin", origin or "*"),
         ("Access-Control-Expose-Headers", "Retry-After"),
@@ -103,7 +103,7 @@ def cors_headers(origin: str | None) -> list[tuple[str, str]]:
 
 def preflight(request: Request) -> Response:
     # Echo what the browser asks for, and always allow the three headers our
-    # clients send (SPEC: "at least authorization, content-type, x-write-key").
+    # clients send (docs/mapping.md "CORS").
     requested = [h.strip() for h in request.headers.get("access-control-request-headers", "").split(",")]
     allowed = [h for h in requested if h]
     lowered = {h.lower() for h in allowed}

@@ -31,7 +31,8 @@ def settings_document(write_key: str, host: str, scheme: str, script_name: str) 
         "analyticsNextEnabled": True,
         "middlewareSettings": {},
         "enabledMiddleware": {},
-        # analytics-next's own telemetry: we would only throw it away (SPEC: /v1/m stores nothing).
+        # analytics-next's own telemetry: we would only throw it away (/v1/m stores nothing,
+        # docs/mapping.md "Routes").
         "metrics": {"sampleRate": 0},
         "legacyVideoPluginsEnabled": False,
         "remotePlugins": [],

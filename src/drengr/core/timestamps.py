@@ -1,7 +1,8 @@
 """ISO-8601 timestamps as integer milliseconds: parse, skew-correct, clamp, format.
 
-SPEC row `timestamp → occurred_at`. Integer arithmetic only (no datetime,
-no clock): the time of receipt is always passed in. ``_fast.pyx`` carries a
+The row `timestamp → occurred_at` of docs/mapping.md "Event mapping".
+Integer arithmetic only (no datetime, no clock): the time of receipt is
+always passed in. ``_fast.pyx`` carries a
 C twin of ``parse_ms`` and ``format_ms``; the two must agree.
 """
 
@@ -88,7 +89,7 @@ def occurred_at_ms(
     original_timestamp: int | None,
     received_at: int,
 ) -> int:
-    """The SPEC's precedence, then the clamp to [2000-01-01, received_at + 1 day].
+    """docs/mapping.md "Event mapping": the precedence, then the clamp to [2000-01-01, received_at + 1 day].
 
     ``sent_at`` is the item's sentAt, else the batch's; all inputs are
     already-parsed milliseconds (None when absent or unparseable).

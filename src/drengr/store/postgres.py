@@ -4,7 +4,7 @@ Several stateless ingest nodes (``drengr serve --store postgresql://…``, or
 gunicorn workers) share one PostgreSQL database. Everything that must be exact
 across nodes is decided by PostgreSQL itself, inside the write transaction:
 
-- ``semantic_events`` has the SPEC's ten columns (``dims``/``measures`` as
+- ``semantic_events`` has the ten fixed columns (``dims``/``measures`` as
   ``jsonb``; ``occurred_at``/``received_at`` as ``text`` holding exactly
   ``2026-11-26T02:50:53.123Z``, so they read back byte for byte as SQLite's and
   sort in time order) plus ``library`` (``context.library``, as SQLite's) and

@@ -1,7 +1,7 @@
 """The SQLite store: WAL, BEGIN IMMEDIATE, group commit, an in-memory dedup window.
 
-Layout, and why (see ../shared/PERF-NOTES.md — the dedup index, not parsing,
-is what costs at scale):
+Layout, and why (the dedup index, not parsing, is what costs at scale, as
+``bench/bench_store.py`` shows):
 
 - ``semantic_events`` is append-only: its only key is ``seq INTEGER PRIMARY KEY
   AUTOINCREMENT`` (always increasing, never reused), so its write rate does not
@@ -248,7 +248,7 @@ class SQLiteStore:
                 not_null={"events"},
                 if_not_exists=True,
             )
-            # Column types and NOT NULL exactly as the SPEC's table, plus `seq`: an
+            # Column types and NOT NULL as docs/mapping.md "The semantic_events table", plus `seq`: an
             # always-increasing key the dedup window points at (no other index).
             conn.execute(
                 """CREATE TABLE IF NOT EXISTS semantic_events (
@@ -273,8 +273,8 @@ class SQLiteStore:
                 not_null={"count"},
                 if_not_exists=True,
             )
-            # Version 1 files lack `library` (context.library, an extra column the
-            # SPEC allows): older rows keep NULL there.
+            # Version 1 files lack `library` (context.library, an extra column): older
+            # rows keep NULL there.
             if "library" not in db.table("semantic_events").columns_dict:
                 conn.execute("ALTER TABLE semantic_events ADD COLUMN library TEXT")
             db.table("meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
