@@ -1,13 +1,17 @@
 """docs/mapping.md "Routes", "Auth" and "Limits and responses", through the real app and SQLite file."""
 
 import base64
+import functools
 import gzip
 import json
+import tracemalloc
 import zlib
 from typing import Any
 
 import pytest
 
+import drengr.core.body
+from drengr.core.limits import MAX_BODY_BYTES
 from drengr.store import SQLiteStore
 from drengr.web import Config, create_app
 
@@ -337,10 +341,74 @@ def test_request_too_large_decompressed(client, key):
     assert (response.status_code, response.data) == (400, error("Request too large", "request_too_large"))
 
 
-def test_gzip_bomb_is_refused_without_inflating_it(client, key):
-    bomb = gzip.compress(b"0" * 200_000_000, compresslevel=9)
-    response = client.post("/v1/batch", data=bomb, headers={**basic(key), "Content-Encoding": "gzip"})
+class CountingZlib:
+    """``zlib`` as ``drengr.core.body`` sees it: the real one, counting every byte it inflates."""
+
+    def __init__(self) -> None:
+        self.inflated = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(zlib, name)
+
+    def decompress(self, *args: Any, **kwargs: Any) -> bytes:
+        return self._count(zlib.decompress(*args, **kwargs))
+
+    def decompressobj(self, *args: Any, **kwargs: Any) -> Any:
+        counter, inflater = self, zlib.decompressobj(*args, **kwargs)
+
+        class Counted:
+            def __getattr__(self, name: str) -> Any:  # eof, unconsumed_tail, …
+                return getattr(inflater, name)
+
+            def decompress(self, *args: Any, **kwargs: Any) -> bytes:
+                return counter._count(inflater.decompress(*args, **kwargs))
+
+            def flush(self, *args: Any) -> bytes:
+                return counter._count(inflater.flush(*args))
+
+        return Counted()
+
+    def _count(self, data: bytes) -> bytes:
+        self.inflated += len(data)
+        return data
+
+
+@functools.cache
+def bomb(encoding_id: str) -> bytes:
+    """50 MB of zeros, compressed to about 50 KB (100 times the 512,000-byte limit)."""
+    zeros = b"0" * 50_000_000
+    if encoding_id == "deflate-raw":
+        return zlib.compress(zeros, 9)[2:-4]
+    if encoding_id == "deflate-zlib":
+        return zlib.compress(zeros, 9)
+    return gzip.compress(zeros, compresslevel=9)
+
+
+BOMBS = [  # (Content-Encoding, how the bomb is compressed, the route)
+    pytest.param("gzip", "gzip", "/v1/batch", id="gzip-batch"),
+    pytest.param("x-gzip", "gzip", "/v1/batch", id="x-gzip-batch"),
+    pytest.param("gzip", "gzip", "/v1/track", id="gzip-single"),
+    pytest.param("deflate", "deflate-zlib", "/v1/batch", id="deflate-zlib-batch"),
+    pytest.param("deflate", "deflate-raw", "/v1/batch", id="deflate-raw-batch"),
+]
+
+
+@pytest.mark.parametrize(("encoding", "compressed", "path"), BOMBS)
+def test_gzip_bomb_is_refused_without_inflating_it(client, key, monkeypatch, encoding, compressed, path):
+    """Inflation stops just past the limit: the bytes inflated are counted, and so is the memory."""
+    counting = CountingZlib()
+    monkeypatch.setattr(drengr.core.body, "zlib", counting)
+    data = bomb(compressed)
+    tracemalloc.start()
+    try:
+        response = client.post(path, data=data, headers={**basic(key), "Content-Encoding": encoding})
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert (response.status_code, response.data) == (400, error("Request too large", "request_too_large"))
+    # The limit is 512,000 bytes; inflating in steps may pass it by one step, never by the bomb.
+    assert MAX_BODY_BYTES < counting.inflated <= 2 * MAX_BODY_BYTES, counting.inflated
+    assert peak_bytes < 4 * MAX_BODY_BYTES, peak_bytes  # nothing else inflated it either
 
 
 def test_message_too_large(client, key):
