@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ from .clients.harness import require
 from .realserver import Server, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 README = Path(__file__).parents[1] / "README.md"
+HANG_GUARD_SECONDS = 60  # a server that never answers fails here instead of hanging the suite
 pytestmark = pytest.mark.slow
 
 
@@ -62,17 +62,28 @@ def test_readme_curl_quickstart_verbatim(server):
 
 
 def test_serve_prints_a_key_only_for_a_new_database(tmp_path):
-    first = start_server(tmp_path)
-    first.stop()
+    first = start_server(tmp_path)  # fails unless a new database's key is printed
+    assert first.stop() == 0
     port = free_port()
-    again = subprocess.Popen(
-        [sys.executable, "-m", "drengr", "serve", "--db", str(first.db), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(1.5)
-    again.send_signal(signal.SIGTERM)
-    out, _ = again.communicate(timeout=15)
-    assert "drengr_pk_" not in out
+    out = tmp_path / "again.out"
+    with open(out, "wb") as stdout:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drengr", "serve", "--db", str(first.db), "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    again = Server(port, first.key, first.db, out, process)
+    try:
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while not again.healthy():  # seen answering, so it is past the point where a key is printed
+            assert again.alive() and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
+        reply = again.post("/v1/track", {"type": "track", "event": "Again", "userId": "u"})
+        assert (reply.status, reply.body) == (200, b'{"success": true}')  # the first key still works
+    finally:
+        assert again.stop() == 0
+    printed = out.read_text()
+    assert "drengr_pk_" not in printed, printed
+    assert [name for name, *_ in rows(first.db)] == ["again"]
 
 
 def test_bodies_over_4mib_are_refused_by_waitress_and_between_get_our_400(server):
