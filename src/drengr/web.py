@@ -26,6 +26,7 @@ from .core.auth import PUBLISHABLE_PREFIX, hash_key
 from .core.errors import IngestFailed, NotFound
 from .core.limits import DEFAULT_PII_SUBSTRINGS
 from .core.mapping import BodyMapper
+from .core.routes import is_source_config
 from .core.settings import settings_document
 from .drops import DropLog
 from .store import SQLiteStore, Store, StoreError, open_store
@@ -158,7 +159,32 @@ def create_app(
 
     def ingest(path: str = "") -> Response:
         """A GET or HEAD no read route serves: the machine answers 405."""
+        if is_source_config(request.environ.get("PATH_INFO") or "/"):
+            return source_config()  # `//sourceConfig`: an SDK that doubled the slash
         result = run_ingest(request.environ)
+        return Response(result.body, status=result.status, headers=result.headers)
+
+    def source_config() -> Response:
+        """RudderStack's ``GET /sourceConfig`` (``drengr.core.control_plane``); the query is never logged."""
+        started = time.perf_counter()
+        environ = request.environ
+        headers = {name: environ[key] for key, name in _INGEST_HEADERS if key in environ}
+        req = machine.Request(
+            method=environ.get("REQUEST_METHOD", ""),
+            path=environ.get("PATH_INFO") or "/",
+            headers=headers,
+            content_length=None,
+            received_at_ms=clock_ms(),
+            query=environ.get("QUERY_STRING", ""),
+        )
+        try:
+            result = machine.drive(
+                machine.handle_source_config(req), lambda need: store.lookup_key(hash_key(need.key))
+            )
+        except Exception as error:  # a bug or a store outage: logged, never a traceback
+            _log_unexpected(req, error)
+            result = machine.error_response(IngestFailed(), headers.get("origin"))
+        _log_line(req.method, "/sourceConfig", result.status, result.tenant_id, time.perf_counter() - started)
         return Response(result.body, status=result.status, headers=result.headers)
 
     def ingest_fast_path(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -172,6 +198,8 @@ def create_app(
 
     app.add_url_rule("/", "ingest_root", ingest, methods=["GET"], provide_automatic_options=False)
     app.add_url_rule("/<anypath:path>", "ingest", ingest, methods=["GET"], provide_automatic_options=False)
+    for rule in ("/sourceConfig", "/sourceConfig/"):
+        app.add_url_rule(rule, "source_config", source_config, methods=["GET"], provide_automatic_options=False)
 
     @app.get("/health")
     def health() -> Response:

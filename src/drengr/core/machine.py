@@ -16,6 +16,7 @@ from typing import Any
 
 from .auth import MALFORMED, KeyRecord, key_from_headers, key_from_query, may_ingest
 from .body import decode_body
+from .control_plane import source_config_document
 from .errors import (
     SUCCESS_BODY,
     BatchTooLarge,
@@ -30,7 +31,7 @@ from .errors import (
 from .limits import CORS_MAX_AGE_SECONDS, MAX_BATCH_ITEMS, MAX_BODY_BYTES, MAX_ITEM_BYTES
 from .mapping import BodyMapper
 from .outcome import StoreOutcome
-from .routes import Route, classify
+from .routes import Route, classify, is_source_config
 
 DEFAULT_ALLOW_HEADERS = ("authorization", "content-type", "x-write-key")
 
@@ -101,7 +102,7 @@ def cors_headers(origin: str | None) -> list[tuple[str, str]]:
     return headers
 
 
-def preflight(request: Request) -> Response:
+def preflight(request: Request, methods: str = "POST, OPTIONS") -> Response:
     # Echo what the browser asks for, and always allow the three headers our
     # clients send (docs/mapping.md "CORS").
     requested = [h.strip() for h in request.headers.get("access-control-request-headers", "").split(",")]
@@ -109,7 +110,7 @@ def preflight(request: Request) -> Response:
     lowered = {h.lower() for h in allowed}
     allowed += [h for h in DEFAULT_ALLOW_HEADERS if h not in lowered]
     headers = cors_headers(request.headers.get("origin")) + [
-        ("Access-Control-Allow-Methods", "POST, OPTIONS"),
+        ("Access-Control-Allow-Methods", methods),
         ("Access-Control-Allow-Headers", ", ".join(allowed)),
         ("Access-Control-Max-Age", str(CORS_MAX_AGE_SECONDS)),
     ]
@@ -130,7 +131,9 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
     """Drive with ``send``: each yielded Need gets its answer; the return value is the Response."""
     origin = request.headers.get("origin")
     if request.method == "OPTIONS":
-        return preflight(request)
+        # /sourceConfig is fetched with GET (and Basic auth: a preflighted request).
+        methods = "GET, HEAD, POST, OPTIONS" if is_source_config(request.path) else "POST, OPTIONS"
+        return preflight(request, methods)
     if request.method != "POST":
         return error_response(MethodNotAllowed(), origin)
     route, single_type = classify(request.path)
@@ -183,6 +186,29 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
     return response
 
 
+def handle_source_config(request: Request) -> Generator[Need, Any, Response]:
+    """``GET /sourceConfig``: RudderStack's control-plane answer, for an active publishable key.
+
+    The key comes from Basic auth (the mobile SDKs, and the browser SDKs'
+    XHR), else ``?writeKey=`` (the browser SDKs put it there too). Any
+    failure is the ingest routes' uniform 401: no SDK needs another status
+    (Android and iOS retry a few times and then give up; the browser SDKs
+    log the failed fetch), and a uniform answer tells a key prober nothing.
+    """
+    origin = request.headers.get("origin")
+    header_key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-write-key"))
+    key = header_key if header_key is not None else key_from_query(request.query)
+    try:
+        if key is None or key is MALFORMED:
+            raise Unauthorized()
+        tenant_id = yield from _authorize(str(key))
+    except IngestError as error:
+        return error_response(error, origin)
+    response = json_response(200, source_config_document(str(key)), origin)
+    response.tenant_id = tenant_id
+    return response
+
+
 def _parse(mapper: BodyMapper, body: bytes) -> Any:
     try:
         return mapper.parse(body)
@@ -199,7 +225,11 @@ def _authorize(key: str) -> Generator[Need, Any, str]:
 
 def run(request: Request, mapper: BodyMapper, answer: Any) -> Response:
     """Drive ``handle`` with ``answer(need)`` — a convenience for shells and tests."""
-    machine = handle(request, mapper)
+    return drive(handle(request, mapper), answer)
+
+
+def drive(machine: Generator[Need, Any, Response], answer: Any) -> Response:
+    """Run any of this module's handlers to its Response, answering each Need with ``answer(need)``."""
     try:
         need = next(machine)
         while True:

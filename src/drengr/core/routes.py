@@ -48,6 +48,11 @@ def classify(path: str) -> tuple[Route, str | None]:
     return Route.BODY, None
 
 
+def is_source_config(path: str) -> bool:
+    """RudderStack's ``/sourceConfig`` (its SDKs add or drop the trailing slash, some double the first)."""
+    return [s for s in path.split("/") if s] == ["sourceConfig"]
+
+
 def canonical_type(value: object) -> str | None:
     """The Segment type a body's ``type`` names, or None when unrecognised."""
     if isinstance(value, str):
