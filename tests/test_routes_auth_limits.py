@@ -144,11 +144,21 @@ def test_prefix_mount(db_path, store, key):
 
 
 def test_script_name_mount(client, key, db_path):
-    """Behind nginx + a WSGI server setting SCRIPT_NAME, routes work relative to it."""
-    response = client.post(
-        "/v1/t", data=json.dumps(item()), headers=basic(key), environ_base={"SCRIPT_NAME": "/segment-ingest"}
-    )
+    """Behind nginx + a WSGI server setting SCRIPT_NAME, routes work relative to it and URLs name it.
+
+    werkzeug splits each full URL at the mount point as a WSGI server would
+    (SCRIPT_NAME ``/segment-ingest``, PATH_INFO the rest); test_server.py has
+    gunicorn split real requests.
+    """
+    mounted = {"base_url": "http://ingest.example/segment-ingest/"}
+    response = client.post("/v1/t", data=json.dumps(item()), headers=basic(key), **mounted)
+    assert response.request.environ["SCRIPT_NAME"] == "/segment-ingest"
+    assert response.request.url == "http://ingest.example/segment-ingest/v1/t"
     assert response.data == SUCCESS
+    assert client.get("/health", **mounted).status_code == 200
+    settings = client.get(f"/v1/projects/{key}/settings", **mounted).get_json()
+    assert settings["integrations"]["Segment.io"]["apiHost"] == "ingest.example/segment-ingest/v1"
+    assert [row["event_type"] for row in read_rows(db_path)] == ["track"]
 
 
 @pytest.mark.parametrize("path", ["//v1//track", "/v1/track/", "/v1/track//"])

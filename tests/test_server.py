@@ -1,5 +1,6 @@
 """The real thing: `drengr serve` (waitress) on 127.0.0.1, a real SQLite file, real HTTP."""
 
+import importlib.util
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .clients.harness import require
-from .realserver import Server, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
+from .realserver import Server, create_db, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 README = Path(__file__).parents[1] / "README.md"
 HANG_GUARD_SECONDS = 60  # a server that never answers fails here instead of hanging the suite
@@ -109,6 +110,44 @@ def test_prefix_over_http(tmp_path):
     finally:
         server.stop()
     assert len(rows(server.db)) == 2
+
+
+def test_script_name_split_by_gunicorn(tmp_path):
+    """nginx passes the full path, gunicorn (``SCRIPT_NAME`` set) splits it: routes answer below the
+    mount point, and the URLs the app writes name it."""
+    require(
+        importlib.util.find_spec("gunicorn") is not None,
+        "gunicorn is in the test extra: pip install '.[test]'",
+    )
+    db = tmp_path / "mounted.db"
+    key = create_db(db)
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    env = {
+        **os.environ,
+        "DRENGR_DB": str(db),
+        "SCRIPT_NAME": "/segment-ingest",  # gunicorn's setting: requests arrive with the full path
+        "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "wsgi:application"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   env=env, cwd=README.parent)  # fmt: skip
+    server = Server(port, key, db, log, process, prefix="/segment-ingest")  # every path sent in full
+    try:
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while not server.healthy():  # GET /segment-ingest/health
+            assert server.alive() and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        body = {"type": "track", "event": "Mounted", "userId": "u"}
+        assert server.post("/v1/t", body).body == b'{"success": true}'
+        assert server.post("/v1/batch", {"batch": [{**body, "type": "page"}]}).body == b'{"success": true}'
+        reply = server.request("GET", f"/v1/projects/{key}/settings")
+        assert reply.status == 200
+        assert reply.json()["integrations"]["Segment.io"]["apiHost"] == f"127.0.0.1:{port}/segment-ingest/v1"
+    finally:
+        assert server.stop() == 0, log.read_text()[-2000:]
+    assert sorted(name for name, *_ in rows(db)) == ["mounted", "page_viewed"]
 
 
 def test_wsgi_entry_point_reads_environment(tmp_path):
