@@ -29,8 +29,11 @@ from pathlib import Path
 
 import pytest
 
+from drengr.store import SQLiteStore
+
 from .realserver import (
     INGEST_FAILED,
+    TENANT,
     Server,
     basic,
     batch,
@@ -423,6 +426,35 @@ def test_read_only_database_file_gives_502_then_recovers(tmp_path, writer):
         _recover(server, ids)
     finally:
         _chattr("-i", *files)
+        assert server.stop() == 0
+    assert integrity(db) == "ok"
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_daily_cap_fails_open_over_http_when_metering_breaks(tmp_path, writer):
+    """The cap holds while it can be counted; once counting fails, events are stored and answered 200."""
+    db = tmp_path / "cap.db"
+    key = create_db(db)
+    store = SQLiteStore(str(db))
+    try:
+        store.set_daily_cap(TENANT, 2)
+    finally:
+        store.close()
+    server = launch(db, key, "--writer", writer, log_level="warning")
+    try:
+        reply = server.post("/v1/batch", batch(["capped-1", "capped-2", "capped-3"]))
+        assert (reply.status, reply.body) == (200, b'{"success": true}')
+        assert event_id_counts(db) == {"capped-1": 1, "capped-2": 1}  # metering works: the third is over
+        broken = sqlite3.connect(db, timeout=30)
+        broken.execute("DROP TABLE daily_usage")  # counting is now impossible
+        broken.commit()
+        broken.close()
+        ids = ["open-1", "open-2", "open-3"]  # today's 2 are used up: a working cap would drop all three
+        reply = server.post("/v1/batch", batch(ids))
+        assert (reply.status, reply.body) == (200, b'{"success": true}')
+        assert {event_id: event_id_counts(db).get(event_id) for event_id in ids} == dict.fromkeys(ids, 1)
+        assert server.healthy()
+    finally:
         assert server.stop() == 0
     assert integrity(db) == "ok"
 
