@@ -8,7 +8,18 @@ from pathlib import Path
 
 import pytest
 
+import drengr as package
 from drengr.core.auth import hash_key
+
+# The commands run the drengr these tests import: PYTHONPATH=src is relative, and a command run
+# in a temporary folder would otherwise import whatever drengr is installed.
+CODE_ROOT = str(Path(package.__file__).resolve().parents[1])
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (CODE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def drengr(
@@ -16,7 +27,7 @@ def drengr(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "drengr", *args],
-        capture_output=True, text=True, timeout=60, cwd=cwd, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=60, cwd=cwd, env=child_env(env),
     )  # fmt: skip
 
 
@@ -67,10 +78,12 @@ def test_revoke_by_key_id(tmp_path):
 
 def test_tenants_set_daily_cap(tmp_path):
     db = str(tmp_path / "d.db")
-    result = drengr("tenants", "set", "acme", "--daily-cap", "1000", "--db", db)
+    result = drengr("tenants", "set", "acme", "--daily-cap", "1000", "--create", "--db", db)
     assert result.returncode == 0, result.stderr
+    again = drengr("tenants", "set", "acme", "--daily-cap", "2000", "--db", db)  # the tenant exists now
+    assert again.returncode == 0, again.stderr
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT daily_cap FROM tenants WHERE tenant_id = 'acme'").fetchone() == (1000,)
+    assert conn.execute("SELECT daily_cap FROM tenants WHERE tenant_id = 'acme'").fetchone() == (2000,)
     conn.close()
 
 
@@ -93,7 +106,9 @@ def test_options_read_environment_variables(tmp_path):
         pytest.param(
             ["keys", "create", "--tenant", "x", "--db", "/no/such/folder/d.db"], "--db", id="bad-db-folder"
         ),
-        pytest.param(["keys", "revoke", "drengr_pk_nope"], "drengr keys list", id="unknown-key"),
+        pytest.param(
+            ["keys", "revoke", "drengr_pk_nope"], "No database at drengr.db", id="revoke-without-db"
+        ),
         pytest.param(["tenants", "set", "acme"], "--daily-cap", id="nothing-to-set"),
         pytest.param(["serve", "--port", "80x"], "not a whole number", id="bad-port"),
         pytest.param(

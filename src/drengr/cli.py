@@ -1,25 +1,32 @@
-"""`drengr`: serve, keys, tenants. Every option also reads DRENGR_<OPTION>.
+"""`drengr`: serve, keys, tenants, db, tail, stats. Options are drengr.settings' (each reads DRENGR_<NAME>).
 
 A user mistake gets one sentence that says what to do, and exit status 2;
-never a traceback.
+never a traceback. A command checks every value before it creates anything,
+and prints nothing it would have to take back: `serve` binds its port before
+it opens (or creates) the database and prints a new database's key. Only
+`serve`, `keys create`, `db init` and `tenants set --create` may create a
+database; the others need one to be there.
 """
 
 import argparse
+import errno
 import gc
 import logging
 import os
-import re
 import signal
+import socket
+import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from . import cli_read
-from .cli_common import UsageError
-from .cli_common import env as _env
-from .cli_common import non_negative_int as _positive_int
+from . import cli_read, settings
+from .cli_common import UsageError, add_version, check_can_create, check_exists
+from .cli_common import redact_url as _redact_url
 from .core.limits import WAITRESS_MAX_BODY_BYTES
+from .settings import Config, SettingError
 from .store import SQLiteStore, Store, StoreError, is_postgres_url, open_store
 
 SWITCH_INTERVAL_S = 0.0001  # sys.setswitchinterval for `serve` (see there)
@@ -29,116 +36,85 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drengr", description="Self-hosted, Segment-compatible analytics endpoint."
     )
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    def with_db(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--db",
-            default=_env("db", "drengr.db"),
-            help="SQLite database file (DRENGR_DB; default ./drengr.db)",
-        )
-        sub.add_argument(
-            "--store",
-            default=_env("store", ""),
-            help="postgresql://user@host/db: rows, keys and tenants go to PostgreSQL instead of --db "
-            "(DRENGR_STORE; needs pip install 'drengr-ingest[postgres]')",
-        )
+    def command(group: Any, name: str, help: str, settings_command: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, help=help, description=help + ".")
+        add_version(sub)
+        settings.add_options(sub, settings_command)
+        return sub
 
-    serve = commands.add_parser("serve", help="run the ingest server (waitress)")
-    with_db(serve)
-    serve.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to listen on (DRENGR_HOST)")
-    serve.add_argument("--port", type=_positive_int, default=_env("port", "8080"), help="port (DRENGR_PORT)")
-    serve.add_argument(
-        "--threads", type=_positive_int, default=_env("threads", "8"), help="worker threads (DRENGR_THREADS)"
-    )
-    serve.add_argument("--prefix", default=_env("prefix", ""), help="mount point, e.g. /segment-ingest")
-    serve.add_argument(
-        "--durability",
-        choices=["full", "normal"],
-        default=_env("durability", "full"),
-        help="full: a 200 survives a power cut (default); normal: survives a crash, faster",
-    )
-    serve.add_argument(
-        "--writer",
-        choices=["process", "thread"],
-        default=_env("writer", "process"),
-        help="where SQLite writes run: a process of their own, which can use a second core (default), "
-        "or a thread of the server, which needs less memory (DRENGR_WRITER)",
-    )
-    serve.add_argument(
-        "--busy-timeout-ms",
-        type=_positive_int,
-        default=_env("busy_timeout_ms", "5000"),
-        help="how long a write waits for another process's lock before answering 502 (DRENGR_BUSY_TIMEOUT_MS)",
-    )
-    serve.add_argument(
-        "--connection-limit", type=_positive_int, default=_env("connection_limit", "1000"),
-        help="most simultaneous connections (DRENGR_CONNECTION_LIMIT)",
-    )  # fmt: skip
-    serve.add_argument(
-        "--channel-timeout", type=_positive_int, default=_env("channel_timeout", "30"),
-        help="seconds an idle connection is kept (DRENGR_CHANNEL_TIMEOUT)",
-    )  # fmt: skip
-    serve.add_argument(
-        "--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"],
-        help="info logs one line per request (DRENGR_LOG_LEVEL)",
-    )  # fmt: skip
+    def group(name: str, help: str, dest: str) -> Any:
+        sub = commands.add_parser(name, help=help, description=help + ".")
+        add_version(sub)
+        actions = sub.add_subparsers(dest=dest, metavar="ACTION")
+        actions.required = True
+        return actions
 
-    keys = commands.add_parser("keys", help="create, list and revoke write keys")
-    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION")
-    key_commands.required = True
-    create = key_commands.add_parser("create", help="create a key (and its tenant, if new)")
-    with_db(create)
-    create.add_argument("--tenant", default=_env("tenant"), help="tenant name (DRENGR_TENANT)")
-    create.add_argument(
-        "--kind", choices=["publishable", "secret"], default=_env("kind", "publishable"),
-        help="publishable keys ingest; secret keys read and administer",
-    )  # fmt: skip
-    listing = key_commands.add_parser("list", help="list keys (never the secrets)")
-    with_db(listing)
-    revoke = key_commands.add_parser("revoke", help="revoke a key")
-    with_db(revoke)
+    command(commands, "serve", "run the ingest server (waitress)", settings.SERVE)
+
+    key_commands = group("keys", "create, list and revoke write keys", "keys_command")
+    command(key_commands, "create", "create a key (and its tenant, if new)", settings.KEYS_CREATE)
+    command(key_commands, "list", "list keys (never the keys themselves)", settings.KEYS_LIST)
+    revoke = command(key_commands, "revoke", "revoke a key", settings.KEYS_REVOKE)
     revoke.add_argument("key", help="the key, or its id from `drengr keys list`")
 
-    db = commands.add_parser("db", help="database set-up and moves")
-    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION")
-    db_commands.required = True
-    init = db_commands.add_parser("init", help="create the tables if missing (idempotent; serve does it too)")
-    with_db(init)
-    move = db_commands.add_parser("import-sqlite", help="copy a SQLite database into the --store PostgreSQL")
+    db_commands = group("db", "database set-up and moves", "db_command")
+    command(
+        db_commands, "init", "create the tables if missing (idempotent; serve does it too)", settings.DB_INIT
+    )
+    move = command(
+        db_commands, "import-sqlite", "copy a SQLite database into the --store PostgreSQL", settings.DB_IMPORT
+    )
     move.add_argument("sqlite_file", help="the SQLite database to copy (read only; resumes if run again)")
-    move.add_argument("--store", default=_env("store", ""), help="postgresql://… (DRENGR_STORE)")
 
-    tenants = commands.add_parser("tenants", help="tenant settings")
-    tenant_commands = tenants.add_subparsers(dest="tenants_command", metavar="ACTION")
-    tenant_commands.required = True
-    set_tenant = tenant_commands.add_parser("set", help="change a tenant's settings")
-    with_db(set_tenant)
-    set_tenant.add_argument("name", help="tenant name")
+    tenant_commands = group("tenants", "tenant settings", "tenants_command")
+    set_tenant = command(tenant_commands, "set", "change a tenant's settings", settings.TENANTS_SET)
+    set_tenant.add_argument("name", help="tenant name (one that exists, unless --create)")
     set_tenant.add_argument(
-        "--daily-cap", type=_positive_int, default=_env("daily_cap"), help="events per UTC day"
+        "--create",
+        action="store_true",
+        help="add the tenant if there is none of that name (and the database)",
     )
     cli_read.add_commands(commands)
     return parser
 
 
-def _open_store(
-    path: str,
-    durability: str = "full",
-    busy_timeout_ms: int = 5_000,
-    store_url: str = "",
-    writer: str = "thread",
-) -> Store:
-    if store_url:
-        return _open_postgres(store_url, durability)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"The folder {folder} does not exist: create it or pass another --db path.")
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The command line, every setting filled in (option, variable or default) and checked."""
+    args = build_parser().parse_args(argv)
+    settings.resolve(args, environ)
+    return args
+
+
+def _open_store(config: Config, create: bool) -> Store:
+    """The store at ``config.store`` or ``config.db``; a missing SQLite file is created only if ``create``."""
+    if config.store:
+        return _open_postgres(config.store, config.durability)
+    if not create:
+        check_exists(config.db)
+        # migrate=False: a command that only uses the file never writes tables into it.
+        return SQLiteStore(config.db, busy_timeout_ms=config.busy_timeout_ms, migrate=False)
+    check_can_create(config.db)
     try:
-        return SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms, writer=writer)
+        return SQLiteStore(
+            config.db,
+            durability=config.durability,
+            busy_timeout_ms=config.busy_timeout_ms,
+            writer=config.writer,
+            writer_cpus=config.writer_cpus,
+        )
     except StoreError as error:
-        raise UsageError(f"Cannot use {path} as the database ({error}): pass a writable --db path.") from None
+        raise UsageError(
+            f"Cannot use {config.db} as the database ({error}): pass a writable --db path."
+        ) from None
+
+
+def _admin_config(args: argparse.Namespace) -> Config:
+    """An admin command's store settings: its own --db and --store, a thread writer."""
+    return Config(db=getattr(args, "db", Config.db), store=args.store, writer="thread")
 
 
 def _open_postgres(url: str, durability: str = "full") -> Store:
@@ -152,21 +128,17 @@ def _open_postgres(url: str, durability: str = "full") -> Store:
         ) from None
 
 
-def _redact_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
-def _where(args: argparse.Namespace) -> str:
+def _where(args: argparse.Namespace | Config) -> str:
     return f"store {_redact_url(args.store)}" if args.store else f"database {args.db}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in cli_read.COMMANDS:
+        return cli_read.run(args)
     try:
-        if args.command in cli_read.COMMANDS:
-            return cli_read.run(args)
+        settings.resolve(args)
         if args.command == "serve":
             return serve(args)
         if args.command == "keys":
@@ -174,17 +146,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "db":
             return db(args)
         return tenants(args)
-    except UsageError as error:
+    except (UsageError, SettingError) as error:
         print(f"drengr: {error}", file=sys.stderr)
         return 2
 
 
+def _not_a_database(path: str, error: sqlite3.Error) -> UsageError:
+    return UsageError(
+        f"Cannot use {path} as the database ({error}): pass the file `drengr serve` writes with --db."
+    )
+
+
 def keys(args: argparse.Namespace) -> int:
-    store = _open_store(args.db, store_url=args.store)
+    creating = args.keys_command == "create"
+    if creating and not args.tenant:
+        raise UsageError("Say which tenant the key is for: drengr keys create --tenant NAME.")
+    store = _open_store(_admin_config(args), create=creating)
     try:
-        if args.keys_command == "create":
-            if not args.tenant:
-                raise UsageError("Say which tenant the key is for: drengr keys create --tenant NAME.")
+        if creating:
             key = store.create_key(args.tenant, args.kind)
             print(
                 f"Created a {args.kind} key for tenant {args.tenant!r}; it is shown only now:",
@@ -204,6 +183,12 @@ def keys(args: argparse.Namespace) -> int:
             if not store.revoke_key(args.key):
                 raise UsageError("No active key matches that: check it with drengr keys list.")
             print("Revoked.", file=sys.stderr)
+    except sqlite3.Error as error:
+        raise _not_a_database(args.db, error) from None
+    except StoreError as error:
+        raise UsageError(
+            f"The {_where(args)} failed ({error}): check it and run the command again."
+        ) from None
     finally:
         store.close()
     return 0
@@ -211,7 +196,7 @@ def keys(args: argparse.Namespace) -> int:
 
 def db(args: argparse.Namespace) -> int:
     if args.db_command == "init":
-        _open_store(args.db, store_url=args.store).close()  # opening a store creates what is missing
+        _open_store(_admin_config(args), create=True).close()  # opening a store creates what is missing
         print(f"Ready: {_where(args)}.", file=sys.stderr)
         return 0
     if not args.store:
@@ -234,82 +219,158 @@ def db(args: argparse.Namespace) -> int:
 
 
 def tenants(args: argparse.Namespace) -> int:
+    """`tenants set NAME`: a name that is not a tenant is a typo unless --create says otherwise."""
     if args.daily_cap is None:
         raise UsageError("Say what to change: drengr tenants set NAME --daily-cap N.")
-    store = _open_store(args.db, store_url=args.store)
+    store = _open_store(_admin_config(args), create=args.create)
     try:
+        known = store.tenants()
+        if args.name not in known and not args.create:
+            listed = f"the tenants are {', '.join(known)}" if known else "there are no tenants yet"
+            raise UsageError(
+                f"There is no tenant {args.name!r} in the {_where(args)} ({listed}): "
+                "check the name, or pass --create to add it."
+            )
         store.set_daily_cap(args.name, int(args.daily_cap))
+    except sqlite3.Error as error:
+        raise _not_a_database(args.db, error) from None
+    except StoreError as error:
+        raise UsageError(
+            f"The {_where(args)} failed ({error}): check it and run the command again."
+        ) from None
     finally:
         store.close()
     print(f"Tenant {args.name!r}: daily cap {int(args.daily_cap):,} events.", file=sys.stderr)
     return 0
 
 
-def serve(args: argparse.Namespace) -> int:
+@dataclass
+class Prepared:
+    """What `serve` runs: bound, opened and wired, not yet answering."""
+
+    server: Any  # waitress' server (TcpWSGIServer, or MultiSocketServer for several addresses)
+    app: Any  # the Flask app
+    store: Store
+    new_key: str | None  # the key made for a new database, to print once everything has worked
+
+    def close(self) -> None:
+        """Undo ``prepare`` (serve's own shutdown is ``_run_until_stopped``)."""
+        from waitress import wasyncore
+
+        self.app.extensions["drengr.drops"].close()
+        self.store.close()
+        self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        wasyncore.close_all(self.server.map if hasattr(self.server, "map") else self.server._map)
+
+
+def prepare(config: Config) -> Prepared:
+    """Everything `serve` builds from ``config``, in an order where a failure leaves nothing behind.
+
+    The port is bound first (a port in use fails before the database exists),
+    then the store is opened (and created, with its first key), then the app
+    and the server are wired to the bound sockets.
+    """
     import waitress
 
-    from ._memory import return_large_blocks
-    from .web import Config, OneLineFormatter, create_app
+    from .web import create_app
 
+    if not config.store:
+        check_can_create(config.db)
+    sockets = _listen(config.host, config.port)
+    try:
+        store = _open_store(config, create=True)
+        try:
+            app = create_app(config, store=store)
+            server = waitress.create_server(
+                app,
+                sockets=sockets,
+                threads=config.threads,
+                max_request_body_size=WAITRESS_MAX_BODY_BYTES,
+                connection_limit=config.connection_limit,
+                channel_timeout=config.channel_timeout,
+                # Close idle connections within channel_timeout + 5 s, not + 30 s (waitress' default sweep).
+                cleanup_interval=5,
+                # poll(), not select(): select() cannot watch a descriptor numbered 1024 or more, so with
+                # a --connection-limit past ~1,000 a connection flood killed the server (ValueError).
+                asyncore_use_poll=True,
+                recv_bytes=65536,
+                expose_tracebacks=False,
+                ident="drengr",
+            )
+            new_key = store.create_key("default", "publishable") if store.is_new() else None
+        except BaseException:
+            store.close()
+            raise
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return Prepared(server, app, store, new_key)
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The listening sockets for host:port, bound (waitress listens on them): a port in use fails here."""
+    from waitress.adjustments import Adjustments
+
+    try:
+        addresses = Adjustments(host=host, port=port).listen  # waitress' own reading of host and port
+    except ValueError:
+        raise UsageError(
+            f"Cannot listen on {host}: it is not an address of this machine; pass --host 127.0.0.1 or 0.0.0.0."
+        ) from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as waitress does
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as error:
+        for sock in sockets:
+            sock.close()
+        if error.errno == errno.EADDRINUSE:
+            hint = "another program is listening there: stop it or pick another --port"
+        elif error.errno == errno.EACCES:
+            hint = "ports below 1024 need root: pick a --port from 1024 up"
+        else:
+            hint = f"{error.strerror}: check --host and --port"
+        raise UsageError(f"Cannot listen on {host}:{port} ({hint}).") from None
+    return sockets
+
+
+def serve(args: argparse.Namespace) -> int:
+    from ._memory import return_large_blocks
+    from .web import OneLineFormatter
+
+    config = Config.from_values(vars(args))
     return_large_blocks()  # before any thread has a heap of its own: see _memory
     handler = logging.StreamHandler(sys.stderr)
     # One record, one line: a newline a client put in a path or header can never forge a log line.
     handler.setFormatter(OneLineFormatter())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     # "Task queue depth is N" costs ~6 % and can wedge a server whose stderr nobody reads.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    store = _open_store(args.db, args.durability, int(args.busy_timeout_ms), args.store, args.writer)
-    if store.is_new():
-        key = store.create_key("default", "publishable")
+    prepared = prepare(config)
+    if prepared.new_key:
         print("New database: created tenant 'default' with this publishable key:", file=sys.stderr)
-        print(key, flush=True)
-    prefix = "/" + args.prefix.strip("/") if args.prefix.strip("/") else ""
-    config = Config(
-        db=args.db,
-        store=args.store,
-        durability=args.durability,
-        prefix=prefix,
-        busy_timeout_ms=int(args.busy_timeout_ms),
-    )
-    app = create_app(config, store=store)
-    try:
-        server = waitress.create_server(
-            app,
-            host=args.host,
-            port=int(args.port),
-            threads=int(args.threads),
-            max_request_body_size=WAITRESS_MAX_BODY_BYTES,
-            connection_limit=int(args.connection_limit),
-            channel_timeout=int(args.channel_timeout),
-            # Close idle connections within channel_timeout + 5 s, not + 30 s (waitress' default sweep).
-            cleanup_interval=5,
-            # poll(), not select(): select() cannot watch a descriptor numbered 1024 or more, so with
-            # a --connection-limit past ~1,000 a connection flood killed the server (ValueError).
-            asyncore_use_poll=True,
-            recv_bytes=65536,
-            expose_tracebacks=False,
-            ident="drengr",
-        )
-    except OSError as error:
-        store.close()
-        raise UsageError(
-            f"Cannot listen on {args.host}:{args.port} ({error.strerror}): pick another --port."
-        ) from None
+        print(prepared.new_key, flush=True)
     gc.freeze()  # the start-up objects never need collecting; keeps GC pauses off the hot path
     # A thread waiting for the GIL (the writer after each SQLite call, a request whose commit is
     # done) waits up to this long for a busy one to let go: 5 ms by default. 0.1 ms halves p99
     # with --writer process (~140 -> ~60 ms on 100-event batches); throughput within noise.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     print(
-        f"Listening on http://{args.host}:{args.port}{prefix}/  ({_where(args)})",
+        f"Listening on http://{config.host}:{config.port}{config.prefix}/  ({_where(config)})",
         file=sys.stderr,
         flush=True,
     )
     try:
-        _run_until_stopped(server)
+        _run_until_stopped(prepared.server)
     finally:
-        app.extensions["drengr.drops"].close()  # the last drop counts, while the store is open
-        store.close()  # after the last response: the writer thread finishes what it was given
+        prepared.app.extensions["drengr.drops"].close()  # the last drop counts, while the store is open
+        prepared.store.close()  # after the last response: the writer thread finishes what it was given
     return 0
 
 

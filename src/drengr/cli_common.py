@@ -1,16 +1,59 @@
-"""What every `drengr` command shares: user mistakes, DRENGR_* defaults, whole-number options."""
+"""What every `drengr` command shares: user mistakes, the database checks, the version, whole numbers."""
 
 import argparse
 import os
+import re
+from importlib import metadata
 
 
 class UsageError(Exception):
     """A mistake the user can fix; the message says how."""
 
 
-def env(name: str, default: str | None = None) -> str | None:
-    """The DRENGR_<NAME> environment variable: every option's default."""
-    return os.environ.get("DRENGR_" + name.upper().replace("-", "_"), default)
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    try:
+        return metadata.version("drengr-ingest")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"drengr {version()}")
+
+
+def check_can_create(path: str) -> None:
+    """Before a command that may create the SQLite database at ``path``: its folder is there and writable.
+
+    SQLite writes its -wal and -shm files beside the database, so the folder
+    must be writable even when the file exists.
+    """
+    if path == ":memory:":
+        return
+    if os.path.isdir(path):
+        raise UsageError(
+            f"{path} is a folder: pass a file in it with --db, e.g. {os.path.join(path, 'drengr.db')}."
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"The folder {folder} does not exist: create it or pass another --db path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"The folder {folder} is not writable: pass a --db path in a folder you can write to."
+        )
+
+
+def check_exists(path: str) -> None:
+    """Before a command that only uses a database: never create one where the user made a typo."""
+    if not os.path.isfile(path):
+        raise UsageError(f"No database at {path}: pass the file `drengr serve` writes with --db.")
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def non_negative_int(text: str) -> int:

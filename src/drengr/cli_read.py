@@ -22,10 +22,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import clock
-from .cli_common import UsageError
-from .cli_common import env as _env
+from . import clock, settings
+from .cli_common import UsageError, add_version, redact_url
 from .cli_common import non_negative_int as _non_negative_int
+from .settings import SettingError
 from .store.base import StoreError
 from .store.reader import (
     BUCKET_PREFIX_CHARS,
@@ -56,16 +56,14 @@ def _seconds(text: str) -> float:
 def add_commands(subparsers: Any) -> None:
     """Add `tail` and `stats` to `drengr`'s subcommands."""
 
-    def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--db", default=_env("db", "drengr.db"),
-            help="SQLite database file or postgresql:// URI (DRENGR_DB; default ./drengr.db)",
-        )  # fmt: skip
-        sub.add_argument("--tenant", default=_env("tenant"), help="only this tenant (default: every tenant)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = subparsers.add_parser(name, help=help, description=help + ".")
+        add_version(sub)
+        settings.add_options(sub, name)  # --db, --store, --tenant
         sub.add_argument("--json", action="store_true", help="one JSON object per line")
+        return sub
 
-    tail = subparsers.add_parser("tail", help="print the latest events, then follow new ones (like tail -f)")
-    common(tail)
+    tail = command("tail", "print the latest events, then follow new ones (like tail -f)")
     tail.add_argument(
         "-n", "--lines", type=_non_negative_int, default=10, help="rows to show first (default 10)"
     )
@@ -75,8 +73,7 @@ def add_commands(subparsers: Any) -> None:
     tail.add_argument("--timeout", type=_seconds, help="stop after this many seconds")
     tail.add_argument("--interval", type=_seconds, default=POLL_SECONDS, help="seconds between polls (0.25)")
 
-    stats = subparsers.add_parser("stats", help="counts by event name over an interval, sums of measures")
-    common(stats)
+    stats = command("stats", "counts by event name over an interval, sums of measures")
     stats.add_argument(
         "--since", default="24h", help="ISO-8601 time, date, or a duration ago: 90s, 15m, 2h, 7d"
     )
@@ -95,18 +92,21 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run `tail` or `stats`; 0 on success, 2 (and one sentence on stderr) for a user mistake."""
     out = out or sys.stdout
     try:
-        reader = _open(args.db)
+        if not getattr(args, "settings_resolved", False):
+            settings.resolve(args)
+        reader = _open(args.store or args.db)
         try:
             if args.command == "tail":
                 return tail(args, reader, out)
             return stats(args, reader, out)
         finally:
             reader.close()
-    except UsageError as error:
+    except (UsageError, SettingError) as error:
         print(f"drengr: {error}", file=sys.stderr)
         return 2
     except StoreError as error:
-        print(f"drengr: Cannot read {args.db} ({error}): check the --db path.", file=sys.stderr)
+        where = redact_url(args.store or args.db)
+        print(f"drengr: Cannot read {where} ({error}): check the --db path.", file=sys.stderr)
         return 2
 
 
@@ -266,6 +266,7 @@ def _show(value: float | int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m drengr.cli_read tail|stats …`: the two commands on their own (until cli.py wires them)."""
     parser = argparse.ArgumentParser(prog="drengr", description="Read semantic_events.")
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     add_commands(commands)

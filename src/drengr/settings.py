@@ -397,6 +397,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             value = setting.value(setting.default_for(command), "the default of " + str(setting.option))
         values[setting.name] = value
         setattr(args, setting.name, value)
+    args.settings_resolved = True  # `drengr tail` resolves in cli_read.run, `python -m drengr.cli_read` too
     return values
 
 

@@ -6,12 +6,10 @@ write rows, log one line. The decisions are ``drengr.core.machine``'s.
 
 import json
 import logging
-import os
 import re
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -24,11 +22,11 @@ from . import clock, read_api
 from .core import machine
 from .core.auth import PUBLISHABLE_PREFIX, hash_key
 from .core.errors import IngestFailed, NotFound
-from .core.limits import DEFAULT_PII_SUBSTRINGS
 from .core.mapping import BodyMapper
 from .core.routes import is_source_config
 from .core.settings import settings_document
 from .drops import DropLog
+from .settings import Config
 from .store import SQLiteStore, Store, StoreError, open_store
 
 access_log = logging.getLogger("drengr.access")
@@ -55,33 +53,6 @@ ALLOW_INGEST = "POST, OPTIONS"
 ALLOW_READ_AND_INGEST = "GET, HEAD, POST, OPTIONS"
 
 
-@dataclass
-class Config:
-    db: str = "drengr.db"
-    store: str = ""  # a postgresql://… URI: rows go to PostgreSQL; empty: the SQLite file `db`
-    durability: str = "full"  # "full" | "normal"
-    prefix: str = ""  # mount point, e.g. "/segment-ingest"
-    busy_timeout_ms: int = 5_000  # a write waits this long for another process's lock, then 502
-    writer: str = "thread"  # SQLite writes in a thread of this process, or "process": a child of their own
-    pii_substrings: tuple[str, ...] = DEFAULT_PII_SUBSTRINGS
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Config":
-        env = os.environ if environ is None else environ
-        pii = env.get("DRENGR_PII_KEYS")
-        return cls(
-            db=env.get("DRENGR_DB", cls.db),
-            store=env.get("DRENGR_STORE", cls.store),
-            durability=env.get("DRENGR_DURABILITY", cls.durability).lower(),
-            prefix=env.get("DRENGR_PREFIX", cls.prefix),
-            busy_timeout_ms=int(env.get("DRENGR_BUSY_TIMEOUT_MS", cls.busy_timeout_ms)),
-            writer=env.get("DRENGR_WRITER", cls.writer).lower(),
-            pii_substrings=tuple(p.strip().lower() for p in pii.split(",") if p.strip())
-            if pii is not None
-            else DEFAULT_PII_SUBSTRINGS,
-        )
-
-
 def create_app(
     config: Config | None = None, store: Store | None = None, clock_ms: Callable[[], int] = clock.now_ms
 ) -> Flask:
@@ -97,6 +68,7 @@ def create_app(
             durability=config.durability,
             busy_timeout_ms=config.busy_timeout_ms,
             writer=config.writer,
+            writer_cpus=config.writer_cpus,
         )
     )
     mapper = BodyMapper(config.pii_substrings)

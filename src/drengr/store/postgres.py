@@ -450,6 +450,12 @@ class PostgresStore:
         )
         return [KeyInfo(*row) for row in rows]
 
+    def tenants(self) -> list[str]:
+        rows = self._run(
+            lambda conn: conn.execute("SELECT tenant_id FROM tenants ORDER BY tenant_id").fetchall()
+        )
+        return [row[0] for row in rows]
+
     def revoke_key(self, key_or_id: str) -> bool:
         """Revoke by the key itself or by the key_id `keys list` shows."""
         digest = hash_key(key_or_id)

@@ -81,7 +81,6 @@ log = logging.getLogger("drengr.store")
 _CODE_ROOT = str(Path(__file__).resolve().parents[2])
 
 WRITERS = ("thread", "process")
-WRITER_CPUS_ENV = "DRENGR_WRITER_CPUS"  # e.g. "1": the cores the writer process may run on
 SCHEMA_VERSION = 2  # 2: semantic_events.library, drop_counts
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 _MERGE_MAX_BYTES = 4 << 20  # the writer process's groups: at most this many bytes of messages
@@ -162,6 +161,7 @@ class SQLiteStore:
         busy_timeout_ms: int = 5_000,
         clock: Callable[[], float] = clock_now,
         writer: str = "thread",
+        writer_cpus: tuple[int, ...] = (),  # the CPUs the writer process may run on; empty: any
         migrate: bool = True,  # False: the file is known to be ready (the writer process's own store)
     ) -> None:
         if durability not in ("full", "normal"):
@@ -170,6 +170,7 @@ class SQLiteStore:
             raise ValueError(f"writer must be one of {WRITERS}")
         self.path = path
         self._writer_kind = writer
+        self._writer_cpus = tuple(writer_cpus)
         self._durability = durability
         self._synchronous = durability.upper()
         self._busy_timeout_ms = busy_timeout_ms
@@ -192,7 +193,9 @@ class SQLiteStore:
             self._migrate()
         if writer == "process":
             try:  # now, not on the first request: the child takes ~0.1 s to start
-                self._child = _WriterProcess(self.path, self._durability, self._busy_timeout_ms)
+                self._child = _WriterProcess(
+                    self.path, self._durability, self._busy_timeout_ms, self._writer_cpus
+                )
             except Exception as error:  # noqa: BLE001 - tried again with the first write
                 log.error("cannot start the writer process: %s", error)
 
@@ -337,6 +340,9 @@ class SQLiteStore:
         )
         return [KeyInfo(*row) for row in rows]
 
+    def tenants(self) -> list[str]:
+        return [row[0] for row in self._reader().execute("SELECT tenant_id FROM tenants ORDER BY tenant_id")]
+
     def revoke_key(self, key_or_id: str) -> bool:
         """Revoke by the key itself or by the key_id `keys list` shows."""
         digest = hash_key(key_or_id)
@@ -470,7 +476,9 @@ class SQLiteStore:
                 self._child = None
             if self._child is None:
                 try:
-                    self._child = _WriterProcess(self.path, self._durability, self._busy_timeout_ms)
+                    self._child = _WriterProcess(
+                        self.path, self._durability, self._busy_timeout_ms, self._writer_cpus
+                    )
                 except Exception as error:  # noqa: BLE001 - this group fails, the next tries again
                     log.error("cannot start the writer process: %s", error)
                     return None
@@ -932,13 +940,13 @@ class _WriterProcess:
 
     IN_FLIGHT = 64
 
-    def __init__(self, path: str, durability: str, busy_timeout_ms: int) -> None:
+    def __init__(self, path: str, durability: str, busy_timeout_ms: int, cpus: tuple[int, ...] = ()) -> None:
         ours, theirs = socket.socketpair()
         code = (
             f"import sys; sys.path.insert(0, {_CODE_ROOT!r}); "
             "from drengr._sqlite_lib import unlock_connections; unlock_connections(); "  # before sqlite3
             "from drengr.store.sqlite import _writer_main; "
-            f"_writer_main({theirs.fileno()}, {path!r}, {durability!r}, {busy_timeout_ms!r})"
+            f"_writer_main({theirs.fileno()}, {path!r}, {durability!r}, {busy_timeout_ms!r}, {cpus!r})"
         )
         try:
             self._process = subprocess.Popen(
@@ -1039,7 +1047,9 @@ def _fail(jobs: list[_Job], error: BaseException) -> None:
         job.done.set()
 
 
-def _writer_main(fd: int, path: str, durability: str, busy_timeout_ms: int) -> None:
+def _writer_main(
+    fd: int, path: str, durability: str, busy_timeout_ms: int, cpus: tuple[int, ...] = ()
+) -> None:
     """The writer process: receive a group, commit it with the thread writer's own code, answer."""
     return_large_blocks()  # the messages are large blocks: see _memory
     pipe = Connection(fd)
@@ -1048,9 +1058,8 @@ def _writer_main(fd: int, path: str, durability: str, busy_timeout_ms: int) -> N
     # that message or at the parent's EOF, never halfway through a group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    cpus = os.environ.get(WRITER_CPUS_ENV)
-    if cpus:
-        os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
+    if cpus:  # --writer-cpus (drengr.settings checked they exist)
+        os.sched_setaffinity(0, set(cpus))
     store = SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms, migrate=False)
     conn: sqlite3.Connection | None = None
     while True:
