@@ -9,7 +9,7 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from .core import machine
 from .core.auth import PUBLISHABLE_PREFIX, hash_key
 from .core.errors import IngestFailed, NotFound
 from .core.mapping import BodyMapper
+from .core.pixel import handle_pixel
 from .core.routes import is_source_config
 from .core.settings import settings_document
 from .drops import DropLog
@@ -51,6 +52,8 @@ INGEST_ENDPOINTS = ("ingest", "ingest_root")
 # OPTIONS on every path; a path a read route also serves takes GET and HEAD too.
 ALLOW_INGEST = "POST, OPTIONS"
 ALLOW_READ_AND_INGEST = "GET, HEAD, POST, OPTIONS"
+# machine.handle, or a handler shaped like it (the pixel's).
+Handler = Callable[[machine.Request, BodyMapper], Generator[machine.Need, Any, machine.Response]]
 
 
 def create_app(
@@ -83,8 +86,8 @@ def create_app(
     drop_log = DropLog(clock_ms=clock_ms, sink=store)
     app.extensions["drengr.drops"] = drop_log
 
-    def run_ingest(environ: dict[str, Any]) -> machine.Response:
-        """One ingest request, from the WSGI environ to the machine's Response (logged)."""
+    def run_ingest(environ: dict[str, Any], handler: Handler = machine.handle) -> machine.Response:
+        """One ingest request, from the WSGI environ to ``handler``'s Response (logged)."""
         started = time.perf_counter()
         headers = {name: environ[key] for key, name in _INGEST_HEADERS if key in environ}
         length = environ.get("CONTENT_LENGTH")
@@ -111,7 +114,7 @@ def create_app(
             query=environ.get("QUERY_STRING", ""),
         )
         try:
-            result = machine.run(req, mapper, answer)
+            result = machine.drive(handler(req, mapper), answer)
         except Exception as error:  # a bug, not the client's doing: log it, never show a traceback
             _log_unexpected(req, error)
             result = machine.error_response(IngestFailed(), headers.get("origin"))
@@ -171,7 +174,9 @@ def create_app(
     app.add_url_rule("/", "ingest_root", ingest, methods=["GET"], provide_automatic_options=False)
     app.add_url_rule("/<anypath:path>", "ingest", ingest, methods=["GET"], provide_automatic_options=False)
     for rule in ("/sourceConfig", "/sourceConfig/"):
-        app.add_url_rule(rule, "source_config", source_config, methods=["GET"], provide_automatic_options=False)
+        app.add_url_rule(
+            rule, "source_config", source_config, methods=["GET"], provide_automatic_options=False
+        )
 
     @app.get("/health")
     def health() -> Response:
@@ -181,6 +186,12 @@ def create_app(
         status = 200 if ok else 503
         _log_line("GET", "/health", status, None, time.perf_counter() - started)
         return Response(json.dumps(body), status=status, mimetype="application/json")
+
+    @app.get("/v1/pixel/<any(track, page, identify, group, alias, screen):event_type>")
+    def pixel(event_type: str) -> Response:
+        """Segment's Pixel API (``drengr.core.pixel``): a 1x1 GIF whatever happened; the query is never logged."""
+        result = run_ingest(request.environ, handle_pixel)
+        return Response(result.body, status=result.status, headers=result.headers)
 
     @app.get("/v1/projects/<write_key>/settings")
     def settings(write_key: str) -> Response:
