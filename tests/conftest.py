@@ -3,12 +3,13 @@
 import base64
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from drengr import clock
 from drengr.store import is_postgres_url, open_store
 from drengr.web import Config, create_app
 
@@ -40,8 +41,18 @@ def db_path(tmp_path: Path, engine: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def store(db_path: Any) -> Iterator[Any]:
-    store = open_store(str(db_path))
+def receipt_ms() -> Callable[[], int]:
+    """The clock of receipt (ms) that the app stamps rows with and the store runs on.
+
+    A module that fixes or moves the time overrides this fixture, so that the
+    store (which forgets old event ids by its clock) sees the same time as the rows.
+    """
+    return clock.now_ms
+
+
+@pytest.fixture
+def store(db_path: Any, receipt_ms: Callable[[], int]) -> Iterator[Any]:
+    store = open_store(str(db_path), clock=lambda: receipt_ms() / 1000)
     yield store
     store.close()
 
@@ -52,8 +63,8 @@ def key(store: Any) -> str:
 
 
 @pytest.fixture
-def app(db_path: Any, store: Any) -> Iterator[Any]:
-    app = create_app(Config(db=str(db_path)), store=store)
+def app(db_path: Any, store: Any, receipt_ms: Callable[[], int]) -> Iterator[Any]:
+    app = create_app(Config(db=str(db_path)), store=store, clock_ms=receipt_ms)
     yield app
     app.extensions["drengr.drops"].close()  # its last drop counts, before the store closes
 

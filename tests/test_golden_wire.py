@@ -192,8 +192,22 @@ def send(client: Any, capture: Capture, key: str | None) -> Any:
     return client.open(capture.path, method=capture.method, headers=headers, data=body)
 
 
+# The captures were recorded on 2026-11-26 between 02:50 and 03:02 UTC. They are
+# replayed as received shortly after, whatever today's date: the contract clamps
+# an occurred_at later than a day after receipt, which would rewrite the
+# captures' own timestamps once today is a day before them (a clock set back).
+CAPTURED_AT_MS = 1_795_662_000_000  # 2026-11-26T03:00:00.000Z
+_SHIFT_MS = CAPTURED_AT_MS - clock.now_ms()
+
+
 def now_ms() -> int:
-    return clock.now_ms()
+    """The time of receipt of this module's app and store: the real clock, moved back to the captures' day."""
+    return clock.now_ms() + _SHIFT_MS
+
+
+@pytest.fixture
+def receipt_ms() -> Any:
+    return now_ms
 
 
 # --------------------------------------------------------------------------- the contract, as a model

@@ -1,6 +1,7 @@
 """docs/mapping.md "Event mapping": one table per row, through the real app into the real SQLite file."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,15 @@ RECEIVED_MS = parse_ms(RECEIVED)
 
 
 @pytest.fixture
-def client(db_path: Path, store: SQLiteStore) -> Any:
-    """The app with its clock fixed at RECEIVED, so occurred_at is predictable."""
+def receipt_ms() -> Callable[[], int]:
+    """The clock fixed at RECEIVED (the app's and the store's), so occurred_at is predictable."""
     assert RECEIVED_MS is not None
-    return create_app(Config(db=str(db_path)), store=store, clock_ms=lambda: RECEIVED_MS).test_client()
+    return lambda: RECEIVED_MS
+
+
+@pytest.fixture
+def client(db_path: Path, store: SQLiteStore, receipt_ms: Callable[[], int]) -> Any:
+    return create_app(Config(db=str(db_path)), store=store, clock_ms=receipt_ms).test_client()
 
 
 def ingest_one(

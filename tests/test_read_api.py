@@ -79,9 +79,21 @@ def item(seed: tuple[Any, ...]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(db_path: Any, store: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
+def receipt_ms() -> Clock:
+    """The app's and the store's clock, moved by the tests."""
+    return Clock(T0)
+
+
+@pytest.fixture
+def api(
+    db_path: Any,
+    store: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    receipt_ms: Clock,
+) -> Any:
     """The app with the read API wired, four rows of tenant acme and one of tenant other; clock at 10:10."""
-    clock = Clock(T0)
+    clock = receipt_ms
     app = create_app(Config(db=str(db_path)), store=store, clock_ms=clock)
     request.addfinalizer(app.extensions["drengr.drops"].close)
     drops = wire(app, store, monkeypatch, clock_ms=clock)

@@ -4,8 +4,10 @@
 imported on first use, so the SQLite store works without it.
 """
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..clock import now
 from .base import KeyInfo, Store, StoreError
 from .sqlite import SQLiteStore
 
@@ -22,11 +24,15 @@ def is_postgres_url(location: str) -> bool:
     return location.strip().lower().startswith(POSTGRES_SCHEMES)
 
 
-def open_store(location: str, durability: str = "full") -> Store:
-    """A PostgresStore for a ``postgresql://`` URI, else a SQLiteStore on the file ``location``."""
+def open_store(location: str, durability: str = "full", clock: Callable[[], float] = now) -> Store:
+    """A PostgresStore for a ``postgresql://`` URI, else a SQLiteStore on the file ``location``.
+
+    ``clock`` (seconds, like ``time.time``) is the store's own: key-cache expiry,
+    the times of admin rows, and when PostgreSQL forgets old event ids.
+    """
     if is_postgres_url(location):
-        return _postgres_class()(location.strip(), durability=durability)
-    return SQLiteStore(location, durability=durability)
+        return _postgres_class()(location.strip(), durability=durability, clock=clock)
+    return SQLiteStore(location, durability=durability, clock=clock)
 
 
 def _postgres_class() -> Any:
