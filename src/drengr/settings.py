@@ -112,6 +112,19 @@ def url_path(raw: str) -> str:
     return "/" + inner if inner else ""
 
 
+def analytics_js_folder(raw: str) -> str:
+    """Empty (not served), or a folder holding analytics-next's UMD build (its standalone.js)."""
+    if not raw.strip():
+        return ""
+    folder = os.path.abspath(raw.strip())
+    if not os.path.isfile(os.path.join(folder, "standalone.js")):
+        raise SettingError(
+            "is not a folder with analytics-next's standalone.js: pass the dist/umd folder of the npm "
+            "package @segment/analytics-next"
+        )
+    return folder
+
+
 def postgres_url(raw: str) -> str:
     if raw and not raw.strip().lower().startswith(("postgresql://", "postgres://")):
         raise SettingError(
@@ -316,6 +329,18 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="LIST",
     ),
     Setting(
+        name="analytics_js",
+        default="",
+        help="A folder holding analytics-next's UMD build (dist/umd of the npm package "
+        "@segment/analytics-next, which drengr does not ship): served at the paths Segment's snippet and "
+        "the library ask for when analytics._cdn points here (/analytics.js/v1/KEY/analytics.min.js, "
+        "/analytics-next/bundles/...). Empty: not served.",
+        commands=(SERVE, WSGI),
+        example="node_modules/@segment/analytics-next/dist/umd",
+        parse=analytics_js_folder,
+        metavar="DIR",
+    ),
+    Setting(
         name="tenant",
         default="",
         help="The tenant: keys create makes the key for it (and the tenant, if new); tail and stats show "
@@ -436,6 +461,7 @@ class Config:
     channel_timeout: int = _default("channel_timeout")
     log_level: str = _default("log_level")
     pii_substrings: tuple[str, ...] = _default("pii_substrings")
+    analytics_js: str = _default("analytics_js")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":

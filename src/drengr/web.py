@@ -18,7 +18,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from . import clock, read_api
+from . import analytics_js, clock, read_api
 from .core import machine
 from .core.auth import PUBLISHABLE_PREFIX, hash_key
 from .core.errors import IngestFailed, NotFound
@@ -208,6 +208,7 @@ def create_app(
         return Response(body, status=200, headers=machine.cors_headers(origin), mimetype="application/json")
 
     read_api.register(app, store, clock_ms=clock_ms)
+    analytics_js.register(app, config.analytics_js, _log_line)
     flask_wsgi_app = app.wsgi_app
 
     def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

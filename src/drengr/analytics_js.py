@@ -1,0 +1,93 @@
+"""analytics.js from this server: a user-supplied analytics-next build, at the paths Segment's CDN uses.
+
+Segment's snippet loads ``{_cdn}/analytics.js/v1/{writeKey}/analytics.min.js``
+(analytics-next's ``standalone.js``); the library then fetches its settings
+from ``{cdn}/v1/projects/{writeKey}/settings`` (web.py) and its lazy chunks
+(``auto-track`` for ``trackLink``/``trackForm``, ``queryString``, …) from
+``{cdn}/analytics-next/bundles/{file}``, where ``cdn`` is the origin of the
+script it was loaded from. With ``--analytics-js DIR`` (the ``dist/umd``
+folder of the npm package ``@segment/analytics-next``) those paths are
+served from DIR; drengr ships no copy of the library. Without it they
+answer a JSON 404 that says how to turn them on.
+
+Cache headers: chunk names carry a content hash, so a chunk never changes
+(a year, immutable); ``analytics.min.js`` and the unhashed files are the
+library's current version, which a new DIR replaces (five minutes, then
+revalidated with the ETag). Shell side: reads files; the key in the path
+is neither checked nor logged (the library is public; the settings route
+decides who may send).
+"""
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flask import Flask, Response, request, send_from_directory
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+
+from .core.errors import NotFound
+
+# web._log_line: (method, path, status, tenant, seconds) -> one access line like every route's.
+LogLine = Callable[[str, str, int, str | None, float], None]
+STANDALONE = "standalone.js"  # what Segment's CDN serves as analytics.min.js
+HASHED = re.compile(r"\.[0-9a-f]{16,}\.js(\.map)?$")  # webpack's [name].bundle.[contenthash].js
+IMMUTABLE = 365 * 24 * 3600
+SHORT = 300
+NOT_SERVED = json.dumps(
+    {
+        "error": "Not found",
+        "code": "not_found",
+        "message": "analytics.js is not served here: start drengr serve with --analytics-js DIR "
+        "(the dist/umd folder of @segment/analytics-next)",
+    }
+).encode()
+
+
+def register(app: Flask, folder: str, log_line: LogLine) -> None:
+    """The two routes; ``folder`` is a checked folder (drengr.settings) or "" (answer 404)."""
+    root = Path(folder) if folder else None
+
+    def serve(name: str, logged_path: str) -> Response:
+        started = time.perf_counter()
+        response = _file(root, name)
+        log_line(request.method, logged_path, response.status_code, None, time.perf_counter() - started)
+        return response
+
+    @app.get("/analytics.js/v1/<write_key>/analytics.min.js")
+    def analytics_min_js(write_key: str) -> Response:
+        return serve(STANDALONE, "/analytics.js/v1/{writeKey}/analytics.min.js")
+
+    @app.get("/analytics-next/bundles/<name>")
+    def analytics_next_bundle(name: str) -> Response:
+        return serve(name, "/analytics-next/bundles/" + _printable(name))
+
+
+def _file(root: Path | None, name: str) -> Response:
+    if root is None:
+        return Response(NOT_SERVED, status=404, mimetype="application/json")
+    if not name.endswith((".js", ".js.map")):
+        return _not_found()
+    max_age = IMMUTABLE if HASHED.search(name) else SHORT
+    try:
+        # send_from_directory refuses any name that would leave root (.., absolute, NUL).
+        response = send_from_directory(root, name, max_age=max_age, conditional=True, etag=True)
+    except WerkzeugNotFound:
+        return _not_found()
+    response.headers["Content-Type"] = (
+        "application/json" if name.endswith(".map") else "application/javascript; charset=utf-8"
+    )
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.cache_control.public = True
+    if max_age == IMMUTABLE:
+        response.cache_control.immutable = True
+    return response
+
+
+def _not_found() -> Response:
+    return Response(NotFound().body(), status=404, mimetype="application/json")
+
+
+def _printable(name: str) -> str:
+    return name.encode("ascii", "backslashreplace").decode()[:120]
