@@ -28,7 +28,7 @@ from tests.clients.harness import (
     assert_canonical_rows,
     live_server,
     personalise,
-    readme_snippet,
+    sdk_snippet,
     require,
     require_node,
     store_outage,
@@ -77,9 +77,9 @@ def browser_pages() -> Iterator[list[Browser]]:
         browser.kill()
 
 
-def open_readme_page(server: LiveServer, site: PageServer, key: str, opened: list[Browser]) -> Browser:
-    """The README's analytics-next snippet, verbatim, as a page on the site's origin; wait for its 7 calls."""
-    site.pages["/"] = page(personalise(readme_snippet("html", "AnalyticsBrowser.load"), server, key))
+def open_sdk_page(server: LiveServer, site: PageServer, key: str, opened: list[Browser]) -> Browser:
+    """The analytics-next snippet of docs/sdks.md, verbatim, as a page on the site's origin; wait for its 7 calls."""
+    site.pages["/"] = page(personalise(sdk_snippet("html", "AnalyticsBrowser.load"), server, key))
     browser = Browser(site.url + "/")
     opened.append(browser)
     server.wait_for(lambda log: len(posts(log)) >= 7, 30, "the page's 7 calls")
@@ -93,11 +93,11 @@ def revoke(server: LiveServer, key: str) -> None:
     )  # fmt: skip
 
 
-def test_readme_page_lands_every_call_once_across_origins(tmp_path, site, browser_pages):
+def test_sdk_page_lands_every_call_once_across_origins(tmp_path, site, browser_pages):
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
         started = clock.now()
-        browser = open_readme_page(server, site, key, browser_pages)
+        browser = open_sdk_page(server, site, key, browser_pages)
         browser.close()
         server.wait_quiet(0.3)
         rows = assert_canonical_rows(
@@ -121,8 +121,8 @@ def test_batching_mode_sends_one_v1_b_when_the_page_is_hidden(tmp_path, site, br
     """deliveryStrategy batching holds events (size 10, 5 s); closing the page flushes them with keepalive."""
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
-        load = personalise(readme_snippet("js", "deliveryStrategy"), server, key)
-        html = readme_snippet("html", "AnalyticsBrowser.load")
+        load = personalise(sdk_snippet("js", "deliveryStrategy"), server, key)
+        html = sdk_snippet("html", "AnalyticsBrowser.load")
         calls = [line.strip() for line in html.splitlines() if line.strip().startswith("analytics.")]
         sent = "window.sent = Promise.all([\n  " + ",\n  ".join(calls) + ",\n])"
         site.pages["/"] = page('<script src="/analytics-next/index.js"></script>', load + "\n" + sent)
@@ -142,7 +142,7 @@ def test_batching_mode_sends_one_v1_b_when_the_page_is_hidden(tmp_path, site, br
 def test_revoked_key_gets_one_401_and_no_retry(tmp_path, site, browser_pages):
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
-        browser = open_readme_page(server, site, key, browser_pages)
+        browser = open_sdk_page(server, site, key, browser_pages)
         revoke(server, key)
         time.sleep(2.2)  # the server caches key look-ups for 2 s
         browser.eval("analytics.track('After Revoke', { n: 1 }).then(() => true)")
@@ -156,7 +156,7 @@ def test_revoked_key_gets_one_401_and_no_retry(tmp_path, site, browser_pages):
 def test_store_outage_502_is_retried_and_stored_once(tmp_path, site, browser_pages):
     with live_server(tmp_path, BUSY_TIMEOUT_ENV) as server:
         key = server.create_key("acme")
-        browser = open_readme_page(server, site, key, browser_pages)
+        browser = open_sdk_page(server, site, key, browser_pages)
         with store_outage(server.db):
             browser.eval(
                 "void analytics.track('Order Completed', { order_id: 'o_2', revenue: '19.99', currency: 'EUR' })"

@@ -1,6 +1,6 @@
 """Live: @segment/analytics-node, @rudderstack/rudder-sdk-node and @jitsu/js (under Node) against `drengr serve`.
 
-The README snippets run verbatim under node (the packages pinned in
+The snippets of docs/sdks.md run verbatim under node (the packages pinned in
 tests/clients/node/package.json, installed by .ci/run with `npm ci`); the rows
 are checked per docs/mapping.md. tests/clients/node/send-one.js sends one event for the
 wrong-key and store-outage cases; requests are counted from the server's
@@ -20,7 +20,7 @@ from tests.clients.harness import (
     finish_node,
     live_server,
     personalise,
-    readme_snippet,
+    sdk_snippet,
     require_node,
     run_node,
     start_node,
@@ -56,11 +56,11 @@ def node() -> None:
         ),
     ],
 )
-def test_readme_snippet_lands_every_call_once(tmp_path, tell, options):
+def test_sdk_snippet_lands_every_call_once(tmp_path, tell, options):
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
         started = clock.now()
-        run_node(personalise(readme_snippet("js", tell), server, key))
+        run_node(personalise(sdk_snippet("js", tell), server, key))
         server.wait_quiet(0.3)
         assert_canonical_rows(server, "acme", started, **options)
 
@@ -69,7 +69,7 @@ def test_jitsu_page_name_lands(tmp_path):
     """@jitsu/js sends `page('Pricing', …)` as properties.name only: the mapper takes it from there."""
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
-        run_node(personalise(readme_snippet("js", "@jitsu/js"), server, key))
+        run_node(personalise(sdk_snippet("js", "@jitsu/js"), server, key))
         server.wait_quiet(0.3)
         [page] = [row for row in server.rows() if row["event_name"] == "page_viewed"]
         assert page["dims"].get("name") == "Pricing", page
@@ -111,7 +111,7 @@ def test_store_outage_502_is_retried_and_stored_once(tmp_path, client):
 
 
 def test_jitsu_does_not_retry_a_502(tmp_path):
-    """@jitsu/js has no retry at all: an event sent during a store outage is lost (README says so)."""
+    """@jitsu/js has no retry at all: an event sent during a store outage is lost (docs/sdks.md says so)."""
     with live_server(tmp_path, BUSY_TIMEOUT_ENV) as server:
         key = server.create_key("acme") + ":x"
         env = {"DRENGR_HOST": server.url, "DRENGR_KEY": key}

@@ -1,6 +1,6 @@
 """Live: segment-analytics-python and rudder-sdk-python against a real `drengr serve`.
 
-Each README snippet runs verbatim (fresh interpreter, real key and port) and
+Each snippet of docs/sdks.md runs verbatim (fresh interpreter, real key and port) and
 the rows are checked; then, per library, a wrong key (one 401, no retry) and a
 real store outage (SQLite's write lock held by another connection: 502, the
 library retries, the retry is stored once). Requests are counted from the
@@ -19,7 +19,7 @@ from tests.clients.harness import (
     assert_canonical_rows,
     live_server,
     personalise,
-    readme_snippet,
+    sdk_snippet,
     run_python,
     store_outage,
 )
@@ -41,7 +41,7 @@ def rudder_client(key: str, host: str, errors: list[Any], **options: Any) -> Any
     return Client(key, host=host, on_error=lambda e, batch: errors.append(e), **options)
 
 
-# id, the README block's tell-tale line, how to build the library's Client
+# id, the snippet's tell-tale line, how to build the library's Client
 CLIENTS = [
     pytest.param("import segment.analytics as analytics", segment_client, id="segment-analytics-python"),
     pytest.param("import rudderstack.analytics as rudder_analytics", rudder_client, id="rudder-sdk-python"),
@@ -57,11 +57,11 @@ def flush_within(client: Any, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(("snippet", "make_client"), CLIENTS)
-def test_readme_snippet_lands_every_call_once(tmp_path, snippet: str, make_client: Callable[..., Any]):
+def test_sdk_snippet_lands_every_call_once(tmp_path, snippet: str, make_client: Callable[..., Any]):
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
         started = clock.now()
-        run_python(personalise(readme_snippet("python", snippet), server, key))
+        run_python(personalise(sdk_snippet("python", snippet), server, key))
         server.wait_quiet(0.3)
         rows = assert_canonical_rows(server, "acme", started)
     assert all(len(row["event_id"]) == 36 for row in rows)  # the library's messageId, a UUID
@@ -115,7 +115,7 @@ def test_store_outage_502_is_retried_and_stored_once(tmp_path, snippet: str, mak
 def test_rudder_python_batches_over_500kb_get_400_unless_upload_size_is_capped(tmp_path):
     """rudder-sdk-python packs up to 100 events / 4 MB a request; drengr caps a body at 500 KB (decompressed).
 
-    The default loses the batch (400 is not retried: one request); the README's
+    The default loses the batch (400 is not retried: one request); docs/sdks.md's
     `Client(..., upload_size=15)` keeps every request under the cap.
     """
     blob = "x" * 20_000  # 40 of these: ~800 KB of JSON, tiny once gzipped
@@ -135,8 +135,8 @@ def test_rudder_python_batches_over_500kb_get_400_unless_upload_size_is_capped(t
         sent = len(server.requests())
 
         namespace: dict[str, Any] = {}
-        readme_line = personalise(readme_snippet("python", "upload_size="), server, key)
-        exec(readme_line, namespace)
+        snippet_line = personalise(sdk_snippet("python", "upload_size="), server, key)
+        exec(snippet_line, namespace)
         capped = namespace["client"]
         for n in range(40):
             capped.track("user_123", "Note Saved", {"n": 100 + n, "body": blob})

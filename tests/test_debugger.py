@@ -5,7 +5,7 @@ read API and drop feeding wired in by create_app. Chromium is driven by
 playwright-core with executablePath=/usr/bin/chromium (tests/clients/node/debugger.js): the test
 types a key into the page, sends events with curl, and waits for the page to
 show them. ``DRENGR_SCREENSHOT=docs/debugger.png`` also saves the screenshot
-the README shows (otherwise it goes to the test's temporary folder).
+docs/reading.md shows (otherwise it goes to the test's temporary folder).
 """
 
 import contextlib
@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.clients]
 ROOT = Path(__file__).resolve().parents[1]
 POLL_BUDGET_MS = 1_000  # the page polls every second…
 SLACK_MS = 400  # …plus a request to the read API and a render, on a busy shared machine
-PREFIX = "/segment-ingest"  # `drengr serve --prefix`, as the README's nginx example mounts it
+PREFIX = "/segment-ingest"  # `drengr serve --prefix`, as docs/deploying.md's nginx example mounts it
 
 
 @pytest.fixture

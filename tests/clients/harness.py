@@ -31,14 +31,14 @@ from tests.conftest import read_rows
 from tests.realserver import Server, launch
 
 ROOT = Path(__file__).parents[2]
-README = ROOT / "README.md"
+SDKS_PAGE = ROOT / "docs" / "sdks.md"
 NODE_DIR = Path(__file__).parent / "node"
 CHROMIUM = "/usr/bin/chromium"
 
-# The placeholders the README's "Connect your SDK" snippets use; the tests
+# The placeholders the snippets of docs/sdks.md use; the tests
 # swap in the live server's URL and a fresh key and run the snippet verbatim.
-README_KEY = "drengr_pk_…"
-README_HOST = "http://127.0.0.1:8080"
+SNIPPET_KEY = "drengr_pk_…"
+SNIPPET_HOST = "http://127.0.0.1:8080"
 
 # docs/mapping.md "Storage and durability": the store gives up on a locked database
 # after its busy timeout and the request gets 502. A short one (`drengr serve` reads DRENGR_BUSY_TIMEOUT_MS, as
@@ -177,23 +177,23 @@ def first_502_then_200(log: list[dict[str, Any]]) -> bool:
     return 502 in statuses and 200 in statuses[statuses.index(502) :]
 
 
-def readme_snippet(language: str, containing: str) -> str:
-    """The one ```language block of README.md that contains ``containing``."""
-    blocks = re.findall(rf"```{language}\n(.*?)```", README.read_text(), re.S)
+def sdk_snippet(language: str, containing: str) -> str:
+    """The one ```language block of docs/sdks.md that contains ``containing``."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", SDKS_PAGE.read_text(), re.S)
     matches = [block for block in blocks if containing in block]
     assert len(matches) == 1, f"expected one ```{language} block with {containing!r}, found {len(matches)}"
     return matches[0]
 
 
 def personalise(snippet: str, server: LiveServer, key: str) -> str:
-    assert README_KEY in snippet and README_HOST in snippet, snippet
-    return snippet.replace(README_KEY, key).replace(README_HOST, server.url)
+    assert SNIPPET_KEY in snippet and SNIPPET_HOST in snippet, snippet
+    return snippet.replace(SNIPPET_KEY, key).replace(SNIPPET_HOST, server.url)
 
 
 def start_node(script: Path | str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start a node script from tests/clients/node, with its node_modules; see finish_node.
 
-    ``script`` as a str is code (e.g. a README snippet): it runs from a temporary
+    ``script`` as a str is code (e.g. a docs/sdks.md snippet): it runs from a temporary
     file, finding the suite's packages through NODE_PATH, as `require` would in a project.
     """
     if isinstance(script, str):
@@ -235,7 +235,7 @@ def run_node(script: Path | str, *args: str, env: dict[str, str] | None = None, 
 
 
 def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` (e.g. a README snippet) in a fresh interpreter: the SDKs keep module-level state."""
+    """Run ``code`` (e.g. a docs/sdks.md snippet) in a fresh interpreter: the SDKs keep module-level state."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"snippet failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return result
@@ -372,7 +372,7 @@ class Browser:
             self.process.wait()
 
 
-# What the README snippets send, as docs/mapping.md "Event mapping" must store it: event_name →
+# What the docs/sdks.md snippets send, as docs/mapping.md "Event mapping" must store it: event_name →
 # (event_type, dims, measures). Every snippet makes the same calls (where the
 # library has them): identify with an email (a PII key: dropped), a plain
 # track, an ecommerce track with string prices, page, screen, group, alias.
