@@ -28,9 +28,9 @@ from tests.clients.harness import (
     assert_canonical_rows,
     live_server,
     personalise,
-    sdk_snippet,
     require,
     require_node,
+    sdk_snippet,
     store_outage,
 )
 

@@ -20,9 +20,9 @@ from tests.clients.harness import (
     finish_node,
     live_server,
     personalise,
-    sdk_snippet,
     require_node,
     run_node,
+    sdk_snippet,
     start_node,
     store_outage,
 )

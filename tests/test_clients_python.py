@@ -19,8 +19,8 @@ from tests.clients.harness import (
     assert_canonical_rows,
     live_server,
     personalise,
-    sdk_snippet,
     run_python,
+    sdk_snippet,
     store_outage,
 )
 
