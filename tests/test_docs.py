@@ -1,0 +1,430 @@
+"""The documentation runs: every ```sh block of README.md and docs/*.md, page by page, as a reader would.
+
+A page is one session, its blocks run by bash (``-euo pipefail``) in the order
+they appear, in a fresh folder that looks like a clone of this repository (the
+tracked top-level entries linked in), with ``drengr`` being this checkout's
+``src/``. What the session changes in a block before running it, and nothing
+else:
+
+- the ports the docs use (8080, 8081, 8082) become free ports, and
+  ``DRENGR_PORT`` is the one 8080 became, so a bare ``drengr serve`` takes it;
+- a key placeholder (``drengr_pk_YOUR_KEY``, ``drengr_pk_…``, ``drengr_sk_…``)
+  becomes the last key of that kind an earlier block printed, as a reader
+  copies it from the terminal;
+- ``postgresql://drengr@db.internal/drengr`` becomes a fresh schema on the
+  tests' PostgreSQL server, ``/var/lib/drengr`` and ``/var/backups/drengr``
+  folders of the session's;
+- ``pip install …`` is checked, not run: what it names must already be
+  installed here, at a version it allows (installing is ``.ci/run``'s job);
+- ``python -m pytest …`` runs with ``--collect-only -q``: the command, its
+  paths and options are right (the suite itself runs the tests and benchmarks).
+
+A block that starts a server in the foreground (``drengr serve``,
+``gunicorn``) runs in the background: the session waits for it to answer
+``/health``, then goes on; the next server block, or the end of the page,
+stops it with SIGINT, as Ctrl-C would. A page that uses the server without
+starting one (its URL, a key, ``drengr.db``) gets the README's: ``drengr
+serve`` on a new database, started first. A ```text block right after a
+```sh block is that block's exact output; ```console blocks are illustrative
+and not run, so a command the suite cannot run (systemctl, a root install)
+goes there. A block that needs a tool this machine lacks (curl, sqlite3, jq,
+gunicorn, PostgreSQL) is skipped with a line saying what to install, and under
+``CI=true`` fails, as the other live tests do.
+"""
+
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from .realserver import free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+CI_RUN = ROOT / ".ci" / "run"
+IN_CI = bool(os.environ.get("CI"))
+
+FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
+DOC_PORTS = ("8080", "8081", "8082")
+KEY_PLACEHOLDER = re.compile(r"drengr_(pk|sk)_(?:YOUR_KEY|…)")
+PRINTED_KEY = re.compile(r"\bdrengr_(pk|sk)_[A-Za-z0-9_-]{16,}")
+DOC_STORE = "postgresql://drengr@db.internal/drengr"
+DOC_FOLDERS = {"/var/lib/drengr": "lib", "/var/backups/drengr": "backups"}  # -> session folders
+SERVER = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:drengr\s+serve|gunicorn)\b(?!.*&\s*$)")
+PYTEST = re.compile(r"(\bpython -m pytest\b[^\n;&|]*)")
+BLOCK_HANG_GUARD_S = 300  # a hang guard: a block that runs longer is stuck, not slow
+SERVER_HANG_GUARD_S = 60
+# Tools a block may call, how to tell they are here, and what to install when not.
+TOOLS = {
+    "curl": (lambda: shutil.which("curl") is not None, "apt-get install curl"),
+    "sqlite3": (lambda: shutil.which("sqlite3") is not None, "apt-get install sqlite3"),
+    "jq": (lambda: shutil.which("jq") is not None, "apt-get install jq"),
+    "gunicorn": (lambda: find_spec("gunicorn") is not None, "pip install '.[test]'"),
+}
+# The tracked top-level entries a clone has; the session folder links them.
+CLONE = ("README.md", "bench", "docs", "pyproject.toml", "setup.py", "src", "tests", "wsgi.py", ".ci")
+
+PIP_SHIM = '''#!{python}
+"""`pip` in the docs' blocks: checks that what a block installs is installed here; installs nothing."""
+import pathlib, re, sys, tomllib
+from importlib import metadata
+from packaging.requirements import Requirement
+
+args = sys.argv[1:]
+if not args or args[0] != "install" or any(a.startswith("-") for a in args[1:]):
+    sys.exit(f"the docs runner expects `pip install NAME…`, not `pip {{' '.join(args)}}`")
+wanted = []
+for arg in args[1:]:
+    local = re.fullmatch(r"\\.(?:\\[([\\w,-]+)\\])?", arg)
+    if not local:
+        wanted.append(arg)
+        continue
+    project = tomllib.loads(pathlib.Path("pyproject.toml").read_text())["project"]
+    wanted += project["dependencies"]
+    for extra in filter(None, (local.group(1) or "").split(",")):
+        if extra not in project["optional-dependencies"]:
+            sys.exit(f"pyproject.toml has no extra [{{extra}}]")
+        wanted += project["optional-dependencies"][extra]
+missing = []
+for requirement in map(Requirement, wanted):
+    try:
+        version = metadata.version(requirement.name)
+    except metadata.PackageNotFoundError:
+        missing.append(str(requirement))
+        continue
+    if not requirement.specifier.contains(version, prereleases=True):
+        missing.append(f"{{requirement}} (found {{version}})")
+if missing:
+    pathlib.Path({missing_file!r}).write_text("pip install " + " ".join(map(repr, missing)))
+    sys.exit(1)
+'''
+
+
+@dataclass
+class Block:
+    page: Path
+    line: int
+    text: str
+    output: str | None  # the ```text block right after it: its exact output
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+    @property
+    def commands(self) -> list[str]:
+        """The block's commands, one a line: continuations joined, comments and blank lines gone."""
+        joined = re.sub(r"\\\n\s*", " ", self.text)
+        return [
+            line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")
+        ]
+
+    @property
+    def starts_server(self) -> bool:
+        return bool(self.commands) and bool(SERVER.match(self.commands[-1].split("&&")[-1].strip()))
+
+
+def fences(page: Path) -> list[tuple[int, str, str, int, int]]:
+    """(line, language, body, start, end) of every fenced block of ``page``."""
+    text = page.read_text()
+    return [
+        (text.count("\n", 0, m.start()) + 1, m.group(1), m.group(2), m.start(), m.end())
+        for m in FENCE.finditer(text)
+    ]
+
+
+def sh_blocks(page: Path) -> list[Block]:
+    text = page.read_text()
+    found = fences(page)
+    blocks = []
+    for index, (line, language, body, _, end) in enumerate(found):
+        if language != "sh":
+            continue
+        output = None
+        if index + 1 < len(found):
+            _, next_language, next_body, next_start, _ = found[index + 1]
+            if next_language == "text" and not text[end:next_start].strip():
+                output = next_body
+        blocks.append(Block(page, line, body, output))
+    return blocks
+
+
+PAGES_WITH_SH = [page for page in PAGES if sh_blocks(page)]
+
+
+class Session:
+    """One page's run: its folder, environment, ports, the keys it was shown and its servers."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        for name in CLONE:
+            (folder / name).symlink_to(ROOT / name)
+        shims = folder / ".shims"
+        shims.mkdir()
+        self.missing_file = folder / ".not-installed"
+        python = sys.executable
+        for name, script in {
+            "pip": PIP_SHIM.format(python=python, missing_file=str(self.missing_file)),
+            "python": f'#!/bin/sh\nexec "{python}" "$@"\n',
+            "drengr": f'#!/bin/sh\nexec "{python}" -m drengr "$@"\n',
+            "gunicorn": f'#!/bin/sh\nexec "{python}" -m gunicorn "$@"\n',
+            "sqlite-utils": f'#!/bin/sh\nexec "{python}" -m sqlite_utils "$@"\n',
+        }.items():
+            (shims / name).write_text(script)
+            (shims / name).chmod(0o755)
+        self.ports = {port: str(free_port()) for port in DOC_PORTS}
+        self.keys: dict[str, str] = {}
+        self.store: str | None = None
+        self.servers: list[tuple[Block, subprocess.Popen[bytes], Path]] = []
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith("DRENGR_") or k == "DRENGR_CLOCK_OFFSET"
+        }
+        self.env.update(
+            PATH=os.pathsep.join([str(shims), os.environ.get("PATH", "")]),
+            PYTHONPATH=str(ROOT / "src"),
+            DRENGR_PORT=self.ports["8080"],
+        )
+        self.skipped: list[str] = []
+        self._stack = contextlib.ExitStack()
+
+    # ------------------------------------------------------------------ what a block becomes
+
+    def personalise(self, block: Block) -> str:
+        text = block.text
+        for port, free in self.ports.items():
+            text = re.sub(rf"\b{port}\b", free, text)
+        for folder, name in DOC_FOLDERS.items():
+            (self.folder / name).mkdir(exist_ok=True)
+            text = text.replace(folder, str(self.folder / name))
+        if DOC_STORE in text:
+            assert self.store is not None
+            text = text.replace(DOC_STORE, f"'{self.store}'")
+
+        def key(match: re.Match[str]) -> str:
+            kind = match.group(1)
+            assert kind in self.keys, f"{block.where} uses a drengr_{kind}_ key before any block printed one"
+            return self.keys[kind]
+
+        text = KEY_PLACEHOLDER.sub(key, text)
+        return PYTEST.sub(r"\1 --collect-only -q", text)
+
+    def missing(self, block: Block) -> str | None:
+        """What this machine lacks to run ``block``, as what to install; None when nothing."""
+        for tool, (present, install) in TOOLS.items():
+            if (
+                re.search(rf"(^|[|;&(]\s*|\$\(\s*|=\S+\s+){re.escape(tool)}\b", block.text, re.M)
+                and not present()
+            ):
+                return f"{tool} is not installed ({install})"
+        if DOC_STORE in block.text and self.store is None:
+            try:
+                self.store = self._stack.enter_context(postgres_schema())
+            except pytest.skip.Exception as skipped:
+                return str(skipped)
+        return None
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, block: Block) -> None:
+        why = self.missing(block)
+        if why:
+            if IN_CI:
+                pytest.fail(f"{block.where}: {why} (CI is set: .ci/run should have installed it)")
+            self.skipped.append(f"{block.where}: {why}")
+            return
+        if block.starts_server:
+            self.start_server(block)
+            return
+        script = self.personalise(block)
+        process = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=self.folder, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=BLOCK_HANG_GUARD_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the group start_new_session made for this block
+            process.communicate()
+            raise AssertionError(
+                f"{block.where} ran past the {BLOCK_HANG_GUARD_S} s hang guard:\n{script}"
+            ) from None
+        if self.missing_file.exists():
+            why = self.missing_file.read_text()
+            self.missing_file.unlink()
+            if IN_CI:
+                pytest.fail(f"{block.where}: not installed here ({why})")
+            self.skipped.append(f"{block.where}: {why}")
+            return
+        assert process.returncode == 0, (
+            f"{block.where} failed ({process.returncode}):\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        )
+        self.learn_keys(stdout)
+        if block.output is not None:
+            assert stdout.strip() == block.output.strip(), (
+                f"{block.where} printed:\n{stdout}\n--- stderr\n{stderr}"
+            )
+
+    def learn_keys(self, output: str) -> None:
+        for match in PRINTED_KEY.finditer(output):
+            self.keys[match.group(1)] = match.group(0)
+
+    def start_server(self, block: Block) -> None:
+        self.stop_servers()
+        script = self.personalise(block)
+        command = block.commands[-1]
+        port = re.search(r"(?:--port[ =]|-b \S*:|DRENGR_PORT=)(\d+)", self.personalise_text(command))
+        prefix = re.search(r"(?:--prefix[ =]|DRENGR_PREFIX=)(/\S+)", command)
+        url_port = int(port.group(1)) if port else int(self.ports["8080"])
+        log = self.folder / f".server-{len(self.servers)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                ["bash", "-euo", "pipefail", "-c", script], cwd=self.folder, env=self.env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.servers.append((block, process, log))
+        health = (prefix.group(1).rstrip("/") if prefix else "") + "/health"
+        deadline = time.monotonic() + SERVER_HANG_GUARD_S
+        while True:
+            if self.missing_file.exists():
+                self.stop_servers()
+                why = self.missing_file.read_text()
+                self.missing_file.unlink()
+                if IN_CI:
+                    pytest.fail(f"{block.where}: not installed here ({why})")
+                self.skipped.append(f"{block.where}: {why}")
+                return
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"{block.where} exited ({process.returncode}):\n{script}\n{log.read_text()}"
+                )
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", url_port, timeout=5)
+                try:
+                    conn.request("GET", health)
+                    if conn.getresponse().status == 200:
+                        break
+                finally:
+                    conn.close()
+            assert time.monotonic() < deadline, (
+                f"{block.where}: no 200 on {health} ({SERVER_HANG_GUARD_S} s hang guard)"
+            )
+            time.sleep(0.1)
+        self.learn_keys(log.read_text())
+
+    def personalise_text(self, command: str) -> str:
+        for port, free in self.ports.items():
+            command = re.sub(rf"\b{port}\b", free, command)
+        return command
+
+    def stop_servers(self) -> None:
+        while self.servers:
+            block, process, log = self.servers.pop()
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)  # the group start_new_session made for this block
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    raise AssertionError(
+                        f"{block.where} did not stop on SIGINT:\n{log.read_text()}"
+                    ) from None
+
+    def close(self) -> None:
+        try:
+            self.stop_servers()
+        finally:
+            self._stack.close()
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URI on the tests' PostgreSQL server whose connections use a fresh schema (skips when there is none)."""
+    if find_spec("psycopg") is None:
+        pytest.skip("psycopg is not installed (pip install '.[test]')")
+    from tests.test_postgres_store import fresh_schema
+
+    with fresh_schema("docs_") as uri:
+        yield uri
+
+
+def needs_readme_server(blocks: list[Block]) -> bool:
+    uses = re.compile(r"127\.0\.0\.1:8080|drengr_pk_(?:YOUR_KEY|…)|drengr\.db\b")
+    return not any(block.starts_server for block in blocks) and any(
+        uses.search(block.text) for block in blocks
+    )
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_SH, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_shell_block_runs_as_written(page: Path, tmp_path: Path) -> None:
+    blocks = sh_blocks(page)
+    session = Session(tmp_path)
+    try:
+        if needs_readme_server(blocks):
+            session.start_server(Block(ROOT / "README.md", 0, "drengr serve\n", None))
+        for block in blocks:
+            session.run(block)
+    finally:
+        session.close()
+    if session.skipped:
+        ran = len(blocks) - len(session.skipped)
+        pytest.skip(f"{ran} of {len(blocks)} blocks ran; not here: " + "; ".join(session.skipped))
+
+
+def test_ci_runs_the_readmes_test_command_verbatim() -> None:
+    marker = "# The README's test command, verbatim:"
+    lines = CI_RUN.read_text().splitlines()
+    command = lines[lines.index(marker) + 1]
+    readme = [block.text.strip() for block in sh_blocks(ROOT / "README.md")]
+    assert command in readme, f".ci/run runs {command!r}; the README's blocks are {readme}"
+    assert "pytest" in command
+
+
+def test_every_fence_says_its_language() -> None:
+    """A bare ``` would be neither run nor marked as output; ```sh holds commands only (no prompts)."""
+    for page in PAGES:
+        for line, language, body, _, _ in fences(page):
+            where = f"{page.relative_to(ROOT)}:{line}"
+            assert language, f"{where}: a fence without a language"
+            if language == "sh":
+                assert not re.search(r"^\$ ", body, re.M), (
+                    f"{where}: a prompt in a ```sh block (use ```console)"
+                )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_relative_links_lead_to_files(page: Path) -> None:
+    text = FENCE.sub("", page.read_text())
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    broken = [link for link in links if "://" not in link and not (page.parent / link).exists()]
+    assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
+
+
+def nginx_directives(text: str) -> list[str]:
+    """The proxy directives of a `location /segment-ingest/` block, comments and layout aside."""
+    body = text[text.index("location /segment-ingest/") :]
+    body = body[: re.search(r"^\s*}\s*$", body, re.M).start()]  # type: ignore[union-attr]
+    lines = [line.split("#")[0].strip() for line in body.splitlines()[1:]]
+    return [line for line in lines if line]
+
+
+def test_deploying_nginx_location_is_the_one_the_nginx_test_runs() -> None:
+    [config] = [
+        body for _, language, body, _, _ in fences(ROOT / "docs" / "deploying.md") if language == "nginx"
+    ]
+    tested = (ROOT / "tests" / "nginx" / "location.conf.template").read_text()
+    documented = [line.replace("http://drengr;", "http://{upstream};") for line in nginx_directives(config)]
+    assert documented == nginx_directives(tested)
