@@ -1,15 +1,21 @@
 """docs/operating.md: the drengr command, run as a user would run it."""
 
+import argparse
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import drengr as package
+from drengr.cli import build_parser
 from drengr.core.auth import hash_key
+from drengr.store import SQLiteStore
 
 # The commands run the drengr these tests import: PYTHONPATH=src is relative, and a command run
 # in a temporary folder would otherwise import whatever drengr is installed.
@@ -131,3 +137,110 @@ def test_a_file_that_is_not_a_database(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "--db" in result.stderr
+
+
+# A command that fails creates nothing and prints nothing it would have to take back: one sentence
+# on stderr, status 2, and the folder it ran in as it was (empty, or holding the database of tenant
+# acme). {tmp} stands for that folder.
+NO_DATABASE = "drengr: No database at typo.db: pass the file `drengr serve` writes with --db.\n"
+MISTAKES = [
+    # (id, arguments, environment, a database there first, stderr)
+    ("port-above-65535", ["serve", "--port", "99999"], {}, False,
+     "drengr: --port 99999 is not a port: pass one from 1 to 65535.\n"),
+    ("port-0-from-env", ["serve"], {"DRENGR_PORT": "0"}, False,
+     "drengr: DRENGR_PORT=0 is not a port: pass one from 1 to 65535.\n"),
+    ("threads-0", ["serve", "--threads", "0"], {}, False, "drengr: --threads 0 is less than 1: pass 1 or more.\n"),
+    ("durability-from-env", ["serve"], {"DRENGR_DURABILITY": "fast"}, False,
+     "drengr: DRENGR_DURABILITY=fast is not one of full, normal: pick one.\n"),
+    ("prefix", ["serve", "--prefix", "a b"], {}, False,
+     "drengr: --prefix 'a b' is not a URL path: pass one like /segment-ingest.\n"),
+    ("writer-cpus", ["serve", "--writer-cpus", "4096"], {}, False,
+     "drengr: --writer-cpus 4096 names a CPU this machine does not give us (4096): pick from {cpus}.\n"),
+    ("serve-db-folder-missing", ["serve", "--db", "no/such/d.db"], {}, False,
+     "drengr: The folder {tmp}/no/such does not exist: create it or pass another --db path.\n"),
+    ("db-is-a-folder", ["keys", "create", "--tenant", "x", "--db", "."], {}, False,
+     "drengr: . is a folder: pass a file in it with --db, e.g. ./drengr.db.\n"),
+    ("kind", ["keys", "create", "--tenant", "x", "--kind", "admin"], {}, False,
+     "drengr: --kind admin is not one of publishable, secret: pick one.\n"),
+    ("store-not-postgres", ["keys", "list", "--store", "mysql://x/y"], {}, False,
+     "drengr: --store mysql://x/y is not a postgresql:// URL: pass postgresql://user@host/db "
+     "(for a SQLite file, use --db).\n"),
+    ("keys-list-typo", ["keys", "list", "--db", "typo.db"], {}, True, NO_DATABASE),
+    ("keys-revoke-typo", ["keys", "revoke", "drengr_pk_x", "--db", "typo.db"], {}, True, NO_DATABASE),
+    ("tenants-set-typo-db", ["tenants", "set", "acme", "--daily-cap", "5", "--db", "typo.db"], {}, True,
+     NO_DATABASE),
+    ("tail-typo", ["tail", "--db", "typo.db", "--no-follow"], {}, True, NO_DATABASE),
+    ("stats-typo", ["stats", "--db", "typo.db"], {}, True, NO_DATABASE),
+    ("tenants-set-typo-tenant", ["tenants", "set", "acme2", "--daily-cap", "5"], {}, True,
+     "drengr: There is no tenant 'acme2' in the database drengr.db (the tenants are acme): "
+     "check the name, or pass --create to add it.\n"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "with_db", "stderr"), [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES]
+)
+def test_a_failed_command_creates_nothing_and_says_what_to_do(tmp_path, args, env, with_db, stderr):
+    if with_db:
+        store = SQLiteStore(str(tmp_path / "drengr.db"))
+        store.create_key("acme", "publishable")
+        store.close()
+    before = _snapshot(tmp_path)
+    result = drengr(*args, env=env, cwd=tmp_path)
+    cpus = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == stderr.format(tmp=tmp_path, cpus=cpus)
+    assert _snapshot(tmp_path) == before
+
+
+def _snapshot(folder: Path) -> dict[str, Any]:
+    """Every file under ``folder`` and, for a database, its tenants: what a failed command must not change."""
+    files: dict[str, Any] = {str(p.relative_to(folder)): None for p in folder.rglob("*")}
+    if (folder / "drengr.db").exists():
+        conn = sqlite3.connect(folder / "drengr.db")
+        files["tenants"] = conn.execute("SELECT tenant_id, daily_cap FROM tenants").fetchall()
+        conn.close()
+    return files
+
+
+def test_serve_on_a_port_in_use_creates_nothing(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = drengr("serve", "--port", str(port), cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")  # no key printed for a database never made
+    assert result.stderr == (
+        f"drengr: Cannot listen on 127.0.0.1:{port} (another program is listening there: "
+        "stop it or pick another --port).\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tenants_set_create_adds_a_tenant_only_when_asked(tmp_path):
+    db = str(tmp_path / "d.db")
+    assert drengr("keys", "create", "--tenant", "acme", "--db", db).returncode == 0
+    result = drengr("tenants", "set", "globex", "--daily-cap", "5", "--create", "--db", db)
+    assert result.returncode == 0, result.stderr
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT tenant_id, daily_cap FROM tenants ORDER BY 1").fetchall()[1] == ("globex", 5)
+    conn.close()
+
+
+def _command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command line prefix the parser takes: drengr, drengr keys, drengr keys create, …"""
+    found = [path]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _command_paths(sub, (*path, name))
+    return found
+
+
+def test_version_on_drengr_and_every_subcommand():
+    paths = _command_paths(build_parser())
+    assert ("keys", "create") in paths and ("tail",) in paths and len(paths) == 13
+    expected = f"drengr {metadata.version('drengr-ingest')}\n"
+    for path in paths:
+        result = drengr(*path, "--version")
+        assert (result.returncode, result.stdout, result.stderr) == (0, expected, ""), path

@@ -1,0 +1,371 @@
+"""docs/operating.md "Settings": one registry (drengr.settings), and every entry point honours all of it.
+
+For each setting, a value other than its default, set in the environment
+only, is seen in what `drengr serve` and wsgi.py build: the waitress server,
+the store's SQLite connection, the writer process's CPUs, the app's routes
+and what it stores. `serve` is built in this process with the same
+``cli.parse`` and ``cli.prepare`` that `drengr serve` runs (and run for real
+as a subprocess for what only a process shows: log level, clock offset,
+writer CPUs); wsgi.py is imported in a subprocess, as gunicorn imports it.
+The docs' table is the registry's, verbatim.
+"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import drengr as package
+from drengr import cli
+from drengr.cli_common import UsageError
+from drengr.settings import (
+    SERVE,
+    SETTINGS,
+    WSGI,
+    Config,
+    Setting,
+    SettingError,
+    for_command,
+    load,
+    markdown_table,
+)
+
+from .conftest import basic, post
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_ROOT = Path(package.__file__).resolve().parents[1]  # the drengr these tests import (src/)
+OPERATING = ROOT / "docs" / "operating.md"
+HANG_GUARD_SECONDS = 60  # a server that never answers fails the test instead of hanging it
+PROBE_KEYS = ("secretish_v", "email", "plan")  # the property keys an event is sent with
+DAY_SECONDS = 86_400
+ANALYTICS_JS = "/* analytics-next, as this test's folder holds it */"
+# Examples that name something of the machine (a folder, a CPU): the docs show them, a test makes its own.
+MACHINE_EXAMPLES = {"analytics_js", "writer_cpus"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment without any DRENGR_ variable, plus ``extra``; children import our drengr."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DRENGR_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        str(p) for p in (CODE_ROOT, ROOT, os.environ.get("PYTHONPATH", "")) if p
+    )
+    return {**env, **extra}
+
+
+def non_default(setting: Setting, command: str, tmp_path: Path) -> str:
+    """A valid value of ``setting`` other than its default under ``command``, as the variable's text."""
+    if setting.name == "analytics_js":
+        (tmp_path / "umd").mkdir(exist_ok=True)
+        (tmp_path / "umd" / "standalone.js").write_text(ANALYTICS_JS)
+    special = {
+        "db": str(tmp_path / "elsewhere.db"),
+        "port": str(free_port()),
+        "writer_cpus": str(max(os.sched_getaffinity(0))),
+        "analytics_js": str(tmp_path / "umd"),
+    }
+    if setting.name in special:
+        return special[setting.name]
+    if setting.choices:
+        return next(choice for choice in setting.choices if choice != setting.default_for(command))
+    assert setting.example != setting.default_for(command)
+    return setting.example
+
+
+def stripped(keys_kept: set[str]) -> list[str]:
+    return [key for key in PROBE_KEYS if key not in keys_kept]
+
+
+def expected_stripped(fragments: tuple[str, ...]) -> list[str]:
+    return [key for key in PROBE_KEYS if any(fragment in key.lower() for fragment in fragments)]
+
+
+def observe(app: Any) -> dict[str, Any]:
+    """What the built app does with its settings, seen from outside Config (wsgi.py's test runs this too)."""
+    store = app.extensions["drengr.store"]
+    config = app.extensions["drengr.config"]
+    client = app.test_client()
+    key = store.create_key("observer", "publishable")
+    prefixes = {prefix for prefix in ("", config.prefix) if client.get(prefix + "/health").status_code == 200}
+    event = {"type": "track", "event": "Probe", "userId": "u", "properties": dict.fromkeys(PROBE_KEYS, "x")}
+    prefix = prefixes.pop() if len(prefixes) == 1 else "(several)"
+    assert post(client, prefix + "/v1/track", event, key).status_code == 200
+    conn = sqlite3.connect(store.path)
+    [(dims, received_at)] = conn.execute(
+        "SELECT dims, received_at FROM semantic_events WHERE tenant_id = 'observer'"
+    ).fetchall()
+    conn.close()
+    library = client.get(f"{prefix}/analytics.js/v1/{key}/analytics.min.js")
+    reader = store._reader()
+    writer_pid = store.writer_pid
+    return {
+        "db": store.path,
+        "prefix": prefix,
+        "durability": {2: "full", 1: "normal"}[reader.execute("PRAGMA synchronous").fetchone()[0]],
+        "writer": "process" if writer_pid else "thread",
+        "writer_cpus": sorted(os.sched_getaffinity(writer_pid)) if writer_pid else None,
+        "busy_timeout_ms": reader.execute("PRAGMA busy_timeout").fetchone()[0],
+        "pii_substrings": stripped(set(json.loads(dims))),
+        "analytics_js": library.get_data(as_text=True) if library.status_code == 200 else None,
+        "received_at": received_at,
+    }
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_each_setting_declared_once_with_a_valid_default_and_example():
+    for attribute in ("name", "option", "variable"):
+        values = [getattr(s, attribute) for s in SETTINGS if getattr(s, attribute)]
+        assert len(values) == len(set(values)), attribute
+    for setting in SETTINGS:
+        assert setting.variable.startswith("DRENGR_")
+        assert setting.help.endswith(".") and setting.commands
+        for command in setting.commands:
+            setting.value(setting.default_for(command), "default")
+        assert setting.example != setting.default, setting.name
+        if setting.name not in MACHINE_EXAMPLES:
+            example, default = (
+                setting.value(setting.example, "example"),
+                setting.value(setting.default, "default"),
+            )
+            assert example != default, setting.name
+
+
+def test_config_has_a_field_per_setting_of_serve_and_wsgi():
+    fields = set(Config.__dataclass_fields__)
+    assert fields == {s.name for s in for_command(SERVE)} | {s.name for s in for_command(WSGI)}
+
+
+BAD_VALUES = [
+    # (setting, text, what the message says)
+    ("port", "99999", "is not a port: pass one from 1 to 65535"),
+    ("port", "0", "is not a port"),
+    ("port", "80x", "is not a whole number"),
+    ("threads", "0", "is less than 1: pass 1 or more"),
+    ("busy_timeout_ms", "-1", "must not be negative"),
+    ("channel_timeout", "soon", "is not a whole number"),
+    ("durability", "fast", "is not one of full, normal"),
+    ("writer", "fork", "is not one of process, thread"),
+    ("prefix", "/a b", "is not a URL path"),
+    ("store", "mysql://x/y", "is not a postgresql:// URL"),
+    ("writer_cpus", "99999", "names a CPU this machine does not give us"),
+    ("writer_cpus", "one", "is not a list of CPU numbers"),
+    ("db", "", "is empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), BAD_VALUES, ids=[f"{n}={t}" for n, t, _ in BAD_VALUES])
+def test_bad_values_are_one_sentence_naming_their_source(name, text, message):
+    setting = next(s for s in SETTINGS if s.name == name)
+    with pytest.raises(SettingError) as from_env:
+        load(setting.commands[0], {setting.variable: text})
+    assert str(from_env.value).startswith(f"{setting.variable}=") and message in str(from_env.value)
+    assert str(from_env.value).endswith(".") and "\n" not in str(from_env.value)
+    if SERVE in setting.commands:
+        with pytest.raises(SettingError) as from_option:
+            cli.parse(["serve", f"{setting.option}={text}"], environ={})
+        assert str(from_option.value).startswith(f"{setting.option} ") and message in str(from_option.value)
+
+
+def test_an_option_wins_over_its_variable():
+    args = cli.parse(["serve", "--port", "9001"], environ={"DRENGR_PORT": "9002", "DRENGR_THREADS": "3"})
+    assert (args.port, args.threads) == (9001, 3)
+
+
+# ---------------------------------------------------------------- the docs
+
+
+def test_docs_settings_table_is_the_registry_verbatim():
+    printed = subprocess.run(
+        [sys.executable, "-m", "drengr.settings", "--markdown"],
+        capture_output=True, text=True, env=child_env({}), timeout=HANG_GUARD_SECONDS, check=True,
+    ).stdout  # fmt: skip
+    assert printed == markdown_table()
+    assert printed in OPERATING.read_text(), "docs/operating.md: paste `python -m drengr.settings --markdown`"
+    for setting in SETTINGS:  # and so every variable is on the page
+        assert f"`{setting.variable}`" in printed
+
+
+# ---------------------------------------------------------------- serve
+
+
+SERVE_IN_PROCESS = {
+    "db", "prefix", "durability", "writer", "busy_timeout_ms", "pii_substrings",
+    "host", "port", "threads", "connection_limit", "channel_timeout", "analytics_js",
+}  # fmt: skip
+SERVE_AS_A_PROCESS = {"writer_cpus", "log_level", "clock_offset", "pii_substrings", "prefix", "port", "db"}
+STORE_UNREACHABLE = "postgresql://drengr@127.0.0.1:1/nowhere"  # nothing listens on port 1
+
+
+def test_every_setting_of_serve_and_wsgi_is_checked_here():
+    taken = {s.name for s in SETTINGS if {SERVE, WSGI} & set(s.commands)}
+    seen_for_serve = SERVE_IN_PROCESS | SERVE_AS_A_PROCESS | {"store"}
+    assert seen_for_serve == {s.name for s in SETTINGS if SERVE in s.commands}
+    assert WSGI_SEEN | {"store"} == {s.name for s in SETTINGS if WSGI in s.commands}
+    assert seen_for_serve | WSGI_SEEN | {"store"} == taken
+
+
+def test_serve_honours_every_variable(tmp_path, monkeypatch):
+    """`drengr serve` with each of its settings away from the default, in the environment only."""
+    monkeypatch.chdir(tmp_path)
+    settings = {s.name: s for s in for_command(SERVE) if s.name in SERVE_IN_PROCESS}
+    texts = {name: non_default(s, SERVE, tmp_path) for name, s in settings.items()}
+    expected = {name: settings[name].value(text, "test") for name, text in texts.items()}
+    args = cli.parse(["serve"], environ={settings[name].variable: text for name, text in texts.items()})
+    config = Config.from_values(vars(args))
+    prepared = cli.prepare(config)
+    try:
+        server = prepared.server
+        seen = observe(prepared.app)
+        seen |= {
+            "host": server.effective_host,
+            "port": int(server.effective_port),
+            "threads": len(server.task_dispatcher.threads),
+            "connection_limit": server.adj.connection_limit,
+            "channel_timeout": server.adj.channel_timeout,
+            "db": os.path.abspath(seen["db"]),
+        }
+    finally:
+        prepared.close()
+    expected["db"] = str(tmp_path / "elsewhere.db")
+    expected["pii_substrings"] = expected_stripped(expected["pii_substrings"])
+    expected["analytics_js"] = ANALYTICS_JS
+    assert {name: seen[name] for name in SERVE_IN_PROCESS} == expected
+    for name in SERVE_IN_PROCESS - {"pii_substrings", "analytics_js"}:  # (compared as seen, above)
+        assert expected[name] != settings[name].value(settings[name].default_for(SERVE), "default"), name
+
+
+def test_serve_honours_variables_as_a_process(tmp_path):
+    """The real `drengr serve`, configured by variables alone: PII keys, log level, clock, writer CPUs."""
+    port, cpu, offset_days = free_port(), max(os.sched_getaffinity(0)), 40
+    env = child_env({
+        "DRENGR_DB": str(tmp_path / "process.db"),
+        "DRENGR_PORT": str(port),
+        "DRENGR_PREFIX": "/segment-ingest",
+        "DRENGR_PII_KEYS": "secretish",
+        "DRENGR_LOG_LEVEL": "warning",
+        "DRENGR_WRITER_CPUS": str(cpu),
+        "DRENGR_CLOCK_OFFSET": str(offset_days * DAY_SECONDS),
+    })  # fmt: skip
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drengr", "serve"], cwd=tmp_path, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+        )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        key = process.stdout.readline().decode().strip()  # a new database: its key, once bound
+        assert key.startswith("drengr_pk_"), log.read_text()
+        event = {
+            "type": "track",
+            "event": "Probe",
+            "userId": "u",
+            "properties": dict.fromkeys(PROBE_KEYS, "x"),
+        }
+        status = _post(port, "/segment-ingest/v1/track", event, key)
+        assert status == 200, log.read_text()
+        assert _post(port, "/v1/track", event, key) == 404  # nothing outside the prefix
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        writer_cpus = [sorted(os.sched_getaffinity(int(pid))) for pid in children]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=HANG_GUARD_SECONDS)
+    conn = sqlite3.connect(tmp_path / "process.db")
+    [(dims, received_at)] = conn.execute("SELECT dims, received_at FROM semantic_events").fetchall()
+    conn.close()
+    output = log.read_text()
+    assert stripped(set(json.loads(dims))) == [
+        "secretish_v"
+    ]  # DRENGR_PII_KEYS replaces the list: email is kept
+    assert writer_cpus == [[cpu]]  # one writer process, on the CPU named
+    assert "Listening on" in output and '"method": "POST"' not in output  # warning: no access lines
+    shifted = datetime.strptime(received_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    assert abs(shifted - (datetime.now(UTC).timestamp() + offset_days * DAY_SECONDS)) < DAY_SECONDS / 2
+
+
+def _post(port: int, path: str, body: dict[str, Any], key: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD_SECONDS)
+    try:
+        headers = {"Content-Type": "application/json", **basic(key)}
+        conn.request("POST", path, json.dumps(body).encode(), headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_serve_and_wsgi_honour_the_store_variable(tmp_path, monkeypatch):
+    """DRENGR_STORE takes rows to PostgreSQL: here an unreachable one, so both fail naming it, and no SQLite file."""
+    monkeypatch.chdir(tmp_path)
+    args = cli.parse(["serve", "--port", str(free_port())], environ={"DRENGR_STORE": STORE_UNREACHABLE})
+    with pytest.raises(UsageError, match="PostgreSQL store at postgresql://drengr@127.0.0.1:1/nowhere"):
+        cli.prepare(Config.from_values(vars(args)))
+    result = _import_wsgi(tmp_path, {"DRENGR_STORE": STORE_UNREACHABLE}, "print('built')")
+    assert result.returncode != 0 and "PostgreSQL" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- wsgi.py
+
+
+WSGI_SEEN = {
+    "db", "prefix", "durability", "writer", "writer_cpus", "busy_timeout_ms", "pii_substrings", "clock_offset",
+    "analytics_js",
+}  # fmt: skip
+
+
+def _import_wsgi(tmp_path: Path, env: dict[str, str], then: str) -> subprocess.CompletedProcess[str]:
+    program = f"import json, wsgi\nfrom tests.test_settings import observe\n{then}"
+    return subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path,
+        env=child_env(env), timeout=HANG_GUARD_SECONDS,
+    )  # fmt: skip
+
+
+def test_wsgi_honours_every_variable(tmp_path):
+    settings = {s.name: s for s in for_command(WSGI) if s.name in WSGI_SEEN}
+    texts = {name: non_default(s, WSGI, tmp_path) for name, s in settings.items()}
+    offset_days = -30
+    env = {settings[name].variable: text for name, text in texts.items()}
+    env["DRENGR_CLOCK_OFFSET"] = str(offset_days * DAY_SECONDS)
+    result = _import_wsgi(
+        tmp_path, env,
+        "app = wsgi.application\nprint(json.dumps(observe(app)))\napp.extensions['drengr.store'].close()",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    expected = {name: settings[name].value(text, "test") for name, text in texts.items()}
+    expected["pii_substrings"] = expected_stripped(expected["pii_substrings"])
+    expected["writer_cpus"] = list(expected["writer_cpus"])
+    expected["analytics_js"] = ANALYTICS_JS
+    assert {name: seen[name] for name in settings} == expected
+    assert expected["writer"] == "process" != Config().writer  # wsgi.py's default is thread
+    shifted = datetime.strptime(seen["received_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    assert abs(shifted - (datetime.now(UTC).timestamp() + offset_days * DAY_SECONDS)) < DAY_SECONDS / 2
+
+
+def test_wsgi_refuses_a_bad_variable_in_one_sentence(tmp_path):
+    result = _import_wsgi(tmp_path, {"DRENGR_DURABILITY": "fast"}, "print('built')")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == "drengr: DRENGR_DURABILITY=fast is not one of full, normal: pick one.\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_not_taken_by_an_entry_point_are_not_read_there():
+    """A serve-only variable means nothing to wsgi.py (gunicorn binds): a bad one is not an error there."""
+    assert Config.from_env({"DRENGR_PORT": "99999"}).port == Config().port
