@@ -3,10 +3,11 @@
 For each setting, a value other than its default, set in the environment
 only, is seen in what `drengr serve` and wsgi.py build: the waitress server,
 the store's SQLite connection, the writer process's CPUs, the app's routes
-and what it stores. `serve` is built in this process with the same
-``cli.parse`` and ``cli.prepare`` that `drengr serve` runs (and run for real
-as a subprocess for what only a process shows: log level, clock offset,
-writer CPUs); wsgi.py is imported in a subprocess, as gunicorn imports it.
+and what it stores. `serve` is built in this process by the same
+``cli.parse``, ``cli.serve_config`` and ``cli.prepare`` that `drengr serve`
+runs, and run for real as a subprocess for what only a process shows (log
+level, clock offset, writer CPUs); wsgi.py is imported in a subprocess, as
+gunicorn imports it.
 The docs' table is the registry's, verbatim.
 """
 
@@ -227,7 +228,7 @@ def test_serve_honours_every_variable(tmp_path, monkeypatch):
     texts = {name: non_default(s, SERVE, tmp_path) for name, s in settings.items()}
     expected = {name: settings[name].value(text, "test") for name, text in texts.items()}
     args = cli.parse(["serve"], environ={settings[name].variable: text for name, text in texts.items()})
-    config = Config.from_values(vars(args))
+    config = cli.serve_config(args)
     prepared = cli.prepare(config)
     try:
         server = prepared.server
@@ -314,7 +315,7 @@ def test_serve_and_wsgi_honour_the_store_variable(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = cli.parse(["serve", "--port", str(free_port())], environ={"DRENGR_STORE": STORE_UNREACHABLE})
     with pytest.raises(UsageError, match="PostgreSQL store at postgresql://drengr@127.0.0.1:1/nowhere"):
-        cli.prepare(Config.from_values(vars(args)))
+        cli.prepare(cli.serve_config(args))
     result = _import_wsgi(tmp_path, {"DRENGR_STORE": STORE_UNREACHABLE}, "print('built')")
     assert result.returncode != 0 and "PostgreSQL" in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -133,12 +133,10 @@ def _where(args: argparse.Namespace | Config) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in cli_read.COMMANDS:
-        return cli_read.run(args)
     try:
-        settings.resolve(args)
+        args = parse(argv)
+        if args.command in cli_read.COMMANDS:
+            return cli_read.run(args)
         if args.command == "serve":
             return serve(args)
         if args.command == "keys":
@@ -340,11 +338,16 @@ def _listen(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
+def serve_config(args: argparse.Namespace) -> Config:
+    """What `serve` builds everything from: every setting it took (``parse`` filled them all in)."""
+    return Config.from_values(vars(args))
+
+
 def serve(args: argparse.Namespace) -> int:
     from ._memory import return_large_blocks
     from .web import OneLineFormatter
 
-    config = Config.from_values(vars(args))
+    config = serve_config(args)
     return_large_blocks()  # before any thread has a heap of its own: see _memory
     handler = logging.StreamHandler(sys.stderr)
     # One record, one line: a newline a client put in a path or header can never forge a log line.
