@@ -247,12 +247,13 @@ ANALYTICS_NEXT_UMD = NODE_DIR / "node_modules" / "@segment" / "analytics-next" /
 class PageServer:
     """A static site on its own 127.0.0.1 port (another origin than drengr's, so CORS is real).
 
-    ``/`` and any other path in ``pages`` answer that HTML; ``/analytics-next/…``
-    serves analytics-next's UMD build from node_modules, as a site that
-    self-hosts the library would.
+    ``/`` and any other path in ``pages`` answer that HTML; a path in ``files``
+    answers that file as JavaScript (a library from node_modules);
+    ``/analytics-next/…`` serves analytics-next's UMD build from node_modules,
+    as a site that self-hosts the library would.
     """
 
-    def __init__(self, pages: dict[str, str]) -> None:
+    def __init__(self, pages: dict[str, str], files: dict[str, Path] | None = None) -> None:
         import http.server
 
         site = self
@@ -264,6 +265,8 @@ class PageServer:
                     self._send(204, "image/x-icon", b"")
                 elif path in site.pages:
                     self._send(200, "text/html; charset=utf-8", site.pages[path].encode())
+                elif path in site.files:
+                    self._send(200, "application/javascript", site.files[path].read_bytes())
                 elif path.startswith("/analytics-next/") and "/.." not in path:
                     file = ANALYTICS_NEXT_UMD / path.removeprefix("/analytics-next/")
                     if file.is_file():
@@ -285,6 +288,7 @@ class PageServer:
                 pass
 
         self.pages = pages
+        self.files = dict(files or {})
         self.requested: list[str] = []
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._httpd.server_address[1]
