@@ -58,7 +58,7 @@ def prefixed_server(tmp_path: Path) -> Iterator[LiveServer]:
 def serve(tmp_path: Path, prefix: str = "") -> Iterator[LiveServer]:
     require_node()
     require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
-    require(shutil.which("curl") is not None, "curl is not installed")
+    require(shutil.which("curl") is not None, "curl is not installed: apt-get install curl")
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     with live_server(tmp_path, env, prefix=prefix, cwd=ROOT) as live:
         yield live
