@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server for the tests: no systemd, loopback only.
 #
-#   .ci/postgres.sh start [DIR]   install postgresql from Debian if missing, initdb a cluster in DIR
-#                                 (default: a new temp dir), start it on 127.0.0.1 on a free port,
-#                                 create the database `drengr`; prints the DSN on stdout (and
-#                                 nothing else) and writes it to DIR/dsn
+#   .ci/postgres.sh start [DIR]   initdb a cluster in DIR (default: a new temp dir), start it on
+#                                 127.0.0.1 on a free port, create the database `drengr`; prints
+#                                 the DSN on stdout (and nothing else) and writes it to DIR/dsn
 #   .ci/postgres.sh stop  [DIR]   stop the server started in DIR and remove DIR
 #
 # Without DIR, `start` makes one and records it in $DRENGR_PG_STATE (default
@@ -17,6 +16,10 @@
 # The cluster trusts connections from 127.0.0.1 (it listens nowhere else) and
 # runs as the `postgres` user when started by root (initdb refuses root).
 # PG_EXTRA_OPTS adds server options, e.g. "-c fsync=off" for faster test runs.
+#
+# When PostgreSQL is not installed, `start` installs Debian's postgresql only in
+# CI (CI set, or DRENGR_PG_INSTALL=1 as .ci/run passes); anywhere else it says
+# what to install on one line of stderr and exits 3 (the tests then skip).
 set -euo pipefail
 
 STATE="${DRENGR_PG_STATE:-/tmp/drengr-postgres.state}"
@@ -58,10 +61,17 @@ free_port() {
 start() {
     local dir="${1:-}"
     local bindir
-    bindir="$(find_bindir)" || { install_postgres; bindir="$(find_bindir)"; } || {
-        echo "postgres.sh: no initdb/pg_ctl even after installing postgresql" >&2
-        exit 1
-    }
+    if ! bindir="$(find_bindir)"; then
+        if [ -z "${CI:-}" ] && [ "${DRENGR_PG_INSTALL:-}" != 1 ]; then
+            echo "PostgreSQL is not installed (no initdb, pg_ctl): apt-get install postgresql" >&2
+            exit 3
+        fi
+        install_postgres
+        bindir="$(find_bindir)" || {
+            echo "postgres.sh: no initdb/pg_ctl even after installing postgresql" >&2
+            exit 1
+        }
+    fi
     if [ -z "$dir" ]; then
         dir="$(mktemp -d /tmp/drengr-pg.XXXXXX)"
         echo "$dir" >"$STATE"

@@ -2,9 +2,10 @@
 
 The server: ``DRENGR_TEST_POSTGRES_DSN`` (a ``postgresql://`` URI of a database
 the tests may create schemas and databases in) when set; otherwise the session
-starts one with ``.ci/postgres.sh`` (installing Debian's ``postgresql`` if it
-is missing) and stops it at the end. When no server can be had, these tests
-skip with the reason — except under ``CI`` (``CI=true``), where they fail.
+starts one with ``.ci/postgres.sh`` and stops it at the end. That script
+installs Debian's ``postgresql`` only under CI; on any other machine without
+PostgreSQL these tests skip with one line saying what to install — and under
+``CI`` (``CI=true``) they fail instead.
 
 Every test gets a schema of its own (``search_path`` in the DSN), dropped after.
 """
@@ -74,10 +75,10 @@ def server_dsn() -> str:
     if "dsn" not in _server and "error" not in _server:
         _server.update(_find_or_start_server())
     if "error" in _server:
-        message = f"no PostgreSQL server for the tests: {_server['error']}"
+        message = f"{_server['error']} (or set DRENGR_TEST_POSTGRES_DSN to a server's URI)"
         if IN_CI:
-            pytest.fail(message + " (CI is set: these tests must run)")
-        pytest.skip(message + " (set DRENGR_TEST_POSTGRES_DSN, or let .ci/postgres.sh install one)")
+            pytest.fail(f"{message}; CI is set: these tests must run. {_server.get('detail', '')}")
+        pytest.skip(message)
     return str(_server["dsn"])
 
 
@@ -94,7 +95,10 @@ def _find_or_start_server() -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired) as error:
         return {"error": f"{SCRIPT.name} start: {error}"}
     if started.returncode != 0:
-        return {"error": f"{SCRIPT.name} start failed: {started.stderr.strip()[-500:]}"}
+        last_line = (started.stderr.strip().splitlines() or ["no message"])[-1]
+        if started.returncode == 3:  # not installed, and not CI: the script says what to install
+            return {"error": last_line}
+        return {"error": f"{SCRIPT.name} start failed: {last_line}", "detail": started.stderr.strip()[-500:]}
     atexit.register(subprocess.run, ["bash", str(SCRIPT), "stop", folder], capture_output=True, timeout=120)
     return _check(started.stdout.strip().splitlines()[-1])
 
@@ -104,7 +108,7 @@ def _check(dsn: str) -> dict[str, Any]:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
-        return {"error": f"cannot connect to {dsn}: {error}"}
+        return {"error": f"cannot connect to {dsn}: {' '.join(str(error).split())}"}
     return {"dsn": dsn}
 
 
