@@ -32,6 +32,7 @@ gunicorn, PostgreSQL) is skipped with a line saying what to install, and under
 ``CI=true`` fails, as the other live tests do.
 """
 
+import ast
 import contextlib
 import http.client
 import os
@@ -428,3 +429,89 @@ def test_deploying_nginx_location_is_the_one_the_nginx_test_runs() -> None:
     tested = (ROOT / "tests" / "nginx" / "location.conf.template").read_text()
     documented = [line.replace("http://drengr;", "http://{upstream};") for line in nginx_directives(config)]
     assert documented == nginx_directives(tested)
+
+
+# --------------------------------------------------------------------------- docs/architecture.md's import rules
+
+SRC = ROOT / "src"
+
+
+def layer_table() -> list[tuple[str, list[str], set[str]]]:
+    """(layer, module patterns, layers it may import) from docs/architecture.md's table."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text[text.index("| layer | modules | may import from drengr |") :].split("\n\n")[0]
+    layers = []
+    for row in table.splitlines()[2:]:
+        name, modules, allowed = (cell.strip() for cell in row.strip("|").split("|"))
+        patterns = re.findall(r"`(drengr[\w.*]*)`", modules)
+        layers.append(
+            (name, patterns, set() if allowed == "nothing" else {a.strip() for a in allowed.split(",")})
+        )
+    return layers
+
+
+def source_modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted((SRC / "drengr").rglob("*")):
+        if path.suffix in (".py", ".pyx") and "__pycache__" not in path.parts:
+            parts = path.relative_to(SRC).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def drengr_imports(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The drengr modules ``module`` imports (``from drengr import clock`` is drengr.clock)."""
+    package = module if path.stem == "__init__" else module.rpartition(".")[0]
+    statements: list[tuple[int, str, list[str]]] = []  # (dots, module, names); names empty for `import x`
+    if path.suffix == ".py":
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                statements += [(0, alias.name, []) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                statements.append((node.level, node.module or "", [alias.name for alias in node.names]))
+    else:  # Cython: its Python-level imports are one line each
+        for line in path.read_text().splitlines():
+            if match := re.match(r"\s*import ([\w.]+)", line):
+                statements.append((0, match.group(1), []))
+            elif match := re.match(r"\s*from (\.*)([\w.]*) c?import ([\w, ]+)", line):
+                statements.append((len(match.group(1)), match.group(2), match.group(3).split(",")))
+    found = set()
+    for dots, name, names in statements:
+        base = package.rsplit(".", dots - 1)[0] if dots else ""
+        target = ".".join(part for part in (base, name) if part)
+        if not target.startswith("drengr"):
+            continue
+        if not names:
+            found.add(target)
+        for imported in (n.strip() for n in names if n.strip()):
+            sub = f"{target}.{imported}"
+            found.add(sub if sub in modules else target)
+    return found - {module}
+
+
+def layer_of(module: str, layers: list[tuple[str, list[str], set[str]]]) -> str | None:
+    for name, patterns, _ in layers:
+        for pattern in patterns:
+            if module == pattern.removesuffix(".*") or (
+                pattern.endswith(".*") and module.startswith(pattern[:-1])
+            ):
+                return name
+    return None
+
+
+def test_every_import_keeps_to_the_layers_of_architecture_md() -> None:
+    layers = layer_table()
+    allowed = {name: may | {name} for name, _, may in layers}
+    modules = source_modules()
+    assert "drengr.core.machine" in modules and len(layers) >= 5
+    unplaced = [module for module in modules if layer_of(module, layers) is None]
+    assert not unplaced, f"modules in no layer of docs/architecture.md: {unplaced}"
+    breaks = []
+    for module, path in modules.items():
+        layer = layer_of(module, layers)
+        assert layer is not None
+        for target in sorted(drengr_imports(module, path, modules)):
+            target_layer = layer_of(target, layers)
+            if target_layer not in allowed[layer]:
+                breaks.append(f"{module} ({layer}) imports {target} ({target_layer})")
+    assert not breaks, "imports docs/architecture.md does not allow:\n" + "\n".join(breaks)
