@@ -6,8 +6,8 @@ block's size (up to 32 MiB). After the first large request body, then,
 bodies, their rows and the writer's messages come from the threads' heaps,
 and a small object allocated after one of them pins the space it leaves: a
 500 KB-batch load took the server from 39 to 98 MB, against 75 MB with the
-threshold fixed (``bench/bench_http.py``'s 500 KB cell; README,
-"Performance"). Fixing it with ``mallopt`` turns the adjustment off.
+threshold fixed (``bench/bench_http.py``'s 500 KB cell;
+docs/performance.md). Fixing it with ``mallopt`` turns the adjustment off.
 """
 
 import ctypes

@@ -7,7 +7,7 @@ spent ~9 % of its CPU time locking them. It uses each connection from one
 thread only (the writer's from its main thread, the checkpointer's from its
 own), which is all SQLite's multi-thread mode asks, and nothing reads
 SQLite's memory statistics. Both off, the default server took 5-8 % more
-100-event batches (README, "Performance"). They can only be set before the
+100-event batches (docs/performance.md, "Settings that matter"). They can only be set before the
 library initializes, which ``import sqlite3`` does: the writer process calls
 this first. Imports nothing of ours, and not ``sqlite3``.
 """

@@ -702,7 +702,7 @@ class _WriterLock:
     the holder, its next group already waiting, takes the lock again
     microseconds after releasing it: two gunicorn workers answered 100-event
     batches with a p99 of 0.9-3.1 s. ``flock`` queues the waiter in the kernel
-    and wakes it at the release: p99 0.18-0.27 s (README, "Performance").
+    and wakes it at the release: p99 0.18-0.27 s (docs/performance.md).
 
     The wait stays bounded by the busy timeout (then the group fails with
     ``502``, as a busy SQLite lock would): it happens on a helper thread, which
