@@ -17,7 +17,7 @@ The page must be tracked and each heading must be one of its headings (backticks
 ignored). The detectors are tested first on a table of lines, so a scan that finds
 nothing means nothing is there, not that the detector is blind.
 
-The literal strings below are assembled from pieces (``UP``, ``DOCS``) so that
+The literal strings below are assembled from pieces (``UP``, ``FILE``, ``DOCS``) so that
 this file passes its own scan.
 """
 
@@ -30,6 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 UP = ".." + "/"
+FILE = "Path(" + "__file__)"
 DOCS = "docs" + "/"
 FOREIGN = ("/" + "work/", UP + "shared", "PERF-NOTES" + ".md")
 
@@ -132,16 +133,12 @@ OUTSIDE_ROWS = [
     ),
     pytest.param("tests/test_x.py", '"/v1/' + UP + UP + 'etc/passwd"', 0, id="a-url-path-is-not-a-file-path"),
     pytest.param(
-        "tests/test_x.py", "ROOT = Path(__file__).resolve().parents[1]", 0, id="parents-1-from-tests-is-root"
+        "tests/test_x.py", f"ROOT = {FILE}.resolve().parents[1]", 0, id="parents-1-from-tests-is-root"
     ),
-    pytest.param(
-        "tests/test_x.py", 'Path(__file__).resolve().parents[2] / "shared"', 1, id="parents-2-from-tests"
-    ),
-    pytest.param("tests/test_x.py", "Path(__file__).parent.parent.parent", 1, id="parent-chain-from-tests"),
-    pytest.param(
-        "src/drengr/store/x.py", "Path(__file__).resolve().parents[3]", 0, id="parents-3-from-three-deep"
-    ),
-    pytest.param("tests/test_x.py", "Path(__file__).parent / 'data' / 'wire'", 0, id="own-folder"),
+    pytest.param("tests/test_x.py", f'{FILE}.resolve().parents[2] / "shared"', 1, id="parents-2-from-tests"),
+    pytest.param("tests/test_x.py", f"{FILE}.parent.parent.parent", 1, id="parent-chain-from-tests"),
+    pytest.param("src/drengr/store/x.py", f"{FILE}.resolve().parents[3]", 0, id="parents-3-from-three-deep"),
+    pytest.param("tests/test_x.py", f"{FILE}.parent / 'data' / 'wire'", 0, id="own-folder"),
     pytest.param(
         "tests/test_x.py", "DIR = '/" + "work/shared/wire'", 1, id="absolute-path-of-the-old-folder"
     ),
