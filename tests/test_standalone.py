@@ -100,9 +100,7 @@ def tracked_text_files() -> dict[str, str]:
             ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
         ).stdout
     except (OSError, subprocess.CalledProcessError) as error:
-        pytest.skip(
-            f"not a git checkout ({error}): install git and run from a clone to check the tracked files"
-        )
+        pytest.skip(f"not a git checkout ({type(error).__name__}): run from a git clone, with git installed")
     files = {}
     for name in listed.decode().split("\0"):
         path = ROOT / name
