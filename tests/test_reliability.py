@@ -47,6 +47,9 @@ from .realserver import (
 pytestmark = pytest.mark.slow
 
 CRASH_ROUNDS = int(os.environ.get("DRENGR_CRASH_ROUNDS", "5"))
+# A generous hang guard, not a speed limit (speed is measured in bench/): a server that stops
+# answering fails the test after this long instead of hanging the suite.
+HANG_GUARD_SECONDS = 30
 SLOWLORIS_SERVER_ARGS: tuple[str, ...] = tuple(os.environ.get("DRENGR_SLOWLORIS_ARGS", "").split())
 
 
@@ -167,9 +170,25 @@ def ends_soon(pid: int, seconds: float = 15) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def failures_name_the_seed(seed: int) -> Iterator[None]:
+    """Any failure inside says which seed it ran with, in its first line (the one pytest's summary shows)."""
+    try:
+        yield
+    except Exception as error:
+        raise AssertionError(
+            f"crash seed {seed} (DRENGR_CRASH_SEED={seed} runs it again): {type(error).__name__}: {error}"
+        ) from error
+
+
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path, writer):
     seed = int(os.environ.get("DRENGR_CRASH_SEED", str(random.randrange(1 << 30))))
+    with failures_name_the_seed(seed):
+        _sigkill_at_random_moments(tmp_path, writer, seed)
+
+
+def _sigkill_at_random_moments(tmp_path: Path, writer: str, seed: int) -> None:
     rng = random.Random(seed)
     db = tmp_path / "crash.db"
     key = create_db(db)
@@ -271,9 +290,9 @@ def test_sigterm_with_idle_keep_alive_connections_exits_at_once(tmp_path):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("POST", "/v1/batch", json.dumps(batch(["idle-1"])).encode(), basic(key))
     assert conn.getresponse().read() == b'{"success": true}'  # the connection stays open, idle
-    started = time.monotonic()
-    assert server.stop() == 0
-    assert time.monotonic() - started < 5  # an idle connection is not "in flight"
+    assert server.stop(timeout=HANG_GUARD_SECONDS) == 0
+    # An idle connection is not "in flight": the server did not wait for it (speed is bench/'s).
+    assert "finishing 0 request(s) in flight" in server.log_text(), server.log_text()[-2000:]
     conn.close()
     assert event_id_counts(db) == {"idle-1": 1}
 
@@ -534,19 +553,35 @@ def test_slowloris_connections_do_not_stop_normal_requests(tmp_path):
         for n in range(6):
             time.sleep(0.4)
             started = time.monotonic()
-            reply = server.post("/v1/batch", batch([f"normal-{n}"]), timeout=1.0)
+            reply = server.post("/v1/batch", batch([f"normal-{n}"]), timeout=HANG_GUARD_SECONDS)
             answered.append(time.monotonic() - started)
             assert reply.status == 200
+        # The requests were answered while every slow connection was still held open, unanswered.
+        assert [_open_and_unanswered(sock) for sock in socks] == [True] * len(socks)
     finally:
         stop.set()
         trickler.join()
         for sock in socks:
             sock.close()
     assert server.alive() and server.healthy()
-    assert all(seconds < 1.0 for seconds in answered), answered
     assert server.stop() == 0
     assert event_id_counts(db).keys() == {f"normal-{n}" for n in range(6)}
     print(f"\nslowloris: 100 connections; 6 normal requests, slowest {max(answered) * 1000:.0f} ms")
+
+
+def _open_and_unanswered(sock: socket.socket) -> bool:
+    """Nothing to read yet, and not closed by the server (recv would return b"" or raise)."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0)  # a socket with a timeout would wait that long for something to read
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.settimeout(timeout)
+    return False
 
 
 def test_a_connection_flood_does_not_kill_the_server(tmp_path):
