@@ -199,9 +199,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="db",
         default="drengr.db",
-        help="The SQLite database file. Commands that create one (serve, keys create, db init) need its "
-        "folder to exist and be writable; the others need the file. tail and stats also take a "
-        "postgresql:// URL here.",
+        help="The SQLite database file. Commands that may create it (serve, keys create, db init, "
+        "tenants set --create) need its folder to exist and be writable; the others need the file. "
+        "tail and stats also take a postgresql:// URL here.",
         commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, *READERS),
         example="/var/lib/drengr/drengr.db",
         parse=file_path,
