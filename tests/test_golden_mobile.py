@@ -39,7 +39,7 @@ pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
 RECEIVED = "2026-12-05T10:00:05.000Z"
 ORIGINAL = "2026-12-05T10:00:00.000Z"  # when the app made the calls
 SENT = "2026-12-05T10:00:02.000Z"  # when the SDK flushed: the device clock is 3 s behind ours
-OCCURRED = "2026-12-05T10:00:03.000Z"  # received - (sent - original): docs/mapping.md "Timestamps"
+OCCURRED = "2026-12-05T10:00:03.000Z"  # received - (sent - original): docs/mapping.md "Event mapping"
 ANONYMOUS_ID = "8d872292709c6fbe"
 
 

@@ -1,4 +1,4 @@
-"""Segment's Pixel API: ``GET /v1/pixel/{type}?data=<base64 JSON, writeKey inside>`` (docs/sdks.md "Pixel").
+"""Segment's Pixel API: ``GET /v1/pixel/{type}?data=<base64 JSON, writeKey inside>`` (docs/mapping.md "Routes").
 
 A good call is stored exactly like a POST of its JSON and answers a 1x1 GIF.
 A bad one answers the same GIF with the status the POST would have had (the

@@ -1,4 +1,4 @@
-"""RudderStack's control-plane subset: ``GET /sourceConfig`` (docs/sdks.md "RudderStack").
+"""RudderStack's control-plane subset: ``GET /sourceConfig`` (docs/mapping.md "Routes").
 
 Every RudderStack SDK but the server-side ones fetches a source config before
 it sends anything. The requests below are built the way each SDK's source
