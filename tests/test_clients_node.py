@@ -7,8 +7,6 @@ wrong-key and store-outage cases; requests are counted from the server's
 access log.
 """
 
-import time
-
 import pytest
 
 from drengr import clock
@@ -31,6 +29,9 @@ pytestmark = [pytest.mark.clients, pytest.mark.usefixtures("node")]
 
 SEND_ONE = NODE_DIR / "send-one.js"
 UNKNOWN_KEY = "drengr_pk_" + "0" * 32  # well-formed, never issued
+# A generous hang guard, not a speed limit (speed is bench/'s): a client that never
+# finishes fails after this long instead of hanging the suite.
+HANG_GUARD_SECONDS = 60
 
 JITSU_EXPECTED = {
     name: shape
@@ -79,13 +80,13 @@ def test_jitsu_page_name_lands(tmp_path):
 def test_wrong_key_gets_one_401_and_no_retry(tmp_path, client):
     key = UNKNOWN_KEY + (":x" if client.startswith("jitsu") else "")
     with live_server(tmp_path) as server:
-        started = time.monotonic()
-        report = run_node(SEND_ONE, client, env={"DRENGR_HOST": server.url, "DRENGR_KEY": key}, timeout=30)
+        # run_node returns once the library has given up: a retry would be in statuses by then.
+        env = {"DRENGR_HOST": server.url, "DRENGR_KEY": key}
+        report = run_node(SEND_ONE, client, env=env, timeout=HANG_GUARD_SECONDS)
         server.wait_quiet(1.5)
         assert server.statuses() == [401], report
         assert report["errors"], report  # the library told its caller
         assert server.rows() == []
-        assert time.monotonic() - started < 20
 
 
 @pytest.mark.parametrize("client", ["segment-node", "rudder-node"])
