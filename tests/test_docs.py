@@ -2,8 +2,8 @@
 
 A page is one session, its blocks run by bash (``-euo pipefail``) in the order
 they appear, in a fresh folder that looks like a clone of this repository (the
-tracked top-level entries linked in), with ``drengr`` being this checkout's
-``src/``. What the session changes in a block before running it, and nothing
+tracked top-level entries linked in), with ``drengr`` being the one these
+tests import. What the session changes in a block before running it, and nothing
 else:
 
 - the ports the docs use (8080, 8081, 8082) become free ports, and
@@ -49,11 +49,15 @@ from pathlib import Path
 
 import pytest
 
+import drengr
+
 from .realserver import free_port
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
+# The drengr these tests import (src/, or an install): the blocks run the same one.
+DRENGR_PATH = Path(drengr.__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CI_RUN = ROOT / ".ci" / "run"
 IN_CI = bool(os.environ.get("CI"))
@@ -195,7 +199,7 @@ class Session:
         }
         self.env.update(
             PATH=os.pathsep.join([str(shims), os.environ.get("PATH", "")]),
-            PYTHONPATH=str(ROOT / "src"),
+            PYTHONPATH=str(DRENGR_PATH),
             DRENGR_PORT=self.ports["8080"],
         )
         self.skipped: list[str] = []
