@@ -53,6 +53,9 @@ SCRIPT = ROOT / ".ci" / "postgres.sh"
 DAY0: int = parse_ms("2026-11-26T12:00:00.000Z") or 0
 assert DAY0
 SUCCESS = b'{"success": true}'
+# A generous hang guard, not a speed limit (speed is bench/'s): a wait that never ends
+# fails the test after this long instead of hanging the suite.
+HANG_GUARD_SECONDS = 60
 
 
 class Clock:
@@ -588,10 +591,15 @@ def test_a_stuck_database_is_502_after_the_statement_timeout(pg_dsn: str) -> Non
     store.write("acme", [row("warm-up")], DAY0)
     holder = psycopg.connect(pg_dsn)
     holder.execute("LOCK TABLE semantic_events IN ACCESS EXCLUSIVE MODE")
-    started = time.monotonic()
-    with pytest.raises(StoreError):
-        store.write("acme", [row("a")], DAY0)
-    assert time.monotonic() - started < 10
+    # The hang guard: were the timeout ignored, the lock goes at last and the write succeeds (and fails
+    # the test) instead of waiting for ever. The lock is never released before then otherwise.
+    guard = threading.Timer(HANG_GUARD_SECONDS, holder.rollback)
+    guard.start()
+    try:
+        with pytest.raises(StoreError, match="statement timeout"):
+            store.write("acme", [row("a")], DAY0)
+    finally:
+        guard.cancel()
     holder.rollback()
     holder.close()
     assert store.write("acme", [row("a")], DAY0).stored == 1  # not remembered by the failed attempt
