@@ -37,8 +37,19 @@ from tests.clients.harness import (
 pytestmark = [pytest.mark.clients]
 
 ROOT = Path(__file__).resolve().parents[1]
-POLL_BUDGET_MS = 1_000  # the page polls every second…
-SLACK_MS = 400  # …plus a request to the read API and a render, on a busy shared machine
+# A generous hang guard, not a speed limit (how fast rows appear is bench/'s business): a page
+# that never shows what it waits for fails after this long instead of hanging the suite.
+HANG_GUARD_MS = 30_000
+# Counts the page's polls of /v1/events (its own fetch, wrapped), so a test can say "at the next poll".
+COUNT_EVENT_POLLS = """(() => {
+    window.eventPolls = 0
+    const fetchNext = window.fetch
+    window.fetch = (url, options) => {
+        if (String(url).includes('/v1/events?')) window.eventPolls += 1
+        return fetchNext(url, options)
+    }
+    return true
+})()"""
 PREFIX = "/segment-ingest"  # `drengr serve --prefix`, as docs/deploying.md's nginx example mounts it
 
 
@@ -152,24 +163,27 @@ def test_publishable_key_is_refused(server: LiveServer, page: DebuggerPage) -> N
     assert page.eval("document.querySelectorAll('#events tbody tr').length") == 0
 
 
-def test_events_appear_within_a_second_and_drops_show_their_reason(
+def test_events_appear_at_the_next_poll_and_drops_show_their_reason(
     server: LiveServer, page: DebuggerPage, tmp_path: Path
 ) -> None:
     secret = server.create_key("default", "secret")
     curl(server, server.key, {"batch": [{"type": "track", "event": "Signed Up", "userId": "user_1"}]})
+    page.eval(COUNT_EVENT_POLLS)
     page.sign_in(secret)
     page.wait_ms("!document.getElementById('live').hidden")
     assert page.eval(f"!!{rows_named('signed_up')}")  # what was there before signing in
 
-    # Live: each event shows up within one poll of its 200.
-    waits = []
+    # Live: each event shows up at the first poll that starts after its 200 (one in flight may miss it).
+    polls_until_shown = []
     for n, name in enumerate(["Checkout Started", "Order Completed", "Product Viewed"]):
         properties = {"revenue": 19.99 + n, "currency": "EUR", "sku": f"sku_{n}"}
         library = {"name": "analytics-python", "version": "2.4.0"}
         curl(server, server.key, {"batch": [{"type": "track", "event": name, "userId": f"user_{n}",
                                              "properties": properties, "context": {"library": library}}]})  # fmt: skip
-        waits.append(page.wait_ms(rows_named(name.lower().replace(" ", "_")), 5_000))
-    assert max(waits) <= POLL_BUDGET_MS + SLACK_MS, waits
+        polls_before = page.eval("window.eventPolls")
+        page.wait_ms(rows_named(name.lower().replace(" ", "_")), HANG_GUARD_MS)
+        polls_until_shown.append(page.eval("window.eventPolls") - polls_before)
+    assert all(1 <= polls <= 2 for polls in polls_until_shown), polls_until_shown
     row = page.text("#events tbody tr[data-event-name='order_completed']")
     assert "user_1" in row and '"currency":"EUR"' in row and '"revenue":20.99' in row
     library = "#events tbody tr[data-event-name='{}'] td.library"
