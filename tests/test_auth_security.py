@@ -31,6 +31,8 @@ from .realserver import Reply, Server, basic, create_db, launch, no_stray_server
 pytestmark = pytest.mark.slow
 
 EVENT = {"type": "track", "event": "Signed Up", "userId": "u-1", "properties": {"plan": "pro"}}
+# A generous hang guard, not a speed limit: a flood that never gets going fails after this long.
+HANG_GUARD_SECONDS = 30
 
 
 def random_key(prefix: str = "drengr_pk_") -> str:
@@ -178,27 +180,43 @@ def test_a_flood_of_unknown_keys_does_not_stop_valid_traffic(keyed_server):
     before = valid_latencies(server, keys.valid, 150)
     stop = threading.Event()
     flood_statuses: list[int] = []
+    flood_errors: list[BaseException] = []
 
     def flood(number: int) -> None:
-        while not stop.is_set() and len(flood_statuses) < 20_000:
-            key = random_key()  # never cached: every one is a database look-up
-            headers, payload = (basic(key), body()) if number % 2 else ({}, body(writeKey=key))
-            flood_statuses.append(send(server, headers, payload).status)
+        try:
+            while not stop.is_set() and len(flood_statuses) < 20_000:
+                key = random_key()  # never cached: every one is a database look-up
+                headers, payload = (basic(key), body()) if number % 2 else ({}, body(writeKey=key))
+                flood_statuses.append(send(server, headers, payload).status)
+        except BaseException as error:  # a flooder that died stops flooding: reported below
+            flood_errors.append(error)
 
     flooders = [threading.Thread(target=flood, args=(n,), daemon=True) for n in range(4)]
     for thread in flooders:
         thread.start()
     try:
-        time.sleep(0.3)
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while len(flood_statuses) < 100:  # the flood is under way before the measurement starts
+            assert not flood_errors and time.monotonic() < deadline, (len(flood_statuses), flood_errors)
+            time.sleep(0.05)
+        answered_before = len(flood_statuses)
         during = valid_latencies(server, keys.valid, 150)
+        answered_during = len(flood_statuses) - answered_before
+        flooding_at_the_end = [thread.is_alive() for thread in flooders]
     finally:
         stop.set()
         for thread in flooders:
-            thread.join(timeout=30)
+            thread.join(timeout=HANG_GUARD_SECONDS)
     assert flood_statuses and set(flood_statuses) == {401}
+    # The flood overlapped the requests it is said to slow: all four clients were still sending when
+    # the last valid request was answered, and they got at least as many answers meanwhile.
+    assert not flood_errors, flood_errors
+    assert flooding_at_the_end == [True] * 4
+    assert answered_during >= len(during), (answered_during, len(during))
     assert server.alive() and server.healthy()
     print(
-        f"\nunknown-key flood: {len(flood_statuses)} flood requests (4 clients); valid requests "
+        f"\nunknown-key flood: {len(flood_statuses)} flood requests (4 clients), {answered_during} of them "
+        f"while the 150 valid ones were sent; valid requests "
         f"p50 {percentile(before, 0.5) * 1000:.1f} → {percentile(during, 0.5) * 1000:.1f} ms, "
         f"p99 {percentile(before, 0.99) * 1000:.1f} → {percentile(during, 0.99) * 1000:.1f} ms; all 150 answered 200"
     )
