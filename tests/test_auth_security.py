@@ -142,6 +142,11 @@ def test_keys_are_never_at_rest_in_clear(keyed_server):
         send(server, headers, payload)
     server.request("GET", f"/v1/projects/{keys.valid}/settings")
     server.request("GET", f"/v1/projects/{attempted}/settings")
+    # Keys in query strings: RudderStack's beacon and source-config fetch, and a guessed one.
+    assert server.request("POST", f"/beacon/v1/batch?writeKey={keys.valid}", body(), {}).status == 200
+    assert server.request("POST", f"/beacon/v1/batch?writeKey={attempted}", body(), {}).status == 401
+    assert server.request("GET", f"/sourceConfig/?p=npm&writeKey={keys.valid}").status == 200
+    assert server.request("GET", f"/sourceConfig/?writeKey={attempted}").status == 401
     server.request("POST", f"/v1/{keys.valid}/track", body(), basic(keys.valid))
     server.request(
         "POST", "/v1/track", body(), {"User-Agent": f"my-app key={keys.valid}", **basic(keys.valid)}
