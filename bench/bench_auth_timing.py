@@ -64,9 +64,13 @@ def make_keys(db: Path) -> dict[str, str]:
     return {"valid": valid, "revoked": revoked, "secret": secret, "unknown": random_key()}
 
 
-# class → (headers, body). The key in the body is read after the JSON is parsed; in a header, before.
-def classes(keys: dict[str, str]) -> dict[str, Callable[[], tuple[dict[str, str], bytes]]]:
-    return {
+# class → (headers, body, query string). The key in the body or the query (RudderStack's beacon) is
+# read after the JSON is parsed; in a header, before.
+Kind = Callable[[], tuple[dict[str, str], bytes, str]]
+
+
+def classes(keys: dict[str, str]) -> dict[str, Kind]:
+    kinds: dict[str, Callable[[], tuple[dict[str, str], bytes]]] = {
         "no key": lambda: ({}, body()),
         "unknown key (Basic)": lambda: (basic(keys["unknown"]), body()),
         "unknown key, fresh each time": lambda: (basic(random_key()), body()),
@@ -76,11 +80,17 @@ def classes(keys: dict[str, str]) -> dict[str, Callable[[], tuple[dict[str, str]
         "malformed header": lambda: ({"Authorization": "Bearer " + keys["valid"]}, body()),
         "valid key (reference)": lambda: (basic(keys["valid"]), body(messageId=random_key())),
     }
+    queries = {
+        "unknown key (query)": lambda: f"writeKey={keys['unknown']}",
+        "revoked key (query)": lambda: f"writeKey={keys['revoked']}",
+    }
+    return {
+        **{name: (lambda build=build: (*build(), "")) for name, build in kinds.items()},
+        **{name: (lambda build=build: ({}, body(), build())) for name, build in queries.items()},
+    }
 
 
-def time_http(
-    server: Server, kinds: dict[str, Callable[[], tuple[dict[str, str], bytes]]], rounds: int
-) -> dict[str, list[float]]:
+def time_http(server: Server, kinds: dict[str, Kind], rounds: int) -> dict[str, list[float]]:
     """Each round sends one request of every class, in a fresh random order, on one keep-alive connection."""
     import http.client
 
@@ -92,9 +102,10 @@ def time_http(
         for _ in range(rounds):
             random.shuffle(order)
             for name in order:
-                headers, payload = kinds[name]()
+                headers, payload, query = kinds[name]()
+                path = "/v1/track" + (f"?{query}" if query else "")
                 started = time.perf_counter()
-                conn.request("POST", "/v1/track", payload, {"Content-Type": "application/json", **headers})
+                conn.request("POST", path, payload, {"Content-Type": "application/json", **headers})
                 response = conn.getresponse()
                 answer = response.read()
                 seconds[name].append(time.perf_counter() - started)
@@ -108,9 +119,7 @@ def time_http(
     return seconds
 
 
-def time_core(
-    db: Path, kinds: dict[str, Callable[[], tuple[dict[str, str], bytes]]], rounds: int
-) -> dict[str, list[float]]:
+def time_core(db: Path, kinds: dict[str, Kind], rounds: int) -> dict[str, list[float]]:
     """The same classes through ``machine.run`` with the real store's key look-up (no HTTP, no write)."""
     store = SQLiteStore(str(db))
     mapper = BodyMapper()
@@ -120,7 +129,7 @@ def time_core(
         for _ in range(rounds):
             random.shuffle(order)
             for name in order:
-                headers, payload = kinds[name]()
+                headers, payload, query = kinds[name]()
                 lowered = {k.lower(): v for k, v in headers.items()}
 
                 def answer(need: Any, payload: bytes = payload) -> Any:
@@ -130,7 +139,9 @@ def time_core(
                         return store.lookup_key(hash_key(need.key))
                     return machine.StoreOutcome(stored=len(need.rows))  # not stored: auth is timed
 
-                request = machine.Request("POST", "/v1/track", lowered, len(payload), 1_795_000_000_000)
+                request = machine.Request(
+                    "POST", "/v1/track", lowered, len(payload), 1_795_000_000_000, query
+                )
                 started = time.perf_counter()
                 machine.run(request, mapper, answer)
                 seconds[name].append(time.perf_counter() - started)
