@@ -144,3 +144,11 @@ DATA = [
 @pytest.mark.parametrize("query, expected", DATA)
 def test_decode_data(query, expected):
     assert decode_data(query) == expected
+
+
+@both_stores
+def test_other_methods_on_a_pixel_path_get_the_json_405_naming_get(client):
+    response = client.delete("/v1/pixel/track")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
+    assert response.get_json()["code"] == "method_not_allowed"

@@ -205,3 +205,12 @@ def test_document_is_pure_and_names_the_key():
     assert document == json.loads(source_config_document("drengr_pk_x"))
     assert document["source"]["writeKey"] == "drengr_pk_x"
     assert document["source"]["updatedAt"].endswith("Z")
+
+
+@both_stores
+@pytest.mark.parametrize("path", ["/sourceConfig", "/sourceConfig/"])
+def test_other_methods_get_the_json_405_naming_get(client, path):
+    response = client.put(path, data=b"{}")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
+    assert response.get_json()["code"] == "method_not_allowed"
