@@ -60,7 +60,9 @@ def require(condition: bool, why: str) -> None:
 
 def require_node() -> None:
     require(shutil.which("node") is not None, "Node.js is not installed: apt-get install nodejs npm")
-    require((NODE_DIR / "node_modules").is_dir(), "the Node SDKs are not installed: npm ci in tests/clients/node")
+    require(
+        (NODE_DIR / "node_modules").is_dir(), "the Node SDKs are not installed: npm ci in tests/clients/node"
+    )
 
 
 @dataclass
