@@ -505,6 +505,30 @@ def test_metering_fails_open(pg: PostgresStore, pg_dsn: str) -> None:
     assert count(pg_dsn) == 4
 
 
+def test_metering_fails_open_over_http(pg_dsn: str, tmp_path: Path) -> None:
+    """`drengr serve --store`: the cap holds while it can be counted; once counting fails, 200 and stored."""
+    from .realserver import batch, launch
+
+    setup = PostgresStore(pg_dsn)
+    try:
+        key = setup.create_key(TENANT, "publishable")
+        setup.set_daily_cap(TENANT, 2)
+    finally:
+        setup.close()
+    server = launch(tmp_path / "unused.db", key, "--store", pg_dsn, log_level="warning")
+    try:
+        reply = server.post("/v1/batch", batch(["capped-1", "capped-2", "capped-3"]))
+        assert (reply.status, reply.body) == (200, SUCCESS)
+        assert count(pg_dsn) == 2  # metering works: the third is over the cap
+        query(pg_dsn, "DROP TABLE daily_usage")  # counting is now impossible
+        reply = server.post("/v1/batch", batch(["open-1", "open-2", "open-3"]))  # a working cap drops all
+        assert (reply.status, reply.body) == (200, SUCCESS)
+        assert count(pg_dsn, "event_id LIKE 'open-%%'") == 3
+        assert server.healthy()
+    finally:
+        assert server.stop() == 0
+
+
 # --------------------------------------------------------------------------- what PostgreSQL refuses
 
 
