@@ -1,8 +1,10 @@
 """Live: RudderStack's browser SDKs in Debian's headless Chromium, set up as a self-hoster does.
 
-@rudderstack/analytics-js 3.x and rudder-sdk-js 2.x (from tests/clients/node)
-load on a page of another origin with ``configUrl`` and the data-plane URL
-both pointed at `drengr serve`: the SDK fetches ``GET /sourceConfig/``
+The snippet of docs/sdks.md "RudderStack in the browser" runs as written (a
+real key and port swapped in) with @rudderstack/analytics-js 3.x, and with
+rudder-sdk-js 2.x as that page says (the global itself), each from
+tests/clients/node, on a page of another origin with ``configUrl`` and the
+data-plane URL both pointed at `drengr serve`: the SDK fetches ``GET /sourceConfig/``
 (preflighted: Basic auth), then sends in its delivery mode:
 
 * XHR (the default): one preflighted ``POST /v1/{type}`` per call;
@@ -31,18 +33,22 @@ from tests.clients.harness import (
     CANONICAL,
     CHROMIUM,
     NODE_DIR,
+    SNIPPET_HOST,
     Browser,
     LiveServer,
     PageServer,
     assert_canonical_rows,
     live_server,
+    personalise,
     require,
     require_node,
+    sdk_snippet,
 )
 
 pytestmark = [pytest.mark.clients, pytest.mark.usefixtures("chromium")]
 
 MODULES = NODE_DIR / "node_modules"
+V3_CONSTRUCT = "const analytics = new rudderanalytics.RudderAnalytics()"
 LIBRARIES = {
     # The npm package's UMD build with its plugins bundled (the page loads no plugin from a CDN).
     "analytics-js-v3": (
@@ -55,16 +61,17 @@ LIBRARIES = {
         / "bundled"
         / "umd"
         / "index.js",
-        "const analytics = new rudderanalytics.RudderAnalytics()",
+        V3_CONSTRUCT,
     ),
     "rudder-sdk-js-v2": (
         MODULES / "rudder-sdk-js" / "dist" / "npm" / "index.js",
         "const analytics = rudderanalytics",
     ),
 }
+LOAD_OPTIONS = f"{{ configUrl: '{SNIPPET_HOST}' }}"  # the docs' load options, before personalising
 MODES = {
     "xhr": "",
-    "batch": "queueOptions: { batch: { enabled: true, maxItems: 10, flushInterval: 2000 } }",
+    "batch": "queueOptions: { batch: { enabled: true, flushInterval: 2000 } }",
     "beacon": "useBeacon: true",
 }
 CASES = [
@@ -74,14 +81,6 @@ CASES = [
     ("rudder-sdk-js-v2", "xhr"),
     ("rudder-sdk-js-v2", "beacon"),
 ]
-CALLS = """
-  analytics.identify('user_123', { email: 'ada@example.com', plan: 'pro', logins: 5 })
-  analytics.track('Article Read', { section: 'news', words: 1200 })
-  analytics.track('Order Completed', { order_id: 'o_1', revenue: '9.99', price: '9.99', quantity: 2, currency: 'USD' })
-  analytics.page('Pricing', { plan: 'pro' })
-  analytics.group('acme_inc', { plan: 'enterprise', seats: 20 })
-  analytics.alias('user_123', 'anon_42')
-"""
 # The browser SDKs have no screen call.
 EXPECTED = {name: row for name, row in CANONICAL.items() if name != "screen_viewed"}
 # What the SDKs add on their own: every call's context.app.version and context.os; a page's location.
@@ -108,15 +107,16 @@ def opened() -> Iterator[list[Any]]:
         (thing.kill if isinstance(thing, Browser) else thing.close)()
 
 
-def page(server: LiveServer, key: str, library: str, options: str) -> tuple[PageServer, str]:
-    """A page on its own origin that loads ``library`` from that origin and makes CALLS."""
+def page(server: LiveServer, key: str, library: str, options: str) -> PageServer:
+    """docs/sdks.md's snippet as a page on its own origin, ``library`` served there, ``options`` added to load."""
     path, construct = LIBRARIES[library]
-    load = f"analytics.load('{key}', '{server.url}', {{ configUrl: '{server.url}', {options} }})"
-    html = (
-        '<!doctype html>\n<html>\n<head>\n<title>Pricing</title>\n<script src="/rudderstack.js"></script>\n'
-        f"<script>\n  {construct}\n  {load}\n{CALLS}</script>\n</head>\n<body>Pricing</body>\n</html>\n"
-    )
-    return PageServer({"/": html}, {"/rudderstack.js": path}), html
+    snippet = sdk_snippet("html", V3_CONSTRUCT)
+    assert snippet.count(LOAD_OPTIONS) == 1, snippet
+    if options:
+        snippet = snippet.replace(LOAD_OPTIONS, LOAD_OPTIONS[:-2] + f", {options} }}")
+    snippet = personalise(snippet.replace(V3_CONSTRUCT, construct), server, key)
+    html = f"<!doctype html>\n<html>\n<head>\n<title>Pricing</title>\n{snippet}</head>\n<body>Pricing</body>\n</html>\n"
+    return PageServer({"/": html}, {"/rudderstack/index.js": path})
 
 
 def posts(server: LiveServer) -> list[tuple[str, int, int]]:
@@ -127,7 +127,7 @@ def posts(server: LiveServer) -> list[tuple[str, int, int]]:
 def test_every_call_lands_once(tmp_path, opened, library, mode):
     with live_server(tmp_path) as server:
         key = server.create_key("acme")
-        site, _html = page(server, key, library, MODES[mode])
+        site = page(server, key, library, MODES[mode])
         opened.append(site)
         started = clock.now()
         browser = Browser(site.url + "/")
@@ -181,7 +181,7 @@ def test_a_revoked_key_gets_no_config_and_sends_nothing(tmp_path, opened, librar
         server.create_key("acme")  # the tenant keeps another, working key
         subprocess.run([sys.executable, "-m", "drengr", "keys", "revoke", key, "--db", str(server.db)],
                        check=True, capture_output=True, timeout=60)  # fmt: skip
-        site, _html = page(server, key, library, "")
+        site = page(server, key, library, "")
         opened.append(site)
         browser = Browser(site.url + "/")
         opened.append(browser)
