@@ -111,3 +111,19 @@ def test_serve_refuses_a_folder_without_the_build_and_creates_nothing(tmp_path):
     assert "--analytics-js" in result.stderr and "dist/umd" in result.stderr
     assert "Traceback" not in result.stderr
     assert not db.exists()
+
+
+def test_under_a_prefix_as_behind_nginx(tmp_path, umd):
+    """``analytics._cdn = 'https://host/segment-ingest'``: every path the library asks for is under the mount."""
+    store = open_store(str(tmp_path / "a.db"))
+    app = create_app(
+        Config(db=str(tmp_path / "a.db"), analytics_js=str(umd), prefix="/segment-ingest"), store=store
+    )
+    try:
+        client = app.test_client()
+        assert client.get("/segment-ingest/analytics.js/v1/k/analytics.min.js").status_code == 200
+        assert client.get(f"/segment-ingest/analytics-next/bundles/{CHUNK}").status_code == 200
+        assert client.get("/analytics.js/v1/k/analytics.min.js").status_code == 404  # outside the mount
+    finally:
+        app.extensions["drengr.drops"].close()
+        store.close()
