@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from drengr import clock as drengr_clock
 from drengr.core.auth import hash_key
 from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import parse_ms
@@ -403,12 +404,40 @@ def test_repeat_within_seven_days_is_never_stored_twice(
 
 
 def test_old_event_ids_are_pruned(pg: PostgresStore, pg_dsn: str) -> None:
+    """By the database's clock: ids stamped two generations before it are forgotten, the rest kept."""
     pg.write("acme", [row(str(i)) for i in range(100)], DAY0)
-    assert pg.prune(DAY0 + 7 * MS_PER_DAY) == 0
-    assert pg.prune(DAY0 + 21 * MS_PER_DAY) == 100
-    assert query(pg_dsn, "SELECT count(*) FROM event_ids") == [(0,)]
+    assert pg.prune() == 0
+    newest = query(pg_dsn, "SELECT max(gen) FROM event_ids")[0][0]
+    query(pg_dsn, "UPDATE event_ids SET gen = %s WHERE event_id::int < 60", (newest - 1,))
+    assert pg.prune() == 0  # the previous generation is kept
+    query(pg_dsn, "UPDATE event_ids SET gen = %s WHERE event_id::int < 60", (newest - 3,))
+    assert pg.prune() == 60
+    assert query(pg_dsn, "SELECT count(*) FROM event_ids") == [(40,)]
     # Beyond the window a repeat may be stored again (docs/mapping.md "Storage and durability").
-    assert pg.write("acme", [row("0")], DAY0 + 21 * MS_PER_DAY).stored == 1
+    assert pg.write("acme", [row("0"), row("99")], DAY0).stored == 1
+
+
+@pytest.mark.parametrize("days", [15, -15, 40], ids=lambda d: f"{d:+d}-days")
+def test_a_node_with_a_wrong_clock_never_makes_a_resend_a_second_row(pg_dsn: str, days: int) -> None:
+    """docs/mapping.md "Deduplication when the clock is wrong": the database's clock prunes, no node's."""
+    now_ms = drengr_clock.now_ms()
+    right, wrong = Clock(now_ms), Clock(now_ms + days * MS_PER_DAY)
+    nodes = {right: PostgresStore(pg_dsn, clock=right), wrong: PostgresStore(pg_dsn, clock=wrong)}
+
+    def write(node_clock: Clock, ids: list[str]) -> int:
+        return nodes[node_clock].write("acme", [row(i) for i in ids], node_clock.ms).stored
+
+    try:
+        assert write(right, [str(i) for i in range(100)]) == 100
+        assert write(wrong, [str(i) for i in range(100, 150)]) == 50
+        assert nodes[wrong].prune() == 0  # its clock says weeks have passed; the database's does not
+        assert nodes[right].prune() == 0  # and its ids, stamped behind, are not old either
+        assert write(right, [str(i) for i in range(150)]) == 0
+        assert write(wrong, [str(i) for i in range(150)]) == 0
+    finally:
+        for store in nodes.values():
+            store.close()
+    assert count(pg_dsn) == 150
 
 
 def _hammer(

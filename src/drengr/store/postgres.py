@@ -17,11 +17,15 @@ across nodes is decided by PostgreSQL itself, inside the write transaction:
   ``INSERT … ON CONFLICT DO NOTHING RETURNING``: what comes back is new, the
   rest are duplicates. Two nodes inserting the same id at once are serialised
   by the unique index (the second waits for the first to commit or roll back),
-  so dedup is exact across nodes. ``gen`` is the 7-day generation of receipt;
-  generations older than the previous one (less a day of clock margin) are
-  deleted by ``prune()`` (found through a BRIN index on ``gen``), which a writer
-  runs every ``PRUNE_EVERY_SECONDS``: the dedup index holds 7–15 days of ids,
-  not all of history, so its size — and the write rate — stays flat.
+  so dedup is exact across nodes. ``gen`` is the 7-day generation of receipt
+  by the database's clock (or the node's, when that is later); generations
+  older than the previous one (less a day of clock margin) by the database's
+  clock are deleted by ``prune()`` (found through a BRIN index on ``gen``),
+  which a writer runs every ``PRUNE_EVERY_SECONDS``: the dedup index holds
+  7–15 days of ids, not all of history, so its size — and the write rate —
+  stays flat. No node's clock decides what is forgotten: a node whose clock
+  runs ahead or behind neither prunes others' ids early nor stamps its own
+  to be pruned early (docs/mapping.md "Deduplication when the clock is wrong").
 - Daily-cap metering locks the group's ``daily_usage`` rows, one (tenant, day)
   at a time (``SELECT … FOR UPDATE``), adds what fits and releases the locks at
   COMMIT: exact across nodes. An item dropped over the cap is also taken out of
@@ -59,6 +63,7 @@ import re
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,10 +180,22 @@ _LOCK_USAGE = """
 _CAP = "SELECT daily_cap FROM tenants WHERE tenant_id = %s"
 _ADD_USAGE = """
     UPDATE daily_usage SET events = events + %s WHERE tenant_id = %s AND day = %s"""
+# The database's 7-day generation, as ``generation()`` numbers them (whole days since the epoch / 7).
+_DB_GENERATION = "(floor(extract(epoch FROM statement_timestamp()) / 86400)::bigint / 7)::int"
+# The write path's ids: stamped with the later of the node's generation of receipt and the database's.
+_INSERT_NEW_IDS = f"""
+    INSERT INTO event_ids (tenant_id, event_id, gen)
+    SELECT k.t, k.e, greatest(%b::int, {_DB_GENERATION})
+    FROM unnest(%b::text[], %b::text[]) AS k(t, e) ORDER BY k.t, k.e
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, event_id"""
+# What the database's clock says is older than the previous generation, less a day of margin.
 _PRUNE = """
     DELETE FROM event_ids
     WHERE (tenant_id, event_id) IN (
-        SELECT tenant_id, event_id FROM event_ids WHERE gen < %s LIMIT %s
+        SELECT tenant_id, event_id FROM event_ids
+        WHERE gen < (floor(extract(epoch FROM statement_timestamp()) / 86400 - 1)::bigint / 7)::int - 1
+        LIMIT %s
     )"""
 
 # Characters PostgreSQL refuses in text: U+0000 and lone surrogates (they cannot be UTF-8).
@@ -500,13 +517,11 @@ class PostgresStore:
         )
         return {reason: int(total) for reason, total in rows}
 
-    def prune(self, now_ms: int | None = None) -> int:
-        """Forget event ids older than the dedup window needs (a day of clock margin); returns how many."""
-        now_ms = int(self._clock() * 1000) if now_ms is None else now_ms
-        oldest_kept = generation(now_ms - MS_PER_DAY) - 1
+    def prune(self) -> int:
+        """Forget event ids older than the dedup window needs, by the database's clock; returns how many."""
         deleted = 0
         while True:
-            cursor = self._run(lambda conn: conn.execute(_PRUNE, (oldest_kept, PRUNE_CHUNK)))
+            cursor = self._run(lambda conn: conn.execute(_PRUNE, (PRUNE_CHUNK,)))
             deleted += max(cursor.rowcount, 0)
             if cursor.rowcount < PRUNE_CHUNK:
                 return deleted
@@ -713,8 +728,8 @@ class PostgresStore:
             inserted: set[tuple[str, str]] = set()
             if first_job:
                 tenants, ids = zip(*first_job, strict=True)
-                gens = [generation(jobs[first_job[key]].received_at_ms) for key in first_job]
-                cur.execute(_INSERT_IDS, (list(tenants), list(ids), gens))
+                latest = generation(max(job.received_at_ms for job in jobs))
+                cur.execute(_INSERT_NEW_IDS, (latest, list(tenants), list(ids)))
                 inserted = set(cur.fetchall())
             fresh = [
                 [row for row in mine if (job.tenant_id, row[1]) in inserted]
@@ -783,7 +798,7 @@ class PostgresStore:
             return list(wanted)
 
     def _maybe_prune(self) -> None:
-        now = self._clock()
+        now = time.monotonic()  # how often is not the wall clock's to say either
         if now < self._next_prune or not self._prune_lock.acquire(blocking=False):
             return
         try:

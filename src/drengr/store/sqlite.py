@@ -13,6 +13,13 @@ Layout, and why (the dedup index, not parsing, is what costs at scale, as
   from those rows of the table; before every write, under the write lock, it
   reads the rows other processes committed since (``seq > last_seq``); every
   fingerprint hit is verified against the row it points to.
+- The wall clock is not trusted to forget (docs/mapping.md "Deduplication
+  when the clock is wrong"): a generation is dropped only when the clock has
+  moved on *and* the process's monotonic clock agrees that most of a
+  generation has passed since it closed (``_DROP_AFTER_SECONDS``). A clock
+  that jumps ahead closes the current generation but drops nothing; a clock
+  that goes back changes nothing; a restart loads the window back from the
+  older of the clock and the newest stored row.
 - One writer thread per process owns the write connection and commits
   whatever requests are waiting in one transaction (group commit), so
   ``synchronous=FULL`` costs one fsync per group, not per request.
@@ -68,7 +75,7 @@ from ..clock import now as clock_now
 from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.outcome import StoreOutcome
-from ..core.timestamps import format_ms
+from ..core.timestamps import format_ms, parse_ms
 from .base import KeyCache, KeyInfo, StoreError, take_group
 
 try:
@@ -99,6 +106,9 @@ _EVENT_COLUMNS = (
 )
 _INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 _ROWS_PER_STATEMENT = 512  # 5,632 parameters a statement, below SQLite's 32,766
+# A closed generation is dropped at a later rotation only once it has been closed this long by the
+# monotonic clock: a generation, less a day for a first write that came late after its boundary.
+_DROP_AFTER_SECONDS = (DEDUP_WINDOW_DAYS - 1) * 86_400
 
 
 @functools.cache
@@ -163,6 +173,7 @@ class SQLiteStore:
         writer: str = "thread",
         writer_cpus: tuple[int, ...] = (),  # the CPUs the writer process may run on; empty: any
         migrate: bool = True,  # False: the file is known to be ready (the writer process's own store)
+        elapsed: Callable[[], float] = time.monotonic,  # how long generations stayed (never jumps)
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")
@@ -181,8 +192,11 @@ class SQLiteStore:
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         # The dedup window, owned by the writer thread (see the module docstring).
-        self._generation = -1
-        self._window: tuple[Any, Any] = (FingerprintIndex(), FingerprintIndex())  # (current, previous)
+        self._elapsed = elapsed
+        self._generation = -1  # the latest generation the window has rotated to
+        self._window: list[Any] = [FingerprintIndex(), FingerprintIndex()]  # current, then closed ones
+        self._closed_at: list[float] = [elapsed()]  # when each closed one last took a row (self._elapsed)
+        self._current_touched = elapsed()  # when the current one last took a row
         self._last_seq = -1  # -1: not loaded yet
         self.group_commits = 0  # transactions the writer has committed (group commit is visible in tests)
         self._child: _WriterProcess | None = None  # writer="process"
@@ -605,11 +619,12 @@ class SQLiteStore:
         """
         current_generation = generation(now_ms)
         if self._last_seq < 0:
-            self._load_window(conn, current_generation)
+            self._load_window(conn, now_ms)
         elif current_generation > self._generation:
-            previous = self._window[0] if current_generation == self._generation + 1 else FingerprintIndex()
-            self._window = (FingerprintIndex(), previous)  # the older generation is dropped whole
-            self._generation = current_generation
+            self._rotate(current_generation)
+        # A clock gone back (current_generation < self._generation) changes nothing: its rows join
+        # the current generation, and nothing is forgotten until the clock passes it again.
+        self._current_touched = self._elapsed()
         current = self._window[0]
         for seq, tenant_id, event_id in conn.execute(
             "SELECT seq, tenant_id, event_id FROM semantic_events WHERE seq > ? ORDER BY seq",
@@ -618,12 +633,37 @@ class SQLiteStore:
             current.add(fingerprint(tenant_id, event_id), seq)
             self._last_seq = seq
 
-    def _load_window(self, conn: sqlite3.Connection, current_generation: int) -> None:
-        """Index the rows received in the current and previous generation (start-up)."""
+    def _rotate(self, current_generation: int) -> None:
+        """The clock entered a later generation: close the current one; drop those closed long ago.
+
+        Whole generations are dropped, and only those that took their last row
+        ``_DROP_AFTER_SECONDS`` ago by the monotonic clock: a wall clock that
+        jumps ahead drops nothing.
+        """
+        now = self._elapsed()
+        kept = [
+            (index, closed_at)
+            for index, closed_at in zip(self._window, [self._current_touched, *self._closed_at], strict=True)
+            if now - closed_at < _DROP_AFTER_SECONDS
+        ]
+        self._window = [FingerprintIndex(), *(index for index, _ in kept)]
+        self._closed_at = [closed_at for _, closed_at in kept]
+        self._generation = current_generation
+
+    def _load_window(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        """Index the rows received in the current and previous generation (start-up).
+
+        "Current" is the clock's, unless the newest stored row is older: a clock
+        that runs ahead at start-up still loads the rows received before it jumped.
+        """
         window_ms = DEDUP_WINDOW_DAYS * MS_PER_DAY
+        current_generation = generation(now_ms)
+        newest = conn.execute("SELECT received_at FROM semantic_events ORDER BY seq DESC LIMIT 1").fetchone()
+        newest_ms = parse_ms(newest[0]) if newest else None
+        newest_generation = current_generation if newest_ms is None else generation(newest_ms)
         boundary = format_ms(current_generation * window_ms)
         # A day of margin: processes' clocks and commit order may disagree by a little.
-        start = format_ms((current_generation - 1) * window_ms - MS_PER_DAY)
+        start = format_ms((min(current_generation, newest_generation) - 1) * window_ms - MS_PER_DAY)
         first_seq = self._first_seq_received_since(conn, start)
         current, previous = FingerprintIndex(), FingerprintIndex()
         last = 0
@@ -634,7 +674,15 @@ class SQLiteStore:
             (current if received_at >= boundary else previous).add(fingerprint(tenant_id, event_id), seq)
             last = seq
         top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'semantic_events'").fetchone()
-        self._window = (current, previous)
+        now = self._elapsed()
+        if current_generation - newest_generation in (0, 1):
+            # The clock agrees with the table: the previous generation closed at its boundary.
+            closed_at = now - (now_ms - current_generation * window_ms) / 1000
+        else:  # the clock disagrees with the table: trust only the time this process will see
+            closed_at = now
+        self._window = [current, previous]
+        self._closed_at = [closed_at]
+        self._current_touched = now
         self._generation = current_generation
         self._last_seq = max(last, top[0] if top else 0)
 
@@ -670,7 +718,7 @@ class SQLiteStore:
         """The job's rows not yet stored (nor written earlier in this transaction): rows, ids, fingerprints, duplicates."""
         tenant_id, rows = job.tenant_id, job.rows
         keys = fingerprints(tenant_id, rows, 1)
-        hits = set(self._window[0].hits(keys)).union(self._window[1].hits(keys))
+        hits = set(itertools.chain.from_iterable(index.hits(keys) for index in self._window))
         ids = [row[1] for row in rows]
         already = staged.get(tenant_id)
         if not hits and len(set(ids)) == len(ids) and (not already or already.isdisjoint(ids)):

@@ -1,0 +1,101 @@
+"""Dedup does not trust the wall clock (docs/mapping.md "Deduplication when the clock is wrong").
+
+The server's clock jumps ahead and back with ``drengr.clock.set_offset`` (the
+one wall clock, shifted in this process only; the system clock is never
+touched), against real SQLite files: a resend of an event already stored is
+never a second row, whatever the clock did since. PostgreSQL's side (nodes
+whose clocks are wrong) is in tests/test_postgres_store.py.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drengr import clock
+from drengr.core.timestamps import format_ms
+from drengr.store import SQLiteStore
+from drengr.store.sqlite import WRITERS
+
+DAY_SECONDS = 86_400
+IDS = [f"jump-{n:03d}" for n in range(200)]
+
+
+def rows(ids: list[str], tenant: str = "acme") -> list[tuple[Any, ...]]:
+    """Rows as the mapper makes them, received now by the shifted clock."""
+    received = format_ms(clock.now_ms())
+    return [
+        (tenant, event_id, "e", "track", "u", "u", received, received, "{}", "{}", "analytics-python 2.4.0")
+        for event_id in ids
+    ]
+
+
+def write(store: Any, ids: list[str]) -> int:
+    """Stored rows (the rest were duplicates)."""
+    outcome = store.write("acme", rows(ids), clock.now_ms())
+    assert outcome.stored + outcome.duplicates == len(ids)
+    return int(outcome.stored)
+
+
+@pytest.fixture(autouse=True)
+def clock_restored() -> Iterator[None]:
+    before = clock.offset()
+    yield
+    clock.set_offset(before)
+
+
+# The jumps: days ahead, then back to right (0), then behind; each one a step from the previous.
+JOURNEYS = {
+    "8-days-ahead-and-back": [8, 0],
+    "15-days-ahead-and-back": [15, 0],
+    "40-days-ahead-back-and-behind": [40, 0, -15],
+    "15-days-behind-and-back": [-15, 0],
+    "6-days-ahead-then-9-more-then-back": [6, 15, 0],
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("journey", list(JOURNEYS.values()), ids=list(JOURNEYS))
+def test_sqlite_resends_are_never_stored_twice_whatever_the_clock_does(
+    tmp_path: Path, writer: str, journey: list[int]
+) -> None:
+    db = str(tmp_path / "drengr.db")
+    store = SQLiteStore(db, writer=writer)  # the default clock: drengr.clock, shifted below
+    try:
+        assert write(store, IDS[:100]) == 100
+        sent = list(IDS[:100])
+        for step, days in enumerate(journey):
+            clock.set_offset(days * DAY_SECONDS)
+            assert write(store, sent) == 0, f"resends stored again after the jump to {days:+d} days"
+            fresh = IDS[100 + 20 * step : 120 + 20 * step]
+            assert write(store, fresh) == 20
+            sent += fresh
+    finally:
+        store.close()
+    # A restart with the clock still wrong, either way, loads the window back.
+    for days in (journey[0], 0, -journey[0]):
+        clock.set_offset(days * DAY_SECONDS)
+        again = SQLiteStore(db, writer=writer)
+        try:
+            assert write(again, sent) == 0, f"resends stored again after a restart at {days:+d} days"
+        finally:
+            again.close()
+
+
+def test_sqlite_forgets_only_when_time_has_passed_too(tmp_path: Path) -> None:
+    """A jump of three weeks forgets nothing; three weeks that pass by the monotonic clock do."""
+    elapsed = [0.0]
+    store = SQLiteStore(str(tmp_path / "drengr.db"), elapsed=lambda: elapsed[0])
+    try:
+        assert write(store, IDS[:10]) == 10
+        clock.set_offset(21 * DAY_SECONDS)
+        assert write(store, IDS[10:11]) == 1
+        assert write(store, IDS[:10]) == 0  # a jump: the old generations are still there
+        clock.set_offset(42 * DAY_SECONDS)  # three more weeks, and this time they pass
+        elapsed[0] += 21 * DAY_SECONDS
+        assert write(store, IDS[11:12]) == 1
+        assert [len(index) for index in store._window] == [1]  # noqa: SLF001 - the old generations went
+        assert write(store, IDS[:10]) == 10  # beyond the window: stored again, as documented
+    finally:
+        store.close()
