@@ -47,6 +47,7 @@ CODE_ROOT = Path(package.__file__).resolve().parents[1]  # the drengr these test
 OPERATING = ROOT / "docs" / "operating.md"
 HANG_GUARD_SECONDS = 60  # a server that never answers fails the test instead of hanging it
 PROBE_KEYS = ("secretish_v", "email", "plan")  # the property keys an event is sent with
+ALLOW_PROBE = "email_opt_in"  # sent too: stripped by the default and the example fragments, unless allowed
 DAY_SECONDS = 86_400
 ANALYTICS_JS = "/* analytics-next, as this test's folder holds it */"
 # Examples that name something of the machine (a folder, a CPU): the docs show them, a test makes its own.
@@ -95,6 +96,11 @@ def expected_stripped(fragments: tuple[str, ...]) -> list[str]:
     return [key for key in PROBE_KEYS if any(fragment in key.lower() for fragment in fragments)]
 
 
+def expected_allowed(names: tuple[str, ...]) -> list[str]:
+    assert ALLOW_PROBE in names, "the example of pii_allow names the probe key"
+    return [ALLOW_PROBE]
+
+
 def observe(app: Any) -> dict[str, Any]:
     """What the built app does with its settings, seen from outside Config (wsgi.py's test runs this too)."""
     store = app.extensions["drengr.store"]
@@ -102,7 +108,8 @@ def observe(app: Any) -> dict[str, Any]:
     client = app.test_client()
     key = store.create_key("observer", "publishable")
     prefixes = {prefix for prefix in ("", config.prefix) if client.get(prefix + "/health").status_code == 200}
-    event = {"type": "track", "event": "Probe", "userId": "u", "properties": dict.fromkeys(PROBE_KEYS, "x")}
+    properties = dict.fromkeys((*PROBE_KEYS, ALLOW_PROBE), "x")
+    event = {"type": "track", "event": "Probe", "userId": "u", "properties": properties}
     prefix = prefixes.pop() if len(prefixes) == 1 else "(several)"
     assert post(client, prefix + "/v1/track", event, key).status_code == 200
     conn = sqlite3.connect(store.path)
@@ -121,6 +128,7 @@ def observe(app: Any) -> dict[str, Any]:
         "writer_cpus": sorted(os.sched_getaffinity(writer_pid)) if writer_pid else None,
         "busy_timeout_ms": reader.execute("PRAGMA busy_timeout").fetchone()[0],
         "pii_substrings": stripped(set(json.loads(dims))),
+        "pii_allow": [ALLOW_PROBE] if ALLOW_PROBE in json.loads(dims) else [],
         "analytics_js": library.get_data(as_text=True) if library.status_code == 200 else None,
         "received_at": received_at,
     }
@@ -206,7 +214,7 @@ def test_docs_settings_table_is_the_registry_verbatim():
 
 
 SERVE_IN_PROCESS = {
-    "db", "prefix", "durability", "writer", "busy_timeout_ms", "pii_substrings",
+    "db", "prefix", "durability", "writer", "busy_timeout_ms", "pii_substrings", "pii_allow",
     "host", "port", "threads", "connection_limit", "channel_timeout", "analytics_js",
 }  # fmt: skip
 SERVE_AS_A_PROCESS = {"writer_cpus", "log_level", "clock_offset", "pii_substrings", "prefix", "port", "db"}
@@ -245,9 +253,14 @@ def test_serve_honours_every_variable(tmp_path, monkeypatch):
         prepared.close()
     expected["db"] = str(tmp_path / "elsewhere.db")
     expected["pii_substrings"] = expected_stripped(expected["pii_substrings"])
+    expected["pii_allow"] = expected_allowed(expected["pii_allow"])
     expected["analytics_js"] = ANALYTICS_JS
     assert {name: seen[name] for name in SERVE_IN_PROCESS} == expected
-    for name in SERVE_IN_PROCESS - {"pii_substrings", "analytics_js"}:  # (compared as seen, above)
+    for name in SERVE_IN_PROCESS - {
+        "pii_substrings",
+        "pii_allow",
+        "analytics_js",
+    }:  # (compared as seen, above)
         assert expected[name] != settings[name].value(settings[name].default_for(SERVE), "default"), name
 
 
@@ -326,7 +339,7 @@ def test_serve_and_wsgi_honour_the_store_variable(tmp_path, monkeypatch):
 
 WSGI_SEEN = {
     "db", "prefix", "durability", "writer", "writer_cpus", "busy_timeout_ms", "pii_substrings", "clock_offset",
-    "analytics_js",
+    "analytics_js", "pii_allow",
 }  # fmt: skip
 
 
@@ -352,6 +365,7 @@ def test_wsgi_honours_every_variable(tmp_path):
     seen = json.loads(result.stdout)
     expected = {name: settings[name].value(text, "test") for name, text in texts.items()}
     expected["pii_substrings"] = expected_stripped(expected["pii_substrings"])
+    expected["pii_allow"] = expected_allowed(expected["pii_allow"])
     expected["writer_cpus"] = list(expected["writer_cpus"])
     expected["analytics_js"] = ANALYTICS_JS
     assert {name: seen[name] for name in settings} == expected

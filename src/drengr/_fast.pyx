@@ -813,10 +813,11 @@ cdef extern from *:
         long long strips[5];  /* keys left out, by strip reason, this request */
         Buf strip_last[5];  /* the last key noted per reason: a repeat is not decoded */
         void *names;  /* the owning _ThreadParser's list of name lists */
+        void *allow;  /* this map()'s frozenset of exact key names kept despite PII, or NULL */
         Kept kept;
         KeySet seen;  /* the properties' keys: its table outlives the item */
         Frames frames;
-        Scratch() : n_others(0), n_dims(0), n_dim_entries(0), busy(false), names(0) {
+        Scratch() : n_others(0), n_dims(0), n_dim_entries(0), busy(false), names(0), allow(0) {
             for (int i = 0; i < 5; i++) strips[i] = 0;
         }
         void start_item() {
@@ -991,6 +992,7 @@ cdef extern from *:
         long long strips[5]
         Buf strip_last[5]
         void* names
+        void* allow
         Kept kept
         KeySet seen
         Frames frames
@@ -1189,17 +1191,19 @@ cdef size_t _NOGIL_BYTES = 65536
 
 @cython.final
 cdef class Mapper:
-    """Parses bodies and maps them to rows, with the PII list fixed at start-up."""
+    """Parses bodies and maps them to rows, with the PII list and the server's allow-list fixed at start-up."""
 
     cdef readonly tuple pii
+    cdef readonly frozenset allow
     cdef PiiMatcher matcher
     cdef dict _pii_cache
     cdef dict _name_cache
     cdef list _names  # recent normalised event names, by hash slot
     cdef uint64_t _name_hashes[64]
 
-    def __init__(self, pii_substrings):
+    def __init__(self, pii_substrings, pii_allow=()):
         self.pii = tuple(fragment.lower() for fragment in pii_substrings)
+        self.allow = frozenset(pii_allow)
         self._pii_cache = {}
         self._name_cache = {}
         self._names = [None] * 64
@@ -1249,9 +1253,14 @@ cdef class Mapper:
                 doc.write_key = PyUnicode_DecodeUTF8(text, n, NULL)
         return doc
 
-    cdef inline int _is_pii(self, const char* key, size_t n) except -1:
+    cdef inline int _is_pii(self, Scratch* s, const char* key, size_t n) except -1:
+        """The twin's ``PiiRule.drops``: a fragment matches and the exact name is not allowed."""
         cdef int found = self.matcher.test_cached(key, n)
-        return found if found >= 0 else self._is_pii_slow(key, n)
+        if found < 0:
+            found = self._is_pii_slow(key, n)
+        if found and s.allow != NULL:
+            return PyUnicode_DecodeUTF8(key, n, NULL) not in <frozenset>s.allow
+        return found
 
     cdef int _is_pii_slow(self, const char* key, size_t n) except -1:
         """``is_pii_key`` for keys that are not ASCII (Unicode lowercasing)."""
@@ -1411,7 +1420,7 @@ cdef int _json_text(Scratch* s, Buf* out, Element value, Mapper mapper,
                     p = f.it.key_c_str()
                     n = f.it.key_length()
                     if f.seen.add(p, n):
-                        if not (drop_pii and mapper._is_pii(p, n)):
+                        if not (drop_pii and mapper._is_pii(s, p, n)):
                             found = True
                             break
                         _strip(s, STRIP_PII_KEY, p, n)
@@ -1741,7 +1750,7 @@ cdef int _properties(Scratch* s, Mapper mapper, Object source,
         inc(it)
         if not seen.add(key, key_size):
             continue
-        if mapper._is_pii(key, key_size):
+        if mapper._is_pii(s, key, key_size):
             _strip(s, STRIP_PII_KEY, key, key_size)
             continue
         if el_kind(value) != c'{':
@@ -1763,7 +1772,7 @@ cdef int _properties(Scratch* s, Mapper mapper, Object source,
             s.key.put(key, key_size)
             s.key.putc(c'.')
             s.key.put(sub_key, sub_key_size)
-            if mapper._is_pii(sub_key, sub_key_size):
+            if mapper._is_pii(s, sub_key, sub_key_size):
                 _strip(s, STRIP_PII_KEY, s.key.p, s.key.n)
                 continue
             _emit(s, mapper, s.key.p, s.key.n, False, value, ecommerce)
@@ -1870,8 +1879,11 @@ cdef class Document:
             inc(it)
         return False
 
-    def map(self, single_type, int64_t received_at_ms, tenant_id):
-        """Rows of accepted items; dropped items and stripped keys by reason."""
+    def map(self, single_type, int64_t received_at_ms, tenant_id, pii_allow=()):
+        """Rows of accepted items; dropped items and stripped keys by reason.
+
+        ``pii_allow``: the tenant's exact key names kept although they hold a PII fragment.
+        """
         cdef Array items
         cdef Array.iterator it, end
         cdef Scratch* s
@@ -1888,7 +1900,9 @@ cdef class Document:
             raise RuntimeError("Document.map is not re-entrant")
         if single_type:
             single_code = _TYPE_CODES.get(single_type, OTHER_TYPE)
+        allow = self._mapper.allow.union(pii_allow) if pii_allow else self._mapper.allow
         s.busy = True
+        s.allow = <void*>allow if allow else NULL  # `allow` outlives the map: a local of this call
         _stripped(s)  # nothing left over from a map that raised
         s.lib.clear()
         library = [None]  # the last library text, reused while the bytes repeat
@@ -1922,6 +1936,7 @@ cdef class Document:
                 inc(it)
             return rows, dropped, _stripped(s)
         finally:
+            s.allow = NULL
             s.busy = False
 
 

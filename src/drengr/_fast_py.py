@@ -25,7 +25,7 @@ import json
 import math
 import re
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 from .core.errors import InvalidJSON
 from .core.limits import (
@@ -119,6 +119,20 @@ def is_pii_key(key: str, pii: tuple[str, ...]) -> bool:
     return any(fragment in lowered for fragment in pii)
 
 
+class PiiRule(NamedTuple):
+    """Which keys are left out: those containing a fragment (any case), unless named exactly in ``allow``.
+
+    ``allow`` holds exact key names (case matters), met at any depth: the
+    server's ``--pii-allow`` plus the tenant's (`drengr tenants set NAME --pii-allow`).
+    """
+
+    fragments: tuple[str, ...]
+    allow: frozenset[str] = frozenset()
+
+    def drops(self, key: str) -> bool:
+        return is_pii_key(key, self.fragments) and key not in self.allow
+
+
 def coerce_number_text(text: str) -> str | None:
     """An ecommerce field sent as a string ("9.99") → its JSON number text, else None."""
     text = text.strip(" \t\r\n")
@@ -202,7 +216,7 @@ class Strips:
         return {reason: (n, tuple(self.names[reason])) for reason, n in self.counts.items()}
 
 
-def json_text(value: Any, pii: tuple[str, ...] | None, strips: Strips | None = None) -> str:
+def json_text(value: Any, pii: PiiRule | None, strips: Strips | None = None) -> str:
     """Compact JSON of a parsed value; PII keys dropped at every depth when ``pii`` is given.
 
     An explicit stack of iterators, not recursion: bodies up to simdjson's 1,024
@@ -224,7 +238,7 @@ def json_text(value: Any, pii: tuple[str, ...] | None, strips: Strips | None = N
             members, is_object, first = stack[-1]
             if is_object:
                 for member_key, member_value in members:
-                    if pii is not None and is_pii_key(member_key, pii):
+                    if pii is not None and pii.drops(member_key):
                         if strips is not None:
                             strips.note(STRIP_PII_KEY, member_key)
                         continue
@@ -281,7 +295,7 @@ def _text_depth(text: str) -> int:
     return max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
 
 
-def scalar_text(value: Any, pii: tuple[str, ...], strips: Strips | None = None) -> str | None:
+def scalar_text(value: Any, pii: PiiRule, strips: Strips | None = None) -> str | None:
     """A value as dim text: strings as-is, booleans true/false, numbers as text, nulls absent."""
     if value is None:
         return None
@@ -316,10 +330,18 @@ def _clean(text: str) -> str:
 
 
 class Mapper:
-    """Parses bodies and maps them to rows, with the PII list fixed at start-up."""
+    """Parses bodies and maps them to rows, with the PII list and the server's allow-list fixed at start-up."""
 
-    def __init__(self, pii_substrings: tuple[str, ...]) -> None:
+    def __init__(self, pii_substrings: tuple[str, ...], pii_allow: tuple[str, ...] = ()) -> None:
         self.pii = tuple(fragment.lower() for fragment in pii_substrings)
+        self.allow = frozenset(pii_allow)
+        self.rule = PiiRule(self.pii, self.allow)
+
+    def rule_for(self, tenant_allow: tuple[str, ...]) -> PiiRule:
+        """The rule for one request: the server's allow-list plus the tenant's."""
+        if not tenant_allow:
+            return self.rule
+        return PiiRule(self.pii, self.allow.union(tenant_allow))
 
     def parse(self, body: bytes) -> "Document":
         if body.startswith(b"\xef\xbb\xbf"):  # simdjson skips a UTF-8 BOM; so do we
@@ -365,19 +387,21 @@ class Document:
         )
 
     def map(
-        self, single_type: str | None, received_at_ms: int, tenant_id: str
+        self, single_type: str | None, received_at_ms: int, tenant_id: str, pii_allow: tuple[str, ...] = ()
     ) -> tuple[list[tuple[Any, ...]], dict[str, int], dict[str, tuple[int, tuple[str, ...]]]]:
         """Rows for every accepted item; dropped items by reason; stripped keys by reason.
 
         ``stripped`` maps a reason to (how many keys, the first few key names).
+        ``pii_allow``: the tenant's exact key names kept although they hold a PII fragment.
         """
+        pii = self._mapper.rule_for(pii_allow)
         batch_sent_at = parse_ms(self._root.get("sentAt"))
         received_at = format_ms(received_at_ms)
         rows: list[tuple[Any, ...]] = []
         dropped: dict[str, int] = {}
         strips = Strips()
         for item in self._items(single_type):
-            result = _map_item(item, single_type, batch_sent_at, received_at_ms, self._mapper.pii, strips)
+            result = _map_item(item, single_type, batch_sent_at, received_at_ms, pii, strips)
             if isinstance(result, str):
                 dropped[result] = dropped.get(result, 0) + 1
                 continue
@@ -406,7 +430,7 @@ def _map_item(
     single_type: str | None,
     batch_sent_at: int | None,
     received_at_ms: int,
-    pii: tuple[str, ...],
+    pii: PiiRule,
     strips: Strips,
 ) -> tuple[Any, ...] | str:
     if not isinstance(item, dict):
@@ -500,9 +524,7 @@ def _get_path(obj: dict[str, Any] | None, first: str, second: str) -> Any:
     return None if parent is None else parent.get(second)
 
 
-def _set_reserved(
-    reserved: dict[str, str], key: str, value: Any, pii: tuple[str, ...], strips: Strips
-) -> None:
+def _set_reserved(reserved: dict[str, str], key: str, value: Any, pii: PiiRule, strips: Strips) -> None:
     text = scalar_text(value, pii, strips)
     if text is not None:
         reserved[key] = text
@@ -512,7 +534,7 @@ def _dims_and_measures(
     source: dict[str, Any] | None,
     reserved: dict[str, str],
     ecommerce: bool,
-    pii: tuple[str, ...],
+    pii: PiiRule,
     strips: Strips,
 ) -> tuple[str, str]:
     dims: dict[str, str] = {}
@@ -557,12 +579,12 @@ def _dims_and_measures(
         n_dims += 1
 
     for key, value in (source or {}).items():
-        if is_pii_key(key, pii):
+        if pii.drops(key):
             strips.note(STRIP_PII_KEY, key)
             continue
         if isinstance(value, dict):
             for sub_key, sub_value in value.items():
-                if is_pii_key(sub_key, pii):
+                if pii.drops(sub_key):
                     strips.note(STRIP_PII_KEY, key + "." + sub_key)
                 else:
                     emit(key + "." + sub_key, sub_value)

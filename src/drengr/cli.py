@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add the tenant if there is none of that name (and the database)",
     )
+    set_tenant.add_argument(
+        "--pii-allow",
+        metavar="NAMES",
+        type=settings.key_names,
+        help="comma-separated exact key names this tenant keeps although they contain a PII fragment, "
+        "on top of the server's --pii-allow (replaces the tenant's list; \"\" clears it)",
+    )
     cli_read.add_commands(commands)
     return parser
 
@@ -218,8 +225,8 @@ def db(args: argparse.Namespace) -> int:
 
 def tenants(args: argparse.Namespace) -> int:
     """`tenants set NAME`: a name that is not a tenant is a typo unless --create says otherwise."""
-    if args.daily_cap is None:
-        raise UsageError("Say what to change: drengr tenants set NAME --daily-cap N.")
+    if args.daily_cap is None and args.pii_allow is None:
+        raise UsageError("Say what to change: drengr tenants set NAME --daily-cap N or --pii-allow NAMES.")
     store = _open_store(_admin_config(args), create=args.create)
     try:
         known = store.tenants()
@@ -229,7 +236,10 @@ def tenants(args: argparse.Namespace) -> int:
                 f"There is no tenant {args.name!r} in the {_where(args)} ({listed}): "
                 "check the name, or pass --create to add it."
             )
-        store.set_daily_cap(args.name, int(args.daily_cap))
+        if args.daily_cap is not None:
+            store.set_daily_cap(args.name, int(args.daily_cap))
+        if args.pii_allow is not None:
+            store.set_pii_allow(args.name, args.pii_allow)
     except sqlite3.Error as error:
         raise _not_a_database(args.db, error) from None
     except StoreError as error:
@@ -238,7 +248,11 @@ def tenants(args: argparse.Namespace) -> int:
         ) from None
     finally:
         store.close()
-    print(f"Tenant {args.name!r}: daily cap {int(args.daily_cap):,} events.", file=sys.stderr)
+    if args.daily_cap is not None:
+        print(f"Tenant {args.name!r}: daily cap {int(args.daily_cap):,} events.", file=sys.stderr)
+    if args.pii_allow is not None:
+        kept = ", ".join(args.pii_allow) or "none beyond the server's"
+        print(f"Tenant {args.name!r}: keys kept despite the PII list: {kept}.", file=sys.stderr)
     return 0
 
 

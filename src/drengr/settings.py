@@ -138,6 +138,11 @@ def fragments(raw: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
 
 
+def key_names(raw: str) -> tuple[str, ...]:
+    """Comma-separated exact key names (case kept); empty: none."""
+    return tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+
+
 def cpus(raw: str) -> tuple[int, ...]:
     """Comma-separated CPU numbers this process may run on; empty: any."""
     wanted: list[int] = []
@@ -329,6 +334,17 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="LIST",
     ),
     Setting(
+        name="pii_allow",
+        default="",
+        help="Comma-separated exact key names kept although they contain a PII fragment (product_name, "
+        "username): matched at any depth, case and all. A tenant adds its own with tenants set NAME "
+        "--pii-allow.",
+        commands=(SERVE, WSGI),
+        example="product_name,email_opt_in",
+        parse=key_names,
+        metavar="NAMES",
+    ),
+    Setting(
         name="analytics_js",
         default="",
         help="A folder holding analytics-next's UMD build (dist/umd of the npm package "
@@ -461,6 +477,7 @@ class Config:
     channel_timeout: int = _default("channel_timeout")
     log_level: str = _default("log_level")
     pii_substrings: tuple[str, ...] = _default("pii_substrings")
+    pii_allow: tuple[str, ...] = _default("pii_allow")
     analytics_js: str = _default("analytics_js")
 
     @classmethod

@@ -74,7 +74,7 @@ def create_app(
             writer_cpus=config.writer_cpus,
         )
     )
-    mapper = BodyMapper(config.pii_substrings)
+    mapper = BodyMapper(config.pii_substrings, config.pii_allow)
     app = Flask("drengr")
     app.url_map.merge_slashes = False  # `//v1/t` must not redirect: a 3xx counts as delivered
     app.url_map.strict_slashes = False

@@ -30,6 +30,8 @@ class KeyRecord:
     tenant_id: str
     kind: str  # "publishable" | "secret"
     revoked: bool = False
+    # The tenant's exact key names kept although they hold a PII fragment (tenants set --pii-allow).
+    pii_allow: tuple[str, ...] = ()
 
 
 def key_from_headers(authorization: str | None, x_write_key: str | None) -> object:

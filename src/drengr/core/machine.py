@@ -140,6 +140,7 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
     if route is Route.METRICS:
         return json_response(200, SUCCESS_BODY, origin)  # analytics-next telemetry: nothing to keep
     tenant_id: str | None = None
+    pii_allow: tuple[str, ...] = ()
     try:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise RequestTooLarge()
@@ -149,7 +150,7 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
         if header_key is MALFORMED:
             raise Unauthorized()
         if header_key is not None:
-            tenant_id = yield from _authorize(str(header_key))
+            tenant_id, pii_allow = yield from _authorize(str(header_key))
 
         raw = yield ReadBody(MAX_BODY_BYTES)
         body = decode_body(raw, request.headers.get("content-encoding"))
@@ -160,14 +161,14 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
             key = body_key if body_key is not None else key_from_query(request.query)
             if key is None:
                 raise Unauthorized()
-            tenant_id = yield from _authorize(key)
+            tenant_id, pii_allow = yield from _authorize(key)
 
         items = document.item_count(single_type)
         if items > MAX_BATCH_ITEMS:
             raise BatchTooLarge()
         if document.has_oversized_item(single_type, MAX_ITEM_BYTES):
             raise MessageTooLarge()
-        rows, dropped, stripped = document.map(single_type, request.received_at_ms, tenant_id)
+        rows, dropped, stripped = document.map(single_type, request.received_at_ms, tenant_id, pii_allow)
         outcome: StoreOutcome | None = None
         if rows:
             outcome = yield StoreRows(tenant_id, rows, request.received_at_ms)
@@ -201,7 +202,7 @@ def handle_source_config(request: Request) -> Generator[Need, Any, Response]:
     try:
         if key is None or key is MALFORMED:
             raise Unauthorized()
-        tenant_id = yield from _authorize(str(key))
+        tenant_id, _ = yield from _authorize(str(key))
     except IngestError as error:
         return error_response(error, origin)
     response = json_response(200, source_config_document(str(key)), origin)
@@ -216,11 +217,12 @@ def _parse(mapper: BodyMapper, body: bytes) -> Any:
         raise InvalidJSON() from None
 
 
-def _authorize(key: str) -> Generator[Need, Any, str]:
+def _authorize(key: str) -> Generator[Need, Any, tuple[str, tuple[str, ...]]]:
+    """The tenant of a key that may send, and the tenant's PII allow-list."""
     record: KeyRecord | None = yield LookupKey(key)
     if record is None or not may_ingest(key, record):
         raise Unauthorized()
-    return record.tenant_id
+    return record.tenant_id, record.pii_allow
 
 
 def run(request: Request, mapper: BodyMapper, answer: Any) -> Response:

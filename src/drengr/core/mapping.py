@@ -22,9 +22,11 @@ COMPILED = _fast is not None
 class BodyMapper:
     """Parses request bodies; the returned document maps itself to rows."""
 
-    def __init__(self, pii_substrings: tuple[str, ...] = DEFAULT_PII_SUBSTRINGS) -> None:
-        self._python = _fast_py.Mapper(pii_substrings)
-        self._compiled = _fast.Mapper(pii_substrings) if _fast is not None else None
+    def __init__(
+        self, pii_substrings: tuple[str, ...] = DEFAULT_PII_SUBSTRINGS, pii_allow: tuple[str, ...] = ()
+    ) -> None:
+        self._python = _fast_py.Mapper(pii_substrings, pii_allow)
+        self._compiled = _fast.Mapper(pii_substrings, pii_allow) if _fast is not None else None
 
     def parse(self, body: bytes) -> Any:
         """A Document (compiled or twin); raises InvalidJSON."""

@@ -4,6 +4,7 @@ The web shell needs three things of a store — who owns a key, write rows
 durably, and whether it can write at all; the CLI needs the admin verbs.
 """
 
+import json
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,12 @@ class Store(Protocol):
 
     def set_daily_cap(self, tenant_id: str, daily_cap: int) -> None: ...
 
+    def set_pii_allow(self, tenant_id: str, names: tuple[str, ...]) -> None:
+        """The tenant's exact key names kept although they hold a PII fragment (replaces the list)."""
+        ...
+
+    def pii_allow(self, tenant_id: str) -> tuple[str, ...]: ...
+
     def add_drop_counts(self, counts: dict[tuple[str, int, str], int]) -> None:
         """Add to the drop counts by (tenant_id, day, reason) (drengr.drops); raises StoreError."""
         ...
@@ -58,6 +65,15 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def allow_text(names: tuple[str, ...]) -> str | None:
+    """A tenant's PII allow-list as stored (tenants.pii_allow): a JSON array, or NULL when empty."""
+    return json.dumps(list(names)) if names else None
+
+
+def allow_names(stored: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(stored)) if stored else ()
 
 
 KEY_CACHE_SECONDS = 2.0  # a revoked key stops working within this long

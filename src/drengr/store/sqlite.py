@@ -76,7 +76,7 @@ from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.outcome import StoreOutcome
 from ..core.timestamps import format_ms, parse_ms
-from .base import KeyCache, KeyInfo, StoreError, take_group
+from .base import KeyCache, KeyInfo, StoreError, allow_names, allow_text, take_group
 
 try:
     from .._index import FingerprintIndex, fingerprint, fingerprints  # type: ignore[import-not-found]
@@ -88,7 +88,7 @@ log = logging.getLogger("drengr.store")
 _CODE_ROOT = str(Path(__file__).resolve().parents[2])
 
 WRITERS = ("thread", "process")
-SCHEMA_VERSION = 2  # 2: semantic_events.library, drop_counts
+SCHEMA_VERSION = 3  # 2: semantic_events.library, drop_counts; 3: tenants.pii_allow
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 _MERGE_MAX_BYTES = 4 << 20  # the writer process's groups: at most this many bytes of messages
 # Errors one job's rows can cause (the others are written without it). Any other error (a
@@ -294,6 +294,9 @@ class SQLiteStore:
             # rows keep NULL there.
             if "library" not in db.table("semantic_events").columns_dict:
                 conn.execute("ALTER TABLE semantic_events ADD COLUMN library TEXT")
+            # The tenant's PII allow-list (tenants set --pii-allow): a JSON array of exact key names.
+            if "pii_allow" not in db.table("tenants").columns_dict:
+                conn.execute("ALTER TABLE tenants ADD COLUMN pii_allow TEXT")
             db.table("meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
             conn.execute("COMMIT")
         except sqlite3.Error as error:
@@ -312,12 +315,17 @@ class SQLiteStore:
         row = (
             self._reader()
             .execute(
-                "SELECT key_hash, tenant_id, kind, revoked_at FROM api_keys WHERE key_hash = ?",
+                "SELECT k.key_hash, k.tenant_id, k.kind, k.revoked_at, t.pii_allow "
+                "FROM api_keys k LEFT JOIN tenants t USING (tenant_id) WHERE k.key_hash = ?",
                 (key_hash,),
             )
             .fetchone()
         )
-        return None if row is None else KeyRecord(row[0], row[1], row[2], row[3] is not None)
+        return (
+            None
+            if row is None
+            else KeyRecord(row[0], row[1], row[2], row[3] is not None, allow_names(row[4]))
+        )
 
     def _admin(self) -> "sqlite_utils.Database":
         return _sqlite_utils().Database(self._reader())
@@ -368,6 +376,22 @@ class SQLiteStore:
             changed = cursor.rowcount > 0
         self._keys.clear()
         return changed
+
+    def set_pii_allow(self, tenant_id: str, names: tuple[str, ...]) -> None:
+        with self._admin_transaction() as conn:
+            self._ensure_tenant(conn, tenant_id)
+            conn.execute(
+                "UPDATE tenants SET pii_allow = ? WHERE tenant_id = ?", (allow_text(names), tenant_id)
+            )
+        self._keys.clear()
+
+    def pii_allow(self, tenant_id: str) -> tuple[str, ...]:
+        row = (
+            self._reader()
+            .execute("SELECT pii_allow FROM tenants WHERE tenant_id = ?", (tenant_id,))
+            .fetchone()
+        )
+        return () if row is None else allow_names(row[0])
 
     def set_daily_cap(self, tenant_id: str, daily_cap: int) -> None:
         with self._admin_transaction() as conn:
