@@ -27,6 +27,7 @@ from .core.pixel import handle_pixel
 from .core.routes import is_source_config
 from .core.settings import settings_document
 from .drops import DropLog
+from .health import HealthCheck
 from .settings import Config
 from .store import SQLiteStore, Store, StoreError, open_store
 
@@ -115,6 +116,9 @@ def create_app(
         )
         try:
             result = machine.drive(handler(req, mapper), answer)
+        except StoreError as error:  # the key look-up met a store outage: a plain 502, logged as one
+            log.warning("key look-up failed: %s", error)
+            result = machine.error_response(IngestFailed(), headers.get("origin"))
         except Exception as error:  # a bug, not the client's doing: log it, never show a traceback
             _log_unexpected(req, error)
             result = machine.error_response(IngestFailed(), headers.get("origin"))
@@ -156,7 +160,10 @@ def create_app(
             result = machine.drive(
                 machine.handle_source_config(req), lambda need: store.lookup_key(hash_key(need.key))
             )
-        except Exception as error:  # a bug or a store outage: logged, never a traceback
+        except StoreError as error:  # a store outage: a plain 502, logged as one
+            log.warning("key look-up failed: %s", error)
+            result = machine.error_response(IngestFailed(), headers.get("origin"))
+        except Exception as error:  # a bug: logged, never a traceback
             _log_unexpected(req, error)
             result = machine.error_response(IngestFailed(), headers.get("origin"))
         _log_line(req.method, "/sourceConfig", result.status, result.tenant_id, time.perf_counter() - started)
@@ -178,11 +185,13 @@ def create_app(
             rule, "source_config", source_config, methods=["GET"], provide_automatic_options=False
         )
 
+    health_check = HealthCheck(store)
+
     @app.get("/health")
     def health() -> Response:
         started = time.perf_counter()
-        ok = store.writable()
-        body = {"status": "ok"} if ok else {"status": "unavailable", "error": "the store cannot write"}
+        ok, why_not = health_check.check()
+        body = {"status": "ok"} if ok else {"status": "unavailable", "error": why_not}
         status = 200 if ok else 503
         _log_line("GET", "/health", status, None, time.perf_counter() - started)
         return Response(json.dumps(body), status=status, mimetype="application/json")
@@ -196,9 +205,15 @@ def create_app(
     @app.get("/v1/projects/<write_key>/settings")
     def settings(write_key: str) -> Response:
         started = time.perf_counter()
-        record = store.lookup_key(hash_key(write_key))
         origin = request.headers.get("Origin")
         path = "/v1/projects/{writeKey}/settings"  # the key in the path is never logged
+        try:
+            record = store.lookup_key(hash_key(write_key))
+        except StoreError as error:  # a store outage: the JSON 502, as on the ingest routes
+            log.warning("key look-up failed: %s", error)
+            result = machine.error_response(IngestFailed(), origin)
+            _log_line("GET", path, result.status, None, time.perf_counter() - started)
+            return Response(result.body, status=result.status, headers=result.headers)
         if not write_key.startswith(PUBLISHABLE_PREFIX) or record is None or record.revoked:
             result = machine.error_response(NotFound(), origin)
             _log_line("GET", path, result.status, None, time.perf_counter() - started)

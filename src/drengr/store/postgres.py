@@ -366,14 +366,27 @@ class PostgresStore:
             conn.close()
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        """``work(conn)`` on this thread's connection; a database error → StoreError (and a fresh connection)."""
-        conn = self._reader()
-        try:
-            return work(conn)
-        except psycopg.Error as error:
-            if conn.broken or conn.closed or isinstance(error, psycopg.OperationalError):
-                self._drop_reader()
-            raise StoreError(_first_line(error)) from error
+        """``work(conn)`` on this thread's connection; a database error → StoreError (and a fresh connection).
+
+        A connection that was already open and turns out dead (a server restart
+        or failover killed it while idle) is replaced and ``work`` tried once
+        more: nothing went through the dead one, and the caller should not pay
+        for a restart that is already over.
+        """
+        reused = getattr(self._local, "conn", None) is not None
+        for attempt in range(2):
+            conn = self._reader()
+            try:
+                return work(conn)
+            except psycopg.Error as error:
+                dead = conn.broken or conn.closed
+                if dead or isinstance(error, psycopg.OperationalError):
+                    self._drop_reader()
+                if dead and reused and attempt == 0:
+                    log.warning("a PostgreSQL connection was lost (%s): reconnecting", _first_line(error))
+                    continue
+                raise StoreError(_first_line(error)) from error
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def migrate(self) -> None:
         """Create what is missing (idempotent; concurrent starts wait on an advisory lock).
@@ -634,7 +647,10 @@ class PostgresStore:
         job = _Job(tenant_id, clean_rows(rows), received_at_ms)
         self._start_writers()
         self._queue.put(job)
-        job.done.wait()
+        # Bounded: a connection attempt and a statement's worth (the writer's own limits). A job
+        # answered later is harmless: the client was told 502, and its resend is a duplicate.
+        if not job.done.wait(self._connect_timeout + self._statement_timeout_ms / 1000):
+            raise StoreError("the database did not answer within the statement timeout")
         if job.outcome is None:
             raise StoreError(str(job.error))
         return job.outcome

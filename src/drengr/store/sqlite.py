@@ -51,9 +51,11 @@ import marshal
 import os
 import queue
 import secrets
+import select
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -146,6 +148,22 @@ def _sqlite_utils() -> Any:
     return sqlite_utils
 
 
+# /health answers 503 with less room than this beside the database: a full disk fails every write
+# that needs a new page (ENOSPC, "database or disk is full") while a write lock is still granted.
+MIN_FREE_BYTES = 1 << 20
+
+
+def free_bytes(path: str) -> int | None:
+    """Bytes an unprivileged writer may still use on the database's file system (None: unknown)."""
+    if path == ":memory:":
+        return None
+    try:
+        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
 def generation(received_at_ms: int) -> int:
     return received_at_ms // MS_PER_DAY // DEDUP_WINDOW_DAYS
 
@@ -159,6 +177,9 @@ class _Job:
     outcome: StoreOutcome | None = None
     error: BaseException | None = None
     probe: bool = False  # no rows: BEGIN IMMEDIATE + ROLLBACK proves we can write
+    # When its request stops waiting (time.monotonic(), the same clock in every process of the
+    # machine): a job not begun by then is not written, since its client was told 502.
+    deadline: float = float("inf")
 
 
 class SQLiteStore:
@@ -426,30 +447,53 @@ class SQLiteStore:
 
     def write(self, tenant_id: str, rows: list[tuple[Any, ...]], received_at_ms: int) -> StoreOutcome:
         job = _Job(tenant_id, rows, received_at_ms)
-        self._submit(job)
+        if not self._submit(job, self._busy_timeout_ms / 1000):
+            raise StoreError("the writer did not answer within the busy timeout")
         if job.outcome is None:
             raise StoreError(str(job.error))
         return job.outcome
 
-    def writable(self) -> bool:
+    def writable(self, timeout: float | None = None) -> bool:
+        """Whether a write would go through now: the writer takes the write lock within ``timeout``
+        (at most the busy timeout) and the file system has room (``MIN_FREE_BYTES``)."""
+        limit = self._busy_timeout_ms / 1000
         job = _Job("", [], int(self._clock() * 1000), probe=True)
-        self._submit(job)
-        return job.error is None
+        if not self._submit(job, limit if timeout is None else min(timeout, limit)):
+            log.warning("store not writable: the writer did not answer the probe in time")
+            return False
+        if job.error is not None:
+            return False
+        free = free_bytes(self.path)
+        if free is not None and free < MIN_FREE_BYTES:
+            log.warning("store not writable: %d bytes free beside %s", free, self.path)
+            return False
+        return True
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: _Job, timeout: float) -> bool:
+        """Hand ``job`` to the writer; True once it is answered, False if ``timeout`` s passed first.
+
+        Every wait here is bounded: a stalled writer (stopped, an fsync that
+        hangs) costs its requests a 502 after the busy timeout, not a hang. A job
+        answered late is harmless: the client was told 502 and resends, and a
+        resend of what was committed is a duplicate.
+        """
+        deadline = job.deadline = time.monotonic() + timeout
         if self._writer_kind == "process":
             # Straight into the pipe, no hop through a thread: the child commits every job
             # already waiting there in one transaction, which is the group commit.
-            with self._child_lock:
-                child = self._ready_child()
+            if not self._child_lock.acquire(timeout=timeout):
+                return False
+            try:
+                child = self._ready_child(deadline)
                 if child is None:
-                    _fail([job], StoreError("cannot start the writer process"))
-                else:
-                    child.submit([job], self._committed)  # its answer completes the job
+                    return False
+                child.submit([job], self._committed, deadline)  # its answer completes the job
+            finally:
+                self._child_lock.release()
         else:
             self._start_writer()
             self._queue.put(job)
-        job.done.wait()
+        return job.done.wait(max(0.0, deadline - time.monotonic()))
 
     def _start_writer(self) -> None:
         if self._writer is not None:
@@ -503,12 +547,13 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
 
-    def _ready_child(self) -> "_WriterProcess | None":
-        """A live writer process with room for one more job (reserved); None if none can start.
+    def _ready_child(self, deadline: float) -> "_WriterProcess | None":
+        """A live writer process with room for one more job (reserved); None if none can start
+        or none has room before ``deadline`` (monotonic).
 
         A dead or broken one (its groups already failed: 502) is replaced.
         """
-        while True:
+        while time.monotonic() < deadline:
             if self._child is not None and self._child.failed:
                 self._child.stop()
                 self._child = None
@@ -520,8 +565,11 @@ class SQLiteStore:
                 except Exception as error:  # noqa: BLE001 - this group fails, the next tries again
                     log.error("cannot start the writer process: %s", error)
                     return None
-            if self._child.reserve():
+            if self._child.reserve(deadline):
                 return self._child
+            if self._child.failed is None:
+                return None  # no room before the deadline: a stalled writer
+        return None
 
     def _committed(self, commits: int) -> None:
         self.group_commits += commits  # only the writer process's receiver thread adds
@@ -536,7 +584,11 @@ class SQLiteStore:
             if turn is None:
                 raise StoreError("another writer held the database's writer lock past the busy timeout")
             try:
-                self._commit_group(conn, jobs)
+                now = time.monotonic()
+                late = [job for job in jobs if job.deadline <= now]
+                for job in late:  # its request has answered 502 already: written now, it would be a surprise
+                    job.outcome, job.error = None, StoreError("not written: its request stopped waiting")
+                self._commit_group(conn, [job for job in jobs if job.deadline > now])
             finally:
                 self._turns.release(turn)
             if self._checkpointer is None:
@@ -1001,7 +1053,7 @@ class _WriterProcess:
     pair: not ``multiprocessing``'s spawn, which re-imports the server's
     ``__main__`` in the child and starts a resource-tracker process beside
     it (~19 MB between them). The socket carries ``[(tenant_id, rows,
-    received_at_ms, probe), …]`` one way and ``([[(outcome, error text), …],
+    received_at_ms, probe, deadline), …]`` one way and ``([[(outcome, error text), …],
     …], commits)`` back, in order, as ``marshal`` bytes framed by
     ``multiprocessing.connection`` (plain values only: about twice as fast as
     pickle, and both ends are this module). Up to ``IN_FLIGHT`` messages are
@@ -1032,7 +1084,11 @@ class _WriterProcess:
             raise
         finally:
             theirs.close()  # the child's end lives in the child only: its exit is our EOF
-        self._pipe = Connection(ours.detach())
+        # Answers arrive through a Connection (blocking reads, on the receiver thread); jobs leave
+        # through the socket itself, written without blocking (_send), so a stalled child cannot
+        # hold a request past its deadline. Both are the same socket: the child's exit is our EOF.
+        self._socket = ours
+        self._pipe = Connection(os.dup(ours.fileno()))
         self.pid = self._process.pid
         self.failed: BaseException | None = None
         self._in_flight: collections.deque[tuple[list[_Job], Callable[[int], None]]] = collections.deque()
@@ -1041,18 +1097,24 @@ class _WriterProcess:
         self._receiver = threading.Thread(target=self._receive, name="drengr-writer-answers", daemon=True)
         self._receiver.start()
 
-    def reserve(self) -> bool:
-        """Wait for room for one more group; False if the child failed meanwhile (room not kept)."""
-        while not self._room.acquire(timeout=1):
-            if self.failed is not None:
+    def reserve(self, deadline: float) -> bool:
+        """Wait for room for one more group until ``deadline`` (monotonic); False if the child
+        failed meanwhile or no room came (room not kept)."""
+        while not self._room.acquire(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
+            if self.failed is not None or time.monotonic() >= deadline:
                 return False
         if self.failed is not None:
             self._room.release()
             return False
         return True
 
-    def submit(self, jobs: list[_Job], committed: Callable[[int], None]) -> None:
-        """Send jobs (after ``reserve``, one sender at a time); completed (outcome or error, then ``done``) when answered."""
+    def submit(self, jobs: list[_Job], committed: Callable[[int], None], deadline: float) -> None:
+        """Send jobs (after ``reserve``, one sender at a time); completed (outcome or error, then ``done``) when answered.
+
+        A child that does not take the message by ``deadline`` (monotonic) is
+        stalled: it is killed (a half-sent message cannot be taken back) and its
+        jobs fail; the next job starts a new one.
+        """
         with self._lock:
             if self.failed is not None:
                 self._room.release()
@@ -1060,11 +1122,35 @@ class _WriterProcess:
                 return
             self._in_flight.append((jobs, committed))
         try:
-            self._pipe.send_bytes(
-                marshal.dumps([(job.tenant_id, job.rows, job.received_at_ms, job.probe) for job in jobs])
+            self._send(
+                marshal.dumps(
+                    [(job.tenant_id, job.rows, job.received_at_ms, job.probe, job.deadline) for job in jobs]
+                ),
+                deadline,
             )
+        except TimeoutError as error:
+            log.error("writer process %d took no job within the busy timeout: killed", self.pid)
+            self._fail_all(error)
+            self._process.kill()  # a stopped process dies too; its open transaction rolls back
         except Exception as error:  # noqa: BLE001 - the child is gone: fail what it holds
             self._fail_all(error)
+
+    def _send(self, payload: bytes, deadline: float) -> None:
+        """One message, framed as ``Connection.send_bytes`` frames it, without blocking past ``deadline``."""
+        poller = select.poll()
+        poller.register(self._socket, select.POLLOUT)
+        for part in (struct.pack("!i", len(payload)), payload):
+            view = memoryview(part)
+            while view:
+                try:
+                    sent = self._socket.send(view, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("the writer process took no job in time") from None
+                    poller.poll(left * 1000)
+                    continue
+                view = view[sent:]
 
     def _receive(self) -> None:
         while True:
@@ -1102,8 +1188,9 @@ class _WriterProcess:
         with self._lock:
             if self.failed is None:
                 self.failed = StoreError("the writer process was stopped")
-        with contextlib.suppress(OSError, ValueError):  # "exit": no EOF while our receiver reads the pipe
-            self._pipe.send_bytes(marshal.dumps(None))
+        # "exit": not EOF, while our receiver still reads the socket.
+        with contextlib.suppress(OSError, ValueError, TimeoutError):
+            self._send(marshal.dumps(None), time.monotonic() + 5)
         try:
             self._process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -1111,6 +1198,7 @@ class _WriterProcess:
             self._process.wait()
         self._receiver.join(timeout=30)  # it reads EOF now that the child is gone
         self._pipe.close()
+        self._socket.close()
 
 
 def _fail(jobs: list[_Job], error: BaseException) -> None:
@@ -1150,8 +1238,8 @@ def _writer_main(
         stop = messages[-1] is None  # the parent's stop()
         groups = [
             [
-                _Job(tenant_id, rows, received_at_ms, probe=probe)
-                for tenant_id, rows, received_at_ms, probe in message
+                _Job(tenant_id, rows, received_at_ms, probe=probe, deadline=deadline)
+                for tenant_id, rows, received_at_ms, probe, deadline in message
             ]
             for message in messages
             if message is not None

@@ -1,0 +1,387 @@
+"""Faults of a real deployment, each with a real server, real senders and an ack ledger.
+
+Senders behave as the SDKs do: a batch answered with anything but 200 (or not
+answered) is sent again with the same messageIds until it is acknowledged.
+Every test then checks the ledger against the rows: nothing acknowledged is
+missing, nothing is stored twice. What clients saw is measured as the longest
+outage — from the first failed answer after a success to the next success —
+and printed (``-s``) for docs/failure-modes.md; only a generous hang guard is
+asserted about time.
+
+PostgreSQL faults (a restart under load, nginx in front of two nodes) live in
+tests/test_postgres_faults.py; clock jumps in tests/test_clock_jumps.py.
+"""
+
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from drengr.store import SQLiteStore, StoreError
+
+from .realserver import (
+    Server,
+    batch,
+    create_db,
+    event_id_counts,
+    integrity,
+    launch,
+    no_stray_servers,  # noqa: F401 (an autouse fixture)
+)
+
+# Generous hang guards, not speed limits: a wait that never ends fails the test instead of the suite.
+HANG_GUARD_SECONDS = 60
+BUSY_TIMEOUT_MS = 1000  # the servers here give up on a stalled writer after this long
+
+
+@dataclass
+class Ledger:
+    """What the senders were told, and when (time.monotonic())."""
+
+    acked: set[str] = field(default_factory=set)
+    attempted: set[str] = field(default_factory=set)
+    answers: list[tuple[float, int]] = field(default_factory=list)  # (when, status; 0: no answer)
+    sent: list[float] = field(default_factory=list)  # when each of those requests was sent
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, sent: float, when: float, status: int, ids: list[str]) -> None:
+        with self.lock:
+            self.answers.append((when, status))
+            self.sent.append(sent)
+            if status == 200:
+                self.acked.update(ids)
+
+    def failures_sent_after(self, start: float) -> list[tuple[float, int]]:
+        """(seconds after ``start`` it was sent, status) of each failed request sent after ``start``."""
+        with self.lock:
+            return [
+                (round(sent - start, 3), status)
+                for sent, (_, status) in zip(self.sent, self.answers, strict=True)
+                if sent > start and status != 200
+            ]
+
+    def failures_between(self, start: float, end: float) -> list[int]:
+        with self.lock:
+            return [status for when, status in self.answers if start <= when <= end and status != 200]
+
+    def answers_between(self, start: float, end: float) -> list[int]:
+        with self.lock:
+            return [status for when, status in self.answers if start <= when <= end]
+
+    def longest_outage(self) -> float:
+        """Seconds from the first failed answer after a success (or the start) to the next success."""
+        with self.lock:
+            answers = sorted(self.answers)
+        longest, failing_since = 0.0, None
+        for when, status in answers:
+            if status != 200:
+                failing_since = when if failing_since is None else failing_since
+            elif failing_since is not None:
+                longest = max(longest, when - failing_since)
+                failing_since = None
+        if failing_since is not None:
+            longest = max(longest, answers[-1][0] - failing_since)
+        return longest
+
+
+class Senders:
+    """``threads`` SDK-like senders, each sending batches of fresh ids until told to stop.
+
+    ``post(ids)`` sends one batch and returns the status (0: no answer). A
+    batch not acknowledged is resent, same ids, after a short pause; on
+    ``stop`` every sender finishes the batch it holds (resending until 200).
+    """
+
+    def __init__(self, post: Callable[[list[str]], int], run: str, threads: int = 4, size: int = 20) -> None:
+        self.ledger = Ledger()
+        self._post = post
+        self._stop = threading.Event()
+        self._numbers = itertools.count()
+        self._run, self._size = run, size
+        self._errors: list[BaseException] = []
+        self._threads = [
+            threading.Thread(target=self._send, name=f"sender-{n}", daemon=True) for n in range(threads)
+        ]
+
+    def __enter__(self) -> "Senders":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def sent(self) -> int:
+        with self.ledger.lock:
+            return len(self.ledger.answers)
+
+    def wait_for_answers(self, more: int) -> None:
+        """Until ``more`` answers beyond those so far have come in (the load is under way)."""
+        target = self.sent() + more
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while self.sent() < target:
+            assert time.monotonic() < deadline, "hang guard: the senders got no answers"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(HANG_GUARD_SECONDS)
+            assert not thread.is_alive(), "hang guard: a sender never got its batch acknowledged"
+        assert not self._errors, self._errors
+
+    def _send(self) -> None:
+        try:
+            while not self._stop.is_set():
+                number = next(self._numbers)
+                ids = [f"{self._run}-{number}-{n}" for n in range(self._size)]
+                with self.ledger.lock:
+                    self.ledger.attempted.update(ids)
+                deadline = time.monotonic() + HANG_GUARD_SECONDS
+                while True:
+                    sent = time.monotonic()
+                    status = self._post(ids)
+                    self.ledger.record(sent, time.monotonic(), status, ids)
+                    if status == 200:
+                        break
+                    assert time.monotonic() < deadline, f"hang guard: batch {number} never acknowledged"
+                    time.sleep(0.05)  # an SDK backs off a little before it resends
+        except BaseException as error:  # noqa: BLE001 - reported by stop()
+            self._errors.append(error)
+
+
+def http_post(server_port: Callable[[], Server]) -> Callable[[list[str]], int]:
+    """Post a batch to whatever server ``server_port()`` returns now (it may be restarted)."""
+
+    def post(ids: list[str]) -> int:
+        try:
+            return server_port().post("/v1/batch", batch(ids), timeout=HANG_GUARD_SECONDS).status
+        except OSError:  # refused, reset: the server is down
+            return 0
+
+    return post
+
+
+def assert_ledger(ledger: Ledger, counts: dict[str, int]) -> None:
+    """Every acknowledged id stored once; no id stored twice; nothing stored that was never sent."""
+    missing = sorted(ledger.acked - counts.keys())
+    twice = sorted(event_id for event_id, n in counts.items() if n > 1)
+    strangers = sorted(counts.keys() - ledger.attempted)
+    assert not missing, f"{len(missing)} acknowledged ids lost, e.g. {missing[:5]}"
+    assert not twice, f"{len(twice)} ids stored twice, e.g. {twice[:5]}"
+    assert not strangers, strangers[:5]
+    assert ledger.acked, "nothing was acknowledged at all"
+
+
+def report(fault: str, ledger: Ledger, counts: dict[str, int]) -> None:
+    failed = sum(1 for _, status in ledger.answers if status != 200)
+    print(
+        f"\n{fault}: acked {len(ledger.acked)}, stored {len(counts)}, lost 0, twice 0; "
+        f"{failed} failed answers of {len(ledger.answers)}; longest outage {ledger.longest_outage():.2f} s"
+    )
+
+
+def health(server: Server) -> int:
+    try:
+        return server.request("GET", "/health", timeout=HANG_GUARD_SECONDS).status
+    except OSError:
+        return 0
+
+
+def writer_child(server: Server) -> int:
+    deadline = time.monotonic() + HANG_GUARD_SECONDS
+    while not server.children():
+        assert time.monotonic() < deadline, "hang guard: no writer process"
+        time.sleep(0.02)
+    (child,) = server.children()
+    return child
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[Server]:
+    db = tmp_path / "faults.db"
+    server = launch(
+        db, create_db(db), "--writer", "process", "--busy-timeout-ms", str(BUSY_TIMEOUT_MS),
+        log_level="warning", log=tmp_path / "faults.log",
+    )  # fmt: skip
+    yield server
+    if server.alive():
+        assert server.stop() == 0
+    assert integrity(db) == "ok"
+
+
+# --------------------------------------------------------------------------- a stalled writer
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(20, id="small-batches"),
+        # 400-event batches fill the socket to the stopped child: the sender that cannot hand its
+        # job over in time kills it, and a new writer serves the rest of the stop.
+        pytest.param(400, id="batches-that-fill-the-pipe"),
+    ],
+)
+def test_a_stopped_writer_gives_502_and_an_unhealthy_health_then_recovers(
+    sqlite_server: Server, size: int
+) -> None:
+    """SIGSTOP of the writer child: requests are answered (502) and /health says 503 while it is
+    stopped, instead of hanging; after SIGCONT every batch lands once."""
+    server = sqlite_server
+    child = writer_child(server)
+    health_during: list[int] = []
+    with Senders(http_post(lambda: server), f"stop{size}", size=size) as senders:
+        senders.wait_for_answers(40)
+        os.kill(child, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            # Three busy timeouts: long enough that a request waiting on the writer would show.
+            deadline = stopped_at + 3 * BUSY_TIMEOUT_MS / 1000
+            while time.monotonic() < deadline:
+                health_during.append(health(server))
+                time.sleep(0.2)
+        finally:
+            resumed_at = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):  # killed as stalled: nothing to resume
+                os.kill(child, signal.SIGCONT)
+        senders.wait_for_answers(40)
+    during = senders.ledger.answers_between(stopped_at, resumed_at)
+    assert during and set(during) - {200} == {502}, f"while stopped, answers were {sorted(set(during))}"
+    assert 503 in health_during and not set(health_during) - {200, 503}, health_during
+    assert health(server) == 200
+    counts = event_id_counts(server.db)
+    assert_ledger(senders.ledger, counts)
+    report(f"SIGSTOP of the writer child for 3 s ({size}-event batches)", senders.ledger, counts)
+
+
+def test_a_writer_thread_that_hangs_in_its_commit_fails_its_requests_in_time(tmp_path: Path) -> None:
+    """An fsync that hangs, on the thread writer: write() raises and writable() says False within
+    the busy timeout; once the commit returns, writes go through and nothing late is written."""
+    db = tmp_path / "hang.db"
+    store = SQLiteStore(str(db), writer="thread", busy_timeout_ms=300)
+    release = threading.Event()
+    real_commit = store._commit_group  # noqa: SLF001 - the commit is where an fsync would hang
+
+    def hanging_commit(conn: sqlite3.Connection, jobs: list) -> None:
+        assert release.wait(HANG_GUARD_SECONDS), "hang guard: never released"
+        real_commit(conn, jobs)
+
+    row = ("acme", "e", "e", "track", "u", "u", "2026-11-26T00:00:00.000Z", "2026-11-26T00:00:00.000Z",
+           "{}", "{}", None)  # fmt: skip
+    try:
+        store.write("acme", [row[:1] + ("before",) + row[2:]], 0)
+        store._commit_group = hanging_commit  # type: ignore[method-assign]
+        with pytest.raises(StoreError, match="busy timeout"):
+            store.write("acme", [row[:1] + ("during",) + row[2:]], 0)
+        assert store.writable() is False
+        release.set()
+        store._commit_group = real_commit  # type: ignore[method-assign]
+        assert store.write("acme", [row[:1] + ("after",) + row[2:]], 0).stored == 1
+        assert store.writable() is True
+        # The resend: stored now, or a duplicate if the released commit wrote it after its 502.
+        resent = store.write("acme", [row[:1] + ("during",) + row[2:]], 0)
+        assert resent.stored + resent.duplicates == 1
+    finally:
+        release.set()
+        store.close()
+    assert event_id_counts(db) == {"before": 1, "during": 1, "after": 1}
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def test_the_writer_child_killed_again_and_again_loses_nothing(sqlite_server: Server) -> None:
+    server = sqlite_server
+    with Senders(http_post(lambda: server), "kill-writer") as senders:
+        for _ in range(4):
+            senders.wait_for_answers(30)
+            os.kill(writer_child(server), signal.SIGKILL)
+        senders.wait_for_answers(30)
+    counts = event_id_counts(server.db)
+    assert_ledger(senders.ledger, counts)
+    report("SIGKILL of the writer child, 4x", senders.ledger, counts)
+
+
+def test_the_whole_server_killed_and_restarted_loses_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "restart.db"
+    key = create_db(db)
+    current = [launch(db, key, log_level="warning", log=tmp_path / "restart.log")]
+    port = current[0].port
+    with Senders(http_post(lambda: current[0]), "kill-server") as senders:
+        for _ in range(3):
+            senders.wait_for_answers(30)
+            current[0].kill()
+            current[0] = launch(db, key, log_level="warning", log=tmp_path / "restart.log", port=port)
+        senders.wait_for_answers(30)
+    assert current[0].stop() == 0
+    counts = event_id_counts(db)
+    assert_ledger(senders.ledger, counts)
+    assert integrity(db) == "ok"
+    report("SIGKILL of the whole server, 3x, restarted", senders.ledger, counts)
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}): run as root, or in CI")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(path: Path) -> None:
+    with open(path, "wb", buffering=0) as filler:
+        for size in (65536, 512):  # then the last partial block
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * size)
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount(8)")
+def test_a_full_disk_is_unhealthy_and_502_then_recovers_when_freed(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "small", "64m") as disk:
+        db = disk / "full.db"
+        server = launch(
+            db, create_db(db), "--busy-timeout-ms", str(BUSY_TIMEOUT_MS), log_level="warning",
+            log=tmp_path / "full.log",
+        )  # fmt: skip
+        try:
+            with Senders(http_post(lambda: server), "full") as senders:
+                senders.wait_for_answers(30)
+                fill(disk / "filler")
+                full_at = time.monotonic()
+                hang_guard = full_at + HANG_GUARD_SECONDS
+                while not senders.ledger.failures_between(full_at, time.monotonic()):
+                    assert time.monotonic() < hang_guard, "hang guard: writes kept succeeding on a full disk"
+                    time.sleep(0.05)
+                health_full = health(server)
+                freed_at = time.monotonic()
+                (disk / "filler").unlink()  # the operator frees space
+                senders.wait_for_answers(30)
+            assert health_full == 503
+            assert 502 in senders.ledger.failures_between(full_at, freed_at)
+            assert health(server) == 200
+        finally:
+            assert server.stop() == 0
+        counts = event_id_counts(db)
+        assert_ledger(senders.ledger, counts)
+        assert integrity(db) == "ok"
+    report("disk full on a 64 MB tmpfs, then freed", senders.ledger, counts)
