@@ -5,6 +5,10 @@
 #                                 127.0.0.1 on a free port, create the database `drengr`; prints
 #                                 the DSN on stdout (and nothing else) and writes it to DIR/dsn
 #   .ci/postgres.sh stop  [DIR]   stop the server started in DIR and remove DIR
+#   .ci/postgres.sh restart DIR [MODE]   restart it (pg_ctl -m MODE: smart, fast (default) or
+#                                 immediate), same port and options; returns once it accepts
+#                                 connections again (the fault tests: tests/test_postgres_faults.py)
+#   .ci/postgres.sh halt DIR      stop it and keep DIR (restart starts it again)
 #
 # Without DIR, `start` makes one and records it in $DRENGR_PG_STATE (default
 # /tmp/drengr-postgres.state) so that a bare `stop` finds it again. To export:
@@ -124,11 +128,30 @@ stop() {
     esac
 }
 
+restart() {
+    local dir="$1" mode="${2:-fast}" bindir
+    bindir="$(find_bindir)"
+    if as_owner "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m "$mode" -w -t 60 restart >&2
+    else  # halted: start it with the options it last ran with
+        as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+            -o "$(sed -e 's/^[^ ]* //' -e 's/"//g' "$dir/data/postmaster.opts")" start >&2
+    fi
+}
+
+halt() {
+    local bindir
+    bindir="$(find_bindir)"
+    as_owner "$bindir/pg_ctl" -D "$1/data" -m fast -w -t 60 stop >&2
+}
+
 case "${1:-}" in
     start) start "${2:-}" ;;
     stop) stop "${2:-}" ;;
+    restart) restart "$2" "${3:-fast}" ;;
+    halt) halt "$2" ;;
     *)
-        echo "usage: $0 start [DIR] | stop [DIR]" >&2
+        echo "usage: $0 start [DIR] | stop [DIR] | restart DIR [MODE] | halt DIR" >&2
         exit 2
         ;;
 esac
