@@ -426,12 +426,14 @@ def nginx_directives(text: str) -> list[str]:
     return [line for line in lines if line]
 
 
-def test_deploying_nginx_location_is_the_one_the_nginx_test_runs() -> None:
+def test_deploying_shows_deploy_nginx_conf_verbatim_and_the_nginx_tests_run_its_location() -> None:
     [config] = [
         body for _, language, body, _, _ in fences(ROOT / "docs" / "deploying.md") if language == "nginx"
     ]
+    shipped = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert config == shipped, "docs/deploying.md's nginx block is not deploy/nginx.conf as it is"
     tested = (ROOT / "tests" / "nginx" / "location.conf.template").read_text()
-    documented = [line.replace("http://drengr;", "http://{upstream};") for line in nginx_directives(config)]
+    documented = [line.replace("http://drengr;", "http://{upstream};") for line in nginx_directives(shipped)]
     assert documented == nginx_directives(tested)
 
 

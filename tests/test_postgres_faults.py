@@ -7,7 +7,10 @@ tests/test_faults.py's: acknowledged events are never lost nor stored twice,
 and no request sent after PostgreSQL accepts connections again fails.
 """
 
+import http.client
+import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -20,11 +23,12 @@ import pytest
 
 from drengr.store.base import KEY_CACHE_SECONDS
 
-from .realserver import Server, basic, batch, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
+from .realserver import INGEST_FAILED, Server, basic, batch, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 from .test_faults import HANG_GUARD_SECONDS, Senders, assert_ledger, health, http_post, report
 from .test_postgres_store import IN_CI, SCRIPT, PostgresStore, psycopg
 
 TENANT = "acme"
+INGEST_FAILED_BODY = json.dumps(INGEST_FAILED).encode()
 
 
 class Cluster:
@@ -155,3 +159,121 @@ def test_a_database_that_is_down_is_a_plain_502_and_unhealthy(cluster: Cluster, 
     finally:
         assert server.stop() == 0
     assert rows_by_id(dsn) == {"after-1": 1}
+
+
+# --------------------------------------------------------------------------- behind nginx
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "/segment-ingest"
+ORIGIN = "https://shop.example"
+
+
+def shipped_nginx_conf(folder: Path, listen_port: int, node_ports: list[int]) -> str:
+    """deploy/nginx.conf as shipped, but for its addresses: our nodes, our port, files in ``folder``."""
+    text = (ROOT / "deploy" / "nginx.conf").read_text()
+    members = "".join(
+        f"        server 127.0.0.1:{port} max_fails=3 fail_timeout=5s;\n" for port in node_ports
+    )
+    shipped_member = "        server 127.0.0.1:8081 max_fails=3 fail_timeout=5s;\n"
+    assert text.count(shipped_member) == 1 and text.count("        listen 8080;\n") == 1
+    text = text.replace(shipped_member, members).replace(
+        "        listen 8080;\n", f"        listen 127.0.0.1:{listen_port};\n"
+    )
+    text = text.replace("/var/log/nginx/drengr.log", str(folder / "access.log"))
+    paths = "".join(
+        f"    {kind}_temp_path {folder / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text = text.replace("http {\n", "http {\n" + paths, 1)
+    main = f"daemon off;\npid {folder / 'nginx.pid'};\n" + ("user root;\n" if os.geteuid() == 0 else "")
+    return main + text
+
+
+def test_a_postgres_restart_behind_the_shipped_nginx_stays_a_blip(cluster: Cluster, tmp_path: Path) -> None:
+    """Two `serve` nodes behind deploy/nginx.conf, one PostgreSQL restarted under load: clients see
+    only drengr's JSON errors with CORS (never nginx's HTML page), no node is set aside, and no
+    request sent after PostgreSQL is back fails."""
+    from .test_postgres_nginx import nginx_binary, start_node, wait_for
+
+    nginx = nginx_binary()
+    dsn = cluster.fresh_database()
+    setup = PostgresStore(dsn)
+    try:
+        key = setup.create_key(TENANT, "publishable")
+    finally:
+        setup.close()
+    folder = tmp_path / "nginx"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    node_ports = [free_port(), free_port()]
+    nodes = [start_node(dsn, port, folder / f"node{n}.log") for n, port in enumerate(node_ports)]
+    port = free_port()
+    (folder / "nginx.conf").write_text(shipped_nginx_conf(folder, port, node_ports))
+    proxy = subprocess.Popen(
+        [nginx, "-c", str(folder / "nginx.conf"), "-p", str(folder), "-e", str(folder / "error.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wrong: list[tuple[int, bytes, str | None]] = []
+
+    def post(ids: list[str]) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD_SECONDS)
+        try:
+            headers = {**basic(key), "Content-Type": "application/json", "Origin": ORIGIN}
+            conn.request("POST", f"{PREFIX}/v1/batch", body=json.dumps(batch(ids)).encode(), headers=headers)
+            reply = conn.getresponse()
+            body = reply.read()
+            if reply.status != 200 and (
+                body != INGEST_FAILED_BODY or reply.getheader("Access-Control-Allow-Origin") != ORIGIN
+            ):
+                wrong.append((reply.status, body[:200], reply.getheader("Content-Type")))
+            return reply.status
+        except OSError:
+            return 0
+        finally:
+            conn.close()
+
+    try:
+        for node_port in node_ports:
+            wait_for(node_port, f"{PREFIX}/health")
+        wait_for(port, f"{PREFIX}/health")
+        with Senders(post, "nginx") as senders:
+            senders.wait_for_answers(40)
+            restarted_at = time.monotonic()
+            cluster.ctl("restart", "fast")
+            back_at = time.monotonic()
+            while time.monotonic() < back_at + 2 * KEY_CACHE_SECONDS + 0.5:
+                senders.wait_for_answers(10)
+        assert not wrong, f"answers that are not drengr's JSON error with CORS: {wrong[:5]}"
+        late = senders.ledger.failures_sent_after(back_at)
+        assert not late, f"failed after PostgreSQL was back (s after, status): {late[:10]}"
+        assert "no live upstreams" not in (folder / "error.log").read_text()
+        # nginx's own answers are drengr's JSON too: no node to reach, a body past client_max_body_size.
+        for process in nodes:
+            process.terminate()
+            process.wait(timeout=HANG_GUARD_SECONDS)
+        attempted = len(senders.ledger.attempted)
+        assert post(["no-node"]) == 502 and not wrong, wrong
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD_SECONDS)
+        conn.request("POST", f"{PREFIX}/v1/batch", body=b"x" * (5 << 20), headers={"Origin": ORIGIN})
+        too_large = conn.getresponse()
+        assert (too_large.status, json.loads(too_large.read())["code"]) == (400, "request_too_large")
+        assert too_large.getheader("Access-Control-Allow-Origin") == ORIGIN
+        conn.close()
+        assert len(senders.ledger.attempted) == attempted
+    finally:
+        proxy.send_signal(signal.SIGQUIT)
+        for process in [*nodes, proxy]:
+            if process.poll() is None:
+                process.terminate()
+        for process in [*nodes, proxy]:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    counts = rows_by_id(dsn)
+    assert_ledger(senders.ledger, counts)
+    report(
+        f"two nodes behind deploy/nginx.conf, PostgreSQL restart -m fast (down {back_at - restarted_at:.2f} s)",
+        senders.ledger,
+        counts,
+    )

@@ -102,7 +102,7 @@ def nginx_config(folder: Path, node_ports: list[int], listen: dict[str, tuple[in
     location = (HERE / "location.conf.template").read_text()
     for name, (port, members) in listen.items():
         lines = [f"    upstream {name} {{"]
-        lines += [f"        server 127.0.0.1:{node_ports[m]} max_fails=1 fail_timeout=10s;" for m in members]
+        lines += [f"        server 127.0.0.1:{node_ports[m]} max_fails=3 fail_timeout=5s;" for m in members]
         lines += ["        keepalive 32;", "    }"]
         upstreams.append("\n".join(lines))
         servers.append(

@@ -1,0 +1,26 @@
+"""The installed WSGI entry point: ``gunicorn drengr.wsgi:application`` from any directory.
+
+For gunicorn, uwsgi or mod_wsgi, configured from the ``DRENGR_*`` variables
+(``drengr.settings``), as ``drengr serve`` is from its options. The app is
+built when a WSGI server imports this module, and only then: nothing else in
+drengr imports it. The top-level ``wsgi.py`` of a clone re-exports it.
+"""
+
+import sys
+
+from ._memory import return_large_blocks
+from .cli import SWITCH_INTERVAL_S
+from .settings import Config, SettingError
+from .store import StoreError
+from .web import create_app
+
+# As `drengr serve` does: docs/operating.md "The writer: process or thread".
+sys.setswitchinterval(SWITCH_INTERVAL_S)
+return_large_blocks()  # as `drengr serve` does: freed request bodies go back to the system
+
+try:
+    # Every variable is checked before anything is created; a bad one or a store that cannot be
+    # opened stops the worker with one sentence, not a traceback.
+    application = create_app(Config.from_env())
+except (SettingError, StoreError) as error:
+    raise SystemExit(f"drengr: {error}") from None
