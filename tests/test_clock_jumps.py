@@ -2,21 +2,33 @@
 
 The server's clock jumps ahead and back with ``drengr.clock.set_offset`` (the
 one wall clock, shifted in this process only; the system clock is never
-touched), against real SQLite files: a resend of an event already stored is
-never a second row, whatever the clock did since. PostgreSQL's side (nodes
+touched), against real SQLite files, at the store and over HTTP with
+SDK-like senders and the ack ledger (tests/test_faults.py's): a resend of an
+event already stored is never a second row, whatever the clock did since. PostgreSQL's side (nodes
 whose clocks are wrong) is in tests/test_postgres_store.py.
 """
 
-from collections.abc import Iterator
+import contextlib
+import http.client
+import itertools
+import json
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waitress.server import create_server
 
 from drengr import clock
 from drengr.core.timestamps import format_ms
+from drengr.settings import Config
 from drengr.store import SQLiteStore
 from drengr.store.sqlite import WRITERS
+from drengr.web import create_app
+
+from .realserver import TENANT, basic, batch, event_id_counts
+from .test_faults import HANG_GUARD_SECONDS, Senders, assert_ledger, report
 
 DAY_SECONDS = 86_400
 IDS = [f"jump-{n:03d}" for n in range(200)]
@@ -99,3 +111,75 @@ def test_sqlite_forgets_only_when_time_has_passed_too(tmp_path: Path) -> None:
         assert write(store, IDS[:10]) == 10  # beyond the window: stored again, as documented
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- over HTTP, with senders
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[int]:
+    """``app`` on waitress in this process (so ``set_offset`` moves its clock); yields the port."""
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    thread.start()
+    try:
+        yield int(server.effective_port)
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
+        thread.join(HANG_GUARD_SECONDS)
+
+
+def poster(ports: list[int], key: str) -> Callable[[list[str]], int]:
+    """Post a batch to one of ``ports`` in turn (a client behind a balancer meets each node)."""
+    turn = itertools.count()
+
+    def post(ids: list[str]) -> int:
+        port = ports[next(turn) % len(ports)]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD_SECONDS)
+        try:
+            headers = {**basic(key), "Content-Type": "application/json"}
+            conn.request("POST", "/v1/batch", body=json.dumps(batch(ids)).encode(), headers=headers)
+            return conn.getresponse().status
+        except OSError:
+            return 0
+        finally:
+            conn.close()
+
+    return post
+
+
+def resend_everything(post: Callable[[list[str]], int], ids: set[str]) -> None:
+    """A client whose acknowledgements were lost sends it all again: each batch must be a 200."""
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 100):
+        assert post(ordered[start : start + 100]) == 200
+
+
+JUMPS_DAYS = [15, 0, -15, 40, 8, 0]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_server_whose_clock_jumps_stores_no_resend_twice(tmp_path: Path, writer: str) -> None:
+    """The issue's row: the server's clock jumps 8-40 days ahead and back under load; after each
+    jump every acknowledged batch is sent again. The ledger: nothing lost, nothing twice."""
+    db = tmp_path / "jumps.db"
+    store = SQLiteStore(str(db), writer=writer)
+    key = store.create_key(TENANT, "publishable")
+    app = create_app(Config(db=str(db)), store=store)  # the default clocks: drengr.clock
+    try:
+        with serving(app) as port:
+            post = poster([port], key)
+            with Senders(post, f"jump-{writer}") as senders:
+                for days in JUMPS_DAYS:
+                    senders.wait_for_answers(20)
+                    clock.set_offset(days * DAY_SECONDS)
+                    with senders.ledger.lock:
+                        acked = set(senders.ledger.acked)
+                    resend_everything(post, acked)
+                senders.wait_for_answers(20)
+    finally:
+        store.close()
+    counts = event_id_counts(db)
+    assert_ledger(senders.ledger, counts)
+    report(f"the server's clock jumps {JUMPS_DAYS} days ({writer} writer)", senders.ledger, counts)

@@ -277,3 +277,43 @@ def test_a_postgres_restart_behind_the_shipped_nginx_stays_a_blip(cluster: Clust
         senders.ledger,
         counts,
     )
+
+
+# --------------------------------------------------------------------------- a node with a wrong clock
+
+
+@pytest.mark.parametrize("days", [15, -15], ids=lambda d: f"{d:+d}-days")
+def test_a_node_whose_clock_is_off_makes_no_resend_a_second_row(cluster: Cluster, days: int) -> None:
+    """Two nodes on one database, one with its clock ``days`` off (each prunes right after its first
+    write, as a node does); senders meet both in turn and resend everything acknowledged."""
+    from drengr import clock
+    from drengr.settings import Config
+    from drengr.web import create_app
+
+    from .test_clock_jumps import poster, resend_everything, serving
+
+    dsn = cluster.fresh_database()
+
+    def node_app(offset_days: int) -> Any:
+        shift = offset_days * 86_400
+        store = PostgresStore(dsn, clock=lambda: clock.now() + shift)
+        return store, create_app(Config(), store=store, clock_ms=lambda: clock.now_ms() + shift * 1000)
+
+    (right, right_app), (wrong, wrong_app) = node_app(0), node_app(days)
+    key = right.create_key(TENANT, "publishable")
+    try:
+        with serving(right_app) as right_port, serving(wrong_app) as wrong_port:
+            post = poster([right_port, wrong_port], key)
+            with Senders(post, f"clock{days:+d}") as senders:
+                for _ in range(3):
+                    senders.wait_for_answers(40)
+                    with senders.ledger.lock:
+                        acked = set(senders.ledger.acked)
+                    resend_everything(post, acked)
+                    assert wrong.prune() == 0 and right.prune() == 0
+    finally:
+        right.close()
+        wrong.close()
+    counts = rows_by_id(dsn)
+    assert_ledger(senders.ledger, counts)
+    report(f"one PostgreSQL node's clock {days:+d} days off", senders.ledger, counts)
