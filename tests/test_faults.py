@@ -300,16 +300,27 @@ def test_a_writer_thread_that_hangs_in_its_commit_fails_its_requests_in_time(tmp
 # --------------------------------------------------------------------------- crashes
 
 
-def test_the_writer_child_killed_again_and_again_loses_nothing(sqlite_server: Server) -> None:
+@pytest.mark.parametrize(
+    "kills, pause",
+    [pytest.param(4, None, id="4x-under-load"), pytest.param(25, 0.15, id="25x-0.15-s-apart")],
+)
+def test_the_writer_child_killed_again_and_again_loses_nothing(
+    sqlite_server: Server, kills: int, pause: float | None
+) -> None:
     server = sqlite_server
-    with Senders(http_post(lambda: server), "kill-writer") as senders:
-        for _ in range(4):
-            senders.wait_for_answers(30)
-            os.kill(writer_child(server), signal.SIGKILL)
+    with Senders(http_post(lambda: server), f"kill-writer-{kills}") as senders:
+        for _ in range(kills):
+            if pause is None:
+                senders.wait_for_answers(30)
+            else:
+                time.sleep(pause)
+            for child in server.children():  # the new writer, and a killed one not reaped yet
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
         senders.wait_for_answers(30)
     counts = event_id_counts(server.db)
     assert_ledger(senders.ledger, counts)
-    report("SIGKILL of the writer child, 4x", senders.ledger, counts)
+    report(f"SIGKILL of the writer child, {kills}x", senders.ledger, counts)
 
 
 def test_the_whole_server_killed_and_restarted_loses_nothing(tmp_path: Path) -> None:
