@@ -370,6 +370,7 @@ def test_compiled_maps_like_the_twin(body, pii, single_type, received_at_ms):
     assert fast.write_key == twin.write_key
     assert fast.item_count(single_type) == twin.item_count(single_type)
     assert fast.map(single_type, received_at_ms, TENANT) == twin.map(single_type, received_at_ms, TENANT)
+    assert fast.stripped_events == twin.stripped_events
 
 
 def largest_item_bytes(document: Any, single_type: str | None, body: bytes) -> int:

@@ -85,7 +85,9 @@ def test_twin_and_compiled_agree_on_allowed_non_ascii_names():
     compiled = MAPPERS[0].values[0]
     if compiled is None:
         pytest.skip("drengr._fast did not load (test_fast_twin.py fails loudly)")
-    body = json.dumps({"type": "track", "event": "e", "userId": "u", "properties": {"Straßenname": 1, "Émail": 2}})
+    body = json.dumps(
+        {"type": "track", "event": "e", "userId": "u", "properties": {"Straßenname": 1, "Émail": 2}}
+    )
     results = [
         module.Mapper(("name", "mail"), ("Émail",)).parse(body.encode()).map(None, RECEIVED_MS, TENANT)
         for module in (compiled, _fast_py)
@@ -156,3 +158,66 @@ def test_serve_help_lists_the_default_fragments_and_the_allow_list():
     text = " ".join(result.stdout.split())
     assert ",".join(DEFAULT_PII_SUBSTRINGS) in text
     assert "--pii-allow NAMES" in text and "DRENGR_PII_ALLOW" in text
+
+
+# ---------------------------------------------------------------- which event lost which keys
+
+STRIPPED_EVENT_CASES = [  # (the batch's items, the events named: (event_id, ((reason, key), ...)))
+    pytest.param(
+        [{"messageId": "m1", "properties": {"email": "a@b", "plan": "pro", "obj": {"Phone": 1}}},
+         {"messageId": "m2", "properties": {"plan": "pro"}}],
+        (("m1", (("pii_key_removed", "email"), ("pii_key_removed", "obj.Phone"))),),
+        id="one-event-of-two",
+    ),
+    pytest.param(
+        [{"messageId": "m1", "properties": {"email": "a"}}, {"messageId": "m2", "properties": {"email": "b"}}],
+        (("m1", (("pii_key_removed", "email"),)), ("m2", (("pii_key_removed", "email"),))),
+        id="the-same-key-in-each-event",
+    ),
+    pytest.param(
+        [{"messageId": "gone", "properties": {"email": "a"}, "userId": None, "anonymousId": None},
+         {"messageId": "m2", "properties": {"k" * 70: 1}}],
+        (("m2", (("key_truncated", "k" * 64),)),),
+        id="a-dropped-item-is-not-named-other-reasons-are",
+    ),
+    pytest.param(
+        [{"messageId": f"m{i}", "properties": {"email": "a"}} for i in range(7)],
+        tuple((f"m{i}", (("pii_key_removed", "email"),)) for i in range(5)),
+        id="the-first-five-events",
+    ),
+    pytest.param(
+        [{"messageId": "m1", "properties": {f"email{i}": i for i in range(7)}}],
+        (("m1", tuple(("pii_key_removed", f"email{i}") for i in range(5))),),
+        id="five-names-an-event",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mapper_module", MAPPERS)
+@pytest.mark.parametrize(("items", "named"), STRIPPED_EVENT_CASES)
+def test_the_mappers_name_which_event_lost_which_keys(mapper_module, items, named):
+    batch = [{"type": "track", "event": "e", "userId": "u", **item} for item in items]
+    document = mapper_module.Mapper(DEFAULT_PII_SUBSTRINGS).parse(json.dumps({"batch": batch}).encode())
+    document.map(None, RECEIVED_MS, TENANT)
+    assert document.stripped_events == named
+
+
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+def test_drops_name_the_event_and_its_keys_never_a_value(db_path, store, receipt_ms):
+    app = create_app(Config(db=str(db_path)), store=store, clock_ms=receipt_ms)
+    client = app.test_client()
+    key, secret = store.create_key(TENANT), store.create_key(TENANT, "secret")
+    batch = [
+        {"type": "track", "event": "e", "userId": "u", "messageId": "m-kept", "properties": {"plan": "pro"}},
+        {"type": "track", "event": "e", "userId": "u", "messageId": "m-lost",
+         "properties": {"email": "VALUE-9d1", "username": "VALUE-9d1", "plan": "pro"}},
+    ]  # fmt: skip
+    try:
+        assert post(client, "/v1/batch", {"batch": batch}, key).status_code == 200
+        answer = client.get("/v1/drops", headers={"Authorization": f"Bearer {secret}"})
+    finally:
+        app.extensions["drengr.drops"].close()
+    assert answer.status_code == 200 and "VALUE-9d1" not in answer.get_data(as_text=True)
+    [sample] = [s for s in answer.get_json()["recent"] if s["reason"] == "pii_key_removed"]
+    assert sample["keys"] == ["email", "username"]
+    assert sample["events"] == [{"event_id": "m-lost", "keys": ["email", "username"]}]

@@ -813,11 +813,15 @@ cdef extern from *:
         long long strips[5];  /* keys left out, by strip reason, this request */
         Buf strip_last[5];  /* the last key noted per reason: a repeat is not decoded */
         void *names;  /* the owning _ThreadParser's list of name lists */
-        void *allow;  /* this map()'s frozenset of exact key names kept despite PII, or NULL */
+        /* this map()'s frozenset of exact key names kept despite PII, or NULL */
+        void *allow;
+        /* this item's list of (reason, key name) while events are named, or NULL */
+        void *item;
         Kept kept;
         KeySet seen;  /* the properties' keys: its table outlives the item */
         Frames frames;
-        Scratch() : n_others(0), n_dims(0), n_dim_entries(0), busy(false), names(0), allow(0) {
+        Scratch() : n_others(0), n_dims(0), n_dim_entries(0), busy(false), names(0),
+                    allow(0), item(0) {
             for (int i = 0; i < 5; i++) strips[i] = 0;
         }
         void start_item() {
@@ -993,6 +997,7 @@ cdef extern from *:
         Buf strip_last[5]
         void* names
         void* allow
+        void* item
         Kept kept
         KeySet seen
         Frames frames
@@ -1084,6 +1089,7 @@ DROP_UNKNOWN_TYPE = _fast_py.DROP_UNKNOWN_TYPE
 DROP_MISSING_ID = _fast_py.DROP_MISSING_ID
 DROP_NO_EVENT_NAME = _fast_py.DROP_NO_EVENT_NAME
 STRIP_REASONS = _fast_py.STRIP_REASONS
+_reason_order = _fast_py._reason_order
 
 # The rare paths: the twin's own helpers.
 normalize_event_name = _fast_py.normalize_event_name
@@ -1099,6 +1105,7 @@ cdef Py_ssize_t MAX_DIM_VALUE_CHARS = limits.MAX_DIM_VALUE_CHARS
 cdef Py_ssize_t MAX_EVENT_NAME_CHARS = limits.MAX_EVENT_NAME_CHARS
 cdef Py_ssize_t MAX_LIBRARY_CHARS = limits.MAX_LIBRARY_CHARS
 cdef Py_ssize_t MAX_STRIPPED_KEY_NAMES = limits.MAX_STRIPPED_KEY_NAMES
+cdef Py_ssize_t MAX_STRIPPED_EVENTS = limits.MAX_STRIPPED_EVENTS
 cdef int64_t MIN_OCCURRED_AT_MS = limits.MIN_OCCURRED_AT_MS
 cdef int64_t MAX_FUTURE_MS = limits.MAX_FUTURE_MS
 
@@ -1191,7 +1198,7 @@ cdef size_t _NOGIL_BYTES = 65536
 
 @cython.final
 cdef class Mapper:
-    """Parses bodies and maps them to rows, with the PII list and the server's allow-list fixed at start-up."""
+    """Parses bodies and maps them to rows, the PII lists fixed at start-up."""
 
     cdef readonly tuple pii
     cdef readonly frozenset allow
@@ -1244,6 +1251,7 @@ cdef class Mapper:
         doc._root = root
         doc._body_size = size
         doc.write_key = None
+        doc.stripped_events = ()
         cdef Element key
         cdef const char* text
         cdef size_t n
@@ -1254,7 +1262,7 @@ cdef class Mapper:
         return doc
 
     cdef inline int _is_pii(self, Scratch* s, const char* key, size_t n) except -1:
-        """The twin's ``PiiRule.drops``: a fragment matches and the exact name is not allowed."""
+        """The twin's ``PiiRule.drops``: a fragment matches, the name is not allowed."""
         cdef int found = self.matcher.test_cached(key, n)
         if found < 0:
             found = self._is_pii_slow(key, n)
@@ -1346,8 +1354,16 @@ cdef int _put_scalar(Buf* out, Element value, int kind) except -1:
 cdef int _strip(Scratch* s, int reason, const char* key, size_t n) except -1:
     """The twin's ``Strips.note``: count a key left out; keep a few names."""
     cdef list names
+    cdef list item
     cdef Buf* last = &s.strip_last[reason]
     s.strips[reason] += 1
+    if s.item != NULL:  # the twin's per-item names, for the first events that lose keys
+        item = <list>s.item
+        pair = (STRIP_REASONS[reason],
+                PyUnicode_DecodeUTF8(key, utf8_prefix(key, n, MAX_DIM_KEY_CHARS), NULL))
+        same_reason = sum([r == pair[0] for r, _ in item])
+        if pair not in item and same_reason < MAX_STRIPPED_KEY_NAMES:
+            item.append(pair)
     if n and last.n == n and memcmp(last.p, key, n) == 0:
         return 0  # the same key as the last one (PII in every item of a batch)
     last.clear()
@@ -1357,6 +1373,24 @@ cdef int _strip(Scratch* s, int reason, const char* key, size_t n) except -1:
         name = PyUnicode_DecodeUTF8(key, utf8_prefix(key, n, MAX_DIM_KEY_CHARS), NULL)
         if name not in names:
             names.append(name)
+    return 0
+
+
+cdef inline int _start_item(Scratch* s, list item, list events) except -1:
+    """The twin's ``Strips.start_item``: this item's names, while events has room."""
+    if len(events) < MAX_STRIPPED_EVENTS:
+        del item[:]
+        s.item = <void*>item
+    else:
+        s.item = NULL
+    return 0
+
+
+cdef inline int _end_item(Scratch* s, list item, list events, list rows) except -1:
+    """The twin's ``Strips.end_item``: the last row's item, named if it lost keys."""
+    if s.item != NULL and len(item):
+        event_id = (<tuple>rows[len(rows) - 1])[1]
+        events.append((event_id, tuple(sorted(item, key=_reason_order))))
     return 0
 
 
@@ -1825,6 +1859,9 @@ cdef class Document:
     cdef Element _root
     cdef Py_ssize_t _body_size
     cdef readonly object write_key
+    # After map: the first few stored events that lost keys,
+    # (event_id, ((reason, key name), ...)).
+    cdef readonly object stripped_events
 
     cdef int _check(self) except -1:
         if self._tp is None:
@@ -1882,7 +1919,8 @@ cdef class Document:
     def map(self, single_type, int64_t received_at_ms, tenant_id, pii_allow=()):
         """Rows of accepted items; dropped items and stripped keys by reason.
 
-        ``pii_allow``: the tenant's exact key names kept although they hold a PII fragment.
+        ``pii_allow``: the tenant's exact key names kept although they hold a PII
+        fragment.
         """
         cdef Array items
         cdef Array.iterator it, end
@@ -1902,10 +1940,13 @@ cdef class Document:
             single_code = _TYPE_CODES.get(single_type, OTHER_TYPE)
         allow = self._mapper.allow.union(pii_allow) if pii_allow else self._mapper.allow
         s.busy = True
-        s.allow = <void*>allow if allow else NULL  # `allow` outlives the map: a local of this call
+        # `allow` outlives the map: a local of this call.
+        s.allow = <void*>allow if allow else NULL
         _stripped(s)  # nothing left over from a map that raised
         s.lib.clear()
         library = [None]  # the last library text, reused while the bytes repeat
+        item = []  # s.item points here: a local of this call outlives the map
+        events = []
         try:
             scan_fields(el_obj(self._root), fields)
             has_batch_sent_at = _timestamp(&fields, F_SENT_AT, &batch_sent_at)
@@ -1914,6 +1955,7 @@ cdef class Document:
             rows = []
             dropped = {}
             if not self._batch(single_type, &items):
+                _start_item(s, item, events)
                 reason = _map_item(
                     s, self._mapper, self._root, &fields, &context, single_code,
                     single_type, has_batch_sent_at, batch_sent_at, received_at_ms,
@@ -1921,10 +1963,14 @@ cdef class Document:
                 )
                 if reason != MAPPED:
                     dropped[_DROP_REASONS[reason]] = 1
+                else:
+                    _end_item(s, item, events, rows)
+                self.stripped_events = tuple(events)
                 return rows, dropped, _stripped(s)
             it = items.begin()
             end = items.end()
             while it != end:
+                _start_item(s, item, events)
                 reason = _map_item(
                     s, self._mapper, deref(it), &fields, &context, single_code,
                     single_type, has_batch_sent_at, batch_sent_at, received_at_ms,
@@ -1933,9 +1979,13 @@ cdef class Document:
                 if reason != MAPPED:
                     name = _DROP_REASONS[reason]
                     dropped[name] = dropped.get(name, 0) + 1
+                else:
+                    _end_item(s, item, events, rows)
                 inc(it)
+            self.stripped_events = tuple(events)
             return rows, dropped, _stripped(s)
         finally:
+            s.item = NULL
             s.allow = NULL
             s.busy = False
 

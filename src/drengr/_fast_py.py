@@ -36,6 +36,7 @@ from .core.limits import (
     MAX_EVENT_NAME_CHARS,
     MAX_LIBRARY_CHARS,
     MAX_MEASURES,
+    MAX_STRIPPED_EVENTS,
     MAX_STRIPPED_KEY_NAMES,
     PRIORITY_MEASURES,
 )
@@ -191,16 +192,32 @@ class Strips:
 
     Names are key names (cut to 64 characters), never values. The compiled
     module counts the same keys, in the same order, so both report the same.
+    ``events`` names the first few stored events that lost keys: (event_id,
+    ((reason, key name), …)), for the debugger.
     """
 
-    __slots__ = ("counts", "names")
+    __slots__ = ("counts", "events", "item", "names")
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.names: dict[str, list[str]] = {}
+        self.item: list[tuple[str, str]] | None = None  # this item's, while events has room
+        self.events: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+
+    def start_item(self) -> None:
+        self.item = [] if len(self.events) < MAX_STRIPPED_EVENTS else None
+
+    def end_item(self, event_id: str) -> None:
+        """The item became a row: name it if it lost keys, by reason (in STRIP_REASONS' order)."""
+        if self.item:
+            self.events.append((event_id, tuple(sorted(self.item, key=_reason_order))))
 
     def note(self, reason: str, key: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
+        if self.item is not None:  # up to 5 names a reason: the mappers meet reasons in different orders
+            pair = (reason, _clean(key[:MAX_DIM_KEY_CHARS]))
+            if pair not in self.item and sum(r == reason for r, _ in self.item) < MAX_STRIPPED_KEY_NAMES:
+                self.item.append(pair)
         names = self.names.setdefault(reason, [])
         if len(names) < MAX_STRIPPED_KEY_NAMES:
             name = _clean(key[:MAX_DIM_KEY_CHARS])
@@ -214,6 +231,10 @@ class Strips:
 
     def result(self) -> dict[str, tuple[int, tuple[str, ...]]]:
         return {reason: (n, tuple(self.names[reason])) for reason, n in self.counts.items()}
+
+
+def _reason_order(pair: tuple[str, str]) -> int:
+    return STRIP_REASONS.index(pair[0])
 
 
 def json_text(value: Any, pii: PiiRule | None, strips: Strips | None = None) -> str:
@@ -370,6 +391,8 @@ class Document:
         self._root = root
         key = root.get("writeKey")
         self.write_key: str | None = _clean(key) if isinstance(key, str) and key else None
+        # After map: the first few stored events that lost keys, (event_id, ((reason, key name), …)).
+        self.stripped_events: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     def _items(self, single_type: str | None) -> list[Any]:
         batch = self._root.get("batch")
@@ -401,6 +424,7 @@ class Document:
         dropped: dict[str, int] = {}
         strips = Strips()
         for item in self._items(single_type):
+            strips.start_item()
             result = _map_item(item, single_type, batch_sent_at, received_at_ms, pii, strips)
             if isinstance(result, str):
                 dropped[result] = dropped.get(result, 0) + 1
@@ -417,6 +441,8 @@ class Document:
                     None if library is None else _clean(library),
                 )
             )  # fmt: skip
+            strips.end_item(rows[-1][1])
+        self.stripped_events = tuple(strips.events)
         return rows, dropped, strips.result()
 
 

@@ -234,7 +234,15 @@ DEBUGGER_JS = r"""'use strict'
       reason.append(el('div', sample.description, { class: 'muted' }))
       tr.append(reason)
       tr.append(el('td', sample.count))
-      tr.append(el('td', sample.keys.join(', ') || '—'))
+      const keys = el('td', sample.keys.join(', ') || '—')
+      // Which stored event lost which keys (names only): its event_id, as the events table shows it.
+      for (const lost of sample.events || []) {
+        const line = el('div', null, { class: 'muted stripped-event' })
+        line.append(el('code', lost.event_id))
+        line.append(document.createTextNode(' lost ' + lost.keys.join(', ')))
+        keys.append(line)
+      }
+      tr.append(keys)
       const where = el('td')
       where.append(el('code', sample.path))
       where.append(el('div', sample.library || '(no User-Agent)', { class: 'muted' }))

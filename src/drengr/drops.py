@@ -47,6 +47,7 @@ DEFAULT_SAMPLES_PER_TENANT = 100
 MAX_PATH_CHARS = 200
 MAX_LIBRARY_CHARS = 80
 MAX_KEY_NAME_CHARS = 64
+MAX_EVENT_ID_CHARS = 128
 FLUSH_SECONDS = 1.0
 MAX_PENDING = 100_000  # unflushed (tenant, day, reason) counters kept while the store refuses them
 MAX_FAILURES = 60  # flushes in a row that fail before the flusher rests until the next drop
@@ -111,10 +112,13 @@ class DropSample:
     path: str
     library: str  # the User-Agent, cut
     keys: tuple[str, ...]  # the names of the keys involved, never their values
+    # For a strip reason: which stored events lost which keys, (event_id, key names), the first few.
+    events: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         sample = asdict(self)
         sample["keys"] = list(self.keys)
+        sample["events"] = [{"event_id": event_id, "keys": list(keys)} for event_id, keys in self.events]
         sample["description"] = describe(self.reason)
         return sample
 
@@ -161,6 +165,13 @@ class DropLog:
         for reason, (count, keys) in (getattr(response, "stripped", None) or {}).items():
             reasons[reason] = reasons.get(reason, 0) + count
             names[reason] = tuple(_clean(key, MAX_KEY_NAME_CHARS) for key in keys)
+        events: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for event_id, pairs in getattr(response, "stripped_events", None) or ():
+            by_reason: dict[str, list[str]] = {}
+            for reason, key in pairs:
+                by_reason.setdefault(reason, []).append(_clean(key, MAX_KEY_NAME_CHARS))
+            for reason, keys in by_reason.items():
+                events.setdefault(reason, []).append((_clean(event_id, MAX_EVENT_ID_CHARS), tuple(keys)))
         outcome = getattr(response, "outcome", None)
         if outcome is not None:
             if outcome.over_cap:
@@ -191,7 +202,9 @@ class DropLog:
                 else:  # counted in the sink: pending here until the next flush
                     self._pending[(tenant_id, now_ms // MS_PER_DAY, reason)] += count
                 keys = names.get(reason) or REASONS.get(reason, ("", ()))[1]
-                tenant.samples.append(DropSample(at, reason, count, path, library, keys))
+                tenant.samples.append(
+                    DropSample(at, reason, count, path, library, keys, tuple(events.get(reason, ())))
+                )
             if self._sink is not None and self._flusher is None and not self._closed:
                 self._flusher = threading.Thread(target=self._flush_loop, name="drengr-drops", daemon=True)
                 self._flusher.start()

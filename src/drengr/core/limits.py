@@ -15,6 +15,7 @@ MAX_DIM_KEY_CHARS = 64
 MAX_DIM_VALUE_CHARS = 256
 MAX_LIBRARY_CHARS = 64  # context.library "name version", an extra column (not one of the ten fixed ones)
 MAX_STRIPPED_KEY_NAMES = 5  # names kept per strip reason and request, for the drop samples
+MAX_STRIPPED_EVENTS = 5  # events named per request that lost keys (each with up to 5 names), for the debugger
 
 PRIORITY_MEASURES = ("revenue", "total", "price", "quantity")
 ECOMMERCE_NUMERIC_KEYS = ("revenue", "total", "price", "quantity", "tax", "shipping", "discount")

@@ -83,6 +83,8 @@ class Response:
     dropped: dict[str, int] = field(default_factory=dict)  # items, by reason
     # keys left out of stored rows: reason -> (count, the first few key names)
     stripped: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+    # the first few stored events that lost keys: (event_id, ((reason, key name), ...)), names only
+    stripped_events: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     outcome: StoreOutcome | None = None
 
 
@@ -183,6 +185,7 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
     response.items = items
     response.dropped = dropped
     response.stripped = stripped
+    response.stripped_events = document.stripped_events
     response.outcome = outcome
     return response
 
