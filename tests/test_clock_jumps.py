@@ -50,11 +50,18 @@ def write(store: Any, ids: list[str]) -> int:
     return int(outcome.stored)
 
 
+_BASE_OFFSET = clock.offset()  # DRENGR_CLOCK_OFFSET, when the suite runs far from today (test_any_date)
+
+
+def jump(days: float) -> None:
+    """The clock ``days`` from where it started (the offset the process was given, if any)."""
+    clock.set_offset(_BASE_OFFSET + days * DAY_SECONDS)
+
+
 @pytest.fixture(autouse=True)
 def clock_restored() -> Iterator[None]:
-    before = clock.offset()
     yield
-    clock.set_offset(before)
+    clock.set_offset(_BASE_OFFSET)
 
 
 # The jumps: days ahead, then back to right (0), then behind; each one a step from the previous.
@@ -78,7 +85,7 @@ def test_sqlite_resends_are_never_stored_twice_whatever_the_clock_does(
         assert write(store, IDS[:100]) == 100
         sent = list(IDS[:100])
         for step, days in enumerate(journey):
-            clock.set_offset(days * DAY_SECONDS)
+            jump(days)
             assert write(store, sent) == 0, f"resends stored again after the jump to {days:+d} days"
             fresh = IDS[100 + 20 * step : 120 + 20 * step]
             assert write(store, fresh) == 20
@@ -87,7 +94,7 @@ def test_sqlite_resends_are_never_stored_twice_whatever_the_clock_does(
         store.close()
     # A restart with the clock still wrong, either way, loads the window back.
     for days in (journey[0], 0, -journey[0]):
-        clock.set_offset(days * DAY_SECONDS)
+        jump(days)
         again = SQLiteStore(db, writer=writer)
         try:
             assert write(again, sent) == 0, f"resends stored again after a restart at {days:+d} days"
@@ -101,10 +108,10 @@ def test_sqlite_forgets_only_when_time_has_passed_too(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "drengr.db"), elapsed=lambda: elapsed[0])
     try:
         assert write(store, IDS[:10]) == 10
-        clock.set_offset(21 * DAY_SECONDS)
+        jump(21)
         assert write(store, IDS[10:11]) == 1
         assert write(store, IDS[:10]) == 0  # a jump: the old generations are still there
-        clock.set_offset(42 * DAY_SECONDS)  # three more weeks, and this time they pass
+        jump(42)  # three more weeks, and this time they pass
         elapsed[0] += 21 * DAY_SECONDS
         assert write(store, IDS[11:12]) == 1
         assert [len(index) for index in store._window] == [1]  # noqa: SLF001 - the old generations went
@@ -173,7 +180,7 @@ def test_a_server_whose_clock_jumps_stores_no_resend_twice(tmp_path: Path, write
             with Senders(post, f"jump-{writer}") as senders:
                 for days in JUMPS_DAYS:
                     senders.wait_for_answers(20)
-                    clock.set_offset(days * DAY_SECONDS)
+                    jump(days)
                     with senders.ledger.lock:
                         acked = set(senders.ledger.acked)
                     resend_everything(post, acked)
