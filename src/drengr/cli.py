@@ -1,4 +1,4 @@
-"""`drengr`: serve, keys, tenants, db, tail, stats. Options are drengr.settings' (each reads DRENGR_<NAME>).
+"""`drengr`: serve, keys, tenants, db, tail, stats, export, datasette. Options are drengr.settings' (each reads DRENGR_<NAME>).
 
 A user mistake gets one sentence that says what to do, and exit status 2;
 never a traceback. A command checks every value before it creates anything,
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import cli_read, settings
+from . import cli_export, cli_read, settings
 from .cli_common import UsageError, add_version, check_can_create, check_exists
 from .cli_common import redact_url as _redact_url
 from .core.limits import WAITRESS_MAX_BODY_BYTES
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on top of the server's --pii-allow (replaces the tenant's list; \"\" clears it)",
     )
     cli_read.add_commands(commands)
+    cli_export.add_commands(commands)
     return parser
 
 
@@ -144,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse(argv)
         if args.command in cli_read.COMMANDS:
             return cli_read.run(args)
+        if args.command in cli_export.COMMANDS:
+            return cli_export.run(args)
         if args.command == "serve":
             return serve(args)
         if args.command == "keys":

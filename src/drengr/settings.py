@@ -36,9 +36,11 @@ DB_INIT = "db init"
 DB_IMPORT = "db import-sqlite"
 TAIL = "tail"
 STATS = "stats"
+EXPORT = "export"
+DATASETTE = "datasette"
 KEYS = (KEYS_CREATE, KEYS_LIST, KEYS_REVOKE)
-READERS = (TAIL, STATS)
-COMMANDS = (SERVE, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, *READERS)
+READERS = (TAIL, STATS, EXPORT)
+COMMANDS = (SERVE, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, *READERS, DATASETTE)
 EVERY = (*COMMANDS, WSGI)
 
 
@@ -206,8 +208,8 @@ SETTINGS: tuple[Setting, ...] = (
         default="drengr.db",
         help="The SQLite database file. Commands that may create it (serve, keys create, db init, "
         "tenants set --create) need its folder to exist and be writable; the others need the file. "
-        "tail and stats also take a postgresql:// URL here.",
-        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, *READERS),
+        "tail, stats and export also take a postgresql:// URL here.",
+        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, *READERS, DATASETTE),
         example="/var/lib/drengr/drengr.db",
         parse=file_path,
         metavar="PATH",
@@ -359,8 +361,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="tenant",
         default="",
-        help="The tenant: keys create makes the key for it (and the tenant, if new); tail and stats show "
-        "only its events (empty: every tenant).",
+        help="The tenant: keys create makes the key for it (and the tenant, if new); tail, stats and export "
+        "show only its events (empty: every tenant).",
         commands=(KEYS_CREATE, *READERS),
         example="acme",
         parse=optional_text,

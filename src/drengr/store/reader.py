@@ -19,7 +19,7 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +41,11 @@ EVENT_SELECT = (
     "seq, tenant_id, event_id, event_name, event_type, external_id, install_id, "
     "occurred_at, received_at, dims, measures, library"
 )
+# What `drengr export` writes, in this order: the columns of semantic_events, seq first.
+EXPORT_COLUMNS = (
+    "seq", "tenant_id", "event_id", "event_name", "event_type", "external_id", "install_id",
+    "occurred_at", "received_at", "dims", "measures", "library",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,8 @@ class Reader(Protocol):
     def events(self, query: EventQuery) -> EventPage: ...
 
     def stats(self, query: StatsQuery) -> Stats: ...
+
+    def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]: ...
 
     def close(self) -> None: ...
 
@@ -150,6 +157,11 @@ def _row_to_event(row: tuple[Any, ...]) -> dict[str, Any]:
         "measures": json.loads(measures) if isinstance(measures, str) else measures,
         "library": library,  # context.library "name version", the SDK that sent it
     }
+
+
+def _export_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row as export writes it: seq an int, dims and measures JSON text (as SQLite keeps them)."""
+    return (int(row[0]), *row[1:])
 
 
 def _number(value: Any) -> float | int:
@@ -360,6 +372,36 @@ class _QueryReader:
         rows, series = self._snapshot(work, "stats")
         return _stats(rows, series, query)
 
+    def _export_bounds(self, query: EventQuery) -> tuple[int, int]:
+        """(floor, top): an export walks the rows with floor < seq <= top, top fixed when it starts."""
+
+        def work(execute: Callable[..., Any]) -> tuple[int, int]:
+            top = self._top(execute, query.tenant_id)
+            floor = 0
+            if query.since is not None and query.time_field == "received_at":
+                floor = max(0, self._seq_floor(execute, query.since, query.tenant_id) - 1)
+            return floor, top
+
+        bounds: tuple[int, int] = self._snapshot(work, "export")
+        return bounds
+
+    def _export_sql(self, query: EventQuery, floor: int, top: int) -> _SQLBuilder:
+        sql = _SQLBuilder(self.mark)
+        sql.add("seq > ?", floor)
+        sql.add("seq <= ?", top)
+        _filters(sql, query)
+        return sql
+
+    def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]:
+        """Every row ``query`` matches (its cursor, order and limit aside), oldest first, in chunks.
+
+        Yields ``(rows, done)``: at most ``chunk_rows`` tuples in ``EXPORT_COLUMNS``
+        order, dims and measures as JSON text, and the fraction of the seq range
+        walked so far (for a progress bar). Rows that arrive meanwhile are not
+        included: the export is of the table as it was when it started.
+        """
+        raise NotImplementedError
+
 
 class SQLiteReader(_QueryReader):
     """Read-only queries on a SQLite store's file (WAL: reads never wait for the writer)."""
@@ -388,6 +430,28 @@ class SQLiteReader(_QueryReader):
 
     def _measure_param(self, name: str) -> str:
         return '$."' + name + '"'
+
+    def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]:
+        # One short read transaction per chunk, keyed on seq (the rowid): a long export never holds
+        # a snapshot that would stop the writer's checkpoints from emptying the WAL.
+        floor, top = self._export_bounds(query)
+        after = floor
+        while after < top:
+
+            def work(execute: Callable[..., Any], after: int = after) -> list[tuple[Any, ...]]:
+                sql = self._export_sql(query, after, top)
+                rows: list[tuple[Any, ...]] = execute(
+                    f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} ORDER BY seq LIMIT ?",
+                    [*sql.params, chunk_rows],
+                ).fetchall()
+                return rows
+
+            rows = self._snapshot(work, "export")
+            if len(rows) < chunk_rows:
+                yield [_export_row(row) for row in rows], 1.0
+                return
+            after = int(rows[-1][0])
+            yield [_export_row(row) for row in rows], (after - floor) / max(1, top - floor)
 
     def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
         try:
@@ -427,6 +491,34 @@ class PostgresReader(_QueryReader):
 
     def _measure_param(self, name: str) -> str:
         return name
+
+    def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]:
+        # One server-side cursor in one snapshot: PostgreSQL streams it, chunk by chunk (MVCC: the
+        # writers are not held up; only vacuum waits for the export to end).
+        import psycopg
+
+        floor, top = self._export_bounds(query)
+        sql = self._export_sql(query, floor, top)
+        select = EVENT_SELECT.replace("dims, measures", "dims::text, measures::text")
+        conn = self._conn()
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                with conn.cursor(name="drengr_export") as cursor:
+                    cursor.itersize = chunk_rows
+                    cursor.execute(
+                        f"SELECT {select} FROM semantic_events{sql.where()} ORDER BY seq", sql.params
+                    )
+                    while True:
+                        rows = cursor.fetchmany(chunk_rows)
+                        if not rows:
+                            return
+                        done = (int(rows[-1][0]) - floor) / max(1, top - floor)
+                        yield [_export_row(row) for row in rows], done
+        except psycopg.Error as error:
+            if conn.broken or conn.closed:
+                self._local.conn = None
+            raise StoreError(f"cannot read export: {error}") from error
 
     def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
         import psycopg

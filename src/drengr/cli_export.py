@@ -1,0 +1,381 @@
+"""`drengr export` and `drengr datasette`: ``semantic_events`` out to files and tools for analysis.
+
+``export`` streams the rows a tenant and a time range select to Parquet
+(through pyarrow, the ``export`` extra), CSV or NDJSON, a chunk at a time:
+memory holds one chunk, whatever the table's size. It writes to a hidden
+temporary name beside the output and renames it at the end, so a failed or
+interrupted export leaves no partial file. A progress line goes to stderr
+when stderr is a terminal, nothing otherwise.
+
+``dims`` and ``measures`` stay JSON text, one column each (docs/reading.md
+"Export for analysis" says why): DuckDB, pandas and SQLite read them with
+their JSON functions.
+
+``datasette`` runs Datasette on the SQLite file with the metadata shipped in
+this package (``datasette.json``: titles, descriptions, facets, the analyst
+queries, ``api_keys`` hidden), or prints that metadata for ``datasette
+--metadata``.
+
+Reads through ``drengr.store.reader`` (read-only), so both run beside a
+serving process. A user mistake prints one sentence and returns 2.
+"""
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from . import clock, settings
+from .cli_common import UsageError, add_version, redact_url
+from .settings import SettingError
+from .store import is_postgres_url
+from .store.base import StoreError
+from .store.reader import EXPORT_COLUMNS, EventQuery, Reader, parse_time, reader_for_location
+
+COMMANDS = ("export", "datasette")
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+CHUNK_ROWS = 50_000  # one Parquet row group; ~40 MB of Python objects at the largest rows the contract allows
+TIME_COLUMNS = ("occurred_at", "received_at")
+JSON_COLUMNS = ("dims", "measures")
+METADATA = "datasette.json"
+
+
+def _chunk_rows(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 1000000")
+    return value
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add `export` and `datasette` to `drengr`'s subcommands."""
+    help = "write events to Parquet, CSV or NDJSON for analysis, by tenant and time"
+    export = subparsers.add_parser("export", help=help, description=help + ".")
+    add_version(export)
+    settings.add_options(export, settings.EXPORT)  # --db, --store, --tenant
+    export.add_argument("output", metavar="FILE", help="the file to write: .parquet, .csv or .ndjson")
+    export.add_argument(
+        "--format", choices=sorted(set(FORMATS.values())), help="the file's format (default: from its name)"
+    )
+    export.add_argument("--since", help="ISO-8601 time, date, or a duration ago: 90s, 15m, 2h, 7d")
+    export.add_argument("--until", help="exclusive end, same forms as --since (default: now)")
+    export.add_argument(
+        "--occurred", action="store_true", help="compare times with occurred_at, not received_at"
+    )
+    export.add_argument("--event-name", help="only this (stored, normalised) event name")
+    export.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    export.add_argument("--quiet", action="store_true", help="no progress line, even on a terminal")
+    export.add_argument(
+        "--chunk-rows",
+        type=_chunk_rows,
+        default=CHUNK_ROWS,
+        help=f"rows read and written at a time ({CHUNK_ROWS:,})",
+    )
+
+    help = "browse the SQLite database in Datasette with drengr's metadata (titles, facets, queries)"
+    datasette = subparsers.add_parser("datasette", help=help, description=help + ".")
+    add_version(datasette)
+    settings.add_options(datasette, settings.DATASETTE)  # --db
+    datasette.add_argument(
+        "--print-metadata",
+        action="store_true",
+        help="print the metadata JSON for datasette --metadata and stop",
+    )
+    datasette.add_argument(
+        "datasette_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- ...",
+        help="what follows -- goes to `datasette serve` (-- --port 8001 --host 0.0.0.0)",
+    )
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run `export` or `datasette`; 0 on success, 2 (and one sentence on stderr) for a user mistake."""
+    out = out or sys.stdout
+    try:
+        if not getattr(args, "settings_resolved", False):
+            settings.resolve(args)
+        if args.command == "export":
+            return export(args, out)
+        return datasette(args, out)
+    except (UsageError, SettingError) as error:
+        print(f"drengr: {error}", file=sys.stderr)
+        return 2
+    except StoreError as error:
+        where = redact_url(getattr(args, "store", None) or args.db)
+        print(f"drengr: Cannot read {where} ({error}): check the --db path.", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_format(output: str, given: str | None) -> str:
+    if given:
+        return given
+    found = FORMATS.get(Path(output).suffix.lower())
+    if found is None:
+        raise UsageError(
+            f"Cannot tell the format of {output!r} from its name: end it in .parquet, .csv or .ndjson, "
+            "or pass --format."
+        )
+    return found
+
+
+def export_query(args: argparse.Namespace, now_ms: int) -> EventQuery:
+    times: dict[str, str | None] = {}
+    for name in ("since", "until"):
+        raw = getattr(args, name)
+        if raw is None:
+            times[name] = None
+            continue
+        times[name] = parse_time(raw, now_ms)
+        if times[name] is None:
+            raise UsageError(f"--{name} {raw!r} is not a time: give 2026-11-26T02:50:53Z, 2026-11-26 or 15m.")
+    return EventQuery(
+        tenant_id=args.tenant,
+        since=times["since"],
+        until=times["until"],
+        time_field="occurred_at" if args.occurred else "received_at",
+        event_name=args.event_name,
+        order="asc",
+    )
+
+
+class _Writer(Protocol):
+    def write(self, rows: list[tuple[Any, ...]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class CSVWriter:
+    """A header, then the rows as stored: times as their text, dims and measures as JSON text."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(EXPORT_COLUMNS)
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        self._csv.writerows(rows)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class NDJSONWriter:
+    """One JSON object a line, the columns in order; dims and measures are objects, not strings."""
+
+    _SPLIT = EXPORT_COLUMNS.index("dims")
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._keys = [json.dumps(name) + ":" for name in EXPORT_COLUMNS]
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        lines = []
+        for row in rows:
+            # dims and measures are already JSON text (SQLite's own, or PostgreSQL's jsonb as text):
+            # written as they are, not parsed and dumped again.
+            parts = [
+                key + (value if column in JSON_COLUMNS else json.dumps(value, ensure_ascii=False))
+                for key, column, value in zip(self._keys, EXPORT_COLUMNS, row, strict=True)
+            ]
+            lines.append("{" + ",".join(parts) + "}\n")
+        self._file.write("".join(lines))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ParquetWriter:
+    """A row group per chunk, zstd; times as UTC timestamps (ms), the rest as stored."""
+
+    def __init__(self, path: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa = pa
+        time_type = pa.timestamp("ms", tz="UTC")
+        self.schema = pa.schema(
+            [
+                pa.field(name, pa.int64() if name == "seq" else time_type if name in TIME_COLUMNS else pa.string(),
+                         nullable=name in ("external_id", "library"))
+                for name in EXPORT_COLUMNS
+            ]
+        )  # fmt: skip
+        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        pa = self._pa
+        columns = []
+        for index, field in enumerate(self.schema):
+            values = [row[index] for row in rows]
+            if field.name in TIME_COLUMNS:
+                # Stored times are one ISO-8601 form (`2026-11-26T02:50:53.123Z`): Arrow parses it.
+                columns.append(pa.array(values, pa.string()).cast(field.type))
+            else:
+                columns.append(pa.array(values, field.type))
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+WRITERS: dict[str, type[CSVWriter] | type[NDJSONWriter] | type[ParquetWriter]] = {
+    "csv": CSVWriter,
+    "ndjson": NDJSONWriter,
+    "parquet": ParquetWriter,
+}
+
+
+class Progress:
+    """`  12,345 rows  48%` rewritten in place on a terminal; silent anywhere else."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.shown = False
+
+    def update(self, rows: int, done: float) -> None:
+        if self.enabled:
+            self.stream.write(f"\r  export: {rows:,} rows  {min(done, 1.0):4.0%}")
+            self.stream.flush()
+            self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def export(args: argparse.Namespace, out: TextIO) -> int:
+    kind = export_format(args.output, args.format)
+    if kind == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "Parquet export needs pyarrow: pip install 'drengr-ingest[export]', or pass --format csv "
+                "or --format ndjson."
+            ) from None
+    target = Path(args.output)
+    if target.is_dir():
+        raise UsageError(f"{args.output} is a folder: give a file name, e.g. {target / 'events.parquet'}.")
+    if not target.parent.is_dir():
+        raise UsageError(f"No folder {target.parent}: create it first, or write elsewhere.")
+    if target.exists() and not args.force:
+        raise UsageError(f"{args.output} exists: pass --force to replace it.")
+    query = export_query(args, clock.now_ms())
+    location = args.store or args.db
+    if not is_postgres_url(location) and not os.path.isfile(location):
+        raise UsageError(f"No database at {location}: pass the file `drengr serve` writes with --db.")
+    reader = reader_for_location(location)
+    progress = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
+    try:
+        with _replaced_at_the_end(target) as temporary:
+            written = write_export(reader, query, WRITERS[kind](temporary), args.chunk_rows, progress)
+    finally:
+        progress.finish()
+        reader.close()
+    out.write(f"{written:,} events written to {args.output} ({kind})\n")
+    return 0
+
+
+def write_export(
+    reader: Reader, query: EventQuery, writer: _Writer, chunk_rows: int, progress: Progress | None = None
+) -> int:
+    """Every row of ``query`` through ``writer`` (closed at the end, or on failure); the count."""
+    written = 0
+    try:
+        for rows, done in reader.export(query, chunk_rows):
+            writer.write(rows)
+            written += len(rows)
+            if progress is not None:
+                progress.update(written, done)
+    finally:
+        writer.close()
+    return written
+
+
+@contextlib.contextmanager
+def _replaced_at_the_end(target: Path) -> Iterator[str]:
+    """A temporary path beside ``target``, renamed to it on success and removed on any failure."""
+    temporary = str(target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    # Created as open() would create it (the umask decides), not mkstemp's owner-only mode.
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+# ---------------------------------------------------------------- datasette
+
+
+def datasette_metadata(database: str) -> dict[str, Any]:
+    """The shipped metadata with its database named as Datasette names ``database`` (the file's stem)."""
+    shipped = json.loads(resources.files("drengr").joinpath(METADATA).read_text(encoding="utf-8"))
+    shipped["databases"] = {Path(database).stem: shipped["databases"]["drengr"]}
+    return shipped
+
+
+def datasette(args: argparse.Namespace, out: TextIO) -> int:
+    if not os.path.isfile(args.db):
+        raise UsageError(f"No database at {args.db}: pass the file `drengr serve` writes with --db.")
+    passed = list(args.datasette_args)
+    if passed and passed[0] == "--":
+        passed = passed[1:]
+    elif passed:
+        raise UsageError(f"Put -- before what goes to datasette: drengr datasette -- {' '.join(passed)}")
+    metadata = datasette_metadata(args.db)
+    if args.print_metadata:
+        out.write(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    try:
+        import datasette as _  # noqa: F401
+    except ImportError:
+        raise UsageError("drengr datasette needs Datasette: pip install datasette.") from None
+    with tempfile.TemporaryDirectory(prefix="drengr-datasette-") as folder:
+        path = Path(folder) / "metadata.json"
+        path.write_text(json.dumps(metadata), encoding="utf-8")
+        command = [sys.executable, "-m", "datasette", "serve", args.db, "--metadata", str(path),
+                   *DATASETTE_SETTINGS, *passed]  # fmt: skip
+        try:
+            return subprocess.call(command)
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C reached datasette too (same process group): it stops on its own
+
+
+# Facets on event_name and event_type count a group over the filtered rows: give them time at
+# 10M rows (Datasette's default is 200 ms, after which it drops the facet).
+DATASETTE_SETTINGS = ("--setting", "facet_time_limit_ms", "5000", "--setting", "sql_time_limit_ms", "10000")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m drengr.cli_export export|datasette …`: the two commands on their own."""
+    parser = argparse.ArgumentParser(prog="drengr", description="Export semantic_events.")
+    add_version(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    add_commands(commands)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""`drengr export` and `drengr datasette` (drengr.cli_export), run as real processes on real databases.
+
+Every file an export writes is read back by DuckDB and pandas (and CSV by the
+csv module): the rows, their types and their JSON must come back as stored.
+Datasette runs for real on the shipped metadata.
+"""
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drengr import cli_export
+from drengr.store import SQLiteStore, open_store
+from drengr.store.reader import EXPORT_COLUMNS, EventQuery, SQLiteReader
+
+from .realserver import free_port
+
+duckdb = pytest.importorskip("duckdb", reason="pip install '.[test]' (duckdb reads the exports back)")
+pd = pytest.importorskip("pandas", reason="pip install '.[test]' (pandas reads the exports back)")
+pytest.importorskip("pyarrow", reason="pip install '.[test]' (pyarrow writes Parquet)")
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+HANG_GUARD_SECONDS = 60  # a generous hang guard, not a speed limit
+RECEIVED_MS = (
+    1_795_660_000_000  # what the store is told the batch was received at (rows carry their own times)
+)
+
+
+def row(i: int) -> tuple[Any, ...]:
+    """Event i: tenant acme (globex every third), one minute apart, a dim with a comma and quotes."""
+    return (
+        "globex" if i % 3 == 0 else "acme",
+        f"e{i}",
+        "order_completed" if i % 2 else "signed_up",
+        "track",
+        None if i % 5 == 0 else f"u{i % 7}",
+        f"a{i}",
+        f"2026-11-26T00:{i % 60:02d}:00.000Z",
+        f"2026-11-26T01:{i % 60:02d}:30.250Z",
+        json.dumps({"plan": 'pro, "annual"', "n": str(i)}, separators=(",", ":")),
+        json.dumps({"revenue": i + 0.5}, separators=(",", ":")),
+        None if i % 4 == 0 else "analytics-python 2.4.0",
+    )
+
+
+ROWS = [row(i) for i in range(1, 60)]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "drengr.db"
+    store = SQLiteStore(str(path))
+    assert store.write("acme", ROWS, RECEIVED_MS).stored == len(ROWS)
+    store.close()
+    return path
+
+
+def drengr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {k: v for k, v in env.items() if not k.startswith("DRENGR_") or k == "DRENGR_CLOCK_OFFSET"}
+    return subprocess.run(
+        [sys.executable, "-m", "drengr", *args], capture_output=True, text=True, env=env, cwd=cwd,
+        timeout=HANG_GUARD_SECONDS,
+    )  # fmt: skip
+
+
+def expected(selected: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The rows as an export should give them back: seq is the position in ROWS (the store's order)."""
+    out = []
+    for tuple_ in selected:
+        seq = ROWS.index(tuple_) + 1
+        item = dict(zip(EXPORT_COLUMNS, (seq, *tuple_), strict=True))
+        item["dims"], item["measures"] = json.loads(item["dims"]), json.loads(item["measures"])
+        out.append(item)
+    return out
+
+
+def read_back(path: Path, kind: str) -> list[dict[str, Any]]:
+    """The file as DuckDB reads it: times as stored text, dims and measures parsed from its JSON."""
+    source = {"parquet": "read_parquet", "csv": "read_csv", "ndjson": "read_json"}[kind]
+    options = {"parquet": "", "csv": ", all_varchar=true", "ndjson": ", format='newline_delimited'"}[kind]
+    relation = duckdb.sql(f"select * from {source}('{path}'{options}) order by cast(seq as bigint)")
+    result = []
+    for values in relation.fetchall():
+        item = dict(zip(relation.columns, values, strict=True))
+        for name in ("occurred_at", "received_at"):
+            if not isinstance(item[name], str):  # Parquet: a UTC timestamp
+                item[name] = (
+                    item[name].strftime("%Y-%m-%dT%H:%M:%S.") + f"{item[name].microsecond // 1000:03d}Z"
+                )
+        for name in ("dims", "measures"):
+            text = item[name] if isinstance(item[name], str) else json.dumps(item[name])
+            item[name] = json.loads(text)
+        item["seq"] = int(item["seq"])
+        for name in ("external_id", "library"):
+            if item[name] == "":  # CSV has no NULL: an empty field
+                item[name] = None
+        result.append(item)
+    return result
+
+
+FORMATS = [
+    pytest.param("events.parquet", "parquet", id="parquet"),
+    pytest.param("events.csv", "csv", id="csv"),
+    pytest.param("events.ndjson", "ndjson", id="ndjson"),
+    pytest.param("events.jsonl", "ndjson", id="jsonl-is-ndjson"),
+]
+
+FILTERS = [
+    pytest.param([], ROWS, id="everything"),
+    pytest.param(["--tenant", "acme"], [r for r in ROWS if r[0] == "acme"], id="one-tenant"),
+    pytest.param(
+        ["--since", "2026-11-26T01:10:00Z", "--until", "2026-11-26T01:20:00Z"],
+        [r for r in ROWS if "2026-11-26T01:10" <= r[7] < "2026-11-26T01:20"],
+        id="received-window",
+    ),
+    pytest.param(
+        ["--occurred", "--since", "2026-11-26T00:50:00Z", "--tenant", "globex"],
+        [r for r in ROWS if r[6] >= "2026-11-26T00:50" and r[0] == "globex"],
+        id="occurred-since-and-tenant",
+    ),
+    pytest.param(["--event-name", "signed_up"], [r for r in ROWS if r[2] == "signed_up"], id="event-name"),
+]
+
+
+@pytest.mark.parametrize(("name", "kind"), FORMATS)
+@pytest.mark.parametrize(("options", "selected"), FILTERS)
+def test_export_reads_back_as_stored(
+    db: Path, tmp_path: Path, name: str, kind: str, options: list[str], selected: list[tuple[Any, ...]]
+) -> None:
+    output = tmp_path / name
+    # 7 rows a chunk: every export here spans several chunks (and Parquet row groups).
+    done = drengr("export", "--db", str(db), str(output), "--chunk-rows", "7", *options)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{len(selected)} events written to {output} ({kind})\n"
+    assert done.stderr == ""  # not a terminal: no progress line
+    assert read_back(output, kind) == expected(selected)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_pandas_reads_each_format_with_its_types(db: Path, tmp_path: Path) -> None:
+    for name in ("e.parquet", "e.csv", "e.ndjson"):
+        assert drengr("export", "--db", str(db), str(tmp_path / name)).returncode == 0
+    parquet = pd.read_parquet(tmp_path / "e.parquet")
+    assert list(parquet.columns) == list(EXPORT_COLUMNS)
+    assert str(parquet["received_at"].dtype) == "datetime64[ms, UTC]"
+    assert str(parquet["seq"].dtype) == "int64"
+    assert parquet["received_at"].iloc[0] == pd.Timestamp("2026-11-26T01:01:30.250Z")
+    frame = pd.read_csv(tmp_path / "e.csv")
+    assert frame["measures"].map(lambda text: json.loads(text)["revenue"]).sum() == sum(
+        i + 0.5 for i in range(1, 60)
+    )
+    lines = pd.read_json(tmp_path / "e.ndjson", lines=True)
+    assert lines["dims"].iloc[0] == {"plan": 'pro, "annual"', "n": "1"}  # an object, not a string
+    assert len(parquet) == len(frame) == len(lines) == len(ROWS)
+
+
+def test_parquet_has_a_row_group_per_chunk(db: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    output = tmp_path / "e.parquet"
+    assert drengr("export", "--db", str(db), str(output), "--chunk-rows", "10").returncode == 0
+    assert [pq.ParquetFile(output).metadata.row_group(i).num_rows for i in range(6)] == [10] * 5 + [9]
+
+
+def test_an_interrupted_export_leaves_no_file(db: Path, tmp_path: Path) -> None:
+    """Ctrl-C after the first chunk: neither the file nor its temporary name remains."""
+
+    class CtrlCAfterFirstChunk(cli_export.Progress):
+        def update(self, rows: int, done: float) -> None:
+            raise KeyboardInterrupt
+
+    reader = SQLiteReader(str(db))
+    output = tmp_path / "e.csv"
+    with pytest.raises(KeyboardInterrupt), cli_export._replaced_at_the_end(output) as temporary:
+        cli_export.write_export(
+            reader, EventQuery(None, order="asc"), cli_export.CSVWriter(temporary), 5,
+            CtrlCAfterFirstChunk(sys.stderr, True),
+        )  # fmt: skip
+    reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drengr.db", "drengr.db-shm", "drengr.db-wal",
+                                                          "drengr.db-writer.lock"]  # fmt: skip
+
+
+def test_a_failed_export_keeps_the_old_file(tmp_path: Path) -> None:
+    """A file that is not drengr's database fails the export; what --force would replace stays as it was."""
+    other = tmp_path / "other.db"
+    import sqlite3
+
+    sqlite3.connect(other).execute("create table t (x)").connection.commit()
+    output = tmp_path / "e.parquet"
+    output.write_text("yesterday's export")
+    failed = drengr("export", "--db", str(other), str(output), "--force")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert "semantic_events" in failed.stderr
+    assert output.read_text() == "yesterday's export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet", "other.db"]
+
+
+MISTAKES = [
+    pytest.param(["events.xlsx"], "end it in .parquet, .csv or .ndjson", id="unknown-suffix"),
+    pytest.param(["exists.csv"], "exists: pass --force", id="exists"),
+    pytest.param(["nowhere/e.csv"], "No folder nowhere", id="no-folder"),
+    pytest.param(["e.csv", "--since", "yesterday"], "--since 'yesterday' is not a time", id="bad-time"),
+    pytest.param(["e.csv", "--db", "typo.db"], "No database at typo.db", id="no-database"),
+    pytest.param(["e.csv", "--chunk-rows", "0"], "must be from 1 to 1000000", id="chunk-rows"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), MISTAKES)
+def test_mistakes_are_one_sentence_and_create_nothing(db: Path, args: list[str], says: str) -> None:
+    (db.parent / "exists.csv").write_text("keep")
+    before = sorted(p.name for p in db.parent.iterdir())
+    done = drengr("export", "--db", db.name, *args, cwd=db.parent)
+    assert done.returncode == 2, done.stdout
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in db.parent.iterdir()) == before
+    assert (db.parent / "exists.csv").read_text() == "keep"
+
+
+def test_export_from_postgresql(tmp_path: Path) -> None:
+    from . import test_postgres_store as pg
+
+    with pg.fresh_schema() as dsn:
+        schema = pg.query(dsn, "SELECT current_schema()")[0][0]
+        uri = pg.with_schema(pg.server_dsn(), schema)
+        store = open_store(uri)
+        try:
+            assert store.write("acme", ROWS, RECEIVED_MS).stored == len(ROWS)
+        finally:
+            store.close()
+        first_seq = pg.query(dsn, "SELECT min(seq) FROM semantic_events")[0][0]
+        for kind in ("parquet", "csv", "ndjson"):
+            output = tmp_path / f"e.{kind}"
+            done = drengr("export", "--store", uri, str(output), "--tenant", "acme", "--chunk-rows", "4")
+            assert done.returncode == 0, done.stderr
+            got = read_back(output, kind)
+            want = expected([r for r in ROWS if r[0] == "acme"])
+            for item in want:  # PostgreSQL numbers its rows from its own sequence
+                item["seq"] += first_seq - 1
+            assert got == want
+
+
+# ---------------------------------------------------------------- datasette
+
+
+def test_datasette_metadata_names_the_database_and_hides_keys(db: Path) -> None:
+    done = drengr("datasette", "--db", str(db), "--print-metadata")
+    assert done.returncode == 0, done.stderr
+    metadata = json.loads(done.stdout)
+    tables = metadata["databases"]["drengr"]["tables"]  # the file is drengr.db: Datasette names it drengr
+    assert tables["api_keys"] == {"hidden": True}
+    assert tables["semantic_events"]["facets"] == ["event_type", "event_name"]
+    assert set(tables["semantic_events"]["columns"]) == set(EXPORT_COLUMNS)
+    renamed = db.parent / "events-2026.db"
+    db.rename(renamed)
+    again = json.loads(drengr("datasette", "--db", str(renamed), "--print-metadata").stdout)
+    assert list(again["databases"]) == ["events-2026"]
+
+
+def get_json(port: int, path: str) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 200, (path, response.status, body[:300])
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+def test_drengr_datasette_serves_facets_hidden_keys_and_the_analyst_queries(tmp_path: Path) -> None:
+    pytest.importorskip("datasette", reason="pip install '.[test]' (Datasette)")
+    # The canned queries look back 30 days from SQLite's `now` (the system clock, which no test
+    # offsets): these rows are received today by that clock.
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    db = tmp_path / "drengr.db"
+    store = SQLiteStore(str(db))
+    rows = [(*r[:6], today + r[6][10:], today + r[7][10:], *r[8:]) for r in ROWS]
+    assert store.write("acme", rows, RECEIVED_MS).stored == len(ROWS)
+    store.close()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "drengr", "datasette", "--db", str(db), "--", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                listing = get_json(port, "/drengr.json")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (
+                    f"datasette did not answer ({HANG_GUARD_SECONDS} s hang guard)"
+                )
+                time.sleep(0.2)
+        hidden = {t["name"]: t["hidden"] for t in listing["tables"]}
+        assert hidden["api_keys"] is True and hidden["semantic_events"] is False
+        table = get_json(port, "/drengr/semantic_events.json?_size=1")
+        facets = table["facet_results"]
+        counts = {r["value"]: r["count"] for r in facets["event_name"]["results"]}
+        assert counts == {"order_completed": 30, "signed_up": 29}
+        assert [r["count"] for r in facets["event_type"]["results"]] == [59]
+        by_day = get_json(port, "/drengr/revenue_by_day.json?_shape=array")
+        assert by_day == [{"day": today, "revenue": sum(i + 0.5 for i in range(1, 60)), "events": 59}]
+        users = get_json(port, "/drengr/distinct_users.json?_shape=array")
+        assert users == [{"users": 7, "installs": 59}]
+        per_day = get_json(port, "/drengr/events_per_day_by_name.json?_shape=array")
+        assert per_day == [
+            {"day": today, "event_name": "order_completed", "events": 30},
+            {"day": today, "event_name": "signed_up", "events": 29},
+        ]
+    finally:
+        process.terminate()
+        process.wait(timeout=HANG_GUARD_SECONDS)
