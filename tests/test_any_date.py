@@ -26,6 +26,7 @@ DATED_MODULES = [
     "tests/test_read_api.py",
     "tests/test_cli_read.py",
     "tests/test_golden_wire.py",
+    "tests/test_clock_jumps.py",
 ]
 
 
