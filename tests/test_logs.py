@@ -11,6 +11,7 @@ logged by the app.
 
 import json
 import logging
+import re
 import socket
 import time
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from drengr.core.auth import KeyRecord
 from drengr.core.outcome import StoreOutcome
+from drengr.store import SQLiteStore
 from drengr.web import Config, OneLineFormatter, create_app
 
 from .realserver import Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
@@ -28,8 +30,10 @@ pytestmark = pytest.mark.slow
 SECRET_VALUE = "SENTINEL-VALUE-5f9c"
 SECRET_USER = "SENTINEL-USER-0a7e"
 FORGED = '{"method": "POST", "path": "/forged", "status": 200}'
-ACCESS_FIELDS = {"method", "path", "status", "error", "tenant", "items", "stored", "duplicates", "over_cap",
-                 "dropped", "stripped", "bytes", "library", "ms"}  # fmt: skip
+ACCESS_FIELDS = {"time", "level", "logger", "method", "path", "status", "error", "tenant", "items", "stored",
+                 "duplicates", "over_cap", "dropped", "stripped", "bytes", "library", "ms",
+                 "auth_failure"}  # fmt: skip
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def access_lines(server: Server) -> list[dict[str, Any]]:
@@ -79,7 +83,7 @@ def test_one_line_per_request_with_counts_and_never_a_key_or_value(tmp_path):
         ]
     }
     try:
-        before = len(wait_for_lines(server, 1))  # the start-up health checks
+        before = len(access_lines(server))  # the start-up health checks are at debug: none
         sent = [
             server.post("/v1/batch", batch),
             server.post("/v1/track", {"event": "x", "userId": "u"}, key=unknown),
@@ -136,15 +140,19 @@ def test_one_line_per_request_with_counts_and_never_a_key_or_value(tmp_path):
             405,
             200,
         ]
-        logged_requests = len(sent) + 1
+        logged_requests = len(sent) + 1 - 1  # the folded request, not the /health probe (debug)
         lines = wait_for_lines(server, before + logged_requests)
     finally:
         assert server.stop() == 0
 
     text = server.log_text()
-    for line in text.splitlines():
-        assert line.startswith("{") or line.startswith(("Listening on ", "Stopping: ")), repr(line)
-        assert "/forged" not in line or not line.startswith('{"method": "POST", "path": "/forged"')
+    records = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
+    for record in records:
+        assert TIME.fullmatch(record["time"]) and record["level"] in ("info", "warning"), record
+        assert record["logger"].startswith(("drengr", "waitress")) and record.get("path") != "/forged", record
+    messages = [record["message"] for record in records if "message" in record]
+    assert messages[0].startswith("Listening on http://127.0.0.1:") and messages[-1].startswith("Stopping: ")
+    assert not any(record.get("path") == "/health" for record in records)
     assert len(lines) - before == logged_requests  # one line per request, no more
     assert all(set(line) == ACCESS_FIELDS for line in lines)
     for needle in (key, unknown, SECRET_VALUE, SECRET_USER, basic(key)["Authorization"].split()[1]):
@@ -163,6 +171,13 @@ def test_one_line_per_request_with_counts_and_never_a_key_or_value(tmp_path):
     assert first["bytes"] == len(json.dumps(batch).encode()) and first["ms"] >= 0
     statuses = [line["status"] for line in lines[before:]]
     assert statuses[:5] == [200, 401, 200, 400, 200]
+    assert [line["auth_failure"] for line in lines[before : before + 5]] == [
+        None,
+        "unknown_key",
+        None,
+        None,
+        None,
+    ]
     assert [line["error"] for line in lines[before + 1 : before + 4]] == [
         "unauthorized",
         None,
@@ -211,3 +226,79 @@ def test_the_formatter_escapes_every_line_break():
 
         record = logging.LogRecord("drengr", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
     assert len(OneLineFormatter().format(record).splitlines()) == 1
+
+
+# ---------------------------------------------------------------- what a 401 was, and the formats
+
+TRACK = json.dumps({"event": "x", "userId": "u"}).encode()
+
+
+def test_a_401_line_names_the_failure_and_never_the_key(tmp_path):
+    """An operator can tell a misconfigured SDK from a prober; the answer to each is the same 401."""
+    db = tmp_path / "auth.db"
+    key = create_db(db)
+    store = SQLiteStore(str(db))
+    secret, revoked = store.create_key("acme", "secret"), store.create_key("acme")
+    store.revoke_key(revoked)
+    store.close()
+    unknown = "drengr_pk_UNKNOWNUNKNOWNUNKNOWN00000000"
+    server = launch(db, key)
+    cases = [  # (method, path, headers, body, the failure logged)
+        ("POST", "/v1/track", {}, TRACK, "missing"),
+        ("POST", "/v1/track", {"Authorization": f"Bearer {key}"}, TRACK, "malformed"),
+        ("POST", "/v1/track", basic(unknown), TRACK, "unknown_key"),
+        ("POST", "/v1/track", basic(revoked), TRACK, "revoked"),
+        ("POST", "/v1/track", basic(secret), TRACK, "secret_key"),
+        ("POST", "/v1/track", {}, json.dumps({"event": "x", "userId": "u", "writeKey": unknown}).encode(),
+         "unknown_key"),
+        ("GET", "/sourceConfig", basic(revoked), None, "revoked"),
+        ("GET", "/v1/events", {}, None, "missing"),
+        ("GET", "/v1/events", {"Authorization": "Token abc"}, None, "malformed"),
+        ("GET", "/v1/events", {"Authorization": f"Bearer {key}"}, None, "publishable_key"),
+        ("GET", "/v1/events", {"Authorization": f"Bearer {revoked.replace('_pk_', '_sk_')}"}, None, "unknown_key"),
+    ]  # fmt: skip
+    try:
+        before = len(access_lines(server))
+        replies = [server.request(method, path, body, headers) for method, path, headers, body, _ in cases]
+        assert [reply.status for reply in replies] == [401] * len(cases)
+        ingest = [reply.body for reply, case in zip(replies, cases, strict=True) if case[1] != "/v1/events"]
+        assert len(set(ingest)) == 1  # one answer for every kind
+        lines = wait_for_lines(server, before + len(cases))[before:]
+    finally:
+        assert server.stop() == 0
+    assert [(line["path"], line["status"], line["auth_failure"]) for line in lines] == [
+        (path, 401, failure) for _, path, _, _, failure in cases
+    ]
+    text = server.log_text()
+    for needle in (key, secret, revoked, unknown):
+        assert needle not in text, f"{needle[:12]}… is in the log"
+
+
+def test_health_is_logged_at_debug_and_text_format_is_one_plain_line(tmp_path):
+    db = tmp_path / "text.db"
+    key = create_db(db)
+    server = launch(db, key, "--log-format", "text", log_level="debug")
+    try:
+        assert server.post("/v1/track", {"event": "x", "userId": "u"}).status == 200
+        deadline = time.monotonic() + 10  # a hang guard: the line is written when the answer is
+        while '"/v1/track"' not in server.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        assert server.stop() == 0
+    lines = server.log_text().splitlines()
+    shape = re.compile(r"(\S+) (debug|info|warning) +(\S+) (.*)")
+    parsed = [shape.fullmatch(line) for line in lines]
+    assert all(parsed), [line for line, match in zip(lines, parsed, strict=True) if not match]
+    assert all(TIME.fullmatch(match.group(1)) for match in parsed if match)
+    by_logger = [(m.group(2), m.group(3), m.group(4)) for m in parsed if m]
+    assert by_logger[0][:2] == ("info", "drengr.server") and by_logger[0][2].startswith(
+        "Listening on http://"
+    )
+    health = [
+        json.loads(rest)
+        for level, logger, rest in by_logger
+        if logger == "drengr.access" and level == "debug"
+    ]
+    assert health and all(line["path"] == "/health" for line in health)  # launch's probes
+    [track] = [json.loads(rest) for level, _, rest in by_logger if level == "info" and '"/v1/track"' in rest]
+    assert track["status"] == 200 and track["stored"] == 1

@@ -503,7 +503,8 @@ def test_server_processes_share_one_database_file(tmp_path, processes):
     assert "database is locked" not in logs and "write transaction failed" not in logs
     counts = assert_acked_stored_once(db, load.acked, load.attempted)
     assert counts.keys() == load.acked
-    access = [json.loads(line) for line in logs.splitlines() if line.startswith('{"method": "POST"')]
+    records = [json.loads(line) for line in logs.splitlines() if line]  # every line is one JSON object
+    access = [record for record in records if record.get("method") == "POST"]
     assert sum(line["stored"] for line in access) == len(counts)  # rows = acks, process by process
     # Every item of every 200 was either stored or recognised as a repeat, in whichever process.
     assert sum(line["stored"] + line["duplicates"] for line in access) == 20 * load.statuses[200]

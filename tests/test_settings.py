@@ -217,7 +217,9 @@ SERVE_IN_PROCESS = {
     "db", "prefix", "durability", "writer", "busy_timeout_ms", "pii_substrings", "pii_allow",
     "host", "port", "threads", "connection_limit", "channel_timeout", "analytics_js",
 }  # fmt: skip
-SERVE_AS_A_PROCESS = {"writer_cpus", "log_level", "clock_offset", "pii_substrings", "prefix", "port", "db"}
+SERVE_AS_A_PROCESS = {
+    "writer_cpus", "log_level", "log_format", "clock_offset", "pii_substrings", "prefix", "port", "db",
+}  # fmt: skip
 STORE_UNREACHABLE = "postgresql://drengr@127.0.0.1:1/nowhere"  # nothing listens on port 1
 
 
@@ -273,6 +275,7 @@ def test_serve_honours_variables_as_a_process(tmp_path):
         "DRENGR_PREFIX": "/segment-ingest",
         "DRENGR_PII_KEYS": "secretish",
         "DRENGR_LOG_LEVEL": "warning",
+        "DRENGR_LOG_FORMAT": "text",
         "DRENGR_WRITER_CPUS": str(cpu),
         "DRENGR_CLOCK_OFFSET": str(offset_days * DAY_SECONDS),
     })  # fmt: skip
@@ -309,6 +312,7 @@ def test_serve_honours_variables_as_a_process(tmp_path):
     ]  # DRENGR_PII_KEYS replaces the list: email is kept
     assert writer_cpus == [[cpu]]  # one writer process, on the CPU named
     assert "Listening on" in output and '"method": "POST"' not in output  # warning: no access lines
+    assert output.split()[1:3] == ["info", "drengr.server"]  # text: TIME LEVEL LOGGER message, not JSON
     shifted = datetime.strptime(received_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
     assert abs(shifted - (datetime.now(UTC).timestamp() + offset_days * DAY_SECONDS)) < DAY_SECONDS / 2
 

@@ -32,6 +32,7 @@ from .core.auth import SECRET_PREFIX, hash_key, key_from_headers
 from .core.errors import UNAUTHORIZED_BODY, error_body
 from .debugger_page import DEBUGGER_HTML, DEBUGGER_JS
 from .drops import DEFAULT_SAMPLES_PER_TENANT, REASONS, DropLog
+from .logs import Fields
 from .store.base import StoreError
 from .store.reader import (
     BUCKET_PREFIX_CHARS,
@@ -232,7 +233,7 @@ def _text(name: str) -> str | None:
     return value
 
 
-def _log(status: int, tenant_id: str | None, started: float) -> None:
+def _log(status: int, tenant_id: str | None, started: float, auth_failure: str | None = None) -> None:
     """The access line, same shape as ingest's; the path without its query (filters may hold ids)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
@@ -240,9 +241,25 @@ def _log(status: int, tenant_id: str | None, started: float) -> None:
         "method": request.method, "path": request.path[:200], "status": status, "error": None,
         "tenant": tenant_id, "items": 0, "stored": 0, "duplicates": 0, "over_cap": 0, "dropped": {}, "stripped": {},
         "bytes": None, "library": request.headers.get("User-Agent", "")[:80],
-        "ms": round((time.perf_counter() - started) * 1000, 2),
+        "ms": round((time.perf_counter() - started) * 1000, 2), "auth_failure": auth_failure,
     }  # fmt: skip
-    access_log.info(json.dumps(line, ensure_ascii=True))
+    access_log.info(Fields(line))
+
+
+def why_unauthorized(store: Any, authorization: str | None) -> str:
+    """Why ``secret_tenant`` said no, for the log (the answer is the same 401 for every kind)."""
+    if not authorization:
+        return "missing"
+    key = key_from_authorization(authorization)
+    if key is None:
+        return "malformed"
+    try:
+        record = store.lookup_key(hash_key(key))  # remembered for 2 s: the look-up just made
+    except StoreError:
+        return "unknown_key"
+    if record is None:
+        return "unknown_key"
+    return "revoked" if record.revoked else "publishable_key" if record.kind != "secret" else "unknown_key"
 
 
 def _authorized_route(handler: Callable[[str], Response]) -> Callable[[], Response]:
@@ -252,7 +269,9 @@ def _authorized_route(handler: Callable[[str], Response]) -> Callable[[], Respon
         started = time.perf_counter()
         store = current_app.extensions["drengr.read_store"]
         tenant_id = secret_tenant(store, request.headers.get("Authorization"))
+        failure = None
         if tenant_id is None:
+            failure = why_unauthorized(store, request.headers.get("Authorization"))
             response = _unauthorized()
         else:
             try:
@@ -262,7 +281,7 @@ def _authorized_route(handler: Callable[[str], Response]) -> Callable[[], Respon
             except StoreError:
                 body = json.loads(error_body("Store unavailable", "store_unavailable"))
                 response = _json(503, body)
-        _log(response.status_code, tenant_id, started)
+        _log(response.status_code, tenant_id, started, failure)
         return response
 
     route.__name__ = handler.__name__

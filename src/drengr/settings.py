@@ -34,13 +34,14 @@ KEYS_REVOKE = "keys revoke"
 TENANTS_SET = "tenants set"
 DB_INIT = "db init"
 DB_IMPORT = "db import-sqlite"
+DB_BACKFILL = "db backfill-rollups"
 TAIL = "tail"
 STATS = "stats"
 EXPORT = "export"
 DATASETTE = "datasette"
 KEYS = (KEYS_CREATE, KEYS_LIST, KEYS_REVOKE)
 READERS = (TAIL, STATS, EXPORT)
-COMMANDS = (SERVE, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, *READERS, DATASETTE)
+COMMANDS = (SERVE, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, DB_BACKFILL, *READERS, DATASETTE)
 EVERY = (*COMMANDS, WSGI)
 
 
@@ -209,7 +210,7 @@ SETTINGS: tuple[Setting, ...] = (
         help="The SQLite database file. Commands that may create it (serve, keys create, db init, "
         "tenants set --create) need its folder to exist and be writable; the others need the file. "
         "tail, stats and export also take a postgresql:// URL here.",
-        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, *READERS, DATASETTE),
+        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, DB_BACKFILL, *READERS, DATASETTE),
         example="/var/lib/drengr/drengr.db",
         parse=file_path,
         metavar="PATH",
@@ -318,10 +319,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="log_level",
         default="info",
-        help="info logs one line per request; warning and error only problems.",
+        help="info logs one line per request (health probes at debug; start-up and shutdown always); "
+        "warning and error only problems.",
         commands=(SERVE,),
         example="warning",
         choices=("debug", "info", "warning", "error"),
+    ),
+    Setting(
+        name="log_format",
+        default="json",
+        help="json: every line serve prints on stderr is one JSON object with time, level and logger; "
+        "text: one plain line each, for a terminal.",
+        commands=(SERVE,),
+        example="text",
+        choices=("json", "text"),
     ),
     Setting(
         name="pii_substrings",
@@ -478,6 +489,7 @@ class Config:
     connection_limit: int = _default("connection_limit")
     channel_timeout: int = _default("channel_timeout")
     log_level: str = _default("log_level")
+    log_format: str = _default("log_format")
     pii_substrings: tuple[str, ...] = _default("pii_substrings")
     pii_allow: tuple[str, ...] = _default("pii_allow")
     analytics_js: str = _default("analytics_js")

@@ -28,6 +28,8 @@ from .core.routes import is_source_config
 from .core.settings import settings_document
 from .drops import DropLog
 from .health import HealthCheck
+from .logs import Fields
+from .logs import OneLineFormatter as OneLineFormatter  # where tests and older code look for it
 from .settings import Config
 from .store import SQLiteStore, Store, StoreError, open_store
 
@@ -166,7 +168,14 @@ def create_app(
         except Exception as error:  # a bug: logged, never a traceback
             _log_unexpected(req, error)
             result = machine.error_response(IngestFailed(), headers.get("origin"))
-        _log_line(req.method, "/sourceConfig", result.status, result.tenant_id, time.perf_counter() - started)
+        _log_line(
+            req.method,
+            "/sourceConfig",
+            result.status,
+            result.tenant_id,
+            time.perf_counter() - started,
+            result.auth_failure,
+        )
         return Response(result.body, status=result.status, headers=result.headers)
 
     def ingest_fast_path(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -193,7 +202,9 @@ def create_app(
         ok, why_not = health_check.check()
         body = {"status": "ok"} if ok else {"status": "unavailable", "error": why_not}
         status = 200 if ok else 503
-        _log_line("GET", "/health", status, None, time.perf_counter() - started)
+        # Probes come every few seconds: at debug, unless unhealthy (then a warning worth seeing).
+        level = logging.DEBUG if ok else logging.WARNING
+        _log_line("GET", "/health", status, None, time.perf_counter() - started, level=level)
         return Response(json.dumps(body), status=status, mimetype="application/json")
 
     @app.get("/v1/pixel/<any(track, page, identify, group, alias, screen):event_type>")
@@ -296,13 +307,22 @@ def _log_request(req: machine.Request, result: machine.Response, seconds: float)
         "bytes": req.content_length,
         "library": _redact(req.headers.get("user-agent", ""), 80),
         "ms": round(seconds * 1000, 2),
+        "auth_failure": result.auth_failure,  # a 401's kind: missing, malformed, unknown_key, revoked, secret_key
     }
-    access_log.info(json.dumps(line, ensure_ascii=True))
+    access_log.info(Fields(line))
 
 
-def _log_line(method: str, path: str, status: int, tenant_id: str | None, seconds: float) -> None:
+def _log_line(
+    method: str,
+    path: str,
+    status: int,
+    tenant_id: str | None,
+    seconds: float,
+    auth_failure: str | None = None,
+    level: int = logging.INFO,
+) -> None:
     """The access line of the routes that are not ingest (health, settings): same shape."""
-    if not access_log.isEnabledFor(logging.INFO):
+    if not access_log.isEnabledFor(level):
         return
     line = {
         "method": method,
@@ -319,8 +339,9 @@ def _log_line(method: str, path: str, status: int, tenant_id: str | None, second
         "bytes": None,
         "library": _redact(request.headers.get("User-Agent", ""), 80),
         "ms": round(seconds * 1000, 2),
+        "auth_failure": auth_failure,
     }
-    access_log.info(json.dumps(line, ensure_ascii=True))
+    access_log.log(level, Fields(line))
 
 
 def _log_unexpected(req: machine.Request, error: Exception) -> None:
@@ -338,18 +359,4 @@ def _log_unexpected(req: machine.Request, error: Exception) -> None:
         "path": _redact(req.path, 200),
         "frames": frames if len(frames) <= 12 else [*frames[:4], "…", *frames[-7:]],  # a deep recursion
     }
-    log.error(json.dumps(line, ensure_ascii=True))
-
-
-# str.splitlines() breaks at all of these, and so do some log shippers.
-_LINE_BREAKS = {ord(c): f"\\x{ord(c):02x}" for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85"} | {
-    0x2028: "\\u2028",
-    0x2029: "\\u2029",
-}
-
-
-class OneLineFormatter(logging.Formatter):
-    """Every record on one line: line breaks inside it (a traceback, a quoted input) are escaped."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).translate(_LINE_BREAKS)
+    log.error(Fields(line))

@@ -38,7 +38,14 @@ class InvalidJSON(IngestError):
 
 
 class Unauthorized(IngestError):
+    """Every failure gets the same answer (a prober learns nothing); ``failure`` is for the log only."""
+
     status, text, code = 401, "Unauthorized", "unauthorized"
+    FAILURES = ("missing", "malformed", "unknown_key", "revoked", "secret_key")
+
+    def __init__(self, failure: str = "unknown_key") -> None:
+        super().__init__(failure)
+        self.failure = failure
 
 
 class IngestFailed(IngestError):

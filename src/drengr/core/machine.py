@@ -86,6 +86,8 @@ class Response:
     # the first few stored events that lost keys: (event_id, ((reason, key name), ...)), names only
     stripped_events: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     outcome: StoreOutcome | None = None
+    # a 401's kind, for the log only (Unauthorized.FAILURES); the answer is the same for all
+    auth_failure: str | None = None
 
 
 Need = ReadBody | LookupKey | StoreRows
@@ -126,6 +128,8 @@ def json_response(status: int, body: bytes, origin: str | None) -> Response:
 def error_response(error: IngestError, origin: str | None) -> Response:
     response = json_response(error.status, error.body(), origin)
     response.error_code = error.code
+    if isinstance(error, Unauthorized):
+        response.auth_failure = error.failure
     return response
 
 
@@ -150,7 +154,7 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
             request.headers.get("authorization"), request.headers.get("x-write-key")
         )
         if header_key is MALFORMED:
-            raise Unauthorized()
+            raise Unauthorized("malformed")
         if header_key is not None:
             tenant_id, pii_allow = yield from _authorize(str(header_key))
 
@@ -162,7 +166,7 @@ def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Respons
             body_key = document.write_key
             key = body_key if body_key is not None else key_from_query(request.query)
             if key is None:
-                raise Unauthorized()
+                raise Unauthorized("missing")
             tenant_id, pii_allow = yield from _authorize(key)
 
         items = document.item_count(single_type)
@@ -204,7 +208,7 @@ def handle_source_config(request: Request) -> Generator[Need, Any, Response]:
     key = header_key if header_key is not None else key_from_query(request.query)
     try:
         if key is None or key is MALFORMED:
-            raise Unauthorized()
+            raise Unauthorized("missing" if key is None else "malformed")
         tenant_id, _ = yield from _authorize(str(key))
     except IngestError as error:
         return error_response(error, origin)
@@ -223,8 +227,13 @@ def _parse(mapper: BodyMapper, body: bytes) -> Any:
 def _authorize(key: str) -> Generator[Need, Any, tuple[str, tuple[str, ...]]]:
     """The tenant of a key that may send, and the tenant's PII allow-list."""
     record: KeyRecord | None = yield LookupKey(key)
-    if record is None or not may_ingest(key, record):
-        raise Unauthorized()
+    if record is None:
+        raise Unauthorized("unknown_key")
+    if not may_ingest(key, record):
+        failure = (
+            "revoked" if record.revoked else "secret_key" if record.kind != "publishable" else "unknown_key"
+        )
+        raise Unauthorized(failure)
     return record.tenant_id, record.pii_allow
 
 

@@ -69,6 +69,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._imports import without_numpy
 from .._memory import return_large_blocks
+from ..logs import configure as configure_logs
+from ..logs import current_format as current_log_format
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -1070,7 +1072,8 @@ class _WriterProcess:
             f"import sys; sys.path.insert(0, {_CODE_ROOT!r}); "
             "from drengr._sqlite_lib import unlock_connections; unlock_connections(); "  # before sqlite3
             "from drengr.store.sqlite import _writer_main; "
-            f"_writer_main({theirs.fileno()}, {path!r}, {durability!r}, {busy_timeout_ms!r}, {cpus!r})"
+            f"_writer_main({theirs.fileno()}, {path!r}, {durability!r}, {busy_timeout_ms!r}, {cpus!r}, "
+            f"{current_log_format()!r})"
         )
         try:
             self._process = subprocess.Popen(
@@ -1208,10 +1211,16 @@ def _fail(jobs: list[_Job], error: BaseException) -> None:
 
 
 def _writer_main(
-    fd: int, path: str, durability: str, busy_timeout_ms: int, cpus: tuple[int, ...] = ()
+    fd: int,
+    path: str,
+    durability: str,
+    busy_timeout_ms: int,
+    cpus: tuple[int, ...] = (),
+    log_format: str = "json",
 ) -> None:
     """The writer process: receive a group, commit it with the thread writer's own code, answer."""
     return_large_blocks()  # the messages are large blocks: see _memory
+    configure_logs("warning", log_format)  # its problems, on the same stderr, as serve's lines are
     pipe = Connection(fd)
     # A terminal's Ctrl-C or a service manager's SIGTERM reaches the whole process group: the
     # parent answers it (it finishes what is in flight, then sends "stop"); this child exits on
