@@ -81,6 +81,7 @@ def test_a_version_1_file_gets_the_library_column(db_path):
     SQLiteStore(str(db_path), clock=Clock(DAY0)).close()
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("ALTER TABLE semantic_events DROP COLUMN library")
+    conn.execute("ALTER TABLE tenants DROP COLUMN pii_allow")  # version 3's
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.execute(
         "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id, occurred_at,"
@@ -96,7 +97,8 @@ def test_a_version_1_file_gets_the_library_column(db_path):
     assert conn.execute("SELECT event_id, library FROM semantic_events ORDER BY seq").fetchall() == [
         ("old", None), ("new", "analytics-python 2.4.0")
     ]  # fmt: skip
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    assert "pii_allow" in {column[1] for column in conn.execute("PRAGMA table_info(tenants)")}
     conn.close()
 
 

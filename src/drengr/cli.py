@@ -317,6 +317,10 @@ def prepare(config: Config) -> Prepared:
                 asyncore_use_poll=True,
                 recv_bytes=65536,
                 expose_tracebacks=False,
+                # Keep X-Forwarded-For and Forwarded (waitress drops them when no proxy is trusted): the
+                # app reads no address from them, but a request that came through a proxy is not local,
+                # and GET /metrics then wants a secret key.
+                clear_untrusted_proxy_headers=False,
                 ident="drengr",
             )
             new_key = store.create_key("default", "publishable") if store.is_new() else None
@@ -368,11 +372,13 @@ def serve_config(args: argparse.Namespace) -> Config:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from . import logs
+    from . import logs, metrics
     from ._memory import return_large_blocks
 
     config = serve_config(args)
     return_large_blocks()  # before any thread has a heap of its own: see _memory
+    # Before the first metric: the writer process counts its commits into the same scrape.
+    metrics.use_private_folder()
     # One record, one line (JSON unless --log-format text): a newline a client put in a path or
     # header can never forge a log line.
     logs.configure(config.log_level, config.log_format)

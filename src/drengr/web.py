@@ -18,13 +18,13 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from . import analytics_js, clock, read_api
+from . import analytics_js, clock, metrics, read_api
 from .core import machine
 from .core.auth import PUBLISHABLE_PREFIX, hash_key
 from .core.errors import IngestFailed, NotFound
 from .core.mapping import BodyMapper
 from .core.pixel import handle_pixel
-from .core.routes import is_source_config
+from .core.routes import Route, classify, is_source_config
 from .core.settings import settings_document
 from .drops import DropLog
 from .health import HealthCheck
@@ -100,12 +100,15 @@ def create_app(
         def answer(need: Any) -> Any:
             if isinstance(need, machine.ReadBody):
                 wanted = need.limit + 1
-                return stream.read(wanted if content_length is None else min(wanted, content_length))
+                body = stream.read(wanted if content_length is None else min(wanted, content_length))
+                metrics.count("body_bytes", amount=len(body))
+                return body
             if isinstance(need, machine.LookupKey):
                 return store.lookup_key(hash_key(need.key))
             try:
                 return store.write(need.tenant_id, need.rows, need.received_at_ms)
             except StoreError:
+                metrics.count("store_errors", "write")
                 return None  # the machine answers 502 Ingest failed
 
         req = machine.Request(
@@ -120,6 +123,7 @@ def create_app(
             result = machine.drive(handler(req, mapper), answer)
         except StoreError as error:  # the key look-up met a store outage: a plain 502, logged as one
             log.warning("key look-up failed: %s", error)
+            metrics.count("store_errors", "key_lookup")
             result = machine.error_response(IngestFailed(), headers.get("origin"))
         except Exception as error:  # a bug, not the client's doing: log it, never show a traceback
             _log_unexpected(req, error)
@@ -127,6 +131,7 @@ def create_app(
         if result.status == 405:
             result.headers = [*result.headers, ("Allow", allowed_methods(environ))]
         drop_log.record(result, req.path, headers.get("user-agent"))
+        _count_ingest(result)
         _log_request(req, result, time.perf_counter() - started)
         return result
 
@@ -168,6 +173,8 @@ def create_app(
         except Exception as error:  # a bug: logged, never a traceback
             _log_unexpected(req, error)
             result = machine.error_response(IngestFailed(), headers.get("origin"))
+        if result.auth_failure:
+            metrics.count("auth_failures", result.auth_failure)
         _log_line(
             req.method,
             "/sourceConfig",
@@ -183,6 +190,7 @@ def create_app(
         # a request, a third of a single-event request's cost. PUT, DELETE, TRACE, …
         # come here too: the machine's JSON 405, never werkzeug's HTML one.
         result = run_ingest(environ)
+        metrics.count("requests", _ingest_route(environ.get("PATH_INFO") or "/"), str(result.status))
         headers = [*result.headers, ("Content-Length", str(len(result.body)))]
         start_response(_STATUS_LINES.get(result.status) or str(result.status), headers)
         return [result.body]
@@ -233,6 +241,24 @@ def create_app(
         _log_line("GET", path, 200, record.tenant_id, time.perf_counter() - started)
         return Response(body, status=200, headers=machine.cors_headers(origin), mimetype="application/json")
 
+    @app.get("/metrics")
+    def metrics_route() -> Response:
+        """Prometheus' scrape: open from this machine, from elsewhere only with a secret key."""
+        if (
+            not _from_loopback(request.environ)
+            and read_api.secret_tenant(store, request.headers.get("Authorization")) is None
+        ):
+            refused = json.dumps({"error": "Unauthorized", "code": "unauthorized", "message": METRICS_401})
+            return Response(refused, status=401, mimetype="application/json")
+        scrape, content_type = metrics.exposition()
+        return Response(scrape, status=200, headers={"Content-Type": content_type})
+
+    @app.after_request
+    def count_flask_request(response: Response) -> Response:
+        # Flask's routes (reads, health, settings, pixel, ...): the endpoint names the route.
+        metrics.count("requests", request.endpoint or "not_found", str(response.status_code))
+        return response
+
     read_api.register(app, store, clock_ms=clock_ms)
     analytics_js.register(app, config.analytics_js, _log_line)
     flask_wsgi_app = app.wsgi_app
@@ -246,6 +272,45 @@ def create_app(
     if config.prefix.strip("/"):
         app.wsgi_app = PrefixMiddleware(app.wsgi_app, config.prefix)  # type: ignore[method-assign]
     return app
+
+
+METRICS_401 = (
+    "GET /metrics answers requests from this machine; from elsewhere, send a secret key "
+    "(Authorization: Bearer drengr_sk_...)."
+)
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
+def _from_loopback(environ: dict[str, Any]) -> bool:
+    """From this machine, and not through a proxy on it (nginx's requests come from 127.0.0.1 too)."""
+    address = environ.get("REMOTE_ADDR") or ""
+    return address.startswith(_LOOPBACK) and not any(header in environ for header in _PROXY_HEADERS)
+
+
+def _ingest_route(path: str) -> str:
+    """A bounded label for an ingest path: the event type, batch, the body's choice, or telemetry."""
+    route, single_type = classify(path)
+    if route is Route.SINGLE:
+        return single_type or "single"
+    if is_source_config(path):
+        return "source_config"
+    return route.value
+
+
+def _count_ingest(result: machine.Response) -> None:
+    """What one ingest request did, into the counters: stored, dropped and stripped by reason, 401s."""
+    outcome = result.outcome
+    if outcome is not None:
+        metrics.count("stored", amount=outcome.stored)
+        metrics.count("dropped", "duplicate", amount=outcome.duplicates)
+        metrics.count("dropped", "over_daily_cap", amount=outcome.over_cap)
+    if result.dropped:
+        metrics.count_all("dropped", result.dropped.items())
+    if result.stripped:
+        metrics.count_all("stripped", ((reason, n) for reason, (n, _names) in result.stripped.items()))
+    if result.auth_failure:
+        metrics.count("auth_failures", result.auth_failure)
 
 
 class AnyPathConverter(PathConverter):

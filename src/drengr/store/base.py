@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import metrics
 from ..core.auth import KeyRecord
 from ..core.outcome import StoreOutcome
 
@@ -91,7 +92,9 @@ class KeyCache:
         now = self._clock()
         cached = self._entries.get(key_hash)
         if cached is not None and cached[0] > now:
+            metrics.count("key_cache", "hit")
             return cached[1]
+        metrics.count("key_cache", "miss")
         record = load(key_hash)
         if len(self._entries) >= KEY_CACHE_MAX:
             self._entries.clear()  # a flood of unknown keys cannot grow memory

@@ -71,6 +71,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
+from .. import metrics
 from ..clock import now as clock_now
 from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
@@ -706,6 +707,7 @@ class PostgresStore:
             conn = self._commit_with_retries(conn, jobs)
         except Exception as error:
             log.error("write transaction failed (%d request(s)): %s", len(jobs), _first_line(error))
+            metrics.count("store_errors", "write")
             if conn is not None and (conn.broken or conn.closed):
                 conn.close()
                 conn = None
@@ -735,6 +737,7 @@ class PostgresStore:
             reused = conn is not None
             if conn is None:
                 conn = self._connect()
+            started = time.perf_counter()
             try:
                 outcomes = self._commit_group(conn, jobs)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as error:
@@ -753,6 +756,8 @@ class PostgresStore:
             for job, outcome in zip(jobs, outcomes, strict=True):
                 job.outcome = outcome
             self.group_commits += 1
+            metrics.metric("commit_seconds").observe(time.perf_counter() - started)
+            metrics.metric("group_rows").observe(sum(len(job.rows) for job in jobs))
             return conn
         raise AssertionError("unreachable")  # pragma: no cover
 

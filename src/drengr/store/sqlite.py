@@ -67,6 +67,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import metrics
 from .._imports import without_numpy
 from .._memory import return_large_blocks
 from ..logs import configure as configure_logs
@@ -598,6 +599,7 @@ class SQLiteStore:
             self._checkpointer.wrote(conn, sum(len(job.rows) for job in jobs))
         except Exception as error:  # the whole group failed: every request gets 502
             log.error("write transaction failed: %s", error)
+            metrics.count("store_errors", "write")
             for job in jobs:
                 job.outcome, job.error = None, error
             if conn is not None:
@@ -619,6 +621,7 @@ class SQLiteStore:
         its rows. Should a statement fail because of a job's rows, the group
         starts over with one savepoint a job, so that job fails alone.
         """
+        started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         work = [job for job in jobs if not job.probe]
         if not work:
@@ -638,6 +641,9 @@ class SQLiteStore:
         for fps, first_seq in additions:
             current.add_many(fps, array("q", range(first_seq, first_seq + len(fps))))
             self._last_seq = max(self._last_seq, first_seq + len(fps) - 1)
+        metrics.metric("commit_seconds").observe(time.perf_counter() - started)
+        metrics.metric("group_rows").observe(sum(len(job.rows) for job in work))
+        metrics.metric("dedup_ids").set(sum(len(index) for index in self._window))
 
     def _apply_group(
         self, conn: sqlite3.Connection, jobs: list[_Job], staged: dict[str, set[str]]
