@@ -11,6 +11,9 @@ when stderr is a terminal, nothing otherwise.
 "Export for analysis" says why): DuckDB, pandas and SQLite read them with
 their JSON functions.
 
+``db backfill-rollups`` (``backfill``, wired in ``drengr.cli``'s ``db`` group)
+counts an older database's rows into the read side's rollups.
+
 ``datasette`` runs Datasette on the SQLite file with the metadata shipped in
 this package (``datasette.json``: titles, descriptions, facets, the analyst
 queries, ``api_keys`` hidden), or prints that metadata for ``datasette
@@ -249,9 +252,9 @@ class Progress:
         self.enabled = enabled
         self.shown = False
 
-    def update(self, rows: int, done: float) -> None:
+    def update(self, rows: int, done: float, what: str = "export") -> None:
         if self.enabled:
-            self.stream.write(f"\r  export: {rows:,} rows  {min(done, 1.0):4.0%}")
+            self.stream.write(f"\r  {what}: {rows:,} rows  {min(done, 1.0):4.0%}")
             self.stream.flush()
             self.shown = True
 
@@ -323,6 +326,32 @@ def _replaced_at_the_end(target: Path) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+# ---------------------------------------------------------------- db backfill-rollups
+
+
+def backfill(args: argparse.Namespace) -> int:
+    """`drengr db backfill-rollups`: count a database's older rows into its rollups, with progress."""
+    from .store.sqlite import backfill_rollups
+
+    if not os.path.isfile(args.db):
+        raise UsageError(f"No database at {args.db}: pass the file `drengr serve` writes with --db.")
+    shown = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        shown.update(done, done / max(1, total), "backfill")
+
+    try:
+        counted = backfill_rollups(args.db, progress=progress)
+    except StoreError as error:
+        raise UsageError(
+            f"Cannot backfill {args.db} ({error}); run the same command again to resume."
+        ) from None
+    finally:
+        shown.finish()
+    print(f"Counted {counted:,} older events into the rollups of {args.db}.", file=sys.stderr)
+    return 0
 
 
 # ---------------------------------------------------------------- datasette

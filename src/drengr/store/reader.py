@@ -164,6 +164,12 @@ def _export_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return (int(row[0]), *row[1:])
 
 
+def _replace_stats(query: StatsQuery, **changes: Any) -> StatsQuery:
+    from dataclasses import replace
+
+    return replace(query, **changes)
+
+
 def _number(value: Any) -> float | int:
     """A sum as JSON can carry it: integers stay integers (PostgreSQL hands back Decimal)."""
     if value is None:
@@ -347,30 +353,125 @@ class _QueryReader:
         for name in query.measures:
             if not check_measure_name(name):
                 raise ValueError(f"not a measure name: {name!r}")
-        sums = "".join(", " + self.sum_expression for _ in query.measures)
 
         def work(execute: Callable[..., Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-            sql = _SQLBuilder(self.mark)
-            if query.since is not None and query.time_field == "received_at":
-                sql.add("seq >= ?", self._seq_floor(execute, query.since, query.tenant_id))
-            _filters(sql, query)
-            rows = execute(
-                f"SELECT event_name, count(*){sums} FROM semantic_events{sql.where()} "
-                "GROUP BY event_name ORDER BY count(*) DESC, event_name",
-                [*(self._measure_param(name) for name in query.measures), *sql.params],
-            ).fetchall()
-            series: list[tuple[Any, ...]] = []
-            if query.interval is not None:
-                width = BUCKET_PREFIX_CHARS[query.interval]
-                series = execute(
-                    f"SELECT substr({query.time_field}, 1, {width}) AS bucket, event_name, count(*) "
-                    f"FROM semantic_events{sql.where()} GROUP BY bucket, event_name ORDER BY bucket, event_name",
-                    sql.params,
-                ).fetchall()
-            return rows, series
+            if query.time_field == "received_at" and self._rollups_cover(execute):
+                return self._stats_from_rollups(execute, query)
+            return self._scan_stats(execute, query)
 
         rows, series = self._snapshot(work, "stats")
         return _stats(rows, series, query)
+
+    def _scan_stats(
+        self, execute: Callable[..., Any], query: StatsQuery, seq_below: int | None = None
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Counts and sums read from the rows themselves: (event_name, count, *sums), (bucket, name, count)."""
+        sums = "".join(", " + self.sum_expression for _ in query.measures)
+        sql = _SQLBuilder(self.mark)
+        if query.since is not None and query.time_field == "received_at":
+            sql.add("seq >= ?", self._seq_floor(execute, query.since, query.tenant_id))
+        if seq_below is not None:
+            sql.add("seq < ?", seq_below)
+        _filters(sql, query)
+        rows = execute(
+            f"SELECT event_name, count(*){sums} FROM semantic_events{sql.where()} "
+            "GROUP BY event_name ORDER BY count(*) DESC, event_name",
+            [*(self._measure_param(name) for name in query.measures), *sql.params],
+        ).fetchall()
+        series: list[tuple[Any, ...]] = []
+        if query.interval is not None:
+            width = BUCKET_PREFIX_CHARS[query.interval]
+            series = execute(
+                f"SELECT substr({query.time_field}, 1, {width}) AS bucket, event_name, count(*) "
+                f"FROM semantic_events{sql.where()} GROUP BY bucket, event_name ORDER BY bucket, event_name",
+                sql.params,
+            ).fetchall()
+        return rows, series
+
+    def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
+        """True when the rollups count every row (a new database, or one whose backfill finished)."""
+        return False
+
+    def _stats_from_rollups(
+        self, execute: Callable[..., Any], query: StatsQuery
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The same answer as ``_scan_stats``, from the rollups for whole minutes and the rows at the edges.
+
+        The rollups count by received minute; a ``since`` or ``until`` inside a minute
+        takes that minute's part from the rows (found by seq, a few thousand at most).
+        """
+        from ..core.timestamps import format_ms, parse_ms
+
+        first_minute = last_minute = None  # whole minutes: first_minute <= minute < last_minute
+        edges: list[StatsQuery] = []
+        if query.since is not None:
+            since_ms = parse_ms(query.since) or 0
+            start = -(-since_ms // 60_000) * 60_000
+            first_minute = format_ms(start)[:16]
+            if start != since_ms:
+                edges.append(_replace_stats(query, until=format_ms(start)))
+        if query.until is not None:
+            until_ms = parse_ms(query.until) or 0
+            end = until_ms // 60_000 * 60_000
+            last_minute = format_ms(end)[:16]
+            if end != until_ms:
+                edges.append(_replace_stats(query, since=format_ms(end)))
+        if first_minute is not None and last_minute is not None and first_minute >= last_minute:
+            return self._scan_stats(execute, query, self._seq_ceiling(execute, query))  # within a minute
+        sql = _SQLBuilder(self.mark)
+        if query.tenant_id is not None:
+            sql.add("tenant_id = ?", query.tenant_id)
+        if first_minute is not None:
+            sql.add("minute >= ?", first_minute)
+        if last_minute is not None:
+            sql.add("minute < ?", last_minute)
+        if query.event_name is not None:
+            sql.add("event_name = ?", query.event_name)
+        counts: dict[str, list[Any]] = {}
+        for name, count in execute(
+            f"SELECT event_name, sum(events) FROM event_rollups{sql.where()} GROUP BY event_name", sql.params
+        ).fetchall():
+            counts[name] = [int(count), *([0] * len(query.measures))]
+        if query.measures:
+            marks = ",".join([self.mark] * len(query.measures))
+            for name, measure, total in execute(
+                f"SELECT event_name, measure, sum(total) FROM measure_rollups{sql.where()}"
+                f"{' AND' if sql.clauses else ' WHERE'} measure IN ({marks}) GROUP BY event_name, measure",
+                [*sql.params, *query.measures],
+            ).fetchall():
+                if name in counts:
+                    counts[name][1 + query.measures.index(measure)] += _number(total)
+        series: dict[tuple[str, str], int] = {}
+        if query.interval is not None:
+            width = BUCKET_PREFIX_CHARS[query.interval]
+            for bucket, name, count in execute(
+                f"SELECT substr(minute, 1, {width}) AS bucket, event_name, sum(events) FROM event_rollups"
+                f"{sql.where()} GROUP BY bucket, event_name",
+                sql.params,
+            ).fetchall():
+                series[(bucket, name)] = int(count)
+        for edge in edges:
+            rows, edge_series = self._scan_stats(execute, edge, self._seq_ceiling(execute, edge))
+            for name, count, *sums in rows:
+                counts.setdefault(name, [0, *([0] * len(query.measures))])
+                counts[name][0] += int(count)
+                for index, value in enumerate(sums):
+                    counts[name][1 + index] += _number(value)
+            for bucket, name, count in edge_series:
+                series[(bucket, name)] = series.get((bucket, name), 0) + int(count)
+        ordered = sorted(counts.items(), key=lambda item: (-item[1][0], item[0]))
+        return [(name, *values) for name, values in ordered], [
+            (bucket, name, count) for (bucket, name), count in sorted(series.items())
+        ]
+
+    def _seq_ceiling(self, execute: Callable[..., Any], query: StatsQuery) -> int | None:
+        """A seq above every row received before ``query.until`` (the edge scan stops there), or None."""
+        from ..core.timestamps import format_ms, parse_ms
+
+        until_ms = parse_ms(query.until) if query.until is not None else None
+        if until_ms is None:
+            return None
+        return self._seq_floor(execute, format_ms(until_ms + 2 * RECEIVED_ORDER_SLACK_MS), query.tenant_id)
 
     def _export_bounds(self, query: EventQuery) -> tuple[int, int]:
         """(floor, top): an export walks the rows with floor < seq <= top, top fixed when it starts."""
@@ -430,6 +531,16 @@ class SQLiteReader(_QueryReader):
 
     def _measure_param(self, name: str) -> str:
         return '$."' + name + '"'
+
+    def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
+        try:
+            found = execute("SELECT value FROM meta WHERE key = 'rollups_from_seq'").fetchone()
+        except sqlite3.OperationalError:  # a file made before drengr had a meta table
+            return False
+        if found is None:
+            return False
+        older = execute("SELECT 1 FROM semantic_events WHERE seq < ? LIMIT 1", [int(found[0])]).fetchone()
+        return older is None
 
     def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]:
         # One short read transaction per chunk, keyed on seq (the rowid): a long export never holds

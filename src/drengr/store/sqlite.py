@@ -46,6 +46,7 @@ import contextlib
 import fcntl
 import functools
 import itertools
+import json
 import logging
 import marshal
 import os
@@ -110,6 +111,139 @@ _EVENT_COLUMNS = (
     "occurred_at, received_at, dims, measures, library"
 )
 _INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+# The read side's rollups (docs/performance.md "Reading at 10M rows"): per tenant, received minute
+# (`2026-11-26T02:50`), event name and type, the events stored; per measure, its sum. Kept in the
+# transaction that inserts the rows, from the rows just inserted (still in the page cache), in two
+# statements a group whatever its size: /v1/stats, the debugger's chart and the analyst queries
+# read these instead of scanning semantic_events. `meta.rollups_from_seq` is the first seq they
+# cover: a database made before them has older rows until `drengr db backfill-rollups` runs.
+# The writer counts the rows it holds in Python (a few dict updates a row) and upserts one row per
+# tenant, minute and name: an INSERT … SELECT … GROUP BY over the rows just written cost 40 % of the
+# rate of 100-event batches (bench/bench_read.py), this costs a few µs a batch. The backfill uses it.
+ROLLUP_TABLES = (
+    """CREATE TABLE IF NOT EXISTS event_rollups (
+        tenant_id TEXT NOT NULL,
+        minute TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        events INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, minute, event_name, event_type)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS measure_rollups (
+        tenant_id TEXT NOT NULL,
+        minute TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        measure TEXT NOT NULL,
+        total REAL NOT NULL,
+        PRIMARY KEY (tenant_id, minute, event_name, measure)
+    ) WITHOUT ROWID""",
+)
+ROLLUP_EVENTS = (
+    "INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events) "
+    "SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, count(*) FROM semantic_events "
+    "WHERE seq >= ? AND seq <= ? GROUP BY 1, 2, 3, 4 "
+    "ON CONFLICT DO UPDATE SET events = events + excluded.events"
+)
+ROLLUP_MEASURES = (
+    "INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) "
+    "SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, sum(m.value) "
+    "FROM semantic_events AS e, json_each(e.measures) AS m "
+    "WHERE e.seq >= ? AND e.seq <= ? AND e.measures != '{}' AND m.type IN ('integer', 'real') "
+    "GROUP BY 1, 2, 3, 4 "
+    "ON CONFLICT DO UPDATE SET total = total + excluded.total"
+)
+
+
+_UPSERT_EVENT_ROLLUP = (
+    "INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events) VALUES (?,?,?,?,?) "
+    "ON CONFLICT DO UPDATE SET events = events + excluded.events"
+)
+_UPSERT_MEASURE_ROLLUP = (
+    "INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) VALUES (?,?,?,?,?) "
+    "ON CONFLICT DO UPDATE SET total = total + excluded.total"
+)
+
+
+def rollup_rows(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """What ``rows`` (semantic_events tuples, seq aside) add to event_rollups and to measure_rollups."""
+    counts: dict[tuple[str, str, str, str], int] = {}
+    sums: dict[tuple[str, str, str, str], float] = {}
+    for row in rows:
+        minute = row[7][:16]  # received_at, `2026-11-26T02:50`
+        key = (row[0], minute, row[2], row[3])
+        counts[key] = counts.get(key, 0) + 1
+        if row[9] != "{}":  # most events carry no measure: no JSON to parse
+            for name, value in json.loads(row[9]).items():
+                if type(value) in (int, float):  # numbers only, as json_each's 'integer'/'real'
+                    measure = (row[0], minute, row[2], name)
+                    sums[measure] = sums.get(measure, 0) + value
+    return [(*k, n) for k, n in counts.items()], [(*k, v) for k, v in sums.items()]
+
+
+def add_to_rollups(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Count ``rows``, just inserted, into the rollups (inside the caller's transaction)."""
+    events, measures = rollup_rows(rows)
+    conn.executemany(_UPSERT_EVENT_ROLLUP, events)
+    if measures:
+        conn.executemany(_UPSERT_MEASURE_ROLLUP, measures)
+
+
+def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> None:
+    """Count the stored rows with first_seq <= seq <= last_seq into the rollups (the backfill)."""
+    conn.execute(ROLLUP_EVENTS, (first_seq, last_seq))
+    conn.execute(ROLLUP_MEASURES, (first_seq, last_seq))
+
+
+def backfill_rollups(
+    path: str,
+    chunk_rows: int = 20_000,
+    progress: Callable[[int, int], None] | None = None,
+    busy_timeout_ms: int = 5_000,
+) -> int:
+    """Count the rows older than the rollups into them, newest first, ``chunk_rows`` a transaction.
+
+    Runs beside a serving process: each chunk holds the write lock briefly (the
+    server's writer waits for it, within its busy timeout), and a stopped
+    backfill resumes where it stopped (``meta.rollups_from_seq`` moves down
+    with each chunk). ``progress(done, total)`` after each chunk. Returns the
+    rows counted.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    try:
+        with _Transaction(conn):
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'semantic_events'").fetchone() is None:
+                raise StoreError(f"{path} has no semantic_events table: is it drengr's database?")
+            for statement in ROLLUP_TABLES:
+                conn.execute(statement)
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            found = conn.execute("SELECT value FROM meta WHERE key = 'rollups_from_seq'").fetchone()
+            if found is None:  # tables made just now: every row is older than them
+                top = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM semantic_events").fetchone()[0]
+                conn.execute("INSERT INTO meta (key, value) VALUES ('rollups_from_seq', ?)", (str(top),))
+            from_seq = int(found[0]) if found else top
+            lowest = conn.execute("SELECT coalesce(min(seq), 1) FROM semantic_events").fetchone()[0]
+        total = max(0, from_seq - lowest)
+        done = 0
+        while True:
+            with _Transaction(conn):
+                from_seq = int(
+                    conn.execute("SELECT value FROM meta WHERE key = 'rollups_from_seq'").fetchone()[0]
+                )
+                if from_seq <= lowest:
+                    break
+                low = max(lowest, from_seq - chunk_rows)
+                add_stored_to_rollups(conn, low, from_seq - 1)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'rollups_from_seq'", (str(low),))
+            done += from_seq - low
+            if progress is not None:
+                progress(done, total)
+        return done
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot backfill the rollups of {path}: {error}") from error
+    finally:
+        conn.close()
+
+
 _ROWS_PER_STATEMENT = 512  # 5,632 parameters a statement, below SQLite's 32,766
 # A closed generation is dropped at a later rotation only once it has been closed this long by the
 # monotonic clock: a generation, less a day for a first write that came late after its boundary.
@@ -307,6 +441,12 @@ class SQLiteStore:
                     seq INTEGER PRIMARY KEY AUTOINCREMENT
                 )"""
             )
+            if "event_rollups" not in db.table_names():
+                for statement in ROLLUP_TABLES:
+                    conn.execute(statement)
+                # Rows already here are not in the rollups yet: the reader scans until a backfill.
+                first = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM semantic_events").fetchone()[0]
+                db.table("meta").upsert({"key": "rollups_from_seq", "value": str(first)}, pk="key")
             # What was accepted but not stored, by tenant, UTC day and reason (drengr.drops).
             db.table("drop_counts").create(
                 {"tenant_id": str, "day": int, "reason": str, "count": int},
@@ -669,7 +809,9 @@ class SQLiteStore:
         rows = [row for fresh, _keys in planned for row in fresh]
         if not rows:
             return []
-        seq = insert_events(conn, rows) - len(rows) + 1  # AUTOINCREMENT under our write lock: consecutive
+        last = insert_events(conn, rows)
+        seq = last - len(rows) + 1  # AUTOINCREMENT under our write lock: consecutive
+        add_to_rollups(conn, rows)
         additions = []
         for fresh, keys in planned:
             additions.append((keys, seq))

@@ -1,0 +1,167 @@
+"""The read side at 10M rows: each read as a fraction of one full scan of the same table; ingest with vs without rollups; export's peak RSS.
+
+Run (the lead's machine, not a shared one):
+    DRENGR_BENCH_READ_ROWS=10000000 python -m pytest bench/bench_read.py --benchmark-enable -s
+Under --benchmark-disable (CI) each case runs once on a small table (DRENGR_BENCH_READ_ROWS, 20,000
+by default), checks its answers, and reports without judging: the targets are read off the table
+it prints (docs/performance.md "Reading at 10M rows"), every read under 5 % of the scan.
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drengr.core.timestamps import format_ms, parse_ms
+from drengr.store import SQLiteStore
+from drengr.store import sqlite as sqlite_store
+from drengr.store.reader import EventQuery, SQLiteReader, StatsQuery, _stats
+
+ROWS = int(os.environ.get("DRENGR_BENCH_READ_ROWS", "20000"))
+NOW_MS = parse_ms("2026-11-26T12:00:00.000Z") or 0
+SPAN_MS = 8 * 86_400_000  # the rows arrive evenly over the 8 days before NOW_MS
+NAMES = [f"event_{n:02d}" for n in range(12)]
+CHUNK = 50_000
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def synthetic_rows(start: int, n: int) -> list[tuple[Any, ...]]:
+    """Rows start…start+n, received in order over SPAN_MS, twelve names, 50,000 users, ~180-byte dims."""
+    rows = []
+    for i in range(start, start + n):
+        received = format_ms(NOW_MS - SPAN_MS + i * SPAN_MS // ROWS)
+        dims = json.dumps({"path": f"/products/{i % 997}", "plan": "pro", "referrer": "https://example.com/a/b",
+                           "campaign": f"winter_{i % 13}", "locale": "en-GB"}, separators=(",", ":"))  # fmt: skip
+        measures = json.dumps({"revenue": (i % 400) / 4, "items": i % 5}) if i % 6 == 0 else "{}"
+        rows.append(("acme", f"e{i}", NAMES[i % 12], "track", f"u{i % 50_000}", f"a{i % 80_000}",
+                     received, received, dims, measures, "analytics-python 2.4.0"))  # fmt: skip
+    return rows
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ROWS rows with their rollups, loaded as the writer loads them (insert, then rollups, per chunk)."""
+    path = tmp_path_factory.mktemp("read") / "drengr.db"
+    SQLiteStore(str(path)).close()
+    conn = sqlite_store.sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    for start in range(0, ROWS, CHUNK):
+        rows = synthetic_rows(start, min(CHUNK, ROWS - start))
+        conn.execute("BEGIN IMMEDIATE")
+        sqlite_store.insert_events(conn, rows)
+        sqlite_store.add_to_rollups(conn, rows)
+        conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return path
+
+
+def median_seconds(work: Callable[[], Any], rounds: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRequest) -> None:
+    rounds = 1 if request.config.getoption("benchmark_disable", False) else 5
+    reader = SQLiteReader(str(table))
+    conn = sqlite_store.sqlite3.connect(f"file:{table}?mode=ro", uri=True)
+    since_7d = format_ms(NOW_MS - 7 * 86_400_000)
+    one_hour = format_ms(NOW_MS - 3_600_000)
+
+    def analyst(name: str) -> Callable[[], Any]:
+        metadata = json.loads((SRC / "drengr" / "datasette.json").read_text())
+        sql = metadata["databases"]["drengr"]["queries"][name]["sql"].replace(
+            "'now'", f"'{NOW_MS // 1000}', 'unixepoch'"
+        )
+        return lambda: conn.execute(sql).fetchall()
+
+    reads: dict[str, Callable[[], Any]] = {
+        "/v1/stats 7d by day": lambda: reader.stats(StatsQuery("acme", since=since_7d, interval="day")),
+        "/v1/stats 7d by event name, revenue": lambda: reader.stats(
+            StatsQuery("acme", since=since_7d, measures=("revenue",))
+        ),
+        "/v1/events first page": lambda: reader.events(EventQuery("acme")),
+        "/v1/events by event_name": lambda: reader.events(EventQuery("acme", event_name="event_07")),
+        "/v1/events by external_id": lambda: reader.events(EventQuery("acme", external_id="u4242")),
+        "/v1/events by time range": lambda: reader.events(
+            EventQuery(
+                "acme", since=format_ms(NOW_MS - 3 * 86_400_000), until=format_ms(NOW_MS - 2 * 86_400_000)
+            )
+        ),
+        "debugger chart (last hour by minute)": lambda: reader.stats(
+            StatsQuery("acme", since=one_hour, interval="minute")
+        ),
+        "analyst: events per day by name": analyst("events_per_day_by_name"),
+        "analyst: distinct users": analyst("distinct_users"),
+        "analyst: revenue by day": analyst("revenue_by_day"),
+    }
+    scan_s, scanned = median_seconds(
+        lambda: conn.execute("select count(*), sum(length(dims)) from semantic_events").fetchone(),
+        max(1, rounds // 2),
+    )
+    assert scanned[0] == ROWS
+    print(f"\n{ROWS:,} rows; one full scan (count(*), sum(length(dims))): {scan_s * 1000:,.1f} ms")
+    print(f"{'read':<42} {'ms':>10} {'of scan':>9}")
+    for name, read in reads.items():
+        seconds, _ = median_seconds(read, rounds)
+        print(f"{name:<42} {seconds * 1000:>10.2f} {seconds / scan_s:>8.1%}")
+    # The stats read from the rollups answer as the scan does (the answer, not only the time).
+    query = StatsQuery("acme", since=since_7d, interval="day", measures=("revenue",))
+    rows, series = reader._snapshot(lambda execute: reader._scan_stats(execute, query), "stats")
+    oracle, got = _stats(rows, series, query), reader.stats(query)
+    assert (got.by_event, got.series, got.total) == (oracle.by_event, oracle.series, oracle.total)
+    reader.close()
+    conn.close()
+
+
+def bench_ingest_with_and_without_rollups(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: Any
+) -> None:
+    """100-event batches through SQLiteStore.write, rounds alternating with and without the rollups."""
+    batches = 20 if request.config.getoption("benchmark_disable", False) else 400
+    rows_per_round = synthetic_rows(0, batches * 100)
+    kept = sqlite_store.add_to_rollups
+    results: dict[str, list[float]] = {"with rollups": [], "without": []}
+    for round_ in range(6):
+        label = "with rollups" if round_ % 2 == 0 else "without"
+        monkeypatch.setattr(
+            sqlite_store, "add_to_rollups", kept if label == "with rollups" else lambda *a: None
+        )
+        store = SQLiteStore(str(tmp_path / f"r{round_}.db"))
+        started = time.perf_counter()
+        for b in range(batches):
+            batch = [
+                (*row[:1], f"{round_}-{row[1]}", *row[2:]) for row in rows_per_round[b * 100 : b * 100 + 100]
+            ]
+            assert store.write("acme", batch, NOW_MS).stored == 100
+        results[label].append(batches * 100 / (time.perf_counter() - started))
+        store.close()
+    with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
+    print(f"\n100-event batches: {with_rate:,.0f} rows/s with rollups, {without_rate:,.0f} without: "
+          f"{with_rate / without_rate:.1%} of the rate without")  # fmt: skip
+
+
+def bench_export_peak_rss(table: Path, tmp_path: Path) -> None:
+    """drengr export of the whole table to Parquet, in its own process: its peak RSS against the table's size."""
+    pytest.importorskip("pyarrow", reason="pip install '.[export]'")
+    output = tmp_path / "events.parquet"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-m", "drengr", "export", "--db", str(table), str(output)],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{ROWS:,} events written")
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"\nexport of {ROWS:,} rows to Parquet: peak RSS {peak_mb:,.0f} MB "
+          f"(table {table.stat().st_size / 2**20:,.0f} MB, Parquet {output.stat().st_size / 2**20:,.0f} MB)")  # fmt: skip

@@ -1,0 +1,213 @@
+"""The read side's rollups (SQLite): kept with the rows, read by stats, backfilled for older databases.
+
+The oracle is the scan the rollups replace: every query of the table below is
+answered from the rollups (with the rows at a range's ragged edges) and from
+a full scan of semantic_events, and the two must agree exactly. Rows go in
+through the real app and both writers (thread and process), received in
+order, as a server stamps them.
+"""
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drengr.store import SQLiteStore
+from drengr.store.reader import SQLiteReader, StatsQuery, _stats
+from drengr.store.sqlite import backfill_rollups
+from drengr.web import Config, create_app
+
+from .conftest import post
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+T0 = 1_795_687_200_000  # 2026-11-26T10:00:00.000Z
+STEP_MS = 17_000  # 17 s between events: minutes hold 3 or 4 of them, and ranges cut through minutes
+EVENTS = 240  # about 68 minutes
+
+
+def event(i: int) -> dict[str, Any]:
+    names = ("Order Completed", "Signed Up", "Page Viewed")
+    body: dict[str, Any] = {"type": "track", "event": names[i % 3], "userId": f"u{i % 11}"}
+    if i % 3 == 0:
+        body["properties"] = {"revenue": (i % 7) * 0.25 + 1, "items": i % 4}
+    elif i % 3 == 1:
+        body["properties"] = {"plan": "pro", "seats": i % 5}
+    if i % 10 == 9:
+        body = {"type": "page", "name": "Home", "anonymousId": f"a{i}"}
+    return body
+
+
+def fill(path: Path, writer: str) -> dict[str, str]:
+    """EVENTS events through the app, two tenants, 17 s apart; the keys by tenant."""
+    store = SQLiteStore(str(path), writer=writer)
+    clock = [T0]
+    client = create_app(Config(db=str(path)), store=store, clock_ms=lambda: clock[0]).test_client()
+    keys = {tenant: store.create_key(tenant, "publishable") for tenant in ("acme", "globex")}
+    try:
+        for i in range(EVENTS):
+            clock[0] = T0 + i * STEP_MS
+            key = keys["globex" if i % 4 == 3 else "acme"]
+            body = {**event(i), "messageId": f"m{i}"}
+            route = "/v1/track" if body["type"] == "track" else "/v1/page"
+            # Every 50th is sent twice: the duplicate is stored once and counted once.
+            for _ in range(2 if i % 50 == 0 else 1):
+                assert post(client, route, body, key).status_code == 200
+    finally:
+        store.close()
+    return keys
+
+
+def at(ms: int) -> str:
+    from drengr.core.timestamps import format_ms
+
+    return format_ms(ms)
+
+
+MINUTE = 60_000
+QUERIES = [
+    pytest.param(StatsQuery(None), id="everything"),
+    pytest.param(StatsQuery("acme", measures=("revenue", "items", "seats")), id="tenant-measures"),
+    pytest.param(StatsQuery(None, since=at(T0 + 5 * MINUTE), until=at(T0 + 20 * MINUTE)), id="whole-minutes"),
+    pytest.param(
+        StatsQuery(
+            None,
+            since=at(T0 + 5 * MINUTE + 12_345),
+            until=at(T0 + 41 * MINUTE + 7_001),
+            measures=("revenue",),
+            interval="minute",
+        ),
+        id="ragged-both-ends-by-minute",
+    ),  # fmt: skip
+    pytest.param(
+        StatsQuery("globex", since=at(T0 + 90_500), interval="hour", measures=("seats",)),
+        id="ragged-since-by-hour",
+    ),
+    pytest.param(
+        StatsQuery(None, until=at(T0 + 33 * MINUTE + 40_000), interval="day"), id="ragged-until-by-day"
+    ),
+    pytest.param(
+        StatsQuery(None, since=at(T0 + 7 * MINUTE + 10_000), until=at(T0 + 7 * MINUTE + 50_000)),
+        id="inside-one-minute",
+    ),
+    pytest.param(
+        StatsQuery(
+            "acme",
+            event_name="order_completed",
+            since=at(T0 - 86_400_000),
+            measures=("revenue",),
+            interval="minute",
+        ),
+        id="event-name-since-yesterday",
+    ),  # fmt: skip
+    pytest.param(StatsQuery(None, since=at(T0 + 500 * MINUTE)), id="after-everything"),
+]
+
+
+@pytest.fixture(scope="module", params=["thread", "process"])
+def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp(request.param) / "drengr.db"
+    fill(path, request.param)
+    return path
+
+
+def scanned(reader: SQLiteReader, query: StatsQuery) -> Any:
+    rows, series = reader._snapshot(lambda execute: reader._scan_stats(execute, query), "stats")
+    return _stats(rows, series, query)
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_rollups_answer_as_the_scan_does(filled: Path, query: StatsQuery) -> None:
+    reader = SQLiteReader(str(filled))
+    try:
+        assert reader._snapshot(reader._rollups_cover, "stats") is True
+        from_rollups, from_rows = reader.stats(query), scanned(reader, query)
+        assert from_rollups.by_event == from_rows.by_event
+        assert from_rollups.series == from_rows.series
+        assert from_rollups.total == from_rows.total
+        assert from_rollups.sums == pytest.approx(from_rows.sums)
+    finally:
+        reader.close()
+
+
+def test_rollups_match_the_rows_written_out(filled: Path) -> None:
+    """The totals, written out: 240 events (the duplicates stored once), acme three in four."""
+    conn = sqlite3.connect(filled)
+    assert conn.execute("SELECT count(*) FROM semantic_events").fetchone() == (240,)
+    by_tenant = dict(conn.execute("SELECT tenant_id, sum(events) FROM event_rollups GROUP BY 1").fetchall())
+    assert by_tenant == {"acme": 180, "globex": 60}
+    revenue = conn.execute("SELECT sum(total) FROM measure_rollups WHERE measure = 'revenue'").fetchone()[0]
+    assert revenue == sum((i % 7) * 0.25 + 1 for i in range(EVENTS) if i % 3 == 0 and i % 10 != 9)
+    conn.close()
+
+
+def strip_rollups(path: Path) -> None:
+    """The database as a version without rollups left it (its rows, no rollup tables)."""
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE event_rollups")
+    conn.execute("DROP TABLE measure_rollups")
+    conn.execute("DELETE FROM meta WHERE key = 'rollups_from_seq'")
+    conn.commit()
+    conn.close()
+
+
+def test_an_older_database_is_scanned_until_backfilled_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "drengr.db"
+    fill(path, "thread")
+    strip_rollups(path)
+    # Opened by this version (as serve does), it gets empty rollups starting after its rows...
+    store = SQLiteStore(str(path))
+    keys_client = create_app(Config(db=str(path)), store=store, clock_ms=lambda: T0 + EVENTS * STEP_MS)
+    key = store.create_key("acme", "publishable")
+    assert (
+        post(keys_client.test_client(), "/v1/track", event(0), key).status_code == 200
+    )  # a new row: rolled up
+    store.close()
+    reader = SQLiteReader(str(path))
+    query = StatsQuery(None, measures=("revenue",), interval="minute")
+    try:
+        # ... so stats scans, and is right, until the backfill has counted the older rows.
+        assert reader._snapshot(reader._rollups_cover, "stats") is False
+        expected = scanned(reader, query)
+        assert reader.stats(query).total == expected.total == 241
+
+        seen: list[tuple[int, int]] = []
+
+        def stop_after_two_chunks(done: int, total: int) -> None:
+            seen.append((done, total))
+            if len(seen) == 2:
+                raise KeyboardInterrupt  # Ctrl-C: the chunks committed so far stay counted
+
+        with pytest.raises(KeyboardInterrupt):
+            backfill_rollups(str(path), chunk_rows=50, progress=stop_after_two_chunks)
+        assert seen == [(50, 240), (100, 240)]
+        assert reader._snapshot(reader._rollups_cover, "stats") is False
+        done = subprocess.run(
+            [sys.executable, "-m", "drengr", "db", "backfill-rollups", "--db", str(path)],
+            capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": ""}, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == f"Counted 140 older events into the rollups of {path}.\n"
+        assert reader._snapshot(reader._rollups_cover, "stats") is True
+        got = reader.stats(query)
+        assert (got.by_event, got.series, got.total) == (expected.by_event, expected.series, expected.total)
+        assert got.sums == pytest.approx(expected.sums)
+    finally:
+        reader.close()
+
+
+def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("create table t (x)").connection.commit()
+    for args, says in (
+        (["--db", str(tmp_path / "typo.db")], "No database at"),
+        (["--db", str(other)], "has no semantic_events table"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "drengr", "db", "backfill-rollups", *args],
+            capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": ""}, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "typo.db").exists()
