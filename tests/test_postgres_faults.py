@@ -317,3 +317,37 @@ def test_a_node_whose_clock_is_off_makes_no_resend_a_second_row(cluster: Cluster
     counts = rows_by_id(dsn)
     assert_ledger(senders.ledger, counts)
     report(f"one PostgreSQL node's clock {days:+d} days off", senders.ledger, counts)
+
+
+# --------------------------------------------------------------------------- connections: none leaked
+
+
+def backends(dsn: str) -> int:
+    """Client connections to ``dsn``'s database, other than the one asking."""
+    database = dsn.rsplit("/", 1)[1]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'",
+            (database,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_health_checks_leave_the_connection_count_flat(cluster: Cluster) -> None:
+    """Each probe asks the store on the health check's one worker thread: 30 checks hold one
+    connection, not 30 (a thread per probe left its connection open behind it)."""
+    from drengr.health import HealthCheck
+
+    dsn = cluster.fresh_database()
+    store = PostgresStore(dsn)
+    try:
+        check = HealthCheck(store)
+        assert check.check() == (True, "")
+        after_one = backends(dsn)
+        for _ in range(30):
+            assert check.check() == (True, "")
+        assert backends(dsn) == after_one <= 1
+    finally:
+        store.close()
+    assert backends(dsn) == 0
