@@ -7,12 +7,14 @@ tests/test_faults.py's: acknowledged events are never lost nor stored twice,
 and no request sent after PostgreSQL accepts connections again fails.
 """
 
+import contextlib
 import http.client
 import json
 import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from drengr.store import StoreError
 from drengr.store.base import KEY_CACHE_SECONDS
 
 from .realserver import INGEST_FAILED, Server, basic, batch, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
@@ -319,7 +322,7 @@ def test_a_node_whose_clock_is_off_makes_no_resend_a_second_row(cluster: Cluster
     report(f"one PostgreSQL node's clock {days:+d} days off", senders.ledger, counts)
 
 
-# --------------------------------------------------------------------------- connections: none leaked
+# --------------------------------------------------------------------------- connections: none leaked, no write twice
 
 
 def backends(dsn: str) -> int:
@@ -351,3 +354,85 @@ def test_health_checks_leave_the_connection_count_flat(cluster: Cluster) -> None
     finally:
         store.close()
     assert backends(dsn) == 0
+
+
+class CommitCutter:
+    """A TCP relay to PostgreSQL that, when armed, cuts the connection right after the server
+    committed a transaction, before the client hears so: the commit happened, the client sees a
+    dead connection."""
+
+    COMMITTED = b"C\x00\x00\x00\x0bCOMMIT\x00"  # CommandComplete, tag COMMIT
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+
+        self.target = (host, port)
+        self.armed = threading.Event()
+        self.cuts = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, source: Any, sink: Any, from_server: bool) -> None:
+        import socket
+
+        try:
+            while data := source.recv(65536):
+                if from_server and self.COMMITTED in data and self.armed.is_set():
+                    self.armed.clear()
+                    self.cuts += 1
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_write_whose_connection_dies_after_its_commit_is_not_done_twice(cluster: Cluster) -> None:
+    """A reused connection that dies after the database committed an admin write: the caller gets
+    the error (the outcome is unknown to the node), and the write is not run again on a fresh
+    connection (drop counts added twice, a key revoked and then reported as not found)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    dsn = cluster.fresh_database()
+    params = conninfo_to_dict(dsn)
+    cutter = CommitCutter(str(params["host"]), int(params["port"]))
+    relayed = f"postgresql://{params.get('user', 'postgres')}@127.0.0.1:{cutter.port}/{params['dbname']}?sslmode=disable"
+    store = PostgresStore(relayed)
+    try:
+        assert store.drop_counts(TENANT) == {}  # this thread's connection is open: the next one reuses it
+        cutter.armed.set()
+        with pytest.raises(StoreError):
+            store.add_drop_counts({(TENANT, 20_000, "too_large"): 1})
+        assert cutter.cuts == 1
+        assert store.drop_counts(TENANT) == {"too_large": 1}, "the write was repeated"
+        # A read on a connection that died is still retried at once.
+        cutter.armed.clear()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (params["dbname"],),
+            )
+        assert store.drop_counts(TENANT) == {"too_large": 1}
+    finally:
+        store.close()
+        cutter.close()

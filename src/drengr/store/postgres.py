@@ -366,13 +366,16 @@ class PostgresStore:
         if conn is not None:
             conn.close()
 
-    def _run(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+    def _run(self, work: Callable[[psycopg.Connection[Any]], Any], *, read_only: bool = False) -> Any:
         """``work(conn)`` on this thread's connection; a database error → StoreError (and a fresh connection).
 
-        A connection that was already open and turns out dead (a server restart
-        or failover killed it while idle) is replaced and ``work`` tried once
-        more: nothing went through the dead one, and the caller should not pay
-        for a restart that is already over.
+        When ``work`` only reads, a connection that was already open and turns
+        out dead (a server restart or failover killed it while idle) is replaced
+        and ``work`` tried once more: the caller should not pay for a restart
+        that is already over. A write is never run twice: the connection may
+        have died after the database committed it (a revoke would then report
+        "not found", drop counts would be added twice), so its caller gets the
+        error and decides.
         """
         reused = getattr(self._local, "conn", None) is not None
         for attempt in range(2):
@@ -383,7 +386,7 @@ class PostgresStore:
                 dead = conn.broken or conn.closed
                 if dead or isinstance(error, psycopg.OperationalError):
                     self._drop_reader()
-                if dead and reused and attempt == 0:
+                if dead and reused and read_only and attempt == 0:
                     log.warning("a PostgreSQL connection was lost (%s): reconnecting", _first_line(error))
                     continue
                 raise StoreError(_first_line(error)) from error
@@ -430,7 +433,8 @@ class PostgresStore:
                 "SELECT k.key_hash, k.tenant_id, k.kind, k.revoked_at, t.pii_allow "
                 "FROM api_keys k LEFT JOIN tenants t USING (tenant_id) WHERE k.key_hash = %s",
                 (key_hash,),
-            ).fetchone()
+            ).fetchone(),
+            read_only=True,
         )
         return (
             None
@@ -441,7 +445,9 @@ class PostgresStore:
     def writable(self) -> bool:
         """True when the database answers and is not a read-only standby."""
         try:
-            row = self._run(lambda conn: conn.execute("SELECT NOT pg_is_in_recovery()").fetchone())
+            row = self._run(
+                lambda conn: conn.execute("SELECT NOT pg_is_in_recovery()").fetchone(), read_only=True
+            )
         except StoreError as error:
             log.warning("store not writable: %s", error)
             return False
@@ -451,7 +457,8 @@ class PostgresStore:
         row = self._run(
             lambda conn: conn.execute(
                 "SELECT NOT EXISTS (SELECT 1 FROM tenants) AND NOT EXISTS (SELECT 1 FROM api_keys)"
-            ).fetchone()
+            ).fetchone(),
+            read_only=True,
         )
         return bool(row[0])
 
@@ -485,13 +492,15 @@ class PostgresStore:
             lambda conn: conn.execute(
                 "SELECT key_id, tenant_id, kind, created_at, revoked_at FROM api_keys "
                 "ORDER BY created_at, key_id"
-            ).fetchall()
+            ).fetchall(),
+            read_only=True,
         )
         return [KeyInfo(*row) for row in rows]
 
     def tenants(self) -> list[str]:
         rows = self._run(
-            lambda conn: conn.execute("SELECT tenant_id FROM tenants ORDER BY tenant_id").fetchall()
+            lambda conn: conn.execute("SELECT tenant_id FROM tenants ORDER BY tenant_id").fetchall(),
+            read_only=True,
         )
         return [row[0] for row in rows]
 
@@ -520,7 +529,8 @@ class PostgresStore:
         row = self._run(
             lambda conn: conn.execute(
                 "SELECT pii_allow FROM tenants WHERE tenant_id = %s", (tenant_id,)
-            ).fetchone()
+            ).fetchone(),
+            read_only=True,
         )
         return () if row is None else allow_names(row[0])
 
@@ -551,7 +561,8 @@ class PostgresStore:
             lambda conn: conn.execute(
                 "SELECT reason, sum(count) FROM drop_counts WHERE tenant_id = %s GROUP BY reason",
                 (tenant_id,),
-            ).fetchall()
+            ).fetchall(),
+            read_only=True,
         )
         return {reason: int(total) for reason, total in rows}
 
