@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import cli_export, cli_read, settings
-from .cli_common import UsageError, add_version, check_can_create, check_exists
+from .cli_common import ProgressBar, UsageError, add_version, check_can_create, check_exists
 from .cli_common import redact_url as _redact_url
 from .core.limits import WAITRESS_MAX_BODY_BYTES
 from .settings import Config, SettingError
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         db_commands, "import-sqlite", "copy a SQLite database into the --store PostgreSQL", settings.DB_IMPORT
     )
     move.add_argument("sqlite_file", help="the SQLite database to copy (read only; resumes if run again)")
+    move.add_argument("--quiet", action="store_true", help="no progress bar, even on a terminal")
     backfill = command(
         db_commands, "backfill-rollups", "count older rows into the read side's rollups (resumable)",
         settings.DB_BACKFILL,
@@ -219,11 +220,13 @@ def db(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.sqlite_file):
         raise UsageError(f"There is no file {args.sqlite_file}: pass the SQLite database to copy.")
     store = _open_postgres(args.store)
+    bar = ProgressBar("Copying events", "rows", quiet=args.quiet)
     try:
-        counts = store.import_sqlite(args.sqlite_file)  # type: ignore[attr-defined]
+        counts = store.import_sqlite(args.sqlite_file, progress=bar.update)  # type: ignore[attr-defined]
     except StoreError as error:
         raise UsageError(f"The copy stopped ({error}); run the same command again to resume.") from None
     finally:
+        bar.close()
         store.close()
     print(
         f"Copied {counts['events']:,} events ({counts['duplicates']:,} already there), "

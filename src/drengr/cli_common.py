@@ -64,3 +64,27 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return value
+
+
+class ProgressBar:
+    """A tqdm bar on stderr for long work (`db import-sqlite`, `prune`): shown on a terminal only.
+
+    ``update(done, total)`` is the store's progress callback. Off a terminal
+    (a pipe, a log file, cron), or with ``quiet``, it prints nothing at all.
+    """
+
+    def __init__(self, description: str, unit: str, quiet: bool = False) -> None:
+        from tqdm import tqdm
+
+        # disable=None: tqdm's own "not a terminal" test on the stream it writes to.
+        self._bar = tqdm(
+            desc=description, unit=unit, unit_scale=True, disable=True if quiet else None, leave=True
+        )
+
+    def update(self, done: int, total: int) -> None:
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -575,7 +575,9 @@ class PostgresStore:
             if cursor.rowcount < PRUNE_CHUNK:
                 return deleted
 
-    def import_sqlite(self, path: str, chunk_rows: int = 10_000) -> dict[str, int]:
+    def import_sqlite(
+        self, path: str, chunk_rows: int = 10_000, progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, int]:
         """Copy a SQLite store (``drengr.db``) into this database; safe to run again, resumes where it stopped.
 
         Tenants, keys (their digests), daily usage and every ``semantic_events``
@@ -584,7 +586,8 @@ class PostgresStore:
         transaction, so a second run copies only what is new. The event ids go
         into the dedup table with the generation of their ``received_at``: a
         client retry that reaches PostgreSQL after the move is still caught.
-        No cap applies, and nothing is counted as today's usage.
+        No cap applies, and nothing is counted as today's usage. ``progress(done, total)``
+        after each chunk: rows of this run copied or skipped, of those it found to copy.
         """
         try:
             source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -618,6 +621,11 @@ class PostgresStore:
                         f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT {conflict}", rows
                     )
                     counts[table] = len(rows)
+            found = conn.execute("SELECT value FROM drengr_meta WHERE key = %s", (marker,)).fetchone()
+            total = source.execute(
+                "SELECT count(*) FROM semantic_events WHERE seq > ?", (int(found[0]) if found else 0,)
+            ).fetchone()[0]
+            done = 0
             while True:
                 with conn.transaction(), conn.cursor() as cur:
                     cur.execute("SELECT value FROM drengr_meta WHERE key = %s FOR UPDATE", (marker,))
@@ -648,6 +656,9 @@ class PostgresStore:
                     )
                     counts["events"] += len(fresh)
                     counts["duplicates"] += len(rows) - len(fresh)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, max(total, done))
         except (psycopg.Error, sqlite3.Error) as error:
             raise StoreError(f"import from {path} failed: {_first_line(error)}") from error
         finally:
