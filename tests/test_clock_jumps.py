@@ -21,6 +21,7 @@ import pytest
 from waitress.server import create_server
 
 from drengr import clock
+from drengr.core.limits import DEDUP_WINDOW_DAYS
 from drengr.core.timestamps import format_ms
 from drengr.settings import Config
 from drengr.store import SQLiteStore
@@ -116,6 +117,33 @@ def test_sqlite_forgets_only_when_time_has_passed_too(tmp_path: Path) -> None:
         assert write(store, IDS[11:12]) == 1
         assert [len(index) for index in store._window] == [1]  # noqa: SLF001 - the old generations went
         assert write(store, IDS[:10]) == 10  # beyond the window: stored again, as documented
+    finally:
+        store.close()
+
+
+def test_sqlite_keeps_an_id_seven_days_on_a_correct_clock(tmp_path: Path) -> None:
+    """Ids written on day 1 of a generation and nothing after: a resend 6.01 days later, just past the
+    generation's boundary, is still a duplicate (the closed generation is timed from when it closed,
+    not from its last row); two generations on, it is forgotten, as documented."""
+    elapsed = [0.0]
+    window_ms = DEDUP_WINDOW_DAYS * DAY_SECONDS * 1000
+    day_one = (clock.now_ms() // window_ms + 1) * window_ms + DAY_SECONDS * 1000  # a boundary + 1 day
+    start = _BASE_OFFSET + (day_one - clock.now_ms()) / 1000
+
+    def advance(days: float) -> None:  # a correct clock: wall and monotonic move together
+        elapsed[0] += days * DAY_SECONDS
+        clock.set_offset(start + elapsed[0])
+
+    advance(0)
+    store = SQLiteStore(str(tmp_path / "drengr.db"), elapsed=lambda: elapsed[0])
+    try:
+        assert write(store, IDS[:10]) == 10
+        advance(6.01)  # 7.01 days into the generation: the next one has begun
+        assert write(store, IDS[:10]) == 0, "forgotten 6.01 days after it was written"
+        advance(6.9)  # 12.91 days after: still inside the previous generation
+        assert write(store, IDS[:10]) == 0
+        advance(1.1)  # the generation after: two boundaries past the write, beyond the window
+        assert write(store, IDS[:10]) == 10
     finally:
         store.close()
 

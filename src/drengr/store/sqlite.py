@@ -246,7 +246,8 @@ def backfill_rollups(
 
 _ROWS_PER_STATEMENT = 512  # 5,632 parameters a statement, below SQLite's 32,766
 # A closed generation is dropped at a later rotation only once it has been closed this long by the
-# monotonic clock: a generation, less a day for a first write that came late after its boundary.
+# monotonic clock: a generation, less a day for a first write that came late after its boundary. On a
+# correct clock it closed at its boundary and a rotation comes at a boundary: every id is kept 7 days.
 _DROP_AFTER_SECONDS = (DEDUP_WINDOW_DAYS - 1) * 86_400
 
 
@@ -847,7 +848,7 @@ class SQLiteStore:
         if self._last_seq < 0:
             self._load_window(conn, now_ms)
         elif current_generation > self._generation:
-            self._rotate(current_generation)
+            self._rotate(current_generation, now_ms)
         # A clock gone back (current_generation < self._generation) changes nothing: its rows join
         # the current generation, and nothing is forgotten until the clock passes it again.
         self._current_touched = self._elapsed()
@@ -859,17 +860,21 @@ class SQLiteStore:
             current.add(fingerprint(tenant_id, event_id), seq)
             self._last_seq = seq
 
-    def _rotate(self, current_generation: int) -> None:
+    def _rotate(self, current_generation: int, now_ms: int) -> None:
         """The clock entered a later generation: close the current one; drop those closed long ago.
 
-        Whole generations are dropped, and only those that took their last row
-        ``_DROP_AFTER_SECONDS`` ago by the monotonic clock: a wall clock that
-        jumps ahead drops nothing.
+        Whole generations are dropped, and only those closed ``_DROP_AFTER_SECONDS``
+        ago by the monotonic clock. The one closing now closed when the clock
+        says its generation ended, but never before it took its last row: ids
+        written on its first day and nothing after are still caught a week
+        later, and a wall clock that jumps ahead drops nothing.
         """
         now = self._elapsed()
+        ended_ms = (self._generation + 1) * DEDUP_WINDOW_DAYS * MS_PER_DAY
+        closing = max(self._current_touched, now - (now_ms - ended_ms) / 1000)
         kept = [
             (index, closed_at)
-            for index, closed_at in zip(self._window, [self._current_touched, *self._closed_at], strict=True)
+            for index, closed_at in zip(self._window, [closing, *self._closed_at], strict=True)
             if now - closed_at < _DROP_AFTER_SECONDS
         ]
         self._window = [FingerprintIndex(), *(index for index, _ in kept)]
