@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,6 +296,50 @@ def test_a_writer_thread_that_hangs_in_its_commit_fails_its_requests_in_time(tmp
         release.set()
         store.close()
     assert event_id_counts(db) == {"before": 1, "during": 1, "after": 1}
+
+
+def test_a_job_not_begun_by_its_deadline_is_not_written(tmp_path: Path) -> None:
+    """Job B waits in the thread writer's queue behind a commit that hangs until B's request has
+    answered 502: when the writer gets to B, it is late and is not written (its client resends)."""
+    db = tmp_path / "late.db"
+    store = SQLiteStore(str(db), writer="thread", busy_timeout_ms=300)
+    entered, release = threading.Event(), threading.Event()
+    real_commit = store._commit_group  # noqa: SLF001 - where job A hangs, past its deadline check
+
+    def hanging_commit(conn: sqlite3.Connection, jobs: list) -> None:
+        entered.set()
+        assert release.wait(HANG_GUARD_SECONDS), "hang guard: never released"
+        real_commit(conn, jobs)
+
+    def rows(event_id: str) -> list[tuple[Any, ...]]:
+        return [("acme", event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
+                 "2026-11-26T00:00:00.000Z", "{}", "{}", None)]  # fmt: skip
+
+    errors: list[BaseException] = []
+
+    def write_a() -> None:
+        try:
+            store.write("acme", rows("A"), 0)
+        except StoreError as error:
+            errors.append(error)
+
+    try:
+        store.write("acme", rows("before"), 0)
+        store._commit_group = hanging_commit  # type: ignore[method-assign]
+        first = threading.Thread(target=write_a)
+        first.start()
+        assert entered.wait(HANG_GUARD_SECONDS), "hang guard: job A never reached its commit"
+        with pytest.raises(StoreError, match="busy timeout"):
+            store.write("acme", rows("B"), 0)  # queued behind A until its request gave up
+        release.set()
+        first.join(HANG_GUARD_SECONDS)
+        store._commit_group = real_commit  # type: ignore[method-assign]
+        assert store.write("acme", rows("after"), 0).stored == 1  # after B in the queue: B was handled
+    finally:
+        release.set()
+        store.close()
+    assert len(errors) == 1  # A's request gave up too, but A had begun: it is written
+    assert event_id_counts(db) == {"before": 1, "A": 1, "after": 1}
 
 
 # --------------------------------------------------------------------------- crashes
