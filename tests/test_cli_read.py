@@ -22,6 +22,8 @@ from drengr.web import Config, create_app
 
 from .conftest import post
 
+pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 # A generous hang guard, not a speed limit (speed is bench/'s): a command that never
 # exits fails after this long instead of hanging the suite.

@@ -31,6 +31,8 @@ from drengr.web import create_app
 from .realserver import TENANT, basic, batch, event_id_counts
 from .test_faults import HANG_GUARD_SECONDS, Senders, assert_ledger, report
 
+pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
+
 DAY_SECONDS = 86_400
 IDS = [f"jump-{n:03d}" for n in range(200)]
 

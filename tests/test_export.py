@@ -22,6 +22,8 @@ from drengr.store.reader import EXPORT_COLUMNS, EventQuery, SQLiteReader
 
 from .realserver import free_port
 
+pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
+
 duckdb = pytest.importorskip("duckdb", reason="pip install '.[test]' (duckdb reads the exports back)")
 pd = pytest.importorskip("pandas", reason="pip install '.[test]' (pandas reads the exports back)")
 pytest.importorskip("pyarrow", reason="pip install '.[test]' (pyarrow writes Parquet)")

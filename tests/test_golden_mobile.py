@@ -34,7 +34,7 @@ import pytest
 
 from .conftest import ENGINES, basic, read_rows
 
-pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
+pytestmark = [pytest.mark.parametrize("engine", ENGINES, indirect=True), pytest.mark.dated]
 
 RECEIVED = "2026-12-05T10:00:05.000Z"
 ORIGINAL = "2026-12-05T10:00:00.000Z"  # when the app made the calls

@@ -43,6 +43,8 @@ from drengr.store import SQLiteStore
 
 from .conftest import TENANT, read_rows
 
+pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
+
 WIRE_DIR = Path(os.environ.get("DRENGR_WIRE_DIR", Path(__file__).resolve().parent / "data" / "wire"))
 
 # Requests per client, as INDEX.md lists them: every one of them is replayed.

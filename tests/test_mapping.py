@@ -14,7 +14,7 @@ from drengr.web import Config, create_app
 from .conftest import ENGINES, TENANT, post, read_rows
 
 # The whole contract runs against both stores (tests/conftest.py).
-pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
+pytestmark = [pytest.mark.parametrize("engine", ENGINES, indirect=True), pytest.mark.dated]
 
 RECEIVED = "2026-11-26T02:50:53.123Z"
 RECEIVED_MS = parse_ms(RECEIVED)

@@ -24,6 +24,8 @@ from drengr.web import Config, create_app
 from .conftest import ENGINES, TENANT, post, read_rows
 from .test_pii_matching import MAPPERS
 
+pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
+
 RECEIVED_MS = parse_ms("2026-11-26T02:50:53.123Z")
 # The "Product Viewed": every key holds a default fragment.
 PRODUCT = ("name", "product_name", "username", "tokens_used", "card_type", "filename")

@@ -4,11 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from drengr.store import SQLiteStore
 
 from . import test_postgres_store
 from .test_postgres_nginx import node_env
 from .test_postgres_store import count, query, server_dsn, with_schema
+
+pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 
 pg_dsn = test_postgres_store.pg_dsn  # the fixture: a fresh schema
 

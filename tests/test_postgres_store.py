@@ -37,6 +37,8 @@ from drengr.web import Config, create_app
 
 from .conftest import COLUMNS, TENANT, post, read_rows
 
+pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
+
 IN_CI = bool(os.environ.get("CI"))
 
 try:

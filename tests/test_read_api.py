@@ -24,6 +24,8 @@ from drengr.web import Config, create_app
 from .conftest import ENGINES, basic, post
 from .read_wiring import wire
 
+pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
+
 
 @pytest.fixture(params=ENGINES)
 def engine(request: pytest.FixtureRequest) -> str:

@@ -18,7 +18,7 @@ from drengr.web import Config, create_app
 from .conftest import ENGINES, basic, post, read_rows
 
 # The whole contract runs against both stores (tests/conftest.py).
-pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
+pytestmark = [pytest.mark.parametrize("engine", ENGINES, indirect=True), pytest.mark.dated]
 
 SUCCESS = b'{"success": true}'
 UNAUTHORIZED = b'{"error": "Unauthorized", "code": "unauthorized", "message": "Unauthorized"}'

@@ -21,6 +21,8 @@ from drengr.core.timestamps import parse_ms
 from drengr.store import SQLiteStore, StoreError
 from drengr.store.sqlite import WRITERS, _Job, generation
 
+pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
+
 DAY0 = parse_ms("2026-11-26T12:00:00.000Z")
 assert DAY0 is not None
 

@@ -9,18 +9,30 @@ far from today with it, and the fault suite makes a server's clock jump with
 timeouts) is never shifted.
 """
 
+import math
 import os
 import time
 
+VARIABLE = "DRENGR_CLOCK_OFFSET"  # declared with the other settings in drengr.settings
+
+
+def parse_offset(text: str) -> float:
+    """Seconds, finite, may be negative; "" is 0. ValueError says what is wrong."""
+    try:
+        value = float(text.strip()) if text.strip() else 0.0
+    except ValueError:
+        raise ValueError("is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise ValueError("is not a finite number of seconds")
+    return value
+
 
 def _offset_from_env() -> float:
-    text = os.environ.get("DRENGR_CLOCK_OFFSET", "").strip()
-    if not text:
-        return 0.0
+    text = os.environ.get(VARIABLE, "")
     try:
-        return float(text)
-    except ValueError:
-        raise SystemExit(f"DRENGR_CLOCK_OFFSET={text!r} is not a number of seconds: unset it.") from None
+        return parse_offset(text)
+    except ValueError as error:
+        raise SystemExit(f"{VARIABLE}={text!r} {error}: unset it.") from None
 
 
 _offset = _offset_from_env()

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from . import clock
 from .core.limits import DEFAULT_PII_SUBSTRINGS
 
 # Who takes a setting: the commands (as typed after `drengr`) and wsgi.py, gunicorn's entry point.
@@ -100,11 +101,11 @@ def optional_count(raw: str) -> int | None:
     return None if raw == "" else at_least(0)(raw)
 
 
-def seconds(raw: str) -> float:
+def clock_offset(raw: str) -> float:
     try:
-        return float(raw.strip()) if raw.strip() else 0.0
-    except ValueError:
-        raise SettingError("is not a number of seconds") from None
+        return clock.parse_offset(raw)
+    except ValueError as error:
+        raise SettingError(str(error)) from None
 
 
 def url_path(raw: str) -> str:
@@ -147,13 +148,17 @@ def key_names(raw: str) -> tuple[str, ...]:
 
 
 def cpus(raw: str) -> tuple[int, ...]:
-    """Comma-separated CPU numbers this process may run on; empty: any."""
+    """Comma-separated CPU numbers of this machine; empty: any.
+
+    Checked against the machine's CPUs, not this process's affinity: the server
+    may itself be pinned elsewhere (``taskset -c 0 drengr serve --writer-cpus 1``).
+    """
     wanted: list[int] = []
     for part in (p.strip() for p in raw.split(",") if p.strip()):
         if not part.isdigit():
             raise SettingError("is not a list of CPU numbers: pass one like 1 or 2,3")
         wanted.append(int(part))
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(wanted)
+    allowed = set(range(os.cpu_count() or 1))
     missing = sorted(set(wanted) - allowed)
     if missing:
         usable = ",".join(str(cpu) for cpu in sorted(allowed))
@@ -403,7 +408,7 @@ SETTINGS: tuple[Setting, ...] = (
         "the test suite runs its dated tests far from today with it.",
         commands=EVERY,
         example="3456000",
-        parse=seconds,
+        parse=clock_offset,
         option=None,
         testing=True,
     ),
