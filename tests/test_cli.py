@@ -239,7 +239,7 @@ def _command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) 
 
 def test_version_on_drengr_and_every_subcommand():
     paths = _command_paths(build_parser())
-    assert ("keys", "create") in paths and ("export",) in paths and len(paths) == 16
+    assert ("keys", "create") in paths and ("export",) in paths and ("prune",) in paths and len(paths) == 17
     expected = f"drengr {metadata.version('drengr-ingest')}\n"
     for path in paths:
         result = drengr(*path, "--version")

@@ -129,6 +129,9 @@ def observe(app: Any) -> dict[str, Any]:
         "busy_timeout_ms": reader.execute("PRAGMA busy_timeout").fetchone()[0],
         "pii_substrings": stripped(set(json.loads(dims))),
         "pii_allow": [ALLOW_PROBE] if ALLOW_PROBE in json.loads(dims) else [],
+        "retention": retention._age_ms // 1000
+        if (retention := app.extensions.get("drengr.retention"))
+        else None,
         "analytics_js": library.get_data(as_text=True) if library.status_code == 200 else None,
         "received_at": received_at,
     }
@@ -214,7 +217,7 @@ def test_docs_settings_table_is_the_registry_verbatim():
 
 
 SERVE_IN_PROCESS = {
-    "db", "prefix", "durability", "writer", "busy_timeout_ms", "pii_substrings", "pii_allow",
+    "db", "prefix", "durability", "writer", "busy_timeout_ms", "pii_substrings", "pii_allow", "retention",
     "host", "port", "threads", "connection_limit", "channel_timeout", "analytics_js",
 }  # fmt: skip
 SERVE_AS_A_PROCESS = {
@@ -343,7 +346,7 @@ def test_serve_and_wsgi_honour_the_store_variable(tmp_path, monkeypatch):
 
 WSGI_SEEN = {
     "db", "prefix", "durability", "writer", "writer_cpus", "busy_timeout_ms", "pii_substrings", "clock_offset",
-    "analytics_js", "pii_allow",
+    "analytics_js", "pii_allow", "retention",
 }  # fmt: skip
 
 

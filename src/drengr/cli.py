@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated exact key names this tenant keeps although they contain a PII fragment, "
         "on top of the server's --pii-allow (replaces the tenant's list; \"\" clears it)",
     )
+    pruning = command(
+        commands, "prune", "delete the events received before an age, in short batches", settings.PRUNE
+    )
+    pruning.add_argument(
+        "--before",
+        required=True,
+        metavar="AGE",
+        help="how old an event must be to go: 90d, 12w (15d or more)",
+    )
+    pruning.add_argument("--quiet", action="store_true", help="no progress bar, even on a terminal")
     cli_read.add_commands(commands)
     cli_export.add_commands(commands)
     return parser
@@ -159,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return keys(args)
         if args.command == "db":
             return db(args)
+        if args.command == "prune":
+            return prune(args)
         return tenants(args)
     except (UsageError, SettingError) as error:
         print(f"drengr: {error}", file=sys.stderr)
@@ -231,6 +243,34 @@ def db(args: argparse.Namespace) -> int:
     print(
         f"Copied {counts['events']:,} events ({counts['duplicates']:,} already there), "
         f"{counts['tenants']} tenants, {counts['api_keys']} keys to {_redact_url(args.store)}.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def prune(args: argparse.Namespace) -> int:
+    """`drengr prune --before AGE`: beside a running server too (each batch is a short transaction)."""
+    from . import clock
+    from .core.timestamps import format_ms
+
+    try:
+        seconds = settings.age(args.before)
+    except SettingError as error:
+        raise UsageError(f"--before {args.before} {error}.") from None
+    before_ms = clock.now_ms() - seconds * 1000
+    store = _open_store(_admin_config(args), create=False)
+    bar = ProgressBar("Pruning events", "rows", quiet=args.quiet)
+    try:
+        deleted = store.prune_events(before_ms, progress=bar.update)  # type: ignore[attr-defined]
+    except sqlite3.Error as error:
+        raise _not_a_database(args.db, error) from None
+    except StoreError as error:
+        raise UsageError(f"Pruning stopped ({error}); run the same command again to go on.") from None
+    finally:
+        bar.close()
+        store.close()
+    print(
+        f"Deleted {deleted:,} events received before {format_ms(before_ms)} from the {_where(args)}.",
         file=sys.stderr,
     )
     return 0

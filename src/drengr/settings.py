@@ -40,9 +40,10 @@ TAIL = "tail"
 STATS = "stats"
 EXPORT = "export"
 DATASETTE = "datasette"
+PRUNE = "prune"
 KEYS = (KEYS_CREATE, KEYS_LIST, KEYS_REVOKE)
 READERS = (TAIL, STATS, EXPORT)
-COMMANDS = (SERVE, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, DB_BACKFILL, *READERS, DATASETTE)
+COMMANDS = (SERVE, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, DB_BACKFILL, *READERS, DATASETTE, PRUNE)
 EVERY = (*COMMANDS, WSGI)
 
 
@@ -142,6 +143,28 @@ def fragments(raw: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
+MIN_RETENTION_DAYS = 15  # drengr.store.base: the SQLite dedup window's rows stay
+
+
+def age(raw: str) -> int:
+    """An age as seconds: a whole number and a unit, 90d, 12w, 2160h; at least 15 days."""
+    text = raw.strip().lower()
+    if len(text) < 2 or text[-1] not in _UNITS or not text[:-1].isdigit():
+        raise SettingError("is not an age: pass a whole number and a unit (s, m, h, d, w), like 90d")
+    seconds = int(text[:-1]) * _UNITS[text[-1]]
+    if seconds < MIN_RETENTION_DAYS * 86_400:
+        raise SettingError(
+            f"is shorter than {MIN_RETENTION_DAYS} days: the dedup window keeps the last two weeks' events "
+            f"(a resent event must find its first copy); pass {MIN_RETENTION_DAYS}d or more"
+        )
+    return seconds
+
+
+def optional_age(raw: str) -> int | None:
+    return age(raw) if raw.strip() else None
+
+
 def key_names(raw: str) -> tuple[str, ...]:
     """Comma-separated exact key names (case kept); empty: none."""
     return tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
@@ -215,7 +238,7 @@ SETTINGS: tuple[Setting, ...] = (
         help="The SQLite database file. Commands that may create it (serve, keys create, db init, "
         "tenants set --create) need its folder to exist and be writable; the others need the file. "
         "tail, stats and export also take a postgresql:// URL here.",
-        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, DB_BACKFILL, *READERS, DATASETTE),
+        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, DB_BACKFILL, *READERS, DATASETTE, PRUNE),
         example="/var/lib/drengr/drengr.db",
         parse=file_path,
         metavar="PATH",
@@ -226,7 +249,7 @@ SETTINGS: tuple[Setting, ...] = (
         help="A postgresql://user@host/db URL: rows, keys and tenants go to PostgreSQL instead of --db "
         "(needs pip install 'drengr-ingest[postgres]'). Keep the password out of the command line: "
         "use the variable, ~/.pgpass or PGPASSWORD.",
-        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, *READERS),
+        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, *READERS, PRUNE),
         example="postgresql://drengr@db.internal/drengr",
         parse=postgres_url,
         metavar="URL",
@@ -375,6 +398,16 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="DIR",
     ),
     Setting(
+        name="retention",
+        default="",
+        help="Keep events this long (90d, 12w; at least 15d): older ones are deleted every hour, in "
+        "batches of 2,000 rows, with their days' usage and drop counts. Empty: keep everything.",
+        commands=(SERVE, WSGI),
+        example="90d",
+        parse=optional_age,
+        metavar="AGE",
+    ),
+    Setting(
         name="tenant",
         default="",
         help="The tenant: keys create makes the key for it (and the tenant, if new); tail, stats and export "
@@ -497,6 +530,7 @@ class Config:
     log_format: str = _default("log_format")
     pii_substrings: tuple[str, ...] = _default("pii_substrings")
     pii_allow: tuple[str, ...] = _default("pii_allow")
+    retention: int | None = _default("retention")
     analytics_js: str = _default("analytics_js")
 
     @classmethod

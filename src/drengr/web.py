@@ -7,6 +7,7 @@ write rows, log one line. The decisions are ``drengr.core.machine``'s.
 import json
 import logging
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable, Generator, Iterable
@@ -26,6 +27,7 @@ from .core.mapping import BodyMapper
 from .core.pixel import handle_pixel
 from .core.routes import Route, classify, is_source_config
 from .core.settings import settings_document
+from .core.timestamps import format_ms
 from .drops import DropLog
 from .health import HealthCheck
 from .logs import Fields
@@ -259,6 +261,8 @@ def create_app(
         metrics.count("requests", request.endpoint or "not_found", str(response.status_code))
         return response
 
+    if config.retention:
+        app.extensions["drengr.retention"] = Retention(store, config.retention, clock_ms)
     read_api.register(app, store, clock_ms=clock_ms)
     analytics_js.register(app, config.analytics_js, _log_line)
     flask_wsgi_app = app.wsgi_app
@@ -272,6 +276,42 @@ def create_app(
     if config.prefix.strip("/"):
         app.wsgi_app = PrefixMiddleware(app.wsgi_app, config.prefix)  # type: ignore[method-assign]
     return app
+
+
+RETENTION_EVERY_SECONDS = 3_600.0
+
+
+class Retention:
+    """``--retention AGE``: a daemon thread deletes what is older, at start and every hour after.
+
+    The store deletes in short batches (``prune_events``), each its own
+    transaction, so requests wait for one batch at most. A failure is
+    logged and tried again at the next turn.
+    """
+
+    def __init__(self, store: Any, age_seconds: int, clock_ms: Callable[[], int]) -> None:
+        self._store = store
+        self._age_ms = age_seconds * 1000
+        self._clock_ms = clock_ms
+        self.passes = 0  # finished prunes (tests wait for one)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="drengr-retention", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            before_ms = self._clock_ms() - self._age_ms
+            try:
+                deleted = self._store.prune_events(before_ms)
+                if deleted:
+                    log.info("retention: deleted %d events received before %s", deleted, format_ms(before_ms))
+            except Exception as error:  # noqa: BLE001 - a store outage: the next turn tries again
+                log.warning("retention: pruning failed (%s); trying again in an hour", error)
+            self.passes += 1
+            self._stop.wait(RETENTION_EVERY_SECONDS)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 METRICS_401 = (

@@ -51,6 +51,12 @@ class Store(Protocol):
 
     def set_daily_cap(self, tenant_id: str, daily_cap: int) -> None: ...
 
+    def prune_events(
+        self, before_ms: int, batch_rows: int = ..., progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Delete the events received before ``before_ms`` in short batches; returns how many (retention)."""
+        ...
+
     def set_pii_allow(self, tenant_id: str, names: tuple[str, ...]) -> None:
         """The tenant's exact key names kept although they hold a PII fragment (replaces the list)."""
         ...
@@ -75,6 +81,14 @@ def allow_text(names: tuple[str, ...]) -> str | None:
 
 def allow_names(stored: str | None) -> tuple[str, ...]:
     return tuple(json.loads(stored)) if stored else ()
+
+
+# Retention (drengr prune, serve --retention): rows received before a cut-off are deleted, this
+# many a transaction, so a writer waits for one short batch at most. The shortest retention keeps
+# the SQLite dedup window's rows (two 7-day generations, a day of margin): a resent event is
+# still caught as a repeat, never stored twice because its first copy was pruned.
+PRUNE_BATCH_ROWS = 2_000
+MIN_RETENTION_DAYS = 15
 
 
 KEY_CACHE_SECONDS = 2.0  # a revoked key stops working within this long

@@ -77,7 +77,7 @@ from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.outcome import StoreOutcome
 from ..core.timestamps import format_ms, parse_ms
-from .base import KeyCache, KeyInfo, StoreError, allow_names, allow_text, take_group
+from .base import PRUNE_BATCH_ROWS, KeyCache, KeyInfo, StoreError, allow_names, allow_text, take_group
 
 log = logging.getLogger("drengr.store")
 
@@ -516,6 +516,63 @@ class PostgresStore:
         )
         self._keys.clear()
         return bool(cursor.rowcount > 0)
+
+    def prune_events(
+        self,
+        before_ms: int,
+        batch_rows: int = PRUNE_BATCH_ROWS,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Delete the events received before ``before_ms``, ``batch_rows`` a transaction; returns how many.
+
+        Tenant by tenant (each batch a single-tenant statement on the
+        ``(tenant_id, seq)`` index, as Citus wants), walking ``seq`` upwards and
+        stopping at the first batch with nothing old in it. Dedup lives in
+        ``event_ids`` with its own pruning: untouched. Daily usage and drop
+        counts of the days before the cut-off go too. Autovacuum makes the
+        space reusable.
+        """
+        cutoff = format_ms(before_ms)
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            counted = conn.execute("SELECT count(*) FROM semantic_events WHERE received_at < %s", (cutoff,))
+            total = int(counted.fetchone()[0])  # type: ignore[index]
+            tenants = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT tenant_id FROM semantic_events WHERE received_at < %s ORDER BY 1",
+                    (cutoff,),
+                )
+            ]
+            deleted = 0
+            for tenant_id in tenants:
+                last_seq = -1
+                while True:
+                    with conn.transaction():
+                        batch = conn.execute(
+                            "SELECT seq, received_at < %s FROM semantic_events WHERE tenant_id = %s AND seq > %s "
+                            "ORDER BY seq LIMIT %s",
+                            (cutoff, tenant_id, last_seq, batch_rows),
+                        ).fetchall()
+                        old = [seq for seq, is_old in batch if is_old]
+                        if old:
+                            conn.execute(
+                                "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s)",
+                                (tenant_id, old),
+                            )
+                    deleted += len(old)
+                    if progress is not None:
+                        progress(deleted, max(total, deleted))
+                    if not old:
+                        break
+                    last_seq = batch[-1][0]
+            day = before_ms // MS_PER_DAY
+            with conn.transaction():
+                conn.execute("DELETE FROM daily_usage WHERE day < %s", (day,))
+                conn.execute("DELETE FROM drop_counts WHERE day < %s", (day,))
+            return deleted
+
+        return int(self._run(work))
 
     def set_pii_allow(self, tenant_id: str, names: tuple[str, ...]) -> None:
         self._run(

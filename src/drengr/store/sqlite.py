@@ -62,7 +62,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -82,7 +82,7 @@ from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.outcome import StoreOutcome
 from ..core.timestamps import format_ms, parse_ms
-from .base import KeyCache, KeyInfo, StoreError, allow_names, allow_text, take_group
+from .base import PRUNE_BATCH_ROWS, KeyCache, KeyInfo, StoreError, allow_names, allow_text, take_group
 
 try:
     from .._index import FingerprintIndex, fingerprint, fingerprints  # type: ignore[import-not-found]
@@ -542,6 +542,72 @@ class SQLiteStore:
         self._keys.clear()
         return changed
 
+    def prune_events(
+        self,
+        before_ms: int,
+        batch_rows: int = PRUNE_BATCH_ROWS,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Delete the events received before ``before_ms``, ``batch_rows`` a transaction; returns how many.
+
+        Walks ``seq`` upwards (rows arrive in time order) and stops at the first
+        batch with nothing old in it. Each batch takes the writers' turn and a
+        ``BEGIN IMMEDIATE`` of its own, so a server writing meanwhile waits for
+        one batch at most. Daily usage and drop counts of the days before the
+        cut-off go too (the cap counts only today). Freed pages are reused by
+        new rows; the file does not shrink (docs/operating.md "Retention").
+        """
+        cutoff = format_ms(before_ms)
+        conn = self._connect()
+        try:
+            total = conn.execute(
+                "SELECT count(*) FROM semantic_events WHERE received_at < ?", (cutoff,)
+            ).fetchone()[0]
+            deleted = last_seq = 0
+            while True:
+                with self._turn(conn):
+                    batch = conn.execute(
+                        "SELECT seq, received_at < ? FROM semantic_events WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (cutoff, last_seq, batch_rows),
+                    ).fetchall()
+                    old = [seq for seq, is_old in batch if is_old]
+                    if old:
+                        conn.execute(
+                            f"DELETE FROM semantic_events WHERE seq IN ({','.join('?' * len(old))})", old
+                        )
+                deleted += len(old)
+                if progress is not None:
+                    progress(deleted, max(total, deleted))
+                if not old:
+                    break
+                last_seq = batch[-1][0]
+            day = before_ms // MS_PER_DAY
+            with self._turn(conn):
+                conn.execute("DELETE FROM daily_usage WHERE day < ?", (day,))
+                conn.execute("DELETE FROM drop_counts WHERE day < ?", (day,))
+            return deleted
+        except sqlite3.Error as error:
+            raise StoreError(f"prune failed: {error}") from error
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _turn(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """One short write transaction, in the writers' turn (as the writer's own groups are)."""
+        turn = self._turns.acquire(self._busy_timeout_ms / 1000)
+        if turn is None:
+            raise StoreError("another writer held the database's writer lock past the busy timeout")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            self._turns.release(turn)
+
     def set_pii_allow(self, tenant_id: str, names: tuple[str, ...]) -> None:
         with self._admin_transaction() as conn:
             self._ensure_tenant(conn, tenant_id)
@@ -728,11 +794,7 @@ class SQLiteStore:
             if turn is None:
                 raise StoreError("another writer held the database's writer lock past the busy timeout")
             try:
-                now = time.monotonic()
-                late = [job for job in jobs if job.deadline <= now]
-                for job in late:  # its request has answered 502 already: written now, it would be a surprise
-                    job.outcome, job.error = None, StoreError("not written: its request stopped waiting")
-                self._commit_group(conn, [job for job in jobs if job.deadline > now])
+                self._commit_group(conn, jobs)
             finally:
                 self._turns.release(turn)
             if self._checkpointer is None:
@@ -763,8 +825,12 @@ class SQLiteStore:
         starts over with one savepoint a job, so that job fails alone.
         """
         started = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        work = [job for job in jobs if not job.probe]
+        conn.execute("BEGIN IMMEDIATE")  # may wait in SQLite's busy handler, past some jobs' deadlines
+        now = time.monotonic()
+        for job in jobs:
+            if job.deadline <= now:  # its request has answered 502 already: written now, it would be a surprise
+                job.outcome, job.error = None, StoreError("not written: its request stopped waiting")
+        work = [job for job in jobs if not job.probe and job.deadline > now]
         if not work:
             conn.execute("ROLLBACK")
             return
