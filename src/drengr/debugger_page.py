@@ -6,7 +6,11 @@ secret key, keeps it in memory only (never in storage or the URL) and sends it
 as ``Authorization: Bearer`` to the read API: ``/v1/events`` every second
 (cursor ``order=asc``, so each poll returns only what landed since),
 ``/v1/drops`` every second and ``/v1/stats?interval=minute`` every five for
-the chart (inline SVG). Everything a client sent is put in the page with
+the chart (inline SVG; /v1/stats reads the rollups, docs/performance.md
+"Reading at 10M rows"). A row opens into its stored fields, dims, measures
+and what the drop samples say was left out of it; the filters go to
+``/v1/events`` as its own parameters; a pause keeps polling and counts what
+arrived. Everything a client sent is put in the page with
 ``textContent``, never as HTML: event names and dims come from publishable
 keys, which are public.
 """
@@ -26,7 +30,7 @@ DEBUGGER_HTML = """<!doctype html>
   header { background: #10243f; color: #fff; padding: .75rem 1.25rem; display: flex; gap: 1rem; align-items: baseline; flex-wrap: wrap; }
   header h1 { font-size: 1.2rem; margin: 0; }
   header p { margin: 0; color: #c9d6e8; }
-  main { padding: 1rem 1.25rem; max-width: 1280px; }
+  main { padding: 1rem 1.25rem; max-width: 1680px; }
   form { display: flex; gap: .5rem; align-items: end; flex-wrap: wrap; }
   label { display: block; font-weight: 600; }
   input[type=password] { font: inherit; padding: .4rem .5rem; width: 28rem; max-width: 100%; border: 1px solid var(--muted); border-radius: 4px; }
@@ -35,16 +39,32 @@ DEBUGGER_HTML = """<!doctype html>
   :focus-visible { outline: 3px solid #f0b400; outline-offset: 2px; }
   .status { margin: .5rem 0; min-height: 1.5em; }
   .status.error { color: var(--bad); font-weight: 600; }
-  .grid { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 1fr); gap: 1.25rem; }
-  @media (max-width: 900px) { .grid { grid-template-columns: 1fr; } }
+  .grid { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 1.25rem; }
+  @media (max-width: 1499px) { .grid { grid-template-columns: minmax(0, 1fr); } }
+  .filters { display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: end; margin: .25rem 0 .75rem; }
+  .filters input, .filters select { font: inherit; padding: .25rem .4rem; border: 1px solid var(--muted); border-radius: 4px; max-width: 14rem; }
+  .filters label { font-weight: 600; font-size: .85rem; }
+  .kv { margin: 0; padding: 0; list-style: none; }
+  .kv li { overflow-wrap: break-word; }
+  /* Narrow windows: the client's time moves to the opened event, the rest keeps its words whole. */
+  @media (max-width: 999px) { #events th:nth-child(2), #events td:nth-child(2) { display: none; } }
+  .kv b { font-weight: 600; }
+  #events button.open { font: inherit; font-size: .85rem; padding: 0; border: 0; background: none; color: var(--accent); text-decoration: underline; cursor: pointer; }
+  #detail { border: 1px solid var(--line); border-radius: 4px; padding: .75rem 1rem; background: #fff; }
+  #detail table { margin-bottom: .75rem; }
+  #detail th { position: static; width: 12rem; }
+  #detail td { overflow-wrap: anywhere; }
   section { margin-top: 1rem; }
   h2 { font-size: 1.05rem; margin: 0 0 .5rem; }
   table { border-collapse: collapse; width: 100%; font-size: .85rem; }
   caption { text-align: left; color: var(--muted); padding-bottom: .25rem; }
   th, td { border-bottom: 1px solid var(--line); padding: .3rem .4rem; text-align: left; vertical-align: top; }
   th { background: var(--bg); position: sticky; top: 0; }
-  td code { font-size: .8rem; word-break: break-all; }
-  .scroll { max-height: 28rem; overflow: auto; border: 1px solid var(--line); border-radius: 4px; }
+  td code { font-size: .8rem; overflow-wrap: anywhere; }
+  /* Words stay whole; one wider than its column (an id, a URL) breaks only then. */
+  td { overflow-wrap: break-word; }
+  #events td:first-child, #drops td:first-child { white-space: nowrap; }
+  .scroll { max-height: 28rem; overflow-y: auto; overflow-x: auto; border: 1px solid var(--line); border-radius: 4px; }
   .counts { display: flex; flex-wrap: wrap; gap: .4rem; padding: 0; list-style: none; margin: 0 0 .5rem; }
   .counts li { background: #fdecea; color: var(--bad); border-radius: 999px; padding: .1rem .6rem; font-size: .85rem; }
   .legend { display: flex; flex-wrap: wrap; gap: .25rem 1rem; list-style: none; padding: 0; margin: .25rem 0 0; font-size: .85rem; }
@@ -78,15 +98,25 @@ DEBUGGER_HTML = """<!doctype html>
   <div id="live" hidden>
     <p>
       <button type="button" id="pause" class="secondary" aria-pressed="false">Pause</button>
+      <span id="pending" role="status" aria-live="polite"></span>
       <button type="button" id="signout" class="secondary">Sign out</button>
       <span id="updated" class="muted"></span>
     </p>
+    <form id="filters" class="filters" aria-label="Filter events">
+      <div><label for="f-name">Event name</label><input id="f-name" name="event_name" placeholder="order_completed" spellcheck="false"></div>
+      <div><label for="f-type">Type</label><select id="f-type" name="event_type">
+        <option value="">any</option><option>track</option><option>page</option><option>screen</option>
+        <option>identify</option><option>group</option><option>alias</option></select></div>
+      <div><label for="f-user">User id</label><input id="f-user" name="external_id" placeholder="user_123" spellcheck="false"></div>
+      <div><label for="tz">Times</label><select id="tz"><option value="utc">UTC</option><option value="local">Local</option></select></div>
+      <button type="submit" class="secondary" id="apply">Filter</button>
+    </form>
     <div class="grid">
       <section aria-labelledby="events-title">
         <h2 id="events-title">Latest events</h2>
         <div class="scroll" tabindex="0" role="region" aria-labelledby="events-title">
           <table id="events">
-            <caption>Newest first; updated every second. Times are UTC.</caption>
+            <caption>Newest first; updated every second. Open a row's time to see the whole event. Times are <span id="tz-name">UTC</span>.</caption>
             <thead><tr>
               <th scope="col">Received</th><th scope="col">Occurred</th><th scope="col">Event</th>
               <th scope="col">Type</th><th scope="col">User / install</th><th scope="col">Library</th><th scope="col">Dims</th><th scope="col">Measures</th>
@@ -95,6 +125,14 @@ DEBUGGER_HTML = """<!doctype html>
           </table>
         </div>
         <p id="events-empty" class="muted">No events yet. Send one with your publishable key and it shows here within a second.</p>
+        <section id="detail" aria-labelledby="detail-title" tabindex="-1" hidden>
+          <h2 id="detail-title">Event</h2>
+          <table id="detail-fields"><caption>The stored row</caption><tbody></tbody></table>
+          <table id="detail-dims"><caption>Dims (text properties and traits)</caption><thead><tr><th scope="col">Key</th><th scope="col">Value</th></tr></thead><tbody></tbody></table>
+          <table id="detail-measures"><caption>Measures (numbers)</caption><thead><tr><th scope="col">Key</th><th scope="col">Value</th></tr></thead><tbody></tbody></table>
+          <div id="detail-stripped"></div>
+          <button type="button" id="detail-close" class="secondary">Close</button>
+        </section>
       </section>
       <section aria-labelledby="drops-title">
         <h2 id="drops-title">Recent drops</h2>
@@ -136,6 +174,13 @@ DEBUGGER_JS = r"""'use strict'
   let key = null
   let cursor = null
   let paused = false
+  let shown = [] // the events in the table, newest first
+  let pending = [] // arrived while paused, oldest first
+  let filters = ''
+  let zone = 'utc'
+  let lastDrops = { counts: {}, reasons: {}, recent: [] }
+  let lastChart = null
+  let opened = null // the event shown in the detail panel
   let timers = []
   let lastStats = 0
   let generation = 0 // a sign-out or a new sign-in abandons the polls of the previous one
@@ -182,16 +227,47 @@ DEBUGGER_JS = r"""'use strict'
     $('key').focus()
   }
 
-  function compact(value) {
-    const text = JSON.stringify(value)
-    return text === '{}' ? '' : text
+  const pad = (n, width) => String(n).padStart(width || 2, '0')
+
+  // A stored time (`2026-11-26T02:50:53.123Z`) as UTC or as this browser's local time.
+  function when(iso, withDate) {
+    if (zone === 'utc') return iso.replace('T', ' ').slice(withDate ? 0 : 11, 23)
+    const d = new Date(iso)
+    const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`
+    return withDate ? `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time}` : time
+  }
+
+  function minuteLabel(slot) {
+    return when(slot + ':00.000Z', false).slice(0, 5)
+  }
+
+  function number(value) {
+    return typeof value === 'number' ? value.toLocaleString('en-US', { maximumFractionDigits: 6 }) : String(value)
+  }
+
+  // dims and measures as `key: value` lines that wrap between words, not as JSON cut mid-word.
+  function keyValues(object) {
+    const list = el('ul', null, { class: 'kv' })
+    for (const [name, value] of Object.entries(object || {})) {
+      const item = el('li')
+      item.append(el('b', name))
+      item.append(document.createTextNode(': ' + (typeof value === 'string' ? value : number(value))))
+      list.append(item)
+    }
+    return list
   }
 
   function eventRow(event, fresh) {
     const tr = el('tr', null, { 'data-seq': String(event.seq), 'data-event-name': event.event_name })
     if (fresh) tr.className = 'new'
-    tr.append(el('td', event.received_at.slice(11, 23)))
-    tr.append(el('td', event.occurred_at.replace('T', ' ').slice(0, 23)))
+    const received = el('td')
+    const open = el('button', when(event.received_at, false), {
+      type: 'button', class: 'open', 'aria-label': `Open ${event.event_name}, received ${when(event.received_at, true)}`,
+    })
+    open.addEventListener('click', () => showDetail(event))
+    received.append(open)
+    tr.append(received)
+    tr.append(el('td', when(event.occurred_at, true)))
     const name = el('td')
     name.append(el('strong', event.event_name))
     tr.append(name)
@@ -201,34 +277,90 @@ DEBUGGER_JS = r"""'use strict'
     ids.append(el('div', event.install_id, { class: 'muted' }))
     tr.append(ids)
     tr.append(el('td', event.library === null ? '—' : event.library, { class: 'library' }))
-    const dims = el('td')
-    dims.append(el('code', compact(event.dims)))
+    const dims = el('td', null, { class: 'dims' })
+    dims.append(keyValues(event.dims))
     tr.append(dims)
-    const measures = el('td')
-    measures.append(el('code', compact(event.measures)))
+    const measures = el('td', null, { class: 'measures' })
+    measures.append(keyValues(event.measures))
     tr.append(measures)
     return tr
   }
 
-  function addEvents(events, fresh) {
+  function render(fresh) {
     const body = $('events').tBodies[0]
+    body.replaceChildren(...shown.map((event) => eventRow(event, fresh && fresh.has(event.seq))))
+    $('events-empty').hidden = shown.length > 0
+  }
+
+  function addEvents(events, fresh) {
     // `events` is oldest first; the table is newest first.
-    for (const event of events) body.insertBefore(eventRow(event, fresh), body.firstChild)
-    while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1)
-    $('events-empty').hidden = body.rows.length > 0
+    shown = events.slice().reverse().concat(shown).slice(0, MAX_ROWS)
+    render(fresh ? new Set(events.map((event) => event.seq)) : null)
+  }
+
+  function showPending() {
+    $('pending').textContent = paused ? (pending.length ? `${pending.length.toLocaleString('en-US')} new` : 'Paused') : ''
+  }
+
+  function fieldRow(body, name, value) {
+    const tr = el('tr')
+    tr.append(el('th', name, { scope: 'row' }))
+    tr.append(el('td', value === null || value === undefined || value === '' ? '—' : value))
+    body.append(tr)
+  }
+
+  // The stored row as a table, and what the server left out of it (this process's recent drop samples).
+  function showDetail(event) {
+    opened = event
+    $('detail-title').textContent = 'Event: ' + event.event_name
+    const fields = $('detail-fields').tBodies[0]
+    fields.replaceChildren()
+    fieldRow(fields, 'Event name', event.event_name)
+    fieldRow(fields, 'Type', event.event_type)
+    fieldRow(fields, 'User id (external_id)', event.external_id)
+    fieldRow(fields, 'Install id', event.install_id)
+    fieldRow(fields, 'Occurred (client clock)', when(event.occurred_at, true) + (zone === 'utc' ? ' UTC' : ''))
+    fieldRow(fields, 'Received (server clock)', when(event.received_at, true) + (zone === 'utc' ? ' UTC' : ''))
+    fieldRow(fields, 'Library', event.library)
+    fieldRow(fields, 'Event id', event.event_id)
+    fieldRow(fields, 'Seq', String(event.seq))
+    for (const [table, object] of [['detail-dims', event.dims], ['detail-measures', event.measures]]) {
+      const body = $(table).tBodies[0]
+      body.replaceChildren()
+      for (const [name, value] of Object.entries(object || {})) {
+        const tr = el('tr')
+        tr.append(el('td', name))
+        tr.append(el('td', typeof value === 'string' ? value : number(value)))
+        body.append(tr)
+      }
+      if (!body.rows.length) fieldRow(body, '(none)', '')
+    }
+    const stripped = $('detail-stripped')
+    stripped.replaceChildren(el('h3', 'Left out of this event'))
+    const list = el('ul')
+    for (const sample of lastDrops.recent) {
+      for (const lost of sample.events || []) {
+        if (lost.event_id === event.event_id) list.append(el('li', `${lost.keys.join(', ')} (${sample.reason}: ${sample.description})`))
+      }
+    }
+    if (list.children.length) stripped.append(list)
+    else stripped.append(el('p', 'Nothing, as far as this server process remembers (its last 100 drop samples).', { class: 'muted' }))
+    $('detail').hidden = false
+    $('detail').focus()
   }
 
   function showDrops(data) {
+    lastDrops = data
     const counts = $('drop-counts')
     counts.replaceChildren()
     for (const [reason, count] of Object.entries(data.counts)) {
-      counts.append(el('li', reason + ': ' + count, { 'data-reason': reason, title: data.reasons[reason] || reason }))
+      counts.append(el('li', reason + ': ' + number(count), { 'data-reason': reason, title: data.reasons[reason] || reason }))
     }
     const body = $('drops').tBodies[0]
     body.replaceChildren()
     for (const sample of data.recent) {
       const tr = el('tr', null, { 'data-reason': sample.reason })
-      tr.append(el('td', sample.at.slice(11, 19)))
+      tr.append(el('td', when(sample.at, false).slice(0, 8)))
       const reason = el('td')
       reason.append(el('strong', sample.reason))
       reason.append(el('div', sample.description, { class: 'muted' }))
@@ -261,6 +393,7 @@ DEBUGGER_JS = r"""'use strict'
   }
 
   function showChart(stats) {
+    lastChart = stats
     // 31 one-minute slots ending at the server's current minute (the server's clock, not the browser's).
     const start = Math.floor(Date.parse(stats.since) / 60000) * 60000
     const slots = []
@@ -278,15 +411,17 @@ DEBUGGER_JS = r"""'use strict'
       cells[slot][group] = (cells[slot][group] || 0) + point.count
     }
     const peak = Math.max(1, ...slots.map((s) => Object.values(cells[s] || {}).reduce((a, b) => a + b, 0)))
-    const W = 760, H = 180, left = 40, bottom = 24, top = 10
+    const peakLabel = number(peak)
+    // Room for the longest y label (`12,345,678`) at 11 px, whatever the count.
+    const W = 760, H = 180, left = Math.max(40, 12 + 7 * peakLabel.length), bottom = 24, top = 10
     const barW = (W - left - 10) / slots.length
     const scale = (H - bottom - top) / peak
     const total = names.reduce((sum, n) => sum + totals[n], 0)
     const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: '100%', role: 'img', 'aria-labelledby': 'chart-svg-title' })
     chart.append(svg('title', { id: 'chart-svg-title' },
-      `${total} events in the last 30 minutes` + (names.length ? `, most ${names[0]} (${totals[names[0]]})` : '')))
+      `${number(total)} events in the last 30 minutes` + (names.length ? `, most ${names[0]} (${number(totals[names[0]])})` : '')))
     chart.append(svg('line', { x1: left, y1: H - bottom, x2: W - 10, y2: H - bottom, stroke: '#8c959f' }))
-    chart.append(svg('text', { x: left - 6, y: top + 8, 'text-anchor': 'end', 'font-size': 11, fill: '#57606a' }, String(peak)))
+    chart.append(svg('text', { x: left - 6, y: top + 8, 'text-anchor': 'end', 'font-size': 11, fill: '#57606a', class: 'y-peak' }, peakLabel))
     chart.append(svg('text', { x: left - 6, y: H - bottom, 'text-anchor': 'end', 'font-size': 11, fill: '#57606a' }, '0'))
     slots.forEach((slot, i) => {
       let y = H - bottom
@@ -297,11 +432,11 @@ DEBUGGER_JS = r"""'use strict'
         const h = count * scale
         y -= h
         const rect = svg('rect', { x, y, width: Math.max(1, barW - 2), height: h, fill: colorOf(group), 'data-event-name': group })
-        rect.append(svg('title', {}, `${slot.slice(11)} ${group}: ${count}`))
+        rect.append(svg('title', {}, `${minuteLabel(slot)} ${group}: ${number(count)}`))
         chart.append(rect)
       }
       if (i % 10 === 0 || i === slots.length - 1) {
-        chart.append(svg('text', { x: x + barW / 2, y: H - 6, 'text-anchor': 'middle', 'font-size': 11, fill: '#57606a' }, slot.slice(11)))
+        chart.append(svg('text', { x: x + barW / 2, y: H - 6, 'text-anchor': 'middle', 'font-size': 11, fill: '#57606a' }, minuteLabel(slot)))
       }
     })
     $('chart').replaceChildren(chart)
@@ -310,7 +445,7 @@ DEBUGGER_JS = r"""'use strict'
     for (const group of names.length > shown.length ? [...shown, 'other'] : shown) {
       const item = el('li')
       item.append(el('span', null, { class: 'swatch', style: 'background:' + colorOf(group) }))
-      item.append(document.createTextNode(group + ' (' + (group === 'other'
+      item.append(document.createTextNode(group + ' (' + number(group === 'other'
         ? names.slice(shown.length).reduce((s, n) => s + totals[n], 0) : totals[group]) + ')'))
       legend.append(item)
     }
@@ -318,20 +453,27 @@ DEBUGGER_JS = r"""'use strict'
     body.replaceChildren()
     for (const point of stats.series) {
       const tr = el('tr')
-      tr.append(el('td', point.bucket.slice(0, 16).replace('T', ' ')))
+      tr.append(el('td', when(point.bucket, true).slice(0, 16)))
       tr.append(el('td', point.event_name))
-      tr.append(el('td', point.count))
+      tr.append(el('td', number(point.count)))
       body.append(tr)
     }
   }
 
   async function poll(mine) {
     if (mine !== generation) return
-    if (!paused) {
+    {
       try {
-        const page = await api('/v1/events?order=asc&limit=500&cursor=' + encodeURIComponent(cursor))
+        const page = await api('/v1/events?order=asc&limit=500&cursor=' + encodeURIComponent(cursor) + filters)
         if (mine !== generation) return
         cursor = page.next_cursor
+        if (paused) {
+          // Still polled while paused: the page says how many arrived, and shows them on Resume.
+          pending = pending.concat(page.events)
+          showPending()
+          timers.push(setTimeout(() => poll(mine), 1000))
+          return
+        }
         if (page.events.length) addEvents(page.events, true)
         showDrops(await api('/v1/drops?limit=50'))
         if (Date.now() - lastStats >= 5000 || page.events.length) {
@@ -360,9 +502,10 @@ DEBUGGER_JS = r"""'use strict'
     key = typed
     say('Checking the key…')
     try {
-      const page = await api('/v1/events?order=desc&limit=50')
+      const page = await api('/v1/events?order=desc&limit=50' + filters)
       if (mine !== generation) return
-      $('events').tBodies[0].replaceChildren()
+      shown = []
+      pending = []
       addEvents(page.events.slice().reverse(), false)
       cursor = page.latest_cursor
       showDrops(await api('/v1/drops?limit=50'))
@@ -389,13 +532,43 @@ DEBUGGER_JS = r"""'use strict'
     paused = !paused
     $('pause').textContent = paused ? 'Resume' : 'Pause'
     $('pause').setAttribute('aria-pressed', String(paused))
+    if (!paused && pending.length) addEvents(pending, true)
+    if (!paused) pending = []
+    showPending()
+  })
+  $('filters').addEventListener('submit', (event) => {
+    event.preventDefault()
+    const params = new URLSearchParams()
+    for (const [name, id] of [['event_name', 'f-name'], ['event_type', 'f-type'], ['external_id', 'f-user']]) {
+      const value = $(id).value.trim()
+      if (value) params.set(name, value)
+    }
+    filters = params.toString() ? '&' + params.toString() : ''
+    $('detail').hidden = true
+    if (key) open(key) // the newest page under the new filters, then follow
+  })
+  $('tz').addEventListener('change', () => {
+    zone = $('tz').value
+    $('tz-name').textContent = zone === 'utc' ? 'UTC' : 'local (' + Intl.DateTimeFormat().resolvedOptions().timeZone + ')'
+    render(null)
+    if (lastChart) showChart(lastChart)
+    showDrops(lastDrops)
+    if (opened && !$('detail').hidden) showDetail(opened)
+  })
+  $('detail-close').addEventListener('click', () => {
+    $('detail').hidden = true
+    const row = document.querySelector(`#events tr[data-seq="${opened ? opened.seq : ''}"] button.open`)
+    if (row) row.focus()
   })
   $('signout').addEventListener('click', () => {
     stop()
     key = null
     $('live').hidden = true
     $('signin').hidden = false
-    $('events').tBodies[0].replaceChildren()
+    shown = []
+    pending = []
+    render(null)
+    $('detail').hidden = true
     say('Signed out.')
     $('key').focus()
   })

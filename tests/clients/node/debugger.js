@@ -9,6 +9,7 @@
 //   {"fill": "#selector", "value": "text"}    -> {"result": null}  (types into the field)
 //   {"click": "#selector"}                    -> {"result": null}
 //   {"screenshot": "/path.png"}               -> {"result": "/path.png"}  (the full page)
+//   {"viewport": [width, height]}             -> {"result": null}  (resizes the page)
 //   {"close": true}                           -> {"closed": true, "console": [...]}
 'use strict'
 
@@ -23,6 +24,10 @@ async function main() {
       if (command.eval !== undefined) say({ result: await page.evaluate(command.eval) })
       else if (command.fill !== undefined) say({ result: await page.fill(command.fill, command.value) })
       else if (command.click !== undefined) say({ result: await page.click(command.click) })
+      else if (command.viewport !== undefined) {
+        await page.setViewportSize({ width: command.viewport[0], height: command.viewport[1] })
+        say({ result: null })
+      }
       else if (command.screenshot !== undefined) {
         await page.screenshot({ path: command.screenshot, fullPage: true })
         say({ result: command.screenshot })
