@@ -96,6 +96,10 @@ _CODE_ROOT = str(Path(__file__).resolve().parents[2])
 WRITERS = ("thread", "process")
 SCHEMA_VERSION = 3  # 2: semantic_events.library, drop_counts; 3: tenants.pii_allow
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
+# The thread writer's queue holds at most this many jobs. A request waits for room (within its busy
+# timeout), so it never binds while the writer keeps up (each request thread has one job in flight);
+# while the writer is stalled, it keeps the jobs of requests that already answered 502 from piling up.
+_QUEUE_MAX_JOBS = 64
 _MERGE_MAX_BYTES = 4 << 20  # the writer process's groups: at most this many bytes of messages
 # Errors one job's rows can cause (the others are written without it). Any other error (a
 # read-only or full disk, I/O, a lock) fails the whole group, and the connection is reopened.
@@ -347,7 +351,7 @@ class SQLiteStore:
         self._clock = clock
         self._local = threading.local()
         self._keys = KeyCache(clock)
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=_QUEUE_MAX_JOBS)
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         # The dedup window, owned by the writer thread (see the module docstring).
@@ -702,7 +706,10 @@ class SQLiteStore:
                 self._child_lock.release()
         else:
             self._start_writer()
-            self._queue.put(job)
+            try:
+                self._queue.put(job, timeout=timeout)
+            except queue.Full:  # a stalled writer, its queue full of jobs whose requests gave up
+                return False
         return job.done.wait(max(0.0, deadline - time.monotonic()))
 
     def _start_writer(self) -> None:
@@ -717,7 +724,8 @@ class SQLiteStore:
     def close(self) -> None:
         with self._writer_lock:
             if self._writer is not None:
-                self._queue.put(None)
+                with contextlib.suppress(queue.Full):  # a stalled writer: the join below gives up too
+                    self._queue.put(None, timeout=30)
                 self._writer.join(timeout=30)
                 self._writer = None
             if self._checkpointer is not None:
