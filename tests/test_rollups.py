@@ -211,3 +211,30 @@ def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:
         )  # fmt: skip
         assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_a_prune_takes_its_rows_out_of_the_rollups(tmp_path: Path) -> None:
+    """Retention deletes rows: the rollups lose the same rows in the same transactions, and answer as the scan."""
+    path = tmp_path / "drengr.db"
+    fill(path, "thread")
+    store = SQLiteStore(str(path))
+    try:
+        pruned = store.prune_events(T0 + 30 * MINUTE + 5_000, batch_rows=25)  # cuts through a minute
+    finally:
+        store.close()
+    assert pruned == 107  # the events received before 10:30:05: 17 s apart from 10:00
+    reader = SQLiteReader(str(path))
+    try:
+        for query in [p.values[0] for p in QUERIES]:
+            from_rollups, from_rows = reader.stats(query), scanned(reader, query)
+            assert (from_rollups.by_event, from_rollups.series) == (from_rows.by_event, from_rows.series), (
+                query
+            )
+            assert from_rollups.sums == pytest.approx(from_rows.sums)
+    finally:
+        reader.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT min(minute) FROM event_rollups").fetchone() == ("2026-11-26T10:30",)
+    assert conn.execute("SELECT count(*) FROM event_rollups WHERE events <= 0").fetchone() == (0,)
+    assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (EVENTS - 107,)
+    conn.close()

@@ -429,7 +429,9 @@ class _QueryReader:
             sql.add("event_name = ?", query.event_name)
         counts: dict[str, list[Any]] = {}
         for name, count in execute(
-            f"SELECT event_name, sum(events) FROM event_rollups{sql.where()} GROUP BY event_name", sql.params
+            f"SELECT event_name, sum(events) FROM event_rollups{sql.where()} GROUP BY event_name "
+            "HAVING sum(events) > 0",  # a prune may leave a count of 0 until it tidies up
+            sql.params,
         ).fetchall():
             counts[name] = [int(count), *([0] * len(query.measures))]
         if query.measures:
@@ -446,7 +448,7 @@ class _QueryReader:
             width = BUCKET_PREFIX_CHARS[query.interval]
             for bucket, name, count in execute(
                 f"SELECT substr(minute, 1, {width}) AS bucket, event_name, sum(events) FROM event_rollups"
-                f"{sql.where()} GROUP BY bucket, event_name",
+                f"{sql.where()} GROUP BY bucket, event_name HAVING sum(events) > 0",
                 sql.params,
             ).fetchall():
                 series[(bucket, name)] = int(count)

@@ -192,6 +192,44 @@ def add_to_rollups(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Non
         conn.executemany(_UPSERT_MEASURE_ROLLUP, measures)
 
 
+def remove_from_rollups(conn: sqlite3.Connection, seqs: list[int]) -> None:
+    """Take the stored rows ``seqs``, about to be deleted (a prune), out of the rollups (same transaction).
+
+    Only rows the rollups counted (seq at or after ``meta.rollups_from_seq``). A count
+    that reaches 0 stays until ``tidy_rollups``; the reader skips it.
+    """
+    found = conn.execute("SELECT value FROM meta WHERE key = 'rollups_from_seq'").fetchone()
+    counted = [seq for seq in seqs if found is not None and seq >= int(found[0])]
+    if not counted:
+        return
+    marks = ",".join("?" * len(counted))
+    conn.execute(
+        "INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events) "
+        "SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, -count(*) FROM semantic_events "
+        f"WHERE seq IN ({marks}) GROUP BY 1, 2, 3, 4 "
+        "ON CONFLICT DO UPDATE SET events = events + excluded.events",
+        counted,
+    )
+    conn.execute(
+        "INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) "
+        "SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, -sum(m.value) "
+        "FROM semantic_events AS e, json_each(e.measures) AS m "
+        f"WHERE e.seq IN ({marks}) AND e.measures != '{{}}' AND m.type IN ('integer', 'real') "
+        "GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET total = total + excluded.total",
+        counted,
+    )
+
+
+def tidy_rollups(conn: sqlite3.Connection) -> None:
+    """Drop the rollup rows a prune emptied (a count of 0, and the measure sums of those minutes)."""
+    conn.execute("DELETE FROM event_rollups WHERE events <= 0")
+    conn.execute(
+        "DELETE FROM measure_rollups WHERE NOT EXISTS (SELECT 1 FROM event_rollups AS e "
+        "WHERE e.tenant_id = measure_rollups.tenant_id AND e.minute = measure_rollups.minute "
+        "AND e.event_name = measure_rollups.event_name)"
+    )
+
+
 def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> None:
     """Count the stored rows with first_seq <= seq <= last_seq into the rollups (the backfill)."""
     conn.execute(ROLLUP_EVENTS, (first_seq, last_seq))
@@ -576,6 +614,7 @@ class SQLiteStore:
                     ).fetchall()
                     old = [seq for seq, is_old in batch if is_old]
                     if old:
+                        remove_from_rollups(conn, old)  # the read side forgets them in the same transaction
                         conn.execute(
                             f"DELETE FROM semantic_events WHERE seq IN ({','.join('?' * len(old))})", old
                         )
@@ -589,6 +628,7 @@ class SQLiteStore:
             with self._turn(conn):
                 conn.execute("DELETE FROM daily_usage WHERE day < ?", (day,))
                 conn.execute("DELETE FROM drop_counts WHERE day < ?", (day,))
+                tidy_rollups(conn)
             return deleted
         except sqlite3.Error as error:
             raise StoreError(f"prune failed: {error}") from error
