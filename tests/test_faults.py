@@ -346,6 +346,49 @@ def test_a_job_not_begun_by_its_deadline_is_not_written(tmp_path: Path) -> None:
     assert event_id_counts(db) == {"before": 1, "after": 1}
 
 
+def test_a_stalled_thread_writer_holds_a_bounded_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the writer hangs in a commit, every request still answers 502 in time, and the rows of
+    those requests are not kept piling up behind it: the queue holds at most its bound (then a
+    request is 502 at once); after it resumes, none of them is written."""
+    import drengr.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_QUEUE_MAX_JOBS", 8, raising=False)
+    db = tmp_path / "bounded.db"
+    store = SQLiteStore(str(db), writer="thread", busy_timeout_ms=50)
+    entered, release = threading.Event(), threading.Event()
+    real_commit = store._commit_group  # noqa: SLF001 - where an fsync would hang
+
+    def hanging_commit(conn: sqlite3.Connection, jobs: list) -> None:
+        entered.set()
+        assert release.wait(HANG_GUARD_SECONDS), "hang guard: never released"
+        real_commit(conn, jobs)
+
+    def rows(event_id: str) -> list[tuple[Any, ...]]:
+        return [("acme", event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
+                 "2026-11-26T00:00:00.000Z", "{}", "{}", None)]  # fmt: skip
+
+    first = threading.Thread(target=lambda: pytest.raises(StoreError, store.write, "acme", rows("A"), 0))  # noqa: PT011
+    try:
+        store._commit_group = hanging_commit  # type: ignore[method-assign]
+        first.start()
+        assert entered.wait(HANG_GUARD_SECONDS), "hang guard: job A never reached its commit"
+        for n in range(20):
+            with pytest.raises(StoreError, match="busy timeout"):
+                store.write("acme", rows(f"stalled-{n}"), 0)
+        assert store._queue.qsize() <= 8  # noqa: SLF001 - 20 requests gave up, 8 jobs at most wait
+        assert store.writable() is False
+        release.set()
+        first.join(HANG_GUARD_SECONDS)
+        store._commit_group = real_commit  # type: ignore[method-assign]
+        assert store.write("acme", rows("after"), 0).stored == 1
+    finally:
+        release.set()
+        store.close()
+    assert event_id_counts(db) == {"after": 1}  # A and the 20 were late when the writer got to them
+
+
 # --------------------------------------------------------------------------- crashes
 
 

@@ -62,7 +62,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -82,7 +82,7 @@ from ..core.auth import KEY_KINDS, KeyRecord, hash_key, new_key
 from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ..core.outcome import StoreOutcome
 from ..core.timestamps import format_ms, parse_ms
-from .base import KeyCache, KeyInfo, StoreError, allow_names, allow_text, take_group
+from .base import PRUNE_BATCH_ROWS, KeyCache, KeyInfo, StoreError, allow_names, allow_text, take_group
 
 try:
     from .._index import FingerprintIndex, fingerprint, fingerprints  # type: ignore[import-not-found]
@@ -96,6 +96,10 @@ _CODE_ROOT = str(Path(__file__).resolve().parents[2])
 WRITERS = ("thread", "process")
 SCHEMA_VERSION = 3  # 2: semantic_events.library, drop_counts; 3: tenants.pii_allow
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
+# The thread writer's queue holds at most this many jobs. A request waits for room (within its busy
+# timeout), so it never binds while the writer keeps up (each request thread has one job in flight);
+# while the writer is stalled, it keeps the jobs of requests that already answered 502 from piling up.
+_QUEUE_MAX_JOBS = 64
 _MERGE_MAX_BYTES = 4 << 20  # the writer process's groups: at most this many bytes of messages
 # Errors one job's rows can cause (the others are written without it). Any other error (a
 # read-only or full disk, I/O, a lock) fails the whole group, and the connection is reopened.
@@ -186,6 +190,44 @@ def add_to_rollups(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Non
     conn.executemany(_UPSERT_EVENT_ROLLUP, events)
     if measures:
         conn.executemany(_UPSERT_MEASURE_ROLLUP, measures)
+
+
+def remove_from_rollups(conn: sqlite3.Connection, seqs: list[int]) -> None:
+    """Take the stored rows ``seqs``, about to be deleted (a prune), out of the rollups (same transaction).
+
+    Only rows the rollups counted (seq at or after ``meta.rollups_from_seq``). A count
+    that reaches 0 stays until ``tidy_rollups``; the reader skips it.
+    """
+    found = conn.execute("SELECT value FROM meta WHERE key = 'rollups_from_seq'").fetchone()
+    counted = [seq for seq in seqs if found is not None and seq >= int(found[0])]
+    if not counted:
+        return
+    marks = ",".join("?" * len(counted))
+    conn.execute(
+        "INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events) "
+        "SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, -count(*) FROM semantic_events "
+        f"WHERE seq IN ({marks}) GROUP BY 1, 2, 3, 4 "
+        "ON CONFLICT DO UPDATE SET events = events + excluded.events",
+        counted,
+    )
+    conn.execute(
+        "INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) "
+        "SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, -sum(m.value) "
+        "FROM semantic_events AS e, json_each(e.measures) AS m "
+        f"WHERE e.seq IN ({marks}) AND e.measures != '{{}}' AND m.type IN ('integer', 'real') "
+        "GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET total = total + excluded.total",
+        counted,
+    )
+
+
+def tidy_rollups(conn: sqlite3.Connection) -> None:
+    """Drop the rollup rows a prune emptied (a count of 0, and the measure sums of those minutes)."""
+    conn.execute("DELETE FROM event_rollups WHERE events <= 0")
+    conn.execute(
+        "DELETE FROM measure_rollups WHERE NOT EXISTS (SELECT 1 FROM event_rollups AS e "
+        "WHERE e.tenant_id = measure_rollups.tenant_id AND e.minute = measure_rollups.minute "
+        "AND e.event_name = measure_rollups.event_name)"
+    )
 
 
 def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> None:
@@ -347,7 +389,7 @@ class SQLiteStore:
         self._clock = clock
         self._local = threading.local()
         self._keys = KeyCache(clock)
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=_QUEUE_MAX_JOBS)
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         # The dedup window, owned by the writer thread (see the module docstring).
@@ -542,6 +584,74 @@ class SQLiteStore:
         self._keys.clear()
         return changed
 
+    def prune_events(
+        self,
+        before_ms: int,
+        batch_rows: int = PRUNE_BATCH_ROWS,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Delete the events received before ``before_ms``, ``batch_rows`` a transaction; returns how many.
+
+        Walks ``seq`` upwards (rows arrive in time order) and stops at the first
+        batch with nothing old in it. Each batch takes the writers' turn and a
+        ``BEGIN IMMEDIATE`` of its own, so a server writing meanwhile waits for
+        one batch at most. Daily usage and drop counts of the days before the
+        cut-off go too (the cap counts only today). Freed pages are reused by
+        new rows; the file does not shrink (docs/operating.md "Retention").
+        """
+        cutoff = format_ms(before_ms)
+        conn = self._connect()
+        try:
+            total = conn.execute(
+                "SELECT count(*) FROM semantic_events WHERE received_at < ?", (cutoff,)
+            ).fetchone()[0]
+            deleted = last_seq = 0
+            while True:
+                with self._turn(conn):
+                    batch = conn.execute(
+                        "SELECT seq, received_at < ? FROM semantic_events WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (cutoff, last_seq, batch_rows),
+                    ).fetchall()
+                    old = [seq for seq, is_old in batch if is_old]
+                    if old:
+                        remove_from_rollups(conn, old)  # the read side forgets them in the same transaction
+                        conn.execute(
+                            f"DELETE FROM semantic_events WHERE seq IN ({','.join('?' * len(old))})", old
+                        )
+                deleted += len(old)
+                if progress is not None:
+                    progress(deleted, max(total, deleted))
+                if not old:
+                    break
+                last_seq = batch[-1][0]
+            day = before_ms // MS_PER_DAY
+            with self._turn(conn):
+                conn.execute("DELETE FROM daily_usage WHERE day < ?", (day,))
+                conn.execute("DELETE FROM drop_counts WHERE day < ?", (day,))
+                tidy_rollups(conn)
+            return deleted
+        except sqlite3.Error as error:
+            raise StoreError(f"prune failed: {error}") from error
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _turn(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """One short write transaction, in the writers' turn (as the writer's own groups are)."""
+        turn = self._turns.acquire(self._busy_timeout_ms / 1000)
+        if turn is None:
+            raise StoreError("another writer held the database's writer lock past the busy timeout")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            self._turns.release(turn)
+
     def set_pii_allow(self, tenant_id: str, names: tuple[str, ...]) -> None:
         with self._admin_transaction() as conn:
             self._ensure_tenant(conn, tenant_id)
@@ -636,7 +746,10 @@ class SQLiteStore:
                 self._child_lock.release()
         else:
             self._start_writer()
-            self._queue.put(job)
+            try:
+                self._queue.put(job, timeout=timeout)
+            except queue.Full:  # a stalled writer, its queue full of jobs whose requests gave up
+                return False
         return job.done.wait(max(0.0, deadline - time.monotonic()))
 
     def _start_writer(self) -> None:
@@ -651,7 +764,8 @@ class SQLiteStore:
     def close(self) -> None:
         with self._writer_lock:
             if self._writer is not None:
-                self._queue.put(None)
+                with contextlib.suppress(queue.Full):  # a stalled writer: the join below gives up too
+                    self._queue.put(None, timeout=30)
                 self._writer.join(timeout=30)
                 self._writer = None
             if self._checkpointer is not None:
