@@ -876,7 +876,8 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")  # may wait in SQLite's busy handler, past some jobs' deadlines
         now = time.monotonic()
         for job in jobs:
-            if job.deadline <= now:  # its request has answered 502 already: written now, it would be a surprise
+            # Its request has answered 502 already: written now, it would be a surprise.
+            if job.deadline <= now:
                 job.outcome, job.error = None, StoreError("not written: its request stopped waiting")
         work = [job for job in jobs if not job.probe and job.deadline > now]
         if not work:
