@@ -80,3 +80,92 @@ def test_gunicorn_serves_the_installed_entry_point_outside_a_clone(tmp_path: Pat
     finally:
         assert server.stop() == 0, log.read_text()[-2000:]
     assert not (tmp_path / "wsgi.py").exists()
+
+
+# --------------------------------------------------------------------------- nginx and a node's time
+
+
+def drengr_longest_answer_seconds() -> float:
+    """The longest a node takes to answer an ingest request when its store does not answer: on
+    PostgreSQL a key look-up and a write, each at most the connect and the statement timeout; on
+    SQLite the busy timeout."""
+    import inspect
+
+    from drengr.settings import Config
+    from drengr.store.postgres import PostgresStore
+
+    defaults = inspect.signature(PostgresStore.__init__).parameters
+    postgres = 2 * (defaults["connect_timeout"].default + defaults["statement_timeout_ms"].default / 1000)
+    return max(postgres, Config().busy_timeout_ms / 1000)
+
+
+def test_nginx_waits_longer_for_a_node_than_the_node_waits_for_its_store() -> None:
+    """Clients get the node's own answer, not nginx's timeout, whatever the store does."""
+    from .support.nginx import SHIPPED
+
+    (line,) = [
+        line for line in SHIPPED.read_text().splitlines() if line.strip().startswith("proxy_read_timeout ")
+    ]
+    proxy_read_timeout = float(line.split()[1].rstrip(";").removesuffix("s"))
+    assert proxy_read_timeout > drengr_longest_answer_seconds()
+
+
+def test_nginx_never_hands_a_post_a_node_took_to_another_node(tmp_path: Path) -> None:
+    """Two nodes that take a POST and never answer, behind the shipped file (its proxy_read_timeout
+    shortened to 1 s): nginx answers drengr's JSON 502 and the POST reached one node only. The node
+    may still commit it; a second node would write it at the same time."""
+    import socket
+    import threading
+
+    from .support.nginx import nginx_binary, shipped_nginx_conf
+
+    nginx = nginx_binary()
+    received: list[bytes] = []
+    held: list[socket.socket] = []
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+
+    def silent_node(listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)  # never answered, never closed until the test ends
+            received.append(conn.recv(65536))
+
+    for listener in listeners:
+        threading.Thread(target=silent_node, args=(listener,), daemon=True).start()
+    port = free_port()
+    nodes = [listener.getsockname()[1] for listener in listeners]
+    (tmp_path / "nginx.conf").write_text(shipped_nginx_conf(tmp_path, {port: nodes}, proxy_read_timeout="1s"))
+    process = subprocess.Popen(
+        [nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        guard = time.monotonic() + 30  # hang guard: nginx starts
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < guard, (tmp_path / "error.log").read_text()
+                time.sleep(0.05)
+        import http.client
+
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        client.request(
+            "POST", "/segment-ingest/v1/batch", b'{"batch": []}', {"Content-Type": "application/json"}
+        )
+        reply = client.getresponse()
+        body = reply.read()
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        for sock in [*listeners, *held]:
+            sock.close()
+    assert reply.status == 502 and b'"code": "ingest_failed"' in body, (reply.status, body)
+    posts = [request for request in received if request.startswith(b"POST ")]
+    assert len(posts) == 1, f"the POST reached {len(posts)} nodes"

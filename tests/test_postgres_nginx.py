@@ -7,8 +7,8 @@ to three ``drengr serve --store postgresql://…`` nodes and one gunicorn runnin
 - a load run through nginx loses nothing and stores nothing twice, even when
   the same batch is sent to two nodes at once;
 - a node killed (SIGKILL) in the middle of the run costs no acknowledged event:
-  nginx retries the POST on another node (``proxy_next_upstream …
-  non_idempotent``), the client retries what got no 200, dedup absorbs both;
+  a POST in flight on it gets a 502 (nginx sends a POST a node took to no
+  other node), the client resends what got no 200, dedup absorbs it;
 - events/s through nginx with 1, 2 and 3 nodes (printed; ``-s`` shows it, and
   ``DRENGR_NGINX_RESULTS=file.json`` keeps it).
 
@@ -329,5 +329,5 @@ def test_a_node_killed_mid_run_costs_no_acknowledged_event(cluster: Cluster) -> 
     log = (cluster.folder / "error.log").read_text()
     cut = log.count("while reading response header from upstream")  # requests in flight on the killed node
     print(
-        f"\nkill run: {cut} request(s) cut in flight, retried by nginx; {sum(c.retries for c in clients)} client retries"
+        f"\nkill run: {cut} request(s) cut in flight (502, resent by the client); {sum(c.retries for c in clients)} client retries"
     )
