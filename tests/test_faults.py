@@ -16,10 +16,8 @@ import contextlib
 import http.client
 import itertools
 import os
-import shutil
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +38,7 @@ from .realserver import (
     launch,
     no_stray_servers,  # noqa: F401 (an autouse fixture)
 )
+from .support.disk import fill, small_tmpfs
 
 # Generous hang guards, not speed limits: a wait that never ends fails the test instead of the suite.
 HANG_GUARD_SECONDS = 60
@@ -449,29 +448,6 @@ def test_the_whole_server_killed_and_restarted_loses_nothing(tmp_path: Path) -> 
 # --------------------------------------------------------------------------- a full disk
 
 
-@contextlib.contextmanager
-def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
-    where.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}): run as root, or in CI")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(path: Path) -> None:
-    with open(path, "wb", buffering=0) as filler:
-        for size in (65536, 512):  # then the last partial block
-            with contextlib.suppress(OSError):
-                while True:
-                    filler.write(b"\0" * size)
-
-
-@pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount(8)")
 def test_a_full_disk_is_unhealthy_and_502_then_recovers_when_freed(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "small", "64m") as disk:
         db = disk / "full.db"

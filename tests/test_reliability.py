@@ -43,6 +43,7 @@ from .realserver import (
     launch,
     no_stray_servers,  # noqa: F401 (an autouse fixture)
 )
+from .support.disk import fill, small_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -343,31 +344,6 @@ def test_database_locked_past_the_busy_timeout_gives_502_then_recovers(tmp_path)
     print(f"\nlocked: 502 after {waited:.1f}s, resend stored 50/50 once")
 
 
-@contextlib.contextmanager
-def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
-    where.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        pytest.skip(
-            f"cannot mount a tmpfs here ({result.stderr.strip()}): the file-size-limit test covers it"
-        )
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill_disk(path: Path) -> None:
-    with open(path, "wb", buffering=0) as filler:
-        for size in (65536, 512):  # then the last partial block
-            with contextlib.suppress(OSError):
-                while True:
-                    filler.write(b"\0" * size)
-
-
-@pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount(8)")
 def test_disk_full_gives_502_then_recovers(tmp_path):
     with small_tmpfs(tmp_path / "small", "4m") as disk:
         db = disk / "full.db"
@@ -375,7 +351,7 @@ def test_disk_full_gives_502_then_recovers(tmp_path):
         server = launch(db, key, log_level="warning", log=tmp_path / "full.log")
         try:
             assert server.post("/v1/batch", batch(["before"])).status == 200
-            fill_disk(disk / "filler")
+            fill(disk / "filler")
             ids = [f"full-{i}" for i in range(300)]
             _fail_then_recover(server, ids)
             (disk / "filler").unlink()  # the operator frees space
