@@ -30,6 +30,7 @@ import pytest
 from drengr.store import SQLiteStore, StoreError
 
 from .realserver import (
+    INGEST_FAILED,
     Server,
     batch,
     create_db,
@@ -449,6 +450,9 @@ def test_the_whole_server_killed_and_restarted_loses_nothing(tmp_path: Path) -> 
 
 
 def test_a_full_disk_is_unhealthy_and_502_then_recovers_when_freed(tmp_path: Path) -> None:
+    """Under SDK-like load: /health 503 and exactly drengr's 502 while full, nothing of a failed
+    batch kept; once freed, that batch and a client retry of it are stored once, nothing lost."""
+    ids = [f"full-{n}" for n in range(300)]
     with small_tmpfs(tmp_path / "small", "64m") as disk:
         db = disk / "full.db"
         server = launch(
@@ -465,15 +469,23 @@ def test_a_full_disk_is_unhealthy_and_502_then_recovers_when_freed(tmp_path: Pat
                     assert time.monotonic() < hang_guard, "hang guard: writes kept succeeding on a full disk"
                     time.sleep(0.05)
                 health_full = health(server)
+                failed = server.post("/v1/batch", batch(ids))
                 freed_at = time.monotonic()
                 (disk / "filler").unlink()  # the operator frees space
                 senders.wait_for_answers(30)
             assert health_full == 503
+            assert (failed.status, failed.json()) == (502, INGEST_FAILED), failed.body
             assert 502 in senders.ledger.failures_between(full_at, freed_at)
+            assert not set(ids) & event_id_counts(db).keys()  # nothing of the failed batch was kept
             assert health(server) == 200
+            for _ in range(2):  # the SDK's resend, and a retry of that: stored once
+                resent = server.post("/v1/batch", batch(ids))
+                assert (resent.status, resent.body) == (200, b'{"success": true}')
         finally:
             assert server.stop() == 0
         counts = event_id_counts(db)
-        assert_ledger(senders.ledger, counts)
+        assert all(counts.get(event_id) == 1 for event_id in ids)
+        assert_ledger(senders.ledger, {k: v for k, v in counts.items() if k not in ids})
         assert integrity(db) == "ok"
+        assert "write transaction failed" in (tmp_path / "full.log").read_text()
     report("disk full on a 64 MB tmpfs, then freed", senders.ledger, counts)

@@ -1,8 +1,9 @@
 """Nothing acknowledged is ever lost: the real server (waitress, real SQLite files) under abuse.
 
 Issue 5, points 1–4 and 8: SIGKILL at random moments, SIGTERM under load,
-store failures (a lock held past the busy timeout, a full disk, a file-size
-limit, a read-only database file), several server processes on one file, and
+store failures (a lock held past the busy timeout, a file-size limit, a
+read-only database file; the full disk is tests/test_faults.py's), several
+server processes on one file, and
 slowloris connections. Every test checks the promise from the client's side:
 a 200 means the rows are in the table, exactly once, and a resend after any
 failure is stored exactly once. Each test prints a one-line summary (run with
@@ -43,7 +44,6 @@ from .realserver import (
     launch,
     no_stray_servers,  # noqa: F401 (an autouse fixture)
 )
-from .support.disk import fill, small_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -342,25 +342,6 @@ def test_database_locked_past_the_busy_timeout_gives_502_then_recovers(tmp_path)
         assert server.stop() == 0
     assert integrity(db) == "ok"
     print(f"\nlocked: 502 after {waited:.1f}s, resend stored 50/50 once")
-
-
-def test_disk_full_gives_502_then_recovers(tmp_path):
-    with small_tmpfs(tmp_path / "small", "4m") as disk:
-        db = disk / "full.db"
-        key = create_db(db)
-        server = launch(db, key, log_level="warning", log=tmp_path / "full.log")
-        try:
-            assert server.post("/v1/batch", batch(["before"])).status == 200
-            fill(disk / "filler")
-            ids = [f"full-{i}" for i in range(300)]
-            _fail_then_recover(server, ids)
-            (disk / "filler").unlink()  # the operator frees space
-            _recover(server, ids)
-        finally:
-            assert server.stop() == 0
-        assert integrity(db) == "ok"
-        assert "write transaction failed" in (tmp_path / "full.log").read_text()
-    print("\ndisk full (4 MiB tmpfs): 502, then resend stored 300/300 once")
 
 
 def test_file_size_limit_gives_502_then_recovers(tmp_path):
