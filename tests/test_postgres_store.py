@@ -230,6 +230,8 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     query(pg_dsn, "DROP INDEX semantic_events_tenant_seq")
     query(pg_dsn, "ALTER TABLE semantic_events DROP COLUMN library")
     query(pg_dsn, "ALTER TABLE tenants DROP COLUMN pii_allow")  # version 3's
+    query(pg_dsn, "DROP TABLE event_rollups, measure_rollups")  # version 4's
+    query(pg_dsn, "DELETE FROM drengr_meta WHERE key = 'rollups_from_seq'")
     query(pg_dsn, "UPDATE drengr_meta SET value = '1' WHERE key = 'schema_version'")
     query(pg_dsn, "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id,"
                   " occurred_at, received_at, dims, measures) VALUES ('acme', 'old', 'e', 'track', 'u',"
@@ -242,8 +244,11 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     assert [(r["event_id"], r["library"]) for r in pg_rows(pg_dsn)] == [
         ("old", None), ("new", "analytics-python 2.4.0")
     ]  # fmt: skip
-    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("3",)]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("4",)]
     assert query(pg_dsn, "SELECT pii_allow FROM tenants") == []  # the column is back (no tenant yet)
+    # The rollups begin after the old row (seq 1): only the new one is counted, stats scan meanwhile.
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'") == [("2",)]
+    assert query(pg_dsn, "SELECT event_name, events FROM event_rollups") == [("e", 1)]
 
 
 def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: str) -> None:
@@ -264,7 +269,7 @@ def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: st
     store = PostgresStore(pg_dsn, clock=Clock(DAY0))  # and once more on a migrated database
     assert store.is_new()
     store.close()
-    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("3",)]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("4",)]
 
 
 def test_a_node_starting_beside_a_serving_one_takes_no_table_lock(pg_dsn: str) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from drengr.store import SQLiteStore
-from drengr.store.reader import SQLiteReader, StatsQuery, _stats
+from drengr.store import SQLiteStore, open_store
+from drengr.store.reader import PostgresReader, SQLiteReader, StatsQuery, _stats
 from drengr.store.sqlite import backfill_rollups
 from drengr.web import Config, create_app
 
@@ -40,9 +40,9 @@ def event(i: int) -> dict[str, Any]:
     return body
 
 
-def fill(path: Path, writer: str) -> dict[str, str]:
+def fill(path: Path | str, writer: str) -> dict[str, str]:
     """EVENTS events through the app, two tenants, 17 s apart; the keys by tenant."""
-    store = SQLiteStore(str(path), writer=writer)
+    store = open_store(path) if writer == "postgresql" else SQLiteStore(str(path), writer=writer)
     clock = [T0]
     client = create_app(Config(db=str(path)), store=store, clock_ms=lambda: clock[0]).test_client()
     keys = {tenant: store.create_key(tenant, "publishable") for tenant in ("acme", "globex")}
@@ -113,7 +113,7 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     return path
 
 
-def scanned(reader: SQLiteReader, query: StatsQuery) -> Any:
+def scanned(reader: SQLiteReader | PostgresReader, query: StatsQuery) -> Any:
     rows, series = reader._snapshot(lambda execute: reader._scan_stats(execute, query), "stats")
     return _stats(rows, series, query)
 
@@ -238,3 +238,35 @@ def test_a_prune_takes_its_rows_out_of_the_rollups(tmp_path: Path) -> None:
     assert conn.execute("SELECT count(*) FROM event_rollups WHERE events <= 0").fetchone() == (0,)
     assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (EVENTS - 107,)
     conn.close()
+
+
+def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
+    """The PostgreSQL store: rollups in the write transaction, stats from them as from the scan, a prune."""
+    from . import test_postgres_store as pg
+
+    with pg.fresh_schema() as dsn:
+        schema = pg.query(dsn, "SELECT current_schema()")[0][0]
+        uri = pg.with_schema(pg.server_dsn(), schema)
+        fill(uri, "postgresql")
+        reader = PostgresReader(uri)
+        try:
+            assert reader._snapshot(reader._rollups_cover, "stats") is True
+            for prune in (False, True):
+                if prune:
+                    store = open_store(uri)
+                    try:
+                        assert store.prune_events(T0 + 30 * MINUTE + 5_000, batch_rows=25) == 107
+                    finally:
+                        store.close()
+                for query in [p.values[0] for p in QUERIES]:
+                    from_rollups, from_rows = reader.stats(query), scanned(reader, query)
+                    assert (from_rollups.by_event, from_rollups.series) == (
+                        from_rows.by_event,
+                        from_rows.series,
+                    )
+                    assert from_rollups.sums == pytest.approx(from_rows.sums)
+        finally:
+            reader.close()
+        assert pg.query(
+            dsn, "SELECT sum(events)::int, count(*) FILTER (WHERE events <= 0)::int FROM event_rollups"
+        ) == [(EVENTS - 107, 0)]

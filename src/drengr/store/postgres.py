@@ -78,10 +78,12 @@ from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DA
 from ..core.outcome import StoreOutcome
 from ..core.timestamps import format_ms, parse_ms
 from .base import PRUNE_BATCH_ROWS, KeyCache, KeyInfo, StoreError, allow_names, allow_text, take_group
+from .sqlite import rollup_rows
 
 log = logging.getLogger("drengr.store")
 
-SCHEMA_VERSION = 3  # 2: semantic_events.library, index (tenant_id, seq), drop_counts; 3: tenants.pii_allow
+# 2: semantic_events.library, index (tenant_id, seq), drop_counts; 3: tenants.pii_allow; 4: rollups
+SCHEMA_VERSION = 4
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 PRUNE_EVERY_SECONDS = 600.0
 PRUNE_CHUNK = 50_000  # ids deleted per statement, so pruning never holds long locks
@@ -162,7 +164,52 @@ SCHEMA = [
     # BRIN, not a B-tree: ids arrive in generation order, so block ranges summarise well, and
     # the index costs next to nothing to keep up; prune() finds an old generation through it.
     "CREATE INDEX IF NOT EXISTS event_ids_gen ON event_ids USING brin (gen)",
+    # The read side's rollups, as SQLite's (drengr.store.sqlite ROLLUP_TABLES): kept in the write
+    # transaction, read by /v1/stats. A database with rows before them is read by scanning; its
+    # rollups_from_seq is past those rows (the scalar subquery runs only when the row is new).
+    """CREATE TABLE IF NOT EXISTS event_rollups (
+        tenant_id text NOT NULL,
+        minute text NOT NULL,
+        event_name text NOT NULL,
+        event_type text NOT NULL,
+        events bigint NOT NULL,
+        PRIMARY KEY (tenant_id, minute, event_name, event_type)
+    )""",
+    """CREATE TABLE IF NOT EXISTS measure_rollups (
+        tenant_id text NOT NULL,
+        minute text NOT NULL,
+        event_name text NOT NULL,
+        measure text NOT NULL,
+        total double precision NOT NULL,
+        PRIMARY KEY (tenant_id, minute, event_name, measure)
+    )""",
+    """INSERT INTO drengr_meta (key, value)
+    SELECT 'rollups_from_seq', (SELECT coalesce(max(seq), 0) + 1 FROM semantic_events)::text
+    WHERE NOT EXISTS (SELECT 1 FROM drengr_meta WHERE key = 'rollups_from_seq')""",
 ]
+# Sorted rows, so concurrent writers (several nodes) take the rollup rows' locks in one order.
+_UPSERT_EVENT_ROLLUPS = """
+    INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events) VALUES (%s, %s, %s, %s, %s)
+    ON CONFLICT (tenant_id, minute, event_name, event_type)
+    DO UPDATE SET events = event_rollups.events + excluded.events"""
+_UPSERT_MEASURE_ROLLUPS = """
+    INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) VALUES (%s, %s, %s, %s, %s)
+    ON CONFLICT (tenant_id, minute, event_name, measure)
+    DO UPDATE SET total = measure_rollups.total + excluded.total"""
+_REMOVE_EVENT_ROLLUPS = """
+    INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events)
+    SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, -count(*) FROM semantic_events
+    WHERE tenant_id = %s AND seq = ANY(%s) GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, minute, event_name, event_type)
+    DO UPDATE SET events = event_rollups.events + excluded.events"""
+_REMOVE_MEASURE_ROLLUPS = """
+    INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total)
+    SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, -sum(m.value::text::double precision)
+    FROM semantic_events AS e, jsonb_each(e.measures) AS m
+    WHERE e.tenant_id = %s AND e.seq = ANY(%s) AND jsonb_typeof(m.value) = 'number'
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, minute, event_name, measure)
+    DO UPDATE SET total = measure_rollups.total + excluded.total"""
 
 _COPY_EVENTS = f"COPY semantic_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
 # %b: binary parameters; psycopg dumps a text array in binary without escaping each element (~5x faster).
@@ -517,6 +564,11 @@ class PostgresStore:
         self._keys.clear()
         return bool(cursor.rowcount > 0)
 
+    @staticmethod
+    def _rollups_from_seq(conn: psycopg.Connection[Any]) -> int:
+        found = conn.execute("SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'").fetchone()
+        return int(found[0]) if found else 2**62
+
     def prune_events(
         self,
         before_ms: int,
@@ -556,6 +608,12 @@ class PostgresStore:
                         ).fetchall()
                         old = [seq for seq, is_old in batch if is_old]
                         if old:
+                            # The read side forgets them in the same transaction (rows it counted).
+                            from_seq = self._rollups_from_seq(conn)
+                            rolled = [seq for seq in old if seq >= from_seq]
+                            if rolled:
+                                conn.execute(_REMOVE_EVENT_ROLLUPS, (tenant_id, rolled))
+                                conn.execute(_REMOVE_MEASURE_ROLLUPS, (tenant_id, rolled))
                             conn.execute(
                                 "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s)",
                                 (tenant_id, old),
@@ -570,6 +628,11 @@ class PostgresStore:
             with conn.transaction():
                 conn.execute("DELETE FROM daily_usage WHERE day < %s", (day,))
                 conn.execute("DELETE FROM drop_counts WHERE day < %s", (day,))
+                conn.execute("DELETE FROM event_rollups WHERE events <= 0")  # minutes the prune emptied
+                conn.execute(
+                    "DELETE FROM measure_rollups AS m WHERE NOT EXISTS (SELECT 1 FROM event_rollups AS e "
+                    "WHERE e.tenant_id = m.tenant_id AND e.minute = m.minute AND e.event_name = m.event_name)"
+                )
             return deleted
 
         return int(self._run(work))
@@ -876,6 +939,11 @@ class PostgresStore:
                     for rows, n in zip(fresh, allowed, strict=True):
                         for row in rows[:n]:
                             copy.write_row(row)
+                stored = [row for rows, n in zip(fresh, allowed, strict=True) for row in rows[:n]]
+                events, measures = rollup_rows(stored)
+                cur.executemany(_UPSERT_EVENT_ROLLUPS, sorted(events))
+                if measures:
+                    cur.executemany(_UPSERT_MEASURE_ROLLUPS, sorted(measures))
         outcomes: list[StoreOutcome] = []
         for job, n in zip(jobs, allowed, strict=True):
             duplicates = len(job.rows) - len(fresh[len(outcomes)])
