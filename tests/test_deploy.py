@@ -25,7 +25,7 @@ HANG_GUARD_SECONDS = 60  # a generous hang guard, not a speed limit
 
 
 def test_deploy_nginx_conf_passes_nginx_t_as_it_is() -> None:
-    from .test_postgres_nginx import nginx_binary
+    from .support.nginx import nginx_binary
 
     nginx = nginx_binary()
     if not os.access("/var/log/nginx", os.W_OK) and not IN_CI:

@@ -171,32 +171,12 @@ PREFIX = "/segment-ingest"
 ORIGIN = "https://shop.example"
 
 
-def shipped_nginx_conf(folder: Path, listen_port: int, node_ports: list[int]) -> str:
-    """deploy/nginx.conf as shipped, but for its addresses: our nodes, our port, files in ``folder``."""
-    text = (ROOT / "deploy" / "nginx.conf").read_text()
-    members = "".join(
-        f"        server 127.0.0.1:{port} max_fails=3 fail_timeout=5s;\n" for port in node_ports
-    )
-    shipped_member = "        server 127.0.0.1:8081 max_fails=3 fail_timeout=5s;\n"
-    assert text.count(shipped_member) == 1 and text.count("        listen 8080;\n") == 1
-    text = text.replace(shipped_member, members).replace(
-        "        listen 8080;\n", f"        listen 127.0.0.1:{listen_port};\n"
-    )
-    text = text.replace("/var/log/nginx/drengr.log", str(folder / "access.log"))
-    paths = "".join(
-        f"    {kind}_temp_path {folder / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    text = text.replace("http {\n", "http {\n" + paths, 1)
-    main = f"daemon off;\npid {folder / 'nginx.pid'};\n" + ("user root;\n" if os.geteuid() == 0 else "")
-    return main + text
-
-
 def test_a_postgres_restart_behind_the_shipped_nginx_stays_a_blip(cluster: Cluster, tmp_path: Path) -> None:
     """Two `serve` nodes behind deploy/nginx.conf, one PostgreSQL restarted under load: clients see
     only drengr's JSON errors with CORS (never nginx's HTML page), no node is set aside, and no
     request sent after PostgreSQL is back fails."""
-    from .test_postgres_nginx import nginx_binary, start_node, wait_for
+    from .support.nginx import nginx_binary, shipped_nginx_conf
+    from .test_postgres_nginx import start_node, wait_for
 
     nginx = nginx_binary()
     dsn = cluster.fresh_database()
@@ -211,7 +191,7 @@ def test_a_postgres_restart_behind_the_shipped_nginx_stays_a_blip(cluster: Clust
     node_ports = [free_port(), free_port()]
     nodes = [start_node(dsn, port, folder / f"node{n}.log") for n, port in enumerate(node_ports)]
     port = free_port()
-    (folder / "nginx.conf").write_text(shipped_nginx_conf(folder, port, node_ports))
+    (folder / "nginx.conf").write_text(shipped_nginx_conf(folder, {port: node_ports}))
     proxy = subprocess.Popen(
         [nginx, "-c", str(folder / "nginx.conf"), "-p", str(folder), "-e", str(folder / "error.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -19,7 +19,6 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,25 +32,15 @@ from typing import Any
 
 import pytest
 
-from .test_postgres_store import IN_CI, admin, query, server_dsn, with_schema
+from .support.nginx import nginx_binary, shipped_nginx_conf
+from .test_postgres_store import admin, query, server_dsn, with_schema
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).resolve().parent / "nginx"
-ROOT = HERE.parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "/segment-ingest"
 NODES = 3
 LOAD_SECONDS = float(os.environ.get("DRENGR_NGINX_LOAD_SECONDS", "3"))
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if found is None:
-        message = "nginx is not installed (apt-get install -y nginx)"
-        if IN_CI:
-            pytest.fail(message + " (CI is set: these tests must run)")
-        pytest.skip(message)
-    return found
 
 
 def free_port() -> int:
@@ -96,28 +85,6 @@ def start_gunicorn(store_uri: str, port: int, log: Path) -> subprocess.Popen[byt
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
-def nginx_config(folder: Path, node_ports: list[int], listen: dict[str, tuple[int, list[int]]]) -> str:
-    upstreams = []
-    servers = []
-    location = (HERE / "location.conf.template").read_text()
-    for name, (port, members) in listen.items():
-        lines = [f"    upstream {name} {{"]
-        lines += [f"        server 127.0.0.1:{node_ports[m]} max_fails=3 fail_timeout=5s;" for m in members]
-        lines += ["        keepalive 32;", "    }"]
-        upstreams.append("\n".join(lines))
-        servers.append(
-            "    server {\n" + location.replace("{port}", str(port)).replace("{upstream}", name) + "    }"
-        )
-    return (
-        (HERE / "nginx.conf.template")
-        .read_text()
-        .replace("{user}", "user root;" if os.geteuid() == 0 else "")
-        .replace("{dir}", str(folder))
-        .replace("{upstreams}", "\n".join(upstreams))
-        .replace("{servers}", "\n".join(servers))
-    )
-
-
 class Cluster:
     def __init__(self, store_uri: str, key: str, nodes: list[subprocess.Popen[bytes]], node_ports: list[int],
                  ports: dict[str, int], folder: Path) -> None:  # fmt: skip
@@ -151,7 +118,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     listen["all"] = (ports["all"], [0, 1, 2, 3])
     nodes.append(gunicorn)
     node_ports.append(gunicorn_port)
-    (folder / "nginx.conf").write_text(nginx_config(folder, node_ports, listen))
+    servers = {port: [node_ports[m] for m in members] for port, members in listen.values()}
+    (folder / "nginx.conf").write_text(shipped_nginx_conf(folder, servers))
     nginx_process = subprocess.Popen(
         [nginx, "-c", str(folder / "nginx.conf"), "-p", str(folder), "-e", str(folder / "error.log")],
         stdout=subprocess.DEVNULL,
