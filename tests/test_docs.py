@@ -418,6 +418,18 @@ def test_relative_links_lead_to_files(page: Path) -> None:
     assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
 
 
+def test_the_tests_the_docs_and_deploy_files_cite_exist() -> None:
+    """A page that says "tests/test_x.py checks this" keeps its word only while that file exists."""
+    cited = {
+        (path.relative_to(ROOT), name)
+        for path in [*PAGES, *sorted((ROOT / "deploy").iterdir())]
+        for name in re.findall(r"\btests/[\w/]+\.py\b", path.read_text())
+    }
+    assert cited, "no page cites a test: the pattern is wrong"
+    missing = sorted((str(page), name) for page, name in cited if not (ROOT / name).exists())
+    assert not missing, missing
+
+
 def test_deploying_shows_deploy_nginx_conf_verbatim() -> None:
     """The nginx tests run deploy/nginx.conf itself (tests/support/nginx.py): the docs show that file."""
     [config] = [
