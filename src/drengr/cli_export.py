@@ -333,9 +333,11 @@ def _replaced_at_the_end(target: Path) -> Iterator[str]:
 
 def backfill(args: argparse.Namespace) -> int:
     """`drengr db backfill-rollups`: count a database's older rows into its rollups, with progress."""
+    from .store import open_store
     from .store.sqlite import backfill_rollups
 
-    if not os.path.isfile(args.db):
+    where = redact_url(args.store) if args.store else args.db
+    if not args.store and not os.path.isfile(args.db):
         raise UsageError(f"No database at {args.db}: pass the file `drengr serve` writes with --db.")
     shown = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
 
@@ -343,14 +345,21 @@ def backfill(args: argparse.Namespace) -> int:
         shown.update(done, done / max(1, total), "backfill")
 
     try:
-        counted = backfill_rollups(args.db, progress=progress)
+        if args.store:
+            store = open_store(args.store)
+            try:
+                counted = store.backfill_rollups(progress=progress)  # type: ignore[attr-defined]
+            finally:
+                store.close()
+        else:
+            counted = backfill_rollups(args.db, progress=progress)
     except StoreError as error:
         raise UsageError(
-            f"Cannot backfill {args.db} ({error}); run the same command again to resume."
+            f"Cannot backfill {where} ({error}); run the same command again to resume."
         ) from None
     finally:
         shown.finish()
-    print(f"Counted {counted:,} older events into the rollups of {args.db}.", file=sys.stderr)
+    print(f"Counted {counted:,} older events into the rollups of {where}.", file=sys.stderr)
     return 0
 
 

@@ -249,7 +249,7 @@ SETTINGS: tuple[Setting, ...] = (
         help="A postgresql://user@host/db URL: rows, keys and tenants go to PostgreSQL instead of --db "
         "(needs pip install 'drengr-ingest[postgres]'). Keep the password out of the command line: "
         "use the variable, ~/.pgpass or PGPASSWORD.",
-        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, *READERS, PRUNE),
+        commands=(SERVE, WSGI, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, DB_BACKFILL, *READERS, PRUNE),
         example="postgresql://drengr@db.internal/drengr",
         parse=postgres_url,
         metavar="URL",

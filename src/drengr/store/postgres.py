@@ -196,6 +196,20 @@ _UPSERT_MEASURE_ROLLUPS = """
     INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) VALUES (%s, %s, %s, %s, %s)
     ON CONFLICT (tenant_id, minute, event_name, measure)
     DO UPDATE SET total = measure_rollups.total + excluded.total"""
+_BACKFILL_EVENT_ROLLUPS = """
+    INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events)
+    SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, count(*) FROM semantic_events
+    WHERE tenant_id = %s AND seq >= %s AND seq < %s GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, minute, event_name, event_type)
+    DO UPDATE SET events = event_rollups.events + excluded.events"""
+_BACKFILL_MEASURE_ROLLUPS = """
+    INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total)
+    SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, sum(m.value::text::double precision)
+    FROM semantic_events AS e, jsonb_each(e.measures) AS m
+    WHERE e.tenant_id = %s AND e.seq >= %s AND e.seq < %s AND jsonb_typeof(m.value) = 'number'
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, minute, event_name, measure)
+    DO UPDATE SET total = measure_rollups.total + excluded.total"""
 _REMOVE_EVENT_ROLLUPS = """
     INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events)
     SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, -count(*) FROM semantic_events
@@ -568,6 +582,47 @@ class PostgresStore:
     def _rollups_from_seq(conn: psycopg.Connection[Any]) -> int:
         found = conn.execute("SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'").fetchone()
         return int(found[0]) if found else 2**62
+
+    def backfill_rollups(
+        self, chunk_rows: int = 20_000, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Count the rows older than the rollups into them, newest first, a seq window a transaction.
+
+        Each window is read tenant by tenant on the ``(tenant_id, seq)`` index;
+        ``rollups_from_seq`` moves down with each window (a stopped backfill
+        resumes) and becomes 1 at the end, when /v1/stats starts reading the
+        rollups. Returns the rows counted.
+        """
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            tenants = [row[0] for row in conn.execute("SELECT tenant_id FROM tenants ORDER BY 1")]
+            lowest = [
+                conn.execute("SELECT min(seq) FROM semantic_events WHERE tenant_id = %s", (t,)).fetchone()
+                for t in tenants
+            ]
+            floor = min([int(row[0]) for row in lowest if row and row[0] is not None], default=1)
+            total = max(0, self._rollups_from_seq(conn) - floor)
+            done = 0
+            while True:
+                with conn.transaction():
+                    # One backfill at a time (and no migration meanwhile).
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                    high = self._rollups_from_seq(conn)
+                    if high <= floor:
+                        conn.execute("UPDATE drengr_meta SET value = '1' WHERE key = 'rollups_from_seq'")
+                        return done
+                    low = max(floor, high - chunk_rows)
+                    for tenant_id in tenants:
+                        conn.execute(_BACKFILL_EVENT_ROLLUPS, (tenant_id, low, high))
+                        conn.execute(_BACKFILL_MEASURE_ROLLUPS, (tenant_id, low, high))
+                    conn.execute(
+                        "UPDATE drengr_meta SET value = %s WHERE key = 'rollups_from_seq'", (str(low),)
+                    )
+                done += high - low
+                if progress is not None:
+                    progress(done, total)
+
+        return int(self._run(work))
 
     def prune_events(
         self,
