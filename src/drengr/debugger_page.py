@@ -480,7 +480,7 @@ DEBUGGER_JS = r"""'use strict'
           lastStats = Date.now()
           showChart(await api('/v1/stats?since=30m&interval=minute'))
         }
-        $('updated').textContent = 'Updated ' + new Date().toISOString().slice(11, 19) + ' UTC'
+        $('updated').textContent = 'Updated ' + when(new Date().toISOString(), false).slice(0, 8) + (zone === 'utc' ? ' UTC' : '')
       } catch (error) {
         if (mine !== generation) return
         if (error.unauthorized) return refused() // revoked while open
