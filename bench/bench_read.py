@@ -7,6 +7,7 @@ by default), checks its answers, and reports without judging: the targets are re
 it prints (docs/performance.md "Reading at 10M rows"), every read under 5 % of the scan.
 """
 
+import contextlib
 import json
 import os
 import resource
@@ -142,9 +143,10 @@ def bench_ingest_with_and_without_rollups(
         store = SQLiteStore(str(tmp_path / f"r{round_}.db"))
         started = time.perf_counter()
         for b in range(batches):
-            batch = [
-                (*row[:1], f"{round_}-{row[1]}", *row[2:]) for row in rows_per_round[b * 100 : b * 100 + 100]
-            ]
+            # One time of receipt a batch, as the server stamps a request's rows (a second apart).
+            received = format_ms(NOW_MS + b * 1_000)
+            batch = [(row[0], f"{round_}-{row[1]}", *row[2:6], received, received, *row[8:])
+                     for row in rows_per_round[b * 100 : b * 100 + 100]]  # fmt: skip
             assert store.write("acme", batch, NOW_MS).stored == 100
         results[label].append(batches * 100 / (time.perf_counter() - started))
         store.close()
@@ -165,3 +167,37 @@ def bench_export_peak_rss(table: Path, tmp_path: Path) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"\nexport of {ROWS:,} rows to Parquet: peak RSS {peak_mb:,.0f} MB "
           f"(table {table.stat().st_size / 2**20:,.0f} MB, Parquet {output.stat().st_size / 2**20:,.0f} MB)")  # fmt: skip
+
+
+def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureRequest, monkeypatch: Any) -> None:
+    """PostgreSQL: 100-event batches through PostgresStore.write, rounds alternating with and without the rollups.
+
+    Needs a server: DRENGR_TEST_POSTGRES_DSN, as bench/bench_postgres.py says (fsync on for real figures).
+    """
+    pytest.importorskip("psycopg", reason="pip install '.[test]'")
+    from drengr.store import postgres as pg_store
+
+    from .bench_postgres import schema_dsn
+
+    batches = 20 if request.config.getoption("benchmark_disable", False) else 400
+    rows = synthetic_rows(0, batches * 100)
+    kept = pg_store.rollup_rows
+    results: dict[str, list[float]] = {"with rollups": [], "without": []}
+    for round_ in range(6):
+        label = "with rollups" if round_ % 2 == 0 else "without"
+        monkeypatch.setattr(
+            pg_store, "rollup_rows", kept if label == "with rollups" else lambda rows: ([], [])
+        )
+        with contextlib.contextmanager(schema_dsn.__wrapped__)() as dsn:  # type: ignore[attr-defined]
+            store = pg_store.PostgresStore(dsn)
+            started = time.perf_counter()
+            for b in range(batches):
+                received = format_ms(NOW_MS + b * 1_000)  # one time of receipt a batch, as the server's
+                batch = [(row[0], f"{round_}-{row[1]}", *row[2:6], received, received, *row[8:])
+                         for row in rows[b * 100 : b * 100 + 100]]  # fmt: skip
+                assert store.write("acme", batch, NOW_MS).stored == 100
+            results[label].append(batches * 100 / (time.perf_counter() - started))
+            store.close()
+    with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
+    print(f"\nPostgreSQL, 100-event batches: {with_rate:,.0f} rows/s with rollups, {without_rate:,.0f} without: "
+          f"{with_rate / without_rate:.1%} of the rate without")  # fmt: skip

@@ -2005,7 +2005,7 @@ cdef int _map_item(
     cdef int code = single_code
     cdef const char* p
     cdef size_t n
-    cdef size_t mark
+    cdef size_t mark, start
     cdef bint have_os
     cdef int64_t timestamp, sent_at, original, occurred
     cdef bint has_timestamp, has_sent_at, has_original
@@ -2083,15 +2083,17 @@ cdef int _map_item(
             if _scalar_text(s, &s.tmp, value, mapper):
                 _put_dim(s, "app_version", 11, s.tmp.p, s.tmp.n)
         if _part(context, C_OS, &part):
+            # An empty name or version is absent (RudderStack's browser SDKs send both).
             s.tmp.clear()
             have_os = obj_get(part, b"name", &value) and _scalar_text(
                 s, &s.tmp, value, mapper
-            )
+            ) and s.tmp.n > 0
             if obj_get(part, b"version", &value):
                 mark = s.tmp.n
                 if have_os:
                     s.tmp.putc(c' ')
-                if _scalar_text(s, &s.tmp, value, mapper):
+                start = s.tmp.n
+                if _scalar_text(s, &s.tmp, value, mapper) and s.tmp.n > start:
                     have_os = True
                 else:
                     s.tmp.n = mark

@@ -504,7 +504,7 @@ def _map_item(
             scalar_text(_get_path(context, "os", "name"), pii, strips),
             scalar_text(_get_path(context, "os", "version"), pii, strips),
         )
-        if text is not None
+        if text  # an empty name or version is absent (RudderStack's browser SDKs send both empty)
     ]
     if os_parts:
         reserved["os"] = " ".join(os_parts)

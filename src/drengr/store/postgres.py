@@ -188,12 +188,16 @@ SCHEMA = [
     WHERE NOT EXISTS (SELECT 1 FROM drengr_meta WHERE key = 'rollups_from_seq')""",
 ]
 # Sorted rows, so concurrent writers (several nodes) take the rollup rows' locks in one order.
+# One statement a table, its rows as arrays (one round trip, as _INSERT_IDS): an executemany of a
+# dozen upserts cost half the rate of 100-event batches.
 _UPSERT_EVENT_ROLLUPS = """
-    INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events) VALUES (%s, %s, %s, %s, %s)
+    INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[]) ORDER BY 1, 2, 3, 4
     ON CONFLICT (tenant_id, minute, event_name, event_type)
     DO UPDATE SET events = event_rollups.events + excluded.events"""
 _UPSERT_MEASURE_ROLLUPS = """
-    INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) VALUES (%s, %s, %s, %s, %s)
+    INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[]) ORDER BY 1, 2, 3, 4
     ON CONFLICT (tenant_id, minute, event_name, measure)
     DO UPDATE SET total = measure_rollups.total + excluded.total"""
 _BACKFILL_EVENT_ROLLUPS = """
@@ -996,9 +1000,14 @@ class PostgresStore:
                             copy.write_row(row)
                 stored = [row for rows, n in zip(fresh, allowed, strict=True) for row in rows[:n]]
                 events, measures = rollup_rows(stored)
-                cur.executemany(_UPSERT_EVENT_ROLLUPS, sorted(events))
+                if events:
+                    cur.execute(_UPSERT_EVENT_ROLLUPS, [list(column) for column in zip(*events, strict=True)])
                 if measures:
-                    cur.executemany(_UPSERT_MEASURE_ROLLUPS, sorted(measures))
+                    cur.execute(
+                        _UPSERT_MEASURE_ROLLUPS,
+                        [list(column) for column in zip(*measures, strict=True)][:4]
+                        + [[float(total) for _, _, _, _, total in measures]],
+                    )
         outcomes: list[StoreOutcome] = []
         for job, n in zip(jobs, allowed, strict=True):
             duplicates = len(job.rows) - len(fresh[len(outcomes)])

@@ -184,12 +184,25 @@ def rollup_rows(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], lis
     return [(*k, n) for k, n in counts.items()], [(*k, v) for k, v in sums.items()]
 
 
+@functools.cache
+def _upsert_statement(template: str, rows: int) -> str:
+    """``template`` with ``rows`` rows of VALUES: one statement, one step (see insert_events)."""
+    head, tail = template.split(" VALUES (?,?,?,?,?) ")
+    return f"{head} VALUES " + ",".join(["(?,?,?,?,?)"] * rows) + " " + tail
+
+
+def _upsert(conn: sqlite3.Connection, template: str, rows: list[tuple[Any, ...]]) -> None:
+    for start in range(0, len(rows), 512):  # 2,560 parameters a statement at most
+        part = rows[start : start + 512]
+        conn.execute(_upsert_statement(template, len(part)), list(itertools.chain.from_iterable(part)))
+
+
 def add_to_rollups(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Count ``rows``, just inserted, into the rollups (inside the caller's transaction)."""
     events, measures = rollup_rows(rows)
-    conn.executemany(_UPSERT_EVENT_ROLLUP, events)
+    _upsert(conn, _UPSERT_EVENT_ROLLUP, events)
     if measures:
-        conn.executemany(_UPSERT_MEASURE_ROLLUP, measures)
+        _upsert(conn, _UPSERT_MEASURE_ROLLUP, measures)
 
 
 def remove_from_rollups(conn: sqlite3.Connection, seqs: list[int]) -> None:
