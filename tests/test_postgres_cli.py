@@ -53,3 +53,21 @@ def test_store_mistakes_are_one_sentence(tmp_path: Path) -> None:
     down = drengr("keys", "list", "--store", "postgresql://u:secret@127.0.0.1:1/x")
     assert down.returncode == 2 and "Traceback" not in down.stderr
     assert "secret" not in down.stderr and "u:***@" in down.stderr
+
+
+def test_commands_that_only_use_a_database_create_no_tables_in_it(pg_dsn: str) -> None:
+    schema = query(pg_dsn, "SELECT current_schema()")[0][0]
+    uri = with_schema(server_dsn(), schema)
+    for args in (
+        ["keys", "list"],
+        ["keys", "revoke", "drengr_pk_x"],
+        ["tenants", "set", "acme", "--daily-cap", "5"],
+    ):
+        result = drengr(*args, "--store", uri)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "No drengr tables at" in result.stderr and "drengr db init" in result.stderr, result.stderr
+        assert result.stdout == ""
+    tables = query(
+        pg_dsn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+    )
+    assert tables == [(0,)]
