@@ -1,6 +1,6 @@
 """Live: RudderStack's browser SDKs in Debian's headless Chromium, set up as a self-hoster does.
 
-The snippet of docs/sdks.md "RudderStack in the browser" runs as written (a
+The snippet of docs/sdks.md "RudderStack" runs as written (a
 real key and port swapped in) with @rudderstack/analytics-js 3.x, and with
 rudder-sdk-js 2.x as that page says (the global itself), each from
 tests/clients/node, on a page of another origin with ``configUrl`` and the

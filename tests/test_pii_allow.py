@@ -1,6 +1,6 @@
 """The PII allow-list: exact key names kept although they contain a fragment, per server and per tenant.
 
-docs/operating.md "PII": the substring rule stays the contract; `--pii-allow`
+docs/operating.md "PII: what is left out, and keeping a key": the substring rule stays the contract; `--pii-allow`
 (DRENGR_PII_ALLOW) names keys the server keeps anyway, and `drengr tenants set
 NAME --pii-allow` adds a tenant's own, stored with the tenant (SQLite and
 PostgreSQL). The table runs through the compiled mapper and its twin alike.

@@ -180,7 +180,9 @@ def rollup_rows(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], lis
             for name, value in json.loads(row[9]).items():
                 if type(value) in (int, float):  # numbers only, as json_each's 'integer'/'real'
                     measure = (row[0], minute, row[2], name)
-                    sums[measure] = sums.get(measure, 0) + value
+                    sums[measure] = (
+                        sums.get(measure, 0.0) + value
+                    )  # REAL: a float sum, as SQLite stores it (an int may pass int64)
     return [(*k, n) for k, n in counts.items()], [(*k, v) for k, v in sums.items()]
 
 
