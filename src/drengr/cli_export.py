@@ -32,7 +32,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -403,17 +403,3 @@ def datasette(args: argparse.Namespace, out: TextIO) -> int:
 # Facets on event_name and event_type count a group over the filtered rows: give them time at
 # 10M rows (Datasette's default is 200 ms, after which it drops the facet).
 DATASETTE_SETTINGS = ("--setting", "facet_time_limit_ms", "5000", "--setting", "sql_time_limit_ms", "10000")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m drengr.cli_export export|datasette …`: the two commands on their own."""
-    parser = argparse.ArgumentParser(prog="drengr", description="Export semantic_events.")
-    add_version(parser)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    add_commands(commands)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
