@@ -20,7 +20,7 @@ _PROXY_PASS = "proxy_pass http://drengr;"
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
     if found is None:
         message = "nginx is not installed (apt-get install -y nginx)"
         if IN_CI:
