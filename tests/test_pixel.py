@@ -89,6 +89,14 @@ def test_a_key_outside_the_data(client, key, db_path):
     assert len(read_rows(db_path)) == 1  # the same messageId: stored once
 
 
+def test_a_content_encoding_on_the_get_does_not_apply_to_the_data(client, key, db_path):
+    """The call is the decoded JSON: a stray Content-Encoding on the GET describes no body of it."""
+    data = quote(encode(call(key, event="Opened", messageId="ce-1")))
+    response = client.get(f"/v1/pixel/track?data={data}", headers={"Content-Encoding": "gzip"})
+    assert (response.status_code, response.data) == (200, GIF)
+    assert [row["event_id"] for row in read_rows(db_path)] == ["ce-1"]
+
+
 @both_stores
 def test_bad_calls_answer_the_gif_with_their_status_and_store_nothing(client, store, key, db_path, caplog):
     caplog.set_level(logging.INFO, logger="drengr.access")

@@ -77,7 +77,9 @@ def handle_pixel(request: Request, mapper: BodyMapper) -> Generator[Need, Any, R
         body = decode_data(request.query)
     except IngestError as error:
         return gif_response(error.status, error.code)
-    post = replace(request, method="POST", content_length=len(body))
+    # The call is the decoded JSON itself: a header the GET happened to carry does not describe it.
+    headers = {name: value for name, value in request.headers.items() if name != "content-encoding"}
+    post = replace(request, method="POST", headers=headers, content_length=len(body))
     machine = handle(post, mapper)
     try:
         need = next(machine)
