@@ -169,3 +169,14 @@ def test_nginx_never_hands_a_post_a_node_took_to_another_node(tmp_path: Path) ->
     assert reply.status == 502 and b'"code": "ingest_failed"' in body, (reply.status, body)
     posts = [request for request in received if request.startswith(b"POST ")]
     assert len(posts) == 1, f"the POST reached {len(posts)} nodes"
+
+
+def test_the_wsgi_entry_point_loads_no_command_line_code(tmp_path: Path) -> None:
+    """Every gunicorn worker imports drengr.wsgi: argparse, export and the CLI stay out of it."""
+    env = {**os.environ, "DRENGR_DB": str(tmp_path / "w.db"), "PYTHONPATH": str(ROOT / "src")}
+    code = "import sys, drengr.wsgi; print(sorted(m for m in sys.modules if m.startswith('drengr.cli')))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

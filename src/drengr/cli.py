@@ -29,8 +29,6 @@ from .core.limits import WAITRESS_MAX_BODY_BYTES
 from .settings import Config, SettingError
 from .store import SQLiteStore, Store, StoreError, is_postgres_url, open_store
 
-SWITCH_INTERVAL_S = 0.0001  # sys.setswitchinterval for `serve` (see there)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -461,7 +459,7 @@ def serve(args: argparse.Namespace) -> int:
     # A thread waiting for the GIL (the writer after each SQLite call, a request whose commit is
     # done) waits up to this long for a busy one to let go: 5 ms by default. 0.1 ms halves p99
     # with --writer process (~140 -> ~60 ms on 100-event batches); throughput within noise.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    sys.setswitchinterval(settings.SWITCH_INTERVAL_S)
     server_log.info(
         "Listening on http://%s:%d%s/  (%s)", config.host, config.port, config.prefix, _where(config)
     )

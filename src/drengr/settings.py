@@ -47,6 +47,11 @@ COMMANDS = (SERVE, *KEYS, TENANTS_SET, DB_INIT, DB_IMPORT, DB_BACKFILL, *READERS
 EVERY = (*COMMANDS, WSGI)
 
 
+# Not a setting: the GIL switch interval `drengr serve` and drengr.wsgi both run with
+# (docs/operating.md "The writer: process or thread").
+SWITCH_INTERVAL_S = 0.0001
+
+
 class SettingError(ValueError):
     """A value that cannot be used; the message says where it came from and what to do."""
 

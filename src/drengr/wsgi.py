@@ -9,8 +9,7 @@ drengr imports it. The top-level ``wsgi.py`` of a clone re-exports it.
 import sys
 
 from ._memory import return_large_blocks
-from .cli import SWITCH_INTERVAL_S
-from .settings import Config, SettingError
+from .settings import SWITCH_INTERVAL_S, Config, SettingError
 from .store import StoreError
 from .web import create_app
 
