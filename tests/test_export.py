@@ -327,3 +327,5 @@ def test_drengr_datasette_serves_facets_hidden_keys_and_the_analyst_queries(tmp_
     finally:
         process.terminate()
         process.wait(timeout=HANG_GUARD_SECONDS)
+    with pytest.raises(OSError):  # datasette, its child, went with it: nothing answers on the port
+        get_json(port, "/drengr.json")

@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -394,10 +395,22 @@ def datasette(args: argparse.Namespace, out: TextIO) -> int:
         path.write_text(json.dumps(metadata), encoding="utf-8")
         command = [sys.executable, "-m", "datasette", "serve", args.db, "--metadata", str(path),
                    *DATASETTE_SETTINGS, *passed]  # fmt: skip
+        process = subprocess.Popen(command)
+        # A SIGTERM (systemd, a test, kill) goes on to datasette: it must not outlive this command.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.terminate())
         try:
-            return subprocess.call(command)
+            return process.wait()
         except KeyboardInterrupt:
             return 0  # Ctrl-C reached datasette too (same process group): it stops on its own
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 # Facets on event_name and event_type count a group over the filtered rows: give them time at
