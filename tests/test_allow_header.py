@@ -30,6 +30,7 @@ READ_PATHS = [
     "/v1/drops",
     "/debugger",
     "/debugger/app.js",
+    "/debugger/style.css",
     "/v1/openapi.yaml",
     "/v1/projects/drengr_pk_whatever/settings",
 ]

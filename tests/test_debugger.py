@@ -25,6 +25,7 @@ from urllib.parse import urljoin
 
 import pytest
 
+from drengr import debugger
 from drengr.store import SQLiteStore
 from drengr.web import Config, create_app
 from tests.clients.harness import (
@@ -318,6 +319,25 @@ def test_page_urls_resolve_under_a_prefix(tmp_path: Path, page_path: str) -> Non
             assert (answer.status_code, answer.mimetype) == (200, "application/json"), (url, answer.data)
             # Without the prefix the same call is the middleware's 404: the prefix is what made it work.
             assert client.get(path, headers=bearer).status_code == 404
+    finally:
+        store.close()
+
+
+def test_the_page_is_a_template_its_files_package_data(tmp_path: Path) -> None:
+    """index.html rendered with autoescaping (a mount point is text, never markup); app.js and style.css as files."""
+    hostile = '/p"<b>'
+    store = SQLiteStore(str(tmp_path / "drengr.db"))
+    try:
+        client = create_app(Config(db=str(tmp_path / "drengr.db"), prefix=hostile), store=store).test_client()
+        page = client.get(hostile + "/debugger").get_data(as_text=True)
+        assert '<main id="main" data-root="/p&#34;&lt;b&gt;">' in page and "<b>" not in page
+        files = Path(debugger.__file__).parent
+        for name, mimetype in [("app.js", "text/javascript"), ("style.css", "text/css")]:
+            assert f'"/p&#34;&lt;b&gt;/debugger/{name}"' in page
+            answer = client.get(hostile + "/debugger/" + name)
+            assert (answer.status_code, answer.mimetype) == (200, mimetype)
+            assert answer.data == (files / name).read_bytes()
+            assert answer.headers["Cache-Control"] == "no-cache"
     finally:
         store.close()
 

@@ -6,7 +6,7 @@ Routes (relative to the mount point, like ingest; documented in ``openapi.yaml``
 - ``GET /v1/stats``   counts by event_name over an interval, sums of named measures, per-bucket counts
 - ``GET /v1/drops``   what was accepted but not stored (``drengr.drops``), by reason, and recent samples
 - ``GET /v1/openapi.yaml``  the description of these routes
-- ``GET /debugger`` (+ ``/debugger/app.js``)  the live debugger page, which calls the three above
+- ``GET /debugger`` (+ ``app.js``, ``style.css``)  the live debugger page (``drengr.debugger``), which calls the three above
 
 Auth: ``Authorization: Bearer drengr_sk_…`` or HTTP Basic with the secret key as
 username. Publishable keys are public (they sit in every web page that loads
@@ -27,10 +27,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from . import clock
+from . import clock, debugger
 from .core.auth import SECRET_PREFIX, hash_key, key_from_headers
 from .core.errors import UNAUTHORIZED_BODY, error_body
-from .debugger_page import DEBUGGER_HTML, DEBUGGER_JS
 from .drops import DEFAULT_SAMPLES_PER_TENANT, REASONS, DropLog
 from .logs import Fields
 from .store.base import StoreError
@@ -67,11 +66,6 @@ UNAUTHORIZED_HEADERS = [
     ("WWW-Authenticate", 'Bearer realm="drengr"'),
     *NO_STORE,
 ]
-# The debugger page: its own script only, talks only to this origin, never framed.
-PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
 
 EVENTS_PARAMS = frozenset(
     {"since", "until", "time_field", "event_name", "event_type", "external_id", "install_id", "cursor",
@@ -80,7 +74,8 @@ EVENTS_PARAMS = frozenset(
 STATS_PARAMS = frozenset({"since", "until", "time_field", "event_name", "measure", "interval"})
 DROPS_PARAMS = frozenset({"limit"})
 
-blueprint = Blueprint("drengr_read", __name__)
+# Its templates are the debugger page's files (drengr/debugger/index.html).
+blueprint = Blueprint("drengr_read", __name__, template_folder=debugger.FILES)
 
 
 class InvalidQuery(Exception):
@@ -397,24 +392,4 @@ def openapi() -> Response:
     return Response(body, status=200, headers=[("Content-Type", "application/yaml; charset=utf-8")])
 
 
-@blueprint.get("/debugger")
-def debugger() -> Response:
-    # Absolute URLs from the mount point, so /p/debugger and /p/debugger/ both work behind a prefix.
-    from html import escape
-
-    page = DEBUGGER_HTML.replace("{{ROOT}}", escape(request.script_root, quote=True))
-    headers = [
-        ("Content-Type", "text/html; charset=utf-8"),
-        ("Content-Security-Policy", PAGE_CSP),
-        ("Referrer-Policy", "no-referrer"),
-        ("X-Frame-Options", "DENY"),
-        *NO_STORE,
-    ]
-    return Response(page, status=200, headers=headers)
-
-
-@blueprint.get("/debugger/app.js")
-def debugger_js() -> Response:
-    headers = [("Content-Type", "text/javascript; charset=utf-8"), ("Cache-Control", "no-cache"),
-               ("X-Content-Type-Options", "nosniff")]  # fmt: skip
-    return Response(DEBUGGER_JS, status=200, headers=headers)
+debugger.add_routes(blueprint)
