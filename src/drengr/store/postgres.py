@@ -78,12 +78,13 @@ from ..core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DA
 from ..core.outcome import StoreOutcome
 from ..core.timestamps import format_ms, parse_ms
 from .base import PRUNE_BATCH_ROWS, KeyCache, KeyInfo, StoreError, allow_names, allow_text, take_group
-from .sqlite import rollup_rows
+from .sqlite import hourly, rollup_rows
 
 log = logging.getLogger("drengr.store")
 
-# 2: semantic_events.library, index (tenant_id, seq), drop_counts; 3: tenants.pii_allow; 4: rollups
-SCHEMA_VERSION = 4
+# 2: semantic_events.library, index (tenant_id, seq), drop_counts; 3: tenants.pii_allow; 4: rollups;
+# 5: hourly rollups, the index (tenant_id, external_id, seq)
+SCHEMA_VERSION = 5
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 PRUNE_EVERY_SECONDS = 600.0
 PRUNE_CHUNK = 50_000  # ids deleted per statement, so pruning never holds long locks
@@ -186,48 +187,92 @@ SCHEMA = [
     """INSERT INTO drengr_meta (key, value)
     SELECT 'rollups_from_seq', (SELECT coalesce(max(seq), 0) + 1 FROM semantic_events)::text
     WHERE NOT EXISTS (SELECT 1 FROM drengr_meta WHERE key = 'rollups_from_seq')""",
+    # The same per received hour (a week is ~2,000 rows to add up, not ~120,000); a database from
+    # before them gets its minutes added up by hour, once (the tables are new and empty then).
+    """CREATE TABLE IF NOT EXISTS hourly_event_rollups (
+        tenant_id text NOT NULL,
+        hour text NOT NULL,
+        event_name text NOT NULL,
+        event_type text NOT NULL,
+        events bigint NOT NULL,
+        PRIMARY KEY (tenant_id, hour, event_name, event_type)
+    )""",
+    """CREATE TABLE IF NOT EXISTS hourly_measure_rollups (
+        tenant_id text NOT NULL,
+        hour text NOT NULL,
+        event_name text NOT NULL,
+        measure text NOT NULL,
+        total double precision NOT NULL,
+        PRIMARY KEY (tenant_id, hour, event_name, measure)
+    )""",
+    """INSERT INTO hourly_event_rollups (tenant_id, hour, event_name, event_type, events)
+    SELECT tenant_id, substr(minute, 1, 13), event_name, event_type, sum(events) FROM event_rollups
+    WHERE NOT EXISTS (SELECT 1 FROM hourly_event_rollups) GROUP BY 1, 2, 3, 4""",
+    """INSERT INTO hourly_measure_rollups (tenant_id, hour, event_name, measure, total)
+    SELECT tenant_id, substr(minute, 1, 13), event_name, measure, sum(total) FROM measure_rollups
+    WHERE NOT EXISTS (SELECT 1 FROM hourly_measure_rollups) GROUP BY 1, 2, 3, 4""",
+    # One user's events (/v1/events?external_id=): a B-tree PostgreSQL keeps beside the rows.
+    "CREATE INDEX IF NOT EXISTS semantic_events_tenant_user ON semantic_events (tenant_id, external_id, seq) "
+    "WHERE external_id IS NOT NULL",
 ]
 # Sorted rows, so concurrent writers (several nodes) take the rollup rows' locks in one order.
-# One statement a table, its rows as arrays (one round trip, as _INSERT_IDS): an executemany of a
-# dozen upserts cost half the rate of 100-event batches.
-_UPSERT_EVENT_ROLLUPS = """
-    INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events)
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[]) ORDER BY 1, 2, 3, 4
-    ON CONFLICT (tenant_id, minute, event_name, event_type)
-    DO UPDATE SET events = event_rollups.events + excluded.events"""
-_UPSERT_MEASURE_ROLLUPS = """
-    INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total)
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[]) ORDER BY 1, 2, 3, 4
-    ON CONFLICT (tenant_id, minute, event_name, measure)
-    DO UPDATE SET total = measure_rollups.total + excluded.total"""
-_BACKFILL_EVENT_ROLLUPS = """
-    INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events)
-    SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, count(*) FROM semantic_events
-    WHERE tenant_id = %s AND seq >= %s AND seq < %s GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (tenant_id, minute, event_name, event_type)
-    DO UPDATE SET events = event_rollups.events + excluded.events"""
-_BACKFILL_MEASURE_ROLLUPS = """
-    INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total)
-    SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, sum(m.value::text::double precision)
-    FROM semantic_events AS e, jsonb_each(e.measures) AS m
-    WHERE e.tenant_id = %s AND e.seq >= %s AND e.seq < %s AND jsonb_typeof(m.value) = 'number'
-    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (tenant_id, minute, event_name, measure)
-    DO UPDATE SET total = measure_rollups.total + excluded.total"""
-_REMOVE_EVENT_ROLLUPS = """
-    INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events)
-    SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, -count(*) FROM semantic_events
-    WHERE tenant_id = %s AND seq = ANY(%s) GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (tenant_id, minute, event_name, event_type)
-    DO UPDATE SET events = event_rollups.events + excluded.events"""
-_REMOVE_MEASURE_ROLLUPS = """
-    INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total)
-    SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, -sum(m.value::text::double precision)
-    FROM semantic_events AS e, jsonb_each(e.measures) AS m
-    WHERE e.tenant_id = %s AND e.seq = ANY(%s) AND jsonb_typeof(m.value) = 'number'
-    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (tenant_id, minute, event_name, measure)
-    DO UPDATE SET total = measure_rollups.total + excluded.total"""
+# One statement for both grains and both tables, its rows as arrays (one round trip, as
+# _INSERT_IDS): an executemany of a dozen upserts cost half the rate of 100-event batches.
+_GRAINS = (("", "minute", 16), ("hourly_", "hour", 13))  # as drengr.store.sqlite ROLLUP_GRAINS
+
+
+def _upsert_cte(prefix: str, column: str, measures: bool) -> str:
+    table, other, value, cast = (
+        ("measure_rollups", "measure", "total", "float8")
+        if measures
+        else ("event_rollups", "event_type", "events", "bigint")
+    )
+    return (
+        f"INSERT INTO {prefix}{table} (tenant_id, {column}, event_name, {other}, {value}) "
+        f"SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::{cast}[]) ORDER BY 1, 2, 3, 4 "
+        f"ON CONFLICT (tenant_id, {column}, event_name, {other}) "
+        f"DO UPDATE SET {value} = {prefix}{table}.{value} + excluded.{value}"
+    )
+
+
+_UPSERT_ROLLUPS = (
+    "WITH "
+    + ", ".join(
+        f"u{n} AS ({_upsert_cte(prefix, column, measures)})"
+        for n, (measures, (prefix, column, _)) in enumerate(
+            (measures, grain) for measures in (False, True) for grain in _GRAINS
+        )
+    )
+    + " SELECT 1"
+)
+
+
+def _count_rows_sql(where: str, sign: str = "") -> list[str]:
+    """INSERT … SELECT statements counting the rows ``where`` selects into every grain (a backfill, a prune)."""
+    statements = []
+    for prefix, column, width in _GRAINS:
+        statements.append(
+            f"INSERT INTO {prefix}event_rollups (tenant_id, {column}, event_name, event_type, events) "
+            f"SELECT tenant_id, substr(received_at, 1, {width}), event_name, event_type, {sign}count(*) "
+            f"FROM semantic_events WHERE {where} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+            f"ON CONFLICT (tenant_id, {column}, event_name, event_type) "
+            f"DO UPDATE SET events = {prefix}event_rollups.events + excluded.events"
+        )
+        statements.append(
+            f"INSERT INTO {prefix}measure_rollups (tenant_id, {column}, event_name, measure, total) "
+            f"SELECT e.tenant_id, substr(e.received_at, 1, {width}), e.event_name, m.key, "
+            f"{sign}sum(m.value::text::double precision) "
+            "FROM semantic_events AS e, jsonb_each(e.measures) AS m "
+            f"WHERE {where.replace('tenant_id', 'e.tenant_id').replace('seq', 'e.seq')} "
+            "AND jsonb_typeof(m.value) = 'number' GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+            f"ON CONFLICT (tenant_id, {column}, event_name, measure) "
+            f"DO UPDATE SET total = {prefix}measure_rollups.total + excluded.total"
+        )
+    return statements
+
+
+_BACKFILL_ROLLUPS = _count_rows_sql("tenant_id = %s AND seq >= %s AND seq < %s")
+_REMOVE_ROLLUPS = _count_rows_sql("tenant_id = %s AND seq = ANY(%s)", sign="-")
 
 _COPY_EVENTS = f"COPY semantic_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
 # %b: binary parameters; psycopg dumps a text array in binary without escaping each element (~5x faster).
@@ -617,8 +662,8 @@ class PostgresStore:
                         return done
                     low = max(floor, high - chunk_rows)
                     for tenant_id in tenants:
-                        conn.execute(_BACKFILL_EVENT_ROLLUPS, (tenant_id, low, high))
-                        conn.execute(_BACKFILL_MEASURE_ROLLUPS, (tenant_id, low, high))
+                        for statement in _BACKFILL_ROLLUPS:
+                            conn.execute(statement, (tenant_id, low, high))
                     conn.execute(
                         "UPDATE drengr_meta SET value = %s WHERE key = 'rollups_from_seq'", (str(low),)
                     )
@@ -671,8 +716,8 @@ class PostgresStore:
                             from_seq = self._rollups_from_seq(conn)
                             rolled = [seq for seq in old if seq >= from_seq]
                             if rolled:
-                                conn.execute(_REMOVE_EVENT_ROLLUPS, (tenant_id, rolled))
-                                conn.execute(_REMOVE_MEASURE_ROLLUPS, (tenant_id, rolled))
+                                for statement in _REMOVE_ROLLUPS:
+                                    conn.execute(statement, (tenant_id, rolled))
                             conn.execute(
                                 "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s)",
                                 (tenant_id, old),
@@ -687,11 +732,13 @@ class PostgresStore:
             with conn.transaction():
                 conn.execute("DELETE FROM daily_usage WHERE day < %s", (day,))
                 conn.execute("DELETE FROM drop_counts WHERE day < %s", (day,))
-                conn.execute("DELETE FROM event_rollups WHERE events <= 0")  # minutes the prune emptied
-                conn.execute(
-                    "DELETE FROM measure_rollups AS m WHERE NOT EXISTS (SELECT 1 FROM event_rollups AS e "
-                    "WHERE e.tenant_id = m.tenant_id AND e.minute = m.minute AND e.event_name = m.event_name)"
-                )
+                for prefix, column, _ in _GRAINS:  # minutes and hours the prune emptied
+                    conn.execute(f"DELETE FROM {prefix}event_rollups WHERE events <= 0")
+                    conn.execute(
+                        f"DELETE FROM {prefix}measure_rollups AS m WHERE NOT EXISTS (SELECT 1 FROM "
+                        f"{prefix}event_rollups AS e WHERE e.tenant_id = m.tenant_id AND e.{column} = m.{column} "
+                        "AND e.event_name = m.event_name)"
+                    )
             return deleted
 
         return int(self._run(work))
@@ -1001,13 +1048,11 @@ class PostgresStore:
                 stored = [row for rows, n in zip(fresh, allowed, strict=True) for row in rows[:n]]
                 events, measures = rollup_rows(stored)
                 if events:
-                    cur.execute(_UPSERT_EVENT_ROLLUPS, [list(column) for column in zip(*events, strict=True)])
-                if measures:
-                    cur.execute(
-                        _UPSERT_MEASURE_ROLLUPS,
-                        [list(column) for column in zip(*measures, strict=True)][:4]
-                        + [[float(total) for _, _, _, _, total in measures]],
-                    )
+                    measures = [(*key, float(total)) for *key, total in measures]
+                    parameters: list[list[Any]] = []
+                    for rollups in (events, hourly(events), measures, hourly(measures)):
+                        parameters += [list(column) for column in zip(*rollups, strict=True)] or [[]] * 5
+                    cur.execute(_UPSERT_ROLLUPS, parameters)
         outcomes: list[StoreOutcome] = []
         for job, n in zip(jobs, allowed, strict=True):
             duplicates = len(job.rows) - len(fresh[len(outcomes)])

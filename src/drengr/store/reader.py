@@ -332,22 +332,178 @@ class _QueryReader:
 
         def work(execute: Callable[..., Any]) -> tuple[list[tuple[Any, ...]], int]:
             top = self._top(execute, query.tenant_id)  # one snapshot: `top` and the rows agree
-            sql = _SQLBuilder(self.mark)
-            sql.add("seq <= ?", top)
+            low, high = 0, top  # the seqs that may match: low <= seq <= high
             if query.cursor is not None:
-                sql.add("seq > ?" if query.order == "asc" else "seq < ?", query.cursor)
-            if query.since is not None and query.time_field == "received_at":
-                sql.add("seq >= ?", self._seq_floor(execute, query.since, query.tenant_id))
-            _filters(sql, query)
-            rows = execute(
-                f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} "
-                f"ORDER BY seq {query.order.upper()} LIMIT {self.mark}",
-                [*sql.params, query.limit],
-            ).fetchall()
-            return rows, top
+                if query.order == "asc":
+                    low = max(low, query.cursor + 1)
+                else:
+                    high = min(high, query.cursor - 1)
+            if query.time_field == "received_at":
+                if query.since is not None:
+                    low = max(low, self._seq_floor(execute, query.since, query.tenant_id))
+                ceiling = self._seq_ceiling(execute, query)
+                if ceiling is not None:
+                    high = min(high, ceiling - 1)
+            if low > high:
+                return [], top
+            if query.external_id is not None and query.tenant_id is not None:
+                blocks = self._indexed_blocks(execute)
+                if blocks is not None:
+                    return self._events_by_user(execute, query, low, high, blocks), top
+            if query.event_name is not None and query.tenant_id is not None and self._rollups_cover(execute):
+                return self._events_by_minutes(execute, query, low, high), top
+            return self._events_between(execute, query, low, high, query.limit), top
 
         rows, top = self._snapshot(work, "events")
         return _page(rows, query, top)
+
+    def _events_between(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """The first ``limit`` rows matching ``query`` with low <= seq <= high, in the query's order."""
+        sql = _SQLBuilder(self.mark)
+        sql.add("seq >= ?", low)
+        sql.add("seq <= ?", high)
+        _filters(sql, query)
+        rows: list[tuple[Any, ...]] = execute(
+            f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} "
+            f"ORDER BY seq {query.order.upper()} LIMIT {self.mark}",
+            [*sql.params, limit],
+        ).fetchall()
+        return rows
+
+    def _indexed_blocks(self, execute: Callable[..., Any]) -> int | None:
+        """The blocks the user index covers (every seq below ``blocks << USER_INDEX_BLOCK_BITS``), or None."""
+        return None
+
+    def _events_by_user(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, blocks: int
+    ) -> list[tuple[Any, ...]]:
+        """One user's page through the user index: the rows past it, then block by block.
+
+        Each block is one seek into the index for (block, tenant, external_id); the
+        rows are then read by seq with every filter of the query applied.
+        """
+        from .sqlite import USER_INDEX_BLOCK_BITS as BITS
+
+        boundary = blocks << BITS  # seqs from here on are not indexed yet
+        descending = query.order == "desc"
+        rows: list[tuple[Any, ...]] = []
+
+        def tail() -> None:
+            if high >= boundary and len(rows) < query.limit:
+                rows.extend(
+                    self._events_between(execute, query, max(low, boundary), high, query.limit - len(rows))
+                )
+
+        def indexed() -> None:
+            first, last = low >> BITS, min(high, boundary - 1) >> BITS
+            order = range(last, first - 1, -1) if descending else range(first, last + 1)
+            find = self._sql(
+                "SELECT seq FROM user_index WHERE block = ? AND tenant_id = ? AND external_id = ? "
+                f"AND seq >= ? AND seq <= ? ORDER BY seq {query.order.upper()}"
+            )
+            for block in order:
+                if len(rows) >= query.limit:
+                    return
+                seqs = [
+                    row[0] for row in execute(find, [block, query.tenant_id, query.external_id, low, high])
+                ]
+                if not seqs:
+                    continue
+                sql = _SQLBuilder(self.mark)
+                sql.add(f"seq IN ({','.join([self.mark] * len(seqs))})", *seqs)
+                _filters(sql, query)
+                rows.extend(
+                    execute(
+                        f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} "
+                        f"ORDER BY seq {query.order.upper()} LIMIT {self.mark}",
+                        [*sql.params, query.limit - len(rows)],
+                    ).fetchall()
+                )
+
+        for part in (tail, indexed) if descending else (indexed, tail):
+            part()
+        return rows[: query.limit]
+
+    def _events_by_minutes(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int
+    ) -> list[tuple[Any, ...]]:
+        """An event name's page through the rollups: only the received minutes that hold the name are read.
+
+        The hourly rollups say which hours hold the name, the minute rollups which
+        minutes of those hours; each run of such minutes becomes a seq range (the
+        binary search on received_at), read newest first (or oldest, for asc).
+        """
+        from ..core.timestamps import format_ms, parse_ms
+
+        descending = query.order == "desc"
+        rows: list[tuple[Any, ...]] = []
+        # Only the hours the seq bounds can reach (a cursor deep in the past skips the newer ones).
+        scoped = " AND tenant_id = ?" if self.seq_per_tenant else ""
+        extra = [query.tenant_id] if self.seq_per_tenant else []
+        edge = self._sql(
+            f"SELECT received_at FROM semantic_events WHERE seq {{}} ?{scoped} ORDER BY seq {{}} LIMIT 1"
+        )
+        newest = execute(edge.format("<=", "DESC"), [high, *extra]).fetchone()
+        oldest = execute(edge.format(">=", "ASC"), [low, *extra]).fetchone()
+        if newest is None or oldest is None:
+            return rows
+        from_hour = format_ms((parse_ms(oldest[0]) or 0) - 2 * RECEIVED_ORDER_SLACK_MS)[:13]
+        to_hour = format_ms((parse_ms(newest[0]) or 0) + 2 * RECEIVED_ORDER_SLACK_MS)[:13]
+        hours = [
+            row[0]
+            for row in execute(
+                self._sql(
+                    "SELECT DISTINCT hour FROM hourly_event_rollups WHERE tenant_id = ? AND hour >= ? "
+                    f"AND hour <= ? AND event_name = ? AND events > 0 ORDER BY hour {query.order.upper()}"
+                ),
+                [query.tenant_id, from_hour, to_hour, query.event_name],
+            ).fetchall()
+        ]
+        minute_sql = self._sql(
+            "SELECT DISTINCT minute FROM event_rollups WHERE tenant_id = ? AND minute >= ? AND minute < ? "
+            f"AND event_name = ? AND events > 0 ORDER BY minute {query.order.upper()}"
+        )
+        for hour in hours:
+            hour_ms = parse_ms(hour + ":00:00Z") or 0
+            starts = sorted(
+                parse_ms(minute + ":00Z") or 0
+                for (minute,) in execute(
+                    minute_sql,
+                    [
+                        query.tenant_id,
+                        format_ms(hour_ms)[:16],
+                        format_ms(hour_ms + 3_600_000)[:16],
+                        query.event_name,
+                    ],
+                ).fetchall()
+            )
+            # Minutes a few apart share one seq range (their ranges would overlap by the slack).
+            runs: list[list[int]] = []
+            for start in starts:
+                if runs and start <= runs[-1][1] + 3 * RECEIVED_ORDER_SLACK_MS:
+                    runs[-1][1] = start + 60_000
+                else:
+                    runs.append([start, start + 60_000])
+            for start, end in reversed(runs) if descending else runs:
+                seq_low = max(low, self._seq_floor(execute, format_ms(start), query.tenant_id))
+                seq_high = min(
+                    high,
+                    self._seq_floor(execute, format_ms(end + 2 * RECEIVED_ORDER_SLACK_MS), query.tenant_id)
+                    - 1,
+                )
+                if rows:  # ranges may overlap by the slack: a row already read is not read twice
+                    if descending:
+                        seq_high = min(seq_high, int(rows[-1][0]) - 1)
+                    else:
+                        seq_low = max(seq_low, int(rows[-1][0]) + 1)
+                if seq_low > seq_high:
+                    continue
+                rows.extend(self._events_between(execute, query, seq_low, seq_high, query.limit - len(rows)))
+                if len(rows) >= query.limit:
+                    return rows
+        return rows
 
     def stats(self, query: StatsQuery) -> Stats:
         for name in query.measures:
@@ -402,56 +558,68 @@ class _QueryReader:
         """
         from ..core.timestamps import format_ms, parse_ms
 
-        first_minute = last_minute = None  # whole minutes: first_minute <= minute < last_minute
+        since_ms = parse_ms(query.since) if query.since is not None else None
+        until_ms = parse_ms(query.until) if query.until is not None else None
         edges: list[StatsQuery] = []
-        if query.since is not None:
-            since_ms = parse_ms(query.since) or 0
-            start = -(-since_ms // 60_000) * 60_000
-            first_minute = format_ms(start)[:16]
-            if start != since_ms:
-                edges.append(_replace_stats(query, until=format_ms(start)))
-        if query.until is not None:
-            until_ms = parse_ms(query.until) or 0
-            end = until_ms // 60_000 * 60_000
-            last_minute = format_ms(end)[:16]
-            if end != until_ms:
-                edges.append(_replace_stats(query, since=format_ms(end)))
-        if first_minute is not None and last_minute is not None and first_minute >= last_minute:
+        m_start = h_start = m_end = h_end = None  # whole minutes and whole hours inside the range
+        if since_ms is not None:
+            m_start, h_start = -(-since_ms // 60_000) * 60_000, -(-since_ms // 3_600_000) * 3_600_000
+            if m_start != since_ms:
+                edges.append(_replace_stats(query, until=format_ms(m_start)))
+        if until_ms is not None:
+            m_end, h_end = until_ms // 60_000 * 60_000, until_ms // 3_600_000 * 3_600_000
+            if m_end != until_ms:
+                edges.append(_replace_stats(query, since=format_ms(m_end)))
+        if m_start is not None and m_end is not None and m_start >= m_end:
             return self._scan_stats(execute, query, self._seq_ceiling(execute, query))  # within a minute
-        sql = _SQLBuilder(self.mark)
-        if query.tenant_id is not None:
-            sql.add("tenant_id = ?", query.tenant_id)
-        if first_minute is not None:
-            sql.add("minute >= ?", first_minute)
-        if last_minute is not None:
-            sql.add("minute < ?", last_minute)
-        if query.event_name is not None:
-            sql.add("event_name = ?", query.event_name)
+        # The whole hours from the hourly rollups, the minutes around them from the minute ones
+        # (a series by minute reads minutes only).
+        parts: list[tuple[str, str, int | None, int | None]] = []  # table prefix, column, from, to
+        if query.interval != "minute" and (h_start is None or h_end is None or h_start < h_end):
+            if m_start is not None and h_start is not None and m_start < h_start:
+                parts.append(("", "minute", m_start, h_start))
+            parts.append(("hourly_", "hour", h_start, h_end))
+            if h_end is not None and m_end is not None and h_end < m_end:
+                parts.append(("", "minute", h_end, m_end))
+        else:
+            parts.append(("", "minute", m_start, m_end))
         counts: dict[str, list[Any]] = {}
-        for name, count in execute(
-            f"SELECT event_name, sum(events) FROM event_rollups{sql.where()} GROUP BY event_name "
-            "HAVING sum(events) > 0",  # a prune may leave a count of 0 until it tidies up
-            sql.params,
-        ).fetchall():
-            counts[name] = [int(count), *([0] * len(query.measures))]
-        if query.measures:
-            marks = ",".join([self.mark] * len(query.measures))
-            for name, measure, total in execute(
-                f"SELECT event_name, measure, sum(total) FROM measure_rollups{sql.where()}"
-                f"{' AND' if sql.clauses else ' WHERE'} measure IN ({marks}) GROUP BY event_name, measure",
-                [*sql.params, *query.measures],
-            ).fetchall():
-                if name in counts:
-                    counts[name][1 + query.measures.index(measure)] += _number(total)
         series: dict[tuple[str, str], int] = {}
-        if query.interval is not None:
-            width = BUCKET_PREFIX_CHARS[query.interval]
-            for bucket, name, count in execute(
-                f"SELECT substr(minute, 1, {width}) AS bucket, event_name, sum(events) FROM event_rollups"
-                f"{sql.where()} GROUP BY bucket, event_name HAVING sum(events) > 0",
+        for prefix, column, low, high in parts:
+            width = BUCKET_PREFIX_CHARS[column]
+            sql = _SQLBuilder(self.mark)
+            if query.tenant_id is not None:
+                sql.add("tenant_id = ?", query.tenant_id)
+            if low is not None:
+                sql.add(f"{column} >= ?", format_ms(low)[:width])
+            if high is not None:
+                sql.add(f"{column} < ?", format_ms(high)[:width])
+            if query.event_name is not None:
+                sql.add("event_name = ?", query.event_name)
+            for name, count in execute(
+                f"SELECT event_name, sum(events) FROM {prefix}event_rollups{sql.where()} GROUP BY event_name "
+                "HAVING sum(events) > 0",  # a prune may leave a count of 0 until it tidies up
                 sql.params,
             ).fetchall():
-                series[(bucket, name)] = int(count)
+                counts.setdefault(name, [0, *([0] * len(query.measures))])[0] += int(count)
+            if query.measures:
+                marks = ",".join([self.mark] * len(query.measures))
+                for name, measure, total in execute(
+                    f"SELECT event_name, measure, sum(total) FROM {prefix}measure_rollups{sql.where()}"
+                    f"{' AND' if sql.clauses else ' WHERE'} measure IN ({marks}) GROUP BY event_name, measure",
+                    [*sql.params, *query.measures],
+                ).fetchall():
+                    if name in counts:
+                        counts[name][1 + query.measures.index(measure)] += _number(total)
+            if query.interval is not None:
+                bucket_width = BUCKET_PREFIX_CHARS[query.interval]
+                for bucket, name, count in execute(
+                    f"SELECT substr({column}, 1, {bucket_width}) AS bucket, event_name, sum(events) "
+                    f"FROM {prefix}event_rollups{sql.where()} GROUP BY bucket, event_name HAVING sum(events) > 0",
+                    sql.params,
+                ).fetchall():
+                    series[(bucket, name)] = series.get((bucket, name), 0) + int(count)
+        counts = {name: values for name, values in counts.items() if values[0] > 0}
         for edge in edges:
             rows, edge_series = self._scan_stats(execute, edge, self._seq_ceiling(execute, edge))
             for name, count, *sums in rows:
@@ -466,7 +634,7 @@ class _QueryReader:
             (bucket, name, count) for (bucket, name), count in sorted(series.items())
         ]
 
-    def _seq_ceiling(self, execute: Callable[..., Any], query: StatsQuery) -> int | None:
+    def _seq_ceiling(self, execute: Callable[..., Any], query: StatsQuery | EventQuery) -> int | None:
         """A seq above every row received before ``query.until`` (the edge scan stops there), or None."""
         from ..core.timestamps import format_ms, parse_ms
 
@@ -533,6 +701,13 @@ class SQLiteReader(_QueryReader):
 
     def _measure_param(self, name: str) -> str:
         return '$."' + name + '"'
+
+    def _indexed_blocks(self, execute: Callable[..., Any]) -> int | None:
+        try:
+            found = execute("SELECT value FROM meta WHERE key = 'user_index_blocks'").fetchone()
+        except sqlite3.OperationalError:  # a file made before drengr had a meta table
+            return None
+        return None if found is None else int(found[0])
 
     def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
         try:

@@ -49,6 +49,7 @@ import itertools
 import json
 import logging
 import marshal
+import operator
 import os
 import queue
 import secrets
@@ -94,7 +95,7 @@ log = logging.getLogger("drengr.store")
 _CODE_ROOT = str(Path(__file__).resolve().parents[2])
 
 WRITERS = ("thread", "process")
-SCHEMA_VERSION = 3  # 2: semantic_events.library, drop_counts; 3: tenants.pii_allow
+SCHEMA_VERSION = 4  # 2: semantic_events.library, drop_counts; 3: tenants.pii_allow; 4: hourly rollups
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 # The thread writer's queue holds at most this many jobs. A request waits for room (within its busy
 # timeout), so it never binds while the writer keeps up (each request thread has one job in flight);
@@ -116,74 +117,120 @@ _EVENT_COLUMNS = (
 )
 _INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 # The read side's rollups (docs/performance.md "Reading at 10M rows"): per tenant, received minute
-# (`2026-11-26T02:50`), event name and type, the events stored; per measure, its sum. Kept in the
-# transaction that inserts the rows, from the rows just inserted (still in the page cache), in two
-# statements a group whatever its size: /v1/stats, the debugger's chart and the analyst queries
-# read these instead of scanning semantic_events. `meta.rollups_from_seq` is the first seq they
-# cover: a database made before them has older rows until `drengr db backfill-rollups` runs.
+# (`2026-11-26T02:50`), event name and type, the events stored; per measure, its sum; and the same
+# per received hour (`2026-11-26T02`), so that a week is ~2,000 rows to add, not ~120,000. Kept in
+# the transaction that inserts the rows, from the rows just inserted: /v1/stats, the debugger's
+# chart and the analyst queries read these instead of scanning semantic_events.
+# `meta.rollups_from_seq` is the first seq they cover: a database made before them has older rows
+# until `drengr db backfill-rollups` runs.
 # The writer counts the rows it holds in Python (a few dict updates a row) and upserts one row per
-# tenant, minute and name: an INSERT … SELECT … GROUP BY over the rows just written cost 40 % of the
-# rate of 100-event batches (bench/bench_read.py), this costs a few µs a batch. The backfill uses it.
-ROLLUP_TABLES = (
-    """CREATE TABLE IF NOT EXISTS event_rollups (
+# tenant, minute (hour) and name: an INSERT … SELECT … GROUP BY over the rows just written cost 40 %
+# of the rate of 100-event batches (bench/bench_read.py), this costs a few µs a batch. The backfill
+# uses the SQL.
+ROLLUP_GRAINS = (("", "minute", 16), ("hourly_", "hour", 13))  # table prefix, column, text width
+
+
+def _rollup_tables(prefix: str, column: str) -> tuple[str, str]:
+    return (
+        f"""CREATE TABLE IF NOT EXISTS {prefix}event_rollups (
         tenant_id TEXT NOT NULL,
-        minute TEXT NOT NULL,
+        {column} TEXT NOT NULL,
         event_name TEXT NOT NULL,
         event_type TEXT NOT NULL,
         events INTEGER NOT NULL,
-        PRIMARY KEY (tenant_id, minute, event_name, event_type)
+        PRIMARY KEY (tenant_id, {column}, event_name, event_type)
     ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS measure_rollups (
+        f"""CREATE TABLE IF NOT EXISTS {prefix}measure_rollups (
         tenant_id TEXT NOT NULL,
-        minute TEXT NOT NULL,
+        {column} TEXT NOT NULL,
         event_name TEXT NOT NULL,
         measure TEXT NOT NULL,
         total REAL NOT NULL,
-        PRIMARY KEY (tenant_id, minute, event_name, measure)
+        PRIMARY KEY (tenant_id, {column}, event_name, measure)
     ) WITHOUT ROWID""",
-)
-ROLLUP_EVENTS = (
-    "INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events) "
-    "SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, count(*) FROM semantic_events "
-    "WHERE seq >= ? AND seq <= ? GROUP BY 1, 2, 3, 4 "
-    "ON CONFLICT DO UPDATE SET events = events + excluded.events"
-)
-ROLLUP_MEASURES = (
-    "INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) "
-    "SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, sum(m.value) "
-    "FROM semantic_events AS e, json_each(e.measures) AS m "
-    "WHERE e.seq >= ? AND e.seq <= ? AND e.measures != '{}' AND m.type IN ('integer', 'real') "
-    "GROUP BY 1, 2, 3, 4 "
-    "ON CONFLICT DO UPDATE SET total = total + excluded.total"
+    )
+
+
+ROLLUP_TABLES = tuple(sql for prefix, column, _ in ROLLUP_GRAINS for sql in _rollup_tables(prefix, column))
+HOURLY_FROM_MINUTES = (
+    "INSERT INTO hourly_event_rollups (tenant_id, hour, event_name, event_type, events) "
+    "SELECT tenant_id, substr(minute, 1, 13), event_name, event_type, sum(events) FROM event_rollups "
+    "GROUP BY 1, 2, 3, 4",
+    "INSERT INTO hourly_measure_rollups (tenant_id, hour, event_name, measure, total) "
+    "SELECT tenant_id, substr(minute, 1, 13), event_name, measure, sum(total) FROM measure_rollups "
+    "GROUP BY 1, 2, 3, 4",
 )
 
 
-_UPSERT_EVENT_ROLLUP = (
-    "INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events) VALUES (?,?,?,?,?) "
-    "ON CONFLICT DO UPDATE SET events = events + excluded.events"
-)
-_UPSERT_MEASURE_ROLLUP = (
-    "INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) VALUES (?,?,?,?,?) "
-    "ON CONFLICT DO UPDATE SET total = total + excluded.total"
-)
+def _rollup_sql(where: str, sign: str = "") -> list[tuple[str, bool]]:
+    """INSERT … SELECT statements counting the rows ``where`` selects into every grain: (sql, is_measure)."""
+    statements = []
+    for prefix, column, width in ROLLUP_GRAINS:
+        statements.append((
+            f"INSERT INTO {prefix}event_rollups (tenant_id, {column}, event_name, event_type, events) "
+            f"SELECT tenant_id, substr(received_at, 1, {width}), event_name, event_type, {sign}count(*) "
+            f"FROM semantic_events WHERE {where} GROUP BY 1, 2, 3, 4 "
+            "ON CONFLICT DO UPDATE SET events = events + excluded.events",
+            False,
+        ))  # fmt: skip
+        statements.append((
+            f"INSERT INTO {prefix}measure_rollups (tenant_id, {column}, event_name, measure, total) "
+            f"SELECT e.tenant_id, substr(e.received_at, 1, {width}), e.event_name, m.key, {sign}sum(m.value) "
+            f"FROM semantic_events AS e, json_each(e.measures) AS m "
+            f"WHERE {where.replace('seq', 'e.seq')} AND e.measures != '{{}}' AND m.type IN ('integer', 'real') "
+            "GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET total = total + excluded.total",
+            True,
+        ))  # fmt: skip
+    return statements
+
+
+ROLLUP_RANGE = _rollup_sql("seq >= ? AND seq <= ?")
+
+
+@functools.cache
+def _upsert_template(prefix: str, column: str, measures: bool) -> str:
+    if measures:
+        return (
+            f"INSERT INTO {prefix}measure_rollups (tenant_id, {column}, event_name, measure, total) "
+            "VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET total = total + excluded.total"
+        )
+    return (
+        f"INSERT INTO {prefix}event_rollups (tenant_id, {column}, event_name, event_type, events) "
+        "VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET events = events + excluded.events"
+    )
+
+
+_ROLLUP_KEY = operator.itemgetter(0, 7, 2, 3)  # tenant_id, received_at, event_name, event_type
 
 
 def rollup_rows(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """What ``rows`` (semantic_events tuples, seq aside) add to event_rollups and to measure_rollups."""
+    """What ``rows`` (semantic_events tuples, seq aside) add to event_rollups and to measure_rollups.
+
+    A request's rows share one time of receipt: they are counted by their whole
+    ``received_at`` first (in C, by Counter), and the few keys are cut to minutes after.
+    """
     counts: dict[tuple[str, str, str, str], int] = {}
+    for (tenant_id, received_at, name, type_), n in collections.Counter(map(_ROLLUP_KEY, rows)).items():
+        key = (tenant_id, received_at[:16], name, type_)
+        counts[key] = counts.get(key, 0) + n
     sums: dict[tuple[str, str, str, str], float] = {}
     for row in rows:
-        minute = row[7][:16]  # received_at, `2026-11-26T02:50`
-        key = (row[0], minute, row[2], row[3])
-        counts[key] = counts.get(key, 0) + 1
         if row[9] != "{}":  # most events carry no measure: no JSON to parse
             for name, value in json.loads(row[9]).items():
                 if type(value) in (int, float):  # numbers only, as json_each's 'integer'/'real'
-                    measure = (row[0], minute, row[2], name)
-                    sums[measure] = (
-                        sums.get(measure, 0.0) + value
-                    )  # REAL: a float sum, as SQLite stores it (an int may pass int64)
+                    measure = (row[0], row[7][:16], row[2], name)
+                    # REAL: a float sum, as SQLite stores it (an int may pass int64)
+                    sums[measure] = sums.get(measure, 0.0) + value
     return [(*k, n) for k, n in counts.items()], [(*k, v) for k, v in sums.items()]
+
+
+def hourly(rollups: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Minute rollup rows (tenant, minute, name, type or measure, value) added up by hour."""
+    added: dict[tuple[Any, ...], Any] = {}
+    for tenant_id, minute, name, other, value in rollups:
+        key = (tenant_id, minute[:13], name, other)
+        added[key] = added.get(key, 0) + value
+    return [(*k, v) for k, v in added.items()]
 
 
 @functools.cache
@@ -200,11 +247,13 @@ def _upsert(conn: sqlite3.Connection, template: str, rows: list[tuple[Any, ...]]
 
 
 def add_to_rollups(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Count ``rows``, just inserted, into the rollups (inside the caller's transaction)."""
+    """Count ``rows``, just inserted, into the rollups of both grains (inside the caller's transaction)."""
     events, measures = rollup_rows(rows)
-    _upsert(conn, _UPSERT_EVENT_ROLLUP, events)
+    _upsert(conn, _upsert_template("", "minute", False), events)
+    _upsert(conn, _upsert_template("hourly_", "hour", False), hourly(events))
     if measures:
-        _upsert(conn, _UPSERT_MEASURE_ROLLUP, measures)
+        _upsert(conn, _upsert_template("", "minute", True), measures)
+        _upsert(conn, _upsert_template("hourly_", "hour", True), hourly(measures))
 
 
 def remove_from_rollups(conn: sqlite3.Connection, seqs: list[int]) -> None:
@@ -218,37 +267,76 @@ def remove_from_rollups(conn: sqlite3.Connection, seqs: list[int]) -> None:
     if not counted:
         return
     marks = ",".join("?" * len(counted))
-    conn.execute(
-        "INSERT INTO event_rollups (tenant_id, minute, event_name, event_type, events) "
-        "SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, -count(*) FROM semantic_events "
-        f"WHERE seq IN ({marks}) GROUP BY 1, 2, 3, 4 "
-        "ON CONFLICT DO UPDATE SET events = events + excluded.events",
-        counted,
-    )
-    conn.execute(
-        "INSERT INTO measure_rollups (tenant_id, minute, event_name, measure, total) "
-        "SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, -sum(m.value) "
-        "FROM semantic_events AS e, json_each(e.measures) AS m "
-        f"WHERE e.seq IN ({marks}) AND e.measures != '{{}}' AND m.type IN ('integer', 'real') "
-        "GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET total = total + excluded.total",
-        counted,
-    )
+    for statement, _ in _rollup_sql(f"seq IN ({marks})", sign="-"):
+        conn.execute(statement, counted)
 
 
 def tidy_rollups(conn: sqlite3.Connection) -> None:
     """Drop the rollup rows a prune emptied (a count of 0, and the measure sums of those minutes)."""
-    conn.execute("DELETE FROM event_rollups WHERE events <= 0")
-    conn.execute(
-        "DELETE FROM measure_rollups WHERE NOT EXISTS (SELECT 1 FROM event_rollups AS e "
-        "WHERE e.tenant_id = measure_rollups.tenant_id AND e.minute = measure_rollups.minute "
-        "AND e.event_name = measure_rollups.event_name)"
-    )
+    for prefix, column, _ in ROLLUP_GRAINS:
+        conn.execute(f"DELETE FROM {prefix}event_rollups WHERE events <= 0")
+        conn.execute(
+            f"DELETE FROM {prefix}measure_rollups WHERE NOT EXISTS (SELECT 1 FROM {prefix}event_rollups AS e "
+            f"WHERE e.tenant_id = {prefix}measure_rollups.tenant_id AND e.{column} = {prefix}measure_rollups.{column} "
+            f"AND e.event_name = {prefix}measure_rollups.event_name)"
+        )
 
 
 def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> None:
     """Count the stored rows with first_seq <= seq <= last_seq into the rollups (the backfill)."""
-    conn.execute(ROLLUP_EVENTS, (first_seq, last_seq))
-    conn.execute(ROLLUP_MEASURES, (first_seq, last_seq))
+    for statement, _ in ROLLUP_RANGE:
+        conn.execute(statement, (first_seq, last_seq))
+
+
+# The user index (docs/performance.md "Reading at 10M rows"): one row per stored event with an
+# external_id, so that one user's events are found without walking back through the table. Kept off
+# the hot path: the writer indexes a block of 16,384 seqs once the table has moved past it, in a
+# transaction of its own, when it has nothing else to do (and at once when it is two blocks behind).
+# Keyed by block first, the entries of a block are appended at the end of the tree (no page of an
+# older block is touched again); a look-up is one seek per block. The rows past the last indexed block
+# are read from the table. Entries of pruned rows stay until their block is gone: the reader fetches
+# rows by seq, and a deleted row is simply not there.
+USER_INDEX_BLOCK_BITS = 14
+USER_INDEX_BEHIND_BLOCKS = 2  # index at once, even with jobs waiting, when this many blocks are due
+USER_INDEX_TABLE = """CREATE TABLE IF NOT EXISTS user_index (
+    block INTEGER NOT NULL,
+    tenant_id TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (block, tenant_id, external_id, seq)
+) WITHOUT ROWID"""
+
+
+def indexed_blocks(conn: sqlite3.Connection) -> int:
+    """How many blocks the user index covers: every seq below ``blocks << USER_INDEX_BLOCK_BITS``."""
+    found = conn.execute("SELECT value FROM meta WHERE key = 'user_index_blocks'").fetchone()
+    return int(found[0]) if found else 0
+
+
+def index_users(conn: sqlite3.Connection, top_seq: int, max_blocks: int = 1) -> int:
+    """Index up to ``max_blocks`` complete blocks (inside the caller's write transaction); the blocks now covered.
+
+    A block is complete once a row past it exists (``top_seq``, the newest seq): seqs
+    only grow, and the caller holds the write lock.
+    """
+    blocks = indexed_blocks(conn)
+    done = 0
+    while done < max_blocks and top_seq >= (blocks + 1) << USER_INDEX_BLOCK_BITS:
+        conn.execute(
+            "INSERT INTO user_index (block, tenant_id, external_id, seq) "
+            "SELECT ?, tenant_id, external_id, seq FROM semantic_events "
+            "WHERE seq >= ? AND seq < ? AND external_id IS NOT NULL ORDER BY tenant_id, external_id, seq",
+            (blocks, blocks << USER_INDEX_BLOCK_BITS, (blocks + 1) << USER_INDEX_BLOCK_BITS),
+        )
+        blocks += 1
+        done += 1
+    if done:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('user_index_blocks', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(blocks),),
+        )
+    return blocks
 
 
 def backfill_rollups(
@@ -414,6 +502,8 @@ class SQLiteStore:
         self._closed_at: list[float] = [elapsed()]  # when each closed one last took a row (self._elapsed)
         self._current_touched = elapsed()  # when the current one last took a row
         self._last_seq = -1  # -1: not loaded yet
+        self._indexed_blocks = 0  # the user index's blocks, as this writer last saw them
+        self._index_paused_until = 0.0  # after a failed index step (monotonic)
         self.group_commits = 0  # transactions the writer has committed (group commit is visible in tests)
         self._child: _WriterProcess | None = None  # writer="process"
         self._child_lock = threading.Lock()  # one request at a time hands its job to the child
@@ -499,12 +589,24 @@ class SQLiteStore:
                     seq INTEGER PRIMARY KEY AUTOINCREMENT
                 )"""
             )
-            if "event_rollups" not in db.table_names():
+            tables = db.table_names()
+            if "event_rollups" not in tables:
                 for statement in ROLLUP_TABLES:
                     conn.execute(statement)
                 # Rows already here are not in the rollups yet: the reader scans until a backfill.
                 first = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM semantic_events").fetchone()[0]
                 db.table("meta").upsert({"key": "rollups_from_seq", "value": str(first)}, pk="key")
+            elif "hourly_event_rollups" not in tables:  # a file from before the hourly grain
+                for statement in ROLLUP_TABLES:
+                    conn.execute(statement)
+                for statement in HOURLY_FROM_MINUTES:  # the minutes' rows, added up by hour
+                    conn.execute(statement)
+            if "user_index" not in tables:  # rows already here are indexed by the writer, block by block
+                conn.execute(USER_INDEX_TABLE)
+                first = conn.execute("SELECT coalesce(min(seq), 0) FROM semantic_events").fetchone()[0]
+                db.table("meta").upsert(
+                    {"key": "user_index_blocks", "value": str(first >> USER_INDEX_BLOCK_BITS)}, pk="key"
+                )
             # What was accepted but not stored, by tenant, UTC day and reason (drengr.drops).
             db.table("drop_counts").create(
                 {"tenant_id": str, "day": int, "reason": str, "count": int},
@@ -644,6 +746,11 @@ class SQLiteStore:
                 conn.execute("DELETE FROM daily_usage WHERE day < ?", (day,))
                 conn.execute("DELETE FROM drop_counts WHERE day < ?", (day,))
                 tidy_rollups(conn)
+                # The user index's blocks below the oldest row left hold only pruned rows.
+                conn.execute(
+                    f"DELETE FROM user_index WHERE block < "
+                    f"(SELECT coalesce(min(seq), 0) FROM semantic_events) >> {USER_INDEX_BLOCK_BITS}"
+                )
             return deleted
         except sqlite3.Error as error:
             raise StoreError(f"prune failed: {error}") from error
@@ -806,6 +913,9 @@ class SQLiteStore:
         """The writer thread (``writer="thread"``): take what is waiting, commit it as one group."""
         conn: sqlite3.Connection | None = None
         while True:
+            if self._users_due() > 0 and self._queue.empty():
+                conn = self._index_step(conn)  # nothing waiting: one block of the user index
+                continue
             first = self._queue.get()
             if first is None:
                 break
@@ -863,6 +973,8 @@ class SQLiteStore:
             if self._checkpointer is None:
                 self._checkpointer = _Checkpointer(self._connect)
             self._checkpointer.wrote(conn, sum(len(job.rows) for job in jobs))
+            if self._users_due() >= USER_INDEX_BEHIND_BLOCKS:  # never busy enough to be idle
+                conn = self._index_step(conn)
         except Exception as error:  # the whole group failed: every request gets 502
             log.error("write transaction failed: %s", error)
             metrics.count("store_errors", "write")
@@ -876,6 +988,35 @@ class SQLiteStore:
                     pass
                 conn.close()
                 conn = None  # reconnect next time: the file may have changed under us
+        return conn
+
+    def _users_due(self) -> int:
+        """Complete blocks of rows the user index has not taken yet, as far as this writer knows."""
+        if self._last_seq < 0 or time.monotonic() < self._index_paused_until:
+            return 0
+        return (self._last_seq >> USER_INDEX_BLOCK_BITS) - self._indexed_blocks
+
+    def _index_step(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """Index the next complete block of the user index, in a transaction of its own."""
+        try:
+            if conn is None:
+                conn = self._connect()
+                conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_FALLBACK_PAGES}")
+            turn = self._turns.acquire(self._busy_timeout_ms / 1000)
+            if turn is None:
+                raise StoreError("another writer held the database's writer lock past the busy timeout")
+            try:
+                before = self._indexed_blocks
+                with _Transaction(conn):
+                    top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
+                    self._indexed_blocks = index_users(conn, top)
+                if self._indexed_blocks <= before:  # nothing was due after all (rows deleted under us)
+                    self._index_paused_until = time.monotonic() + 5
+            finally:
+                self._turns.release(turn)
+        except (sqlite3.Error, StoreError) as error:
+            log.warning("cannot index users now (tried again in 5 s): %s", error)
+            self._index_paused_until = time.monotonic() + 5
         return conn
 
     def _commit_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
@@ -1515,6 +1656,9 @@ def _writer_main(
     store = SQLiteStore(path, durability=durability, busy_timeout_ms=busy_timeout_ms, migrate=False)
     conn: sqlite3.Connection | None = None
     while True:
+        if store._users_due() > 0 and not pipe.poll():
+            conn = store._index_step(conn)  # nothing waiting: one block of the user index
+            continue
         try:
             received = pipe.recv_bytes()
             messages = [marshal.loads(received)]
