@@ -49,7 +49,7 @@ def synthetic_rows(start: int, n: int) -> list[tuple[Any, ...]]:
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ROWS rows with their rollups, loaded as the writer loads them (insert, then rollups, per chunk)."""
+    """ROWS rows with their rollups and user index, as the writer leaves them (insert, rollups, index)."""
     path = tmp_path_factory.mktemp("read") / "drengr.db"
     SQLiteStore(str(path)).close()
     conn = sqlite_store.sqlite3.connect(path, isolation_level=None)
@@ -57,8 +57,9 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for start in range(0, ROWS, CHUNK):
         rows = synthetic_rows(start, min(CHUNK, ROWS - start))
         conn.execute("BEGIN IMMEDIATE")
-        sqlite_store.insert_events(conn, rows)
+        last = sqlite_store.insert_events(conn, rows)
         sqlite_store.add_to_rollups(conn, rows)
+        sqlite_store.index_users(conn, last, max_blocks=1 << 20)  # as the writer does, block by block
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -107,6 +108,15 @@ def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRe
         "analyst: events per day by name": analyst("events_per_day_by_name"),
         "analyst: distinct users": analyst("distinct_users"),
         "analyst: revenue by day": analyst("revenue_by_day"),
+        # What Datasette runs for the facets of the semantic_events page (its facet query).
+        "Datasette facet event_name": lambda: conn.execute(
+            "select event_name as value, count(*) as count from semantic_events "
+            "group by event_name order by count desc, value limit 31"
+        ).fetchall(),
+        "Datasette facet event_type": lambda: conn.execute(
+            "select event_type as value, count(*) as count from semantic_events "
+            "group by event_type order by count desc, value limit 31"
+        ).fetchall(),
     }
     scan_s, scanned = median_seconds(
         lambda: conn.execute("select count(*), sum(length(dims)) from semantic_events").fetchone(),
@@ -133,12 +143,15 @@ def bench_ingest_with_and_without_rollups(
     """100-event batches through SQLiteStore.write, rounds alternating with and without the rollups."""
     batches = 20 if request.config.getoption("benchmark_disable", False) else 400
     rows_per_round = synthetic_rows(0, batches * 100)
-    kept = sqlite_store.add_to_rollups
+    kept, kept_due = sqlite_store.add_to_rollups, SQLiteStore._users_due
     results: dict[str, list[float]] = {"with rollups": [], "without": []}
     for round_ in range(6):
         label = "with rollups" if round_ % 2 == 0 else "without"
         monkeypatch.setattr(
             sqlite_store, "add_to_rollups", kept if label == "with rollups" else lambda *a: None
+        )
+        monkeypatch.setattr(  # and the user index the writer builds when idle
+            SQLiteStore, "_users_due", kept_due if label == "with rollups" else lambda self: 0
         )
         store = SQLiteStore(str(tmp_path / f"r{round_}.db"))
         started = time.perf_counter()
@@ -151,7 +164,7 @@ def bench_ingest_with_and_without_rollups(
         results[label].append(batches * 100 / (time.perf_counter() - started))
         store.close()
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
-    print(f"\n100-event batches: {with_rate:,.0f} rows/s with rollups, {without_rate:,.0f} without: "
+    print(f"\n100-event batches: {with_rate:,.0f} rows/s with rollups and user index, {without_rate:,.0f} without: "
           f"{with_rate / without_rate:.1%} of the rate without")  # fmt: skip
 
 
@@ -167,6 +180,40 @@ def bench_export_peak_rss(table: Path, tmp_path: Path) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"\nexport of {ROWS:,} rows to Parquet: peak RSS {peak_mb:,.0f} MB "
           f"(table {table.stat().st_size / 2**20:,.0f} MB, Parquet {output.stat().st_size / 2**20:,.0f} MB)")  # fmt: skip
+
+
+def bench_ingest_into_the_full_table_against_an_empty_one(
+    table: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """100-event batches through SQLiteStore.write into the ROWS-row table and into an empty one, alternating.
+
+    Runs after the reads (it adds rows to the table). Each store first takes one batch
+    untimed: the full table's dedup window loads seven days of ids then.
+    """
+    batches = 20 if request.config.getoption("benchmark_disable", False) else 300
+    template = synthetic_rows(0, 100)
+    stores = {"empty": SQLiteStore(str(tmp_path / "empty.db")), "full table": SQLiteStore(str(table))}
+    results: dict[str, list[float]] = {label: [] for label in stores}
+
+    def batch(tag: str, b: int) -> list[tuple[Any, ...]]:
+        received = format_ms(NOW_MS + b * 1_000)
+        return [(row[0], f"{tag}-{b}-{row[1]}", *row[2:6], received, received, *row[8:]) for row in template]
+
+    try:
+        for label, store in stores.items():
+            assert store.write("acme", batch(f"warm-{label}", 0), NOW_MS).stored == 100
+        for round_ in range(6):
+            label = "empty" if round_ % 2 == 0 else "full table"
+            started = time.perf_counter()
+            for b in range(batches):
+                assert stores[label].write("acme", batch(f"r{round_}", b), NOW_MS).stored == 100
+            results[label].append(batches * 100 / (time.perf_counter() - started))
+    finally:
+        for store in stores.values():
+            store.close()
+    empty, full = (statistics.median(results[k]) for k in ("empty", "full table"))
+    print(f"\n100-event batches: {full:,.0f} rows/s into the {ROWS:,}-row table, {empty:,.0f} into an empty one: "
+          f"{full / empty:.1%} of the empty table's rate")  # fmt: skip
 
 
 def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureRequest, monkeypatch: Any) -> None:

@@ -20,7 +20,7 @@ from drengr import cli_export
 from drengr.store import SQLiteStore, open_store
 from drengr.store.reader import EXPORT_COLUMNS, EventQuery, SQLiteReader
 
-from .realserver import free_port
+from .support.realserver import free_port
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 
@@ -228,7 +228,7 @@ def test_mistakes_are_one_sentence_and_create_nothing(db: Path, args: list[str],
 
 
 def test_export_from_postgresql(tmp_path: Path) -> None:
-    from . import test_postgres_store as pg
+    from .support import postgres as pg
 
     with pg.fresh_schema() as dsn:
         schema = pg.query(dsn, "SELECT current_schema()")[0][0]
@@ -318,7 +318,11 @@ def test_drengr_datasette_serves_facets_hidden_keys_and_the_analyst_queries(tmp_
         by_day = get_json(port, "/drengr/revenue_by_day.json?_shape=array")
         assert by_day == [{"day": today, "revenue": sum(i + 0.5 for i in range(1, 60))}]
         users = get_json(port, "/drengr/distinct_users.json?_shape=array")
-        assert users == [{"users": 7, "installs": 59}]
+        assert users == [
+            {"tenant_id": tenant, "day": today, "users": len({r[4] for r in ROWS if r[0] == tenant and r[4]})}
+            for tenant in ("acme", "globex")
+        ]
+        assert users[0]["users"] == 7
         per_day = get_json(port, "/drengr/events_per_day_by_name.json?_shape=array")
         assert per_day == [
             {"day": today, "event_name": "order_completed", "events": 30},

@@ -1,26 +1,19 @@
 """The store contract against a real PostgreSQL server, and SQLite ⇄ PostgreSQL parity.
 
-The server: ``DRENGR_TEST_POSTGRES_DSN`` (a ``postgresql://`` URI of a database
-the tests may create schemas and databases in) when set; otherwise the session
-starts one with ``.ci/postgres.sh`` and stops it at the end. That script
-installs Debian's ``postgresql`` only under CI; on any other machine without
-PostgreSQL these tests skip with one line saying what to install — and under
-``CI`` (``CI=true``) they fail instead.
+The server (tests/support/postgres.py): ``DRENGR_TEST_POSTGRES_DSN`` when set,
+otherwise one the session starts with ``.ci/postgres.sh``; without PostgreSQL
+these tests skip with one line saying what to install — and under ``CI``
+(``CI=true``) they fail instead.
 
 Every test gets a schema of its own (``search_path`` in the DSN), dropped after.
 """
 
-import atexit
 import base64
-import contextlib
 import gzip
 import json
 import os
-import subprocess
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -32,10 +25,10 @@ from drengr import clock as drengr_clock
 from drengr.core.auth import hash_key
 from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import parse_ms
-from drengr.store import SQLiteStore, StoreError, is_postgres_url, open_store
+from drengr.store import SQLiteStore, StoreError, open_store
 from drengr.web import Config, create_app
 
-from .conftest import COLUMNS, TENANT, post, read_rows
+from .support.app import TENANT, post, read_rows
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 
@@ -43,16 +36,24 @@ IN_CI = bool(os.environ.get("CI"))
 
 try:
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    from drengr.store.postgres import EVENT_COLUMNS, PostgresStore, clean_json, clean_rows, generation
+    from drengr.store.postgres import PostgresStore, clean_json, clean_rows, generation
+
+    from .support.postgres import (
+        admin,
+        count,
+        pg_database,  # noqa: F401 (a fixture)
+        pg_dsn,  # noqa: F401 (a fixture)
+        pg_rows,
+        query,
+        server_dsn,
+        with_schema,
+    )
 except ImportError as error:  # pragma: no cover - psycopg is in the `test` extra
     if IN_CI:
         raise
     pytest.skip(f"psycopg is not installed ({error}): pip install '.[test]'", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / ".ci" / "postgres.sh"
 DAY0: int = parse_ms("2026-11-26T12:00:00.000Z") or 0
 assert DAY0
 SUCCESS = b'{"success": true}'
@@ -71,100 +72,6 @@ class Clock:
         return self.ms / 1000
 
 
-# --------------------------------------------------------------------------- the server
-
-_server: dict[str, Any] = {}
-
-
-def server_dsn() -> str:
-    """A PostgreSQL URI for the whole session; skips (or, under CI, fails) when none can be had."""
-    if "dsn" not in _server and "error" not in _server:
-        _server.update(_find_or_start_server())
-    if "error" in _server:
-        message = f"{_server['error']} (or set DRENGR_TEST_POSTGRES_DSN to a server's URI)"
-        if IN_CI:
-            pytest.fail(f"{message}; CI is set: these tests must run. {_server.get('detail', '')}")
-        pytest.skip(message)
-    return str(_server["dsn"])
-
-
-def _find_or_start_server() -> dict[str, Any]:
-    given = os.environ.get("DRENGR_TEST_POSTGRES_DSN")
-    if given:
-        return _check(given)
-    folder = tempfile.mkdtemp(prefix="drengr-pg.", dir="/tmp")
-    env = {**os.environ, "PG_EXTRA_OPTS": os.environ.get("PG_EXTRA_OPTS", "-c fsync=off")}
-    try:
-        started = subprocess.run(
-            ["bash", str(SCRIPT), "start", folder], capture_output=True, text=True, timeout=600, env=env
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return {"error": f"{SCRIPT.name} start: {error}"}
-    if started.returncode != 0:
-        last_line = (started.stderr.strip().splitlines() or ["no message"])[-1]
-        if started.returncode == 3:  # not installed, and not CI: the script says what to install
-            return {"error": last_line}
-        return {"error": f"{SCRIPT.name} start failed: {last_line}", "detail": started.stderr.strip()[-500:]}
-    atexit.register(subprocess.run, ["bash", str(SCRIPT), "stop", folder], capture_output=True, timeout=120)
-    return _check(started.stdout.strip().splitlines()[-1])
-
-
-def _check(dsn: str) -> dict[str, Any]:
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as error:
-        return {"error": f"cannot connect to {dsn}: {' '.join(str(error).split())}"}
-    return {"dsn": dsn}
-
-
-def admin() -> "psycopg.Connection[Any]":
-    return psycopg.connect(server_dsn(), autocommit=True)
-
-
-def with_schema(dsn: str, schema: str) -> str:
-    """``dsn`` whose connections use ``schema`` (kept a postgresql:// URI, as --store wants one)."""
-    options = f"-c search_path={schema}"
-    if is_postgres_url(dsn):
-        separator = "&" if "?" in dsn else "?"
-        return f"{dsn}{separator}options={options.replace(' ', '%20').replace('=', '%3D')}"
-    return make_conninfo(dsn, options=options)
-
-
-@contextlib.contextmanager
-def fresh_schema(prefix: str = "t_") -> Iterator[str]:
-    """A URI whose connections use a fresh, empty schema on the session's server, dropped after."""
-    schema = prefix + uuid.uuid4().hex[:12]
-    with admin() as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield with_schema(server_dsn(), schema)
-    finally:
-        with admin() as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
-    """A fresh, empty schema on the session's server."""
-    with fresh_schema() as dsn:
-        yield dsn
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh database of its own (for tests that cut connections to it)."""
-    name = "drengr_t_" + uuid.uuid4().hex[:12]
-    with admin() as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    params = conninfo_to_dict(server_dsn())
-    params["dbname"] = name
-    yield f"postgresql://{params.get('user', 'postgres')}@{params['host']}:{params['port']}/{name}"
-    with admin() as conn:
-        conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
-
-
 @pytest.fixture
 def pg(pg_dsn: str) -> Iterator[PostgresStore]:
     store = PostgresStore(pg_dsn, clock=Clock(DAY0))
@@ -175,24 +82,6 @@ def pg(pg_dsn: str) -> Iterator[PostgresStore]:
 def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
     return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
             "2026-11-26T00:00:00.000Z", "{}", "{}", "analytics-python 2.4.0")  # fmt: skip
-
-
-def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cursor = conn.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
-
-
-def count(dsn: str, where: str = "true") -> int:
-    return int(query(dsn, f"SELECT count(*) FROM semantic_events WHERE {where}")[0][0])
-
-
-def pg_rows(dsn: str) -> list[dict[str, Any]]:
-    """Every semantic_events row in insertion order; dims/measures are dicts already (jsonb)."""
-    return [
-        dict(zip(EVENT_COLUMNS, r, strict=True))
-        for r in query(dsn, f"SELECT {COLUMNS} FROM semantic_events ORDER BY seq")
-    ]
 
 
 # --------------------------------------------------------------------------- schema and migrations
@@ -231,6 +120,8 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     query(pg_dsn, "ALTER TABLE semantic_events DROP COLUMN library")
     query(pg_dsn, "ALTER TABLE tenants DROP COLUMN pii_allow")  # version 3's
     query(pg_dsn, "DROP TABLE event_rollups, measure_rollups")  # version 4's
+    query(pg_dsn, "DROP TABLE hourly_event_rollups, hourly_measure_rollups")  # version 5's
+    query(pg_dsn, "DROP INDEX semantic_events_tenant_user")
     query(pg_dsn, "DELETE FROM drengr_meta WHERE key = 'rollups_from_seq'")
     query(pg_dsn, "UPDATE drengr_meta SET value = '1' WHERE key = 'schema_version'")
     query(pg_dsn, "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id,"
@@ -244,7 +135,7 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     assert [(r["event_id"], r["library"]) for r in pg_rows(pg_dsn)] == [
         ("old", None), ("new", "analytics-python 2.4.0")
     ]  # fmt: skip
-    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("4",)]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("5",)]
     assert query(pg_dsn, "SELECT pii_allow FROM tenants") == []  # the column is back (no tenant yet)
     # The rollups begin after the old row (seq 1): only the new one is counted, stats scan meanwhile.
     assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'") == [("2",)]
@@ -269,7 +160,7 @@ def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: st
     store = PostgresStore(pg_dsn, clock=Clock(DAY0))  # and once more on a migrated database
     assert store.is_new()
     store.close()
-    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("4",)]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("5",)]
 
 
 def test_a_node_starting_beside_a_serving_one_takes_no_table_lock(pg_dsn: str) -> None:
@@ -545,7 +436,7 @@ def test_metering_fails_open(pg: PostgresStore, pg_dsn: str) -> None:
 
 def test_metering_fails_open_over_http(pg_dsn: str, tmp_path: Path) -> None:
     """`drengr serve --store`: the cap holds while it can be counted; once counting fails, 200 and stored."""
-    from .realserver import batch, launch
+    from .support.realserver import batch, launch
 
     setup = PostgresStore(pg_dsn)
     try:
@@ -723,7 +614,7 @@ EXTRA_REQUESTS: list[tuple[str, Any]] = [
 
 def test_sqlite_and_postgresql_store_the_same_rows(pg: PostgresStore, pg_dsn: str, tmp_path: Path) -> None:
     """Every captured client request (tests/data/wire) plus a few tricky ones, through both stores: same rows."""
-    from .test_golden_wire import POSTS, send
+    from .support.wire import POSTS, send
 
     clock_ms = lambda: DAY0  # noqa: E731 - one time of receipt for both, so fallback ids agree
     lite_path = tmp_path / "parity.db"
@@ -755,7 +646,7 @@ def test_sqlite_and_postgresql_store_the_same_rows(pg: PostgresStore, pg_dsn: st
 
 def test_sqlite_data_moves_over_to_postgresql(pg: PostgresStore, pg_dsn: str, tmp_path: Path) -> None:
     """PostgresStore.import_sqlite: rows, tenants, hashed keys and usage; run twice, copies once; dedup holds."""
-    from .test_golden_wire import POSTS, send
+    from .support.wire import POSTS, send
 
     lite_path = tmp_path / "old.db"
     lite = SQLiteStore(str(lite_path))

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from drengr.store import SQLiteStore, open_store
-from drengr.store.reader import PostgresReader, SQLiteReader, StatsQuery, _stats
-from drengr.store.sqlite import backfill_rollups
+from drengr.store.reader import ORDERS, EventQuery, PostgresReader, SQLiteReader, StatsQuery, _stats
+from drengr.store.sqlite import USER_INDEX_BLOCK_BITS, backfill_rollups
 from drengr.web import Config, create_app
 
-from .conftest import post
+from .support.app import post
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 T0 = 1_795_687_200_000  # 2026-11-26T10:00:00.000Z
@@ -103,6 +103,23 @@ QUERIES = [
         id="event-name-since-yesterday",
     ),  # fmt: skip
     pytest.param(StatsQuery(None, since=at(T0 + 500 * MINUTE)), id="after-everything"),
+    # A whole hour from the hourly rollups, minutes on both sides, rows at the ragged ends.
+    pytest.param(
+        StatsQuery(
+            None,
+            since=at(T0 - 3 * MINUTE + 4_000),
+            until=at(T0 + 63 * MINUTE + 5_000),
+            measures=("revenue", "seats"),
+            interval="hour",
+        ),
+        id="minutes-hour-minutes-by-hour",
+    ),  # fmt: skip
+    pytest.param(
+        StatsQuery(
+            "acme", event_name="page_viewed", since=at(T0), until=at(T0 + 61 * MINUTE), interval="day"
+        ),
+        id="whole-hour-and-a-minute-by-day",
+    ),
 ]
 
 
@@ -148,6 +165,8 @@ def strip_rollups(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE event_rollups")
     conn.execute("DROP TABLE measure_rollups")
+    conn.execute("DROP TABLE hourly_event_rollups")
+    conn.execute("DROP TABLE hourly_measure_rollups")
     conn.execute("DELETE FROM meta WHERE key = 'rollups_from_seq'")
     conn.commit()
     conn.close()
@@ -242,7 +261,7 @@ def test_a_prune_takes_its_rows_out_of_the_rollups(tmp_path: Path) -> None:
 
 def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
     """The PostgreSQL store: rollups in the write transaction, stats from them as from the scan, a prune."""
-    from . import test_postgres_store as pg
+    from .support import postgres as pg
 
     with pg.fresh_schema() as dsn:
         schema = pg.query(dsn, "SELECT current_schema()")[0][0]
@@ -272,7 +291,7 @@ def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
         ) == [(EVENTS - 107, 0)]
 
         # A database whose rows predate its rollups: scanned until `db backfill-rollups --store`.
-        pg.query(dsn, "TRUNCATE event_rollups, measure_rollups")
+        pg.query(dsn, "TRUNCATE event_rollups, measure_rollups, hourly_event_rollups, hourly_measure_rollups")
         pg.query(dsn, "UPDATE drengr_meta SET value = '1000' WHERE key = 'rollups_from_seq'")
         reader = PostgresReader(uri)
         try:
@@ -292,3 +311,183 @@ def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
                 assert from_rollups.sums == pytest.approx(from_rows.sums)
         finally:
             reader.close()
+
+
+# ---------------------------------------------------------------- /v1/events without a scan
+
+BLOCK_BITS = 4  # 16-row blocks of the user index, so that 240 events make fifteen of them
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A database filled by the thread writer with 16-row user-index blocks (the reader sees the same size)."""
+    from drengr.store import sqlite as sqlite_store
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(sqlite_store, "USER_INDEX_BLOCK_BITS", BLOCK_BITS)
+    path = tmp_path_factory.mktemp("indexed") / "drengr.db"
+    keys = fill(path, "thread")
+    # Then 40 more events with the writer's indexing held back: the newest rows (over two blocks'
+    # worth) are past the index, as on a server that has had no idle moment yet.
+    with pytest.MonkeyPatch.context() as held:
+        held.setattr(SQLiteStore, "_users_due", lambda self: 0)
+        store = SQLiteStore(str(path), writer="thread")
+        clock = [T0 + EVENTS * STEP_MS]
+        client = create_app(Config(db=str(path)), store=store, clock_ms=lambda: clock[0]).test_client()
+        try:
+            for i in range(EVENTS, EVENTS + 40):
+                clock[0] = T0 + i * STEP_MS
+                body = {
+                    "type": "track",
+                    "event": "Signed Up",
+                    "userId": f"u{i % 3 + 3}",
+                    "messageId": f"m{i}",
+                }
+                assert post(client, "/v1/track", body, keys["acme"]).status_code == 200
+        finally:
+            store.close()
+    yield path
+    patch.undo()
+
+
+def oracle_page(path: Path, query: EventQuery) -> list[int]:
+    """The seqs of the page ``query`` asks for, chosen in Python from every row of the table."""
+    conn = sqlite3.connect(path)
+    rows = conn.execute(
+        "SELECT seq, tenant_id, event_name, external_id, received_at FROM semantic_events"
+    ).fetchall()
+    conn.close()
+    chosen = [
+        seq
+        for seq, tenant_id, name, external_id, received_at in rows
+        if tenant_id == query.tenant_id
+        and (query.external_id is None or external_id == query.external_id)
+        and (query.event_name is None or name == query.event_name)
+        and (query.since is None or received_at >= query.since)
+        and (query.until is None or received_at < query.until)
+        and (query.cursor is None or (seq > query.cursor if query.order == "asc" else seq < query.cursor))
+    ]
+    return sorted(chosen, reverse=query.order == "desc")[: query.limit]
+
+
+EVENT_QUERIES = [
+    pytest.param(EventQuery("acme", external_id="u3", limit=5), id="user-newest"),
+    pytest.param(EventQuery("acme", external_id="u3", order="asc", limit=5), id="user-oldest"),
+    pytest.param(EventQuery("acme", external_id="u5", cursor=150, limit=4), id="user-before-cursor"),
+    pytest.param(
+        EventQuery("acme", external_id="u5", cursor=40, order="asc", limit=4), id="user-after-cursor"
+    ),
+    pytest.param(EventQuery("globex", external_id="u3", limit=50), id="user-every-event"),
+    pytest.param(
+        EventQuery("acme", external_id="u7", since=at(T0 + 10 * MINUTE), until=at(T0 + 50 * MINUTE + 9_000)),
+        id="user-in-a-time-range",
+    ),
+    pytest.param(EventQuery("acme", external_id="u7", event_name="signed_up", limit=3), id="user-and-name"),
+    pytest.param(EventQuery("acme", external_id="nobody"), id="unknown-user"),
+    pytest.param(EventQuery("acme", event_name="signed_up", limit=7), id="name-newest"),
+    pytest.param(EventQuery("acme", event_name="home", limit=3), id="rare-name"),
+    pytest.param(
+        EventQuery("acme", event_name="signed_up", cursor=100, order="asc", limit=6), id="name-after-cursor"
+    ),
+    pytest.param(
+        EventQuery("acme", event_name="order_completed", cursor=200, limit=6), id="name-before-cursor"
+    ),
+    pytest.param(
+        EventQuery(
+            "globex", event_name="page_viewed", since=at(T0 + 20 * MINUTE), until=at(T0 + 40 * MINUTE)
+        ),
+        id="name-in-a-time-range",
+    ),
+    pytest.param(EventQuery("acme", event_name="signed_up", limit=60), id="name-across-hours"),
+    pytest.param(
+        EventQuery("acme", event_name="page_viewed", order="asc", limit=60), id="name-across-hours-oldest"
+    ),
+    pytest.param(EventQuery("acme", event_name="no_such_event"), id="unknown-name"),
+    pytest.param(
+        EventQuery("acme", since=at(T0 + 10 * MINUTE + 500), until=at(T0 + 20 * MINUTE), limit=10),
+        id="time-range",
+    ),
+    pytest.param(
+        EventQuery("acme", since=at(T0 + 10 * MINUTE), until=at(T0 + 20 * MINUTE), order="asc", limit=10),
+        id="time-range-oldest",
+    ),
+]
+
+
+@pytest.mark.parametrize("query", EVENT_QUERIES)
+def test_filtered_pages_equal_the_rows_chosen_one_by_one(indexed: Path, query: EventQuery) -> None:
+    reader = SQLiteReader(str(indexed))
+    try:
+        page = reader.events(query)
+    finally:
+        reader.close()
+    expected = oracle_page(indexed, query)
+    assert [event["seq"] for event in page.events] == expected
+    if query.external_id == "u3" and query.tenant_id == "acme":
+        assert expected  # the table has what the query looks for
+    if len(expected) == query.limit:
+        assert page.next_cursor == expected[-1]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_users_page_joins_the_rows_past_the_index_to_those_in_it(indexed: Path, order: str) -> None:
+    conn = sqlite3.connect(indexed)
+    tenant_id, user = conn.execute(
+        "SELECT tenant_id, external_id FROM semantic_events WHERE external_id IS NOT NULL ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    conn.close()
+    query = EventQuery(tenant_id, external_id=user, order=order, limit=100)
+    reader = SQLiteReader(str(indexed))
+    try:
+        page = reader.events(query)
+    finally:
+        reader.close()
+    expected = oracle_page(indexed, query)
+    assert len(expected) > 5
+    assert [event["seq"] for event in page.events] == expected
+
+
+def test_the_writer_indexes_users_when_idle_and_reads_use_the_index(indexed: Path) -> None:
+    conn = sqlite3.connect(indexed)
+    top = conn.execute("SELECT max(seq) FROM semantic_events").fetchone()[0]
+    blocks = int(conn.execute("SELECT value FROM meta WHERE key = 'user_index_blocks'").fetchone()[0])
+    # Every block complete before indexing was held back is indexed (but for the last one, if the
+    # server stopped first); the 40 rows after it are not.
+    assert ((top - 40) >> BLOCK_BITS) - 1 <= blocks <= (top - 40) >> BLOCK_BITS
+    assert sorted(conn.execute("SELECT tenant_id, external_id, seq FROM user_index").fetchall()) == sorted(
+        conn.execute(
+            "SELECT tenant_id, external_id, seq FROM semantic_events WHERE external_id IS NOT NULL AND seq < ?",
+            (blocks << BLOCK_BITS,),
+        ).fetchall()
+    )
+    assert sorted(conn.execute("SELECT tenant_id, day, external_id FROM daily_users").fetchall()) == sorted(
+        conn.execute(
+            "SELECT DISTINCT tenant_id, substr(received_at, 1, 10), external_id FROM semantic_events "
+            "WHERE external_id IS NOT NULL AND seq < ?",
+            (blocks << BLOCK_BITS,),
+        ).fetchall()
+    )
+    conn.close()
+    reader = SQLiteReader(str(indexed))
+    try:
+        statements: list[str] = []
+        reader._conn().set_trace_callback(statements.append)
+        assert reader.events(EventQuery("acme", external_id="u3", order="asc", limit=3)).events
+        assert any("FROM user_index" in sql for sql in statements)
+        # No statement on the events reads them without a bound on seq (a walk through the table).
+        reads = [sql for sql in statements if "FROM semantic_events" in sql and "external_id =" in sql]
+        assert reads and all("seq IN (" in sql or "seq >=" in sql for sql in reads)
+        statements.clear()
+        assert reader.events(EventQuery("acme", event_name="signed_up", order="asc", limit=3)).events
+        assert any("FROM hourly_event_rollups" in sql for sql in statements)
+    finally:
+        reader.close()
+
+
+def test_the_distinct_users_query_knows_the_size_of_a_block() -> None:
+    """The Datasette query reads the rows past the user index itself: its block size is the writer's."""
+    import json
+
+    metadata = json.loads((SRC / "drengr" / "datasette.json").read_text())
+    sql = metadata["databases"]["drengr"]["queries"]["distinct_users"]["sql"]
+    assert f"* {1 << USER_INDEX_BLOCK_BITS}\n" in sql
