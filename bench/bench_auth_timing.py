@@ -35,7 +35,7 @@ from drengr.core import machine  # noqa: E402
 from drengr.core.auth import hash_key  # noqa: E402
 from drengr.core.mapping import BodyMapper  # noqa: E402
 from drengr.store import SQLiteStore  # noqa: E402
-from tests.realserver import Server, create_db, launch  # noqa: E402
+from tests.support.realserver import Server, create_db, launch  # noqa: E402
 
 EVENT = {"type": "track", "event": "Signed Up", "userId": "u-1", "properties": {"plan": "pro"}}
 

@@ -28,7 +28,7 @@ try:
     import psycopg
 
     from drengr.store.postgres import _COPY_EVENTS, PostgresStore, generation
-    from tests.test_postgres_store import server_dsn, with_schema
+    from tests.support.postgres import server_dsn, with_schema
 except ImportError as error:  # pragma: no cover - psycopg is in the `test` extra
     if os.environ.get("CI"):
         raise

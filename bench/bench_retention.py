@@ -30,9 +30,8 @@ from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import format_ms
 from drengr.store import SQLiteStore, open_store
 from drengr.store.sqlite import _INSERT_EVENTS
-from tests.conftest import read_rows
-from tests.realserver import create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
-from tests.test_settings import child_env
+from tests.support.app import read_rows
+from tests.support.realserver import child_env, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 from .payloads import batch_body
 
@@ -151,7 +150,7 @@ def bench_p99_added_by_pruning(engine: str, tmp_path: Path, request: pytest.Fixt
 
 @pytest.fixture
 def _bench_pg_uri() -> Any:
-    from tests.test_postgres_store import fresh_schema
+    from tests.support.postgres import fresh_schema
 
     with fresh_schema("b_") as dsn:
         yield dsn

@@ -1,8 +1,5 @@
-"""Shared fixtures: a real SQLite file, the real app, and helpers to post and read rows."""
+"""Shared fixtures: a real SQLite file, the real app (helpers to post and read rows: tests/support/app.py)."""
 
-import base64
-import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,22 +7,16 @@ from typing import Any
 import pytest
 
 from drengr import clock
-from drengr.store import is_postgres_url, open_store
+from drengr.store import open_store
 from drengr.web import Config, create_app
 
-TENANT = "acme"
-COLUMNS = "tenant_id, event_id, event_name, event_type, external_id, install_id, occurred_at, received_at, dims, measures, library"
+from .support.app import TENANT
 
 
 @pytest.fixture
 def engine(request: pytest.FixtureRequest) -> str:
-    """The store engine: SQLite unless a module parametrizes it (``ENGINES`` below, indirect)."""
+    """The store engine: SQLite unless a module parametrizes it (``tests.support.app.ENGINES``, indirect)."""
     return getattr(request, "param", "sqlite")
-
-
-# A contract module runs against both stores with:
-#     pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
-ENGINES = ["sqlite", "postgresql"]
 
 
 @pytest.fixture
@@ -34,7 +25,7 @@ def db_path(tmp_path: Path, engine: str) -> Iterator[Any]:
     if engine == "sqlite":
         yield tmp_path / "drengr.db"
         return
-    from .test_postgres_store import fresh_schema
+    from .support.postgres import fresh_schema
 
     with fresh_schema("c_") as dsn:
         yield dsn
@@ -72,34 +63,3 @@ def app(db_path: Any, store: Any, receipt_ms: Callable[[], int]) -> Iterator[Any
 @pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
-
-
-def basic(key: str, password: str = "") -> dict[str, str]:
-    token = base64.b64encode(f"{key}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def post(client: Any, path: str, body: Any, key: str | None = None, **headers: str) -> Any:
-    """POST ``body`` (dict → JSON, bytes as-is) with Basic auth when ``key`` is given."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    all_headers = {"Content-Type": "application/json", **(basic(key) if key else {})}
-    all_headers.update({name.replace("_", "-"): value for name, value in headers.items()})
-    return client.post(path, data=data, headers=all_headers)
-
-
-def read_rows(db_path: Any) -> list[dict[str, Any]]:
-    """Every semantic_events row, in insertion order, with dims/measures decoded (either engine)."""
-    if is_postgres_url(str(db_path)):
-        from .test_postgres_store import pg_rows
-
-        return pg_rows(str(db_path))
-    conn = sqlite3.connect(db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = [dict(row) for row in conn.execute(f"SELECT {COLUMNS} FROM semantic_events ORDER BY seq")]
-    finally:
-        conn.close()
-    for row in rows:
-        row["dims"] = json.loads(row["dims"])
-        row["measures"] = json.loads(row["measures"])
-    return rows

@@ -14,7 +14,7 @@ import pytest
 
 from drengr.web import Config, create_app
 
-from .conftest import basic, post, read_rows
+from .support.app import basic, post, read_rows
 
 METHOD_NOT_ALLOWED = json.dumps(
     {"error": "Method not allowed", "code": "method_not_allowed", "message": "Method not allowed"}

@@ -26,7 +26,7 @@ import pytest
 from drengr.core.errors import UNAUTHORIZED_BODY
 from drengr.store import SQLiteStore
 
-from .realserver import Reply, Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
+from .support.realserver import Reply, Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from drengr import cli_read
 from drengr.store import SQLiteStore
 from drengr.web import Config, create_app
 
-from .conftest import post
+from .support.app import post
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 

@@ -3,22 +3,16 @@
 The server's clock jumps ahead and back with ``drengr.clock.set_offset`` (the
 one wall clock, shifted in this process only; the system clock is never
 touched), against real SQLite files, at the store and over HTTP with
-SDK-like senders and the ack ledger (tests/test_faults.py's): a resend of an
+SDK-like senders and the ack ledger (tests/support/faults.py): a resend of an
 event already stored is never a second row, whatever the clock did since. PostgreSQL's side (nodes
 whose clocks are wrong) is in tests/test_postgres_store.py.
 """
 
-import contextlib
-import http.client
-import itertools
-import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from waitress.server import create_server
 
 from drengr import clock
 from drengr.core.limits import DEDUP_WINDOW_DAYS
@@ -28,8 +22,15 @@ from drengr.store import SQLiteStore
 from drengr.store.sqlite import WRITERS
 from drengr.web import create_app
 
-from .realserver import TENANT, basic, batch, event_id_counts
-from .test_faults import HANG_GUARD_SECONDS, Senders, assert_ledger, report
+from .support.faults import (
+    Senders,
+    assert_ledger,
+    poster,
+    report,
+    resend_everything,
+    serving,
+)
+from .support.realserver import TENANT, event_id_counts
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 
@@ -151,46 +152,6 @@ def test_sqlite_keeps_an_id_seven_days_on_a_correct_clock(tmp_path: Path) -> Non
 
 
 # --------------------------------------------------------------------------- over HTTP, with senders
-
-
-@contextlib.contextmanager
-def serving(app: Any) -> Iterator[int]:
-    """``app`` on waitress in this process (so ``set_offset`` moves its clock); yields the port."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
-    thread.start()
-    try:
-        yield int(server.effective_port)
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown()
-        thread.join(HANG_GUARD_SECONDS)
-
-
-def poster(ports: list[int], key: str) -> Callable[[list[str]], int]:
-    """Post a batch to one of ``ports`` in turn (a client behind a balancer meets each node)."""
-    turn = itertools.count()
-
-    def post(ids: list[str]) -> int:
-        port = ports[next(turn) % len(ports)]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD_SECONDS)
-        try:
-            headers = {**basic(key), "Content-Type": "application/json"}
-            conn.request("POST", "/v1/batch", body=json.dumps(batch(ids)).encode(), headers=headers)
-            return conn.getresponse().status
-        except OSError:
-            return 0
-        finally:
-            conn.close()
-
-    return post
-
-
-def resend_everything(post: Callable[[list[str]], int], ids: set[str]) -> None:
-    """A client whose acknowledgements were lost sends it all again: each batch must be a 200."""
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), 100):
-        assert post(ordered[start : start + 100]) == 200
 
 
 JUMPS_DAYS = [15, 0, -15, 40, 8, 0]

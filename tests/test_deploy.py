@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .realserver import Server, create_db, free_port
+from .support.realserver import Server, create_db, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = bool(os.environ.get("CI"))

@@ -51,7 +51,7 @@ import pytest
 
 import drengr
 
-from .realserver import free_port
+from .support.realserver import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -360,7 +360,7 @@ def postgres_schema() -> Iterator[str]:
     """A URI on the tests' PostgreSQL server whose connections use a fresh schema (skips when there is none)."""
     if find_spec("psycopg") is None:
         pytest.skip("psycopg is not installed (pip install '.[test]')")
-    from tests.test_postgres_store import fresh_schema
+    from tests.support.postgres import fresh_schema
 
     with fresh_schema("docs_") as uri:
         yield uri

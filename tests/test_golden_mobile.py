@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ENGINES, basic, read_rows
+from .support.app import ENGINES, basic, read_rows
 
 pytestmark = [pytest.mark.parametrize("engine", ENGINES, indirect=True), pytest.mark.dated]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .realserver import Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
+from .support.realserver import Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from drengr.core.outcome import StoreOutcome
 from drengr.store import SQLiteStore
 from drengr.web import Config, OneLineFormatter, create_app
 
-from .realserver import Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
+from .support.realserver import Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from drengr.core.timestamps import parse_ms
 from drengr.store import SQLiteStore
 from drengr.web import Config, create_app
 
-from .conftest import ENGINES, TENANT, post, read_rows
+from .support.app import ENGINES, TENANT, post, read_rows
 
 # The whole contract runs against both stores (tests/conftest.py).
 pytestmark = [pytest.mark.parametrize("engine", ENGINES, indirect=True), pytest.mark.dated]

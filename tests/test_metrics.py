@@ -21,8 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from drengr.store import SQLiteStore
 
-from .realserver import basic, create_db, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
-from .test_settings import child_env
+from .support.realserver import basic, child_env, create_db, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from drengr.core.timestamps import parse_ms
 from drengr.store import open_store
 from drengr.web import Config, create_app
 
-from .conftest import ENGINES, TENANT, post, read_rows
+from .support.app import ENGINES, TENANT, post, read_rows
 from .test_pii_matching import MAPPERS
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)

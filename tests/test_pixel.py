@@ -15,7 +15,7 @@ import pytest
 
 from drengr.core.pixel import GIF, decode_data
 
-from .conftest import ENGINES, basic, read_rows
+from .support.app import ENGINES, basic, read_rows
 
 both_stores = pytest.mark.parametrize("engine", ENGINES, indirect=True)
 

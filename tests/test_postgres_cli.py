@@ -8,13 +8,13 @@ import pytest
 
 from drengr.store import SQLiteStore
 
-from . import test_postgres_store
-from .test_postgres_nginx import node_env
-from .test_postgres_store import count, query, server_dsn, with_schema
+from .support import postgres
+from .support.postgres import count, query, server_dsn, with_schema
+from .support.realserver import node_env
+
+pg_dsn = postgres.pg_dsn  # the fixture: a fresh schema
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
-
-pg_dsn = test_postgres_store.pg_dsn  # the fixture: a fresh schema
 
 
 def drengr(*args: str) -> subprocess.CompletedProcess[str]:

@@ -26,9 +26,9 @@ import pytest
 from drengr.store import StoreError
 from drengr.store.base import KEY_CACHE_SECONDS
 
-from .realserver import INGEST_FAILED, Server, basic, batch, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
-from .test_faults import HANG_GUARD_SECONDS, Senders, assert_ledger, health, http_post, report
-from .test_postgres_store import IN_CI, SCRIPT, PostgresStore, psycopg
+from .support.faults import HANG_GUARD_SECONDS, Senders, assert_ledger, health, http_post, report
+from .support.postgres import IN_CI, SCRIPT, PostgresStore, psycopg
+from .support.realserver import INGEST_FAILED, Server, basic, batch, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 TENANT = "acme"
 INGEST_FAILED_BODY = json.dumps(INGEST_FAILED).encode()
@@ -176,7 +176,7 @@ def test_a_postgres_restart_behind_the_shipped_nginx_stays_a_blip(cluster: Clust
     only drengr's JSON errors with CORS (never nginx's HTML page), no node is set aside, and no
     request sent after PostgreSQL is back fails."""
     from .support.nginx import nginx_binary, shipped_nginx_conf
-    from .test_postgres_nginx import start_node, wait_for
+    from .support.realserver import start_node, wait_for
 
     nginx = nginx_binary()
     dsn = cluster.fresh_database()
@@ -273,7 +273,7 @@ def test_a_node_whose_clock_is_off_makes_no_resend_a_second_row(cluster: Cluster
     from drengr.settings import Config
     from drengr.web import create_app
 
-    from .test_clock_jumps import poster, resend_everything, serving
+    from .support.faults import poster, resend_everything, serving
 
     dsn = cluster.fresh_database()
 

@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,47 +32,14 @@ from typing import Any
 import pytest
 
 from .support.nginx import nginx_binary, shipped_nginx_conf
-from .test_postgres_store import admin, query, server_dsn, with_schema
+from .support.postgres import admin, query, server_dsn, with_schema
+from .support.realserver import PREFIX, free_port, node_env, start_node, wait_for
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-PREFIX = "/segment-ingest"
 NODES = 3
 LOAD_SECONDS = float(os.environ.get("DRENGR_NGINX_LOAD_SECONDS", "3"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(port: int, path: str, deadline_s: float = 30) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"nothing healthy on 127.0.0.1:{port}{path}")
-
-
-def node_env() -> dict[str, str]:
-    src = str(ROOT / "src")
-    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def start_node(store_uri: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "drengr", "serve", "--store", store_uri, "--port", str(port),
-               "--prefix", PREFIX, "--threads", "4", "--log-level", "warning"]  # fmt: skip
-    with log.open("ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=node_env())
 
 
 def start_gunicorn(store_uri: str, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from drengr.store import SQLiteStore
 
-from . import test_postgres_store
-from .test_postgres_nginx import node_env
-from .test_postgres_store import server_dsn, with_schema
+from .support import postgres
+from .support.postgres import query, server_dsn, with_schema
+from .support.realserver import node_env
 
-pg_dsn = test_postgres_store.pg_dsn  # the fixture: a fresh schema
+pg_dsn = postgres.pg_dsn  # the fixture: a fresh schema
+
 HANG_GUARD_SECONDS = 120
 
 
@@ -54,7 +55,7 @@ def run_on_a_terminal(args: list[str]) -> tuple[int, str]:
 
 
 def test_import_sqlite_shows_a_bar_on_a_terminal_only(pg_dsn: str, tmp_path: Path) -> None:
-    schema = test_postgres_store.query(pg_dsn, "SELECT current_schema()")[0][0]
+    schema = query(pg_dsn, "SELECT current_schema()")[0][0]
     uri = with_schema(server_dsn(), schema)
     source = tmp_path / "old.db"
     sqlite_with_events(source, 25_000)

@@ -17,7 +17,7 @@ import pytest
 
 from drengr.core.auth import key_from_query
 
-from .conftest import ENGINES, basic, read_rows
+from .support.app import ENGINES, basic, read_rows
 
 # The app tests run against both stores (tests/conftest.py); the pure reader needs neither.
 both_stores = pytest.mark.parametrize("engine", ENGINES, indirect=True)

@@ -21,8 +21,8 @@ from drengr.drops import DropLog
 from drengr.store import SQLiteStore, open_store
 from drengr.web import Config, create_app
 
-from .conftest import ENGINES, basic, post
-from .read_wiring import wire
+from .support.app import ENGINES, basic, post
+from .support.read_wiring import wire
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 

@@ -30,8 +30,8 @@ import drengr  # noqa: E402
 from drengr.store import SQLiteStore  # noqa: E402
 from drengr.web import Config, create_app  # noqa: E402
 
-from .conftest import post  # noqa: E402
-from .read_wiring import wire  # noqa: E402
+from .support.app import post  # noqa: E402
+from .support.read_wiring import wire  # noqa: E402
 
 EXAMPLES = 40  # generated requests per operation
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

@@ -32,7 +32,7 @@ import pytest
 
 from drengr.store import SQLiteStore
 
-from .realserver import (
+from .support.realserver import (
     INGEST_FAILED,
     TENANT,
     Server,

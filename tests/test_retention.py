@@ -17,8 +17,8 @@ from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import format_ms
 from drengr.store import open_store
 
-from .conftest import ENGINES, read_rows
-from .realserver import create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
+from .support.app import ENGINES, read_rows
+from .support.realserver import create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 NOW_MS = 1_796_000_000_000  # 2026-11-30; the stores run on this clock
 HANG_GUARD_SECONDS = 60
@@ -87,7 +87,7 @@ def test_drengr_prune_from_the_command_line(db_path, engine, tmp_path):
 
 
 def drengr(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    from .test_settings import child_env
+    from .support.realserver import child_env
 
     return subprocess.run(
         [sys.executable, "-m", "drengr", *args], capture_output=True, text=True, env=child_env(env),

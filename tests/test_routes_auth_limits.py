@@ -15,7 +15,7 @@ from drengr.core.limits import MAX_BODY_BYTES
 from drengr.store import SQLiteStore
 from drengr.web import Config, create_app
 
-from .conftest import ENGINES, basic, post, read_rows
+from .support.app import ENGINES, basic, post, read_rows
 
 # The whole contract runs against both stores (tests/conftest.py).
 pytestmark = [pytest.mark.parametrize("engine", ENGINES, indirect=True), pytest.mark.dated]

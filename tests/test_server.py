@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .clients.harness import require
-from .realserver import Server, create_db, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
+from .support.realserver import Server, create_db, free_port, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 ROOT = Path(__file__).parents[1]  # the README quickstart runs in tests/test_docs.py
 HANG_GUARD_SECONDS = 60  # a server that never answers fails here instead of hanging the suite

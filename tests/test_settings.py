@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-import drengr as package
 from drengr import cli
 from drengr.cli_common import UsageError
 from drengr.settings import (
@@ -40,14 +39,13 @@ from drengr.settings import (
     markdown_table,
 )
 
-from .conftest import basic, post
+from .support.app import basic
+from .support.observe import ALLOW_PROBE, PROBE_KEYS, observe, stripped
+from .support.realserver import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_ROOT = Path(package.__file__).resolve().parents[1]  # the drengr these tests import (src/)
 OPERATING = ROOT / "docs" / "operating.md"
 HANG_GUARD_SECONDS = 60  # a server that never answers fails the test instead of hanging it
-PROBE_KEYS = ("secretish_v", "email", "plan")  # the property keys an event is sent with
-ALLOW_PROBE = "email_opt_in"  # sent too: stripped by the default and the example fragments, unless allowed
 DAY_SECONDS = 86_400
 ANALYTICS_JS = "/* analytics-next, as this test's folder holds it */"
 # Examples that name something of the machine (a folder, a CPU): the docs show them, a test makes its own.
@@ -58,15 +56,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    """This environment without any DRENGR_ variable, plus ``extra``; children import our drengr."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("DRENGR_")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        str(p) for p in (CODE_ROOT, ROOT, os.environ.get("PYTHONPATH", "")) if p
-    )
-    return {**env, **extra}
 
 
 def non_default(setting: Setting, command: str, tmp_path: Path) -> str:
@@ -88,10 +77,6 @@ def non_default(setting: Setting, command: str, tmp_path: Path) -> str:
     return setting.example
 
 
-def stripped(keys_kept: set[str]) -> list[str]:
-    return [key for key in PROBE_KEYS if key not in keys_kept]
-
-
 def expected_stripped(fragments: tuple[str, ...]) -> list[str]:
     return [key for key in PROBE_KEYS if any(fragment in key.lower() for fragment in fragments)]
 
@@ -99,42 +84,6 @@ def expected_stripped(fragments: tuple[str, ...]) -> list[str]:
 def expected_allowed(names: tuple[str, ...]) -> list[str]:
     assert ALLOW_PROBE in names, "the example of pii_allow names the probe key"
     return [ALLOW_PROBE]
-
-
-def observe(app: Any) -> dict[str, Any]:
-    """What the built app does with its settings, seen from outside Config (wsgi.py's test runs this too)."""
-    store = app.extensions["drengr.store"]
-    config = app.extensions["drengr.config"]
-    client = app.test_client()
-    key = store.create_key("observer", "publishable")
-    prefixes = {prefix for prefix in ("", config.prefix) if client.get(prefix + "/health").status_code == 200}
-    properties = dict.fromkeys((*PROBE_KEYS, ALLOW_PROBE), "x")
-    event = {"type": "track", "event": "Probe", "userId": "u", "properties": properties}
-    prefix = prefixes.pop() if len(prefixes) == 1 else "(several)"
-    assert post(client, prefix + "/v1/track", event, key).status_code == 200
-    conn = sqlite3.connect(store.path)
-    [(dims, received_at)] = conn.execute(
-        "SELECT dims, received_at FROM semantic_events WHERE tenant_id = 'observer'"
-    ).fetchall()
-    conn.close()
-    library = client.get(f"{prefix}/analytics.js/v1/{key}/analytics.min.js")
-    reader = store._reader()
-    writer_pid = store.writer_pid
-    return {
-        "db": store.path,
-        "prefix": prefix,
-        "durability": {2: "full", 1: "normal"}[reader.execute("PRAGMA synchronous").fetchone()[0]],
-        "writer": "process" if writer_pid else "thread",
-        "writer_cpus": sorted(os.sched_getaffinity(writer_pid)) if writer_pid else None,
-        "busy_timeout_ms": reader.execute("PRAGMA busy_timeout").fetchone()[0],
-        "pii_substrings": stripped(set(json.loads(dims))),
-        "pii_allow": [ALLOW_PROBE] if ALLOW_PROBE in json.loads(dims) else [],
-        "retention": retention._age_ms // 1000
-        if (retention := app.extensions.get("drengr.retention"))
-        else None,
-        "analytics_js": library.get_data(as_text=True) if library.status_code == 200 else None,
-        "received_at": received_at,
-    }
 
 
 # ---------------------------------------------------------------- the registry
@@ -351,7 +300,7 @@ WSGI_SEEN = {
 
 
 def _import_wsgi(tmp_path: Path, env: dict[str, str], then: str) -> subprocess.CompletedProcess[str]:
-    program = f"import json, wsgi\nfrom tests.test_settings import observe\n{then}"
+    program = f"import json, wsgi\nfrom tests.support.observe import observe\n{then}"
     return subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path,
         env=child_env(env), timeout=HANG_GUARD_SECONDS,

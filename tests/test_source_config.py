@@ -14,7 +14,7 @@ import pytest
 
 from drengr.core.control_plane import source_config_document
 
-from .conftest import ENGINES, basic, read_rows
+from .support.app import ENGINES, basic, read_rows
 
 both_stores = pytest.mark.parametrize("engine", ENGINES, indirect=True)
 

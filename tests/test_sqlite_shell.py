@@ -7,7 +7,7 @@ from typing import Any
 from drengr.store import SQLiteStore
 from drengr.web import Config, create_app
 
-from .conftest import post, read_rows
+from .support.app import post, read_rows
 
 SUCCESS = b'{"success": true}'
 

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from drengr import clock
-from tests.conftest import read_rows
-from tests.realserver import Server, launch
+from tests.support.app import read_rows
+from tests.support.realserver import Server, launch
 
 ROOT = Path(__file__).parents[2]
 SDKS_PAGE = ROOT / "docs" / "sdks.md"

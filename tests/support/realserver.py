@@ -27,8 +27,12 @@ from typing import Any
 
 import pytest
 
+import drengr as package
 from drengr.store import SQLiteStore
 
+ROOT = Path(__file__).resolve().parents[2]
+CODE_ROOT = Path(package.__file__).resolve().parents[1]  # the drengr these tests import (src/)
+PREFIX = "/segment-ingest"  # `drengr serve --prefix`, as docs/deploying.md's nginx example mounts it
 TENANT = "acme"
 INGEST_FAILED = {"error": "Ingest failed", "code": "ingest_failed", "message": "Ingest failed"}
 
@@ -272,3 +276,45 @@ def integrity(db: Path) -> str:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment without any DRENGR_ variable, plus ``extra``; children import our drengr."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DRENGR_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        str(p) for p in (CODE_ROOT, ROOT, os.environ.get("PYTHONPATH", "")) if p
+    )
+    return {**env, **extra}
+
+
+def node_env() -> dict[str, str]:
+    """This environment, with the clone's src/ first on PYTHONPATH (a node, a CLI command)."""
+    src = str(ROOT / "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def start_node(store_uri: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`drengr serve` on ``store_uri`` (PostgreSQL) under ``PREFIX``, as a node behind nginx."""
+    command = [sys.executable, "-m", "drengr", "serve", "--store", store_uri, "--port", str(port),
+               "--prefix", PREFIX, "--threads", "4", "--log-level", "warning"]  # fmt: skip
+    with log.open("ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=node_env())
+
+
+def wait_for(port: int, path: str, deadline_s: float = 30) -> None:
+    """Until ``path`` on 127.0.0.1:``port`` answers 200 (fails after ``deadline_s``)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"nothing healthy on 127.0.0.1:{port}{path}")
