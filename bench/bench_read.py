@@ -35,14 +35,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def synthetic_rows(start: int, n: int) -> list[tuple[Any, ...]]:
-    """Rows start…start+n, received in order over SPAN_MS, twelve names, 50,000 users, ~180-byte dims."""
+    """Rows start…start+n, received in order over SPAN_MS, twelve names (and a rare one), 50,000 users, ~180-byte dims."""
     rows = []
     for i in range(start, start + n):
         received = format_ms(NOW_MS - SPAN_MS + i * SPAN_MS // ROWS)
         dims = json.dumps({"path": f"/products/{i % 997}", "plan": "pro", "referrer": "https://example.com/a/b",
                            "campaign": f"winter_{i % 13}", "locale": "en-GB"}, separators=(",", ":"))  # fmt: skip
         measures = json.dumps({"revenue": (i % 400) / 4, "items": i % 5}) if i % 6 == 0 else "{}"
-        rows.append(("acme", f"e{i}", NAMES[i % 12], "track", f"u{i % 50_000}", f"a{i % 80_000}",
+        name = "refund_issued" if i % 99_991 == 99_990 else NAMES[i % 12]  # one rare name: ~100 in 10M
+        rows.append(("acme", f"e{i}", name, "track", f"u{i % 50_000}", f"a{i % 80_000}",
                      received, received, dims, measures, "analytics-python 2.4.0"))  # fmt: skip
     return rows
 
@@ -96,6 +97,9 @@ def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRe
         ),
         "/v1/events first page": lambda: reader.events(EventQuery("acme")),
         "/v1/events by event_name": lambda: reader.events(EventQuery("acme", event_name="event_07")),
+        "/v1/events by a rare event_name": lambda: reader.events(
+            EventQuery("acme", event_name="refund_issued")
+        ),
         "/v1/events by external_id": lambda: reader.events(EventQuery("acme", external_id="u4242")),
         "/v1/events by time range": lambda: reader.events(
             EventQuery(
@@ -135,6 +139,44 @@ def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRe
     assert (got.by_event, got.series, got.total) == (oracle.by_event, oracle.series, oracle.total)
     reader.close()
     conn.close()
+
+
+def bench_debugger_through_the_app(table: Path, request: pytest.FixtureRequest) -> None:
+    """The debugger's first paint (its page, two files and the three reads it makes before painting) and
+    one periodic poll, through the WSGI app on the ROWS-row table (no network, no browser)."""
+    from drengr.web import Config, create_app
+
+    rounds = 1 if request.config.getoption("benchmark_disable", False) else 5
+    store = SQLiteStore(str(table))
+    key = store.create_key("acme", "secret")
+    client = create_app(Config(db=str(table)), store=store, clock_ms=lambda: NOW_MS).test_client()
+    auth = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+
+    def get(path: str, **headers: str) -> Any:
+        response = client.get(path, headers=headers)
+        assert response.status_code == 200, (path, response.status_code)
+        return response
+
+    def first_paint() -> int:
+        get("/debugger"), get("/debugger/app.js"), get("/debugger/style.css")
+        page = get("/v1/events?order=desc&limit=50", **auth).get_json()
+        get("/v1/drops?limit=50", **auth), get("/v1/stats?since=30m&interval=minute", **auth)
+        return int(page["latest_cursor"])
+
+    try:
+        paint_s, cursor = median_seconds(first_paint, rounds)
+        poll_s, _ = median_seconds(
+            lambda: (
+                get(f"/v1/events?order=asc&limit=500&cursor={cursor}", **auth),
+                get("/v1/drops?limit=50", **auth),
+                get("/v1/stats?since=30m&interval=minute", **auth),
+            ),
+            rounds,
+        )
+    finally:
+        store.close()
+    print(f"\ndebugger on {ROWS:,} rows, through the app: first paint's requests {paint_s * 1000:,.1f} ms, "
+          f"one poll (three reads) {poll_s * 1000:,.1f} ms")  # fmt: skip
 
 
 def bench_ingest_with_and_without_rollups(

@@ -415,4 +415,4 @@ def datasette(args: argparse.Namespace, out: TextIO) -> int:
 
 # Facets on event_name and event_type count a group over the filtered rows: give them time at
 # 10M rows (Datasette's default is 200 ms, after which it drops the facet).
-DATASETTE_SETTINGS = ("--setting", "facet_time_limit_ms", "5000", "--setting", "sql_time_limit_ms", "10000")
+DATASETTE_SETTINGS = ("--setting", "facet_time_limit_ms", "30000", "--setting", "sql_time_limit_ms", "30000")

@@ -309,9 +309,14 @@ class _QueryReader:
         scoped = tenant_id is not None and self.seq_per_tenant
         tenant = " AND tenant_id = ?" if scoped else ""
         extra = [tenant_id] if scoped else []
-        low, high = execute(
-            self._sql(f"SELECT min(seq), max(seq) FROM semantic_events WHERE true{tenant}"), extra
-        ).fetchone()
+        # Two statements: SQLite answers a lone min() or max() with one step down the key, but
+        # min() and max() together with a scan of the whole table.
+        low = execute(
+            self._sql(f"SELECT min(seq) FROM semantic_events WHERE true{tenant}"), extra
+        ).fetchone()[0]
+        high = execute(
+            self._sql(f"SELECT max(seq) FROM semantic_events WHERE true{tenant}"), extra
+        ).fetchone()[0]
         if low is None:
             return 0
         probe = self._sql(
