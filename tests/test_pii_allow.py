@@ -22,7 +22,19 @@ from drengr.store import open_store
 from drengr.web import Config, create_app
 
 from .support.app import ENGINES, TENANT, post, read_rows
-from .test_pii_matching import MAPPERS
+
+try:
+    from drengr import _fast
+except ImportError:  # test_fast_twin.py::test_compiled_module_is_loaded fails loudly
+    _fast = None
+
+# The compiled mapper and its twin, each a param (test_pii_matching.py has the same table).
+MAPPERS = [
+    pytest.param(
+        _fast, id="compiled", marks=pytest.mark.skipif(_fast is None, reason="drengr._fast did not load")
+    ),
+    pytest.param(_fast_py, id="twin"),
+]
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 
