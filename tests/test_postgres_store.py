@@ -105,11 +105,13 @@ def test_semantic_events_has_the_spec_columns(pg: PostgresStore, pg_dsn: str) ->
         ("measures", "jsonb", "NO"),
     ]  # fmt: skip
     assert ("library", "text", "YES") in columns  # an extra column: the sending SDK
-    # Append-only: no unique index (dedup lives in event_ids); one index for the read API's pages.
+    # Append-only: no unique index (dedup lives in event_ids); two for the read API's pages.
+    schema = query(pg_dsn, "SELECT current_schema()")[0][0]
     assert query(pg_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'semantic_events' "
-                 "AND schemaname = current_schema()") == [  # fmt: skip
-        (f"CREATE INDEX semantic_events_tenant_seq ON {query(pg_dsn, 'SELECT current_schema()')[0][0]}"
-         ".semantic_events USING btree (tenant_id, seq)",)
+                 "AND schemaname = current_schema() ORDER BY indexname") == [  # fmt: skip
+        (f"CREATE INDEX semantic_events_tenant_seq ON {schema}.semantic_events USING btree (tenant_id, seq)",),
+        (f"CREATE INDEX semantic_events_tenant_user ON {schema}.semantic_events USING btree "
+         "(tenant_id, external_id, seq) WHERE (external_id IS NOT NULL)",),
     ]  # fmt: skip
 
 

@@ -350,13 +350,14 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     patch.undo()
 
 
-def oracle_page(path: Path, query: EventQuery) -> list[int]:
-    """The seqs of the page ``query`` asks for, chosen in Python from every row of the table."""
-    conn = sqlite3.connect(path)
-    rows = conn.execute(
-        "SELECT seq, tenant_id, event_name, external_id, received_at FROM semantic_events"
-    ).fetchall()
-    conn.close()
+def oracle_page(path: Path | list[tuple[Any, ...]], query: EventQuery) -> list[int]:
+    """The seqs of the page ``query`` asks for, chosen in Python from every row of the table (or these rows)."""
+    if isinstance(path, Path):
+        conn = sqlite3.connect(path)
+        rows = conn.execute(f"SELECT {ORACLE_COLUMNS} FROM semantic_events").fetchall()
+        conn.close()
+    else:
+        rows = path
     chosen = [
         seq
         for seq, tenant_id, name, external_id, received_at in rows
@@ -370,6 +371,7 @@ def oracle_page(path: Path, query: EventQuery) -> list[int]:
     return sorted(chosen, reverse=query.order == "desc")[: query.limit]
 
 
+ORACLE_COLUMNS = "seq, tenant_id, event_name, external_id, received_at"
 EVENT_QUERIES = [
     pytest.param(EventQuery("acme", external_id="u3", limit=5), id="user-newest"),
     pytest.param(EventQuery("acme", external_id="u3", order="asc", limit=5), id="user-oldest"),
@@ -491,3 +493,23 @@ def test_the_distinct_users_query_knows_the_size_of_a_block() -> None:
     metadata = json.loads((SRC / "drengr" / "datasette.json").read_text())
     sql = metadata["databases"]["drengr"]["queries"]["distinct_users"]["sql"]
     assert f"* {1 << USER_INDEX_BLOCK_BITS}\n" in sql
+
+
+def test_postgresql_pages_equal_the_rows_chosen_one_by_one() -> None:
+    """The same pages on PostgreSQL: external_id through its B-tree, event names through the rollups."""
+    from .support import postgres as pg
+
+    with pg.fresh_schema() as dsn:
+        schema = pg.query(dsn, "SELECT current_schema()")[0][0]
+        uri = pg.with_schema(pg.server_dsn(), schema)
+        fill(uri, "postgresql")
+        rows = [
+            (int(seq), *rest) for seq, *rest in pg.query(dsn, f"SELECT {ORACLE_COLUMNS} FROM semantic_events")
+        ]
+        reader = PostgresReader(uri)
+        try:
+            for query in [p.values[0] for p in EVENT_QUERIES]:
+                page = reader.events(query)
+                assert [event["seq"] for event in page.events] == oracle_page(rows, query), query
+        finally:
+            reader.close()
