@@ -4,7 +4,10 @@
 package data: no build step, nothing from a CDN. ``add_routes`` puts them on the
 read API's blueprint (``drengr.read_api``) at ``/debugger``, ``/debugger/app.js``
 and ``/debugger/style.css``, so they sit under the mount point like every read
-route; the page's URLs start at ``request.script_root``, so ``/p/debugger`` and
+route and keep their endpoint names (``drengr_read.debugger``: the ``route``
+label of ``drengr_http_requests_total``); that blueprint's ``template_folder`` is
+this folder, and the app has no templates of its own for ``index.html`` to meet.
+The page's URLs start at ``request.script_root``, so ``/p/debugger`` and
 ``/p/debugger/`` both work behind a prefix.
 
 The page asks for a secret key, keeps it in memory only (never in storage or
