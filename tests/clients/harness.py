@@ -1,7 +1,7 @@
 """What the live client suite shares: a real `drengr serve`, its access log, the rows, a store outage.
 
 The server is the real thing (waitress, a real SQLite file, 127.0.0.1, a free
-port), started by tests/realserver.py's ``launch`` like every other real
+port), started by tests/support/realserver.py's ``launch`` like every other real
 server, with `--log-level info` so every request leaves one JSON line from
 logger ``drengr.access`` on stderr; a thread reads them, so the tests can count
 what a library sent (retries included) from the server's side. Nothing here
