@@ -59,7 +59,7 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rows = synthetic_rows(start, min(CHUNK, ROWS - start))
         conn.execute("BEGIN IMMEDIATE")
         last = sqlite_store.insert_events(conn, rows)
-        sqlite_store.add_to_rollups(conn, rows)
+        sqlite_store.add_to_rollups(conn, [rows[i : i + 100] for i in range(0, len(rows), 100)])
         sqlite_store.index_users(conn, last, max_blocks=1 << 20)  # as the writer does, block by block
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

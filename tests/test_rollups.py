@@ -513,3 +513,30 @@ def test_postgresql_pages_equal_the_rows_chosen_one_by_one() -> None:
                 assert [event["seq"] for event in page.events] == oracle_page(rows, query), query
         finally:
             reader.close()
+
+
+def test_rollup_rows_count_by_name_and_type_within_a_request() -> None:
+    """One request's rows counted in C, by name (one type) or by name and type (several): as one by one."""
+    from collections import Counter
+
+    from drengr.store.sqlite import rollup_rows
+
+    def row(
+        name: str, type_: str, measures: str = "{}", received: str = "2026-11-26T10:00:05.000Z"
+    ) -> tuple[Any, ...]:
+        return ("acme", "e", name, type_, "u", "a", received, received, "{}", measures, None)
+
+    one_type = [
+        row("a", "track"),
+        row("b", "track", '{"revenue": 2.5, "plan": "x"}'),
+        row("a", "track", '{"revenue": 1}'),
+    ]
+    mixed = [row("home", "page"), row("home", "screen"), row("home", "page"), row("a", "track")]
+    later = [row("a", "track", received="2026-11-26T10:01:00.000Z")]
+    events, measures = rollup_rows([one_type, mixed, later, []])
+    expected = Counter(("acme", r[7][:16], r[2], r[3]) for r in one_type + mixed + later)
+    assert sorted(events) == sorted((*key, n) for key, n in expected.items())
+    assert sorted(measures) == [
+        ("acme", "2026-11-26T10:00", "a", "revenue", 1.0),
+        ("acme", "2026-11-26T10:00", "b", "revenue", 2.5),
+    ]

@@ -1045,8 +1045,7 @@ class PostgresStore:
                     for rows, n in zip(fresh, allowed, strict=True):
                         for row in rows[:n]:
                             copy.write_row(row)
-                stored = [row for rows, n in zip(fresh, allowed, strict=True) for row in rows[:n]]
-                events, measures = rollup_rows(stored)
+                events, measures = rollup_rows([rows[:n] for rows, n in zip(fresh, allowed, strict=True)])
                 if events:
                     measures = [(*key, float(total)) for *key, total in measures]
                     parameters: list[list[Any]] = []

@@ -200,27 +200,38 @@ def _upsert_template(prefix: str, column: str, measures: bool) -> str:
     )
 
 
-_ROLLUP_KEY = operator.itemgetter(0, 7, 2, 3)  # tenant_id, received_at, event_name, event_type
+_NAME, _TYPE, _NAME_TYPE = operator.itemgetter(2), operator.itemgetter(3), operator.itemgetter(2, 3)
 
 
-def rollup_rows(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """What ``rows`` (semantic_events tuples, seq aside) add to event_rollups and to measure_rollups.
+def rollup_rows(requests: list[list[tuple[Any, ...]]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """What the rows of ``requests`` (semantic_events tuples, seq aside) add to event_rollups and measure_rollups.
 
-    A request's rows share one time of receipt: they are counted by their whole
-    ``received_at`` first (in C, by Counter), and the few keys are cut to minutes after.
+    One list a request: its rows share a tenant and a time of receipt, so they are
+    counted by name in C (Counter; by name and type when types differ), and only the
+    few keys found get a minute. Measures are parsed only where a row has some.
     """
     counts: dict[tuple[str, str, str, str], int] = {}
-    for (tenant_id, received_at, name, type_), n in collections.Counter(map(_ROLLUP_KEY, rows)).items():
-        key = (tenant_id, received_at[:16], name, type_)
-        counts[key] = counts.get(key, 0) + n
     sums: dict[tuple[str, str, str, str], float] = {}
-    for row in rows:
-        if row[9] != "{}":  # most events carry no measure: no JSON to parse
-            for name, value in json.loads(row[9]).items():
-                if type(value) in (int, float):  # numbers only, as json_each's 'integer'/'real'
-                    measure = (row[0], row[7][:16], row[2], name)
-                    # REAL: a float sum, as SQLite stores it (an int may pass int64)
-                    sums[measure] = sums.get(measure, 0.0) + value
+    for rows in requests:
+        if not rows:
+            continue
+        tenant_id, minute = rows[0][0], rows[0][7][:16]  # received_at, `2026-11-26T02:50`
+        types = set(map(_TYPE, rows))
+        if len(types) == 1:
+            (type_,) = types
+            named = ((name, type_, n) for name, n in collections.Counter(map(_NAME, rows)).items())
+        else:
+            named = ((name, t, n) for (name, t), n in collections.Counter(map(_NAME_TYPE, rows)).items())
+        for name, type_, n in named:
+            key = (tenant_id, minute, name, type_)
+            counts[key] = counts.get(key, 0) + n
+        for row in rows:
+            if row[9] != "{}":  # most events carry no measure: no JSON to parse
+                for measure, value in json.loads(row[9]).items():
+                    if type(value) in (int, float):  # numbers only, as json_each's 'integer'/'real'
+                        key = (tenant_id, minute, row[2], measure)
+                        # REAL: a float sum, as SQLite stores it (an int may pass int64)
+                        sums[key] = sums.get(key, 0.0) + value
     return [(*k, n) for k, n in counts.items()], [(*k, v) for k, v in sums.items()]
 
 
@@ -246,9 +257,9 @@ def _upsert(conn: sqlite3.Connection, template: str, rows: list[tuple[Any, ...]]
         conn.execute(_upsert_statement(template, len(part)), list(itertools.chain.from_iterable(part)))
 
 
-def add_to_rollups(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Count ``rows``, just inserted, into the rollups of both grains (inside the caller's transaction)."""
-    events, measures = rollup_rows(rows)
+def add_to_rollups(conn: sqlite3.Connection, requests: list[list[tuple[Any, ...]]]) -> None:
+    """Count the rows just inserted, one list a request, into both grains (inside the caller's transaction)."""
+    events, measures = rollup_rows(requests)
     _upsert(conn, _upsert_template("", "minute", False), events)
     _upsert(conn, _upsert_template("hourly_", "hour", False), hourly(events))
     if measures:
@@ -1101,7 +1112,7 @@ class SQLiteStore:
             return []
         last = insert_events(conn, rows)
         seq = last - len(rows) + 1  # AUTOINCREMENT under our write lock: consecutive
-        add_to_rollups(conn, rows)
+        add_to_rollups(conn, [fresh for fresh, _keys in planned])
         additions = []
         for fresh, keys in planned:
             additions.append((keys, seq))
