@@ -290,3 +290,87 @@ def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureReques
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
     print(f"\nPostgreSQL, 100-event batches: {with_rate:,.0f} rows/s with rollups, {without_rate:,.0f} without: "
           f"{with_rate / without_rate:.1%} of the rate without")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pg_table() -> Any:
+    """ROWS rows in a fresh PostgreSQL schema (COPY), the rollups counted by SQL, the indexes built: a DSN."""
+    psycopg = pytest.importorskip("psycopg", reason="pip install '.[test]'")
+    import uuid
+
+    from drengr.store import postgres as pg_store
+
+    from .bench_postgres import server_dsn, with_schema
+
+    schema = "bench_read_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(server_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    dsn = with_schema(server_dsn(), schema)
+    try:
+        pg_store.PostgresStore(dsn).close()  # the schema, as drengr makes it
+        with psycopg.connect(dsn) as conn:
+            for start in range(0, ROWS, CHUNK):
+                with conn.cursor().copy(pg_store._COPY_EVENTS) as copy:
+                    for row in synthetic_rows(start, min(CHUNK, ROWS - start)):
+                        copy.write_row(row)
+                conn.commit()
+            for statement in pg_store._BACKFILL_ROLLUPS:  # what the writer would have counted
+                conn.execute(statement, ("acme", 0, ROWS + 1))
+            conn.commit()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        yield dsn
+    finally:
+        with psycopg.connect(server_dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def bench_postgres_reads_as_a_fraction_of_one_scan(pg_table: str, request: pytest.FixtureRequest) -> None:
+    """The API's reads on PostgreSQL, each as a fraction of one full scan of the same table."""
+    import psycopg
+
+    from drengr.store.reader import PostgresReader
+
+    rounds = 1 if request.config.getoption("benchmark_disable", False) else 5
+    reader = PostgresReader(pg_table)
+    since_7d = format_ms(NOW_MS - 7 * 86_400_000)
+    reads: dict[str, Callable[[], Any]] = {
+        "/v1/stats 7d by day": lambda: reader.stats(StatsQuery("acme", since=since_7d, interval="day")),
+        "/v1/stats 7d by event name, revenue": lambda: reader.stats(
+            StatsQuery("acme", since=since_7d, measures=("revenue",))
+        ),
+        "/v1/events first page": lambda: reader.events(EventQuery("acme")),
+        "/v1/events by event_name": lambda: reader.events(EventQuery("acme", event_name="event_07")),
+        "/v1/events by a rare event_name": lambda: reader.events(
+            EventQuery("acme", event_name="refund_issued")
+        ),
+        "/v1/events by external_id": lambda: reader.events(EventQuery("acme", external_id="u4242")),
+        "/v1/events by time range": lambda: reader.events(
+            EventQuery(
+                "acme", since=format_ms(NOW_MS - 3 * 86_400_000), until=format_ms(NOW_MS - 2 * 86_400_000)
+            )
+        ),
+        "debugger chart (last 30 min by minute)": lambda: reader.stats(
+            StatsQuery("acme", since=format_ms(NOW_MS - 1_800_000), interval="minute")
+        ),
+    }
+    with psycopg.connect(pg_table, autocommit=True) as conn:
+        scan_s, scanned = median_seconds(
+            lambda: conn.execute("select count(*), sum(length(dims::text)) from semantic_events").fetchone(),
+            max(1, rounds // 2),
+        )
+    assert scanned[0] == ROWS
+    print(
+        f"\nPostgreSQL, {ROWS:,} rows; one full scan (count(*), sum(length(dims::text))): {scan_s * 1000:,.1f} ms"
+    )
+    print(f"{'read':<42} {'ms':>10} {'of scan':>9}")
+    try:
+        for name, read in reads.items():
+            seconds, _ = median_seconds(read, rounds)
+            print(f"{name:<42} {seconds * 1000:>10.2f} {seconds / scan_s:>8.1%}")
+        query = StatsQuery("acme", since=since_7d, interval="day", measures=("revenue",))
+        rows, series = reader._snapshot(lambda execute: reader._scan_stats(execute, query), "stats")
+        oracle, got = _stats(rows, series, query), reader.stats(query)
+        assert (got.by_event, got.series, got.total) == (oracle.by_event, oracle.series, oracle.total)
+    finally:
+        reader.close()

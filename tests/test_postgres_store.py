@@ -105,10 +105,12 @@ def test_semantic_events_has_the_spec_columns(pg: PostgresStore, pg_dsn: str) ->
         ("measures", "jsonb", "NO"),
     ]  # fmt: skip
     assert ("library", "text", "YES") in columns  # an extra column: the sending SDK
-    # Append-only: no unique index (dedup lives in event_ids); two for the read API's pages.
+    # Append-only: no unique index (dedup lives in event_ids); three for the read API's pages.
     schema = query(pg_dsn, "SELECT current_schema()")[0][0]
     assert query(pg_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'semantic_events' "
                  "AND schemaname = current_schema() ORDER BY indexname") == [  # fmt: skip
+        (f"CREATE INDEX semantic_events_tenant_name ON {schema}.semantic_events USING btree "
+         "(tenant_id, event_name, seq)",),
         (f"CREATE INDEX semantic_events_tenant_seq ON {schema}.semantic_events USING btree (tenant_id, seq)",),
         (f"CREATE INDEX semantic_events_tenant_user ON {schema}.semantic_events USING btree "
          "(tenant_id, external_id, seq) WHERE (external_id IS NOT NULL)",),
@@ -123,7 +125,7 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     query(pg_dsn, "ALTER TABLE tenants DROP COLUMN pii_allow")  # version 3's
     query(pg_dsn, "DROP TABLE event_rollups, measure_rollups")  # version 4's
     query(pg_dsn, "DROP TABLE hourly_event_rollups, hourly_measure_rollups")  # version 5's
-    query(pg_dsn, "DROP INDEX semantic_events_tenant_user")
+    query(pg_dsn, "DROP INDEX semantic_events_tenant_user, semantic_events_tenant_name")
     query(pg_dsn, "DELETE FROM drengr_meta WHERE key = 'rollups_from_seq'")
     query(pg_dsn, "UPDATE drengr_meta SET value = '1' WHERE key = 'schema_version'")
     query(pg_dsn, "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id,"

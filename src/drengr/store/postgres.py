@@ -83,7 +83,7 @@ from .sqlite import hourly, rollup_rows
 log = logging.getLogger("drengr.store")
 
 # 2: semantic_events.library, index (tenant_id, seq), drop_counts; 3: tenants.pii_allow; 4: rollups;
-# 5: hourly rollups, the index (tenant_id, external_id, seq)
+# 5: hourly rollups, indexes (tenant_id, external_id, seq) and (tenant_id, event_name, seq)
 SCHEMA_VERSION = 5
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 PRUNE_EVERY_SECONDS = 600.0
@@ -211,9 +211,11 @@ SCHEMA = [
     """INSERT INTO hourly_measure_rollups (tenant_id, hour, event_name, measure, total)
     SELECT tenant_id, substr(minute, 1, 13), event_name, measure, sum(total) FROM measure_rollups
     WHERE NOT EXISTS (SELECT 1 FROM hourly_measure_rollups) GROUP BY 1, 2, 3, 4""",
-    # One user's events (/v1/events?external_id=): a B-tree PostgreSQL keeps beside the rows.
+    # One user's events, one name's (/v1/events?external_id=, ?event_name=): B-trees PostgreSQL keeps
+    # beside the rows.
     "CREATE INDEX IF NOT EXISTS semantic_events_tenant_user ON semantic_events (tenant_id, external_id, seq) "
     "WHERE external_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS semantic_events_tenant_name ON semantic_events (tenant_id, event_name, seq)",
 ]
 # Sorted rows, so concurrent writers (several nodes) take the rollup rows' locks in one order.
 # One statement for both grains and both tables, its rows as arrays (one round trip, as

@@ -35,6 +35,8 @@ MAX_MEASURES_PER_QUERY = 10
 # Rows are appended in received order only nearly (clocks of several processes,
 # group commits): the seq found by binary search on received_at starts this much earlier.
 RECEIVED_ORDER_SLACK_MS = 60_000
+# /v1/events by event_name reads this many rows nearest the cursor before it turns to the rollups.
+NAME_SCAN_ROWS = 4_096
 _SAFE_MEASURE = re.compile(r'[^"\\\x00-\x1f]{1,64}')
 
 EVENT_SELECT = (
@@ -164,6 +166,12 @@ def _export_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return (int(row[0]), *row[1:])
 
 
+def _with_limit(query: EventQuery, limit: int) -> EventQuery:
+    from dataclasses import replace
+
+    return replace(query, limit=limit)
+
+
 def _replace_stats(query: StatsQuery, **changes: Any) -> StatsQuery:
     from dataclasses import replace
 
@@ -256,6 +264,7 @@ class _QueryReader:
     mark = "?"
     sum_expression = ""
     seq_per_tenant = False
+    names_through_rollups = True  # False: an index on (tenant_id, event_name, seq) finds them
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -355,8 +364,26 @@ class _QueryReader:
                 blocks = self._indexed_blocks(execute)
                 if blocks is not None:
                     return self._events_by_user(execute, query, low, high, blocks), top
-            if query.event_name is not None and query.tenant_id is not None and self._rollups_cover(execute):
-                return self._events_by_minutes(execute, query, low, high), top
+            if (
+                self.names_through_rollups
+                and query.event_name is not None
+                and query.tenant_id is not None
+                and high - low > NAME_SCAN_ROWS
+                and self._rollups_cover(execute)
+            ):
+                # The rows nearest the cursor first (a common name fills its page there), then
+                # only the minutes that hold the name.
+                near = (
+                    (max(low, high - NAME_SCAN_ROWS), high)
+                    if query.order == "desc"
+                    else (low, low + NAME_SCAN_ROWS)
+                )
+                rows = self._events_between(execute, query, *near, query.limit)
+                if len(rows) == query.limit:
+                    return rows, top
+                rest = (low, near[0] - 1) if query.order == "desc" else (near[1] + 1, high)
+                more = self._events_by_minutes(_with_limit(query, query.limit - len(rows)), execute, *rest)
+                return rows + more, top
             return self._events_between(execute, query, low, high, query.limit), top
 
         rows, top = self._snapshot(work, "events")
@@ -432,7 +459,7 @@ class _QueryReader:
         return rows[: query.limit]
 
     def _events_by_minutes(
-        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int
+        self, query: EventQuery, execute: Callable[..., Any], low: int, high: int
     ) -> list[tuple[Any, ...]]:
         """An event name's page through the rollups: only the received minutes that hold the name are read.
 
@@ -764,6 +791,7 @@ class PostgresReader(_QueryReader):
     mark = "%s"
     sum_expression = "sum((measures ->> %s)::numeric)"
     seq_per_tenant = True
+    names_through_rollups = False
 
     def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
         # No index on seq alone to look for older rows: the rollups cover the table when they began
