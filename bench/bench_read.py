@@ -259,7 +259,8 @@ def bench_ingest_into_the_full_table_against_an_empty_one(
 
 
 def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureRequest, monkeypatch: Any) -> None:
-    """PostgreSQL: 100-event batches through PostgresStore.write, rounds alternating with and without the rollups.
+    """PostgreSQL: 100-event batches through PostgresStore.write, alternating with and without the read structures
+    (the rollups and the indexes on external_id and event_name).
 
     Needs a server: DRENGR_TEST_POSTGRES_DSN, as bench/bench_postgres.py says (fsync on for real figures).
     """
@@ -279,6 +280,11 @@ def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureReques
         )
         with contextlib.contextmanager(schema_dsn.__wrapped__)() as dsn:  # type: ignore[attr-defined]
             store = pg_store.PostgresStore(dsn)
+            if label == "without":  # nor the indexes for one user's or one name's events
+                import psycopg
+
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute("DROP INDEX semantic_events_tenant_user, semantic_events_tenant_name")
             started = time.perf_counter()
             for b in range(batches):
                 received = format_ms(NOW_MS + b * 1_000)  # one time of receipt a batch, as the server's
@@ -288,7 +294,7 @@ def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureReques
             results[label].append(batches * 100 / (time.perf_counter() - started))
             store.close()
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
-    print(f"\nPostgreSQL, 100-event batches: {with_rate:,.0f} rows/s with rollups, {without_rate:,.0f} without: "
+    print(f"\nPostgreSQL, 100-event batches: {with_rate:,.0f} rows/s with rollups and indexes, {without_rate:,.0f} without: "
           f"{with_rate / without_rate:.1%} of the rate without")  # fmt: skip
 
 
@@ -374,3 +380,38 @@ def bench_postgres_reads_as_a_fraction_of_one_scan(pg_table: str, request: pytes
         assert (got.by_event, got.series, got.total) == (oracle.by_event, oracle.series, oracle.total)
     finally:
         reader.close()
+
+
+def bench_postgres_ingest_into_the_full_table_against_an_empty_one(
+    pg_table: str, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL: 100-event batches into the ROWS-row table and into an empty schema, alternating."""
+    from drengr.store import postgres as pg_store
+
+    from .bench_postgres import schema_dsn
+
+    batches = 20 if request.config.getoption("benchmark_disable", False) else 300
+    template = synthetic_rows(0, 100)
+
+    def batch(tag: str, b: int) -> list[tuple[Any, ...]]:
+        received = format_ms(NOW_MS + b * 1_000)
+        return [(row[0], f"{tag}-{b}-{row[1]}", *row[2:6], received, received, *row[8:]) for row in template]
+
+    with contextlib.contextmanager(schema_dsn.__wrapped__)() as empty_dsn:  # type: ignore[attr-defined]
+        stores = {"empty": pg_store.PostgresStore(empty_dsn), "full table": pg_store.PostgresStore(pg_table)}
+        results: dict[str, list[float]] = {label: [] for label in stores}
+        try:
+            for label, store in stores.items():
+                assert store.write("acme", batch(f"warm-{label}", 0), NOW_MS).stored == 100
+            for round_ in range(6):
+                label = "empty" if round_ % 2 == 0 else "full table"
+                started = time.perf_counter()
+                for b in range(batches):
+                    assert stores[label].write("acme", batch(f"r{round_}", b), NOW_MS).stored == 100
+                results[label].append(batches * 100 / (time.perf_counter() - started))
+        finally:
+            for store in stores.values():
+                store.close()
+    empty, full = (statistics.median(results[k]) for k in ("empty", "full table"))
+    print(f"\nPostgreSQL, 100-event batches: {full:,.0f} rows/s into the {ROWS:,}-row table, {empty:,.0f} into "
+          f"an empty one: {full / empty:.1%} of the empty table's rate")  # fmt: skip
