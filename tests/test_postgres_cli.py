@@ -45,6 +45,11 @@ def test_admin_commands_and_moving_a_sqlite_database(pg_dsn: str, tmp_path: Path
     assert "Copied 25 events" in moved.stderr
     assert "Copied 0 events" in drengr("db", "import-sqlite", str(old), "--store", uri).stderr
     assert count(pg_dsn) == 25
+    # The copied rows are counted into the rollups /v1/stats reads (once: the second run copied none).
+    assert query(pg_dsn, "SELECT tenant_id, minute, event_name, events FROM event_rollups") == [
+        ("globex", "2026-11-26T00:00", "e", 25)
+    ]
+    assert query(pg_dsn, "SELECT hour, events FROM hourly_event_rollups") == [("2026-11-26T00", 25)]
 
 
 def test_store_mistakes_are_one_sentence(tmp_path: Path) -> None:

@@ -249,6 +249,17 @@ _UPSERT_ROLLUPS = (
 )
 
 
+def _add_to_rollups(cur: Any, requests: list[list[tuple[Any, ...]]]) -> None:
+    """Count the rows just copied in (one list a request, as rollup_rows takes them) into the rollups."""
+    events, measures = rollup_rows(requests)
+    if events:
+        measures = [(*key, float(total)) for *key, total in measures]
+        parameters: list[list[Any]] = []
+        for rollups in (events, hourly(events), measures, hourly(measures)):
+            parameters += [list(column) for column in zip(*rollups, strict=True)] or [[]] * 5
+        cur.execute(_UPSERT_ROLLUPS, parameters)
+
+
 def _count_rows_sql(where: str, sign: str = "") -> list[str]:
     """INSERT … SELECT statements counting the rows ``where`` selects into every grain (a backfill, a prune)."""
     statements = []
@@ -877,6 +888,7 @@ class PostgresStore:
                     with cur.copy(_COPY_EVENTS) as copy:
                         for row in fresh:
                             copy.write_row(row)
+                    _add_to_rollups(cur, [[row] for row in fresh])  # rows of many times of receipt
                     cur.execute(
                         "INSERT INTO drengr_meta (key, value) VALUES (%s, %s) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -1047,13 +1059,7 @@ class PostgresStore:
                     for rows, n in zip(fresh, allowed, strict=True):
                         for row in rows[:n]:
                             copy.write_row(row)
-                events, measures = rollup_rows([rows[:n] for rows, n in zip(fresh, allowed, strict=True)])
-                if events:
-                    measures = [(*key, float(total)) for *key, total in measures]
-                    parameters: list[list[Any]] = []
-                    for rollups in (events, hourly(events), measures, hourly(measures)):
-                        parameters += [list(column) for column in zip(*rollups, strict=True)] or [[]] * 5
-                    cur.execute(_UPSERT_ROLLUPS, parameters)
+                _add_to_rollups(cur, [rows[:n] for rows, n in zip(fresh, allowed, strict=True)])
         outcomes: list[StoreOutcome] = []
         for job, n in zip(jobs, allowed, strict=True):
             duplicates = len(job.rows) - len(fresh[len(outcomes)])
