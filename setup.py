@@ -1,8 +1,12 @@
-"""Builds the C++ extension ``drengr._fast`` against the simdjson that pysimdjson ships.
+"""Builds the compiled twins: ``drengr.mapping._mapping_c`` (C++ over simdjson) and ``drengr._index``.
 
-pysimdjson installs ``simdjson.h``, ``simdjson.cpp`` and ``csimdjson.pxd``
-beside its module; we compile simdjson.cpp into our extension so the Cython
-code can walk simdjson's DOM directly. Everything else is in pyproject.toml.
+pysimdjson installs ``simdjson.h`` and ``simdjson.cpp`` beside its module; we
+compile simdjson.cpp into our extension so the Cython code can walk simdjson's
+DOM directly (``_simdjson.pxd`` declares it; the C++ helpers are in
+``_helpers.hpp``). Everything else is in pyproject.toml.
+
+``DRENGR_NO_EXTENSIONS=1`` builds neither: the pure-Python twins serve (and at
+run time it makes ``drengr.mapping`` ignore a built module).
 """
 
 import os
@@ -13,11 +17,13 @@ from setuptools import Extension, setup
 
 SIMDJSON_DIR = os.path.dirname(simdjson.__file__)
 SITE_DIR = os.path.dirname(SIMDJSON_DIR)
+MAPPING_DIR = os.path.join("src", "drengr", "mapping")
 
-extension = Extension(
-    "drengr._fast",
-    sources=["src/drengr/_fast.pyx", os.path.join(SIMDJSON_DIR, "simdjson.cpp")],
-    include_dirs=[SIMDJSON_DIR],
+mapping = Extension(
+    "drengr.mapping._mapping_c",
+    sources=[os.path.join(MAPPING_DIR, "_mapping_c.pyx"), os.path.join(SIMDJSON_DIR, "simdjson.cpp")],
+    include_dirs=[MAPPING_DIR, SIMDJSON_DIR],
+    depends=[os.path.join(MAPPING_DIR, "_helpers.hpp"), os.path.join(MAPPING_DIR, "_simdjson.pxd")],
     language="c++",
     extra_compile_args=["-std=c++17", "-O3", "-DNDEBUG"],
 )
@@ -28,10 +34,13 @@ index = Extension(
     extra_compile_args=["-O3"],
 )
 
-setup(
-    ext_modules=cythonize(
-        [extension, index],
+if os.environ.get("DRENGR_NO_EXTENSIONS", "") not in ("", "0"):
+    ext_modules = []
+else:
+    ext_modules = cythonize(
+        [mapping, index],
         include_path=[SITE_DIR],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
-    ),
-)
+    )
+
+setup(ext_modules=ext_modules)

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # `python bench/bench_auth_timing.py` from anywhe
 
 from drengr.core import machine  # noqa: E402
 from drengr.core.auth import hash_key  # noqa: E402
-from drengr.core.mapping import BodyMapper  # noqa: E402
+from drengr.mapping import BodyMapper  # noqa: E402
 from drengr.store import SQLiteStore  # noqa: E402
 from tests.support.realserver import Server, create_db, launch  # noqa: E402
 

@@ -12,25 +12,25 @@ from typing import Any
 import pytest
 import simdjson
 
-from drengr import _fast_py
 from drengr.core.limits import DEFAULT_PII_SUBSTRINGS
+from drengr.mapping import _mapping_py
 
 from .payloads import RECEIVED_AT_MS, batch_body, body_of_size
 
 try:
-    from drengr import _fast
+    from drengr.mapping import _mapping_c
 except ImportError:  # tests/test_fast_twin.py fails loudly; here the compiled rows just fail
-    _fast = None
+    _mapping_c = None
 
 TENANT = "bench"
 SIZES = {"1": batch_body(1), "100": batch_body(100), "2500": batch_body(2_500)}
 SIZES["500KB"], _ = body_of_size()
-EVENTS = {name: _fast_py.Mapper(()).parse(body).item_count(None) for name, body in SIZES.items()}
+EVENTS = {name: _mapping_py.Mapper(()).parse(body).item_count(None) for name, body in SIZES.items()}
 
 
 def expected_rows(body: bytes) -> int:
     rows, dropped, _stripped = (
-        _fast_py.Mapper(DEFAULT_PII_SUBSTRINGS).parse(body).map(None, RECEIVED_AT_MS, TENANT)
+        _mapping_py.Mapper(DEFAULT_PII_SUBSTRINGS).parse(body).map(None, RECEIVED_AT_MS, TENANT)
     )
     assert not dropped
     return len(rows)
@@ -40,8 +40,8 @@ ROWS = {name: expected_rows(body) for name, body in SIZES.items()}
 
 
 def compiled() -> Any:
-    assert _fast is not None, "drengr._fast did not load"
-    return _fast
+    assert _mapping_c is not None, "drengr.mapping._mapping_c did not load"
+    return _mapping_c
 
 
 def record(benchmark: Any, size: str) -> None:
@@ -61,7 +61,7 @@ def test_simdjson_parse_only(benchmark, size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_compiled_parse_only(benchmark, size):
-    """drengr._fast Mapper.parse alone (simdjson DOM + the writeKey lookup), no mapping."""
+    """drengr.mapping._mapping_c Mapper.parse alone (simdjson DOM + the writeKey lookup), no mapping."""
     record(benchmark, size)
     mapper, body = compiled().Mapper(DEFAULT_PII_SUBSTRINGS), SIZES[size]
     document = benchmark(mapper.parse, body)
@@ -70,7 +70,7 @@ def test_compiled_parse_only(benchmark, size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_compiled_parse_and_map(benchmark, size):
-    """drengr._fast: parse the body and map every item to its row."""
+    """drengr.mapping._mapping_c: parse the body and map every item to its row."""
     record(benchmark, size)
     mapper, body = compiled().Mapper(DEFAULT_PII_SUBSTRINGS), SIZES[size]
     rows, dropped, _stripped = benchmark(lambda: mapper.parse(body).map(None, RECEIVED_AT_MS, TENANT))
@@ -79,8 +79,8 @@ def test_compiled_parse_and_map(benchmark, size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_twin_parse_and_map(benchmark, size):
-    """drengr._fast_py (the pure-Python oracle): parse the body and map every item to its row."""
+    """drengr.mapping._mapping_py (the pure-Python oracle): parse the body and map every item to its row."""
     record(benchmark, size)
-    mapper, body = _fast_py.Mapper(DEFAULT_PII_SUBSTRINGS), SIZES[size]
+    mapper, body = _mapping_py.Mapper(DEFAULT_PII_SUBSTRINGS), SIZES[size]
     rows, dropped, _stripped = benchmark(lambda: mapper.parse(body).map(None, RECEIVED_AT_MS, TENANT))
     assert len(rows) == ROWS[size] and not dropped

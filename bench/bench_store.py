@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from drengr.core.limits import MS_PER_DAY
-from drengr.core.mapping import BodyMapper
 from drengr.core.timestamps import format_ms, parse_ms
+from drengr.mapping import BodyMapper
 from drengr.store import SQLiteStore
 from drengr.store.sqlite import _INSERT_EVENTS
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+import drengr.mapping
 from drengr import clock
 from drengr.store import open_store
 from drengr.web import Config, create_app
@@ -17,6 +18,25 @@ from .support.app import TENANT
 def engine(request: pytest.FixtureRequest) -> str:
     """The store engine: SQLite unless a module parametrizes it (``tests.support.app.ENGINES``, indirect)."""
     return getattr(request, "param", "sqlite")
+
+
+# The mapper's two twins (drengr.mapping): a contract suite runs on both with
+#     pytestmark = pytest.mark.usefixtures("mapper_twin")
+MAPPER_TWINS = ["compiled", "pure"]
+
+
+@pytest.fixture(params=MAPPER_TWINS)
+def mapper_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which mapper the apps built in this test use: the compiled one, or the pure twin for every body.
+
+    Set before the app fixtures run (a ``usefixtures`` mark comes first): a
+    ``BodyMapper`` takes the compiled module as it is when it is built.
+    """
+    if request.param == "pure":
+        monkeypatch.setattr(drengr.mapping, "_mapping_c", None)
+    elif not drengr.mapping.COMPILED:
+        pytest.skip("the compiled mapper is not in use (DRENGR_NO_EXTENSIONS=1, or it did not load)")
+    return str(request.param)
 
 
 @pytest.fixture

@@ -20,9 +20,32 @@ class Block:
         if name in {BLOCKED!r}:
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
-import drengr.core.machine, drengr.core.settings, drengr._fast_py
-from drengr.core.mapping import BodyMapper, COMPILED
+import drengr.core.machine, drengr.core.settings, drengr.core.pixel
+from drengr.mapping import BodyMapper, COMPILED, _mapping_py
 print("ok", COMPILED)
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")
+
+
+# core/mapping.py only re-exports drengr.mapping for drengr.web's old import; it goes once web imports drengr.mapping.
+SHIMS = {"mapping.py"}
+
+
+def test_core_does_not_pick_the_mapper():
+    """drengr.mapping picks compiled or twin (and reads DRENGR_NO_EXTENSIONS): the core takes any BodyParser."""
+    modules = [f"drengr.core.{p.stem}" for p in sorted(CORE.glob("*.py")) if p.name not in SHIMS]
+    program = f"""
+import importlib, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "drengr.mapping" or name.startswith("drengr.mapping."):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+for name in {modules!r}:
+    importlib.import_module(name)
+print("ok")
 """
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""The compiled module ``drengr._fast`` and its Python twin agree, byte for byte.
+"""The compiled module ``drengr.mapping._mapping_c`` and its Python twin agree, byte for byte.
 
 Hypothesis writes Segment-like bodies as JSON *text* (so duplicate keys, escapes,
 odd number literals and whitespace reach both parsers as a client would send
@@ -11,8 +11,11 @@ oracle; the tables below pin which bodies the compiled module hands back to it
 import base64
 import gzip
 import importlib
+import importlib.machinery
 import json
 import os
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +25,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drengr import _fast_py
 from drengr.core.errors import InvalidJSON
 from drengr.core.limits import DEFAULT_PII_SUBSTRINGS, MAX_ITEM_BYTES
 from drengr.core.routes import classify
 from drengr.core.timestamps import parse_ms
+from drengr.mapping import NO_EXTENSIONS, _mapping_py
 
 try:
-    from drengr import _fast
+    from drengr.mapping import _mapping_c
 except ImportError:  # test_compiled_module_is_loaded fails loudly
-    _fast = None
+    _mapping_c = None
 
 PROPERTY = settings(  # DRENGR_FUZZ_EXAMPLES=5000 for a longer soak
     max_examples=int(os.environ.get("DRENGR_FUZZ_EXAMPLES", "300")),
@@ -43,15 +46,40 @@ TENANT = "acme"
 
 
 def compiled() -> Any:
-    assert _fast is not None, "drengr._fast did not load: see test_compiled_module_is_loaded"
-    return _fast
+    assert _mapping_c is not None, (
+        "drengr.mapping._mapping_c did not load: see test_compiled_modules_are_loaded"
+    )
+    return _mapping_c
 
 
-def test_compiled_module_is_loaded():
-    """Fails when the extension did not build or import (the app would silently run the twin)."""
-    module = importlib.import_module("drengr._fast")
-    assert module.__file__ is not None and not module.__file__.endswith(".py")
-    assert importlib.import_module("drengr.core.mapping").COMPILED
+# The compiled twins and the selector that must have picked each; a built module that fails to
+# import would otherwise fall back to its pure twin silently (yarl and multidict test the same).
+COMPILED_MODULES = [
+    pytest.param("drengr.mapping._mapping_c", "drengr.mapping", "_mapping_c", id="mapping"),
+    pytest.param("drengr._index", "drengr.store.sqlite", "FingerprintIndex", id="index"),
+]
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="DRENGR_NO_EXTENSIONS=1: the pure twins serve, by request")
+@pytest.mark.parametrize(("name", "user", "attribute"), COMPILED_MODULES)
+def test_compiled_modules_are_loaded(name, user, attribute):
+    """Fails when an extension did not build or import, or its user took the twin anyway."""
+    module = importlib.import_module(name)
+    assert module.__file__ is not None
+    assert module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), module.__file__
+    chosen = getattr(importlib.import_module(user), attribute)
+    assert chosen is module or chosen is getattr(module, attribute), f"{user} did not take {name}"
+
+
+def test_no_extensions_makes_the_pure_twin_serve():
+    """DRENGR_NO_EXTENSIONS=1 (read at import) leaves the compiled mapper unused, built or not."""
+    program = "import drengr.mapping as m; print(m.COMPILED, m.BodyMapper().compiled)"
+    env = {**os.environ, "DRENGR_NO_EXTENSIONS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
 
 
 # ---------------------------------------------------------------- JSON text with duplicate keys
@@ -355,7 +383,7 @@ received = st.one_of(
 
 def both(pii: tuple[str, ...], body: bytes) -> tuple[Any, Any]:
     """Parse with both; the generators only write JSON simdjson accepts, so neither may refuse."""
-    twin = _fast_py.Mapper(pii).parse(body)
+    twin = _mapping_py.Mapper(pii).parse(body)
     fast = compiled().Mapper(pii).parse(body)
     return fast, twin
 
@@ -618,7 +646,7 @@ def captured_bodies() -> list[Any]:
 def test_captured_requests_map_alike(path, body):
     _, single_type = classify(path.split("?")[0])
     try:
-        twin = _fast_py.Mapper(DEFAULT_PII_SUBSTRINGS).parse(body)
+        twin = _mapping_py.Mapper(DEFAULT_PII_SUBSTRINGS).parse(body)
     except InvalidJSON:
         with pytest.raises(InvalidJSON):
             compiled().Mapper(DEFAULT_PII_SUBSTRINGS).parse(body)
@@ -684,11 +712,11 @@ def outcome(parse: Any, body: bytes) -> str:
 @pytest.mark.parametrize(("body", "compiled_says", "twin_says"), TABLE)
 def test_refused_or_invalid(body, compiled_says, twin_says):
     assert outcome(compiled().Mapper(DEFAULT_PII_SUBSTRINGS).parse, body) == compiled_says
-    assert outcome(_fast_py.Mapper(DEFAULT_PII_SUBSTRINGS).parse, body) == twin_says
+    assert outcome(_mapping_py.Mapper(DEFAULT_PII_SUBSTRINGS).parse, body) == twin_says
 
 
 def test_refused_is_the_twins_refused():
-    assert issubclass(compiled().Refused, _fast_py.Refused)
+    assert issubclass(compiled().Refused, _mapping_py.Refused)
     assert issubclass(compiled().Refused, ValueError)
 
 

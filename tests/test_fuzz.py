@@ -4,7 +4,7 @@ Issue 5, point 6. One fuzz input is ``selector byte + body``: the selector
 picks the route, where the key comes from and the Content-Encoding (the
 harness compresses the body itself, so the fuzzer spends its time on JSON,
 not on zlib internals). Every input goes through ``machine.run`` twice —
-with the compiled ``drengr._fast`` (and its fallback, as in production) and
+with the compiled ``drengr.mapping._mapping_c`` (and its fallback, as in production) and
 with the pure-Python twin alone — and must satisfy:
 
 - nothing escapes ``machine.run`` (an escaping exception is a 502 for client input);
@@ -44,7 +44,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from drengr import _fast_py
 from drengr.core import machine
 from drengr.core.auth import KeyRecord, hash_key
 from drengr.core.errors import SUCCESS_BODY
@@ -59,16 +58,16 @@ from drengr.core.limits import (
     MAX_STRIPPED_KEY_NAMES,
     MIN_OCCURRED_AT_MS,
 )
-from drengr.core.mapping import BodyMapper
 from drengr.core.timestamps import parse_ms
+from drengr.mapping import BodyMapper, _mapping_py
 
 CORPUS = Path(__file__).with_name("fuzz_corpus")
 KEY = "drengr_pk_fuzzfuzzfuzzfuzzfuzzfuzzfuzzfu"
 TENANT = "fuzz"
 RECEIVED_MS = 1_795_000_000_000  # 2026-11-18
-# What a server has: importing drengr._fast_py raises CPython's default 1,000 to this, so
+# What a server has: importing drengr.mapping._mapping_py raises CPython's default 1,000 to this, so
 # json.loads can follow the 1,024 levels simdjson accepts.
-PRODUCTION_RECURSION_LIMIT = max(1_000, 4 * _fast_py.MAX_DEPTH)
+PRODUCTION_RECURSION_LIMIT = max(1_000, 4 * _mapping_py.MAX_DEPTH)
 RECORDS = {hash_key(KEY): KeyRecord(hash_key(KEY), TENANT, "publishable")}
 
 ROUTES = ["/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias",
@@ -148,7 +147,7 @@ def _with_default_recursion_limit(function: Any, *args: Any) -> Any:
 
 _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fuzz-worker")
 _PRODUCTION = BodyMapper(DEFAULT_PII_SUBSTRINGS)  # compiled, twin for what simdjson refuses
-_TWIN = _fast_py.Mapper(DEFAULT_PII_SUBSTRINGS)  # the pure-Python twin alone
+_TWIN = _mapping_py.Mapper(DEFAULT_PII_SUBSTRINGS)  # the pure-Python twin alone
 
 
 def check_input(data: bytes) -> int:
@@ -169,7 +168,7 @@ def check_input(data: bytes) -> int:
 def check_stripped(stripped: dict[str, tuple[int, tuple[str, ...]]]) -> None:
     """Counts are positive; only a few names are kept, each a key name cut to 64, never repeated."""
     for reason, (count, names) in stripped.items():
-        assert reason in _fast_py.STRIP_REASONS
+        assert reason in _mapping_py.STRIP_REASONS
         assert count >= len(names) and count > 0
         assert len(names) <= MAX_STRIPPED_KEY_NAMES and len(set(names)) == len(names)
         assert all(isinstance(n, str) and len(n) <= MAX_DIM_KEY_CHARS for n in names)

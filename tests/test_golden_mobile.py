@@ -34,7 +34,11 @@ import pytest
 
 from .support.app import ENGINES, basic, read_rows
 
-pytestmark = [pytest.mark.parametrize("engine", ENGINES, indirect=True), pytest.mark.dated]
+pytestmark = [
+    pytest.mark.parametrize("engine", ENGINES, indirect=True),
+    pytest.mark.usefixtures("mapper_twin"),  # the compiled mapper and the pure twin
+    pytest.mark.dated,
+]
 
 RECEIVED = "2026-12-05T10:00:05.000Z"
 ORIGINAL = "2026-12-05T10:00:00.000Z"  # when the app made the calls

@@ -40,7 +40,9 @@ from drengr.store import SQLiteStore
 from .support.app import TENANT, read_rows
 from .support.wire import BY_ID, CAPTURES, POSTS, PREFLIGHTS, Capture, replay_request, send
 
-pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
+# Both mappers (the compiled one, and the pure twin for every body); `dated`: run again with the
+# clock far from today (tests/test_any_date.py).
+pytestmark = [pytest.mark.usefixtures("mapper_twin"), pytest.mark.dated]
 
 # Requests per client, as INDEX.md lists them: every one of them is replayed.
 CLIENT_REQUEST_COUNTS = {

@@ -14,7 +14,12 @@ from drengr.web import Config, create_app
 from .support.app import ENGINES, TENANT, post, read_rows
 
 # The whole contract runs against both stores (tests/conftest.py).
-pytestmark = [pytest.mark.parametrize("engine", ENGINES, indirect=True), pytest.mark.dated]
+# Every row on both stores and both mappers (the compiled one, and the pure twin for every body).
+pytestmark = [
+    pytest.mark.parametrize("engine", ENGINES, indirect=True),
+    pytest.mark.usefixtures("mapper_twin"),
+    pytest.mark.dated,
+]
 
 RECEIVED = "2026-11-26T02:50:53.123Z"
 RECEIVED_MS = parse_ms(RECEIVED)

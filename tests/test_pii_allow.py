@@ -14,27 +14,15 @@ from typing import Any
 
 import pytest
 
-from drengr import _fast_py
 from drengr.core.auth import hash_key
 from drengr.core.limits import DEFAULT_PII_SUBSTRINGS
 from drengr.core.timestamps import parse_ms
+from drengr.mapping import _mapping_py
 from drengr.store import open_store
 from drengr.web import Config, create_app
 
 from .support.app import ENGINES, TENANT, post, read_rows
-
-try:
-    from drengr import _fast
-except ImportError:  # test_fast_twin.py::test_compiled_module_is_loaded fails loudly
-    _fast = None
-
-# The compiled mapper and its twin, each a param (test_pii_matching.py has the same table).
-MAPPERS = [
-    pytest.param(
-        _fast, id="compiled", marks=pytest.mark.skipif(_fast is None, reason="drengr._fast did not load")
-    ),
-    pytest.param(_fast_py, id="twin"),
-]
+from .test_pii_matching import MAPPERS
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 
@@ -98,13 +86,13 @@ def test_a_tenant_list_lasts_one_map_only(mapper_module):
 def test_twin_and_compiled_agree_on_allowed_non_ascii_names():
     compiled = MAPPERS[0].values[0]
     if compiled is None:
-        pytest.skip("drengr._fast did not load (test_fast_twin.py fails loudly)")
+        pytest.skip("drengr.mapping._mapping_c did not load (test_fast_twin.py fails loudly)")
     body = json.dumps(
         {"type": "track", "event": "e", "userId": "u", "properties": {"Straßenname": 1, "Émail": 2}}
     )
     results = [
         module.Mapper(("name", "mail"), ("Émail",)).parse(body.encode()).map(None, RECEIVED_MS, TENANT)
-        for module in (compiled, _fast_py)
+        for module in (compiled, _mapping_py)
     ]
     assert results[0] == results[1]
     assert json.loads(results[0][0][0][9]) == {"Émail": 2}

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from drengr import _fast_py
 from drengr.core.limits import DEFAULT_PII_SUBSTRINGS
 from drengr.core.timestamps import parse_ms
+from drengr.mapping import _mapping_py
 
 try:
-    from drengr import _fast
+    from drengr.mapping import _mapping_c
 except ImportError:  # test_fast_twin.py::test_compiled_module_is_loaded fails loudly
-    _fast = None
+    _mapping_c = None
 
 RECEIVED_MS = parse_ms("2026-11-26T02:50:53.123Z")
 TENANT = "acme"
@@ -30,9 +30,11 @@ DEFAULTS = DEFAULT_PII_SUBSTRINGS
 
 MAPPERS = [
     pytest.param(
-        _fast, id="compiled", marks=pytest.mark.skipif(_fast is None, reason="drengr._fast did not load")
+        _mapping_c,
+        id="compiled",
+        marks=pytest.mark.skipif(_mapping_c is None, reason="drengr.mapping._mapping_c did not load"),
     ),
-    pytest.param(_fast_py, id="twin"),
+    pytest.param(_mapping_py, id="twin"),
 ]
 
 PII_CASES = [  # (the configured fragments, the key sent, whether it is PII)

@@ -12,7 +12,7 @@ passed in.
 
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .auth import MALFORMED, KeyRecord, key_from_headers, key_from_query, may_ingest
 from .body import decode_body
@@ -29,11 +29,22 @@ from .errors import (
     Unauthorized,
 )
 from .limits import CORS_MAX_AGE_SECONDS, MAX_BATCH_ITEMS, MAX_BODY_BYTES, MAX_ITEM_BYTES
-from .mapping import BodyMapper
 from .outcome import StoreOutcome
 from .routes import Route, classify, is_source_config
 
 DEFAULT_ALLOW_HEADERS = ("authorization", "content-type", "x-write-key")
+
+
+class BodyParser(Protocol):
+    """Parses a body into a document that maps itself to rows (``drengr.mapping.BodyMapper``).
+
+    The core names only this shape: which mapper runs, compiled or its twin,
+    is chosen outside it.
+    """
+
+    def parse(self, body: bytes) -> Any:
+        """The document; raises InvalidJSON."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +144,7 @@ def error_response(error: IngestError, origin: str | None) -> Response:
     return response
 
 
-def handle(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Response]:
+def handle(request: Request, mapper: BodyParser) -> Generator[Need, Any, Response]:
     """Drive with ``send``: each yielded Need gets its answer; the return value is the Response."""
     origin = request.headers.get("origin")
     if request.method == "OPTIONS":
@@ -217,7 +228,7 @@ def handle_source_config(request: Request) -> Generator[Need, Any, Response]:
     return response
 
 
-def _parse(mapper: BodyMapper, body: bytes) -> Any:
+def _parse(mapper: BodyParser, body: bytes) -> Any:
     try:
         return mapper.parse(body)
     except RecursionError:  # nesting our parsers cannot follow is not a server fault
@@ -237,7 +248,7 @@ def _authorize(key: str) -> Generator[Need, Any, tuple[str, tuple[str, ...]]]:
     return record.tenant_id, record.pii_allow
 
 
-def run(request: Request, mapper: BodyMapper, answer: Any) -> Response:
+def run(request: Request, mapper: BodyParser, answer: Any) -> Response:
     """Drive ``handle`` with ``answer(need)`` — a convenience for shells and tests."""
     return drive(handle(request, mapper), answer)
 

@@ -25,8 +25,7 @@ from urllib.parse import parse_qsl
 
 from .errors import IngestError, InvalidJSON, RequestTooLarge
 from .limits import MAX_BODY_BYTES
-from .machine import Need, ReadBody, Request, Response, handle
-from .mapping import BodyMapper
+from .machine import BodyParser, Need, ReadBody, Request, Response, handle
 
 PIXEL_TYPES = ("track", "page", "identify", "group", "alias", "screen")
 
@@ -69,7 +68,7 @@ def gif_response(status: int, error_code: str | None = None) -> Response:
     return response
 
 
-def handle_pixel(request: Request, mapper: BodyMapper) -> Generator[Need, Any, Response]:
+def handle_pixel(request: Request, mapper: BodyParser) -> Generator[Need, Any, Response]:
     """Drive like ``machine.handle``; ``request.path`` ends in one of PIXEL_TYPES."""
     if request.method == "HEAD":
         return gif_response(200)

@@ -1,4 +1,4 @@
-"""The per-event hot path in pure Python: the oracle twin of ``_fast.pyx``.
+"""The per-event hot path in pure Python: the oracle twin of ``_mapping_c.pyx``.
 
 Same names, same output, byte for byte. It serves bodies simdjson refuses
 (integers beyond 64 bits, exponents beyond double range, lone surrogates),
@@ -27,8 +27,8 @@ import re
 import sys
 from typing import Any, NamedTuple
 
-from .core.errors import InvalidJSON
-from .core.limits import (
+from ..core.errors import InvalidJSON
+from ..core.limits import (
     ECOMMERCE_NUMERIC_KEYS,
     MAX_DIM_KEY_CHARS,
     MAX_DIM_VALUE_CHARS,
@@ -40,8 +40,8 @@ from .core.limits import (
     MAX_STRIPPED_KEY_NAMES,
     PRIORITY_MEASURES,
 )
-from .core.routes import canonical_type
-from .core.timestamps import format_ms, occurred_at_ms, parse_ms
+from ..core.routes import canonical_type
+from ..core.timestamps import format_ms, occurred_at_ms, parse_ms
 
 ECOMMERCE_EVENTS = frozenset(
     {
@@ -105,7 +105,7 @@ class Refused(ValueError):
 
 
 # ---------------------------------------------------------------- helpers
-# Shared with _fast.pyx, which calls them on its rare paths (non-ASCII names
+# Shared with _mapping_c.pyx, which calls them on its rare paths (non-ASCII names
 # and keys, ecommerce strings, messageId fallback), so both agree by construction.
 
 
