@@ -321,9 +321,8 @@ BLOCK_BITS = 4  # 16-row blocks of the user index, so that 240 events make fifte
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A database filled by the thread writer with 16-row user-index blocks (the reader sees the same size)."""
-    from drengr.store import sqlite as sqlite_store
-
     from drengr.store import reader as reader_module
+    from drengr.store import sqlite as sqlite_store
 
     patch = pytest.MonkeyPatch()
     patch.setattr(sqlite_store, "USER_INDEX_BLOCK_BITS", BLOCK_BITS)
@@ -539,6 +538,9 @@ def test_rollup_rows_count_by_name_and_type_within_a_request() -> None:
     later = [row("a", "track", received="2026-11-26T10:01:00.000Z")]
     events, measures = rollup_rows([one_type, mixed, later, []])
     expected = Counter(("acme", r[7][:16], r[2], r[3]) for r in one_type + mixed + later)
+    assert sorted(events) == sorted((*key, n) for key, n in expected.items())
+    # Rows of several times of receipt in one list (an import, a backfill) are split where it changes.
+    events, measures = rollup_rows([one_type + mixed + later])
     assert sorted(events) == sorted((*key, n) for key, n in expected.items())
     assert sorted(measures) == [
         ("acme", "2026-11-26T10:00", "a", "revenue", 1.0),

@@ -201,6 +201,17 @@ def _upsert_template(prefix: str, column: str, measures: bool) -> str:
 
 
 _NAME, _TYPE, _NAME_TYPE = operator.itemgetter(2), operator.itemgetter(3), operator.itemgetter(2, 3)
+_TENANT_RECEIVED = operator.itemgetter(0, 7)
+
+
+def _by_receipt(requests: list[list[tuple[Any, ...]]]) -> Iterator[list[tuple[Any, ...]]]:
+    """Each list as it is when its first and last rows share tenant and time of receipt (a request's
+    rows), else split where they change (rows of many requests, in order of receipt)."""
+    for rows in requests:
+        if rows and (rows[0][0], rows[0][7]) == (rows[-1][0], rows[-1][7]):
+            yield rows
+        elif rows:
+            yield from (list(group) for _, group in itertools.groupby(rows, key=_TENANT_RECEIVED))
 
 
 def rollup_rows(requests: list[list[tuple[Any, ...]]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -212,9 +223,7 @@ def rollup_rows(requests: list[list[tuple[Any, ...]]]) -> tuple[list[tuple[Any, 
     """
     counts: dict[tuple[str, str, str, str], int] = {}
     sums: dict[tuple[str, str, str, str], float] = {}
-    for rows in requests:
-        if not rows:
-            continue
+    for rows in _by_receipt(requests):
         tenant_id, minute = rows[0][0], rows[0][7][:16]  # received_at, `2026-11-26T02:50`
         types = set(map(_TYPE, rows))
         if len(types) == 1:
