@@ -2,8 +2,8 @@
 
 The row `timestamp → occurred_at` of docs/mapping.md "Event mapping".
 Integer arithmetic only (no datetime, no clock): the time of receipt is
-always passed in. ``_fast.pyx`` carries a
-C twin of ``parse_ms`` and ``format_ms``; the two must agree.
+always passed in. ``drengr/mapping/_helpers.hpp`` carries a
+C++ twin of ``parse_ms`` and ``format_ms``; the two must agree.
 """
 
 import re
