@@ -33,7 +33,7 @@ def mapper_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     ``BodyMapper`` takes the compiled module as it is when it is built.
     """
     if request.param == "pure":
-        monkeypatch.setattr(drengr.mapping, "_mapping_c", None)
+        monkeypatch.setattr(drengr.mapping, "_compiled", None)
     elif not drengr.mapping.COMPILED:
         pytest.skip("the compiled mapper is not in use (DRENGR_NO_EXTENSIONS=1, or it did not load)")
     return str(request.param)

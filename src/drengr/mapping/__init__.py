@@ -28,30 +28,30 @@ from . import _mapping_py
 
 NO_EXTENSIONS = os.environ.get("DRENGR_NO_EXTENSIONS", "") not in ("", "0")
 
-_mapping_c: ModuleType | None
-if NO_EXTENSIONS:
-    _mapping_c = None
-else:
+# Not named _mapping_c: importing that submodule (as the twin tests do) binds the
+# package's attribute of that name, which would undo DRENGR_NO_EXTENSIONS.
+_compiled: ModuleType | None = None
+if not NO_EXTENSIONS:
     try:
-        from . import _mapping_c
+        from . import _mapping_c as _compiled
     except ImportError:  # pragma: no cover - not built; tests/test_fast_twin.py fails loudly
-        _mapping_c = None
+        _compiled = None
 
-COMPILED = _mapping_c is not None
+COMPILED = _compiled is not None
 
 
 class BodyMapper:
     """Parses request bodies; the returned document maps itself to rows.
 
     Takes the compiled module as it is when the mapper is built, so a test
-    can make one mapper pure by setting ``drengr.mapping._mapping_c`` to None.
+    can make one mapper pure by setting ``drengr.mapping._compiled`` to None.
     """
 
     def __init__(
         self, pii_substrings: tuple[str, ...] = DEFAULT_PII_SUBSTRINGS, pii_allow: tuple[str, ...] = ()
     ) -> None:
         self._python = _mapping_py.Mapper(pii_substrings, pii_allow)
-        compiled = _mapping_c
+        compiled = _compiled
         self._compiled = compiled.Mapper(pii_substrings, pii_allow) if compiled is not None else None
         self._refused: type[Exception] = compiled.Refused if compiled is not None else _mapping_py.Refused
 
