@@ -20,8 +20,9 @@ import pytest
 
 from drengr.core.auth import KeyRecord
 from drengr.core.outcome import StoreOutcome
+from drengr.logs import JsonFormatter, TextFormatter
 from drengr.store import SQLiteStore
-from drengr.web import Config, OneLineFormatter, create_app
+from drengr.web import Config, create_app
 
 from .support.realserver import Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
@@ -204,7 +205,7 @@ def test_an_unexpected_error_is_one_line_without_the_message(caplog):
             "/v1/track", data=b'{"event":"x"}', headers={"X-Write-Key": "drengr_pk_x"}
         )
     assert reply.status_code == 502 and reply.json["error"] == "Ingest failed"
-    formatted = [OneLineFormatter().format(record) for record in caplog.records]
+    formatted = [JsonFormatter().format(record) for record in caplog.records]
     assert len(formatted) == 2  # the error, then the access line
     for line in formatted:
         assert "\n" not in line and SECRET_VALUE not in line and "/forged" not in line
@@ -213,11 +214,12 @@ def test_an_unexpected_error_is_one_line_without_the_message(caplog):
     assert json.loads(formatted[1])["status"] == 502
 
 
-def test_the_formatter_escapes_every_line_break():
+@pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter], ids=["json", "text"])
+def test_the_formatter_escapes_every_line_break(formatter: type[logging.Formatter]) -> None:
     record = logging.LogRecord(
         "drengr", logging.ERROR, __file__, 1, "a\nb\rc\u2028d\u2029e\x85f\x0bg", None, None
     )
-    line = OneLineFormatter().format(record)
+    line = formatter().format(record)
     assert line.splitlines() == [line]
     try:
         raise ValueError("multi\nline")
@@ -225,7 +227,7 @@ def test_the_formatter_escapes_every_line_break():
         import sys
 
         record = logging.LogRecord("drengr", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
-    assert len(OneLineFormatter().format(record).splitlines()) == 1
+    assert len(formatter().format(record).splitlines()) == 1
 
 
 # ---------------------------------------------------------------- what a 401 was, and the formats

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from . import clock
 from .core.limits import MS_PER_DAY
 from .core.timestamps import format_ms
+from .logs import redact_keys
 
 log = logging.getLogger("drengr.drops")
 
@@ -89,8 +90,6 @@ REASONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ingest_failed": ("the whole request failed: the store could not write (the client retries)", ()),
 }
 
-_KEY_PATTERN = re.compile(r"drengr_[a-z]{2}_[A-Za-z0-9_\-]*")
-_REDACTED = "drengr_[redacted]"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -101,7 +100,7 @@ def describe(reason: str) -> str:
 def _clean(text: str | None, limit: int) -> str:
     if not text:
         return ""
-    return _CONTROL.sub("?", _KEY_PATTERN.sub(_REDACTED, text))[:limit]
+    return _CONTROL.sub("?", redact_keys(text))[:limit]
 
 
 @dataclass(frozen=True, slots=True)

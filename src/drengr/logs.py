@@ -8,12 +8,15 @@ terminal). A structured line is logged as a ``Fields`` dict, so the JSON
 formatter merges its fields without parsing anything; any other message
 becomes ``"message"``. Both formatters keep a record on one line whatever it
 holds: a line break a client smuggled into a path or header is an escape.
+What a client chose (a path, a User-Agent) goes through ``redact_keys`` before
+it is logged or kept (the access log, the drop samples).
 
 Imports nothing of drengr (a leaf).
 """
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -26,6 +29,16 @@ _LINE_BREAKS = {ord(c): f"\\x{ord(c):02x}" for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x8
     0x2028: "\\u2028",
     0x2029: "\\u2029",
 }
+
+
+# Anything shaped like one of our keys (drengr_pk_…, drengr_sk_…): cut out of what a client chose.
+_KEY_SHAPE = re.compile(r"drengr_[a-z]{2}_[A-Za-z0-9_\-]*")
+_REDACTED = "drengr_[redacted]"
+
+
+def redact_keys(text: str) -> str:
+    """``text`` with every key-shaped run replaced: a key sent in a path or a User-Agent is never written down."""
+    return _KEY_SHAPE.sub(_REDACTED, text)
 
 
 class Fields(dict[str, Any]):
@@ -60,13 +73,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=True)  # escapes every line break: one line
-
-
-class OneLineFormatter(logging.Formatter):
-    """A record's message alone, on one line: line breaks inside it (a traceback, a quoted input) escaped."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).translate(_LINE_BREAKS)
 
 
 class TextFormatter(logging.Formatter):

@@ -6,7 +6,6 @@ write rows, log one line. The decisions are ``drengr.core.machine``'s.
 
 import json
 import logging
-import re
 import threading
 import time
 import traceback
@@ -30,8 +29,7 @@ from .core.settings import settings_document
 from .core.timestamps import format_ms
 from .drops import DropLog
 from .health import HealthCheck
-from .logs import Fields
-from .logs import OneLineFormatter as OneLineFormatter  # where tests and older code look for it
+from .logs import Fields, redact_keys
 from .settings import Config
 from .store import SQLiteStore, Store, StoreError, open_store
 
@@ -379,13 +377,8 @@ class PrefixMiddleware:
         return [body]
 
 
-# Anything shaped like one of our keys is cut out of what the client chose (path, User-Agent).
-_KEY_PATTERN = re.compile(r"drengr_[a-z]{2}_[A-Za-z0-9_\-]*")
-_REDACTED = "drengr_[redacted]"
-
-
 def _redact(text: str, limit: int) -> str:
-    return _KEY_PATTERN.sub(_REDACTED, text)[:limit]
+    return redact_keys(text)[:limit]
 
 
 def _log_request(req: machine.Request, result: machine.Response, seconds: float) -> None:
