@@ -77,7 +77,7 @@ def key(store: Any) -> str:
 def app(db_path: Any, store: Any, receipt_ms: Callable[[], int]) -> Iterator[Any]:
     app = create_app(Config(db=str(db_path)), store=store, clock_ms=receipt_ms)
     yield app
-    app.extensions["drengr.drops"].close()  # its last drop counts, before the store closes
+    app.extensions["drengr"].drops.close()  # its last drop counts, before the store closes
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def served(tmp_path: Path, umd: Path):
     store = open_store(str(tmp_path / "a.db"))
     app = create_app(Config(db=str(tmp_path / "a.db"), analytics_js=str(umd)), store=store)
     yield app.test_client()
-    app.extensions["drengr.drops"].close()
+    app.extensions["drengr"].drops.close()
     store.close()
 
 
@@ -88,7 +88,7 @@ def test_without_the_setting_the_paths_say_how_to_turn_them_on(tmp_path):
     try:
         response = app.test_client().get("/analytics.js/v1/k/analytics.min.js")
     finally:
-        app.extensions["drengr.drops"].close()
+        app.extensions["drengr"].drops.close()
         store.close()
     assert response.status_code == 404
     assert "--analytics-js DIR" in response.get_json()["message"]
@@ -125,5 +125,5 @@ def test_under_a_prefix_as_behind_nginx(tmp_path, umd):
         assert client.get(f"/segment-ingest/analytics-next/bundles/{CHUNK}").status_code == 200
         assert client.get("/analytics.js/v1/k/analytics.min.js").status_code == 404  # outside the mount
     finally:
-        app.extensions["drengr.drops"].close()
+        app.extensions["drengr"].drops.close()
         store.close()

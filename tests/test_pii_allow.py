@@ -119,7 +119,7 @@ def test_server_and_tenant_lists_over_http(db_path, store, receipt_ms):
         for key in (acme, globex):
             assert post(client, "/v1/track", event, key).status_code == 200
     finally:
-        app.extensions["drengr.drops"].close()
+        app.extensions["drengr"].drops.close()
     dims = {row["tenant_id"]: row["dims"] for row in read_rows(db_path)}
     assert dims == {
         TENANT: {"product_name": "v", "username": "v", "tokens_used": "v"},
@@ -218,7 +218,7 @@ def test_drops_name_the_event_and_its_keys_never_a_value(db_path, store, receipt
         assert post(client, "/v1/batch", {"batch": batch}, key).status_code == 200
         answer = client.get("/v1/drops", headers={"Authorization": f"Bearer {secret}"})
     finally:
-        app.extensions["drengr.drops"].close()
+        app.extensions["drengr"].drops.close()
     assert answer.status_code == 200 and "VALUE-9d1" not in answer.get_data(as_text=True)
     [sample] = [s for s in answer.get_json()["recent"] if s["reason"] == "pii_key_removed"]
     assert sample["keys"] == ["email", "username"]

@@ -320,7 +320,7 @@ def backends(dsn: str) -> int:
 def test_health_checks_leave_the_connection_count_flat(cluster: Cluster) -> None:
     """Each probe asks the store on the health check's one worker thread: 30 checks hold one
     connection, not 30 (a thread per probe left its connection open behind it)."""
-    from drengr.health import HealthCheck
+    from drengr.web.health import HealthCheck
 
     dsn = cluster.fresh_database()
     store = PostgresStore(dsn)

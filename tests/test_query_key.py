@@ -74,7 +74,7 @@ def test_beacon_route_under_a_prefix(tmp_path, store, key, db_path):
         )
         assert (response.status_code, response.data) == (200, SUCCESS)
     finally:
-        app.extensions["drengr.drops"].close()
+        app.extensions["drengr"].drops.close()
     assert len(read_rows(db_path)) == 1
 
 
@@ -155,7 +155,7 @@ def test_a_key_in_the_url_reaches_no_log_line_and_no_drop_sample(app, client, ke
     lines = [record.getMessage() for record in caplog.records if record.name == "drengr.access"]
     assert [json.loads(line)["path"] for line in lines] == ["/beacon/v1/batch", "/beacon/v1/batch"]
     assert not any(key in line or "drengr_pk_wrong_key_9" in line or "writeKey" in line for line in lines)
-    [sample] = app.extensions["drengr.drops"].samples("acme")
+    [sample] = app.extensions["drengr"].drops.samples("acme")
     assert sample.path == "/beacon/v1/batch"
     assert key not in repr(sample)
 

@@ -97,7 +97,7 @@ def api(
     """The app with the read API wired, four rows of tenant acme and one of tenant other; clock at 10:10."""
     clock = receipt_ms
     app = create_app(Config(db=str(db_path)), store=store, clock_ms=clock)
-    request.addfinalizer(app.extensions["drengr.drops"].close)
+    request.addfinalizer(app.extensions["drengr"].drops.close)
     drops = wire(app, store, monkeypatch, clock_ms=clock)
     client = app.test_client()
     pk, sk = store.create_key("acme", "publishable"), store.create_key("acme", "secret")
@@ -359,7 +359,7 @@ def test_drop_counts_survive_a_restart_and_are_shared(db_path: Any, store: Any) 
     batch = {"batch": [{"type": "track", "event": "No Ids"}, {"type": "track", "event": "E", "userId": "u",
                                                                "properties": {"email": "x"}}]}  # fmt: skip
     assert post(first.test_client(), "/v1/batch", batch, pk).status_code == 200
-    first.extensions["drengr.drops"].flush()
+    first.extensions["drengr"].drops.flush()
     second = create_app(Config(db=str(db_path)), store=open_store(str(db_path)))
     try:
         body = second.test_client().get("/v1/drops", headers=bearer(sk)).get_json()
@@ -370,12 +370,12 @@ def test_drop_counts_survive_a_restart_and_are_shared(db_path: Any, store: Any) 
         body = second.test_client().get("/v1/drops", headers=bearer(sk)).get_json()
         assert body["counts"] == {"missing_id": 2, "pii_key_removed": 2}
     finally:
-        second.extensions["drengr.drops"].close()
-        second.extensions["drengr.store"].close()
+        second.extensions["drengr"].drops.close()
+        second.extensions["drengr"].store.close()
     assert first.test_client().get("/v1/drops", headers=bearer(sk)).get_json()["counts"] == {
         "missing_id": 2, "pii_key_removed": 2
     }  # fmt: skip
-    first.extensions["drengr.drops"].close()
+    first.extensions["drengr"].drops.close()
 
 
 def test_drop_counts_wait_out_a_locked_store(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wrap: Callable[[Any]
 def read_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     app, store, schema, secret = loaded(tmp_path, monkeypatch)
     yield schema, secret
-    app.extensions["drengr.drops"].close()
+    app.extensions["drengr"].drops.close()
     store.close()
 
 
@@ -147,5 +147,5 @@ def test_an_answer_the_schema_forbids_is_caught(tmp_path, monkeypatch):
         assert '"next_cursor" is a required property' in str(caught.value)
         assert case.call(headers={"Authorization": f"Bearer {secret}"}).status_code == 200
     finally:
-        app.extensions["drengr.drops"].close()
+        app.extensions["drengr"].drops.close()
         store.close()

@@ -315,7 +315,7 @@ def test_wsgi_honours_every_variable(tmp_path):
     env["DRENGR_CLOCK_OFFSET"] = str(offset_days * DAY_SECONDS)
     result = _import_wsgi(
         tmp_path, env,
-        "app = wsgi.application\nprint(json.dumps(observe(app)))\napp.extensions['drengr.store'].close()",
+        "app = wsgi.application\nprint(json.dumps(observe(app)))\napp.extensions['drengr'].store.close()",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)

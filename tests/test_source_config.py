@@ -184,7 +184,7 @@ def test_under_a_prefix(store, key, db_path):
         assert client.get(f"/rudder/sourceConfig/?writeKey={key}").status_code == 200
         assert client.get(f"/sourceConfig/?writeKey={key}").status_code == 404  # outside the mount
     finally:
-        app.extensions["drengr.drops"].close()
+        app.extensions["drengr"].drops.close()
 
 
 @both_stores

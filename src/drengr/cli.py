@@ -28,6 +28,7 @@ from .cli_common import redact_url as _redact_url
 from .core.limits import WAITRESS_MAX_BODY_BYTES
 from .settings import Config, SettingError
 from .store import SQLiteStore, Store, StoreError, is_postgres_url, open_store
+from .web.state import open_configured_store, state_of
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,13 +124,7 @@ def _open_store(config: Config, create: bool) -> Store:
         return SQLiteStore(config.db, busy_timeout_ms=config.busy_timeout_ms, migrate=False)
     check_can_create(config.db)
     try:
-        return SQLiteStore(
-            config.db,
-            durability=config.durability,
-            busy_timeout_ms=config.busy_timeout_ms,
-            writer=config.writer,
-            writer_cpus=config.writer_cpus,
-        )
+        return open_configured_store(config)  # config.store is empty: SQLite at config.db
     except StoreError as error:
         raise UsageError(
             f"Cannot use {config.db} as the database ({error}): pass a writable --db path."
@@ -344,7 +339,7 @@ class Prepared:
         """Undo ``prepare`` (serve's own shutdown is ``_run_until_stopped``)."""
         from waitress import wasyncore
 
-        self.app.extensions["drengr.drops"].close()
+        state_of(self.app).drops.close()
         self.store.close()
         self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
         wasyncore.close_all(self.server.map if hasattr(self.server, "map") else self.server._map)
@@ -466,7 +461,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         _run_until_stopped(prepared.server)
     finally:
-        prepared.app.extensions["drengr.drops"].close()  # the last drop counts, while the store is open
+        state_of(prepared.app).drops.close()  # the last drop counts, while the store is open
         prepared.store.close()  # after the last response: the writer thread finishes what it was given
     return 0
 

@@ -22,8 +22,8 @@ def stripped(keys_kept: set[str]) -> list[str]:
 
 def observe(app: Any) -> dict[str, Any]:
     """What the built app does with its settings, seen from outside Config (wsgi.py's test runs this too)."""
-    store = app.extensions["drengr.store"]
-    config = app.extensions["drengr.config"]
+    store = app.extensions["drengr"].store
+    config = app.extensions["drengr"].config
     client = app.test_client()
     key = store.create_key("observer", "publishable")
     prefixes = {prefix for prefix in ("", config.prefix) if client.get(prefix + "/health").status_code == 200}
@@ -48,9 +48,7 @@ def observe(app: Any) -> dict[str, Any]:
         "busy_timeout_ms": reader.execute("PRAGMA busy_timeout").fetchone()[0],
         "pii_substrings": stripped(set(json.loads(dims))),
         "pii_allow": [ALLOW_PROBE] if ALLOW_PROBE in json.loads(dims) else [],
-        "retention": retention._age_ms // 1000
-        if (retention := app.extensions.get("drengr.retention"))
-        else None,
+        "retention": retention._age_ms // 1000 if (retention := app.extensions["drengr"].retention) else None,
         "analytics_js": library.get_data(as_text=True) if library.status_code == 200 else None,
         "received_at": received_at,
     }

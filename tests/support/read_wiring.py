@@ -9,6 +9,7 @@ from drengr.drops import DropLog
 def wire(app: Any, store: Any, monkeypatch: Any, clock_ms: Callable[[], int] | None = None) -> DropLog:
     """The app's DropLog; with ``clock_ms``, the read API's "now" (for `since=15m`) follows it too."""
     if clock_ms is not None:
-        monkeypatch.setitem(app.extensions, "drengr.read_clock", clock_ms)
-    drop_log: DropLog = app.extensions["drengr.drops"]
+        # The ingest routes took the app's clock when the app was built: only the reads follow this one.
+        monkeypatch.setattr(app.extensions["drengr"], "clock_ms", clock_ms)
+    drop_log: DropLog = app.extensions["drengr"].drops
     return drop_log

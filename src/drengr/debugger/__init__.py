@@ -2,7 +2,7 @@
 
 ``index.html`` (a Jinja template, autoescaped), ``app.js`` and ``style.css`` are
 package data: no build step, nothing from a CDN. ``add_routes`` puts them on the
-read API's blueprint (``drengr.read_api``) at ``/debugger``, ``/debugger/app.js``
+read API's blueprint (``drengr.web.read_api``) at ``/debugger``, ``/debugger/app.js``
 and ``/debugger/style.css``, so they sit under the mount point like every read
 route and keep their endpoint names (``drengr_read.debugger``: the ``route``
 label of ``drengr_http_requests_total``); that blueprint's ``template_folder`` is
@@ -22,7 +22,7 @@ polling and counts what arrived. Everything a client sent is put in the page
 with ``textContent``, never as HTML: event names and dims come from publishable
 keys, which are public.
 
-Imports Flask and nothing of drengr (``drengr.read_api`` imports this module).
+Imports Flask and nothing of drengr (``drengr.web.read_api`` imports this module).
 """
 
 from functools import cache

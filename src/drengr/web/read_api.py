@@ -13,27 +13,29 @@ username. Publishable keys are public (they sit in every web page that loads
 analytics.js), so they never read: any failure gets the ingest API's 401, byte
 for byte. A key reads only its own tenant's rows and drops.
 
-Wire it with ``register(app, store)``; ``app.extensions["drengr.drops"]`` is the
-DropLog the ingest route feeds (created here when the app has none).
+Its errors are the one vocabulary's (``errors``): a bad parameter raises
+``InvalidQuery`` (400, with a sentence saying which and why), a store that
+cannot answer is ``StoreUnavailable`` (503). ``create_app`` registers
+``blueprint``; the routes read the app's ``AppState`` (the store, the clock,
+the ``DropLog`` the ingest routes feed, the reader opened on the first read).
 """
 
 import hmac
 import json
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Response, current_app, request
 
-from . import clock, debugger
-from .core.auth import SECRET_PREFIX, hash_key, key_from_headers
-from .core.errors import UNAUTHORIZED_BODY, error_body
-from .drops import DEFAULT_SAMPLES_PER_TENANT, REASONS, DropLog
-from .logs import Fields
-from .store.base import StoreError
-from .store.reader import (
+from .. import debugger
+from ..core.auth import SECRET_PREFIX, hash_key, key_from_headers
+from ..core.errors import NotFound, Unauthorized
+from ..core.timestamps import parse_ms
+from ..drops import DEFAULT_SAMPLES_PER_TENANT, REASONS
+from ..store.base import StoreError
+from ..store.reader import (
     BUCKET_PREFIX_CHARS,
     MAX_MEASURES_PER_QUERY,
     ORDERS,
@@ -45,21 +47,23 @@ from .store.reader import (
     open_reader,
     parse_time,
 )
-
-access_log = logging.getLogger("drengr.access")
+from . import access_log
+from .errors import InvalidQuery, RouteError, StoreUnavailable, response
+from .state import state_of
 
 DEFAULT_EVENTS_LIMIT = 50
 MAX_EVENTS_LIMIT = 1_000
 DEFAULT_STATS_SINCE = "24h"
 MAX_SERIES_BUCKETS = 10_080  # a week of minutes
 BUCKET_MS = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
-OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+OPENAPI_PATH = Path(__file__).parent.parent / "openapi.yaml"
 
 # Read responses hold a tenant's data: never cached, never sniffed, never framed.
 NO_STORE = [
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
 ]
+JSON_NO_STORE = [("Content-Type", "application/json"), *NO_STORE]
 UNAUTHORIZED_HEADERS = [
     ("Content-Type", "application/json"),
     # A Bearer challenge, not Basic: Basic would make a browser pop its own password dialog.
@@ -78,55 +82,18 @@ DROPS_PARAMS = frozenset({"limit"})
 blueprint = Blueprint("drengr_read", __name__, template_folder=debugger.FILES)
 
 
-class InvalidQuery(Exception):
-    """A query parameter we cannot use; the message is the sentence the user reads."""
-
-
-def register(
-    app: Flask,
-    store: Any,
-    drops: DropLog | None = None,
-    clock_ms: Callable[[], int] | None = None,
-    reader: Reader | None = None,
-) -> DropLog:
-    """Add the read API and the debugger to ``app``; returns the DropLog the ingest route should feed."""
-    drop_log = drops or app.extensions.get("drengr.drops") or DropLog()
-    app.extensions["drengr.drops"] = drop_log
-    app.extensions["drengr.read_store"] = store
-    app.extensions["drengr.reader"] = reader  # opened on first use: ingest-only apps never open one
-    app.extensions["drengr.read_clock"] = clock_ms or clock.now_ms
-    app.register_blueprint(blueprint)
-    return drop_log
-
-
 # ---------------------------------------------------------------- helpers
 
 
 def _reader() -> Reader:
-    reader: Reader | None = current_app.extensions["drengr.reader"]
-    if reader is None:
-        reader = current_app.extensions["drengr.reader"] = open_reader(
-            current_app.extensions["drengr.read_store"]
-        )
-    return reader
+    state = state_of(current_app)
+    if state.reader is None:
+        state.reader = open_reader(state.store)
+    return state.reader
 
 
 def _json(status: int, body: Any) -> Response:
-    return Response(
-        json.dumps(body, ensure_ascii=False),
-        status=status,
-        headers=[("Content-Type", "application/json"), *NO_STORE],
-    )
-
-
-def _unauthorized() -> Response:
-    return Response(UNAUTHORIZED_BODY, status=401, headers=UNAUTHORIZED_HEADERS)
-
-
-def _invalid(message: str) -> Response:
-    body = json.loads(error_body("Invalid query", "invalid_query"))
-    body["message"] = message
-    return _json(400, body)
+    return Response(json.dumps(body, ensure_ascii=False), status=status, headers=JSON_NO_STORE)
 
 
 def key_from_authorization(authorization: str | None) -> str | None:
@@ -160,8 +127,7 @@ def secret_tenant(store: Any, authorization: str | None) -> str | None:
 
 
 def _now_ms() -> int:
-    clock: Callable[[], int] = current_app.extensions["drengr.read_clock"]
-    return clock()
+    return state_of(current_app).clock_ms()
 
 
 def _one(name: str) -> str | None:
@@ -228,19 +194,6 @@ def _text(name: str) -> str | None:
     return value
 
 
-def _log(status: int, tenant_id: str | None, started: float, auth_failure: str | None = None) -> None:
-    """The access line, same shape as ingest's; the path without its query (filters may hold ids)."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    line = {
-        "method": request.method, "path": request.path[:200], "status": status, "error": None,
-        "tenant": tenant_id, "items": 0, "stored": 0, "duplicates": 0, "over_cap": 0, "dropped": {}, "stripped": {},
-        "bytes": None, "library": request.headers.get("User-Agent", "")[:80],
-        "ms": round((time.perf_counter() - started) * 1000, 2), "auth_failure": auth_failure,
-    }  # fmt: skip
-    access_log.info(Fields(line))
-
-
 def why_unauthorized(store: Any, authorization: str | None) -> str:
     """Why ``secret_tenant`` said no, for the log (the answer is the same 401 for every kind)."""
     if not authorization:
@@ -258,26 +211,28 @@ def why_unauthorized(store: Any, authorization: str | None) -> str:
 
 
 def _authorized_route(handler: Callable[[str], Response]) -> Callable[[], Response]:
-    """Secret-key auth, then ``handler(tenant_id)``; bad parameters → 400, store trouble → 503."""
+    """Secret-key auth, then ``handler(tenant_id)``; bad parameters → 400, store trouble → 503.
+
+    The access line has the path without its query (filters may hold ids).
+    """
 
     def route() -> Response:
         started = time.perf_counter()
-        store = current_app.extensions["drengr.read_store"]
+        store = state_of(current_app).store
         tenant_id = secret_tenant(store, request.headers.get("Authorization"))
         failure = None
         if tenant_id is None:
             failure = why_unauthorized(store, request.headers.get("Authorization"))
-            response = _unauthorized()
+            answer = response(Unauthorized(failure), UNAUTHORIZED_HEADERS)
         else:
             try:
-                response = handler(tenant_id)
-            except InvalidQuery as error:
-                response = _invalid(str(error))
+                answer = handler(tenant_id)
+            except RouteError as error:
+                answer = response(error, JSON_NO_STORE)
             except StoreError:
-                body = json.loads(error_body("Store unavailable", "store_unavailable"))
-                response = _json(503, body)
-        _log(response.status_code, tenant_id, started, failure)
-        return response
+                answer = response(StoreUnavailable(), JSON_NO_STORE)
+        access_log.route_line(request.method, request.path, answer.status_code, tenant_id, started, failure)
+        return answer
 
     route.__name__ = handler.__name__
     return route
@@ -327,8 +282,6 @@ def stats(tenant_id: str) -> Response:
     until = _time("until")
     interval = _choice("interval", tuple(BUCKET_PREFIX_CHARS), None)
     if interval is not None and since is not None:
-        from .core.timestamps import parse_ms
-
         end_ms = (parse_ms(until) if until else None) or _now_ms()
         span = end_ms - (parse_ms(since) or 0)
         if span // BUCKET_MS[interval] > MAX_SERIES_BUCKETS:
@@ -365,7 +318,7 @@ def stats(tenant_id: str) -> Response:
 def drops(tenant_id: str) -> Response:
     _check_known(DROPS_PARAMS)
     limit = _int("limit", 50, 0, DEFAULT_SAMPLES_PER_TENANT)
-    drop_log: DropLog = current_app.extensions["drengr.drops"]
+    drop_log = state_of(current_app).drops
     counts = drop_log.counts(tenant_id)
     return _json(
         200,
@@ -388,7 +341,7 @@ def openapi() -> Response:
     try:
         body = OPENAPI_PATH.read_bytes()
     except OSError:
-        return _json(404, json.loads(error_body("Not found", "not_found")))
+        return response(NotFound(), JSON_NO_STORE)
     return Response(body, status=200, headers=[("Content-Type", "application/yaml; charset=utf-8")])
 
 

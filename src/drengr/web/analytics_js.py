@@ -2,7 +2,7 @@
 
 Segment's snippet loads ``{_cdn}/analytics.js/v1/{writeKey}/analytics.min.js``
 (analytics-next's ``standalone.js``); the library then fetches its settings
-from ``{cdn}/v1/projects/{writeKey}/settings`` (web.py) and its lazy chunks
+from ``{cdn}/v1/projects/{writeKey}/settings`` (``health``) and its lazy chunks
 (``auto-track`` for ``trackLink``/``trackForm``, ``queryString``, …) from
 ``{cdn}/analytics-next/bundles/{file}``, where ``cdn`` is the origin of the
 script it was loaded from. With ``--analytics-js DIR`` (the ``dist/umd``
@@ -18,42 +18,36 @@ is neither checked nor logged (the library is public; the settings route
 decides who may send).
 """
 
-import json
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from flask import Flask, Response, request, send_from_directory
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from .core.errors import NotFound
+from ..core.errors import NotFound
+from . import access_log
+from .errors import NotServed, response
 
-# web._log_line: (method, path, status, tenant, seconds) -> one access line like every route's.
-LogLine = Callable[[str, str, int, str | None, float], None]
 STANDALONE = "standalone.js"  # what Segment's CDN serves as analytics.min.js
 HASHED = re.compile(r"\.[0-9a-f]{16,}\.js(\.map)?$")  # webpack's [name].bundle.[contenthash].js
 IMMUTABLE = 365 * 24 * 3600
 SHORT = 300
-NOT_SERVED = json.dumps(
-    {
-        "error": "Not found",
-        "code": "not_found",
-        "message": "analytics.js is not served here: start drengr serve with --analytics-js DIR "
-        "(the dist/umd folder of @segment/analytics-next)",
-    }
-).encode()
+NOT_SERVED = (
+    "analytics.js is not served here: start drengr serve with --analytics-js DIR "
+    "(the dist/umd folder of @segment/analytics-next)"
+)
 
 
-def register(app: Flask, folder: str, log_line: LogLine) -> None:
+def register(app: Flask, folder: str) -> None:
     """The two routes; ``folder`` is a checked folder (drengr.settings) or "" (answer 404)."""
     root = Path(folder) if folder else None
 
     def serve(name: str, logged_path: str) -> Response:
         started = time.perf_counter()
-        response = _file(root, name)
-        log_line(request.method, logged_path, response.status_code, None, time.perf_counter() - started)
-        return response
+        answer = _file(root, name)
+        access_log.route_line(request.method, logged_path, answer.status_code, None, started)
+        return answer
 
     @app.get("/analytics.js/v1/<write_key>/analytics.min.js")
     def analytics_min_js(write_key: str) -> Response:
@@ -66,27 +60,23 @@ def register(app: Flask, folder: str, log_line: LogLine) -> None:
 
 def _file(root: Path | None, name: str) -> Response:
     if root is None:
-        return Response(NOT_SERVED, status=404, mimetype="application/json")
+        return response(NotServed(NOT_SERVED))
     if not name.endswith((".js", ".js.map")):
-        return _not_found()
+        return response(NotFound())
     max_age = IMMUTABLE if HASHED.search(name) else SHORT
     try:
         # send_from_directory refuses any name that would leave root (.., absolute, NUL).
-        response = send_from_directory(root, name, max_age=max_age, conditional=True, etag=True)
+        sent = send_from_directory(root, name, max_age=max_age, conditional=True, etag=True)
     except WerkzeugNotFound:
-        return _not_found()
-    response.headers["Content-Type"] = (
+        return response(NotFound())
+    sent.headers["Content-Type"] = (
         "application/json" if name.endswith(".map") else "application/javascript; charset=utf-8"
     )
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    response.cache_control.public = True
+    sent.headers["Access-Control-Allow-Origin"] = "*"
+    sent.cache_control.public = True
     if max_age == IMMUTABLE:
-        response.cache_control.immutable = True
-    return response
-
-
-def _not_found() -> Response:
-    return Response(NotFound().body(), status=404, mimetype="application/json")
+        sent.cache_control.immutable = True
+    return sent
 
 
 def _printable(name: str) -> str:
