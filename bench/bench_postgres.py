@@ -27,7 +27,9 @@ from drengr.store import SQLiteStore
 try:
     import psycopg
 
-    from drengr.store.postgres import _COPY_EVENTS, PostgresStore, generation
+    from drengr.store.base import generation
+    from drengr.store.postgres import PostgresStore
+    from drengr.store.postgres.statements import _COPY_EVENTS
     from tests.support.postgres import server_dsn, with_schema
 except ImportError as error:  # pragma: no cover - psycopg is in the `test` extra
     if os.environ.get("CI"):

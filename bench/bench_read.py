@@ -13,6 +13,7 @@ import json
 import operator
 import os
 import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -25,8 +26,10 @@ import pytest
 
 from drengr.core.timestamps import format_ms, parse_ms
 from drengr.store import SQLiteStore
-from drengr.store import sqlite as sqlite_store
-from drengr.store.reader import EventQuery, SQLiteReader, StatsQuery, _stats
+from drengr.store.reader import EventQuery, SQLiteReader, StatsQuery
+from drengr.store.reader.model import _stats
+from drengr.store.sqlite import read_side
+from drengr.store.sqlite.writer import Writer, insert_events
 
 ROWS = int(os.environ.get("DRENGR_BENCH_READ_ROWS", "20000"))
 NOW_MS = parse_ms("2026-11-26T12:00:00.000Z") or 0
@@ -56,15 +59,15 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ROWS rows with their rollups and user index, as the writer leaves them (insert, rollups, index)."""
     path = tmp_path_factory.mktemp("read") / "drengr.db"
     SQLiteStore(str(path)).close()
-    conn = sqlite_store.sqlite3.connect(path, isolation_level=None)
+    conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = NORMAL")
     for start in range(0, ROWS, CHUNK):
         rows = synthetic_rows(start, min(CHUNK, ROWS - start))
         conn.execute("BEGIN IMMEDIATE")
-        last = sqlite_store.insert_events(conn, rows)
+        last = insert_events(conn, rows)
         # One list a time of receipt, as a request's rows arrive (rollup_rows counts them so).
-        sqlite_store.add_to_rollups(conn, [list(g) for _, g in itertools.groupby(rows, key=RECEIPT)])
-        sqlite_store.index_users(conn, last, max_blocks=1 << 20)  # as the writer does, block by block
+        read_side.add_to_rollups(conn, [list(g) for _, g in itertools.groupby(rows, key=RECEIPT)])
+        read_side.index_users(conn, last, max_blocks=1 << 20)  # as the writer does, block by block
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -83,7 +86,7 @@ def median_seconds(work: Callable[[], Any], rounds: int) -> tuple[float, Any]:
 def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRequest) -> None:
     rounds = 1 if request.config.getoption("benchmark_disable", False) else 5
     reader = SQLiteReader(str(table))
-    conn = sqlite_store.sqlite3.connect(f"file:{table}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{table}?mode=ro", uri=True)
     since_7d = format_ms(NOW_MS - 7 * 86_400_000)
     one_hour = format_ms(NOW_MS - 3_600_000)
 
@@ -189,15 +192,13 @@ def bench_ingest_with_and_without_rollups(
     """100-event batches through SQLiteStore.write, rounds alternating with and without the rollups."""
     batches = 20 if request.config.getoption("benchmark_disable", False) else 400
     rows_per_round = synthetic_rows(0, batches * 100)
-    kept, kept_due = sqlite_store.add_to_rollups, SQLiteStore._users_due
+    kept, kept_due = read_side.add_to_rollups, Writer._users_due
     results: dict[str, list[float]] = {"with rollups": [], "without": []}
     for round_ in range(6):
         label = "with rollups" if round_ % 2 == 0 else "without"
-        monkeypatch.setattr(
-            sqlite_store, "add_to_rollups", kept if label == "with rollups" else lambda *a: None
-        )
+        monkeypatch.setattr(read_side, "add_to_rollups", kept if label == "with rollups" else lambda *a: None)
         monkeypatch.setattr(  # and the user index the writer builds when idle
-            SQLiteStore, "_users_due", kept_due if label == "with rollups" else lambda self: 0
+            Writer, "_users_due", kept_due if label == "with rollups" else lambda self: 0
         )
         store = SQLiteStore(str(tmp_path / f"r{round_}.db"))
         started = time.perf_counter()
@@ -270,17 +271,18 @@ def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureReques
     """
     pytest.importorskip("psycopg", reason="pip install '.[test]'")
     from drengr.store import postgres as pg_store
+    from drengr.store.postgres import statements as pg_statements
 
     from .bench_postgres import schema_dsn
 
     batches = 20 if request.config.getoption("benchmark_disable", False) else 400
     rows = synthetic_rows(0, batches * 100)
-    kept = pg_store.rollup_rows
+    kept = pg_statements.rollup_rows
     results: dict[str, list[float]] = {"with rollups": [], "without": []}
     for round_ in range(6):
         label = "with rollups" if round_ % 2 == 0 else "without"
         monkeypatch.setattr(
-            pg_store, "rollup_rows", kept if label == "with rollups" else lambda rows: ([], [])
+            pg_statements, "rollup_rows", kept if label == "with rollups" else lambda rows: ([], [])
         )
         with contextlib.contextmanager(schema_dsn.__wrapped__)() as dsn:  # type: ignore[attr-defined]
             store = pg_store.PostgresStore(dsn)
@@ -309,6 +311,7 @@ def pg_table() -> Any:
     import uuid
 
     from drengr.store import postgres as pg_store
+    from drengr.store.postgres import statements as pg_statements
 
     from .bench_postgres import server_dsn, with_schema
 
@@ -320,11 +323,11 @@ def pg_table() -> Any:
         pg_store.PostgresStore(dsn).close()  # the schema, as drengr makes it
         with psycopg.connect(dsn) as conn:
             for start in range(0, ROWS, CHUNK):
-                with conn.cursor().copy(pg_store._COPY_EVENTS) as copy:
+                with conn.cursor().copy(pg_statements._COPY_EVENTS) as copy:
                     for row in synthetic_rows(start, min(CHUNK, ROWS - start)):
                         copy.write_row(row)
                 conn.commit()
-            for statement in pg_store._BACKFILL_ROLLUPS:  # what the writer would have counted
+            for statement in pg_statements._BACKFILL_ROLLUPS:  # what the writer would have counted
                 conn.execute(statement, ("acme", 0, ROWS + 1))
             conn.commit()
         with psycopg.connect(dsn, autocommit=True) as conn:

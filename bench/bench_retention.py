@@ -29,7 +29,7 @@ import pytest
 from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import format_ms
 from drengr.store import SQLiteStore, open_store
-from drengr.store.sqlite import _INSERT_EVENTS
+from drengr.store.sqlite.writer import _INSERT_EVENTS
 from tests.support.app import read_rows
 from tests.support.realserver import child_env, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 

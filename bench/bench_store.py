@@ -21,7 +21,7 @@ from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import format_ms, parse_ms
 from drengr.mapping import BodyMapper
 from drengr.store import SQLiteStore
-from drengr.store.sqlite import _INSERT_EVENTS
+from drengr.store.sqlite.writer import _INSERT_EVENTS
 
 from .payloads import batch_body
 
@@ -149,7 +149,7 @@ def bench_store_write_prefilled(benchmark: Any, prefilled: dict[str, Path], tabl
     store = SQLiteStore(str(path), clock=lambda: NOW_MS / 1000)
     store.write("acme", make_rows(1, format_ms(NOW_MS)), NOW_MS)  # loads the dedup window outside the timer
     benchmark.extra_info["prefilled_rows"] = before
-    benchmark.extra_info["window_fingerprints"] = sum(len(index) for index in store._window)  # noqa: SLF001
+    benchmark.extra_info["window_fingerprints"] = sum(len(index) for index in store._committer._window)  # noqa: SLF001
     run_rounds(benchmark, lambda rows: store.write("acme", rows, NOW_MS))
     store.close()
     assert count(path) == before + 1 + ROWS_PER_BATCH * (1 if benchmark.disabled else ROUNDS)

@@ -118,7 +118,7 @@ def test_sqlite_forgets_only_when_time_has_passed_too(tmp_path: Path) -> None:
         jump(42)  # three more weeks, and this time they pass
         elapsed[0] += 21 * DAY_SECONDS
         assert write(store, IDS[11:12]) == 1
-        assert [len(index) for index in store._window] == [1]  # noqa: SLF001 - the old generations went
+        assert [len(index) for index in store._committer._window] == [1]  # noqa: SLF001 - the old generations went
         assert write(store, IDS[:10]) == 10  # beyond the window: stored again, as documented
     finally:
         store.close()

@@ -58,7 +58,7 @@ def compiled() -> Any:
 # import would otherwise fall back to its pure twin silently (yarl and multidict test the same).
 COMPILED_MODULES = [
     pytest.param("drengr.mapping._mapping_c", "drengr.mapping", "_compiled", id="mapping"),
-    pytest.param("drengr._index", "drengr.store.sqlite", "FingerprintIndex", id="index"),
+    pytest.param("drengr._index", "drengr.store.sqlite.writer", "FingerprintIndex", id="index"),
 ]
 
 

@@ -114,7 +114,7 @@ def test_a_writer_thread_that_hangs_in_its_commit_fails_its_requests_in_time(tmp
     db = tmp_path / "hang.db"
     store = SQLiteStore(str(db), writer="thread", busy_timeout_ms=300)
     release = threading.Event()
-    real_commit = store._commit_group  # noqa: SLF001 - the commit is where an fsync would hang
+    real_commit = store._committer._commit_group  # noqa: SLF001 - the commit is where an fsync would hang
 
     def hanging_commit(conn: sqlite3.Connection, jobs: list) -> None:
         assert release.wait(HANG_GUARD_SECONDS), "hang guard: never released"
@@ -124,12 +124,12 @@ def test_a_writer_thread_that_hangs_in_its_commit_fails_its_requests_in_time(tmp
            "{}", "{}", None)  # fmt: skip
     try:
         store.write("acme", [row[:1] + ("before",) + row[2:]], 0)
-        store._commit_group = hanging_commit  # type: ignore[method-assign]
+        store._committer._commit_group = hanging_commit  # type: ignore[method-assign]
         with pytest.raises(StoreError, match="busy timeout"):
             store.write("acme", [row[:1] + ("during",) + row[2:]], 0)
         assert store.writable() is False
         release.set()
-        store._commit_group = real_commit  # type: ignore[method-assign]
+        store._committer._commit_group = real_commit  # type: ignore[method-assign]
         assert store.write("acme", [row[:1] + ("after",) + row[2:]], 0).stored == 1
         assert store.writable() is True
         # The resend: stored now, or a duplicate if the released commit wrote it after its 502.
@@ -148,7 +148,7 @@ def test_a_job_not_begun_by_its_deadline_is_not_written(tmp_path: Path) -> None:
     db = tmp_path / "late.db"
     store = SQLiteStore(str(db), writer="thread", busy_timeout_ms=300)
     entered, release = threading.Event(), threading.Event()
-    real_commit = store._commit_group  # noqa: SLF001 - where job A hangs, past its deadline check
+    real_commit = store._committer._commit_group  # noqa: SLF001 - where job A hangs, past its deadline check
 
     def hanging_commit(conn: sqlite3.Connection, jobs: list) -> None:
         entered.set()
@@ -169,7 +169,7 @@ def test_a_job_not_begun_by_its_deadline_is_not_written(tmp_path: Path) -> None:
 
     try:
         store.write("acme", rows("before"), 0)
-        store._commit_group = hanging_commit  # type: ignore[method-assign]
+        store._committer._commit_group = hanging_commit  # type: ignore[method-assign]
         first = threading.Thread(target=write_a)
         first.start()
         assert entered.wait(HANG_GUARD_SECONDS), "hang guard: job A never reached its commit"
@@ -177,7 +177,7 @@ def test_a_job_not_begun_by_its_deadline_is_not_written(tmp_path: Path) -> None:
             store.write("acme", rows("B"), 0)  # queued behind A until its request gave up
         release.set()
         first.join(HANG_GUARD_SECONDS)
-        store._commit_group = real_commit  # type: ignore[method-assign]
+        store._committer._commit_group = real_commit  # type: ignore[method-assign]
         assert store.write("acme", rows("after"), 0).stored == 1  # after B in the queue: B was handled
     finally:
         release.set()
@@ -194,13 +194,13 @@ def test_a_stalled_thread_writer_holds_a_bounded_queue(
     """While the writer hangs in a commit, every request still answers 502 in time, and the rows of
     those requests are not kept piling up behind it: the queue holds at most its bound (then a
     request is 502 at once); after it resumes, none of them is written."""
-    import drengr.store.sqlite as sqlite_store
+    import drengr.store.sqlite.store as sqlite_store
 
     monkeypatch.setattr(sqlite_store, "_QUEUE_MAX_JOBS", 8, raising=False)
     db = tmp_path / "bounded.db"
     store = SQLiteStore(str(db), writer="thread", busy_timeout_ms=50)
     entered, release = threading.Event(), threading.Event()
-    real_commit = store._commit_group  # noqa: SLF001 - where an fsync would hang
+    real_commit = store._committer._commit_group  # noqa: SLF001 - where an fsync would hang
 
     def hanging_commit(conn: sqlite3.Connection, jobs: list) -> None:
         entered.set()
@@ -213,7 +213,7 @@ def test_a_stalled_thread_writer_holds_a_bounded_queue(
 
     first = threading.Thread(target=lambda: pytest.raises(StoreError, store.write, "acme", rows("A"), 0))  # noqa: PT011
     try:
-        store._commit_group = hanging_commit  # type: ignore[method-assign]
+        store._committer._commit_group = hanging_commit  # type: ignore[method-assign]
         first.start()
         assert entered.wait(HANG_GUARD_SECONDS), "hang guard: job A never reached its commit"
         for n in range(20):
@@ -223,7 +223,7 @@ def test_a_stalled_thread_writer_holds_a_bounded_queue(
         assert store.writable() is False
         release.set()
         first.join(HANG_GUARD_SECONDS)
-        store._commit_group = real_commit  # type: ignore[method-assign]
+        store._committer._commit_group = real_commit  # type: ignore[method-assign]
         assert store.write("acme", rows("after"), 0).stored == 1
     finally:
         release.set()

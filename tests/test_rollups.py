@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 
 from drengr.store import SQLiteStore, open_store
-from drengr.store.reader import ORDERS, EventQuery, PostgresReader, SQLiteReader, StatsQuery, _stats
-from drengr.store.sqlite import USER_INDEX_BLOCK_BITS, backfill_rollups
+from drengr.store.reader import ORDERS, EventQuery, PostgresReader, SQLiteReader, StatsQuery
+from drengr.store.reader.model import _stats
+from drengr.store.sqlite import backfill_rollups
+from drengr.store.sqlite.read_side import USER_INDEX_BLOCK_BITS
+from drengr.store.sqlite.writer import Writer
 from drengr.web import Config, create_app
 
 from .support.app import post
@@ -321,19 +324,19 @@ BLOCK_BITS = 4  # 16-row blocks of the user index, so that 240 events make fifte
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A database filled by the thread writer with 16-row user-index blocks (the reader sees the same size)."""
-    from drengr.store import reader as reader_module
-    from drengr.store import sqlite as sqlite_store
+    from drengr.store.reader import events as reader_events
+    from drengr.store.sqlite import read_side
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(sqlite_store, "USER_INDEX_BLOCK_BITS", BLOCK_BITS)
+    patch.setattr(read_side, "USER_INDEX_BLOCK_BITS", BLOCK_BITS)
     # And 8 rows near the cursor before an event name is sought through the rollups (4,096 in use).
-    patch.setattr(reader_module, "NAME_SCAN_ROWS", 8)
+    patch.setattr(reader_events, "NAME_SCAN_ROWS", 8)
     path = tmp_path_factory.mktemp("indexed") / "drengr.db"
     keys = fill(path, "thread")
     # Then 40 more events with the writer's indexing held back: the newest rows (over two blocks'
     # worth) are past the index, as on a server that has had no idle moment yet.
     with pytest.MonkeyPatch.context() as held:
-        held.setattr(SQLiteStore, "_users_due", lambda self: 0)
+        held.setattr(Writer, "_users_due", lambda self: 0)
         store = SQLiteStore(str(path), writer="thread")
         clock = [T0 + EVENTS * STEP_MS]
         client = create_app(Config(db=str(path)), store=store, clock_ms=lambda: clock[0]).test_client()
@@ -522,7 +525,7 @@ def test_rollup_rows_count_by_name_and_type_within_a_request() -> None:
     """One request's rows counted in C, by name (one type) or by name and type (several): as one by one."""
     from collections import Counter
 
-    from drengr.store.sqlite import rollup_rows
+    from drengr.store.rollups import rollup_rows
 
     def row(
         name: str, type_: str, measures: str = "{}", received: str = "2026-11-26T10:00:05.000Z"

@@ -19,7 +19,8 @@ from drengr.core.limits import MS_PER_DAY
 from drengr.core.outcome import StoreOutcome
 from drengr.core.timestamps import parse_ms
 from drengr.store import SQLiteStore, StoreError
-from drengr.store.sqlite import WRITERS, _Job, generation
+from drengr.store.base import Job
+from drengr.store.sqlite import WRITERS
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 
@@ -104,14 +105,6 @@ def test_a_version_1_file_gets_the_library_column(db_path):
     conn.close()
 
 
-def test_write_reports_stored_and_duplicates(store, db_path):
-    outcome = store.write("acme", [row("a"), row("b"), row("a")], DAY0)
-    assert (outcome.stored, outcome.duplicates, outcome.over_cap) == (2, 1, 0)
-    again = store.write("acme", [row("a"), row("c")], DAY0)
-    assert (again.stored, again.duplicates) == (1, 1)
-    assert count(db_path) == 3
-
-
 def test_dedup_survives_restart(db_path, writer):
     first = SQLiteStore(str(db_path), clock=Clock(DAY0), writer=writer)
     first.write("acme", [row("a")], DAY0)
@@ -122,41 +115,6 @@ def test_dedup_survives_restart(db_path, writer):
     assert count(db_path) == 1
 
 
-def test_dedup_is_per_tenant(store, db_path):
-    store.write("acme", [row("a")], DAY0)
-    store.write("globex", [row("a", "globex")], DAY0)
-    assert count(db_path) == 2
-
-
-GENERATION_MS = 7 * MS_PER_DAY
-
-
-@pytest.mark.parametrize(
-    "first_ms, repeat_after_ms",
-    [
-        pytest.param(DAY0, 1, id="same-moment"),
-        pytest.param(DAY0, 7 * MS_PER_DAY, id="seven-days-later"),
-        # The last millisecond of a 7-day generation, repeated 7 days later: two generations on.
-        pytest.param((generation(DAY0) + 1) * GENERATION_MS - 1, 7 * MS_PER_DAY, id="end-of-generation"),
-        pytest.param(
-            generation(DAY0) * GENERATION_MS, 7 * MS_PER_DAY + MS_PER_DAY - 1, id="start-of-generation"
-        ),
-    ],
-)
-def test_repeat_within_seven_days_is_never_stored_twice(db_path, first_ms, repeat_after_ms):
-    clock = Clock(first_ms)
-    store = SQLiteStore(str(db_path), clock=clock)
-    assert store.write("acme", [row("a")], first_ms).stored == 1
-    clock.ms = first_ms + repeat_after_ms
-    assert store.write("acme", [row("a")], clock.ms).stored == 0
-    store.close()
-    # And after a restart, the window is rebuilt from the table.
-    again = SQLiteStore(str(db_path), clock=clock)
-    assert again.write("acme", [row("a")], clock.ms).stored == 0
-    again.close()
-    assert count(db_path) == 1
-
-
 def test_old_generations_are_dropped_whole(db_path):
     """Three weeks pass (by the wall clock and by the monotonic one): the old ids are forgotten."""
     clock = Clock(DAY0)
@@ -164,7 +122,7 @@ def test_old_generations_are_dropped_whole(db_path):
     store.write("acme", [row(str(i)) for i in range(100)], DAY0)
     clock.ms = DAY0 + 21 * MS_PER_DAY
     store.write("acme", [row("b")], clock.ms)
-    assert [len(index) for index in store._window] == [1]  # noqa: SLF001 - memory stays bounded
+    assert [len(index) for index in store._committer._window] == [1]  # noqa: SLF001 - memory stays bounded
     # Beyond the window a repeat may be stored again (docs/mapping.md "Storage and durability").
     assert store.write("acme", [row("0")], clock.ms).stored == 1
     store.close()
@@ -172,12 +130,12 @@ def test_old_generations_are_dropped_whole(db_path):
 
 def test_fingerprint_collisions_never_drop_a_distinct_event(db_path, monkeypatch):
     """Every id gets the same fingerprint: dedup must still be exact (hits are verified)."""
-    import drengr.store.sqlite as sqlite_store
+    import drengr.store.sqlite.writer as sqlite_writer
 
     monkeypatch.setattr(
-        sqlite_store, "fingerprints", lambda tenant, rows, column: array("Q", [7] * len(rows))
+        sqlite_writer, "fingerprints", lambda tenant, rows, column: array("Q", [7] * len(rows))
     )
-    monkeypatch.setattr(sqlite_store, "fingerprint", lambda tenant, event_id: 7)
+    monkeypatch.setattr(sqlite_writer, "fingerprint", lambda tenant, event_id: 7)
     store = SQLiteStore(str(db_path), clock=Clock(DAY0))
     assert store.write("acme", [row("a"), row("b")], DAY0).stored == 2
     assert store.write("acme", [row("c"), row("a"), row("b")], DAY0).stored == 1
@@ -196,64 +154,6 @@ def test_window_sees_rows_another_process_wrote(db_path):
     assert two.write("acme", [row("a"), row("c")], DAY0).stored == 0
     one.close()
     two.close()
-
-
-def test_daily_cap_drops_items_over_it(store, db_path):
-    store.set_daily_cap("acme", 3)
-    outcome = store.write("acme", [row(str(i)) for i in range(5)], DAY0)
-    assert (outcome.stored, outcome.over_cap) == (3, 2)
-    assert store.write("acme", [row("x")], DAY0 + 1).over_cap == 1
-    # Duplicates do not count against the cap; a new UTC day starts afresh.
-    assert store.write("acme", [row("0")], DAY0 + MS_PER_DAY).duplicates == 1
-    assert store.write("acme", [row("y"), row("z")], DAY0 + MS_PER_DAY).stored == 2
-    assert count(db_path) == 5
-
-
-def test_cap_is_per_tenant(store, db_path):
-    store.set_daily_cap("acme", 1)
-    store.write("acme", [row("1"), row("2")], DAY0)
-    assert store.write("globex", [row("1", "globex"), row("2", "globex")], DAY0).stored == 2
-
-
-def test_metering_fails_open(store, db_path):
-    store.set_daily_cap("acme", 1)
-    conn = sqlite3.connect(db_path)
-    conn.execute("DROP TABLE daily_usage")  # counting is now impossible
-    conn.commit()
-    conn.close()
-    outcome = store.write("acme", [row("1"), row("2"), row("3")], DAY0)
-    assert outcome.stored == 3
-    assert count(db_path) == 3
-
-
-def test_concurrent_requests_share_commits(db_path, writer):
-    """Ten requests arrive while the file is locked: they go out in at most two transactions."""
-    store = SQLiteStore(str(db_path), clock=Clock(DAY0), busy_timeout_ms=30_000, writer=writer)
-    store.write("acme", [row("warm-up")], DAY0)
-    before = store.group_commits
-    holder = sqlite3.connect(db_path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    threads = [threading.Thread(target=store.write, args=("acme", [row(f"t{i}")], DAY0)) for i in range(10)]
-    for thread in threads:
-        thread.start()
-
-    # The writer holds the first job(s), blocked on the lock; wait until the rest wait too: in the
-    # writer thread's queue, or sent to the writer process. The writer thread may have taken more
-    # than one job already, so its queue can stay below 9: stop waiting after 3 s.
-    def waiting() -> int:
-        child = store._child  # noqa: SLF001
-        return store._queue.qsize() + (len(child._in_flight) - 1 if child else 0)  # noqa: SLF001
-
-    deadline = time.monotonic() + 3
-    while waiting() < 9 and time.monotonic() < deadline:
-        threading.Event().wait(0.01)
-    holder.execute("ROLLBACK")
-    holder.close()
-    for thread in threads:
-        thread.join()
-    store.close()
-    assert count(db_path) == 11
-    assert store.group_commits - before <= 2
 
 
 def test_a_dead_writer_process_fails_its_group_and_is_replaced(db_path):
@@ -404,11 +304,11 @@ def test_a_group_is_deduplicated_metered_and_indexed_as_its_jobs_arrived(db_path
     store = SQLiteStore(str(db_path), clock=Clock(DAY0))
     store.set_daily_cap("acme", 5)
     jobs = [
-        _Job("acme", [row("1"), row("2")], DAY0),
-        _Job("globex", [row("1", "globex"), row("9", "globex")], DAY0),
-        _Job("acme", [row("2"), row("3"), row("4"), row("5"), row("6")], DAY0),
+        Job("acme", [row("1"), row("2")], DAY0),
+        Job("globex", [row("1", "globex"), row("9", "globex")], DAY0),
+        Job("acme", [row("2"), row("3"), row("4"), row("5"), row("6")], DAY0),
     ]
-    conn = store._commit_jobs(None, jobs)  # noqa: SLF001 - one group, as the writer would take it
+    conn = store._committer.commit_jobs(None, jobs)  # noqa: SLF001 - one group, as the writer would take it
     assert conn is not None
     conn.close()
     assert [job.outcome for job in jobs] == [
@@ -430,11 +330,11 @@ def test_a_job_that_cannot_be_written_fails_alone(db_path):
     store.set_daily_cap("acme", 3)
     broken = ("acme", "broken", None, *row("x")[3:])  # event_name NULL: the INSERT fails
     jobs = [
-        _Job("acme", [row("1"), row("2")], DAY0),
-        _Job("acme", [broken], DAY0),
-        _Job("acme", [row("2"), row("3"), row("4")], DAY0),
+        Job("acme", [row("1"), row("2")], DAY0),
+        Job("acme", [broken], DAY0),
+        Job("acme", [row("2"), row("3"), row("4")], DAY0),
     ]
-    conn = store._commit_jobs(None, jobs)  # noqa: SLF001
+    conn = store._committer.commit_jobs(None, jobs)  # noqa: SLF001
     assert conn is not None
     conn.close()
     assert jobs[0].outcome == StoreOutcome(stored=2)

@@ -1,18 +1,39 @@
-"""The store interface every engine implements, and what it returns.
+"""The store interface every engine implements, what it returns, and what both engines share.
 
 The web shell needs three things of a store — who owns a key, write rows
 durably, and whether it can write at all; the CLI needs the admin verbs.
+Both engines write jobs (one request's rows) in groups of at most
+``GROUP_MAX_ROWS``, number the 7-day dedup generations with ``generation``,
+and remember key look-ups in a ``KeyCache``. Imports no database driver.
 """
 
+import importlib.resources
 import json
 import queue
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import metrics
 from ..core.auth import KeyRecord
+from ..core.limits import DEDUP_WINDOW_DAYS, MS_PER_DAY
 from ..core.outcome import StoreOutcome
+
+
+def schema_statements(engine: str) -> list[str]:
+    """The statements of ``schema/<engine>.sql`` (package data), in order, comments kept.
+
+    A statement ends with a semicolon at the end of a line.
+    """
+    text = importlib.resources.files(__package__).joinpath("schema", f"{engine}.sql").read_text("utf-8")
+    statements, lines = [], []
+    for line in text.splitlines():
+        lines.append(line)
+        if line.rstrip().endswith(";"):
+            statements.append("\n".join(lines).strip().removesuffix(";"))
+            lines = []
+    return statements
 
 
 class StoreError(Exception):
@@ -117,6 +138,30 @@ class KeyCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
+
+
+def generation(received_at_ms: int) -> int:
+    """The 7-day dedup generation of a moment: whole days since the epoch / 7 (both engines)."""
+    return received_at_ms // MS_PER_DAY // DEDUP_WINDOW_DAYS
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's rows on their way to a writer, and its answer once written."""
+
+    tenant_id: str
+    rows: list[tuple[Any, ...]]
+    received_at_ms: int
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: StoreOutcome | None = None
+    error: BaseException | None = None
+    probe: bool = False  # no rows: BEGIN IMMEDIATE + ROLLBACK proves we can write (SQLite)
+    # When its request stops waiting (time.monotonic(), the same clock in every process of the
+    # machine): a job not begun by then is not written, since its client was told 502 (SQLite).
+    deadline: float = float("inf")
 
 
 def take_group(

@@ -1,0 +1,565 @@
+"""``PostgresStore``: connections, migration, admin (``drengr.store.admin``), prune, and the writer threads.
+
+What must be exact across nodes is decided inside the write transaction (see
+``drengr.store.postgres``); the statements are ``statements``. Imports psycopg.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ... import metrics
+from ...clock import now as clock_now
+from ...core.limits import DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
+from ...core.outcome import StoreOutcome
+from ...core.timestamps import format_ms
+from ..admin import Admin
+from ..base import GROUP_MAX_ROWS, PRUNE_BATCH_ROWS, Job, KeyCache, StoreError, generation, take_group
+from ..rollups import ROLLUP_GRAINS
+from .statements import (
+    _ADD_USAGE,
+    _BACKFILL_ROLLUPS,
+    _CAP,
+    _COPY_EVENTS,
+    _DELETE_IDS,
+    _ENSURE_USAGE,
+    _INSERT_NEW_IDS,
+    _LOCK_USAGE,
+    _PRUNE,
+    _REMOVE_ROLLUPS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    _add_to_rollups,
+)
+from .text import clean_rows, clean_text, first_line
+
+T = TypeVar("T")
+log = logging.getLogger("drengr.store")
+
+PRUNE_EVERY_SECONDS = 600.0
+PRUNE_CHUNK = 50_000  # ids deleted per statement, so pruning never holds long locks
+RETRIES = 3  # attempts of a group on deadlock / serialization failure / a dropped connection
+_MIGRATION_LOCK = 0x64726E67  # pg_advisory_xact_lock key: nodes starting together migrate one at a time
+
+
+class PostgresStore(Admin):
+    """Implements ``drengr.store.base.Store`` on a PostgreSQL database (psycopg 3).
+
+    ``dsn`` is a libpq connection string or URI (``postgresql://user@host/db``);
+    the tables are created if missing (idempotent, safe when nodes start together).
+    ``durability="normal"`` sets ``synchronous_commit = off`` for this store's
+    writes (a server crash may lose the last acknowledged commits); ``"full"``
+    leaves the server's setting (by default ``on``: a 200 is flushed to the WAL).
+    """
+
+    mark = "%s"
+
+    def __init__(
+        self,
+        dsn: str,
+        durability: str = "full",
+        writers: int = 2,
+        connect_timeout: int = 5,
+        statement_timeout_ms: int = 30_000,
+        clock: Callable[[], float] = clock_now,
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise ValueError("durability must be 'full' or 'normal'")
+        if writers < 1:
+            raise ValueError("writers must be at least 1")
+        self.dsn = dsn
+        self.durability = durability
+        self._writers_wanted = writers
+        self._connect_timeout = connect_timeout
+        self._statement_timeout_ms = statement_timeout_ms
+        self._clock = clock
+        self._local = threading.local()
+        self._connections: list[psycopg.Connection[Any]] = []  # every reader connection, for close()
+        self._connections_lock = threading.Lock()
+        self._keys = KeyCache(clock)
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._writers: list[threading.Thread] = []
+        self._writer_lock = threading.Lock()
+        self._prune_lock = threading.Lock()
+        self._next_prune = 0.0
+        self.group_commits = 0  # transactions the writers have committed (group commit is visible in tests)
+        self.migrate()
+
+    # ------------------------------------------------------------ connections
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self._connect_timeout)
+        except psycopg.Error as error:
+            raise StoreError(f"cannot connect to PostgreSQL: {first_line(error)}") from error
+        try:
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)", (str(self._statement_timeout_ms),)
+            )
+            if self.durability == "normal":
+                conn.execute("SELECT set_config('synchronous_commit', 'off', false)")
+        except psycopg.Error as error:
+            conn.close()
+            raise StoreError(f"cannot set up the PostgreSQL session: {first_line(error)}") from error
+        return conn
+
+    def _reader(self) -> psycopg.Connection[Any]:
+        """This thread's connection (autocommit) for key look-ups and admin; made on first use."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections = [c for c in self._connections if not c.closed]
+                self._connections.append(conn)
+        return conn
+
+    def _drop_reader(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], Any], *, read_only: bool = False) -> Any:
+        """``work(conn)`` on this thread's connection; a database error → StoreError (and a fresh connection).
+
+        When ``work`` only reads, a connection that was already open and turns
+        out dead (a server restart or failover killed it while idle) is replaced
+        and ``work`` tried once more: the caller should not pay for a restart
+        that is already over. A write is never run twice: the connection may
+        have died after the database committed it (a revoke would then report
+        "not found", drop counts would be added twice), so its caller gets the
+        error and decides.
+        """
+        reused = getattr(self._local, "conn", None) is not None
+        for attempt in range(2):
+            conn = self._reader()
+            try:
+                return work(conn)
+            except psycopg.Error as error:
+                dead = conn.broken or conn.closed
+                if dead or isinstance(error, psycopg.OperationalError):
+                    self._drop_reader()
+                if dead and reused and read_only and attempt == 0:
+                    log.warning("a PostgreSQL connection was lost (%s): reconnecting", first_line(error))
+                    continue
+                raise StoreError(first_line(error)) from error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def migrate(self) -> None:
+        """Create what is missing (idempotent; concurrent starts wait on an advisory lock).
+
+        A database already at this version gets no DDL at all: ``ALTER TABLE … IF NOT
+        EXISTS`` still takes an exclusive table lock, and nodes started together
+        deadlocked with the one that had migrated first and was already serving.
+        """
+        conn = self._connect()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                exists = conn.execute("SELECT to_regclass('drengr_meta') IS NOT NULL").fetchone()
+                if exists and exists[0]:
+                    row = conn.execute(
+                        "SELECT value FROM drengr_meta WHERE key = 'schema_version'"
+                    ).fetchone()
+                    if row is not None and row[0] == str(SCHEMA_VERSION):
+                        return
+                for statement in SCHEMA:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO drengr_meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+        except psycopg.Error as error:
+            raise StoreError(f"cannot prepare the PostgreSQL database: {first_line(error)}") from error
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------ admin (drengr.store.admin)
+
+    def _query(self, sql: str, params: Sequence[Any] = (), what: str = "") -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._run(
+            lambda conn: conn.execute(sql, params).fetchall(), read_only=True
+        )
+        return rows
+
+    def _transact(self, work: Callable[[Any], T], what: str = "") -> T:
+        def run(conn: psycopg.Connection[Any]) -> T:
+            with conn.transaction(), conn.cursor() as cur:
+                return work(cur)
+
+        result: T = self._run(run)
+        return result
+
+    def _clean(self, text: str) -> str:
+        return str(clean_text(text))
+
+    def writable(self) -> bool:
+        """True when the database answers and is not a read-only standby."""
+        try:
+            row = self._run(
+                lambda conn: conn.execute("SELECT NOT pg_is_in_recovery()").fetchone(), read_only=True
+            )
+        except StoreError as error:
+            log.warning("store not writable: %s", error)
+            return False
+        return bool(row and row[0])
+
+    @staticmethod
+    def _rollups_from_seq(conn: psycopg.Connection[Any]) -> int:
+        found = conn.execute("SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'").fetchone()
+        return int(found[0]) if found else 2**62
+
+    def backfill_rollups(
+        self, chunk_rows: int = 20_000, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Count the rows older than the rollups into them, newest first, a seq window a transaction.
+
+        Each window is read tenant by tenant on the ``(tenant_id, seq)`` index;
+        ``rollups_from_seq`` moves down with each window (a stopped backfill
+        resumes) and becomes 1 at the end, when /v1/stats starts reading the
+        rollups. Returns the rows counted.
+        """
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            tenants = [row[0] for row in conn.execute("SELECT tenant_id FROM tenants ORDER BY 1")]
+            lowest = [
+                conn.execute("SELECT min(seq) FROM semantic_events WHERE tenant_id = %s", (t,)).fetchone()
+                for t in tenants
+            ]
+            floor = min([int(row[0]) for row in lowest if row and row[0] is not None], default=1)
+            total = max(0, self._rollups_from_seq(conn) - floor)
+            done = 0
+            while True:
+                with conn.transaction():
+                    # One backfill at a time (and no migration meanwhile).
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                    high = self._rollups_from_seq(conn)
+                    if high <= floor:
+                        conn.execute("UPDATE drengr_meta SET value = '1' WHERE key = 'rollups_from_seq'")
+                        return done
+                    low = max(floor, high - chunk_rows)
+                    for tenant_id in tenants:
+                        for statement in _BACKFILL_ROLLUPS:
+                            conn.execute(statement, (tenant_id, low, high))
+                    conn.execute(
+                        "UPDATE drengr_meta SET value = %s WHERE key = 'rollups_from_seq'", (str(low),)
+                    )
+                done += high - low
+                if progress is not None:
+                    progress(done, total)
+
+        return int(self._run(work))
+
+    def prune_events(
+        self,
+        before_ms: int,
+        batch_rows: int = PRUNE_BATCH_ROWS,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Delete the events received before ``before_ms``, ``batch_rows`` a transaction; returns how many.
+
+        Tenant by tenant (each batch a single-tenant statement on the
+        ``(tenant_id, seq)`` index, as Citus wants), walking ``seq`` upwards and
+        stopping at the first batch with nothing old in it. Dedup lives in
+        ``event_ids`` with its own pruning: untouched. Daily usage and drop
+        counts of the days before the cut-off go too. Autovacuum makes the
+        space reusable.
+        """
+        cutoff = format_ms(before_ms)
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            counted = conn.execute("SELECT count(*) FROM semantic_events WHERE received_at < %s", (cutoff,))
+            total = int(counted.fetchone()[0])  # type: ignore[index]
+            tenants = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT tenant_id FROM semantic_events WHERE received_at < %s ORDER BY 1",
+                    (cutoff,),
+                )
+            ]
+            deleted = 0
+            for tenant_id in tenants:
+                last_seq = -1
+                while True:
+                    with conn.transaction():
+                        batch = conn.execute(
+                            "SELECT seq, received_at < %s FROM semantic_events WHERE tenant_id = %s AND seq > %s "
+                            "ORDER BY seq LIMIT %s",
+                            (cutoff, tenant_id, last_seq, batch_rows),
+                        ).fetchall()
+                        old = [seq for seq, is_old in batch if is_old]
+                        if old:
+                            # The read side forgets them in the same transaction (rows it counted).
+                            from_seq = self._rollups_from_seq(conn)
+                            rolled = [seq for seq in old if seq >= from_seq]
+                            if rolled:
+                                for statement in _REMOVE_ROLLUPS:
+                                    conn.execute(statement, (tenant_id, rolled))
+                            conn.execute(
+                                "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s)",
+                                (tenant_id, old),
+                            )
+                    deleted += len(old)
+                    if progress is not None:
+                        progress(deleted, max(total, deleted))
+                    if not old:
+                        break
+                    last_seq = batch[-1][0]
+            day = before_ms // MS_PER_DAY
+            with conn.transaction():
+                conn.execute("DELETE FROM daily_usage WHERE day < %s", (day,))
+                conn.execute("DELETE FROM drop_counts WHERE day < %s", (day,))
+                for prefix, column, _ in ROLLUP_GRAINS:  # minutes and hours the prune emptied
+                    conn.execute(f"DELETE FROM {prefix}event_rollups WHERE events <= 0")
+                    conn.execute(
+                        f"DELETE FROM {prefix}measure_rollups AS m WHERE NOT EXISTS (SELECT 1 FROM "
+                        f"{prefix}event_rollups AS e WHERE e.tenant_id = m.tenant_id AND e.{column} = m.{column} "
+                        "AND e.event_name = m.event_name)"
+                    )
+            return deleted
+
+        return int(self._run(work))
+
+    def prune(self) -> int:
+        """Forget event ids older than the dedup window needs, by the database's clock; returns how many."""
+        deleted = 0
+        while True:
+            cursor = self._run(lambda conn: conn.execute(_PRUNE, (PRUNE_CHUNK,)))
+            deleted += max(cursor.rowcount, 0)
+            if cursor.rowcount < PRUNE_CHUNK:
+                return deleted
+
+    def import_sqlite(
+        self, path: str, chunk_rows: int = 10_000, progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, int]:
+        """Copy a SQLite store into this database (``drengr.store.migrate.import_sqlite``)."""
+        from ..migrate import import_sqlite
+
+        return import_sqlite(self, path, chunk_rows, progress)
+
+    # ------------------------------------------------------------ writes
+
+    def write(self, tenant_id: str, rows: list[tuple[Any, ...]], received_at_ms: int) -> StoreOutcome:
+        job = Job(tenant_id, clean_rows(rows), received_at_ms)
+        self._start_writers()
+        self._queue.put(job)
+        # Bounded: a connection attempt and a statement's worth (the writer's own limits). A job
+        # answered later is harmless: the client was told 502, and its resend is a duplicate.
+        if not job.done.wait(self._connect_timeout + self._statement_timeout_ms / 1000):
+            raise StoreError("the database did not answer within the statement timeout")
+        if job.outcome is None:
+            raise StoreError(str(job.error))
+        return job.outcome
+
+    def _start_writers(self) -> None:
+        if self._writers:
+            return
+        with self._writer_lock:
+            if not self._writers:
+                for number in range(self._writers_wanted):
+                    thread = threading.Thread(
+                        target=self._write_loop, name=f"drengr-pg-writer-{number}", daemon=True
+                    )
+                    thread.start()
+                    self._writers.append(thread)
+
+    def close(self) -> None:
+        with self._writer_lock:
+            for _ in self._writers:
+                self._queue.put(None)
+            for thread in self._writers:
+                thread.join(timeout=30)
+            self._writers = []
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections = []
+        self._local = threading.local()
+
+    def _write_loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while True:
+            try:
+                first = self._queue.get(timeout=PRUNE_EVERY_SECONDS)
+            except queue.Empty:
+                self._maybe_prune()
+                continue
+            if first is None:
+                break
+            jobs, stop = take_group(self._queue, first, GROUP_MAX_ROWS)
+            conn = self._write_group(conn, jobs)
+            if stop:
+                break
+            self._maybe_prune()
+        if conn is not None:
+            conn.close()
+
+    def _write_group(
+        self, conn: psycopg.Connection[Any] | None, jobs: list[Job]
+    ) -> psycopg.Connection[Any] | None:
+        """Write ``jobs`` in one transaction; every job gets its outcome or its error. Returns the connection."""
+        try:
+            conn = self._commit_with_retries(conn, jobs)
+        except Exception as error:
+            log.error("write transaction failed (%d request(s)): %s", len(jobs), first_line(error))
+            metrics.count("store_errors", "write")
+            if conn is not None and (conn.broken or conn.closed):
+                conn.close()
+                conn = None
+            # One bad request must not fail the others: each alone. Not when the database itself is
+            # the trouble (unreachable, statement timeout): every job would wait for it again.
+            if (
+                len(jobs) > 1
+                and conn is not None
+                and not isinstance(error, (psycopg.OperationalError, StoreError))
+            ):
+                for job in jobs:
+                    conn = self._write_group(conn, [job])
+                return conn
+            for job in jobs:
+                job.outcome, job.error = None, error
+        finally:
+            for job in jobs:
+                if job.outcome is None and job.error is None:  # never leave a request waiting
+                    job.error = StoreError("the write was not attempted")
+                job.done.set()
+        return conn
+
+    def _commit_with_retries(
+        self, conn: psycopg.Connection[Any] | None, jobs: list[Job]
+    ) -> psycopg.Connection[Any]:
+        for attempt in range(RETRIES):
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect()
+            started = time.perf_counter()
+            try:
+                outcomes = self._commit_group(conn, jobs)
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as error:
+                if attempt == RETRIES - 1:
+                    raise
+                log.warning("write transaction retried: %s", first_line(error))
+                continue
+            except psycopg.OperationalError:
+                # A connection that died while idle (server restart, failover, idle timeout):
+                # reconnect once and try again. Nothing was committed by the failed attempt.
+                if not reused or attempt == RETRIES - 1 or not (conn.broken or conn.closed):
+                    raise
+                conn.close()
+                conn = None
+                continue
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                job.outcome = outcome
+            self.group_commits += 1
+            metrics.metric("commit_seconds").observe(time.perf_counter() - started)
+            metrics.metric("group_rows").observe(sum(len(job.rows) for job in jobs))
+            return conn
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _commit_group(self, conn: psycopg.Connection[Any], jobs: list[Job]) -> list[StoreOutcome]:
+        # Candidates: the first occurrence of each (tenant, event_id) in the group, in queue order.
+        first_job: dict[tuple[str, str], int] = {}
+        candidates: list[list[tuple[Any, ...]]] = []
+        for number, job in enumerate(jobs):
+            mine = []
+            for row in job.rows:
+                key = (job.tenant_id, row[1])
+                if key not in first_job:
+                    first_job[key] = number
+                    mine.append(row)
+            candidates.append(mine)
+        with conn.transaction(), conn.cursor() as cur:
+            inserted: set[tuple[str, str]] = set()
+            if first_job:
+                tenants, ids = zip(*first_job, strict=True)
+                latest = generation(max(job.received_at_ms for job in jobs))
+                cur.execute(_INSERT_NEW_IDS, (latest, list(tenants), list(ids)))
+                inserted = set(cur.fetchall())
+            fresh = [
+                [row for row in mine if (job.tenant_id, row[1]) in inserted]
+                for job, mine in zip(jobs, candidates, strict=True)
+            ]
+            allowed = self._meter(conn, cur, jobs, [len(rows) for rows in fresh])
+            dropped = [
+                (job.tenant_id, row[1])
+                for job, rows, n in zip(jobs, fresh, allowed, strict=True)
+                for row in rows[n:]
+            ]
+            if dropped:  # over the cap: not stored, so not remembered either (a retry tomorrow is stored)
+                cur.execute(_DELETE_IDS, ([t for t, _ in dropped], [e for _, e in dropped]))
+            if any(allowed):
+                with cur.copy(_COPY_EVENTS) as copy:
+                    for rows, n in zip(fresh, allowed, strict=True):
+                        for row in rows[:n]:
+                            copy.write_row(row)
+                _add_to_rollups(cur, [rows[:n] for rows, n in zip(fresh, allowed, strict=True)])
+        outcomes: list[StoreOutcome] = []
+        for job, n in zip(jobs, allowed, strict=True):
+            duplicates = len(job.rows) - len(fresh[len(outcomes)])
+            outcomes.append(
+                StoreOutcome(stored=n, duplicates=duplicates, over_cap=len(job.rows) - duplicates - n)
+            )
+        return outcomes
+
+    def _meter(
+        self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], jobs: list[Job], wanted: list[int]
+    ) -> list[int]:
+        """How many of each job's new events fit under today's cap; counts them. Fails open."""
+        days = [job.received_at_ms // MS_PER_DAY for job in jobs]
+        keys = sorted({(job.tenant_id, day) for job, day, n in zip(jobs, days, wanted, strict=True) if n})
+        if not keys:
+            return list(wanted)
+        try:
+            with conn.transaction():  # a savepoint: a failure here rolls back only the metering
+                room: dict[tuple[str, int], int] = {}
+                caps: dict[str, int] = {}
+                for tenant, day in keys:  # sorted: one lock order for every writer, so no deadlock
+                    cur.execute(_ENSURE_USAGE, (tenant, day))
+                    cur.execute(_LOCK_USAGE, (tenant, day))
+                    used = cur.fetchone()
+                    if tenant not in caps:
+                        cur.execute(_CAP, (tenant,))
+                        cap = cur.fetchone()
+                        caps[tenant] = DEFAULT_DAILY_CAP_EVENTS if cap is None else int(cap[0])
+                    room[(tenant, day)] = caps[tenant] - (int(used[0]) if used else 0)
+                allowed = []
+                for job, day, n in zip(jobs, days, wanted, strict=True):
+                    left = room.get((job.tenant_id, day), n)
+                    fits = max(0, min(n, left))
+                    if n:
+                        room[(job.tenant_id, day)] = left - fits
+                    allowed.append(fits)
+                added: dict[tuple[str, int], int] = {}
+                for job, day, fits in zip(jobs, days, allowed, strict=True):
+                    if fits:
+                        added[(job.tenant_id, day)] = added.get((job.tenant_id, day), 0) + fits
+                for (tenant, day), n in added.items():
+                    cur.execute(_ADD_USAGE, (n, tenant, day))
+                return allowed
+        except psycopg.Error as error:
+            if conn.broken or conn.closed:
+                raise
+            log.warning("metering failed, ingesting anyway (fail open): %s", first_line(error))
+            return list(wanted)
+
+    def _maybe_prune(self) -> None:
+        now = time.monotonic()  # how often is not the wall clock's to say either
+        if now < self._next_prune or not self._prune_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_prune = now + PRUNE_EVERY_SECONDS
+            deleted = self.prune()
+            if deleted:
+                log.info("forgot %d event ids older than the dedup window", deleted)
+        except StoreError as error:
+            log.warning("pruning old event ids failed (will try again): %s", error)
+        finally:
+            self._prune_lock.release()

@@ -1,0 +1,170 @@
+"""The two engines of the read side: SQLite (a read-only connection a thread) and PostgreSQL.
+
+Each supplies its connection, its read snapshot, its placeholder and how it
+sums a JSON measure; everything else is ``drengr.store.reader.events``.
+psycopg is imported on first use.
+"""
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..base import StoreError
+from .events import _PagedReader
+from .model import EVENT_SELECT, EventQuery, _export_row
+
+
+class SQLiteReader(_PagedReader):
+    """Read-only queries on a SQLite store's file (WAL: reads never wait for the writer)."""
+
+    sum_expression = "coalesce(sum(json_extract(measures, ?)), 0)"
+
+    def __init__(self, path: str, busy_timeout_ms: int = 5_000) -> None:
+        super().__init__()
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+            try:
+                conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False,
+                    timeout=self._busy_timeout_ms / 1000,
+                )  # fmt: skip
+                conn.execute("PRAGMA query_only = 1")
+            except sqlite3.Error as error:
+                raise StoreError(f"cannot open {self.path} for reading: {error}") from error
+            self._remember(conn)
+        return conn
+
+    def _measure_param(self, name: str) -> str:
+        return '$."' + name + '"'
+
+    def _indexed_blocks(self, execute: Callable[..., Any]) -> int | None:
+        try:
+            found = execute("SELECT value FROM meta WHERE key = 'user_index_blocks'").fetchone()
+        except sqlite3.OperationalError:  # a file made before drengr had a meta table
+            return None
+        return None if found is None else int(found[0])
+
+    def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
+        try:
+            found = execute("SELECT value FROM meta WHERE key = 'rollups_from_seq'").fetchone()
+        except sqlite3.OperationalError:  # a file made before drengr had a meta table
+            return False
+        if found is None:
+            return False
+        older = execute("SELECT 1 FROM semantic_events WHERE seq < ? LIMIT 1", [int(found[0])]).fetchone()
+        return older is None
+
+    def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]:
+        # One short read transaction per chunk, keyed on seq (the rowid): a long export never holds
+        # a snapshot that would stop the writer's checkpoints from emptying the WAL.
+        floor, top = self._export_bounds(query)
+        after = floor
+        while after < top:
+
+            def work(execute: Callable[..., Any], after: int = after) -> list[tuple[Any, ...]]:
+                sql = self._export_sql(query, after, top)
+                rows: list[tuple[Any, ...]] = execute(
+                    f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} ORDER BY seq LIMIT ?",
+                    [*sql.params, chunk_rows],
+                ).fetchall()
+                return rows
+
+            rows = self._snapshot(work, "export")
+            if len(rows) < chunk_rows:
+                yield [_export_row(row) for row in rows], 1.0
+                return
+            after = int(rows[-1][0])
+            yield [_export_row(row) for row in rows], (after - floor) / max(1, top - floor)
+
+    def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN")  # a read transaction: one snapshot for every statement
+            try:
+                return work(conn.execute)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot read {what}: {error}") from error
+
+
+class PostgresReader(_PagedReader):
+    """The same queries on a PostgreSQL store, through its index on ``(tenant_id, seq)``."""
+
+    mark = "%s"
+    sum_expression = "sum((measures ->> %s)::numeric)"
+    seq_per_tenant = True
+    names_through_rollups = False
+
+    def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
+        # No index on seq alone to look for older rows: the rollups cover the table when they began
+        # with it (rollups_from_seq 1: the database was empty when they were made).
+        found = execute("SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'").fetchone()
+        return found is not None and found[0] == "1"
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self.dsn = dsn
+
+    def _conn(self) -> Any:
+        import psycopg
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            try:
+                conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+                conn.execute("SET default_transaction_read_only = on")
+            except psycopg.Error as error:
+                raise StoreError(f"cannot connect to PostgreSQL for reading: {error}") from error
+            self._remember(conn)
+        return conn
+
+    def _measure_param(self, name: str) -> str:
+        return name
+
+    def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]:
+        # One server-side cursor in one snapshot: PostgreSQL streams it, chunk by chunk (MVCC: the
+        # writers are not held up; only vacuum waits for the export to end).
+        import psycopg
+
+        floor, top = self._export_bounds(query)
+        sql = self._export_sql(query, floor, top)
+        select = EVENT_SELECT.replace("dims, measures", "dims::text, measures::text")
+        conn = self._conn()
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                with conn.cursor(name="drengr_export") as cursor:
+                    cursor.itersize = chunk_rows
+                    cursor.execute(
+                        f"SELECT {select} FROM semantic_events{sql.where()} ORDER BY seq", sql.params
+                    )
+                    while True:
+                        rows = cursor.fetchmany(chunk_rows)
+                        if not rows:
+                            return
+                        done = (int(rows[-1][0]) - floor) / max(1, top - floor)
+                        yield [_export_row(row) for row in rows], done
+        except psycopg.Error as error:
+            if conn.broken or conn.closed:
+                self._local.conn = None
+            raise StoreError(f"cannot read export: {error}") from error
+
+    def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
+        import psycopg
+
+        conn = self._conn()
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot, as SQLite's
+                return work(conn.execute)
+        except psycopg.Error as error:
+            if conn.broken or conn.closed:
+                self._local.conn = None
+            raise StoreError(f"cannot read {what}: {error}") from error

@@ -1,0 +1,281 @@
+"""The queries both engines share: seq look-ups, counts and sums (from the rows or the rollups), export bounds.
+
+``_QueryReader`` is written once; ``drengr.store.reader.events`` adds the
+event pages, and ``drengr.store.reader.engines`` the two small engine parts
+(connection, snapshot, dialect). Imports no database driver.
+"""
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .model import (
+    BUCKET_PREFIX_CHARS,
+    RECEIVED_ORDER_SLACK_MS,
+    EventQuery,
+    Stats,
+    StatsQuery,
+    _filters,
+    _number,
+    _replace_stats,
+    _SQLBuilder,
+    _stats,
+    check_measure_name,
+)
+
+
+class _QueryReader:
+    """``events`` and ``stats`` written once; each engine supplies its connection and dialect.
+
+    An engine says how to run ``work(execute)`` in one read snapshot
+    (``_snapshot``), its placeholder, how to sum one JSON measure, and
+    whether its seq look-ups should be per tenant (PostgreSQL: an index on
+    ``(tenant_id, seq)``) or over the whole table (SQLite: seq is the rowid).
+    """
+
+    mark = "?"
+    sum_expression = ""
+    seq_per_tenant = False
+    names_through_rollups = True  # False: an index on (tenant_id, event_name, seq) finds them
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _remember(self, conn: Any) -> Any:
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
+        raise NotImplementedError
+
+    def _measure_param(self, name: str) -> str:
+        raise NotImplementedError
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.mark)
+
+    def _top(self, execute: Callable[..., Any], tenant_id: str | None) -> int:
+        """The newest seq (of the tenant, where seq look-ups are per tenant)."""
+        if tenant_id is None or not self.seq_per_tenant:
+            return int(execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0])
+        found = execute(
+            self._sql("SELECT coalesce(max(seq), 0) FROM semantic_events WHERE tenant_id = ?"), [tenant_id]
+        ).fetchone()
+        return int(found[0])
+
+    def _seq_floor(self, execute: Callable[..., Any], since: str, tenant_id: str | None) -> int:
+        """The first seq that may have been received at or after ``since`` (binary search on seq).
+
+        Rows are appended in received order only nearly, so the search aims
+        ``RECEIVED_ORDER_SLACK_MS`` earlier; the exact ``received_at`` filter
+        still applies. Each probe is one step down an index on seq.
+        """
+        from ...core.timestamps import format_ms, parse_ms
+
+        since_ms = parse_ms(since)
+        if since_ms is None:
+            return 0
+        target = format_ms(max(0, since_ms - RECEIVED_ORDER_SLACK_MS))
+        scoped = tenant_id is not None and self.seq_per_tenant
+        tenant = " AND tenant_id = ?" if scoped else ""
+        extra = [tenant_id] if scoped else []
+        # Two statements: SQLite answers a lone min() or max() with one step down the key, but
+        # min() and max() together with a scan of the whole table.
+        low = execute(
+            self._sql(f"SELECT min(seq) FROM semantic_events WHERE true{tenant}"), extra
+        ).fetchone()[0]
+        high = execute(
+            self._sql(f"SELECT max(seq) FROM semantic_events WHERE true{tenant}"), extra
+        ).fetchone()[0]
+        if low is None:
+            return 0
+        probe = self._sql(
+            f"SELECT seq, received_at FROM semantic_events WHERE seq >= ?{tenant} ORDER BY seq LIMIT 1"
+        )
+        while low <= high:
+            middle = (low + high) // 2
+            row = execute(probe, [middle, *extra]).fetchone()
+            if row[1] < target:
+                low = row[0] + 1
+            else:
+                high = middle - 1
+        return int(low)
+
+    def stats(self, query: StatsQuery) -> Stats:
+        for name in query.measures:
+            if not check_measure_name(name):
+                raise ValueError(f"not a measure name: {name!r}")
+
+        def work(execute: Callable[..., Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            if query.time_field == "received_at" and self._rollups_cover(execute):
+                return self._stats_from_rollups(execute, query)
+            return self._scan_stats(execute, query)
+
+        rows, series = self._snapshot(work, "stats")
+        return _stats(rows, series, query)
+
+    def _scan_stats(
+        self, execute: Callable[..., Any], query: StatsQuery, seq_below: int | None = None
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Counts and sums read from the rows themselves: (event_name, count, *sums), (bucket, name, count)."""
+        sums = "".join(", " + self.sum_expression for _ in query.measures)
+        sql = _SQLBuilder(self.mark)
+        if query.since is not None and query.time_field == "received_at":
+            sql.add("seq >= ?", self._seq_floor(execute, query.since, query.tenant_id))
+        if seq_below is not None:
+            sql.add("seq < ?", seq_below)
+        _filters(sql, query)
+        rows = execute(
+            f"SELECT event_name, count(*){sums} FROM semantic_events{sql.where()} "
+            "GROUP BY event_name ORDER BY count(*) DESC, event_name",
+            [*(self._measure_param(name) for name in query.measures), *sql.params],
+        ).fetchall()
+        series: list[tuple[Any, ...]] = []
+        if query.interval is not None:
+            width = BUCKET_PREFIX_CHARS[query.interval]
+            series = execute(
+                f"SELECT substr({query.time_field}, 1, {width}) AS bucket, event_name, count(*) "
+                f"FROM semantic_events{sql.where()} GROUP BY bucket, event_name ORDER BY bucket, event_name",
+                sql.params,
+            ).fetchall()
+        return rows, series
+
+    def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
+        """True when the rollups count every row (a new database, or one whose backfill finished)."""
+        return False
+
+    def _stats_from_rollups(
+        self, execute: Callable[..., Any], query: StatsQuery
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The same answer as ``_scan_stats``, from the rollups for whole minutes and the rows at the edges.
+
+        The rollups count by received minute; a ``since`` or ``until`` inside a minute
+        takes that minute's part from the rows (found by seq, a few thousand at most).
+        """
+        from ...core.timestamps import format_ms, parse_ms
+
+        since_ms = parse_ms(query.since) if query.since is not None else None
+        until_ms = parse_ms(query.until) if query.until is not None else None
+        edges: list[StatsQuery] = []
+        m_start = h_start = m_end = h_end = None  # whole minutes and whole hours inside the range
+        if since_ms is not None:
+            m_start, h_start = -(-since_ms // 60_000) * 60_000, -(-since_ms // 3_600_000) * 3_600_000
+            if m_start != since_ms:
+                edges.append(_replace_stats(query, until=format_ms(m_start)))
+        if until_ms is not None:
+            m_end, h_end = until_ms // 60_000 * 60_000, until_ms // 3_600_000 * 3_600_000
+            if m_end != until_ms:
+                edges.append(_replace_stats(query, since=format_ms(m_end)))
+        if m_start is not None and m_end is not None and m_start >= m_end:
+            return self._scan_stats(execute, query, self._seq_ceiling(execute, query))  # within a minute
+        # The whole hours from the hourly rollups, the minutes around them from the minute ones
+        # (a series by minute reads minutes only).
+        parts: list[tuple[str, str, int | None, int | None]] = []  # table prefix, column, from, to
+        if query.interval != "minute" and (h_start is None or h_end is None or h_start < h_end):
+            if m_start is not None and h_start is not None and m_start < h_start:
+                parts.append(("", "minute", m_start, h_start))
+            parts.append(("hourly_", "hour", h_start, h_end))
+            if h_end is not None and m_end is not None and h_end < m_end:
+                parts.append(("", "minute", h_end, m_end))
+        else:
+            parts.append(("", "minute", m_start, m_end))
+        counts: dict[str, list[Any]] = {}
+        series: dict[tuple[str, str], int] = {}
+        for prefix, column, low, high in parts:
+            width = BUCKET_PREFIX_CHARS[column]
+            sql = _SQLBuilder(self.mark)
+            if query.tenant_id is not None:
+                sql.add("tenant_id = ?", query.tenant_id)
+            if low is not None:
+                sql.add(f"{column} >= ?", format_ms(low)[:width])
+            if high is not None:
+                sql.add(f"{column} < ?", format_ms(high)[:width])
+            if query.event_name is not None:
+                sql.add("event_name = ?", query.event_name)
+            for name, count in execute(
+                f"SELECT event_name, sum(events) FROM {prefix}event_rollups{sql.where()} GROUP BY event_name "
+                "HAVING sum(events) > 0",  # a prune may leave a count of 0 until it tidies up
+                sql.params,
+            ).fetchall():
+                counts.setdefault(name, [0, *([0] * len(query.measures))])[0] += int(count)
+            if query.measures:
+                marks = ",".join([self.mark] * len(query.measures))
+                for name, measure, total in execute(
+                    f"SELECT event_name, measure, sum(total) FROM {prefix}measure_rollups{sql.where()}"
+                    f"{' AND' if sql.clauses else ' WHERE'} measure IN ({marks}) GROUP BY event_name, measure",
+                    [*sql.params, *query.measures],
+                ).fetchall():
+                    if name in counts:
+                        counts[name][1 + query.measures.index(measure)] += _number(total)
+            if query.interval is not None:
+                bucket_width = BUCKET_PREFIX_CHARS[query.interval]
+                for bucket, name, count in execute(
+                    f"SELECT substr({column}, 1, {bucket_width}) AS bucket, event_name, sum(events) "
+                    f"FROM {prefix}event_rollups{sql.where()} GROUP BY bucket, event_name HAVING sum(events) > 0",
+                    sql.params,
+                ).fetchall():
+                    series[(bucket, name)] = series.get((bucket, name), 0) + int(count)
+        counts = {name: values for name, values in counts.items() if values[0] > 0}
+        for edge in edges:
+            rows, edge_series = self._scan_stats(execute, edge, self._seq_ceiling(execute, edge))
+            for name, count, *sums in rows:
+                counts.setdefault(name, [0, *([0] * len(query.measures))])
+                counts[name][0] += int(count)
+                for index, value in enumerate(sums):
+                    counts[name][1 + index] += _number(value)
+            for bucket, name, count in edge_series:
+                series[(bucket, name)] = series.get((bucket, name), 0) + int(count)
+        ordered = sorted(counts.items(), key=lambda item: (-item[1][0], item[0]))
+        return [(name, *values) for name, values in ordered], [
+            (bucket, name, count) for (bucket, name), count in sorted(series.items())
+        ]
+
+    def _seq_ceiling(self, execute: Callable[..., Any], query: StatsQuery | EventQuery) -> int | None:
+        """A seq above every row received before ``query.until`` (the edge scan stops there), or None."""
+        from ...core.timestamps import format_ms, parse_ms
+
+        until_ms = parse_ms(query.until) if query.until is not None else None
+        if until_ms is None:
+            return None
+        return self._seq_floor(execute, format_ms(until_ms + 2 * RECEIVED_ORDER_SLACK_MS), query.tenant_id)
+
+    def _export_bounds(self, query: EventQuery) -> tuple[int, int]:
+        """(floor, top): an export walks the rows with floor < seq <= top, top fixed when it starts."""
+
+        def work(execute: Callable[..., Any]) -> tuple[int, int]:
+            top = self._top(execute, query.tenant_id)
+            floor = 0
+            if query.since is not None and query.time_field == "received_at":
+                floor = max(0, self._seq_floor(execute, query.since, query.tenant_id) - 1)
+            return floor, top
+
+        bounds: tuple[int, int] = self._snapshot(work, "export")
+        return bounds
+
+    def _export_sql(self, query: EventQuery, floor: int, top: int) -> _SQLBuilder:
+        sql = _SQLBuilder(self.mark)
+        sql.add("seq > ?", floor)
+        sql.add("seq <= ?", top)
+        _filters(sql, query)
+        return sql
+
+    def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]:
+        """Every row ``query`` matches (its cursor, order and limit aside), oldest first, in chunks.
+
+        Yields ``(rows, done)``: at most ``chunk_rows`` tuples in ``EXPORT_COLUMNS``
+        order, dims and measures as JSON text, and the fraction of the seq range
+        walked so far (for a progress bar). Rows that arrive meanwhile are not
+        included: the export is of the table as it was when it started.
+        """
+        raise NotImplementedError
