@@ -34,7 +34,7 @@ index = Extension(
     extra_compile_args=["-O3"],
 )
 
-if os.environ.get("DRENGR_NO_EXTENSIONS", "") not in ("", "0"):
+if os.environ.get("DRENGR_NO_EXTENSIONS"):
     ext_modules = []
 else:
     ext_modules = cythonize(

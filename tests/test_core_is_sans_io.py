@@ -29,13 +29,9 @@ print("ok", COMPILED)
     assert result.stdout.startswith("ok")
 
 
-# core/mapping.py only re-exports drengr.mapping for drengr.web's old import; it goes once web imports drengr.mapping.
-SHIMS = {"mapping.py"}
-
-
 def test_core_does_not_pick_the_mapper():
     """drengr.mapping picks compiled or twin (and reads DRENGR_NO_EXTENSIONS): the core takes any BodyParser."""
-    modules = [f"drengr.core.{p.stem}" for p in sorted(CORE.glob("*.py")) if p.name not in SHIMS]
+    modules = [f"drengr.core.{p.stem}" for p in sorted(CORE.glob("*.py"))]
     program = f"""
 import importlib, sys
 class Block:

@@ -67,7 +67,7 @@ class DropSink(Protocol):
 
 
 # Reasons, with the sentence a user reads and the names of the keys involved.
-# The first four are the mapper's (drengr.core.mapping DROP_*); the store adds
+# The first four are the mapper's (drengr.mapping's DROP_*); the store adds
 # the next two; a refused request (4xx/502 after the key was known) is counted
 # under its error code.
 REASONS: dict[str, tuple[str, tuple[str, ...]]] = {

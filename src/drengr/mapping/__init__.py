@@ -10,10 +10,11 @@ the way yarl and multidict pair theirs:
   surrogates, which simdjson does not) and is the oracle the property tests
   hold the compiled module to.
 
-``DRENGR_NO_EXTENSIONS=1`` (read once, at import) makes the twin serve
-everything, as on a machine where the extension did not build. A built
-module that fails to load falls back silently here, but not in the tests
-(``tests/test_fast_twin.py::test_compiled_modules_are_loaded``).
+``DRENGR_NO_EXTENSIONS=1`` (any non-empty value, as yarl reads its own;
+read once, at import) makes the twin serve everything, as on a machine
+where the extension did not build; the store's dedup index reads it too. A
+built module that fails to load falls back silently here, but not in the
+tests (``tests/test_fast_twin.py::test_compiled_modules_are_loaded``).
 
 Imports ``drengr.core`` and its own twins; the core never imports this
 package (it takes any object with ``parse``: ``core.machine.BodyParser``).
@@ -26,7 +27,7 @@ from typing import Any
 from ..core.limits import DEFAULT_PII_SUBSTRINGS
 from . import _mapping_py
 
-NO_EXTENSIONS = os.environ.get("DRENGR_NO_EXTENSIONS", "") not in ("", "0")
+NO_EXTENSIONS = bool(os.environ.get("DRENGR_NO_EXTENSIONS"))
 
 # Not named _mapping_c: importing that submodule (as the twin tests do) binds the
 # package's attribute of that name, which would undo DRENGR_NO_EXTENSIONS.
