@@ -8,7 +8,7 @@ contract's shape, ``{"error", "code", "message"}``, on every route. ``/health``'
 503 is the one other shape (``Unhealthy``: load balancers and docs/operating.md
 read ``{"status": "unavailable", "error": why}``). ``response`` is the one way
 a Flask route answers an error; before Flask (the prefix middleware) the body
-is sent as it is (``ingest.send``).
+is sent as it is.
 """
 
 import json

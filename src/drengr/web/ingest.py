@@ -80,7 +80,9 @@ class Ingest:
             return self._flask(environ, start_response)
         result = self.run(environ)
         metrics.count("requests", _ingest_route(environ.get("PATH_INFO") or "/"), str(result.status))
-        return send(start_response, result.status, result.headers, result.body)
+        headers = [*result.headers, ("Content-Length", str(len(result.body)))]
+        start_response(_STATUS_LINES.get(result.status) or str(result.status), headers)
+        return [result.body]
 
     def run(self, environ: dict[str, Any], handler: Handler = machine.handle) -> machine.Response:
         """One ingest request, from the WSGI environ to ``handler``'s Response (counted and logged)."""
@@ -190,14 +192,6 @@ def drive(
     except Exception as error:  # a bug, not the client's doing: log it, never show a traceback
         access_log.unexpected(req, error)
     return machine.error_response(IngestFailed(), req.headers.get("origin"))
-
-
-def send(
-    start_response: Callable[..., Any], status: int, headers: list[tuple[str, str]], body: bytes
-) -> list[bytes]:
-    """Answer without Flask: the status line, ``headers`` and the body's length, the body."""
-    start_response(_STATUS_LINES.get(status) or str(status), [*headers, ("Content-Length", str(len(body)))])
-    return [body]
 
 
 def flask_response(result: machine.Response) -> Response:

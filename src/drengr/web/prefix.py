@@ -10,7 +10,7 @@ from typing import Any
 
 from ..core.errors import NotFound
 from .errors import JSON
-from .ingest import WSGIApp, send
+from .ingest import WSGIApp
 
 
 class PrefixMiddleware:
@@ -26,5 +26,6 @@ class PrefixMiddleware:
             environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.prefix
             environ["PATH_INFO"] = path[len(self.prefix) :]
             return self.app(environ, start_response)
-        error = NotFound()
-        return send(start_response, error.status, list(JSON), error.body())
+        body = NotFound().body()
+        start_response("404 Not Found", [*JSON, ("Content-Length", str(len(body)))])
+        return [body]
