@@ -37,6 +37,7 @@ IN_CI = bool(os.environ.get("CI"))
 try:
     import psycopg
 
+    from drengr.store.migrate import import_sqlite
     from drengr.store.postgres import PostgresStore, clean_json, clean_rows
 
     from .support.postgres import (
@@ -555,7 +556,7 @@ def test_sqlite_and_postgresql_store_the_same_rows(pg: PostgresStore, pg_dsn: st
 
 
 def test_sqlite_data_moves_over_to_postgresql(pg: PostgresStore, pg_dsn: str, tmp_path: Path) -> None:
-    """PostgresStore.import_sqlite: rows, tenants, hashed keys and usage; run twice, copies once; dedup holds."""
+    """drengr.store.migrate.import_sqlite: rows, tenants, hashed keys and usage; run twice, copies once; dedup holds."""
     from .support.wire import POSTS, send
 
     lite_path = tmp_path / "old.db"
@@ -567,11 +568,11 @@ def test_sqlite_data_moves_over_to_postgresql(pg: PostgresStore, pg_dsn: str, tm
     for capture in POSTS[:60]:
         send(client, capture, key)
     lite.close()
-    counts = pg.import_sqlite(str(lite_path), chunk_rows=7)
+    counts = import_sqlite(pg, str(lite_path), chunk_rows=7)
     before = read_rows(lite_path)
     assert counts["events"] == len(before) > 50
     assert comparable(pg_rows(pg_dsn)) == comparable(before)
-    assert pg.import_sqlite(str(lite_path))["events"] == 0  # resumable: nothing new, nothing twice
+    assert import_sqlite(pg, str(lite_path))["events"] == 0  # resumable: nothing new, nothing twice
     assert count(pg_dsn) == len(before)
     assert query(pg_dsn, "SELECT daily_cap FROM tenants WHERE tenant_id = %s", (TENANT,)) == [(123_456,)]
     pg_client = create_app(Config(db="unused"), store=pg).test_client()

@@ -249,9 +249,11 @@ def db(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.sqlite_file):
         raise UsageError(f"There is no file {args.sqlite_file}: pass the SQLite database to copy.")
     store = _open_postgres(args.store)
+    from .store.migrate import import_sqlite  # psycopg, which the store just opened needs too
+
     bar = ProgressBar("Copying events", "rows", quiet=args.quiet)
     try:
-        counts = store.import_sqlite(args.sqlite_file, progress=bar.update)  # type: ignore[attr-defined]
+        counts = import_sqlite(store, args.sqlite_file, progress=bar.update)
     except StoreError as error:
         raise UsageError(f"The copy stopped ({error}); run the same command again to resume.") from None
     finally:

@@ -10,14 +10,14 @@ from typing import Any
 import psycopg
 
 from ..core.timestamps import parse_ms
-from .base import StoreError, generation
+from .base import Store, StoreError, generation
 from .postgres import PostgresStore
 from .postgres.statements import _COPY_EVENTS, _INSERT_IDS, EVENT_COLUMNS, _add_to_rollups
 from .postgres.text import clean_rows, first_line
 
 
 def import_sqlite(
-    store: "PostgresStore",
+    store: Store,
     path: str,
     chunk_rows: int = 10_000,
     progress: Callable[[int, int], None] | None = None,
@@ -33,6 +33,8 @@ def import_sqlite(
     No cap applies, and nothing is counted as today's usage. ``progress(done, total)``
     after each chunk: rows of this run copied or skipped, of those it found to copy.
     """
+    if not isinstance(store, PostgresStore):
+        raise StoreError("import-sqlite copies into a PostgreSQL store (--store postgresql://…)")
     try:
         source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as error:

@@ -337,14 +337,6 @@ class PostgresStore(Admin):
             if cursor.rowcount < PRUNE_CHUNK:
                 return deleted
 
-    def import_sqlite(
-        self, path: str, chunk_rows: int = 10_000, progress: Callable[[int, int], None] | None = None
-    ) -> dict[str, int]:
-        """Copy a SQLite store into this database (``drengr.store.migrate.import_sqlite``)."""
-        from ..migrate import import_sqlite
-
-        return import_sqlite(self, path, chunk_rows, progress)
-
     # ------------------------------------------------------------ writes
 
     def write(self, tenant_id: str, rows: list[tuple[Any, ...]], received_at_ms: int) -> StoreOutcome:
