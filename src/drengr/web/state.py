@@ -10,7 +10,7 @@ without loading the web framework.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..drops import DropLog
@@ -37,7 +37,7 @@ class AppState:
     clock_ms: Callable[[], int]
     health: "HealthCheck"
     retention: "Retention | None" = None  # --retention: the thread that prunes old rows
-    reader: "Reader | None" = field(default=None)  # opened on the first read: ingest-only apps never open one
+    reader: "Reader | None" = None  # opened on the first read: ingest-only apps never open one
 
 
 def state_of(app: Any) -> AppState:
