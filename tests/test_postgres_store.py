@@ -24,11 +24,11 @@ import pytest
 from drengr import clock as drengr_clock
 from drengr.core.auth import hash_key
 from drengr.core.limits import MS_PER_DAY
-from drengr.core.timestamps import parse_ms
 from drengr.store import SQLiteStore, StoreError, open_store
 from drengr.web import Config, create_app
 
 from .support.app import TENANT, post, read_rows
+from .support.stores import DAY0, Clock, row
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 
@@ -55,22 +55,10 @@ except ImportError as error:  # pragma: no cover - psycopg is in the `test` extr
         raise
     pytest.skip(f"psycopg is not installed ({error}): pip install '.[test]'", allow_module_level=True)
 
-DAY0: int = parse_ms("2026-11-26T12:00:00.000Z") or 0
-assert DAY0
 SUCCESS = b'{"success": true}'
 # A generous hang guard, not a speed limit (speed is bench/'s): a wait that never ends
 # fails the test after this long instead of hanging the suite.
 HANG_GUARD_SECONDS = 60
-
-
-class Clock:
-    """A settable clock for the store (seconds, like time.time)."""
-
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
 
 
 @pytest.fixture
@@ -78,11 +66,6 @@ def pg(pg_dsn: str) -> Iterator[PostgresStore]:
     store = PostgresStore(pg_dsn, clock=Clock(DAY0))
     yield store
     store.close()
-
-
-def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
-    return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
-            "2026-11-26T00:00:00.000Z", "{}", "{}", "analytics-python 2.4.0")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- schema and migrations

@@ -17,30 +17,13 @@ import pytest
 
 from drengr.core.limits import MS_PER_DAY
 from drengr.core.outcome import StoreOutcome
-from drengr.core.timestamps import parse_ms
 from drengr.store import SQLiteStore, StoreError
 from drengr.store.base import Job
 from drengr.store.sqlite import WRITERS
 
+from .support.stores import DAY0, Clock, row
+
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
-
-DAY0 = parse_ms("2026-11-26T12:00:00.000Z")
-assert DAY0 is not None
-
-
-class Clock:
-    """A settable clock for the store (seconds, like time.time)."""
-
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
-
-
-def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
-    return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
-            "2026-11-26T00:00:00.000Z", "{}", "{}", "analytics-python 2.4.0")  # fmt: skip
 
 
 @pytest.fixture(params=WRITERS)

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from drengr.core.limits import MS_PER_DAY
-from drengr.core.timestamps import parse_ms
 from drengr.store import SQLiteStore, Store
 from drengr.store.base import generation
+
+from .support.stores import DAY0, Clock, row
 
 pytestmark = [
     pytest.mark.dated,  # run again with the clock far from today (tests/test_any_date.py)
@@ -35,24 +36,7 @@ pytestmark = [
     ),
 ]
 
-DAY0: int = parse_ms("2026-11-26T12:00:00.000Z") or 0
-assert DAY0
 GENERATION_MS = 7 * MS_PER_DAY
-
-
-class Clock:
-    """A settable clock for the store (seconds, like time.time)."""
-
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
-
-
-def row(event_id: str, tenant: str = "acme") -> tuple[str, ...]:
-    return (tenant, event_id, "e", "track", "u", "u", "2026-11-26T00:00:00.000Z",
-            "2026-11-26T00:00:00.000Z", "{}", "{}", "analytics-python 2.4.0")  # fmt: skip
 
 
 def open_at(location: Any, writer: str, clock: Callable[[], float], **options: Any) -> Any:

@@ -112,6 +112,30 @@ PRUNE_BATCH_ROWS = 2_000
 MIN_RETENTION_DAYS = 15
 
 
+def prune_in_batches(
+    delete_batch: Callable[[int], tuple[int, int]],
+    progress: Callable[[int, int], None] | None,
+    total: int,
+    deleted: int = 0,
+    after_seq: int = 0,
+) -> int:
+    """Retention's walk up ``seq`` (rows arrive in time order), batch by batch.
+
+    ``delete_batch(after_seq)`` deletes the old rows of the next batch past
+    ``after_seq`` in a transaction of its own and returns (how many, the batch's
+    last seq); the walk stops at the first batch with none. Returns ``deleted``
+    plus what it deleted; ``progress(done, total)`` after each batch.
+    """
+    while True:
+        old, last_seq = delete_batch(after_seq)
+        deleted += old
+        if progress is not None:
+            progress(deleted, max(total, deleted))
+        if not old:
+            return deleted
+        after_seq = last_seq
+
+
 KEY_CACHE_SECONDS = 2.0  # a revoked key stops working within this long
 KEY_CACHE_MAX = 10_000
 

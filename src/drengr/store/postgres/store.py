@@ -4,6 +4,7 @@ What must be exact across nodes is decided inside the write transaction (see
 ``drengr.store.postgres``); the statements are ``statements``. Imports psycopg.
 """
 
+import functools
 import logging
 import queue
 import threading
@@ -20,7 +21,16 @@ from ...core.limits import DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
 from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms
 from ..admin import Admin
-from ..base import GROUP_MAX_ROWS, PRUNE_BATCH_ROWS, Job, KeyCache, StoreError, generation, take_group
+from ..base import (
+    GROUP_MAX_ROWS,
+    PRUNE_BATCH_ROWS,
+    Job,
+    KeyCache,
+    StoreError,
+    generation,
+    prune_in_batches,
+    take_group,
+)
 from ..rollups import ROLLUP_GRAINS
 from .statements import (
     _ADD_USAGE,
@@ -285,34 +295,32 @@ class PostgresStore(Admin):
                     (cutoff,),
                 )
             ]
+
+            def delete_batch(tenant_id: str, after_seq: int) -> tuple[int, int]:
+                with conn.transaction():
+                    batch = conn.execute(
+                        "SELECT seq, received_at < %s FROM semantic_events WHERE tenant_id = %s AND seq > %s "
+                        "ORDER BY seq LIMIT %s",
+                        (cutoff, tenant_id, after_seq, batch_rows),
+                    ).fetchall()
+                    old = [seq for seq, is_old in batch if is_old]
+                    if old:
+                        # The read side forgets them in the same transaction (rows it counted).
+                        from_seq = self._rollups_from_seq(conn)
+                        rolled = [seq for seq in old if seq >= from_seq]
+                        if rolled:
+                            for statement in _REMOVE_ROLLUPS:
+                                conn.execute(statement, (tenant_id, rolled))
+                        conn.execute(
+                            "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s)",
+                            (tenant_id, old),
+                        )
+                return len(old), batch[-1][0] if batch else after_seq
+
             deleted = 0
             for tenant_id in tenants:
-                last_seq = -1
-                while True:
-                    with conn.transaction():
-                        batch = conn.execute(
-                            "SELECT seq, received_at < %s FROM semantic_events WHERE tenant_id = %s AND seq > %s "
-                            "ORDER BY seq LIMIT %s",
-                            (cutoff, tenant_id, last_seq, batch_rows),
-                        ).fetchall()
-                        old = [seq for seq, is_old in batch if is_old]
-                        if old:
-                            # The read side forgets them in the same transaction (rows it counted).
-                            from_seq = self._rollups_from_seq(conn)
-                            rolled = [seq for seq in old if seq >= from_seq]
-                            if rolled:
-                                for statement in _REMOVE_ROLLUPS:
-                                    conn.execute(statement, (tenant_id, rolled))
-                            conn.execute(
-                                "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s)",
-                                (tenant_id, old),
-                            )
-                    deleted += len(old)
-                    if progress is not None:
-                        progress(deleted, max(total, deleted))
-                    if not old:
-                        break
-                    last_seq = batch[-1][0]
+                batch_of = functools.partial(delete_batch, tenant_id)
+                deleted = prune_in_batches(batch_of, progress, total, deleted, after_seq=-1)
             day = before_ms // MS_PER_DAY
             with conn.transaction():
                 conn.execute("DELETE FROM daily_usage WHERE day < %s", (day,))

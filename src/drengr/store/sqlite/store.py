@@ -23,7 +23,16 @@ from ...core.limits import MS_PER_DAY
 from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms
 from ..admin import Admin
-from ..base import GROUP_MAX_ROWS, PRUNE_BATCH_ROWS, Job, KeyCache, StoreError, schema_statements, take_group
+from ..base import (
+    GROUP_MAX_ROWS,
+    PRUNE_BATCH_ROWS,
+    Job,
+    KeyCache,
+    StoreError,
+    prune_in_batches,
+    schema_statements,
+    take_group,
+)
 from . import read_side
 from .connect import Transaction, connect
 from .locks import WriterLock
@@ -192,12 +201,12 @@ class SQLiteStore(Admin):
             total = conn.execute(
                 "SELECT count(*) FROM semantic_events WHERE received_at < ?", (cutoff,)
             ).fetchone()[0]
-            deleted = last_seq = 0
-            while True:
+
+            def delete_batch(after_seq: int) -> tuple[int, int]:
                 with self._turn(conn):
                     batch = conn.execute(
                         "SELECT seq, received_at < ? FROM semantic_events WHERE seq > ? ORDER BY seq LIMIT ?",
-                        (cutoff, last_seq, batch_rows),
+                        (cutoff, after_seq, batch_rows),
                     ).fetchall()
                     old = [seq for seq, is_old in batch if is_old]
                     if old:
@@ -206,12 +215,9 @@ class SQLiteStore(Admin):
                         conn.execute(
                             f"DELETE FROM semantic_events WHERE seq IN ({','.join('?' * len(old))})", old
                         )
-                deleted += len(old)
-                if progress is not None:
-                    progress(deleted, max(total, deleted))
-                if not old:
-                    break
-                last_seq = batch[-1][0]
+                return len(old), batch[-1][0] if batch else after_seq
+
+            deleted = prune_in_batches(delete_batch, progress, total)
             day = before_ms // MS_PER_DAY
             with self._turn(conn):
                 conn.execute("DELETE FROM daily_usage WHERE day < ?", (day,))
