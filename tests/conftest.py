@@ -12,6 +12,7 @@ from drengr.store import open_store
 from drengr.web import Config, create_app
 
 from .support.app import TENANT
+from .support.mappers import MAPPER_TWINS
 
 
 @pytest.fixture
@@ -22,9 +23,7 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 # The mapper's two twins (drengr.mapping): a contract suite runs on both with
 #     pytestmark = pytest.mark.usefixtures("mapper_twin")
-MAPPER_TWINS = ["compiled", "pure"]
-
-
+# and a module that starts `drengr serve` passes mapper_env(twin) to it (tests/support/mappers.py).
 @pytest.fixture(params=MAPPER_TWINS)
 def mapper_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Which mapper the apps built in this test use: the compiled one, or the pure twin for every body.

@@ -23,11 +23,10 @@ import pytest
 
 import drengr.mapping
 
+from .support.mappers import MAPPER_TWINS, mapper_env
 from .support.realserver import Server, basic, create_db, launch, no_stray_servers  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.slow
-
-PURE_ENV = {"DRENGR_NO_EXTENSIONS": "1"}  # a `drengr serve` that maps every body with the pure twin
 
 MAX_BODY = 512_000
 MAX_ITEM = 32_768
@@ -39,13 +38,13 @@ BAD_JSON = "Invalid JSON"
 TOO_LARGE = "Request too large"
 
 
-@pytest.fixture(scope="module", params=["compiled", "pure"])
+@pytest.fixture(scope="module", params=MAPPER_TWINS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server per mapper: the compiled one, then the pure twin for every body (DRENGR_NO_EXTENSIONS=1)."""
     if request.param == "compiled" and not drengr.mapping.COMPILED:
         pytest.skip("the compiled mapper is not in use (DRENGR_NO_EXTENSIONS=1, or it did not load)")
     db = tmp_path_factory.mktemp("hostile") / "hostile.db"
-    server = launch(db, create_db(db), log_level="warning", env=PURE_ENV if request.param == "pure" else {})
+    server = launch(db, create_db(db), log_level="warning", env=mapper_env(request.param))
     yield server
     assert server.stop() == 0
 

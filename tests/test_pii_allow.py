@@ -22,7 +22,7 @@ from drengr.store import open_store
 from drengr.web import Config, create_app
 
 from .support.app import ENGINES, TENANT, post, read_rows
-from .test_pii_matching import MAPPERS
+from .support.mappers import MAPPERS
 
 pytestmark = pytest.mark.dated  # run again with the clock far from today (tests/test_any_date.py)
 

@@ -17,25 +17,12 @@ import pytest
 
 from drengr.core.limits import DEFAULT_PII_SUBSTRINGS
 from drengr.core.timestamps import parse_ms
-from drengr.mapping import _mapping_py
 
-try:
-    from drengr.mapping import _mapping_c
-except ImportError:  # test_fast_twin.py::test_compiled_module_is_loaded fails loudly
-    _mapping_c = None
+from .support.mappers import MAPPERS
 
 RECEIVED_MS = parse_ms("2026-11-26T02:50:53.123Z")
 TENANT = "acme"
 DEFAULTS = DEFAULT_PII_SUBSTRINGS
-
-MAPPERS = [
-    pytest.param(
-        _mapping_c,
-        id="compiled",
-        marks=pytest.mark.skipif(_mapping_c is None, reason="drengr.mapping._mapping_c did not load"),
-    ),
-    pytest.param(_mapping_py, id="twin"),
-]
 
 PII_CASES = [  # (the configured fragments, the key sent, whether it is PII)
     pytest.param(DEFAULTS, "email", True, id="lower"),
