@@ -8,7 +8,7 @@ import pytest
 from drengr import _index_py
 
 try:
-    from drengr import _index  # type: ignore[attr-defined]
+    from drengr import _index
 except ImportError:  # pragma: no cover - the extension did not build
     _index = None
 

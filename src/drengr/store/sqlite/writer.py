@@ -51,9 +51,9 @@ from .locks import CHECKPOINT_FALLBACK_PAGES, Checkpointer, WriterLock
 try:
     if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
         raise ImportError("DRENGR_NO_EXTENSIONS=1")
-    from ..._index import FingerprintIndex, fingerprint, fingerprints  # type: ignore[import-not-found]
+    from ..._index import FingerprintIndex, fingerprint, fingerprints
 except ImportError:  # the extension did not build (or is not wanted); the twin is exact, only slower
-    from ..._index_py import FingerprintIndex, fingerprint, fingerprints
+    from ..._index_py import FingerprintIndex, fingerprint, fingerprints  # type: ignore[assignment]
 
 log = logging.getLogger("drengr.store")
 
