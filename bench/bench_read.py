@@ -83,21 +83,10 @@ def median_seconds(work: Callable[[], Any], rounds: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRequest) -> None:
-    rounds = 1 if request.config.getoption("benchmark_disable", False) else 5
-    reader = SQLiteReader(str(table))
-    conn = sqlite3.connect(f"file:{table}?mode=ro", uri=True)
+def api_reads(reader: Any) -> dict[str, Callable[[], Any]]:
+    """The read API's queries both engines are timed on."""
     since_7d = format_ms(NOW_MS - 7 * 86_400_000)
-    one_hour = format_ms(NOW_MS - 3_600_000)
-
-    def analyst(name: str) -> Callable[[], Any]:
-        metadata = json.loads((SRC / "drengr" / "datasette.json").read_text())
-        sql = metadata["databases"]["drengr"]["queries"][name]["sql"].replace(
-            "'now'", f"'{NOW_MS // 1000}', 'unixepoch'"
-        )
-        return lambda: conn.execute(sql).fetchall()
-
-    reads: dict[str, Callable[[], Any]] = {
+    return {
         "/v1/stats 7d by day": lambda: reader.stats(StatsQuery("acme", since=since_7d, interval="day")),
         "/v1/stats 7d by event name, revenue": lambda: reader.stats(
             StatsQuery("acme", since=since_7d, measures=("revenue",))
@@ -113,6 +102,25 @@ def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRe
                 "acme", since=format_ms(NOW_MS - 3 * 86_400_000), until=format_ms(NOW_MS - 2 * 86_400_000)
             )
         ),
+    }
+
+
+def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRequest) -> None:
+    rounds = 1 if request.config.getoption("benchmark_disable", False) else 5
+    reader = SQLiteReader(str(table))
+    conn = sqlite3.connect(f"file:{table}?mode=ro", uri=True)
+    since_7d = format_ms(NOW_MS - 7 * 86_400_000)
+    one_hour = format_ms(NOW_MS - 3_600_000)
+
+    def analyst(name: str) -> Callable[[], Any]:
+        metadata = json.loads((SRC / "drengr" / "datasette.json").read_text())
+        sql = metadata["databases"]["drengr"]["queries"][name]["sql"].replace(
+            "'now'", f"'{NOW_MS // 1000}', 'unixepoch'"
+        )
+        return lambda: conn.execute(sql).fetchall()
+
+    reads: dict[str, Callable[[], Any]] = {
+        **api_reads(reader),
         "debugger chart (last hour by minute)": lambda: reader.stats(
             StatsQuery("acme", since=one_hour, interval="minute")
         ),
@@ -229,6 +237,30 @@ def bench_export_peak_rss(table: Path, tmp_path: Path) -> None:
           f"(table {table.stat().st_size / 2**20:,.0f} MB, Parquet {output.stat().st_size / 2**20:,.0f} MB)")  # fmt: skip
 
 
+def full_against_empty(stores: dict[str, Any], batches: int) -> tuple[float, float]:
+    """Rows/s of 100-event batches into stores["empty"] and stores["full table"], rounds alternating.
+
+    Each store first takes one batch untimed (the full SQLite table loads its dedup window then).
+    """
+    template = synthetic_rows(0, 100)
+
+    def batch(tag: str, b: int) -> list[tuple[Any, ...]]:
+        received = format_ms(NOW_MS + b * 1_000)
+        return [(row[0], f"{tag}-{b}-{row[1]}", *row[2:6], received, received, *row[8:]) for row in template]
+
+    results: dict[str, list[float]] = {label: [] for label in stores}
+    for label, store in stores.items():
+        assert store.write("acme", batch(f"warm-{label}", 0), NOW_MS).stored == 100
+    for round_ in range(6):
+        label = "empty" if round_ % 2 == 0 else "full table"
+        started = time.perf_counter()
+        for b in range(batches):
+            assert stores[label].write("acme", batch(f"r{round_}", b), NOW_MS).stored == 100
+        results[label].append(batches * 100 / (time.perf_counter() - started))
+    empty, full = (statistics.median(results[k]) for k in ("empty", "full table"))
+    return empty, full
+
+
 def bench_ingest_into_the_full_table_against_an_empty_one(
     table: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -238,29 +270,14 @@ def bench_ingest_into_the_full_table_against_an_empty_one(
     untimed: the full table's dedup window loads seven days of ids then.
     """
     batches = 20 if request.config.getoption("benchmark_disable", False) else 300
-    template = synthetic_rows(0, 100)
     # A long busy timeout: the full table's first write loads seven days of ids into the window first.
     stores = {label: SQLiteStore(str(path), busy_timeout_ms=300_000)
               for label, path in (("empty", tmp_path / "empty.db"), ("full table", table))}  # fmt: skip
-    results: dict[str, list[float]] = {label: [] for label in stores}
-
-    def batch(tag: str, b: int) -> list[tuple[Any, ...]]:
-        received = format_ms(NOW_MS + b * 1_000)
-        return [(row[0], f"{tag}-{b}-{row[1]}", *row[2:6], received, received, *row[8:]) for row in template]
-
     try:
-        for label, store in stores.items():
-            assert store.write("acme", batch(f"warm-{label}", 0), NOW_MS).stored == 100
-        for round_ in range(6):
-            label = "empty" if round_ % 2 == 0 else "full table"
-            started = time.perf_counter()
-            for b in range(batches):
-                assert stores[label].write("acme", batch(f"r{round_}", b), NOW_MS).stored == 100
-            results[label].append(batches * 100 / (time.perf_counter() - started))
+        empty, full = full_against_empty(stores, batches)
     finally:
         for store in stores.values():
             store.close()
-    empty, full = (statistics.median(results[k]) for k in ("empty", "full table"))
     print(f"\n100-event batches: {full:,.0f} rows/s into the {ROWS:,}-row table, {empty:,.0f} into an empty one: "
           f"{full / empty:.1%} of the empty table's rate")  # fmt: skip
 
@@ -360,21 +377,7 @@ def bench_postgres_reads_as_a_fraction_of_one_scan(pg_table: str, request: pytes
     reader = PostgresReader(pg_table)
     since_7d = format_ms(NOW_MS - 7 * 86_400_000)
     reads: dict[str, Callable[[], Any]] = {
-        "/v1/stats 7d by day": lambda: reader.stats(StatsQuery("acme", since=since_7d, interval="day")),
-        "/v1/stats 7d by event name, revenue": lambda: reader.stats(
-            StatsQuery("acme", since=since_7d, measures=("revenue",))
-        ),
-        "/v1/events first page": lambda: reader.events(EventQuery("acme")),
-        "/v1/events by event_name": lambda: reader.events(EventQuery("acme", event_name="event_07")),
-        "/v1/events by a rare event_name": lambda: reader.events(
-            EventQuery("acme", event_name="refund_issued")
-        ),
-        "/v1/events by external_id": lambda: reader.events(EventQuery("acme", external_id="u4242")),
-        "/v1/events by time range": lambda: reader.events(
-            EventQuery(
-                "acme", since=format_ms(NOW_MS - 3 * 86_400_000), until=format_ms(NOW_MS - 2 * 86_400_000)
-            )
-        ),
+        **api_reads(reader),
         "debugger chart (last 30 min by minute)": lambda: reader.stats(
             StatsQuery("acme", since=format_ms(NOW_MS - 1_800_000), interval="minute")
         ),
@@ -411,27 +414,13 @@ def bench_postgres_ingest_into_the_full_table_against_an_empty_one(
     from .bench_postgres import schema_dsn
 
     batches = 20 if request.config.getoption("benchmark_disable", False) else 300
-    template = synthetic_rows(0, 100)
-
-    def batch(tag: str, b: int) -> list[tuple[Any, ...]]:
-        received = format_ms(NOW_MS + b * 1_000)
-        return [(row[0], f"{tag}-{b}-{row[1]}", *row[2:6], received, received, *row[8:]) for row in template]
 
     with contextlib.contextmanager(schema_dsn.__wrapped__)() as empty_dsn:  # type: ignore[attr-defined]
         stores = {"empty": pg_store.PostgresStore(empty_dsn), "full table": pg_store.PostgresStore(pg_table)}
-        results: dict[str, list[float]] = {label: [] for label in stores}
         try:
-            for label, store in stores.items():
-                assert store.write("acme", batch(f"warm-{label}", 0), NOW_MS).stored == 100
-            for round_ in range(6):
-                label = "empty" if round_ % 2 == 0 else "full table"
-                started = time.perf_counter()
-                for b in range(batches):
-                    assert stores[label].write("acme", batch(f"r{round_}", b), NOW_MS).stored == 100
-                results[label].append(batches * 100 / (time.perf_counter() - started))
+            empty, full = full_against_empty(stores, batches)
         finally:
             for store in stores.values():
                 store.close()
-    empty, full = (statistics.median(results[k]) for k in ("empty", "full table"))
     print(f"\nPostgreSQL, 100-event batches: {full:,.0f} rows/s into the {ROWS:,}-row table, {empty:,.0f} into "
           f"an empty one: {full / empty:.1%} of the empty table's rate")  # fmt: skip

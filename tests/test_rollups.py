@@ -422,13 +422,17 @@ EVENT_QUERIES = [
 ]
 
 
-@pytest.mark.parametrize("query", EVENT_QUERIES)
-def test_filtered_pages_equal_the_rows_chosen_one_by_one(indexed: Path, query: EventQuery) -> None:
-    reader = SQLiteReader(str(indexed))
+def read_page(path: Path, query: EventQuery) -> Any:
+    reader = SQLiteReader(str(path))
     try:
-        page = reader.events(query)
+        return reader.events(query)
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("query", EVENT_QUERIES)
+def test_filtered_pages_equal_the_rows_chosen_one_by_one(indexed: Path, query: EventQuery) -> None:
+    page = read_page(indexed, query)
     expected = oracle_page(indexed, query)
     assert [event["seq"] for event in page.events] == expected
     if query.external_id == "u3" and query.tenant_id == "acme":
@@ -445,11 +449,7 @@ def test_a_users_page_joins_the_rows_past_the_index_to_those_in_it(indexed: Path
     ).fetchone()
     conn.close()
     query = EventQuery(tenant_id, external_id=user, order=order, limit=100)
-    reader = SQLiteReader(str(indexed))
-    try:
-        page = reader.events(query)
-    finally:
-        reader.close()
+    page = read_page(indexed, query)
     expected = oracle_page(indexed, query)
     assert len(expected) > 5
     assert [event["seq"] for event in page.events] == expected
