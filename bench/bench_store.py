@@ -21,6 +21,7 @@ from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import format_ms, parse_ms
 from drengr.mapping import BodyMapper
 from drengr.store import SQLiteStore
+from drengr.store.sqlite import read_side
 from drengr.store.sqlite.writer import _INSERT_EVENTS
 
 from .payloads import batch_body
@@ -64,6 +65,11 @@ def prefill(path: Path, rows: int, received_ms: int) -> None:
             ),
         )
         conn.execute("COMMIT")
+    # The user index as the writer leaves it (else the timed writes would index the backlog).
+    conn.execute("BEGIN IMMEDIATE")
+    top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
+    read_side.index_users(conn, top, max_blocks=1 << 30)
+    conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
 
