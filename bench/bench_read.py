@@ -105,11 +105,24 @@ def api_reads(reader: Any) -> dict[str, Callable[[], Any]]:
     }
 
 
+def report_reads(reader: Any, reads: dict[str, Callable[[], Any]], scan_s: float, rounds: int) -> None:
+    """Each read's median time and its fraction of the scan; then the stats from the rollups
+    are checked against the scan (the answer, not only the time)."""
+    print(f"{'read':<42} {'ms':>10} {'of scan':>9}")
+    for name, read in reads.items():
+        seconds, _ = median_seconds(read, rounds)
+        print(f"{name:<42} {seconds * 1000:>10.2f} {seconds / scan_s:>8.1%}")
+    since_7d = format_ms(NOW_MS - 7 * 86_400_000)
+    query = StatsQuery("acme", since=since_7d, interval="day", measures=("revenue",))
+    rows, series = reader._snapshot(lambda execute: reader._scan_stats(execute, query), "stats")
+    oracle, got = _stats(rows, series, query), reader.stats(query)
+    assert (got.by_event, got.series, got.total) == (oracle.by_event, oracle.series, oracle.total)
+
+
 def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRequest) -> None:
     rounds = 1 if request.config.getoption("benchmark_disable", False) else 5
     reader = SQLiteReader(str(table))
     conn = sqlite3.connect(f"file:{table}?mode=ro", uri=True)
-    since_7d = format_ms(NOW_MS - 7 * 86_400_000)
     one_hour = format_ms(NOW_MS - 3_600_000)
 
     def analyst(name: str) -> Callable[[], Any]:
@@ -143,15 +156,7 @@ def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRe
     )
     assert scanned[0] == ROWS
     print(f"\n{ROWS:,} rows; one full scan (count(*), sum(length(dims))): {scan_s * 1000:,.1f} ms")
-    print(f"{'read':<42} {'ms':>10} {'of scan':>9}")
-    for name, read in reads.items():
-        seconds, _ = median_seconds(read, rounds)
-        print(f"{name:<42} {seconds * 1000:>10.2f} {seconds / scan_s:>8.1%}")
-    # The stats read from the rollups answer as the scan does (the answer, not only the time).
-    query = StatsQuery("acme", since=since_7d, interval="day", measures=("revenue",))
-    rows, series = reader._snapshot(lambda execute: reader._scan_stats(execute, query), "stats")
-    oracle, got = _stats(rows, series, query), reader.stats(query)
-    assert (got.by_event, got.series, got.total) == (oracle.by_event, oracle.series, oracle.total)
+    report_reads(reader, reads, scan_s, rounds)
     reader.close()
     conn.close()
 
@@ -375,7 +380,6 @@ def bench_postgres_reads_as_a_fraction_of_one_scan(pg_table: str, request: pytes
 
     rounds = 1 if request.config.getoption("benchmark_disable", False) else 5
     reader = PostgresReader(pg_table)
-    since_7d = format_ms(NOW_MS - 7 * 86_400_000)
     reads: dict[str, Callable[[], Any]] = {
         **api_reads(reader),
         "debugger chart (last 30 min by minute)": lambda: reader.stats(
@@ -391,15 +395,8 @@ def bench_postgres_reads_as_a_fraction_of_one_scan(pg_table: str, request: pytes
     print(
         f"\nPostgreSQL, {ROWS:,} rows; one full scan (count(*), sum(length(dims::text))): {scan_s * 1000:,.1f} ms"
     )
-    print(f"{'read':<42} {'ms':>10} {'of scan':>9}")
     try:
-        for name, read in reads.items():
-            seconds, _ = median_seconds(read, rounds)
-            print(f"{name:<42} {seconds * 1000:>10.2f} {seconds / scan_s:>8.1%}")
-        query = StatsQuery("acme", since=since_7d, interval="day", measures=("revenue",))
-        rows, series = reader._snapshot(lambda execute: reader._scan_stats(execute, query), "stats")
-        oracle, got = _stats(rows, series, query), reader.stats(query)
-        assert (got.by_event, got.series, got.total) == (oracle.by_event, oracle.series, oracle.total)
+        report_reads(reader, reads, scan_s, rounds)
     finally:
         reader.close()
 

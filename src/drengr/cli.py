@@ -9,6 +9,7 @@ database; the others need one to be there.
 """
 
 import argparse
+import contextlib
 import errno
 import gc
 import logging
@@ -18,7 +19,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,12 +201,27 @@ def _not_a_database(path: str, error: sqlite3.Error) -> UsageError:
     )
 
 
+@contextlib.contextmanager
+def _admin_errors(args: argparse.Namespace, store: Store) -> Iterator[None]:
+    """An admin command's store errors as one sentence each; the store closed whatever happens."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise _not_a_database(args.db, error) from None
+    except StoreError as error:
+        raise UsageError(
+            f"The {_where(args)} failed ({error}): check it and run the command again."
+        ) from None
+    finally:
+        store.close()
+
+
 def keys(args: argparse.Namespace) -> int:
     creating = args.keys_command == "create"
     if creating and not args.tenant:
         raise UsageError("Say which tenant the key is for: drengr keys create --tenant NAME.")
     store = _open_store(_admin_config(args), create=creating)
-    try:
+    with _admin_errors(args, store):
         if creating:
             key = store.create_key(args.tenant, args.kind)
             print(
@@ -226,14 +242,6 @@ def keys(args: argparse.Namespace) -> int:
             if not store.revoke_key(args.key):
                 raise UsageError("No active key matches that: check it with drengr keys list.")
             print("Revoked.", file=sys.stderr)
-    except sqlite3.Error as error:
-        raise _not_a_database(args.db, error) from None
-    except StoreError as error:
-        raise UsageError(
-            f"The {_where(args)} failed ({error}): check it and run the command again."
-        ) from None
-    finally:
-        store.close()
     return 0
 
 
@@ -300,7 +308,7 @@ def tenants(args: argparse.Namespace) -> int:
     if args.daily_cap is None and args.pii_allow is None:
         raise UsageError("Say what to change: drengr tenants set NAME --daily-cap N or --pii-allow NAMES.")
     store = _open_store(_admin_config(args), create=args.create)
-    try:
+    with _admin_errors(args, store):
         known = store.tenants()
         if args.name not in known and not args.create:
             listed = f"the tenants are {', '.join(known)}" if known else "there are no tenants yet"
@@ -312,14 +320,6 @@ def tenants(args: argparse.Namespace) -> int:
             store.set_daily_cap(args.name, int(args.daily_cap))
         if args.pii_allow is not None:
             store.set_pii_allow(args.name, args.pii_allow)
-    except sqlite3.Error as error:
-        raise _not_a_database(args.db, error) from None
-    except StoreError as error:
-        raise UsageError(
-            f"The {_where(args)} failed ({error}): check it and run the command again."
-        ) from None
-    finally:
-        store.close()
     if args.daily_cap is not None:
         print(f"Tenant {args.name!r}: daily cap {int(args.daily_cap):,} events.", file=sys.stderr)
     if args.pii_allow is not None:
