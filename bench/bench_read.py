@@ -242,11 +242,22 @@ def bench_export_peak_rss(table: Path, tmp_path: Path) -> None:
           f"(table {table.stat().st_size / 2**20:,.0f} MB, Parquet {output.stat().st_size / 2**20:,.0f} MB)")  # fmt: skip
 
 
-def full_against_empty(stores: dict[str, Any], batches: int) -> tuple[float, float]:
-    """Rows/s of 100-event batches into stores["empty"] and stores["full table"], rounds alternating.
+def full_against_empty(stores: dict[str, Any], batches: int, engine: str) -> None:
+    """Prints the rows/s of 100-event batches into stores["full table"] against stores["empty"], rounds
+    alternating, then closes both.
 
     Each store first takes one batch untimed (the full SQLite table loads its dedup window then).
     """
+    try:
+        empty, full = _full_against_empty(stores, batches)
+    finally:
+        for store in stores.values():
+            store.close()
+    print(f"\n{engine}100-event batches: {full:,.0f} rows/s into the {ROWS:,}-row table, {empty:,.0f} into "
+          f"an empty one: {full / empty:.1%} of the empty table's rate")  # fmt: skip
+
+
+def _full_against_empty(stores: dict[str, Any], batches: int) -> tuple[float, float]:
     template = synthetic_rows(0, 100)
 
     def batch(tag: str, b: int) -> list[tuple[Any, ...]]:
@@ -278,13 +289,7 @@ def bench_ingest_into_the_full_table_against_an_empty_one(
     # A long busy timeout: the full table's first write loads seven days of ids into the window first.
     stores = {label: SQLiteStore(str(path), busy_timeout_ms=300_000)
               for label, path in (("empty", tmp_path / "empty.db"), ("full table", table))}  # fmt: skip
-    try:
-        empty, full = full_against_empty(stores, batches)
-    finally:
-        for store in stores.values():
-            store.close()
-    print(f"\n100-event batches: {full:,.0f} rows/s into the {ROWS:,}-row table, {empty:,.0f} into an empty one: "
-          f"{full / empty:.1%} of the empty table's rate")  # fmt: skip
+    full_against_empty(stores, batches, "")
 
 
 def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureRequest, monkeypatch: Any) -> None:
@@ -414,10 +419,4 @@ def bench_postgres_ingest_into_the_full_table_against_an_empty_one(
 
     with contextlib.contextmanager(schema_dsn.__wrapped__)() as empty_dsn:  # type: ignore[attr-defined]
         stores = {"empty": pg_store.PostgresStore(empty_dsn), "full table": pg_store.PostgresStore(pg_table)}
-        try:
-            empty, full = full_against_empty(stores, batches)
-        finally:
-            for store in stores.values():
-                store.close()
-    print(f"\nPostgreSQL, 100-event batches: {full:,.0f} rows/s into the {ROWS:,}-row table, {empty:,.0f} into "
-          f"an empty one: {full / empty:.1%} of the empty table's rate")  # fmt: skip
+        full_against_empty(stores, batches, "PostgreSQL, ")
