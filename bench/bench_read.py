@@ -8,7 +8,6 @@ it prints (docs/performance.md "Reading at 10M rows"), every read under 5 % of t
 """
 
 import contextlib
-import itertools
 import json
 import operator
 import os
@@ -29,7 +28,7 @@ from drengr.store import SQLiteStore
 from drengr.store.reader import EventQuery, SQLiteReader, StatsQuery
 from drengr.store.reader.model import _stats
 from drengr.store.sqlite import read_side
-from drengr.store.sqlite.writer import Writer, insert_events
+from drengr.store.sqlite.writer import insert_events
 
 ROWS = int(os.environ.get("DRENGR_BENCH_READ_ROWS", "20000"))
 NOW_MS = parse_ms("2026-11-26T12:00:00.000Z") or 0
@@ -64,11 +63,9 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for start in range(0, ROWS, CHUNK):
         rows = synthetic_rows(start, min(CHUNK, ROWS - start))
         conn.execute("BEGIN IMMEDIATE")
-        last = insert_events(conn, rows)
-        # One list a time of receipt, as a request's rows arrive (rollup_rows counts them so).
-        read_side.add_to_rollups(conn, [list(g) for _, g in itertools.groupby(rows, key=RECEIPT)])
-        read_side.index_users(conn, last, max_blocks=1 << 20)  # as the writer does, block by block
+        insert_events(conn, rows)
         conn.execute("COMMIT")
+    read_side.catch_up(str(path))  # as the writer's read-side builder does, a step at a time
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return path
@@ -123,14 +120,17 @@ def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRe
     rounds = 1 if request.config.getoption("benchmark_disable", False) else 5
     reader = SQLiteReader(str(table))
     conn = sqlite3.connect(f"file:{table}?mode=ro", uri=True)
+    users = sqlite3.connect(f"file:{read_side.users_path(str(table))}?mode=ro", uri=True)
     one_hour = format_ms(NOW_MS - 3_600_000)
 
-    def analyst(name: str) -> Callable[[], Any]:
+    def analyst(name: str, database: str = "drengr") -> Callable[[], Any]:
+        """A canned query of the shipped Datasette metadata, on the database Datasette runs it on."""
         metadata = json.loads((SRC / "drengr" / "datasette.json").read_text())
-        sql = metadata["databases"]["drengr"]["queries"][name]["sql"].replace(
+        sql = metadata["databases"][database]["queries"][name]["sql"].replace(
             "'now'", f"'{NOW_MS // 1000}', 'unixepoch'"
         )
-        return lambda: conn.execute(sql).fetchall()
+        on = users if database == "drengr-users" else conn
+        return lambda: on.execute(sql).fetchall()
 
     reads: dict[str, Callable[[], Any]] = {
         **api_reads(reader),
@@ -138,7 +138,7 @@ def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRe
             StatsQuery("acme", since=one_hour, interval="minute")
         ),
         "analyst: events per day by name": analyst("events_per_day_by_name"),
-        "analyst: distinct users": analyst("distinct_users"),
+        "analyst: distinct users": analyst("distinct_users", "drengr-users"),
         "analyst: revenue by day": analyst("revenue_by_day"),
         # What Datasette runs for the facets of the semantic_events page (its facet query).
         "Datasette facet event_name": lambda: conn.execute(
@@ -159,6 +159,7 @@ def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRe
     report_reads(reader, reads, scan_s, rounds)
     reader.close()
     conn.close()
+    users.close()
 
 
 def bench_debugger_through_the_app(table: Path, request: pytest.FixtureRequest) -> None:
@@ -199,21 +200,36 @@ def bench_debugger_through_the_app(table: Path, request: pytest.FixtureRequest) 
           f"one poll (three reads) {poll_s * 1000:,.1f} ms")  # fmt: skip
 
 
+class _NoReadSide:
+    """A read-side builder that builds nothing: the store "without the read structures"."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def wrote(self, rows: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 def bench_ingest_with_and_without_rollups(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: Any
 ) -> None:
-    """100-event batches through SQLiteStore.write, rounds alternating with and without the rollups."""
+    """100-event batches through SQLiteStore.write, rounds alternating with and without the read side.
+
+    Each round is timed until its store has closed: the read side's builder has then
+    counted every row (its work is in the figure, not left behind).
+    """
     batches = 20 if request.config.getoption("benchmark_disable", False) else 400
     rows_per_round = synthetic_rows(0, batches * 100)
-    kept, kept_due = read_side.add_to_rollups, Writer._users_due
+    kept = read_side.Builder
     results: dict[str, list[float]] = {"with rollups": [], "without": []}
     for round_ in range(6):
         label = "with rollups" if round_ % 2 == 0 else "without"
-        monkeypatch.setattr(read_side, "add_to_rollups", kept if label == "with rollups" else lambda *a: None)
-        monkeypatch.setattr(  # and the user index the writer builds when idle
-            Writer, "_users_due", kept_due if label == "with rollups" else lambda self: 0
-        )
-        store = SQLiteStore(str(tmp_path / f"r{round_}.db"))
+        monkeypatch.setattr(read_side, "Builder", kept if label == "with rollups" else _NoReadSide)
+        path = tmp_path / f"r{round_}.db"
+        store = SQLiteStore(str(path))
         started = time.perf_counter()
         for b in range(batches):
             # One time of receipt a batch, as the server stamps a request's rows (a second apart).
@@ -221,8 +237,12 @@ def bench_ingest_with_and_without_rollups(
             batch = [(row[0], f"{round_}-{row[1]}", *row[2:6], received, received, *row[8:])
                      for row in rows_per_round[b * 100 : b * 100 + 100]]  # fmt: skip
             assert store.write("acme", batch, NOW_MS).stored == 100
-        results[label].append(batches * 100 / (time.perf_counter() - started))
         store.close()
+        results[label].append(batches * 100 / (time.perf_counter() - started))
+        conn = sqlite3.connect(path)
+        built = conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone()[0]
+        conn.close()
+        assert int(built) == (batches * 100 if label == "with rollups" else 0)
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
     print(f"\n100-event batches: {with_rate:,.0f} rows/s with rollups and user index, {without_rate:,.0f} without: "
           f"{with_rate / without_rate:.1%} of the rate without")  # fmt: skip
@@ -293,54 +313,56 @@ def bench_ingest_into_the_full_table_against_an_empty_one(
 
 
 def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureRequest, monkeypatch: Any) -> None:
-    """PostgreSQL: 100-event batches through PostgresStore.write, alternating with and without the read structures
-    (the rollups and the indexes on external_id and event_name).
+    """PostgreSQL: 100-event batches through PostgresStore.write, alternating with and without the read side
+    (the builder of the rollups and the user index, the writers' lock it reads its horizon under, the BRIN
+    index it finds new rows with). Each round is timed until its store has closed: the builder has then
+    counted every row.
 
     Needs a server: DRENGR_TEST_POSTGRES_DSN, as bench/bench_postgres.py says (fsync on for real figures).
     """
     pytest.importorskip("psycopg", reason="pip install '.[test]'")
+    import psycopg
+
     from drengr.store import postgres as pg_store
-    from drengr.store.postgres import statements as pg_statements
 
     from .bench_postgres import schema_dsn
 
     batches = 20 if request.config.getoption("benchmark_disable", False) else 400
     rows = synthetic_rows(0, batches * 100)
-    kept = pg_statements.rollup_rows
     results: dict[str, list[float]] = {"with rollups": [], "without": []}
     for round_ in range(6):
         label = "with rollups" if round_ % 2 == 0 else "without"
-        monkeypatch.setattr(
-            pg_statements, "rollup_rows", kept if label == "with rollups" else lambda rows: ([], [])
-        )
+        monkeypatch.setattr(pg_store.PostgresStore, "builds_read_side", label == "with rollups")
         with contextlib.contextmanager(schema_dsn.__wrapped__)() as dsn:  # type: ignore[attr-defined]
             store = pg_store.PostgresStore(dsn)
-            if label == "without":  # nor the indexes for one user's or one name's events
-                import psycopg
-
+            if label == "without":
                 with psycopg.connect(dsn, autocommit=True) as conn:
-                    conn.execute("DROP INDEX semantic_events_tenant_user, semantic_events_tenant_name")
+                    conn.execute("DROP INDEX semantic_events_seq")
             started = time.perf_counter()
             for b in range(batches):
                 received = format_ms(NOW_MS + b * 1_000)  # one time of receipt a batch, as the server's
                 batch = [(row[0], f"{round_}-{row[1]}", *row[2:6], received, received, *row[8:])
                          for row in rows[b * 100 : b * 100 + 100]]  # fmt: skip
                 assert store.write("acme", batch, NOW_MS).stored == 100
-            results[label].append(batches * 100 / (time.perf_counter() - started))
             store.close()
+            results[label].append(batches * 100 / (time.perf_counter() - started))
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                built = conn.execute("SELECT value FROM drengr_meta WHERE key = 'read_side_seq'").fetchone()
+            assert built is not None and (int(built[0]) == batches * 100) == (label == "with rollups")
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
-    print(f"\nPostgreSQL, 100-event batches: {with_rate:,.0f} rows/s with rollups and indexes, {without_rate:,.0f} without: "
+    print(f"\nPostgreSQL, 100-event batches: {with_rate:,.0f} rows/s with the read side, {without_rate:,.0f} without: "
           f"{with_rate / without_rate:.1%} of the rate without")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def pg_table() -> Any:
-    """ROWS rows in a fresh PostgreSQL schema (COPY), the rollups counted by SQL, the indexes built: a DSN."""
+    """ROWS rows in a fresh PostgreSQL schema (COPY), the indexes built, the read side built: a DSN."""
     psycopg = pytest.importorskip("psycopg", reason="pip install '.[test]'")
     import uuid
 
     from drengr.store import postgres as pg_store
     from drengr.store.postgres import statements as pg_statements
+    from drengr.store.postgres.store import build_read_side as pg_build_read_side
 
     from .bench_postgres import server_dsn, with_schema
 
@@ -365,10 +387,9 @@ def pg_table() -> Any:
                 conn.commit()
             for definition in indexes:
                 conn.execute(definition)
-            for statement in pg_statements._BACKFILL_ROLLUPS:  # what the writer would have counted
-                conn.execute(statement, ("acme", 0, ROWS + 1))
             conn.commit()
         with psycopg.connect(dsn, autocommit=True) as conn:
+            pg_build_read_side(conn)  # as the store's builder does, a step at a time
             conn.execute("VACUUM ANALYZE")
         yield dsn
     finally:

@@ -65,11 +65,8 @@ def prefill(path: Path, rows: int, received_ms: int) -> None:
             ),
         )
         conn.execute("COMMIT")
-    # The user index as the writer leaves it (else the timed writes would index the backlog).
-    conn.execute("BEGIN IMMEDIATE")
-    top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
-    read_side.index_users(conn, top, max_blocks=1 << 30)
-    conn.execute("COMMIT")
+    # The read side as the writer's builder leaves it (else the timed writes would count the backlog).
+    read_side.catch_up(str(path))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
 

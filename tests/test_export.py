@@ -187,8 +187,10 @@ def test_an_interrupted_export_leaves_no_file(db: Path, tmp_path: Path) -> None:
             CtrlCAfterFirstChunk(sys.stderr, True),
         )  # fmt: skip
     reader.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["drengr.db", "drengr.db-shm", "drengr.db-wal",
-                                                          "drengr.db-writer.lock"]  # fmt: skip
+    # The database's own files (and its user index's), no e.csv nor a temporary one.
+    assert {p.name for p in tmp_path.iterdir() if not p.name.startswith("drengr-users.db")} == {
+        "drengr.db", "drengr.db-shm", "drengr.db-wal", "drengr.db-writer.lock"
+    }  # fmt: skip
 
 
 def test_a_failed_export_keeps_the_old_file(tmp_path: Path) -> None:
@@ -265,7 +267,8 @@ def test_datasette_metadata_names_the_database_and_hides_keys(db: Path) -> None:
     renamed = db.parent / "events-2026.db"
     db.rename(renamed)
     again = json.loads(drengr("datasette", "--db", str(renamed), "--print-metadata").stdout)
-    assert list(again["databases"]) == ["events-2026"]
+    assert list(again["databases"]) == ["events-2026", "events-2026-users"]  # and its user index's file
+    assert set(again["databases"]["events-2026-users"]["queries"]) == {"distinct_users"}
 
 
 def get_json(port: int, path: str) -> Any:
@@ -317,7 +320,7 @@ def test_drengr_datasette_serves_facets_hidden_keys_and_the_analyst_queries(tmp_
         assert [r["count"] for r in facets["event_type"]["results"]] == [59]
         by_day = get_json(port, "/drengr/revenue_by_day.json?_shape=array")
         assert by_day == [{"day": today, "revenue": sum(i + 0.5 for i in range(1, 60))}]
-        users = get_json(port, "/drengr/distinct_users.json?_shape=array")
+        users = get_json(port, "/drengr-users/distinct_users.json?_shape=array")
         assert users == [
             {"tenant_id": tenant, "day": today, "users": len({r[4] for r in ROWS if r[0] == tenant and r[4]})}
             for tenant in ("acme", "globex")

@@ -89,15 +89,13 @@ def test_semantic_events_has_the_spec_columns(pg: PostgresStore, pg_dsn: str) ->
         ("measures", "jsonb", "NO"),
     ]  # fmt: skip
     assert ("library", "text", "YES") in columns  # an extra column: the sending SDK
-    # Append-only: no unique index (dedup lives in event_ids); three for the read API's pages.
+    # Append-only: no unique index (dedup lives in event_ids); one B-tree for the read API's pages,
+    # a BRIN index the read side's builder finds new rows with.
     schema = query(pg_dsn, "SELECT current_schema()")[0][0]
     assert query(pg_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'semantic_events' "
                  "AND schemaname = current_schema() ORDER BY indexname") == [  # fmt: skip
-        (f"CREATE INDEX semantic_events_tenant_name ON {schema}.semantic_events USING btree "
-         "(tenant_id, event_name, seq)",),
+        (f"CREATE INDEX semantic_events_seq ON {schema}.semantic_events USING brin (seq)",),
         (f"CREATE INDEX semantic_events_tenant_seq ON {schema}.semantic_events USING btree (tenant_id, seq)",),
-        (f"CREATE INDEX semantic_events_tenant_user ON {schema}.semantic_events USING btree "
-         "(tenant_id, external_id, seq) WHERE (external_id IS NOT NULL)",),
     ]  # fmt: skip
 
 
@@ -109,8 +107,9 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     query(pg_dsn, "ALTER TABLE tenants DROP COLUMN pii_allow")  # version 3's
     query(pg_dsn, "DROP TABLE event_rollups, measure_rollups")  # version 4's
     query(pg_dsn, "DROP TABLE hourly_event_rollups, hourly_measure_rollups")  # version 5's
-    query(pg_dsn, "DROP INDEX semantic_events_tenant_user, semantic_events_tenant_name")
-    query(pg_dsn, "DELETE FROM drengr_meta WHERE key = 'rollups_from_seq'")
+    query(pg_dsn, "DROP INDEX semantic_events_seq")  # version 6's
+    query(pg_dsn, "DROP TABLE user_index")
+    query(pg_dsn, "DELETE FROM drengr_meta WHERE key IN ('rollups_from_seq', 'read_side_seq', 'users_from_seq')")
     query(pg_dsn, "UPDATE drengr_meta SET value = '1' WHERE key = 'schema_version'")
     query(pg_dsn, "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id,"
                   " occurred_at, received_at, dims, measures) VALUES ('acme', 'old', 'e', 'track', 'u',"
@@ -123,11 +122,14 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     assert [(r["event_id"], r["library"]) for r in pg_rows(pg_dsn)] == [
         ("old", None), ("new", "analytics-python 2.4.0")
     ]  # fmt: skip
-    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("5",)]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("6",)]
     assert query(pg_dsn, "SELECT pii_allow FROM tenants") == []  # the column is back (no tenant yet)
     # The rollups begin after the old row (seq 1): only the new one is counted, stats scan meanwhile.
     assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'") == [("2",)]
     assert query(pg_dsn, "SELECT event_name, events FROM event_rollups") == [("e", 1)]
+    # The user index too (from users_from_seq on), built as the store closed.
+    assert query(pg_dsn, "SELECT key, value FROM drengr_meta WHERE key IN ('read_side_seq', 'users_from_seq') "
+                         "ORDER BY key") == [("read_side_seq", "2"), ("users_from_seq", "2")]  # fmt: skip
 
 
 def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: str) -> None:
@@ -148,7 +150,7 @@ def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: st
     store = PostgresStore(pg_dsn, clock=Clock(DAY0))  # and once more on a migrated database
     assert store.is_new()
     store.close()
-    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("5",)]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("6",)]
 
 
 def test_a_node_starting_beside_a_serving_one_takes_no_table_lock(pg_dsn: str) -> None:

@@ -19,8 +19,7 @@ from drengr.store import SQLiteStore, open_store
 from drengr.store.reader import ORDERS, EventQuery, PostgresReader, SQLiteReader, StatsQuery
 from drengr.store.reader.model import _stats
 from drengr.store.sqlite import backfill_rollups
-from drengr.store.sqlite.read_side import USER_INDEX_BLOCK_BITS
-from drengr.store.sqlite.writer import Writer
+from drengr.store.sqlite.read_side import users_path
 from drengr.web import Config, create_app
 
 from .support.app import post
@@ -220,6 +219,66 @@ def test_an_older_database_is_scanned_until_backfilled_and_resumes(tmp_path: Pat
         reader.close()
 
 
+def test_a_file_whose_writer_counted_the_rollups_is_taken_up_whole(tmp_path: Path) -> None:
+    """A version-4 file: rollups counted by the writer up to its last row, the user index inside the
+    database. Opened now, its rollups cover every row, the user index moves to its own file (built
+    again), and reads agree with the rows."""
+    path = tmp_path / "drengr.db"
+    keys = fill(path, "thread")
+    Path(users_path(str(path))).unlink()
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM meta WHERE key IN ('read_side_seq', 'database_id')")
+    conn.execute("INSERT INTO meta (key, value) VALUES ('user_index_blocks', '0')")
+    conn.execute(
+        "CREATE TABLE user_index (block, tenant_id, external_id, seq, PRIMARY KEY (block, tenant_id, external_id, seq))"
+    )
+    conn.execute(
+        "CREATE TABLE daily_users (tenant_id, day, external_id, PRIMARY KEY (tenant_id, day, external_id))"
+    )
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(str(path))
+    try:
+        client = create_app(
+            Config(db=str(path)), store=store, clock_ms=lambda: T0 + EVENTS * STEP_MS
+        ).test_client()
+        assert post(client, "/v1/track", {**event(1), "messageId": "after"}, keys["acme"]).status_code == 200
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        assert (meta["read_side_seq"], meta["schema_version"]) == (
+            "241",
+            "5",
+        ) and "user_index_blocks" not in meta
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert not tables & {"user_index", "daily_users"}
+        with_users = conn.execute(
+            "SELECT count(*) FROM semantic_events WHERE external_id IS NOT NULL"
+        ).fetchone()
+    finally:
+        conn.close()
+    users = sqlite3.connect(users_path(str(path)))
+    try:
+        assert users.execute("SELECT count(*) FROM user_index").fetchone() == with_users
+        assert dict(users.execute("SELECT key, value FROM meta").fetchall()) == {
+            "users_seq": "241", "database_id": meta["database_id"]
+        }  # fmt: skip
+    finally:
+        users.close()
+    reader = SQLiteReader(str(path))
+    try:
+        for query in [p.values[0] for p in QUERIES]:
+            got, expected = reader.stats(query), scanned(reader, query)
+            assert (got.by_event, got.series) == (expected.by_event, expected.series)
+        query = EventQuery("acme", external_id="u3", limit=500)
+        assert [event["seq"] for event in reader.events(query).events] == oracle_page(path, query)
+    finally:
+        reader.close()
+
+
 def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("create table t (x)").connection.commit()
@@ -321,6 +380,19 @@ def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
 BLOCK_BITS = 4  # 16-row blocks of the user index, so that 240 events make fifteen of them
 
 
+class HeldBack:
+    """A read-side builder that builds nothing."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def wrote(self, rows: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A database filled by the thread writer with 16-row user-index blocks (the reader sees the same size)."""
@@ -333,10 +405,10 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     patch.setattr(reader_events, "NAME_SCAN_ROWS", 8)
     path = tmp_path_factory.mktemp("indexed") / "drengr.db"
     keys = fill(path, "thread")
-    # Then 40 more events with the writer's indexing held back: the newest rows (over two blocks'
-    # worth) are past the index, as on a server that has had no idle moment yet.
+    # Then 40 more events with the read side's builder held back: the newest rows (over two blocks'
+    # worth) are past the rollups and the index, as on a server whose builder has not caught up yet.
     with pytest.MonkeyPatch.context() as held:
-        held.setattr(Writer, "_users_due", lambda self: 0)
+        held.setattr(read_side, "Builder", HeldBack)
         store = SQLiteStore(str(path), writer="thread")
         clock = [T0 + EVENTS * STEP_MS]
         client = create_app(Config(db=str(path)), store=store, clock_ms=lambda: clock[0]).test_client()
@@ -455,33 +527,38 @@ def test_a_users_page_joins_the_rows_past_the_index_to_those_in_it(indexed: Path
     assert [event["seq"] for event in page.events] == expected
 
 
-def test_the_writer_indexes_users_when_idle_and_reads_use_the_index(indexed: Path) -> None:
+def test_the_builder_indexes_users_and_reads_use_the_index(indexed: Path) -> None:
     conn = sqlite3.connect(indexed)
+    conn.execute("ATTACH DATABASE ? AS users", (users_path(str(indexed)),))
     top = conn.execute("SELECT max(seq) FROM semantic_events").fetchone()[0]
-    blocks = int(conn.execute("SELECT value FROM meta WHERE key = 'user_index_blocks'").fetchone()[0])
-    # Every block complete before indexing was held back is indexed (but for the last one, if the
-    # server stopped first); the 40 rows after it are not.
-    assert ((top - 40) >> BLOCK_BITS) - 1 <= blocks <= (top - 40) >> BLOCK_BITS
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    users_meta = dict(conn.execute("SELECT key, value FROM users.meta").fetchall())
+    # Every row before the builder was held back is in the read side (the store caught up as it
+    # closed); the 40 rows after it are not.
+    built = int(meta["read_side_seq"])
+    assert built == int(users_meta["users_seq"]) == top - 40
+    assert users_meta["database_id"] == meta["database_id"]
     assert sorted(conn.execute("SELECT tenant_id, external_id, seq FROM user_index").fetchall()) == sorted(
         conn.execute(
-            "SELECT tenant_id, external_id, seq FROM semantic_events WHERE external_id IS NOT NULL AND seq < ?",
-            (blocks << BLOCK_BITS,),
+            "SELECT tenant_id, external_id, seq FROM semantic_events WHERE external_id IS NOT NULL AND seq <= ?",
+            (built,),
         ).fetchall()
     )
     assert sorted(conn.execute("SELECT tenant_id, day, external_id FROM daily_users").fetchall()) == sorted(
         conn.execute(
             "SELECT DISTINCT tenant_id, substr(received_at, 1, 10), external_id FROM semantic_events "
-            "WHERE external_id IS NOT NULL AND seq < ?",
-            (blocks << BLOCK_BITS,),
+            "WHERE external_id IS NOT NULL AND seq <= ?",
+            (built,),
         ).fetchall()
     )
+    assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone()[0] == built
     conn.close()
     reader = SQLiteReader(str(indexed))
     try:
         statements: list[str] = []
         reader._conn().set_trace_callback(statements.append)
         assert reader.events(EventQuery("acme", external_id="u3", order="asc", limit=3)).events
-        assert any("FROM user_index" in sql for sql in statements)
+        assert any("FROM users.user_index" in sql for sql in statements)
         # No statement on the events reads them without a bound on seq (a walk through the table).
         reads = [sql for sql in statements if "FROM semantic_events" in sql and "external_id =" in sql]
         assert reads and all("seq IN (" in sql or "seq >=" in sql for sql in reads)
@@ -492,13 +569,37 @@ def test_the_writer_indexes_users_when_idle_and_reads_use_the_index(indexed: Pat
         reader.close()
 
 
-def test_the_distinct_users_query_knows_the_size_of_a_block() -> None:
-    """The Datasette query reads the rows past the user index itself: its block size is the writer's."""
+@pytest.mark.parametrize("query", QUERIES)
+def test_stats_count_the_rows_past_the_read_side(indexed: Path, query: StatsQuery) -> None:
+    """Stats on a table whose newest rows the builder has not counted yet: the same as the scan."""
+    reader = SQLiteReader(str(indexed))
+    try:
+        assert reader._snapshot(reader._rollups_cover, "stats") is True
+        from_rollups, from_rows = reader.stats(query), scanned(reader, query)
+        assert (from_rollups.by_event, from_rollups.series) == (from_rows.by_event, from_rows.series)
+        assert from_rollups.sums == pytest.approx(from_rows.sums)
+    finally:
+        reader.close()
+
+
+def test_the_distinct_users_query_counts_every_user_of_a_day(filled: Path) -> None:
+    """The Datasette query on the users file, once the builder has caught up: as counted one by one."""
     import json
 
     metadata = json.loads((SRC / "drengr" / "datasette.json").read_text())
-    sql = metadata["databases"]["drengr"]["queries"]["distinct_users"]["sql"]
-    assert f"* {1 << USER_INDEX_BLOCK_BITS}\n" in sql
+    sql = metadata["databases"]["drengr-users"]["queries"]["distinct_users"]["sql"]
+    users = sqlite3.connect(users_path(str(filled)))
+    conn = sqlite3.connect(filled)
+    try:
+        got = users.execute(sql.replace("'now'", f"'{at(T0)[:19]}'")).fetchall()
+        expected = conn.execute(
+            "SELECT tenant_id, substr(received_at, 1, 10) AS day, count(DISTINCT external_id) FROM semantic_events "
+            "WHERE external_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+    finally:
+        users.close()
+        conn.close()
+    assert got == expected and len(expected) >= 2
 
 
 def test_postgresql_pages_equal_the_rows_chosen_one_by_one() -> None:
@@ -519,33 +620,3 @@ def test_postgresql_pages_equal_the_rows_chosen_one_by_one() -> None:
                 assert [event["seq"] for event in page.events] == oracle_page(rows, query), query
         finally:
             reader.close()
-
-
-def test_rollup_rows_count_by_name_and_type_within_a_request() -> None:
-    """One request's rows counted in C, by name (one type) or by name and type (several): as one by one."""
-    from collections import Counter
-
-    from drengr.store.rollups import rollup_rows
-
-    def row(
-        name: str, type_: str, measures: str = "{}", received: str = "2026-11-26T10:00:05.000Z"
-    ) -> tuple[Any, ...]:
-        return ("acme", "e", name, type_, "u", "a", received, received, "{}", measures, None)
-
-    one_type = [
-        row("a", "track"),
-        row("b", "track", '{"revenue": 2.5, "plan": "x"}'),
-        row("a", "track", '{"revenue": 1}'),
-    ]
-    mixed = [row("home", "page"), row("home", "screen"), row("home", "page"), row("a", "track")]
-    later = [row("a", "track", received="2026-11-26T10:01:00.000Z")]
-    events, measures = rollup_rows([one_type, mixed, later, []])
-    expected = Counter(("acme", r[7][:16], r[2], r[3]) for r in one_type + mixed + later)
-    assert sorted(events) == sorted((*key, n) for key, n in expected.items())
-    # Rows of several times of receipt in one list (an import, a backfill) are split where it changes.
-    events, measures = rollup_rows([one_type + mixed + later])
-    assert sorted(events) == sorted((*key, n) for key, n in expected.items())
-    assert sorted(measures) == [
-        ("acme", "2026-11-26T10:00", "a", "revenue", 1.0),
-        ("acme", "2026-11-26T10:00", "b", "revenue", 2.5),
-    ]

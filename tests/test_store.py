@@ -83,7 +83,7 @@ def test_a_version_1_file_gets_the_library_column(db_path):
     assert conn.execute("SELECT event_id, library FROM semantic_events ORDER BY seq").fetchall() == [
         ("old", None), ("new", "analytics-python 2.4.0")
     ]  # fmt: skip
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("5",)
     assert "pii_allow" in {column[1] for column in conn.execute("PRAGMA table_info(tenants)")}
     conn.close()
 

@@ -44,6 +44,7 @@ from .settings import SettingError
 from .store import is_postgres_url
 from .store.base import StoreError
 from .store.reader import EXPORT_COLUMNS, EventQuery, Reader, parse_time, reader_for_location
+from .store.sqlite.read_side import users_path
 
 COMMANDS = ("export", "datasette")
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
@@ -368,9 +369,12 @@ def backfill(args: argparse.Namespace) -> int:
 
 
 def datasette_metadata(database: str) -> dict[str, Any]:
-    """The shipped metadata with its database named as Datasette names ``database`` (the file's stem)."""
+    """The shipped metadata with the database and its users file named as Datasette names them (the files' stems)."""
     shipped = json.loads(resources.files("drengr").joinpath(METADATA).read_text(encoding="utf-8"))
-    shipped["databases"] = {Path(database).stem: shipped["databases"]["drengr"]}
+    shipped["databases"] = {
+        Path(database).stem: shipped["databases"]["drengr"],
+        Path(users_path(database)).stem: shipped["databases"]["drengr-users"],
+    }
     return shipped
 
 
@@ -393,7 +397,9 @@ def datasette(args: argparse.Namespace, out: TextIO) -> int:
     with tempfile.TemporaryDirectory(prefix="drengr-datasette-") as folder:
         path = Path(folder) / "metadata.json"
         path.write_text(json.dumps(metadata), encoding="utf-8")
-        command = [sys.executable, "-m", "datasette", "serve", args.db, "--metadata", str(path),
+        # The user index's file too, once the server has made it (distinct users per day).
+        users = [users_path(args.db)] if os.path.isfile(users_path(args.db)) else []
+        command = [sys.executable, "-m", "datasette", "serve", args.db, *users, "--metadata", str(path),
                    *DATASETTE_SETTINGS, *passed]  # fmt: skip
         process = subprocess.Popen(command)
         # A SIGTERM (systemd, a test, kill) goes on to datasette: it must not outlive this command.

@@ -12,7 +12,8 @@ import psycopg
 from ..core.timestamps import parse_ms
 from .base import Store, StoreError, generation
 from .postgres import PostgresStore
-from .postgres.statements import _COPY_EVENTS, _INSERT_IDS, EVENT_COLUMNS, _add_to_rollups
+from .postgres.statements import _COPY_EVENTS, _INSERT_IDS, _WRITE_TURN, EVENT_COLUMNS, WRITE_TURN_LOCK
+from .postgres.store import build_read_side
 from .postgres.text import clean_rows, first_line
 
 
@@ -82,7 +83,7 @@ def import_sqlite(
                     (last_seq, chunk_rows),
                 ).fetchall()
                 if not chunk:
-                    return counts
+                    break
                 rows = clean_rows([row[:-1] for row in chunk])
                 first: dict[tuple[str, str], tuple[Any, ...]] = {}
                 for row in rows:  # a repeat SQLite kept (beyond its window) is kept once here
@@ -92,10 +93,10 @@ def import_sqlite(
                 cur.execute(_INSERT_IDS, ([r[0] for r in rows], [r[1] for r in rows], gens))
                 new = set(cur.fetchall())
                 fresh = [row for row in rows if (row[0], row[1]) in new]
+                cur.execute(_WRITE_TURN, (WRITE_TURN_LOCK,))  # a serving node's builder waits for this chunk
                 with cur.copy(_COPY_EVENTS) as copy:
                     for row in fresh:
                         copy.write_row(row)
-                _add_to_rollups(cur, [[row] for row in fresh])  # rows of many times of receipt
                 cur.execute(
                     "INSERT INTO drengr_meta (key, value) VALUES (%s, %s) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -106,6 +107,8 @@ def import_sqlite(
             done += len(chunk)
             if progress is not None:
                 progress(done, max(total, done))
+        build_read_side(conn)  # the rows it copied, into the rollups and the user index
+        return counts
     except (psycopg.Error, sqlite3.Error) as error:
         raise StoreError(f"import from {path} failed: {first_line(error)}") from error
     finally:

@@ -1,16 +1,16 @@
 """The PostgreSQL store's statements: the schema (``schema/postgres.sql``) and the write path's SQL.
 
-Plain SQL text, and the one function that upserts a group's rollup rows.
+Plain SQL text.
 """
 
-from typing import Any
-
 from ..base import schema_statements
-from ..rollups import ROLLUP_GRAINS, hourly, rollup_rows
+from ..rollups import ROLLUP_GRAINS
 
 # 2: semantic_events.library, index (tenant_id, seq), drop_counts; 3: tenants.pii_allow; 4: rollups;
-# 5: hourly rollups, indexes (tenant_id, external_id, seq) and (tenant_id, event_name, seq)
-SCHEMA_VERSION = 5
+# 5: hourly rollups, indexes (tenant_id, external_id, seq) and (tenant_id, event_name, seq);
+# 6: the read side built off the write path (read_side_seq, user_index, a BRIN index on seq), the two
+# indexes of 5 dropped
+SCHEMA_VERSION = 6
 
 EVENT_COLUMNS = (
     "tenant_id",
@@ -27,46 +27,6 @@ EVENT_COLUMNS = (
 )
 
 SCHEMA = schema_statements("postgres")  # schema/postgres.sql
-# Sorted rows, so concurrent writers (several nodes) take the rollup rows' locks in one order.
-# One statement for both grains and both tables, its rows as arrays (one round trip, as
-# _INSERT_IDS): an executemany of a dozen upserts cost half the rate of 100-event batches.
-
-
-def _upsert_cte(prefix: str, column: str, measures: bool) -> str:
-    table, other, value, cast = (
-        ("measure_rollups", "measure", "total", "float8")
-        if measures
-        else ("event_rollups", "event_type", "events", "bigint")
-    )
-    return (
-        f"INSERT INTO {prefix}{table} (tenant_id, {column}, event_name, {other}, {value}) "
-        f"SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::{cast}[]) ORDER BY 1, 2, 3, 4 "
-        f"ON CONFLICT (tenant_id, {column}, event_name, {other}) "
-        f"DO UPDATE SET {value} = {prefix}{table}.{value} + excluded.{value}"
-    )
-
-
-_UPSERT_ROLLUPS = (
-    "WITH "
-    + ", ".join(
-        f"u{n} AS ({_upsert_cte(prefix, column, measures)})"
-        for n, (measures, (prefix, column, _)) in enumerate(
-            (measures, grain) for measures in (False, True) for grain in ROLLUP_GRAINS
-        )
-    )
-    + " SELECT 1"
-)
-
-
-def _add_to_rollups(cur: Any, requests: list[list[tuple[Any, ...]]]) -> None:
-    """Count the rows just copied in (one list a request, as rollup_rows takes them) into the rollups."""
-    events, measures = rollup_rows(requests)
-    if events:
-        measures = [(*key, float(total)) for *key, total in measures]
-        parameters: list[list[Any]] = []
-        for rollups in (events, hourly(events), measures, hourly(measures)):
-            parameters += [list(column) for column in zip(*rollups, strict=True)] or [[]] * 5
-        cur.execute(_UPSERT_ROLLUPS, parameters)
 
 
 def _count_rows_sql(where: str, sign: str = "") -> list[str]:
@@ -94,6 +54,28 @@ def _count_rows_sql(where: str, sign: str = "") -> list[str]:
 
 
 _BACKFILL_ROLLUPS = _count_rows_sql("tenant_id = %s AND seq >= %s AND seq < %s")
+_BACKFILL_USERS = """
+    INSERT INTO user_index (tenant_id, external_id, seq)
+    SELECT tenant_id, external_id, seq FROM semantic_events
+    WHERE tenant_id = %s AND seq >= %s AND seq < %s AND external_id IS NOT NULL ON CONFLICT DO NOTHING"""
+# The builder's step (low < seq <= high): the rollups, then the user index (sorted: one order of locks).
+_BUILD_STEP = [
+    *_count_rows_sql("seq > %s AND seq <= %s"),
+    "INSERT INTO user_index (tenant_id, external_id, seq) SELECT tenant_id, external_id, seq "
+    "FROM semantic_events WHERE seq > %s AND seq <= %s AND external_id IS NOT NULL ORDER BY 1, 2, 3 "
+    "ON CONFLICT DO NOTHING",
+]
+# Writers hold this advisory lock shared in every write transaction; the builder takes it exclusive
+# for a moment, when no write is under way, to read the newest seq: every row at or below it is then
+# committed (seqs are handed out before commit, and writers commit out of seq order).
+WRITE_TURN_LOCK = 0x64726E68
+BUILDER_LOCK = 0x64726E69  # one node's builder at a time
+_WRITE_TURN = "SELECT pg_advisory_xact_lock_shared(%s)"
+# A user's rows, forgotten by a prune (before the rows themselves go).
+_REMOVE_USERS = """
+    DELETE FROM user_index AS u USING semantic_events AS e
+    WHERE e.tenant_id = %s AND e.seq = ANY(%s) AND e.external_id IS NOT NULL
+    AND u.tenant_id = e.tenant_id AND u.external_id = e.external_id AND u.seq = e.seq"""
 _REMOVE_ROLLUPS = _count_rows_sql("tenant_id = %s AND seq = ANY(%s)", sign="-")
 
 _COPY_EVENTS = f"COPY semantic_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"

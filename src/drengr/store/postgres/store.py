@@ -35,6 +35,8 @@ from ..rollups import ROLLUP_GRAINS
 from .statements import (
     _ADD_USAGE,
     _BACKFILL_ROLLUPS,
+    _BACKFILL_USERS,
+    _BUILD_STEP,
     _CAP,
     _COPY_EVENTS,
     _DELETE_IDS,
@@ -43,9 +45,12 @@ from .statements import (
     _LOCK_USAGE,
     _PRUNE,
     _REMOVE_ROLLUPS,
+    _REMOVE_USERS,
+    _WRITE_TURN,
+    BUILDER_LOCK,
     SCHEMA,
     SCHEMA_VERSION,
-    _add_to_rollups,
+    WRITE_TURN_LOCK,
 )
 from .text import clean_rows, clean_text, first_line
 
@@ -56,6 +61,48 @@ PRUNE_EVERY_SECONDS = 600.0
 PRUNE_CHUNK = 50_000  # ids deleted per statement, so pruning never holds long locks
 RETRIES = 3  # attempts of a group on deadlock / serialization failure / a dropped connection
 _MIGRATION_LOCK = 0x64726E67  # pg_advisory_xact_lock key: nodes starting together migrate one at a time
+BUILD_EVERY_SECONDS = 0.5  # how often the read side's builder looks for new rows
+BUILD_STEP_ROWS = 16_384  # rows a builder transaction counts at most
+
+
+def build_read_side(conn: psycopg.Connection[Any]) -> int:
+    """Count the committed rows past ``read_side_seq`` into the rollups and the user index; how many seqs.
+
+    The read side is built off the write path (docs/performance.md "Reading at 10M
+    rows"): writers only insert rows. One node's builder at a time (``BUILDER_LOCK``).
+    The horizon is read with the writers' lock held exclusive for a moment: then no
+    write is under way, so every row at or below the newest seq is committed.
+    Each step of ``BUILD_STEP_ROWS`` is a transaction of its own; the meta row it
+    moves is locked, so a prune (which takes the same lock) never overlaps a step.
+    """
+    sequence = conn.execute("SELECT pg_get_serial_sequence('semantic_events', 'seq')").fetchone()[0]  # type: ignore[index]
+    newest = f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}"
+    built = int(conn.execute("SELECT value FROM drengr_meta WHERE key = 'read_side_seq'").fetchone()[0])  # type: ignore[index]
+    if int(conn.execute(newest).fetchone()[0]) <= built:  # type: ignore[index]
+        return 0  # nothing new: no need to stop the writers
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (BUILDER_LOCK,)).fetchone()[0]:  # type: ignore[index]
+        return 0  # another node's builder is at it
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_TURN_LOCK,))
+            horizon = int(conn.execute(newest).fetchone()[0])  # type: ignore[index]
+        done = 0
+        while True:
+            with conn.transaction():
+                low = int(
+                    conn.execute(
+                        "SELECT value FROM drengr_meta WHERE key = 'read_side_seq' FOR UPDATE"
+                    ).fetchone()[0]  # type: ignore[index]
+                )
+                high = min(horizon, low + BUILD_STEP_ROWS)
+                if high <= low:
+                    return done
+                for statement in _BUILD_STEP:
+                    conn.execute(statement, (low, high))
+                conn.execute("UPDATE drengr_meta SET value = %s WHERE key = 'read_side_seq'", (str(high),))
+            done += high - low
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (BUILDER_LOCK,))
 
 
 class PostgresStore(Admin):
@@ -69,6 +116,7 @@ class PostgresStore(Admin):
     """
 
     mark = "%s"
+    builds_read_side = True  # False: no rollups nor user index kept (benchmarks "without the read side")
 
     def __init__(
         self,
@@ -95,6 +143,8 @@ class PostgresStore(Admin):
         self._keys = KeyCache(clock)
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._writers: list[threading.Thread] = []
+        self._builder: threading.Thread | None = None
+        self._stop_building = threading.Event()
         self._writer_lock = threading.Lock()
         self._prune_lock = threading.Lock()
         self._next_prune = 0.0
@@ -223,8 +273,8 @@ class PostgresStore(Admin):
         return bool(row and row[0])
 
     @staticmethod
-    def _rollups_from_seq(conn: psycopg.Connection[Any]) -> int:
-        found = conn.execute("SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'").fetchone()
+    def _from_seq(conn: psycopg.Connection[Any], key: str = "rollups_from_seq") -> int:
+        found = conn.execute("SELECT value FROM drengr_meta WHERE key = %s", (key,)).fetchone()
         return int(found[0]) if found else 2**62
 
     def backfill_rollups(
@@ -245,26 +295,28 @@ class PostgresStore(Admin):
                 for t in tenants
             ]
             floor = min([int(row[0]) for row in lowest if row and row[0] is not None], default=1)
-            total = max(0, self._rollups_from_seq(conn) - floor)
+            # The rollups, then the user index: each has the first seq it covers.
+            parts = (("rollups_from_seq", _BACKFILL_ROLLUPS), ("users_from_seq", [_BACKFILL_USERS]))
+            total = sum(max(0, self._from_seq(conn, key) - floor) for key, _ in parts)
             done = 0
-            while True:
-                with conn.transaction():
-                    # One backfill at a time (and no migration meanwhile).
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                    high = self._rollups_from_seq(conn)
-                    if high <= floor:
-                        conn.execute("UPDATE drengr_meta SET value = '1' WHERE key = 'rollups_from_seq'")
-                        return done
-                    low = max(floor, high - chunk_rows)
-                    for tenant_id in tenants:
-                        for statement in _BACKFILL_ROLLUPS:
-                            conn.execute(statement, (tenant_id, low, high))
-                    conn.execute(
-                        "UPDATE drengr_meta SET value = %s WHERE key = 'rollups_from_seq'", (str(low),)
-                    )
-                done += high - low
-                if progress is not None:
-                    progress(done, total)
+            for key, statements in parts:
+                while True:
+                    with conn.transaction():
+                        # One backfill at a time (and no migration meanwhile).
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                        high = self._from_seq(conn, key)
+                        if high <= floor:
+                            conn.execute("UPDATE drengr_meta SET value = '1' WHERE key = %s", (key,))
+                            break
+                        low = max(floor, high - chunk_rows)
+                        for tenant_id in tenants:
+                            for statement in statements:
+                                conn.execute(statement, (tenant_id, low, high))
+                        conn.execute("UPDATE drengr_meta SET value = %s WHERE key = %s", (str(low), key))
+                    done += high - low
+                    if progress is not None:
+                        progress(done, total)
+            return done
 
         return int(self._run(work))
 
@@ -305,12 +357,19 @@ class PostgresStore(Admin):
                     ).fetchall()
                     old = [seq for seq, is_old in batch if is_old]
                     if old:
-                        # The read side forgets them in the same transaction (rows it counted).
-                        from_seq = self._rollups_from_seq(conn)
-                        rolled = [seq for seq in old if seq >= from_seq]
+                        # The read side forgets them in the same transaction (the rows it counted);
+                        # the builder's lock first, so that no step is counting them meanwhile.
+                        built = int(
+                            conn.execute(
+                                "SELECT value FROM drengr_meta WHERE key = 'read_side_seq' FOR UPDATE"
+                            ).fetchone()[0]  # type: ignore[index]
+                        )
+                        from_seq = self._from_seq(conn)
+                        rolled = [seq for seq in old if from_seq <= seq <= built]
                         if rolled:
                             for statement in _REMOVE_ROLLUPS:
                                 conn.execute(statement, (tenant_id, rolled))
+                            conn.execute(_REMOVE_USERS, (tenant_id, rolled))
                         conn.execute(
                             "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s)",
                             (tenant_id, old),
@@ -370,6 +429,34 @@ class PostgresStore(Admin):
                     )
                     thread.start()
                     self._writers.append(thread)
+                if self.builds_read_side:
+                    self._stop_building.clear()
+                    self._builder = threading.Thread(
+                        target=self._build_loop, name="drengr-pg-read-side", daemon=True
+                    )
+                    self._builder.start()
+
+    def _build_loop(self) -> None:
+        """The read side's builder (``build_read_side``) every ``BUILD_EVERY_SECONDS``; once more when stopped."""
+        conn: psycopg.Connection[Any] | None = None
+        pause = BUILD_EVERY_SECONDS
+        while True:
+            stopping = self._stop_building.wait(pause)
+            pause = BUILD_EVERY_SECONDS
+            try:
+                if conn is None:
+                    conn = self._connect()
+                build_read_side(conn)
+            except (psycopg.Error, StoreError) as error:
+                log.warning("cannot build the read side now (tried again in 5 s): %s", first_line(error))
+                pause = 5.0
+                if conn is not None:
+                    conn.close()
+                conn = None
+            if stopping:
+                break
+        if conn is not None:
+            conn.close()
 
     def close(self) -> None:
         with self._writer_lock:
@@ -378,6 +465,10 @@ class PostgresStore(Admin):
             for thread in self._writers:
                 thread.join(timeout=30)
             self._writers = []
+            if self._builder is not None:  # it builds what the writers committed, then stops
+                self._stop_building.set()
+                self._builder.join(timeout=60)
+                self._builder = None
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
@@ -477,6 +568,8 @@ class PostgresStore(Admin):
                     mine.append(row)
             candidates.append(mine)
         with conn.transaction(), conn.cursor() as cur:
+            if self.builds_read_side:  # the builder reads its horizon only between writes (build_read_side)
+                cur.execute(_WRITE_TURN, (WRITE_TURN_LOCK,))
             inserted: set[tuple[str, str]] = set()
             if first_job:
                 tenants, ids = zip(*first_job, strict=True)
@@ -500,7 +593,6 @@ class PostgresStore(Admin):
                     for rows, n in zip(fresh, allowed, strict=True):
                         for row in rows[:n]:
                             copy.write_row(row)
-                _add_to_rollups(cur, [rows[:n] for rows, n in zip(fresh, allowed, strict=True)])
         outcomes: list[StoreOutcome] = []
         for job, n in zip(jobs, allowed, strict=True):
             duplicates = len(job.rows) - len(fresh[len(outcomes)])

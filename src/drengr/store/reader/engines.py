@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..base import StoreError
+from ..sqlite.read_side import users_path
 from .events import _PagedReader
-from .model import EVENT_SELECT, EventQuery, _export_row
+from .model import EVENT_SELECT, EventQuery, _export_row, _filters, _SQLBuilder
 
 
 class SQLiteReader(_PagedReader):
@@ -43,22 +44,74 @@ class SQLiteReader(_PagedReader):
     def _measure_param(self, name: str) -> str:
         return '$."' + name + '"'
 
-    def _indexed_blocks(self, execute: Callable[..., Any]) -> int | None:
+    def _meta(self, execute: Callable[..., Any], key: str) -> int | None:
         try:
-            found = execute("SELECT value FROM meta WHERE key = 'user_index_blocks'").fetchone()
+            found = execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         except sqlite3.OperationalError:  # a file made before drengr had a meta table
             return None
         return None if found is None else int(found[0])
 
-    def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
+    def _built_to(self, execute: Callable[..., Any]) -> int:
+        return self._meta(execute, "read_side_seq") or 0
+
+    def _user_index_covers(self, execute: Callable[..., Any]) -> tuple[int, int] | None:
+        """(0, users_seq) from the users file, when it indexes this database (its database_id)."""
+        if not getattr(self._local, "users", False):
+            return None
         try:
-            found = execute("SELECT value FROM meta WHERE key = 'rollups_from_seq'").fetchone()
-        except sqlite3.OperationalError:  # a file made before drengr had a meta table
+            found = dict(execute("SELECT key, value FROM users.meta").fetchall())
+            ours = execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+        except sqlite3.OperationalError:  # a users file being made, or a database older than it
+            return None
+        if ours is None or found.get("database_id") != ours[0] or "users_seq" not in found:
+            return None
+        return 0, int(found["users_seq"])
+
+    def _user_rows(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """Block by block: each is one seek into the index for (block, tenant, external_id); the rows
+        are then read by seq with every filter of the query applied."""
+        from ..sqlite.read_side import USER_INDEX_BLOCK_BITS as BITS
+
+        rows: list[tuple[Any, ...]] = []
+        first, last = low >> BITS, high >> BITS
+        order = range(last, first - 1, -1) if query.order == "desc" else range(first, last + 1)
+        find = (
+            "SELECT seq FROM users.user_index WHERE block = ? AND tenant_id = ? AND external_id = ? "
+            f"AND seq >= ? AND seq <= ? ORDER BY seq {query.order.upper()}"
+        )
+        for block in order:
+            if len(rows) >= limit:
+                break
+            seqs = [row[0] for row in execute(find, [block, query.tenant_id, query.external_id, low, high])]
+            if not seqs:
+                continue
+            sql = _SQLBuilder(self.mark)
+            sql.add(f"seq IN ({','.join('?' * len(seqs))})", *seqs)
+            _filters(sql, query)
+            rows.extend(
+                execute(
+                    f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} ORDER BY seq {query.order.upper()} LIMIT ?",
+                    [*sql.params, limit - len(rows)],
+                ).fetchall()
+            )
+        return rows
+
+    def _attach_users(self, conn: sqlite3.Connection) -> None:
+        """The users file (drengr.store.sqlite.read_side), read-only, once it exists."""
+        if getattr(self._local, "users", False):
+            return
+        users = Path(users_path(self.path))
+        if users.exists():
+            conn.execute("ATTACH DATABASE ? AS users", (users.resolve().as_uri() + "?mode=ro",))
+            self._local.users = True
+
+    def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
+        first = self._meta(execute, "rollups_from_seq")
+        if first is None or self._meta(execute, "read_side_seq") is None:
             return False
-        if found is None:
-            return False
-        older = execute("SELECT 1 FROM semantic_events WHERE seq < ? LIMIT 1", [int(found[0])]).fetchone()
-        return older is None
+        return execute("SELECT 1 FROM semantic_events WHERE seq < ? LIMIT 1", [first]).fetchone() is None
 
     def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]:
         # One short read transaction per chunk, keyed on seq (the rowid): a long export never holds
@@ -85,6 +138,7 @@ class SQLiteReader(_PagedReader):
     def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
         try:
             conn = self._conn()
+            self._attach_users(conn)
             conn.execute("BEGIN")  # a read transaction: one snapshot for every statement
             try:
                 return work(conn.execute)
@@ -100,7 +154,35 @@ class PostgresReader(_PagedReader):
     mark = "%s"
     sum_expression = "sum((measures ->> %s)::numeric)"
     seq_per_tenant = True
-    names_through_rollups = False
+
+    def _built_to(self, execute: Callable[..., Any]) -> int:
+        found = execute("SELECT value FROM drengr_meta WHERE key = 'read_side_seq'").fetchone()
+        return super()._built_to(execute) if found is None else int(found[0])  # before 6: in the writes
+
+    def _user_index_covers(self, execute: Callable[..., Any]) -> tuple[int, int] | None:
+        found = dict(
+            execute(
+                "SELECT key, value FROM drengr_meta WHERE key IN ('users_from_seq', 'read_side_seq')"
+            ).fetchall()
+        )
+        if len(found) < 2:
+            return None
+        return int(found["users_from_seq"]), int(found["read_side_seq"])
+
+    def _user_rows(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """The index's seqs in order, each row then found on ``(tenant_id, seq)`` with every filter applied."""
+        sql = _SQLBuilder(self.mark)
+        _filters(sql, query)  # the tenant and the user among them: never an empty WHERE
+        rows: list[tuple[Any, ...]] = execute(
+            "SELECT e.* FROM (SELECT seq FROM user_index WHERE tenant_id = %s AND external_id = %s "
+            "AND seq >= %s AND seq <= %s) AS u "
+            f"CROSS JOIN LATERAL (SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} AND seq = u.seq) AS e "
+            f"ORDER BY u.seq {query.order.upper()} LIMIT %s",
+            [query.tenant_id, query.external_id, low, high, *sql.params, limit],
+        ).fetchall()
+        return rows
 
     def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
         # No index on seq alone to look for older rows: the rollups cover the table when they began

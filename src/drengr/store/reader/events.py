@@ -50,9 +50,9 @@ class _PagedReader(_QueryReader):
             if low > high:
                 return [], top
             if query.external_id is not None and query.tenant_id is not None:
-                blocks = self._indexed_blocks(execute)
-                if blocks is not None:
-                    return self._events_by_user(execute, query, low, high, blocks), top
+                covered = self._user_index_covers(execute)
+                if covered is not None:
+                    return self._events_by_user(execute, query, low, high, covered), top
             if (
                 self.names_through_rollups
                 and query.event_name is not None
@@ -60,19 +60,7 @@ class _PagedReader(_QueryReader):
                 and high - low > NAME_SCAN_ROWS
                 and self._rollups_cover(execute)
             ):
-                # The rows nearest the cursor first (a common name fills its page there), then
-                # only the minutes that hold the name.
-                near = (
-                    (max(low, high - NAME_SCAN_ROWS), high)
-                    if query.order == "desc"
-                    else (low, low + NAME_SCAN_ROWS)
-                )
-                rows = self._events_between(execute, query, *near, query.limit)
-                if len(rows) == query.limit:
-                    return rows, top
-                rest = (low, near[0] - 1) if query.order == "desc" else (near[1] + 1, high)
-                more = self._events_by_minutes(_with_limit(query, query.limit - len(rows)), execute, *rest)
-                return rows + more, top
+                return self._events_by_name(execute, query, low, high), top
             return self._events_between(execute, query, low, high, query.limit), top
 
         rows, top = self._snapshot(work, "events")
@@ -93,59 +81,68 @@ class _PagedReader(_QueryReader):
         ).fetchall()
         return rows
 
-    def _indexed_blocks(self, execute: Callable[..., Any]) -> int | None:
-        """The blocks the user index covers (every seq below ``blocks << USER_INDEX_BLOCK_BITS``), or None."""
+    def _user_index_covers(self, execute: Callable[..., Any]) -> tuple[int, int] | None:
+        """The seqs (first, last) whose rows the user index holds, or None (no user index)."""
         return None
 
-    def _events_by_user(
-        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, blocks: int
+    def _user_rows(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
     ) -> list[tuple[Any, ...]]:
-        """One user's page through the user index: the rows past it, then block by block.
+        """Up to ``limit`` rows of ``query``'s user with low <= seq <= high, through the user index, in order."""
+        raise NotImplementedError
 
-        Each block is one seek into the index for (block, tenant, external_id); the
-        rows are then read by seq with every filter of the query applied.
-        """
-        from ..sqlite.read_side import USER_INDEX_BLOCK_BITS as BITS
-
-        boundary = blocks << BITS  # seqs from here on are not indexed yet
+    def _events_by_user(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, covered: tuple[int, int]
+    ) -> list[tuple[Any, ...]]:
+        """One user's page through the user index, which holds the seqs ``covered`` (first, last):
+        the rows past it from the table, then through the index (``_user_rows``), then any
+        rows older than it (the table again)."""
         descending = query.order == "desc"
         rows: list[tuple[Any, ...]] = []
 
-        def tail() -> None:
-            if high >= boundary and len(rows) < query.limit:
+        def table(part_low: int, part_high: int) -> None:
+            if part_low <= part_high and len(rows) < query.limit:
                 rows.extend(
-                    self._events_between(execute, query, max(low, boundary), high, query.limit - len(rows))
+                    self._events_between(execute, query, part_low, part_high, query.limit - len(rows))
                 )
 
-        def indexed() -> None:
-            first, last = low >> BITS, min(high, boundary - 1) >> BITS
-            order = range(last, first - 1, -1) if descending else range(first, last + 1)
-            find = self._sql(
-                "SELECT seq FROM user_index WHERE block = ? AND tenant_id = ? AND external_id = ? "
-                f"AND seq >= ? AND seq <= ? ORDER BY seq {query.order.upper()}"
-            )
-            for block in order:
-                if len(rows) >= query.limit:
-                    return
-                seqs = [
-                    row[0] for row in execute(find, [block, query.tenant_id, query.external_id, low, high])
-                ]
-                if not seqs:
-                    continue
-                sql = _SQLBuilder(self.mark)
-                sql.add(f"seq IN ({','.join([self.mark] * len(seqs))})", *seqs)
-                _filters(sql, query)
-                rows.extend(
-                    execute(
-                        f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} "
-                        f"ORDER BY seq {query.order.upper()} LIMIT {self.mark}",
-                        [*sql.params, query.limit - len(rows)],
-                    ).fetchall()
-                )
+        def indexed(part_low: int, part_high: int) -> None:
+            if part_low <= part_high and len(rows) < query.limit:
+                rows.extend(self._user_rows(execute, query, part_low, part_high, query.limit - len(rows)))
 
-        for part in (tail, indexed) if descending else (indexed, tail):
-            part()
+        first, last = covered
+        parts = [
+            (table, low, min(high, first - 1)),  # older than the index (a backfill not run yet)
+            (indexed, max(low, first), min(high, last)),
+            (table, max(low, last + 1), high),  # not indexed yet
+        ]
+        for part, part_low, part_high in reversed(parts) if descending else parts:
+            part(part_low, part_high)
         return rows[: query.limit]
+
+    def _events_by_name(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int
+    ) -> list[tuple[Any, ...]]:
+        """An event name's page: the rows nearest the cursor first (a common name fills its page
+        there), then only the minutes whose rollups hold the name; the rows the read side has not
+        counted yet (past ``_built_to``) are read from the table, in their place in the order."""
+        built = self._built_to(execute)
+        if query.order == "desc":
+            near = (max(low, min(high - NAME_SCAN_ROWS, built + 1)), high)
+            rows = self._events_between(execute, query, *near, query.limit)
+            if len(rows) < query.limit:
+                rest = _with_limit(query, query.limit - len(rows))
+                rows += self._events_by_minutes(rest, execute, low, near[0] - 1)
+            return rows
+        near = (low, min(high, low + NAME_SCAN_ROWS))
+        rows = self._events_between(execute, query, *near, query.limit)
+        if len(rows) < query.limit:
+            rest = _with_limit(query, query.limit - len(rows))
+            rows += self._events_by_minutes(rest, execute, near[1] + 1, min(high, built))
+        tail = (max(near[1], built) + 1, high)
+        if len(rows) < query.limit:
+            rows += self._events_between(execute, query, *tail, query.limit - len(rows))
+        return rows
 
     def _events_by_minutes(
         self, query: EventQuery, execute: Callable[..., Any], low: int, high: int
@@ -160,6 +157,8 @@ class _PagedReader(_QueryReader):
 
         descending = query.order == "desc"
         rows: list[tuple[Any, ...]] = []
+        if low > high:
+            return rows
         # Only the hours the seq bounds can reach (a cursor deep in the past skips the newer ones).
         scoped = " AND tenant_id = ?" if self.seq_per_tenant else ""
         extra = [query.tenant_id] if self.seq_per_tenant else []

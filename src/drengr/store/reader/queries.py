@@ -126,13 +126,20 @@ class _QueryReader:
         return _stats(rows, series, query)
 
     def _scan_stats(
-        self, execute: Callable[..., Any], query: StatsQuery, seq_below: int | None = None
+        self,
+        execute: Callable[..., Any],
+        query: StatsQuery,
+        seq_below: int | None = None,
+        seq_above: int | None = None,
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """Counts and sums read from the rows themselves: (event_name, count, *sums), (bucket, name, count)."""
         sums = "".join(", " + self.sum_expression for _ in query.measures)
         sql = _SQLBuilder(self.mark)
         if query.since is not None and query.time_field == "received_at":
-            sql.add("seq >= ?", self._seq_floor(execute, query.since, query.tenant_id))
+            floor = self._seq_floor(execute, query.since, query.tenant_id)
+            sql.add("seq >= ?", floor if seq_above is None else max(floor, seq_above + 1))
+        elif seq_above is not None:
+            sql.add("seq > ?", seq_above)
         if seq_below is not None:
             sql.add("seq < ?", seq_below)
         _filters(sql, query)
@@ -152,8 +159,15 @@ class _QueryReader:
         return rows, series
 
     def _rollups_cover(self, execute: Callable[..., Any]) -> bool:
-        """True when the rollups count every row (a new database, or one whose backfill finished)."""
+        """True when the rollups count every row up to ``_built_to`` (a new database, or one whose backfill finished)."""
         return False
+
+    def _built_to(self, execute: Callable[..., Any]) -> int:
+        """The seq up to which the read side holds every row; the rows past it are read from the table.
+
+        The engine's rollups are kept in the write transaction: every row.
+        """
+        return 1 << 62
 
     def _stats_from_rollups(
         self, execute: Callable[..., Any], query: StatsQuery
@@ -162,6 +176,7 @@ class _QueryReader:
 
         The rollups count by received minute; a ``since`` or ``until`` inside a minute
         takes that minute's part from the rows (found by seq, a few thousand at most).
+        The rows the read side has not counted yet (past ``_built_to``) are read too.
         """
         from ...core.timestamps import format_ms, parse_ms
 
@@ -179,6 +194,7 @@ class _QueryReader:
                 edges.append(_replace_stats(query, since=format_ms(m_end)))
         if m_start is not None and m_end is not None and m_start >= m_end:
             return self._scan_stats(execute, query, self._seq_ceiling(execute, query))  # within a minute
+        built = self._built_to(execute)
         # The whole hours from the hourly rollups, the minutes around them from the minute ones
         # (a series by minute reads minutes only).
         parts: list[tuple[str, str, int | None, int | None]] = []  # table prefix, column, from, to
@@ -227,8 +243,16 @@ class _QueryReader:
                 ).fetchall():
                     series[(bucket, name)] = series.get((bucket, name), 0) + int(count)
         counts = {name: values for name, values in counts.items() if values[0] > 0}
+        # From the rows themselves: the ragged edges the rollups counted (seq <= built), and every
+        # row of the range past what the read side has counted yet (seq > built).
+        scans: list[tuple[StatsQuery, int | None, int | None]] = []  # the query, seq below, seq above
         for edge in edges:
-            rows, edge_series = self._scan_stats(execute, edge, self._seq_ceiling(execute, edge))
+            ceiling = self._seq_ceiling(execute, edge)
+            scans.append((edge, built + 1 if ceiling is None else min(ceiling, built + 1), None))
+        if built < self._top(execute, None):
+            scans.append((query, self._seq_ceiling(execute, query), built))
+        for edge, below, above in scans:
+            rows, edge_series = self._scan_stats(execute, edge, below, above)
             for name, count, *sums in rows:
                 counts.setdefault(name, [0, *([0] * len(query.measures))])
                 counts[name][0] += int(count)

@@ -76,8 +76,7 @@ CREATE TABLE IF NOT EXISTS event_ids (
 -- the index costs next to nothing to keep up; prune() finds an old generation through it.
 CREATE INDEX IF NOT EXISTS event_ids_gen ON event_ids USING brin (gen);
 
--- The read side's rollups, as SQLite's (schema/sqlite.sql): kept in the write transaction, read by
--- /v1/stats. A database with rows before them is read by scanning; its rollups_from_seq is past
+-- The read side's rollups, as SQLite's (schema/sqlite.sql), read by /v1/stats. A database with rows before them is read by scanning; its rollups_from_seq is past
 -- those rows (the scalar subquery runs only when the row is new).
 CREATE TABLE IF NOT EXISTS event_rollups (
     tenant_id text NOT NULL,
@@ -129,8 +128,30 @@ INSERT INTO hourly_measure_rollups (tenant_id, hour, event_name, measure, total)
 SELECT tenant_id, substr(minute, 1, 13), event_name, measure, sum(total) FROM measure_rollups
 WHERE NOT EXISTS (SELECT 1 FROM hourly_measure_rollups) GROUP BY 1, 2, 3, 4;
 
--- One user's events, one name's (/v1/events?external_id=, ?event_name=): B-trees PostgreSQL keeps
--- beside the rows.
-CREATE INDEX IF NOT EXISTS semantic_events_tenant_user ON semantic_events (tenant_id, external_id, seq) WHERE external_id IS NOT NULL;
+-- The read side, built off the write path (drengr.store.postgres.store, ``_build``): every row
+-- with seq <= `read_side_seq` is counted in the rollups, and (from `users_from_seq` on) in
+-- user_index; readers take the rows past it from the table. A database whose rollups were kept in
+-- the write transaction has them up to its newest row; its older rows get into user_index with
+-- `drengr db backfill-rollups`. The builder finds its rows by seq through a BRIN index (next to
+-- nothing to keep up on an append-only table), and no longer through B-trees the writers kept up.
+CREATE INDEX IF NOT EXISTS semantic_events_seq ON semantic_events USING brin (seq);
 
-CREATE INDEX IF NOT EXISTS semantic_events_tenant_name ON semantic_events (tenant_id, event_name, seq);
+-- One user's events (/v1/events?external_id=), as SQLite's user index.
+CREATE TABLE IF NOT EXISTS user_index (
+    tenant_id text NOT NULL,
+    external_id text NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (tenant_id, external_id, seq)
+);
+
+INSERT INTO drengr_meta (key, value)
+SELECT 'read_side_seq', (SELECT coalesce(max(seq), 0) FROM semantic_events)::text
+WHERE NOT EXISTS (SELECT 1 FROM drengr_meta WHERE key = 'read_side_seq');
+
+INSERT INTO drengr_meta (key, value)
+SELECT 'users_from_seq', (SELECT coalesce(max(seq), 0) + 1 FROM semantic_events)::text
+WHERE NOT EXISTS (SELECT 1 FROM drengr_meta WHERE key = 'users_from_seq');
+
+DROP INDEX IF EXISTS semantic_events_tenant_user;
+
+DROP INDEX IF EXISTS semantic_events_tenant_name;

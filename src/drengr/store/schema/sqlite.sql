@@ -88,25 +88,6 @@ CREATE TABLE IF NOT EXISTS hourly_measure_rollups (
     PRIMARY KEY (tenant_id, hour, event_name, measure)
 ) WITHOUT ROWID;
 
--- The user index (drengr.store.sqlite.read_side): one row per stored event with an external_id,
--- filled by the writer a block of seqs at a time, off the hot path.
-CREATE TABLE IF NOT EXISTS user_index (
-    block INTEGER NOT NULL,
-    tenant_id TEXT NOT NULL,
-    external_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (block, tenant_id, external_id, seq)
-) WITHOUT ROWID;
-
--- The users seen per tenant and received UTC day, filled with the same blocks: "distinct users"
--- (the Datasette query) adds up a few rows per user and day instead of reading every event.
-CREATE TABLE IF NOT EXISTS daily_users (
-    tenant_id TEXT NOT NULL,
-    day TEXT NOT NULL,
-    external_id TEXT NOT NULL,
-    PRIMARY KEY (tenant_id, day, external_id)
-) WITHOUT ROWID;
-
 -- What was accepted but not stored, by tenant, UTC day and reason (drengr.drops).
 CREATE TABLE IF NOT EXISTS "drop_counts" (
    "tenant_id" TEXT,

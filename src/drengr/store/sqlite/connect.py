@@ -24,14 +24,18 @@ def connect(path: str, busy_timeout_ms: int, synchronous: str) -> sqlite3.Connec
 
 
 class Transaction:
-    """``with`` block: BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error; StoreError out."""
+    """``with`` block: BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error; StoreError out.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    ``Transaction(conn, "DEFERRED")`` is a read snapshot (its first read starts it).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> None:
         self._conn = conn
+        self._begin = f"BEGIN {mode}"
 
     def __enter__(self) -> sqlite3.Connection:
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(self._begin)
         except sqlite3.Error as error:
             raise StoreError(str(error)) from error
         return self._conn

@@ -224,9 +224,6 @@ def writer_main(
     writer = Writer(path, durability.upper(), busy_timeout_ms)  # the file is ready: its parent migrated it
     conn: sqlite3.Connection | None = None
     while True:
-        if writer._users_due() > 0 and not pipe.poll():
-            conn = writer._index_step(conn)  # nothing waiting: one block of the user index
-            continue
         try:
             received = pipe.recv_bytes()
             messages = [marshal.loads(received)]
@@ -258,6 +255,7 @@ def writer_main(
                 break
         if stop:
             break
+    writer.close()  # its read-side builder catches up first
     if conn is not None:
         conn.close()
 

@@ -1,22 +1,28 @@
-"""The SQLite store's read-side tables: the rollups' statements, the user index, the backfill.
+"""The SQLite store's read side: the rollups, the user index and ``daily_users``, built off the writer's path.
 
-The rollups (drengr.store.rollups counts what a group adds) are kept in the
-transaction that inserts the rows; the user index is filled by the writer off
-the hot path (``index_users``); ``backfill_rollups`` counts the rows older than
-the rollups into them, beside a serving process. Imports only the standard
-library and ``drengr.store``.
+``Builder`` (a thread beside the writer) counts the rows past ``meta.read_side_seq``
+into them (``build_step``); readers take the rows past that seq from the table.
+A prune takes its rows out of the rollups in its own transaction
+(``remove_from_rollups``). ``backfill_rollups`` counts the rows older than the
+rollups into them, beside a serving process. Imports only the standard library
+and ``drengr.store``.
 """
 
-import functools
-import itertools
+import contextlib
+import logging
+import os
 import re
 import sqlite3
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..base import StoreError, schema_statements
-from ..rollups import ROLLUP_GRAINS, hourly, rollup_rows
+from ..rollups import ROLLUP_GRAINS
 from .connect import Transaction
+
+log = logging.getLogger("drengr.store")
 
 # The rollups' tables alone (the backfill makes them in a file that has none yet).
 ROLLUP_TABLES = tuple(
@@ -26,15 +32,10 @@ ROLLUP_TABLES = tuple(
 )
 # The read side's rollups (docs/performance.md "Reading at 10M rows"): per tenant, received minute
 # (`2026-11-26T02:50`), event name and type, the events stored; per measure, its sum; and the same
-# per received hour (`2026-11-26T02`), so that a week is ~2,000 rows to add, not ~120,000. Kept in
-# the transaction that inserts the rows, from the rows just inserted: /v1/stats, the debugger's
-# chart and the analyst queries read these instead of scanning semantic_events.
-# `meta.rollups_from_seq` is the first seq they cover: a database made before them has older rows
-# until `drengr db backfill-rollups` runs.
-# The writer counts the rows it holds in Python (a few dict updates a row) and upserts one row per
-# tenant, minute (hour) and name: an INSERT … SELECT … GROUP BY over the rows just written cost 40 %
-# of the rate of 100-event batches (bench/bench_read.py), this costs a few µs a batch. The backfill
-# uses the SQL.
+# per received hour (`2026-11-26T02`), so that a week is ~2,000 rows to add, not ~120,000.
+# /v1/stats, the debugger's chart and the analyst queries read these instead of scanning
+# semantic_events. `meta.rollups_from_seq` is the first seq they cover: a database made before them
+# has older rows until `drengr db backfill-rollups` runs.
 HOURLY_FROM_MINUTES = (
     "INSERT INTO hourly_event_rollups (tenant_id, hour, event_name, event_type, events) "
     "SELECT tenant_id, substr(minute, 1, 13), event_name, event_type, sum(events) FROM event_rollups "
@@ -70,50 +71,19 @@ def _rollup_sql(where: str, sign: str = "") -> list[tuple[str, bool]]:
 ROLLUP_RANGE = _rollup_sql("seq >= ? AND seq <= ?")
 
 
-@functools.cache
-def _upsert_template(prefix: str, column: str, measures: bool) -> str:
-    if measures:
-        return (
-            f"INSERT INTO {prefix}measure_rollups (tenant_id, {column}, event_name, measure, total) "
-            "VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET total = total + excluded.total"
-        )
-    return (
-        f"INSERT INTO {prefix}event_rollups (tenant_id, {column}, event_name, event_type, events) "
-        "VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET events = events + excluded.events"
-    )
-
-
-@functools.cache
-def _upsert_statement(template: str, rows: int) -> str:
-    """``template`` with ``rows`` rows of VALUES: one statement, one step (see insert_events)."""
-    head, tail = template.split(" VALUES (?,?,?,?,?) ")
-    return f"{head} VALUES " + ",".join(["(?,?,?,?,?)"] * rows) + " " + tail
-
-
-def _upsert(conn: sqlite3.Connection, template: str, rows: list[tuple[Any, ...]]) -> None:
-    for start in range(0, len(rows), 512):  # 2,560 parameters a statement at most
-        part = rows[start : start + 512]
-        conn.execute(_upsert_statement(template, len(part)), list(itertools.chain.from_iterable(part)))
-
-
-def add_to_rollups(conn: sqlite3.Connection, requests: list[list[tuple[Any, ...]]]) -> None:
-    """Count the rows just inserted, one list a request, into both grains (inside the caller's transaction)."""
-    events, measures = rollup_rows(requests)
-    _upsert(conn, _upsert_template("", "minute", False), events)
-    _upsert(conn, _upsert_template("hourly_", "hour", False), hourly(events))
-    if measures:
-        _upsert(conn, _upsert_template("", "minute", True), measures)
-        _upsert(conn, _upsert_template("hourly_", "hour", True), hourly(measures))
-
-
 def remove_from_rollups(conn: sqlite3.Connection, seqs: list[int]) -> None:
     """Take the stored rows ``seqs``, about to be deleted (a prune), out of the rollups (same transaction).
 
-    Only rows the rollups counted (seq at or after ``meta.rollups_from_seq``). A count
-    that reaches 0 stays until ``tidy_rollups``; the reader skips it.
+    Only rows the rollups counted (``rollups_from_seq`` <= seq <= ``read_side_seq``);
+    should any row past ``read_side_seq`` go, a step counting it now is dropped
+    (``mark_pruned``). A count that reaches 0 stays until ``tidy_rollups``; the
+    reader skips it.
     """
     found = conn.execute("SELECT value FROM meta WHERE key = 'rollups_from_seq'").fetchone()
-    counted = [seq for seq in seqs if found is not None and seq >= int(found[0])]
+    built = built_to(conn)
+    if any(seq > built for seq in seqs):
+        mark_pruned(conn)
+    counted = [seq for seq in seqs if found is not None and int(found[0]) <= seq <= built]
     if not counted:
         return
     marks = ",".join("?" * len(counted))
@@ -138,55 +108,262 @@ def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: in
         conn.execute(statement, (first_seq, last_seq))
 
 
-# The user index (docs/performance.md "Reading at 10M rows"): one row per stored event with an
-# external_id, so that one user's events are found without walking back through the table. Kept off
-# the hot path: the writer indexes a block of 16,384 seqs once the table has moved past it, in a
-# transaction of its own, when it has nothing else to do (and at once when it is two blocks behind).
-# Keyed by block first, the entries of a block are appended at the end of the tree (no page of an
-# older block is touched again); a look-up is one seek per block. The rows past the last indexed block
-# are read from the table. Entries of pruned rows stay until their block is gone: the reader fetches
-# rows by seq, and a deleted row is simply not there.
+# The read side follows the table from a thread of its own (``Builder``), off the writer's path.
+# Counting in the write transaction cost ~25 % of the rate of 100-event batches
+# (bench/bench_read.py): the writer holds SQLite's write lock for every µs of it.
+#
+# - The rollups: every row with seq <= `meta.read_side_seq` (and >= `meta.rollups_from_seq`) is
+#   counted; readers take the rows past it from the table (a few thousand at most). A step counts
+#   the new rows into temporary tables inside a read snapshot (no lock; SQLite runs it without the
+#   GIL, on the other core), then takes the writers' turn only to add those few rows and move
+#   `read_side_seq`, and only if nobody moved it (or pruned, `read_side_epoch`) meanwhile.
+# - The user index and `daily_users` hold a row per event (or per new user and day): adding them
+#   under the database's write lock held the writer ~2 µs a row. They live in a file of their own
+#   beside the database (`drengr-users.db`, schema/sqlite-users.sql), written by the builder
+#   with the database attached and only read: the writer never waits for them. Every row with seq
+#   <= its `users_seq` is indexed; readers take the rows past it from the table. The file is
+#   derived: deleted, or found indexing another database (`database_id`), it is built again.
+#
+# Entries of pruned rows stay in the user index until their block is gone: the reader fetches rows
+# by seq, and a deleted row is simply not there.
 USER_INDEX_BLOCK_BITS = 14
-USER_INDEX_BEHIND_BLOCKS = 2  # index at once, even with jobs waiting, when this many blocks are due
+BUILD_STEP_ROWS = 16_384  # rows a step counts at most
+BUILD_EVERY_SECONDS = 0.25  # how often the builder looks for rows (other processes' too)
+BUILD_AFTER_ROWS = 4_096  # and at once after the writer committed this many
+
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS new_events (tenant_id, minute, event_name, event_type, events)",
+    "CREATE TEMP TABLE IF NOT EXISTS new_measures (tenant_id, minute, event_name, measure, total)",
+)
+# Inside a read snapshot: the rows :low < seq <= :high, counted into the staging tables.
+_COUNT = (
+    "INSERT INTO temp.new_events SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, count(*) "
+    "FROM main.semantic_events WHERE seq > :low AND seq <= :high GROUP BY 1, 2, 3, 4",
+    "INSERT INTO temp.new_measures SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, "
+    "sum(m.value) FROM main.semantic_events AS e, json_each(e.measures) AS m WHERE e.seq > :low AND e.seq <= :high "
+    "AND e.measures != '{}' AND m.type IN ('integer', 'real') GROUP BY 1, 2, 3, 4",
+)
+# In the writers' turn: the staged rows into the rollups (WHERE true: an upsert's SELECT needs a clause).
+_ADD = (
+    "INSERT INTO main.event_rollups SELECT * FROM temp.new_events WHERE true "
+    "ON CONFLICT DO UPDATE SET events = events + excluded.events",
+    "INSERT INTO main.hourly_event_rollups SELECT tenant_id, substr(minute, 1, 13), event_name, event_type, "
+    "sum(events) FROM temp.new_events GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET events = events + excluded.events",
+    "INSERT INTO main.measure_rollups SELECT * FROM temp.new_measures WHERE true "
+    "ON CONFLICT DO UPDATE SET total = total + excluded.total",
+    "INSERT INTO main.hourly_measure_rollups SELECT tenant_id, substr(minute, 1, 13), event_name, measure, "
+    "sum(total) FROM temp.new_measures GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET total = total + excluded.total",
+)
+# The users file's step, the database attached as `events`: :low < seq <= :high.
+_INDEX_USERS = (
+    "INSERT OR IGNORE INTO user_index SELECT seq >> :bits, tenant_id, external_id, seq "
+    "FROM events.semantic_events WHERE seq > :low AND seq <= :high AND external_id IS NOT NULL ORDER BY 1, 2, 3, 4",
+    "INSERT OR IGNORE INTO daily_users SELECT tenant_id, substr(received_at, 1, 10), external_id "
+    "FROM events.semantic_events WHERE seq > :low AND seq <= :high AND external_id IS NOT NULL",
+)
+_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
-def indexed_blocks(conn: sqlite3.Connection) -> int:
-    """How many blocks the user index covers: every seq below ``blocks << USER_INDEX_BLOCK_BITS``."""
-    found = conn.execute("SELECT value FROM meta WHERE key = 'user_index_blocks'").fetchone()
-    return int(found[0]) if found else 0
+def users_path(path: str) -> str:
+    """The user index's file beside the database: ``drengr.db`` → ``drengr-users.db``."""
+    database = Path(path)
+    return str(database.with_name(f"{database.stem}-users{database.suffix}"))
 
 
-def index_users(conn: sqlite3.Connection, top_seq: int, max_blocks: int = 1) -> int:
-    """Index up to ``max_blocks`` complete blocks (inside the caller's write transaction); the blocks now covered.
+def _meta_int(conn: sqlite3.Connection, key: str, default: int = 0, table: str = "meta") -> int:
+    found = conn.execute(f"SELECT value FROM {table} WHERE key = ?", (key,)).fetchone()
+    return int(found[0]) if found else default
 
-    A block is complete once a row past it exists (``top_seq``, the newest seq): seqs
-    only grow, and the caller holds the write lock.
+
+def built_to(conn: sqlite3.Connection) -> int:
+    """``read_side_seq``: every row with seq at or below it is in the rollups."""
+    return _meta_int(conn, "read_side_seq")
+
+
+def mark_pruned(conn: sqlite3.Connection) -> None:
+    """A prune deleted rows the builder may be counting now (inside the prune's transaction)."""
+    conn.execute(_META, ("read_side_epoch", str(_meta_int(conn, "read_side_epoch") + 1)))
+
+
+def build_step(
+    conn: sqlite3.Connection,
+    turn: Callable[[], Any] = contextlib.nullcontext,
+    max_rows: int = BUILD_STEP_ROWS,
+) -> int:
+    """Count up to ``max_rows`` rows past ``read_side_seq`` into the rollups; the seqs it covered (0: none).
+
+    ``conn`` is a connection of its own to the database (not in a transaction);
+    ``turn()`` is the writers' turn, held only while the counted rows are added.
+    Returns 0 too when another builder or a prune moved first (tried again later).
     """
-    blocks = indexed_blocks(conn)
-    done = 0
-    while done < max_blocks and top_seq >= (blocks + 1) << USER_INDEX_BLOCK_BITS:
-        conn.execute(
-            "INSERT INTO user_index (block, tenant_id, external_id, seq) "
-            "SELECT ?, tenant_id, external_id, seq FROM semantic_events "
-            "WHERE seq >= ? AND seq < ? AND external_id IS NOT NULL ORDER BY tenant_id, external_id, seq",
-            (blocks, blocks << USER_INDEX_BLOCK_BITS, (blocks + 1) << USER_INDEX_BLOCK_BITS),
-        )
-        conn.execute(
-            # No DISTINCT … ORDER BY: sorting the block cost 2.6 µs a row here, the plain insert 1.
-            "INSERT OR IGNORE INTO daily_users (tenant_id, day, external_id) "
-            "SELECT tenant_id, substr(received_at, 1, 10), external_id FROM semantic_events "
-            "WHERE seq >= ? AND seq < ? AND external_id IS NOT NULL",
-            (blocks << USER_INDEX_BLOCK_BITS, (blocks + 1) << USER_INDEX_BLOCK_BITS),
-        )
-        blocks += 1
-        done += 1
-    if done:
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('user_index_blocks', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (str(blocks),),
-        )
-    return blocks
+    for statement in _STAGING:
+        conn.execute(statement)
+    with Transaction(conn, "DEFERRED"):  # a read snapshot (the temporary tables are this connection's own)
+        conn.execute("DELETE FROM temp.new_events")
+        conn.execute("DELETE FROM temp.new_measures")
+        low = built_to(conn)
+        epoch = _meta_int(conn, "read_side_epoch")
+        high = min(_top(conn), low + max_rows)
+        if high <= low:
+            return 0
+        for statement in _COUNT:
+            conn.execute(statement, {"low": low, "high": high})
+    with turn(), Transaction(conn):
+        if built_to(conn) != low or _meta_int(conn, "read_side_epoch") != epoch:
+            return 0
+        for statement in _ADD:
+            conn.execute(statement)
+        conn.execute(_META, ("read_side_seq", str(high)))
+    return high - low
+
+
+def open_users(path: str, busy_timeout_ms: int = 5_000) -> sqlite3.Connection:
+    """A connection to the users file of the database at ``path`` (made if missing), the database attached as ``events``."""
+    conn = sqlite3.connect(
+        users_path(path), isolation_level=None, timeout=busy_timeout_ms / 1000, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # derived: a step lost to a crash is built again
+        for statement in schema_statements("sqlite-users"):
+            conn.execute(statement)
+        conn.execute("ATTACH DATABASE ? AS events", (path,))
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+def index_users_step(conn: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS) -> int:
+    """Index up to ``max_rows`` rows past ``users_seq`` (``conn`` from ``open_users``); the seqs it covered."""
+    with Transaction(conn, "DEFERRED"):  # IMMEDIATE would lock the attached database too
+        # The users file's write lock, taken first: another builder waits here, then sees what it did.
+        conn.execute("INSERT INTO meta (key, value) VALUES ('users_seq', '0') ON CONFLICT (key) DO NOTHING")
+        found = conn.execute("SELECT value FROM events.meta WHERE key = 'database_id'").fetchone()
+        indexes = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+        low, top = _meta_int(conn, "users_seq"), _top(conn, "events.")
+        if found is None or indexes != found or low > top:  # another database's, or one cut back
+            conn.execute("DELETE FROM user_index")
+            conn.execute("DELETE FROM daily_users")
+            conn.execute(_META, ("database_id", None if found is None else found[0]))
+            low = 0
+        high = min(top, low + max_rows)
+        if high > low:
+            for statement in _INDEX_USERS:
+                conn.execute(statement, {"low": low, "high": high, "bits": USER_INDEX_BLOCK_BITS})
+        conn.execute(_META, ("users_seq", str(max(low, high))))
+    return max(0, high - low)
+
+
+def prune_users(path: str, before_day: str, busy_timeout_ms: int = 5_000) -> None:
+    """After a prune: the users file forgets the days before ``before_day`` and the blocks below the oldest row."""
+    if not os.path.exists(users_path(path)):
+        return
+    conn = open_users(path, busy_timeout_ms)
+    try:
+        with Transaction(conn, "DEFERRED"):
+            conn.execute("DELETE FROM daily_users WHERE day < ?", (before_day,))
+            conn.execute(
+                "DELETE FROM user_index WHERE block < "
+                "(SELECT coalesce(min(seq), 0) FROM events.semantic_events) >> ?",
+                (USER_INDEX_BLOCK_BITS,),
+            )
+    finally:
+        conn.close()
+
+
+def catch_up(path: str, busy_timeout_ms: int = 5_000) -> None:
+    """Build the read side of the database at ``path`` until it holds every row (benchmarks, tests)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    users = open_users(path, busy_timeout_ms)
+    try:
+        conn.execute("PRAGMA temp_store = MEMORY")
+        while build_step(conn) or built_to(conn) < _top(conn):
+            pass
+        while index_users_step(users):
+            pass
+    finally:
+        users.close()
+        conn.close()
+
+
+def _top(conn: sqlite3.Connection, schema: str = "") -> int:
+    return int(conn.execute(f"SELECT coalesce(max(seq), 0) FROM {schema}semantic_events").fetchone()[0])
+
+
+class Builder:
+    """Keeps the read side up with the table, from a thread of its own (``build_step``, ``index_users_step``).
+
+    The writer tells it how many rows it committed (``wrote``); it wakes at
+    ``BUILD_AFTER_ROWS`` of them, or every ``BUILD_EVERY_SECONDS`` (rows other
+    processes wrote), and builds until it has caught up; ``stop`` catches up
+    once more. A failed step is logged and tried again 5 s later: readers stay
+    exact meanwhile (they take the rows past what is built from the table),
+    only slower.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        connect: Callable[[], sqlite3.Connection],
+        turn: Callable[[], Any],
+        busy_timeout_ms: int,
+    ) -> None:
+        self._path = path
+        self._connect = connect
+        self._turn = turn
+        self._busy_timeout_ms = busy_timeout_ms
+        self._pending = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="drengr-read-side", daemon=True)
+        self._thread.start()
+
+    def wrote(self, rows: int) -> None:
+        self._pending += rows
+        if self._pending >= BUILD_AFTER_ROWS:
+            self._pending = 0
+            self._wake.set()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        users: sqlite3.Connection | None = None
+        pause = BUILD_EVERY_SECONDS
+        while True:
+            self._wake.wait(pause)
+            self._wake.clear()
+            stopping, pause = self._stopping, BUILD_EVERY_SECONDS
+            try:
+                if conn is None:
+                    conn = self._connect()
+                    conn.execute("PRAGMA temp_store = MEMORY")
+                    conn.execute(
+                        "PRAGMA synchronous = NORMAL"
+                    )  # derived: a step lost to a crash is counted again
+                while build_step(conn, self._turn) == BUILD_STEP_ROWS:
+                    pass  # a full step: more may wait
+                if users is None:
+                    users = open_users(self._path, self._busy_timeout_ms)
+                while index_users_step(users) == BUILD_STEP_ROWS:
+                    pass
+            except (sqlite3.Error, StoreError) as error:
+                log.warning("cannot build the read side now (tried again in 5 s): %s", error)
+                pause = 5.0
+                for held in (conn, users):
+                    if held is not None:
+                        held.close()
+                conn = users = None
+            if stopping:
+                break
+        for held in (conn, users):
+            if held is not None:
+                held.close()
+
+    def stop(self) -> None:
+        """Build what the writer committed, then stop (the read side is whole when a store closes)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=30)
 
 
 def backfill_rollups(

@@ -15,6 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -43,7 +44,8 @@ T = TypeVar("T")
 log = logging.getLogger("drengr.store")
 
 WRITERS = ("thread", "process")
-SCHEMA_VERSION = 4  # 2: semantic_events.library, drop_counts; 3: tenants.pii_allow; 4: hourly rollups
+SCHEMA_VERSION = 5  # 2: semantic_events.library, drop_counts; 3: tenants.pii_allow; 4: hourly rollups;
+# 5: the read side built off the writer's path (meta.read_side_seq)
 # The thread writer's queue holds at most this many jobs. A request waits for room (within its busy
 # timeout), so it never binds while the writer keeps up (each request thread has one job in flight);
 # while the writer is stalled, it keeps the jobs of requests that already answered 502 from piling up.
@@ -140,16 +142,21 @@ class SQLiteStore(Admin):
             for statement in schema_statements("sqlite"):
                 conn.execute(statement)
             meta = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
             if "event_rollups" not in tables:
-                # Rows already here are not in the rollups yet: the reader scans until a backfill.
-                first = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM semantic_events").fetchone()[0]
-                conn.execute(meta, ("rollups_from_seq", str(first)))
+                # Rows already here are not in the read side yet: the reader scans until a backfill.
+                conn.execute(meta, ("rollups_from_seq", str(top + 1)))
             elif "hourly_event_rollups" not in tables:  # a file from before the hourly grain
                 for statement in read_side.HOURLY_FROM_MINUTES:  # the minutes' rows, added up by hour
                     conn.execute(statement)
-            if "user_index" not in tables:  # rows already here are indexed by the writer, block by block
-                first = conn.execute("SELECT coalesce(min(seq), 0) FROM semantic_events").fetchone()[0]
-                conn.execute(meta, ("user_index_blocks", str(first >> read_side.USER_INDEX_BLOCK_BITS)))
+            if "user_index" in tables:  # version 4 kept the user index here: its own file builds it again
+                conn.execute("DROP TABLE user_index")
+                conn.execute("DROP TABLE daily_users")
+                conn.execute("DELETE FROM meta WHERE key = 'user_index_blocks'")
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'read_side_seq'").fetchone() is None:
+                conn.execute(meta, ("read_side_seq", str(top)))  # what is there is counted, or older
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'database_id'").fetchone() is None:
+                conn.execute(meta, ("database_id", uuid.uuid4().hex))  # what the users file indexes
             # Version 1 files lack `library` (context.library, an extra column): older rows keep NULL
             # there; version 2 files lack the tenant's PII allow-list.
             for table, column in (("semantic_events", "library"), ("tenants", "pii_allow")):
@@ -223,12 +230,7 @@ class SQLiteStore(Admin):
                 conn.execute("DELETE FROM daily_usage WHERE day < ?", (day,))
                 conn.execute("DELETE FROM drop_counts WHERE day < ?", (day,))
                 read_side.tidy_rollups(conn)
-                conn.execute("DELETE FROM daily_users WHERE day < ?", (cutoff[:10],))
-                # The user index's blocks below the oldest row left hold only pruned rows.
-                conn.execute(
-                    f"DELETE FROM user_index WHERE block < "
-                    f"(SELECT coalesce(min(seq), 0) FROM semantic_events) >> {read_side.USER_INDEX_BLOCK_BITS}"
-                )
+            read_side.prune_users(self.path, cutoff[:10], self._busy_timeout_ms)
             return deleted
         except sqlite3.Error as error:
             raise StoreError(f"prune failed: {error}") from error
@@ -339,9 +341,6 @@ class SQLiteStore(Admin):
         """The writer thread (``writer="thread"``): take what is waiting, commit it as one group."""
         conn: sqlite3.Connection | None = None
         while True:
-            if self._committer._users_due() > 0 and self._queue.empty():
-                conn = self._committer._index_step(conn)  # nothing waiting: one block of the user index
-                continue
             first = self._queue.get()
             if first is None:
                 break

@@ -22,8 +22,8 @@ write path keeps between groups, and ``commit_jobs`` writes one group.
 - Daily-cap metering (``Meter``): one read and one upsert per tenant and day a group; it fails open.
 - Every group is one ``BEGIN IMMEDIATE`` transaction taken in the writers' turn
   (``drengr.store.sqlite.locks``); the WAL is checkpointed off this path.
-- When nothing waits, the writer fills the user index a block at a time
-  (``drengr.store.sqlite.read_side``).
+- The read side (rollups, user index) follows the committed rows from a thread
+  of its own (``drengr.store.sqlite.read_side.Builder``), never in this transaction.
 
 The hot insert goes straight to multi-row INSERTs (sqlite-utils' ``insert_all``
 measured ~2× slower). Imports no web framework and not sqlite-utils.
@@ -45,7 +45,7 @@ from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms, parse_ms
 from ..base import Job, StoreError, generation
 from . import read_side
-from .connect import Transaction, connect
+from .connect import connect
 from .locks import CHECKPOINT_FALLBACK_PAGES, Checkpointer, WriterLock
 
 try:
@@ -120,11 +120,11 @@ class Writer:
         self._closed_at: list[float] = [elapsed()]  # when each closed one last took a row (self._elapsed)
         self._current_touched = elapsed()  # when the current one last took a row
         self._last_seq = -1  # -1: not loaded yet
-        self._indexed_blocks = 0  # the user index's blocks, as this writer last saw them
-        self._index_paused_until = 0.0  # after a failed index step (monotonic)
         self.group_commits = 0  # transactions committed (group commit is visible in tests)
         self._turns = WriterLock(path) if turns is None else turns  # writers of this file take turns
         self._checkpointer: Checkpointer | None = None  # started with the first write
+        self._builder: read_side.Builder | None = None  # the read side's, too
+        self._builder_lock: WriterLock | None = None
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path, self._busy_timeout_ms, self._synchronous)
@@ -141,6 +141,12 @@ class Writer:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        if self._builder is not None:
+            self._builder.stop()
+            self._builder = None
+        if self._builder_lock is not None:
+            self._builder_lock.close()
+            self._builder_lock = None
 
     def commit_jobs(self, conn: sqlite3.Connection | None, jobs: list[Job]) -> sqlite3.Connection | None:
         """One group in one transaction; on failure every job gets the error. Returns the connection to reuse."""
@@ -150,9 +156,13 @@ class Writer:
                 self._commit_group(conn, jobs)
             if self._checkpointer is None:
                 self._checkpointer = Checkpointer(self._connect)
-            self._checkpointer.wrote(conn, sum(len(job.rows) for job in jobs))
-            if self._users_due() >= read_side.USER_INDEX_BEHIND_BLOCKS:  # never busy enough to be idle
-                conn = self._index_step(conn)
+                self._builder = read_side.Builder(
+                    self.path, self._connect, self._builder_turn, self._busy_timeout_ms
+                )
+            rows = sum(len(job.rows) for job in jobs)
+            self._checkpointer.wrote(conn, rows)
+            if self._builder is not None:
+                self._builder.wrote(rows)
         except Exception as error:  # the whole group failed: every request gets 502
             log.error("write transaction failed: %s", error)
             metrics.count("store_errors", "write")
@@ -168,27 +178,12 @@ class Writer:
                 conn = None  # reconnect next time: the file may have changed under us
         return conn
 
-    def _users_due(self) -> int:
-        """Complete blocks of rows the user index has not taken yet, as far as this writer knows."""
-        if self._last_seq < 0 or time.monotonic() < self._index_paused_until:
-            return 0
-        return (self._last_seq >> read_side.USER_INDEX_BLOCK_BITS) - self._indexed_blocks
-
-    def _index_step(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
-        """Index the next complete block of the user index, in a transaction of its own."""
-        try:
-            conn = self._write_connection(conn)
-            with self._turns.turn(self._busy_timeout_ms / 1000):
-                before = self._indexed_blocks
-                with Transaction(conn):
-                    top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
-                    self._indexed_blocks = read_side.index_users(conn, top)
-                if self._indexed_blocks <= before:  # nothing was due after all (rows deleted under us)
-                    self._index_paused_until = time.monotonic() + 5
-        except (sqlite3.Error, StoreError) as error:
-            log.warning("cannot index users now (tried again in 5 s): %s", error)
-            self._index_paused_until = time.monotonic() + 5
-        return conn
+    def _builder_turn(self) -> Any:
+        """The writers' turn for the read side's builder: a lock description of its own (``flock``
+        is per description: sharing the writer's would let both in at once)."""
+        if self._builder_lock is None:
+            self._builder_lock = WriterLock(self.path)
+        return self._builder_lock.turn(self._busy_timeout_ms / 1000)
 
     def _commit_group(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
         """One transaction for the whole group, in as few statements as possible.
@@ -254,7 +249,6 @@ class Writer:
             return []
         last = insert_events(conn, rows)
         seq = last - len(rows) + 1  # AUTOINCREMENT under our write lock: consecutive
-        read_side.add_to_rollups(conn, [fresh for fresh, _keys in planned])
         additions = []
         for fresh, keys in planned:
             additions.append((keys, seq))

@@ -1,0 +1,30 @@
+-- The SQLite store's user index, in a file of its own beside the database (`drengr.db` →
+-- `drengr-users.db`; drengr.store.sqlite.read_side). Derived from semantic_events alone: deleted,
+-- it is built again. Kept apart so that building it never holds the database's write lock.
+-- Statements end with a semicolon at the end of a line.
+
+-- `users_seq`: every row of semantic_events with seq at or below it is indexed; `database_id`:
+-- the database it indexes (its meta.database_id).
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT
+);
+
+-- One row per stored event with an external_id, keyed by block of 16,384 seqs first, so that a
+-- step's entries go near the end of the tree and a look-up is one seek per block.
+CREATE TABLE IF NOT EXISTS user_index (
+    block INTEGER NOT NULL,
+    tenant_id TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (block, tenant_id, external_id, seq)
+) WITHOUT ROWID;
+
+-- The users seen per tenant and received UTC day: "distinct users" (the Datasette query) adds up
+-- a few rows per user and day instead of reading every event.
+CREATE TABLE IF NOT EXISTS daily_users (
+    tenant_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, day, external_id)
+) WITHOUT ROWID;
