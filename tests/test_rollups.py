@@ -380,6 +380,19 @@ def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
 BLOCK_BITS = 4  # 16-row blocks of the user index, so that 240 events make fifteen of them
 
 
+def write_past_the_read_side(store: Any, location: str, keys: dict[str, str]) -> None:
+    """40 more events through the app after fill()'s, into ``store`` (its builder held back); closes it."""
+    clock = [T0 + EVENTS * STEP_MS]
+    client = create_app(Config(db=location), store=store, clock_ms=lambda: clock[0]).test_client()
+    try:
+        for i in range(EVENTS, EVENTS + 40):
+            clock[0] = T0 + i * STEP_MS
+            body = {"type": "track", "event": "Signed Up", "userId": f"u{i % 3 + 3}", "messageId": f"m{i}"}
+            assert post(client, "/v1/track", body, keys["acme"]).status_code == 200
+    finally:
+        store.close()
+
+
 class HeldBack:
     """A read-side builder that builds nothing."""
 
@@ -409,21 +422,7 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     # worth) are past the rollups and the index, as on a server whose builder has not caught up yet.
     with pytest.MonkeyPatch.context() as held:
         held.setattr(read_side, "Builder", HeldBack)
-        store = SQLiteStore(str(path), writer="thread")
-        clock = [T0 + EVENTS * STEP_MS]
-        client = create_app(Config(db=str(path)), store=store, clock_ms=lambda: clock[0]).test_client()
-        try:
-            for i in range(EVENTS, EVENTS + 40):
-                clock[0] = T0 + i * STEP_MS
-                body = {
-                    "type": "track",
-                    "event": "Signed Up",
-                    "userId": f"u{i % 3 + 3}",
-                    "messageId": f"m{i}",
-                }
-                assert post(client, "/v1/track", body, keys["acme"]).status_code == 200
-        finally:
-            store.close()
+        write_past_the_read_side(SQLiteStore(str(path), writer="thread"), str(path), keys)
     yield path
     patch.undo()
 
@@ -602,21 +601,32 @@ def test_the_distinct_users_query_counts_every_user_of_a_day(filled: Path) -> No
     assert got == expected and len(expected) >= 2
 
 
-def test_postgresql_pages_equal_the_rows_chosen_one_by_one() -> None:
-    """The same pages on PostgreSQL: external_id through its B-tree, event names through the rollups."""
+def test_postgresql_pages_and_stats_equal_the_rows_chosen_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same pages on PostgreSQL (user_index, event names through the rollups) and the same stats,
+    with the newest 40 rows past the read side (its builder held back)."""
+    from drengr.store.postgres import PostgresStore
+
     from .support import postgres as pg
 
     with pg.fresh_schema() as dsn:
         schema = pg.query(dsn, "SELECT current_schema()")[0][0]
         uri = pg.with_schema(pg.server_dsn(), schema)
-        fill(uri, "postgresql")
+        keys = fill(uri, "postgresql")
+        monkeypatch.setattr(PostgresStore, "builds_read_side", False)
+        write_past_the_read_side(open_store(uri), uri, keys)
         rows = [
             (int(seq), *rest) for seq, *rest in pg.query(dsn, f"SELECT {ORACLE_COLUMNS} FROM semantic_events")
         ]
+        built = int(pg.query(dsn, "SELECT value FROM drengr_meta WHERE key = 'read_side_seq'")[0][0])
+        assert built == max(row[0] for row in rows) - 40
         reader = PostgresReader(uri)
         try:
             for query in [p.values[0] for p in EVENT_QUERIES]:
                 page = reader.events(query)
                 assert [event["seq"] for event in page.events] == oracle_page(rows, query), query
+            for query in [p.values[0] for p in QUERIES]:
+                from_rollups, from_rows = reader.stats(query), scanned(reader, query)
+                assert (from_rollups.by_event, from_rollups.series) == (from_rows.by_event, from_rows.series)
+                assert from_rollups.sums == pytest.approx(from_rows.sums)
         finally:
             reader.close()

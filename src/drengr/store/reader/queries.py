@@ -23,6 +23,8 @@ from .model import (
     check_measure_name,
 )
 
+EVERY_ROW = 1 << 62  # _built_to of a read side kept in the write transaction
+
 
 class _QueryReader:
     """``events`` and ``stats`` written once; each engine supplies its connection and dialect.
@@ -165,9 +167,9 @@ class _QueryReader:
     def _built_to(self, execute: Callable[..., Any]) -> int:
         """The seq up to which the read side holds every row; the rows past it are read from the table.
 
-        The engine's rollups are kept in the write transaction: every row.
+        ``EVERY_ROW``: the rollups are kept in the write transaction (a database before its builder).
         """
-        return 1 << 62
+        return EVERY_ROW
 
     def _stats_from_rollups(
         self, execute: Callable[..., Any], query: StatsQuery
@@ -249,7 +251,7 @@ class _QueryReader:
         for edge in edges:
             ceiling = self._seq_ceiling(execute, edge)
             scans.append((edge, built + 1 if ceiling is None else min(ceiling, built + 1), None))
-        if built < self._top(execute, None):
+        if built < EVERY_ROW:  # (always, but for an older PostgreSQL database: no max(seq) there)
             scans.append((query, self._seq_ceiling(execute, query), built))
         for edge, below, above in scans:
             rows, edge_series = self._scan_stats(execute, edge, below, above)
