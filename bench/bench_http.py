@@ -123,7 +123,8 @@ def server(kind: str, tmp: Path) -> Iterator[tuple[int, str, Path, subprocess.Po
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        for path in tmp.glob(f"{db.name}*"):  # a cell's database can reach a GB: not left for the next
+        # A cell's database can reach a GB: not left for the next (nor its user index's file).
+        for path in [*tmp.glob(f"{db.name}*"), *tmp.glob(f"{db.stem}-users{db.suffix}*")]:
             path.unlink()
 
 

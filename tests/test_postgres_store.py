@@ -109,7 +109,9 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     query(pg_dsn, "DROP TABLE hourly_event_rollups, hourly_measure_rollups")  # version 5's
     query(pg_dsn, "DROP INDEX semantic_events_seq")  # version 6's
     query(pg_dsn, "DROP TABLE user_index")
-    query(pg_dsn, "DELETE FROM drengr_meta WHERE key IN ('rollups_from_seq', 'read_side_seq', 'users_from_seq')")
+    query(
+        pg_dsn, "DELETE FROM drengr_meta WHERE key IN ('rollups_from_seq', 'read_side_seq', 'users_from_seq')"
+    )
     query(pg_dsn, "UPDATE drengr_meta SET value = '1' WHERE key = 'schema_version'")
     query(pg_dsn, "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id,"
                   " occurred_at, received_at, dims, measures) VALUES ('acme', 'old', 'e', 'track', 'u',"
