@@ -279,6 +279,60 @@ def test_a_file_whose_writer_counted_the_rollups_is_taken_up_whole(tmp_path: Pat
         reader.close()
 
 
+def test_two_stores_writing_one_file_build_one_read_side(tmp_path: Path) -> None:
+    """Two stores on one file (two gunicorn workers), each with its builder, writing at once: the
+    rollups count every row once, and the user index holds every row once."""
+    import threading
+
+    from drengr.core.timestamps import format_ms
+
+    path = str(tmp_path / "drengr.db")
+    stores = [SQLiteStore(path), SQLiteStore(path)]
+
+    def write(number: int) -> None:
+        for batch in range(40):
+            received = format_ms(T0 + batch * 7_000)
+            rows = [
+                ("acme", f"{number}-{batch}-{i}", f"e{i % 3}", "track", f"u{i % 7}", "a", received, received,
+                 "{}", '{"n": 2}' if i % 2 else "{}", None)
+                for i in range(50)
+            ]  # fmt: skip
+            assert stores[number].write("acme", rows, T0).stored == 50
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for store in stores:
+        store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("ATTACH DATABASE ? AS users", (users_path(path),))
+    try:
+        assert conn.execute("SELECT count(*), max(seq) FROM semantic_events").fetchone() == (4_000, 4_000)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone() == ("4000",)
+        assert conn.execute("SELECT value FROM users.meta WHERE key = 'users_seq'").fetchone() == ("4000",)
+        counted = "SELECT {0}, event_name, sum({1}) FROM {2} GROUP BY 1, 2 ORDER BY 1, 2"
+        assert (
+            conn.execute(counted.format("minute", "events", "event_rollups")).fetchall()
+            == conn.execute(counted.format("substr(received_at, 1, 16)", "1", "semantic_events")).fetchall()
+        )
+        assert (
+            conn.execute(counted.format("hour", "total", "hourly_measure_rollups")).fetchall()
+            == conn.execute(
+                counted.format(
+                    "substr(received_at, 1, 13)", "json_extract(measures, '$.n')", "semantic_events"
+                ).replace(" GROUP BY", " WHERE measures != '{}' GROUP BY")
+            ).fetchall()
+        )
+        assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM user_index").fetchone() == (
+            4_000,
+            4_000,
+        )
+    finally:
+        conn.close()
+
+
 def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("create table t (x)").connection.commit()
