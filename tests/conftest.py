@@ -1,5 +1,6 @@
 """Shared fixtures: a real SQLite file, the real app (helpers to post and read rows: tests/support/app.py)."""
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,12 @@ def engine(request: pytest.FixtureRequest) -> str:
 # The mapper's two twins (drengr.mapping): a contract suite runs on both with
 #     pytestmark = pytest.mark.usefixtures("mapper_twin")
 # and a module that starts `drengr serve` passes mapper_env(twin) to it (tests/support/mappers.py).
-@pytest.fixture(params=MAPPER_TWINS)
+# DRENGR_TEST_ONE_MAPPER=1 runs it on one twin, the one in use (tests/test_any_date.py's reruns:
+# the clock is what they move, and the twins read none).
+ONE_MAPPER = bool(os.environ.get("DRENGR_TEST_ONE_MAPPER"))
+
+
+@pytest.fixture(params=["compiled" if drengr.mapping.COMPILED else "pure"] if ONE_MAPPER else MAPPER_TWINS)
 def mapper_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Which mapper the apps built in this test use: the compiled one, or the pure twin for every body.
 
