@@ -2,6 +2,7 @@
 
 Run (the lead's machine, not a shared one):
     DRENGR_BENCH_READ_ROWS=10000000 python -m pytest bench/bench_read.py --benchmark-enable -s
+DRENGR_BENCH_READ_TABLE=PATH makes the table there, or uses the one there.
 Under --benchmark-disable (CI) each case runs once on a small table (DRENGR_BENCH_READ_ROWS, 20,000
 by default), checks its answers, and reports without judging: the targets are read off the table
 it prints (docs/performance.md "Reading at 10M rows"), every read under 5 % of the scan.
@@ -55,8 +56,15 @@ def synthetic_rows(start: int, n: int) -> list[tuple[Any, ...]]:
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ROWS rows with their rollups and user index, as the writer leaves them (insert, rollups, index)."""
-    path = tmp_path_factory.mktemp("read") / "drengr.db"
+    """ROWS rows with their rollups and user index, as the writer and its builder leave them.
+
+    ``DRENGR_BENCH_READ_TABLE=PATH`` keeps the table at PATH and uses it again when it is
+    there (10M rows take a quarter of an hour to make; the benches after the reads add rows).
+    """
+    kept = os.environ.get("DRENGR_BENCH_READ_TABLE")
+    if kept and Path(kept).exists():
+        return Path(kept)
+    path = Path(kept) if kept else tmp_path_factory.mktemp("read") / "drengr.db"
     SQLiteStore(str(path)).close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -356,7 +364,10 @@ def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureReques
 
 @pytest.fixture(scope="module")
 def pg_table() -> Any:
-    """ROWS rows in a fresh PostgreSQL schema (COPY), the indexes built, the read side built: a DSN."""
+    """ROWS rows in a fresh PostgreSQL schema (COPY), the indexes built, the read side built: a DSN.
+
+    ``DRENGR_BENCH_READ_PG_SCHEMA=NAME`` keeps the schema NAME and uses it again when it is there.
+    """
     psycopg = pytest.importorskip("psycopg", reason="pip install '.[test]'")
     import uuid
 
@@ -366,10 +377,18 @@ def pg_table() -> Any:
 
     from .bench_postgres import server_dsn, with_schema
 
-    schema = "bench_read_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(server_dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
+    kept = os.environ.get("DRENGR_BENCH_READ_PG_SCHEMA")
+    schema = kept or "bench_read_" + uuid.uuid4().hex[:8]
     dsn = with_schema(server_dsn(), schema)
+    with psycopg.connect(server_dsn(), autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'drengr_meta'",
+            (schema,),
+        ).fetchone()
+        if kept and found:
+            yield dsn
+            return
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     try:
         pg_store.PostgresStore(dsn).close()  # the schema, as drengr makes it
         with psycopg.connect(dsn) as conn:
@@ -393,8 +412,9 @@ def pg_table() -> Any:
             conn.execute("VACUUM ANALYZE")
         yield dsn
     finally:
-        with psycopg.connect(server_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        if not kept:
+            with psycopg.connect(server_dsn(), autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.mark.timeout(3600)  # the 10M-row table takes minutes to build
