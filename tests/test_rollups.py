@@ -450,7 +450,7 @@ def write_past_the_read_side(store: Any, location: str, keys: dict[str, str]) ->
 class HeldBack:
     """A read-side builder that builds nothing."""
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def wrote(self, rows: int) -> None:

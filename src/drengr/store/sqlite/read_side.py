@@ -9,6 +9,7 @@ and ``drengr.store``.
 """
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -130,6 +131,8 @@ USER_INDEX_BLOCK_BITS = 14
 BUILD_STEP_ROWS = 16_384  # rows a step counts at most
 BUILD_EVERY_SECONDS = 0.25  # how often the builder looks for rows (other processes' too)
 BUILD_AFTER_ROWS = 4_096  # and at once after the writer committed this many
+# How long a step's counts wait for the writer's next group to add them (then the builder does).
+HAND_OVER_SECONDS = 0.05
 
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS new_events (tenant_id, minute, event_name, event_type, events)",
@@ -143,16 +146,12 @@ _COUNT = (
     "sum(m.value) FROM main.semantic_events AS e, json_each(e.measures) AS m WHERE e.seq > :low AND e.seq <= :high "
     "AND e.measures != '{}' AND m.type IN ('integer', 'real') GROUP BY 1, 2, 3, 4",
 )
-# In the writers' turn: the staged rows into the rollups (WHERE true: an upsert's SELECT needs a clause).
-_ADD = (
-    "INSERT INTO main.event_rollups SELECT * FROM temp.new_events WHERE true "
-    "ON CONFLICT DO UPDATE SET events = events + excluded.events",
-    "INSERT INTO main.hourly_event_rollups SELECT tenant_id, substr(minute, 1, 13), event_name, event_type, "
-    "sum(events) FROM temp.new_events GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET events = events + excluded.events",
-    "INSERT INTO main.measure_rollups SELECT * FROM temp.new_measures WHERE true "
-    "ON CONFLICT DO UPDATE SET total = total + excluded.total",
-    "INSERT INTO main.hourly_measure_rollups SELECT tenant_id, substr(minute, 1, 13), event_name, measure, "
-    "sum(total) FROM temp.new_measures GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET total = total + excluded.total",
+# In a write transaction: a step's counts added to the rollups, a multi-row upsert per table.
+_UPSERTS = (
+    ("event_rollups", "minute", "event_type", "events"),
+    ("hourly_event_rollups", "hour", "event_type", "events"),
+    ("measure_rollups", "minute", "measure", "total"),
+    ("hourly_measure_rollups", "hour", "measure", "total"),
 )
 # The users file's step, the database attached as `events`: :low < seq <= :high.
 _INDEX_USERS = (
@@ -185,16 +184,23 @@ def mark_pruned(conn: sqlite3.Connection) -> None:
     conn.execute(_META, ("read_side_epoch", str(_meta_int(conn, "read_side_epoch") + 1)))
 
 
-def build_step(
-    conn: sqlite3.Connection,
-    turn: Callable[[], Any] = contextlib.nullcontext,
-    max_rows: int = BUILD_STEP_ROWS,
-) -> int:
-    """Count up to ``max_rows`` rows past ``read_side_seq`` into the rollups; the seqs it covered (0: none).
+class Counted:
+    """What one step counted: the rows ``low < seq <= high`` as rollup rows, to be added in a write
+    transaction (``add_counted``), by the writer in its next group or by the builder itself."""
 
-    ``conn`` is a connection of its own to the database (not in a transaction);
-    ``turn()`` is the writers' turn, held only while the counted rows are added.
-    Returns 0 too when another builder or a prune moved first (tried again later).
+    def __init__(
+        self, low: int, high: int, epoch: int, events: list[tuple[Any, ...]], measures: list[tuple[Any, ...]]
+    ):
+        self.low, self.high, self.epoch = low, high, epoch
+        self.events, self.measures = events, measures
+        self.added: bool | None = None  # set by whoever tried to add it
+        self.done = threading.Event()
+
+
+def count_step(conn: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS) -> Counted | None:
+    """Count up to ``max_rows`` rows past ``read_side_seq`` inside a read snapshot (no lock); None: none new.
+
+    ``conn`` is a connection of its own to the database (not in a transaction).
     """
     for statement in _STAGING:
         conn.execute(statement)
@@ -205,16 +211,62 @@ def build_step(
         epoch = _meta_int(conn, "read_side_epoch")
         high = min(_top(conn), low + max_rows)
         if high <= low:
-            return 0
+            return None
         for statement in _COUNT:
             conn.execute(statement, {"low": low, "high": high})
+        events = conn.execute("SELECT * FROM temp.new_events").fetchall()
+        measures = conn.execute("SELECT * FROM temp.new_measures").fetchall()
+    return Counted(low, high, epoch, events, measures)
+
+
+def add_counted(conn: sqlite3.Connection, counted: Counted) -> bool:
+    """Add ``counted`` to the rollups and move ``read_side_seq`` (inside the caller's write transaction).
+
+    False, and nothing done, when another builder or a prune moved first (it is counted again).
+    """
+    if built_to(conn) != counted.low or _meta_int(conn, "read_side_epoch") != counted.epoch:
+        return False
+    for (table, column, other, value), rows in zip(
+        _UPSERTS,
+        (counted.events, _hourly(counted.events), counted.measures, _hourly(counted.measures)),
+        strict=True,
+    ):
+        for start in range(0, len(rows), 500):  # 2,500 parameters a statement at most
+            part = rows[start : start + 500]
+            conn.execute(
+                f"INSERT INTO {table} (tenant_id, {column}, event_name, {other}, {value}) VALUES "
+                + ",".join(["(?,?,?,?,?)"] * len(part))
+                + f" ON CONFLICT DO UPDATE SET {value} = {value} + excluded.{value}",
+                list(itertools.chain.from_iterable(part)),
+            )
+    conn.execute(_META, ("read_side_seq", str(counted.high)))
+    return True
+
+
+def _hourly(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Minute rollup rows (tenant, minute, name, type or measure, value) added up by hour."""
+    added: dict[tuple[Any, ...], Any] = {}
+    for tenant_id, minute, name, other, value in rows:
+        key = (tenant_id, minute[:13], name, other)
+        added[key] = added.get(key, 0) + value
+    return [(*key, value) for key, value in added.items()]
+
+
+def build_step(
+    conn: sqlite3.Connection,
+    turn: Callable[[], Any] = contextlib.nullcontext,
+    max_rows: int = BUILD_STEP_ROWS,
+) -> int:
+    """Count up to ``max_rows`` rows past ``read_side_seq`` and add them, in the writers' ``turn()``; the seqs covered.
+
+    Returns 0 too when another builder or a prune moved first (tried again later).
+    """
+    counted = count_step(conn, max_rows)
+    if counted is None:
+        return 0
     with turn(), Transaction(conn):
-        if built_to(conn) != low or _meta_int(conn, "read_side_epoch") != epoch:
-            return 0
-        for statement in _ADD:
-            conn.execute(statement)
-        conn.execute(_META, ("read_side_seq", str(high)))
-    return high - low
+        added = add_counted(conn, counted)
+    return counted.high - counted.low if added else 0
 
 
 def open_users(path: str, busy_timeout_ms: int = 5_000) -> sqlite3.Connection:
@@ -308,11 +360,13 @@ class Builder:
         connect: Callable[[], sqlite3.Connection],
         turn: Callable[[], Any],
         busy_timeout_ms: int,
+        writer: Any = None,  # offer(counted) and take_back(counted): the writer adds a step's counts
     ) -> None:
         self._path = path
         self._connect = connect
         self._turn = turn
         self._busy_timeout_ms = busy_timeout_ms
+        self._writer = writer
         self._pending = 0
         self._wake = threading.Event()
         self._stopping = False
@@ -340,7 +394,7 @@ class Builder:
                     conn.execute(
                         "PRAGMA synchronous = NORMAL"
                     )  # derived: a step lost to a crash is counted again
-                while build_step(conn, self._turn) == BUILD_STEP_ROWS:
+                while self._rollups_step(conn, stopping) == BUILD_STEP_ROWS:
                     pass  # a full step: more may wait
                 if users is None:
                     users = open_users(self._path, self._busy_timeout_ms)
@@ -358,6 +412,27 @@ class Builder:
         for held in (conn, users):
             if held is not None:
                 held.close()
+
+    def _rollups_step(self, conn: sqlite3.Connection, stopping: bool) -> int:
+        """One step of the rollups; the seqs it covered.
+
+        Its counts go to the writer, which adds them in its next group's transaction
+        (a few upserts, no transaction nor lock of their own). When the writer has no
+        group to write soon, or is stopping, the builder adds them itself in the
+        writers' turn.
+        """
+        counted = count_step(conn)
+        if counted is None:
+            return 0
+        if self._writer is not None and not stopping:
+            self._writer.offer(counted)
+            if not counted.done.wait(HAND_OVER_SECONDS) and not self._writer.take_back(counted):
+                counted.done.wait(60)  # the writer took it meanwhile: its group is being committed
+            if counted.done.is_set():
+                return counted.high - counted.low if counted.added else 0
+        with self._turn(), Transaction(conn):
+            added = add_counted(conn, counted)
+        return counted.high - counted.low if added else 0
 
     def stop(self) -> None:
         """Build what the writer committed, then stop (the read side is whole when a store closes)."""

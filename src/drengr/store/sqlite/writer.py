@@ -34,6 +34,7 @@ import itertools
 import logging
 import os
 import sqlite3
+import threading
 import time
 from array import array
 from collections.abc import Callable
@@ -125,6 +126,8 @@ class Writer:
         self._checkpointer: Checkpointer | None = None  # started with the first write
         self._builder: read_side.Builder | None = None  # the read side's, too
         self._builder_lock: WriterLock | None = None
+        self._offered: read_side.Counted | None = None  # a builder step's counts, for the next group
+        self._offered_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path, self._busy_timeout_ms, self._synchronous)
@@ -157,7 +160,7 @@ class Writer:
             if self._checkpointer is None:
                 self._checkpointer = Checkpointer(self._connect)
                 self._builder = read_side.Builder(
-                    self.path, self._connect, self._builder_turn, self._busy_timeout_ms
+                    self.path, self._connect, self._builder_turn, self._busy_timeout_ms, writer=self
                 )
             rows = sum(len(job.rows) for job in jobs)
             self._checkpointer.wrote(conn, rows)
@@ -177,6 +180,35 @@ class Writer:
                 conn.close()
                 conn = None  # reconnect next time: the file may have changed under us
         return conn
+
+    def offer(self, counted: read_side.Counted) -> None:
+        """The builder's counts, to add in the next group's transaction (``counted.done`` is set then)."""
+        with self._offered_lock:
+            self._offered = counted
+
+    def take_back(self, counted: read_side.Counted) -> bool:
+        """False when the writer has taken ``counted`` already (its group is being committed)."""
+        with self._offered_lock:
+            if self._offered is not counted:
+                return False
+            self._offered = None
+            return True
+
+    def _add_offered(self, conn: sqlite3.Connection) -> read_side.Counted | None:
+        """Add the builder's counts waiting for a group, in a savepoint (a failure there fails nothing else)."""
+        with self._offered_lock:
+            counted, self._offered = self._offered, None
+        if counted is not None:
+            conn.execute("SAVEPOINT read_side")
+            try:
+                counted.added = read_side.add_counted(conn, counted)
+                conn.execute("RELEASE read_side")
+            except sqlite3.Error as error:
+                conn.execute("ROLLBACK TO read_side")
+                conn.execute("RELEASE read_side")
+                log.warning("the read side's counts were not added (counted again): %s", error)
+                counted.added = False
+        return counted
 
     def _builder_turn(self) -> Any:
         """The writers' turn for the read side's builder: a lock description of its own (``flock``
@@ -213,7 +245,16 @@ class Writer:
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             additions = self._apply_each(conn, work)
-        conn.execute("COMMIT")
+        counted = self._add_offered(conn)
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if counted is not None:
+                counted.added = False
+            raise
+        finally:
+            if counted is not None:
+                counted.done.set()
         self.group_commits += 1
         current = self._window[0]
         for fps, first_seq in additions:
