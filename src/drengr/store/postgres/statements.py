@@ -106,6 +106,15 @@ _INSERT_NEW_IDS = f"""
     FROM unnest(%b::text[], %b::text[]) AS k(t, e) ORDER BY k.t, k.e
     ON CONFLICT DO NOTHING
     RETURNING tenant_id, event_id"""
+# The same, in the writers' turn (``_WRITE_TURN``) taken first, in the same round trip: every group
+# that copies rows has ids to insert, and takes the lock before its first seq.
+_INSERT_NEW_IDS_IN_TURN = f"""
+    WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(%b::bigint))
+    INSERT INTO event_ids (tenant_id, event_id, gen)
+    SELECT k.t, k.e, greatest(%b::int, {_DB_GENERATION})
+    FROM turn, unnest(%b::text[], %b::text[]) AS k(t, e) ORDER BY k.t, k.e
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, event_id"""
 # What the database's clock says is older than the previous generation, less a day of margin.
 _PRUNE = """
     DELETE FROM event_ids

@@ -42,11 +42,11 @@ from .statements import (
     _DELETE_IDS,
     _ENSURE_USAGE,
     _INSERT_NEW_IDS,
+    _INSERT_NEW_IDS_IN_TURN,
     _LOCK_USAGE,
     _PRUNE,
     _REMOVE_ROLLUPS,
     _REMOVE_USERS,
-    _WRITE_TURN,
     BUILDER_LOCK,
     SCHEMA,
     SCHEMA_VERSION,
@@ -568,13 +568,16 @@ class PostgresStore(Admin):
                     mine.append(row)
             candidates.append(mine)
         with conn.transaction(), conn.cursor() as cur:
-            if self.builds_read_side:  # the builder reads its horizon only between writes (build_read_side)
-                cur.execute(_WRITE_TURN, (WRITE_TURN_LOCK,))
             inserted: set[tuple[str, str]] = set()
             if first_job:
                 tenants, ids = zip(*first_job, strict=True)
                 latest = generation(max(job.received_at_ms for job in jobs))
-                cur.execute(_INSERT_NEW_IDS, (latest, list(tenants), list(ids)))
+                if (
+                    self.builds_read_side
+                ):  # the builder reads its horizon only between writes (build_read_side)
+                    cur.execute(_INSERT_NEW_IDS_IN_TURN, (WRITE_TURN_LOCK, latest, list(tenants), list(ids)))
+                else:
+                    cur.execute(_INSERT_NEW_IDS, (latest, list(tenants), list(ids)))
                 inserted = set(cur.fetchall())
             fresh = [
                 [row for row in mine if (job.tenant_id, row[1]) in inserted]

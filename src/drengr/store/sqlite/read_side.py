@@ -131,6 +131,9 @@ USER_INDEX_BLOCK_BITS = 14
 BUILD_STEP_ROWS = 16_384  # rows a step counts at most
 BUILD_EVERY_SECONDS = 0.25  # how often the builder looks for rows (other processes' too)
 BUILD_AFTER_ROWS = 4_096  # and at once after the writer committed this many
+# The builder thread's niceness: where it competes for a core with the writer or the request
+# threads, they go first (it catches up when they wait: for the disk, for requests).
+BUILDER_NICENESS = 10
 # How long a step's counts wait for the writer's next group to add them (then the builder does).
 HAND_OVER_SECONDS = 0.05
 
@@ -380,6 +383,8 @@ class Builder:
             self._wake.set()
 
     def _run(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # below the writer and the request threads
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BUILDER_NICENESS)
         conn: sqlite3.Connection | None = None
         users: sqlite3.Connection | None = None
         pause = BUILD_EVERY_SECONDS
