@@ -108,9 +108,10 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     query(pg_dsn, "DROP TABLE event_rollups, measure_rollups")  # version 4's
     query(pg_dsn, "DROP TABLE hourly_event_rollups, hourly_measure_rollups")  # version 5's
     query(pg_dsn, "DROP INDEX semantic_events_seq")  # version 6's
-    query(pg_dsn, "DROP TABLE user_index")
+    query(pg_dsn, "DROP TABLE user_index, name_index")
     query(
-        pg_dsn, "DELETE FROM drengr_meta WHERE key IN ('rollups_from_seq', 'read_side_seq', 'users_from_seq')"
+        pg_dsn,
+        "DELETE FROM drengr_meta WHERE key IN ('rollups_from_seq', 'read_side_seq', 'indexes_from_seq')",
     )
     query(pg_dsn, "UPDATE drengr_meta SET value = '1' WHERE key = 'schema_version'")
     query(pg_dsn, "INSERT INTO semantic_events (tenant_id, event_id, event_name, event_type, install_id,"
@@ -129,9 +130,10 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     # The rollups begin after the old row (seq 1): only the new one is counted, stats scan meanwhile.
     assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'") == [("2",)]
     assert query(pg_dsn, "SELECT event_name, events FROM event_rollups") == [("e", 1)]
-    # The user index too (from users_from_seq on), built as the store closed.
-    assert query(pg_dsn, "SELECT key, value FROM drengr_meta WHERE key IN ('read_side_seq', 'users_from_seq') "
-                         "ORDER BY key") == [("read_side_seq", "2"), ("users_from_seq", "2")]  # fmt: skip
+    # The user and name indexes too (from indexes_from_seq on), built as the store closed.
+    assert query(pg_dsn, "SELECT key, value FROM drengr_meta WHERE key IN ('read_side_seq', 'indexes_from_seq') "
+                         "ORDER BY key") == [("indexes_from_seq", "2"), ("read_side_seq", "2")]  # fmt: skip
+    assert query(pg_dsn, "SELECT event_name, seq FROM name_index") == [("e", 2)]
 
 
 def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: str) -> None:

@@ -656,7 +656,7 @@ def test_the_distinct_users_query_counts_every_user_of_a_day(filled: Path) -> No
 
 
 def test_postgresql_pages_and_stats_equal_the_rows_chosen_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same pages on PostgreSQL (user_index, event names through the rollups) and the same stats,
+    """The same pages on PostgreSQL (through user_index and name_index) and the same stats,
     with the newest 40 rows past the read side (its builder held back)."""
     from drengr.store.postgres import PostgresStore
 

@@ -8,7 +8,7 @@ from ..rollups import ROLLUP_GRAINS
 
 # 2: semantic_events.library, index (tenant_id, seq), drop_counts; 3: tenants.pii_allow; 4: rollups;
 # 5: hourly rollups, indexes (tenant_id, external_id, seq) and (tenant_id, event_name, seq);
-# 6: the read side built off the write path (read_side_seq, user_index, a BRIN index on seq), the two
+# 6: the read side built off the write path (read_side_seq, user_index, name_index, a BRIN index on seq), the two
 # indexes of 5 dropped
 SCHEMA_VERSION = 6
 
@@ -54,16 +54,17 @@ def _count_rows_sql(where: str, sign: str = "") -> list[str]:
 
 
 _BACKFILL_ROLLUPS = _count_rows_sql("tenant_id = %s AND seq >= %s AND seq < %s")
-_BACKFILL_USERS = """
-    INSERT INTO user_index (tenant_id, external_id, seq)
-    SELECT tenant_id, external_id, seq FROM semantic_events
-    WHERE tenant_id = %s AND seq >= %s AND seq < %s AND external_id IS NOT NULL ON CONFLICT DO NOTHING"""
-# The builder's step (low < seq <= high): the rollups, then the user index (sorted: one order of locks).
+_INDEX_ROWS = (
+    "INSERT INTO user_index (tenant_id, external_id, seq) SELECT tenant_id, external_id, seq FROM semantic_events "
+    "WHERE {where} AND external_id IS NOT NULL ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING",
+    "INSERT INTO name_index (tenant_id, event_name, seq) SELECT tenant_id, event_name, seq FROM semantic_events "
+    "WHERE {where} ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING",
+)
+_BACKFILL_INDEXES = [sql.format(where="tenant_id = %s AND seq >= %s AND seq < %s") for sql in _INDEX_ROWS]
+# The builder's step (low < seq <= high): the rollups, then the two indexes (sorted: one order of locks).
 _BUILD_STEP = [
     *_count_rows_sql("seq > %s AND seq <= %s"),
-    "INSERT INTO user_index (tenant_id, external_id, seq) SELECT tenant_id, external_id, seq "
-    "FROM semantic_events WHERE seq > %s AND seq <= %s AND external_id IS NOT NULL ORDER BY 1, 2, 3 "
-    "ON CONFLICT DO NOTHING",
+    *(sql.format(where="seq > %s AND seq <= %s") for sql in _INDEX_ROWS),
 ]
 # Writers hold this advisory lock shared in every write transaction; the builder takes it exclusive
 # for a moment, when no write is under way, to read the newest seq: every row at or below it is then
@@ -71,11 +72,15 @@ _BUILD_STEP = [
 WRITE_TURN_LOCK = 0x64726E68
 BUILDER_LOCK = 0x64726E69  # one node's builder at a time
 _WRITE_TURN = "SELECT pg_advisory_xact_lock_shared(%s)"
-# A user's rows, forgotten by a prune (before the rows themselves go).
-_REMOVE_USERS = """
-    DELETE FROM user_index AS u USING semantic_events AS e
+# The indexes' entries of rows a prune deletes (before the rows themselves go).
+_REMOVE_INDEXED = [
+    """DELETE FROM user_index AS u USING semantic_events AS e
     WHERE e.tenant_id = %s AND e.seq = ANY(%s) AND e.external_id IS NOT NULL
-    AND u.tenant_id = e.tenant_id AND u.external_id = e.external_id AND u.seq = e.seq"""
+    AND u.tenant_id = e.tenant_id AND u.external_id = e.external_id AND u.seq = e.seq""",
+    """DELETE FROM name_index AS n USING semantic_events AS e
+    WHERE e.tenant_id = %s AND e.seq = ANY(%s)
+    AND n.tenant_id = e.tenant_id AND n.event_name = e.event_name AND n.seq = e.seq""",
+]
 _REMOVE_ROLLUPS = _count_rows_sql("tenant_id = %s AND seq = ANY(%s)", sign="-")
 
 _COPY_EVENTS = f"COPY semantic_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"

@@ -34,8 +34,8 @@ from ..base import (
 from ..rollups import ROLLUP_GRAINS
 from .statements import (
     _ADD_USAGE,
+    _BACKFILL_INDEXES,
     _BACKFILL_ROLLUPS,
-    _BACKFILL_USERS,
     _BUILD_STEP,
     _CAP,
     _COPY_EVENTS,
@@ -45,8 +45,8 @@ from .statements import (
     _INSERT_NEW_IDS_IN_TURN,
     _LOCK_USAGE,
     _PRUNE,
+    _REMOVE_INDEXED,
     _REMOVE_ROLLUPS,
-    _REMOVE_USERS,
     BUILDER_LOCK,
     SCHEMA,
     SCHEMA_VERSION,
@@ -295,8 +295,8 @@ class PostgresStore(Admin):
                 for t in tenants
             ]
             floor = min([int(row[0]) for row in lowest if row and row[0] is not None], default=1)
-            # The rollups, then the user index: each has the first seq it covers.
-            parts = (("rollups_from_seq", _BACKFILL_ROLLUPS), ("users_from_seq", [_BACKFILL_USERS]))
+            # The rollups, then the user and name indexes: each has the first seq it covers.
+            parts = (("rollups_from_seq", _BACKFILL_ROLLUPS), ("indexes_from_seq", _BACKFILL_INDEXES))
             total = sum(max(0, self._from_seq(conn, key) - floor) for key, _ in parts)
             done = 0
             for key, statements in parts:
@@ -369,7 +369,8 @@ class PostgresStore(Admin):
                         if rolled:
                             for statement in _REMOVE_ROLLUPS:
                                 conn.execute(statement, (tenant_id, rolled))
-                            conn.execute(_REMOVE_USERS, (tenant_id, rolled))
+                            for statement in _REMOVE_INDEXED:
+                                conn.execute(statement, (tenant_id, rolled))
                         conn.execute(
                             "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s)",
                             (tenant_id, old),

@@ -162,25 +162,44 @@ class PostgresReader(_PagedReader):
     def _user_index_covers(self, execute: Callable[..., Any]) -> tuple[int, int] | None:
         found = dict(
             execute(
-                "SELECT key, value FROM drengr_meta WHERE key IN ('users_from_seq', 'read_side_seq')"
+                "SELECT key, value FROM drengr_meta WHERE key IN ('indexes_from_seq', 'read_side_seq')"
             ).fetchall()
         )
         if len(found) < 2:
             return None
-        return int(found["users_from_seq"]), int(found["read_side_seq"])
+        return int(found["indexes_from_seq"]), int(found["read_side_seq"])
+
+    _name_index_covers = _user_index_covers  # the builder keeps both indexes together
 
     def _user_rows(
         self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
     ) -> list[tuple[Any, ...]]:
+        return self._indexed_rows(execute, query, low, high, limit, "user_index", "external_id")
+
+    def _name_rows(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        return self._indexed_rows(execute, query, low, high, limit, "name_index", "event_name")
+
+    def _indexed_rows(
+        self,
+        execute: Callable[..., Any],
+        query: EventQuery,
+        low: int,
+        high: int,
+        limit: int,
+        index: str,
+        column: str,
+    ) -> list[tuple[Any, ...]]:
         """The index's seqs in order, each row then found on ``(tenant_id, seq)`` with every filter applied."""
         sql = _SQLBuilder(self.mark)
-        _filters(sql, query)  # the tenant and the user among them: never an empty WHERE
+        _filters(sql, query)  # the tenant among them: never an empty WHERE
         rows: list[tuple[Any, ...]] = execute(
-            "SELECT e.* FROM (SELECT seq FROM user_index WHERE tenant_id = %s AND external_id = %s "
+            f"SELECT e.* FROM (SELECT seq FROM {index} WHERE tenant_id = %s AND {column} = %s "
             "AND seq >= %s AND seq <= %s) AS u "
             f"CROSS JOIN LATERAL (SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} AND seq = u.seq) AS e "
             f"ORDER BY u.seq {query.order.upper()} LIMIT %s",
-            [query.tenant_id, query.external_id, low, high, *sql.params, limit],
+            [query.tenant_id, getattr(query, column), low, high, *sql.params, limit],
         ).fetchall()
         return rows
 

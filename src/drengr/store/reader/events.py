@@ -52,10 +52,17 @@ class _PagedReader(_QueryReader):
             if query.external_id is not None and query.tenant_id is not None:
                 covered = self._user_index_covers(execute)
                 if covered is not None:
-                    return self._events_by_user(execute, query, low, high, covered), top
+                    return self._events_through_index(
+                        execute, query, low, high, covered, self._user_rows
+                    ), top
+            if query.event_name is not None and query.tenant_id is not None:
+                covered = self._name_index_covers(execute)
+                if covered is not None:
+                    return self._events_through_index(
+                        execute, query, low, high, covered, self._name_rows
+                    ), top
             if (
-                self.names_through_rollups
-                and query.event_name is not None
+                query.event_name is not None
                 and query.tenant_id is not None
                 and high - low > NAME_SCAN_ROWS
                 and self._rollups_cover(execute)
@@ -91,12 +98,28 @@ class _PagedReader(_QueryReader):
         """Up to ``limit`` rows of ``query``'s user with low <= seq <= high, through the user index, in order."""
         raise NotImplementedError
 
-    def _events_by_user(
-        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, covered: tuple[int, int]
+    def _name_index_covers(self, execute: Callable[..., Any]) -> tuple[int, int] | None:
+        """The seqs (first, last) whose rows an event-name index holds, or None (names go through the rollups)."""
+        return None
+
+    def _name_rows(
+        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
     ) -> list[tuple[Any, ...]]:
-        """One user's page through the user index, which holds the seqs ``covered`` (first, last):
-        the rows past it from the table, then through the index (``_user_rows``), then any
-        rows older than it (the table again)."""
+        """Up to ``limit`` rows of ``query``'s event name with low <= seq <= high, through its index, in order."""
+        raise NotImplementedError
+
+    def _events_through_index(
+        self,
+        execute: Callable[..., Any],
+        query: EventQuery,
+        low: int,
+        high: int,
+        covered: tuple[int, int],
+        through: Callable[[Callable[..., Any], EventQuery, int, int, int], list[tuple[Any, ...]]],
+    ) -> list[tuple[Any, ...]]:
+        """One user's (or one name's) page through an index that holds the seqs ``covered`` (first,
+        last): the rows past it from the table, then through the index (``through``: ``_user_rows``,
+        ``_name_rows``), then any rows older than it (the table again)."""
         descending = query.order == "desc"
         rows: list[tuple[Any, ...]] = []
 
@@ -108,7 +131,7 @@ class _PagedReader(_QueryReader):
 
         def indexed(part_low: int, part_high: int) -> None:
             if part_low <= part_high and len(rows) < query.limit:
-                rows.extend(self._user_rows(execute, query, part_low, part_high, query.limit - len(rows)))
+                rows.extend(through(execute, query, part_low, part_high, query.limit - len(rows)))
 
         first, last = covered
         parts = [

@@ -38,7 +38,6 @@ class _QueryReader:
     mark = "?"
     sum_expression = ""
     seq_per_tenant = False
-    names_through_rollups = True  # False: an index on (tenant_id, event_name, seq) finds them
 
     def __init__(self) -> None:
         self._local = threading.local()

@@ -129,10 +129,10 @@ SELECT tenant_id, substr(minute, 1, 13), event_name, measure, sum(total) FROM me
 WHERE NOT EXISTS (SELECT 1 FROM hourly_measure_rollups) GROUP BY 1, 2, 3, 4;
 
 -- The read side, built off the write path (drengr.store.postgres.store, ``_build``): every row
--- with seq <= `read_side_seq` is counted in the rollups, and (from `users_from_seq` on) in
--- user_index; readers take the rows past it from the table. A database whose rollups were kept in
--- the write transaction has them up to its newest row; its older rows get into user_index with
--- `drengr db backfill-rollups`. The builder finds its rows by seq through a BRIN index (next to
+-- with seq <= `read_side_seq` is counted in the rollups, and (from `indexes_from_seq` on) in
+-- user_index and name_index; readers take the rows past it from the table. A database whose rollups
+-- were kept in the write transaction has them up to its newest row; its older rows get into the two
+-- indexes with `drengr db backfill-rollups`. The builder finds its rows by seq through a BRIN index (next to
 -- nothing to keep up on an append-only table), and no longer through B-trees the writers kept up.
 CREATE INDEX IF NOT EXISTS semantic_events_seq ON semantic_events USING brin (seq);
 
@@ -148,9 +148,17 @@ INSERT INTO drengr_meta (key, value)
 SELECT 'read_side_seq', (SELECT coalesce(max(seq), 0) FROM semantic_events)::text
 WHERE NOT EXISTS (SELECT 1 FROM drengr_meta WHERE key = 'read_side_seq');
 
+-- One event name's events (/v1/events?event_name=): a rare name is found without walking the table.
+CREATE TABLE IF NOT EXISTS name_index (
+    tenant_id text NOT NULL,
+    event_name text NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (tenant_id, event_name, seq)
+);
+
 INSERT INTO drengr_meta (key, value)
-SELECT 'users_from_seq', (SELECT coalesce(max(seq), 0) + 1 FROM semantic_events)::text
-WHERE NOT EXISTS (SELECT 1 FROM drengr_meta WHERE key = 'users_from_seq');
+SELECT 'indexes_from_seq', (SELECT coalesce(max(seq), 0) + 1 FROM semantic_events)::text
+WHERE NOT EXISTS (SELECT 1 FROM drengr_meta WHERE key = 'indexes_from_seq');
 
 DROP INDEX IF EXISTS semantic_events_tenant_user;
 
