@@ -162,7 +162,7 @@ def bench_reads_as_a_fraction_of_one_scan(table: Path, request: pytest.FixtureRe
         lambda: conn.execute("select count(*), sum(length(dims)) from semantic_events").fetchone(),
         max(1, rounds // 2),
     )
-    assert scanned[0] == ROWS
+    assert scanned[0] >= ROWS  # a kept table has the rows later benches added
     print(f"\n{ROWS:,} rows; one full scan (count(*), sum(length(dims))): {scan_s * 1000:,.1f} ms")
     report_reads(reader, reads, scan_s, rounds)
     reader.close()
@@ -441,7 +441,7 @@ def bench_postgres_reads_as_a_fraction_of_one_scan(pg_table: str, request: pytes
             lambda: conn.execute("select count(*), sum(length(dims::text)) from semantic_events").fetchone(),
             max(1, rounds // 2),
         )
-    assert scanned[0] == ROWS
+    assert scanned[0] >= ROWS  # a kept table has the rows later benches added
     print(
         f"\nPostgreSQL, {ROWS:,} rows; one full scan (count(*), sum(length(dims::text))): {scan_s * 1000:,.1f} ms"
     )
