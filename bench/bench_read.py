@@ -29,7 +29,7 @@ from drengr.store import SQLiteStore
 from drengr.store.reader import EventQuery, SQLiteReader, StatsQuery
 from drengr.store.reader.model import _stats
 from drengr.store.sqlite import read_side
-from drengr.store.sqlite.writer import insert_events
+from drengr.store.sqlite.writer import Writer, insert_events
 
 ROWS = int(os.environ.get("DRENGR_BENCH_READ_ROWS", "20000"))
 NOW_MS = parse_ms("2026-11-26T12:00:00.000Z") or 0
@@ -208,19 +208,6 @@ def bench_debugger_through_the_app(table: Path, request: pytest.FixtureRequest) 
           f"one poll (three reads) {poll_s * 1000:,.1f} ms")  # fmt: skip
 
 
-class _NoReadSide:
-    """A read-side builder that builds nothing: the store "without the read structures"."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def wrote(self, rows: int) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def bench_ingest_with_and_without_rollups(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: Any
 ) -> None:
@@ -233,11 +220,10 @@ def bench_ingest_with_and_without_rollups(
     # store closes) weighs what it would in a long run.
     batches = 20 if request.config.getoption("benchmark_disable", False) else 2_000
     rows_per_round = synthetic_rows(0, batches * 100)
-    kept = read_side.Builder
     results: dict[str, list[float]] = {"with rollups": [], "without": []}
     for round_ in range(10):  # the disk's fsyncs vary by tens of % from one second to the next here
         label = "with rollups" if round_ % 2 == 0 else "without"
-        monkeypatch.setattr(read_side, "Builder", kept if label == "with rollups" else _NoReadSide)
+        monkeypatch.setattr(Writer, "builds_read_side", label == "with rollups")
         path = tmp_path / f"r{round_}.db"
         store = SQLiteStore(str(path))
         started = time.perf_counter()

@@ -20,6 +20,7 @@ from drengr.store.reader import ORDERS, EventQuery, PostgresReader, SQLiteReader
 from drengr.store.reader.model import _stats
 from drengr.store.sqlite import backfill_rollups
 from drengr.store.sqlite.read_side import users_path
+from drengr.store.sqlite.writer import Writer
 from drengr.web import Config, create_app
 
 from .support.app import post
@@ -137,16 +138,21 @@ def scanned(reader: SQLiteReader | PostgresReader, query: StatsQuery) -> Any:
     return _stats(rows, series, query)
 
 
+def assert_stats_as_scanned(reader: SQLiteReader | PostgresReader, query: StatsQuery) -> None:
+    """``reader.stats`` (the rollups, and the rows around and past them) equals a scan of the rows."""
+    from_rollups, from_rows = reader.stats(query), scanned(reader, query)
+    assert (from_rollups.by_event, from_rollups.series, from_rollups.total) == (
+        from_rows.by_event, from_rows.series, from_rows.total
+    ), query  # fmt: skip
+    assert from_rollups.sums == pytest.approx(from_rows.sums)
+
+
 @pytest.mark.parametrize("query", QUERIES)
 def test_rollups_answer_as_the_scan_does(filled: Path, query: StatsQuery) -> None:
     reader = SQLiteReader(str(filled))
     try:
         assert reader._snapshot(reader._rollups_cover, "stats") is True
-        from_rollups, from_rows = reader.stats(query), scanned(reader, query)
-        assert from_rollups.by_event == from_rows.by_event
-        assert from_rollups.series == from_rows.series
-        assert from_rollups.total == from_rows.total
-        assert from_rollups.sums == pytest.approx(from_rows.sums)
+        assert_stats_as_scanned(reader, query)
     finally:
         reader.close()
 
@@ -271,8 +277,7 @@ def test_a_file_whose_writer_counted_the_rollups_is_taken_up_whole(tmp_path: Pat
     reader = SQLiteReader(str(path))
     try:
         for query in [p.values[0] for p in QUERIES]:
-            got, expected = reader.stats(query), scanned(reader, query)
-            assert (got.by_event, got.series) == (expected.by_event, expected.series)
+            assert_stats_as_scanned(reader, query)
         query = EventQuery("acme", external_id="u3", limit=500)
         assert [event["seq"] for event in reader.events(query).events] == oracle_page(path, query)
     finally:
@@ -361,11 +366,7 @@ def test_a_prune_takes_its_rows_out_of_the_rollups(tmp_path: Path) -> None:
     reader = SQLiteReader(str(path))
     try:
         for query in [p.values[0] for p in QUERIES]:
-            from_rollups, from_rows = reader.stats(query), scanned(reader, query)
-            assert (from_rollups.by_event, from_rollups.series) == (from_rows.by_event, from_rows.series), (
-                query
-            )
-            assert from_rollups.sums == pytest.approx(from_rows.sums)
+            assert_stats_as_scanned(reader, query)
     finally:
         reader.close()
     conn = sqlite3.connect(path)
@@ -394,12 +395,7 @@ def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
                     finally:
                         store.close()
                 for query in [p.values[0] for p in QUERIES]:
-                    from_rollups, from_rows = reader.stats(query), scanned(reader, query)
-                    assert (from_rollups.by_event, from_rollups.series) == (
-                        from_rows.by_event,
-                        from_rows.series,
-                    )
-                    assert from_rollups.sums == pytest.approx(from_rows.sums)
+                    assert_stats_as_scanned(reader, query)
         finally:
             reader.close()
         assert pg.query(
@@ -422,9 +418,7 @@ def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
             )
             assert reader._snapshot(reader._rollups_cover, "stats") is True
             for query in [p.values[0] for p in QUERIES]:
-                from_rollups, from_rows = reader.stats(query), scanned(reader, query)
-                assert (from_rollups.by_event, from_rollups.series) == (from_rows.by_event, from_rows.series)
-                assert from_rollups.sums == pytest.approx(from_rows.sums)
+                assert_stats_as_scanned(reader, query)
         finally:
             reader.close()
 
@@ -447,19 +441,6 @@ def write_past_the_read_side(store: Any, location: str, keys: dict[str, str]) ->
         store.close()
 
 
-class HeldBack:
-    """A read-side builder that builds nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def wrote(self, rows: int) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A database filled by the thread writer with 16-row user-index blocks (the reader sees the same size)."""
@@ -475,7 +456,7 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     # Then 40 more events with the read side's builder held back: the newest rows (over two blocks'
     # worth) are past the rollups and the index, as on a server whose builder has not caught up yet.
     with pytest.MonkeyPatch.context() as held:
-        held.setattr(read_side, "Builder", HeldBack)
+        held.setattr(Writer, "builds_read_side", False)
         write_past_the_read_side(SQLiteStore(str(path), writer="thread"), str(path), keys)
     yield path
     patch.undo()
@@ -628,9 +609,7 @@ def test_stats_count_the_rows_past_the_read_side(indexed: Path, query: StatsQuer
     reader = SQLiteReader(str(indexed))
     try:
         assert reader._snapshot(reader._rollups_cover, "stats") is True
-        from_rollups, from_rows = reader.stats(query), scanned(reader, query)
-        assert (from_rollups.by_event, from_rollups.series) == (from_rows.by_event, from_rows.series)
-        assert from_rollups.sums == pytest.approx(from_rows.sums)
+        assert_stats_as_scanned(reader, query)
     finally:
         reader.close()
 
@@ -679,8 +658,6 @@ def test_postgresql_pages_and_stats_equal_the_rows_chosen_one_by_one(monkeypatch
                 page = reader.events(query)
                 assert [event["seq"] for event in page.events] == oracle_page(rows, query), query
             for query in [p.values[0] for p in QUERIES]:
-                from_rollups, from_rows = reader.stats(query), scanned(reader, query)
-                assert (from_rollups.by_event, from_rollups.series) == (from_rows.by_event, from_rows.series)
-                assert from_rollups.sums == pytest.approx(from_rows.sums)
+                assert_stats_as_scanned(reader, query)
         finally:
             reader.close()

@@ -104,6 +104,8 @@ class Writer:
     """What the write path keeps between groups (the dedup window, the writers' turn, the
     checkpointer), and the group commit itself. Used by one thread at a time."""
 
+    builds_read_side = True  # False: no rollups nor user index kept (benchmarks "without the read side")
+
     def __init__(
         self,
         path: str,
@@ -159,6 +161,7 @@ class Writer:
                 self._commit_group(conn, jobs)
             if self._checkpointer is None:
                 self._checkpointer = Checkpointer(self._connect)
+            if self._builder is None and self.builds_read_side:
                 self._builder = read_side.Builder(
                     self.path, self._connect, self._builder_turn, self._busy_timeout_ms, writer=self
                 )
