@@ -137,17 +137,25 @@ BUILDER_NICENESS = 10
 # How long a step's counts wait for the writer's next group to add them (then the builder does).
 HAND_OVER_SECONDS = 0.05
 
+# A step copies its rows out of the database inside a read snapshot as short as it can be, then
+# counts and indexes them from the copy: a snapshot held while counting kept the WAL checkpoints
+# from finishing under load, and the log grew past 50 MB instead of starting over.
 _STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS new_rows (seq, tenant_id, received_at, event_name, event_type, measures)",
     "CREATE TEMP TABLE IF NOT EXISTS new_events (tenant_id, minute, event_name, event_type, events)",
     "CREATE TEMP TABLE IF NOT EXISTS new_measures (tenant_id, minute, event_name, measure, total)",
 )
-# Inside a read snapshot: the rows :low < seq <= :high, counted into the staging tables.
+_COPY = (
+    "INSERT INTO temp.new_rows SELECT seq, tenant_id, received_at, event_name, event_type, measures "
+    "FROM main.semantic_events WHERE seq > :low AND seq <= :high"
+)
+# From the copy, no snapshot held: the rows counted into the staging tables.
 _COUNT = (
     "INSERT INTO temp.new_events SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, count(*) "
-    "FROM main.semantic_events WHERE seq > :low AND seq <= :high GROUP BY 1, 2, 3, 4",
+    "FROM temp.new_rows GROUP BY 1, 2, 3, 4",
     "INSERT INTO temp.new_measures SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, "
-    "sum(m.value) FROM main.semantic_events AS e, json_each(e.measures) AS m WHERE e.seq > :low AND e.seq <= :high "
-    "AND e.measures != '{}' AND m.type IN ('integer', 'real') GROUP BY 1, 2, 3, 4",
+    "sum(m.value) FROM temp.new_rows AS e, json_each(e.measures) AS m "
+    "WHERE e.measures != '{}' AND m.type IN ('integer', 'real') GROUP BY 1, 2, 3, 4",
 )
 # In a write transaction: a step's counts added to the rollups, a multi-row upsert per table.
 _UPSERTS = (
@@ -156,12 +164,16 @@ _UPSERTS = (
     ("measure_rollups", "minute", "measure", "total"),
     ("hourly_measure_rollups", "hour", "measure", "total"),
 )
-# The users file's step, the database attached as `events`: :low < seq <= :high.
+# The users file's step, the database attached as `events`: the rows :low < seq <= :high copied out
+# in a short read snapshot, then indexed from the copy.
+_USERS_STAGING = "CREATE TEMP TABLE IF NOT EXISTS user_rows (seq, tenant_id, day, external_id)"
+_USERS_COPY = (
+    "INSERT INTO temp.user_rows SELECT seq, tenant_id, substr(received_at, 1, 10), external_id "
+    "FROM events.semantic_events WHERE seq > :low AND seq <= :high AND external_id IS NOT NULL"
+)
 _INDEX_USERS = (
-    "INSERT OR IGNORE INTO user_index SELECT seq >> :bits, tenant_id, external_id, seq "
-    "FROM events.semantic_events WHERE seq > :low AND seq <= :high AND external_id IS NOT NULL ORDER BY 1, 2, 3, 4",
-    "INSERT OR IGNORE INTO daily_users SELECT tenant_id, substr(received_at, 1, 10), external_id "
-    "FROM events.semantic_events WHERE seq > :low AND seq <= :high AND external_id IS NOT NULL",
+    "INSERT OR IGNORE INTO user_index SELECT seq >> :bits, tenant_id, external_id, seq FROM temp.user_rows",
+    "INSERT OR IGNORE INTO daily_users SELECT tenant_id, day, external_id FROM temp.user_rows",
 )
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
@@ -207,18 +219,19 @@ def count_step(conn: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS) -> Cou
     """
     for statement in _STAGING:
         conn.execute(statement)
-    with Transaction(conn, "DEFERRED"):  # a read snapshot (the temporary tables are this connection's own)
-        conn.execute("DELETE FROM temp.new_events")
-        conn.execute("DELETE FROM temp.new_measures")
+    for table in ("new_rows", "new_events", "new_measures"):
+        conn.execute(f"DELETE FROM temp.{table}")
+    with Transaction(conn, "DEFERRED"):  # a read snapshot, for the copy alone
         low = built_to(conn)
         epoch = _meta_int(conn, "read_side_epoch")
         high = min(_top(conn), low + max_rows)
         if high <= low:
             return None
-        for statement in _COUNT:
-            conn.execute(statement, {"low": low, "high": high})
-        events = conn.execute("SELECT * FROM temp.new_events").fetchall()
-        measures = conn.execute("SELECT * FROM temp.new_measures").fetchall()
+        conn.execute(_COPY, {"low": low, "high": high})
+    for statement in _COUNT:
+        conn.execute(statement)
+    events = conn.execute("SELECT * FROM temp.new_events").fetchall()
+    measures = conn.execute("SELECT * FROM temp.new_measures").fetchall()
     return Counted(low, high, epoch, events, measures)
 
 
@@ -290,22 +303,36 @@ def open_users(path: str, busy_timeout_ms: int = 5_000) -> sqlite3.Connection:
 
 
 def index_users_step(conn: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS) -> int:
-    """Index up to ``max_rows`` rows past ``users_seq`` (``conn`` from ``open_users``); the seqs it covered."""
-    with Transaction(conn, "DEFERRED"):  # IMMEDIATE would lock the attached database too
-        # The users file's write lock, taken first: another builder waits here, then sees what it did.
-        conn.execute("INSERT INTO meta (key, value) VALUES ('users_seq', '0') ON CONFLICT (key) DO NOTHING")
+    """Index up to ``max_rows`` rows past ``users_seq`` (``conn`` from ``open_users``); the seqs it covered.
+
+    Returns 0 too when another builder moved first (tried again later).
+    """
+    conn.execute(_USERS_STAGING)
+    conn.execute("DELETE FROM temp.user_rows")
+    with Transaction(conn, "DEFERRED"):  # a read snapshot of both files, for the copy alone
         found = conn.execute("SELECT value FROM events.meta WHERE key = 'database_id'").fetchone()
         indexes = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
-        low, top = _meta_int(conn, "users_seq"), _top(conn, "events.")
-        if found is None or indexes != found or low > top:  # another database's, or one cut back
+        seen, top = _meta_int(conn, "users_seq", -1), _top(conn, "events.")
+        # Another database's, or one cut back (a backup restored under it): built again.
+        again = found is None or indexes != found or seen > top
+        low = 0 if again else seen
+        high = min(top, low + max_rows)
+        if high > low:
+            conn.execute(_USERS_COPY, {"low": low, "high": high})
+    with Transaction(conn, "DEFERRED"):  # IMMEDIATE would lock the attached database too
+        # The users file's write lock, then: nobody moved meanwhile.
+        conn.execute("INSERT INTO meta (key, value) VALUES ('users_seq', '-1') ON CONFLICT (key) DO NOTHING")
+        if (
+            _meta_int(conn, "users_seq") != seen
+            or conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone() != indexes
+        ):
+            return 0
+        if again:
             conn.execute("DELETE FROM user_index")
             conn.execute("DELETE FROM daily_users")
             conn.execute(_META, ("database_id", None if found is None else found[0]))
-            low = 0
-        high = min(top, low + max_rows)
-        if high > low:
-            for statement in _INDEX_USERS:
-                conn.execute(statement, {"low": low, "high": high, "bits": USER_INDEX_BLOCK_BITS})
+        for statement in _INDEX_USERS:
+            conn.execute(statement, {"bits": USER_INDEX_BLOCK_BITS})
         conn.execute(_META, ("users_seq", str(max(low, high))))
     return max(0, high - low)
 
