@@ -147,14 +147,19 @@ def assert_stats_as_scanned(reader: SQLiteReader | PostgresReader, query: StatsQ
     assert from_rollups.sums == pytest.approx(from_rows.sums)
 
 
-@pytest.mark.parametrize("query", QUERIES)
-def test_rollups_answer_as_the_scan_does(filled: Path, query: StatsQuery) -> None:
-    reader = SQLiteReader(str(filled))
+def assert_file_stats_as_scanned(path: Path, query: StatsQuery) -> None:
+    """On the SQLite file at ``path``, whose rollups cover every row: stats as a scan of the rows."""
+    reader = SQLiteReader(str(path))
     try:
         assert reader._snapshot(reader._rollups_cover, "stats") is True
         assert_stats_as_scanned(reader, query)
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_rollups_answer_as_the_scan_does(filled: Path, query: StatsQuery) -> None:
+    assert_file_stats_as_scanned(filled, query)
 
 
 def test_rollups_match_the_rows_written_out(filled: Path) -> None:
@@ -606,12 +611,7 @@ def test_the_builder_indexes_users_and_reads_use_the_index(indexed: Path) -> Non
 @pytest.mark.parametrize("query", QUERIES)
 def test_stats_count_the_rows_past_the_read_side(indexed: Path, query: StatsQuery) -> None:
     """Stats on a table whose newest rows the builder has not counted yet: the same as the scan."""
-    reader = SQLiteReader(str(indexed))
-    try:
-        assert reader._snapshot(reader._rollups_cover, "stats") is True
-        assert_stats_as_scanned(reader, query)
-    finally:
-        reader.close()
+    assert_file_stats_as_scanned(indexed, query)
 
 
 def test_the_distinct_users_query_counts_every_user_of_a_day(filled: Path) -> None:

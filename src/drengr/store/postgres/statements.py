@@ -105,21 +105,18 @@ _ADD_USAGE = """
 # The database's 7-day generation, as ``generation()`` numbers them (whole days since the epoch / 7).
 _DB_GENERATION = "(floor(extract(epoch FROM statement_timestamp()) / 86400)::bigint / 7)::int"
 # The write path's ids: stamped with the later of the node's generation of receipt and the database's.
-_INSERT_NEW_IDS = f"""
+_NEW_IDS = f"""
     INSERT INTO event_ids (tenant_id, event_id, gen)
     SELECT k.t, k.e, greatest(%b::int, {_DB_GENERATION})
-    FROM unnest(%b::text[], %b::text[]) AS k(t, e) ORDER BY k.t, k.e
+    FROM {{}}unnest(%b::text[], %b::text[]) AS k(t, e) ORDER BY k.t, k.e
     ON CONFLICT DO NOTHING
     RETURNING tenant_id, event_id"""
+_INSERT_NEW_IDS = _NEW_IDS.format("")
 # The same, in the writers' turn (``_WRITE_TURN``) taken first, in the same round trip: every group
 # that copies rows has ids to insert, and takes the lock before its first seq.
-_INSERT_NEW_IDS_IN_TURN = f"""
-    WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(%b::bigint))
-    INSERT INTO event_ids (tenant_id, event_id, gen)
-    SELECT k.t, k.e, greatest(%b::int, {_DB_GENERATION})
-    FROM turn, unnest(%b::text[], %b::text[]) AS k(t, e) ORDER BY k.t, k.e
-    ON CONFLICT DO NOTHING
-    RETURNING tenant_id, event_id"""
+_INSERT_NEW_IDS_IN_TURN = (
+    "WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(%b::bigint))" + _NEW_IDS.format("turn, ")
+)
 # What the database's clock says is older than the previous generation, less a day of margin.
 _PRUNE = """
     DELETE FROM event_ids
