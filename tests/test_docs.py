@@ -338,14 +338,19 @@ class Session:
         while self.servers:
             block, process, log = self.servers.pop()
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)  # the group start_new_session made for this block
+                # The group start_new_session made for this block. gunicorn is stopped as its supervisors
+                # stop it, with SIGTERM: its SIGINT handler can deadlock a gthread worker that is inside
+                # ThreadPoolExecutor.submit (the handler's shutdown() takes the lock submit holds), which
+                # then waits out the 30 s graceful timeout.
+                stop = signal.SIGTERM if "gunicorn" in block.commands[-1] else signal.SIGINT
+                os.killpg(process.pid, stop)
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
                     raise AssertionError(
-                        f"{block.where} did not stop on SIGINT:\n{log.read_text()}"
+                        f"{block.where} did not stop on {stop.name}:\n{log.read_text()}"
                     ) from None
 
     def close(self) -> None:
