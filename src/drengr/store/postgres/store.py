@@ -367,13 +367,12 @@ class PostgresStore(Admin):
                         from_seq = self._from_seq(conn)
                         rolled = [seq for seq in old if from_seq <= seq <= built]
                         if rolled:
-                            for statement in _REMOVE_ROLLUPS:
-                                conn.execute(statement, (tenant_id, rolled))
-                            for statement in _REMOVE_INDEXED:
-                                conn.execute(statement, (tenant_id, rolled))
+                            for statement in (*_REMOVE_ROLLUPS, *_REMOVE_INDEXED):
+                                conn.execute(statement, (tenant_id, rolled, rolled[0], rolled[-1]))
                         conn.execute(
-                            "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s)",
-                            (tenant_id, old),
+                            "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s::bigint[]) "
+                            "AND seq BETWEEN %s AND %s",
+                            (tenant_id, old, old[0], old[-1]),
                         )
                 return len(old), batch[-1][0] if batch else after_seq
 
