@@ -430,7 +430,7 @@ def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
 
 # ---------------------------------------------------------------- /v1/events without a scan
 
-BLOCK_BITS = 4  # 16-row blocks of the user index, so that 240 events make fifteen of them
+BLOCK_BITS = 4  # 16-row blocks of the user index and name blocks, so that 240 events make fifteen of them
 
 
 def write_past_the_read_side(store: Any, location: str, keys: dict[str, str]) -> None:
@@ -454,6 +454,7 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     patch = pytest.MonkeyPatch()
     patch.setattr(read_side, "USER_INDEX_BLOCK_BITS", BLOCK_BITS)
+    patch.setattr(read_side, "NAME_BLOCK_BITS", BLOCK_BITS)  # name blocks of 16 rows too
     # And 8 rows near the cursor before an event name is sought through the rollups (4,096 in use).
     patch.setattr(reader_events, "NAME_SCAN_ROWS", 8)
     path = tmp_path_factory.mktemp("indexed") / "drengr.db"
@@ -541,9 +542,25 @@ def read_page(path: Path, query: EventQuery) -> Any:
         reader.close()
 
 
+@pytest.fixture(scope="module")
+def indexed_alone(indexed: Path) -> Path:
+    """The same database copied without its users file: names go through the rollups, users through the table."""
+    alone = indexed.parent / "alone" / "drengr.db"
+    alone.parent.mkdir()
+    source, copy = sqlite3.connect(indexed), sqlite3.connect(alone)
+    source.backup(copy)
+    source.close(), copy.close()
+    return alone
+
+
 @pytest.mark.parametrize("query", EVENT_QUERIES)
-def test_filtered_pages_equal_the_rows_chosen_one_by_one(indexed: Path, query: EventQuery) -> None:
-    page = read_page(indexed, query)
+@pytest.mark.parametrize("users_file", ["with-users-file", "without"])
+def test_filtered_pages_equal_the_rows_chosen_one_by_one(
+    indexed: Path, indexed_alone: Path, query: EventQuery, users_file: str
+) -> None:
+    path = indexed if users_file == "with-users-file" else indexed_alone
+    assert Path(users_path(str(path))).exists() == (users_file == "with-users-file")
+    page = read_page(path, query)
     expected = oracle_page(indexed, query)
     assert [event["seq"] for event in page.events] == expected
     if query.external_id == "u3" and query.tenant_id == "acme":
@@ -590,6 +607,13 @@ def test_the_builder_indexes_users_and_reads_use_the_index(indexed: Path) -> Non
             (built,),
         ).fetchall()
     )
+    assert sorted(conn.execute("SELECT * FROM name_blocks").fetchall()) == sorted(
+        conn.execute(
+            "SELECT tenant_id, event_name, seq >> ?, min(seq), max(seq) FROM semantic_events WHERE seq <= ? "
+            "GROUP BY 1, 2, 3",
+            (BLOCK_BITS, built),
+        ).fetchall()
+    )
     assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone()[0] == built
     conn.close()
     reader = SQLiteReader(str(indexed))
@@ -602,6 +626,19 @@ def test_the_builder_indexes_users_and_reads_use_the_index(indexed: Path) -> Non
         reads = [sql for sql in statements if "FROM semantic_events" in sql and "external_id =" in sql]
         assert reads and all("seq IN (" in sql or "seq >=" in sql for sql in reads)
         statements.clear()
+        assert reader.events(EventQuery("acme", event_name="signed_up", order="asc", limit=3)).events
+        assert any("FROM users.name_blocks" in sql for sql in statements)
+        reads = [sql for sql in statements if "FROM semantic_events" in sql and "event_name =" in sql]
+        assert reads and all("seq >=" in sql and "seq <=" in sql for sql in reads)
+    finally:
+        reader.close()
+
+
+def test_without_its_users_file_a_name_is_found_through_the_rollups(indexed_alone: Path) -> None:
+    reader = SQLiteReader(str(indexed_alone))
+    try:
+        statements: list[str] = []
+        reader._conn().set_trace_callback(statements.append)
         assert reader.events(EventQuery("acme", event_name="signed_up", order="asc", limit=3)).events
         assert any("FROM hourly_event_rollups" in sql for sql in statements)
     finally:

@@ -1,4 +1,4 @@
--- The SQLite store's user index, in a file of its own beside the database (`drengr.db` →
+-- The SQLite store's user index and name blocks, in a file of its own beside the database (`drengr.db` →
 -- `drengr-users.db`; drengr.store.sqlite.read_side). Derived from semantic_events alone: deleted,
 -- it is built again. Kept apart so that building it never holds the database's write lock.
 -- Statements end with a semicolon at the end of a line.
@@ -27,4 +27,16 @@ CREATE TABLE IF NOT EXISTS daily_users (
     day TEXT NOT NULL,
     external_id TEXT NOT NULL,
     PRIMARY KEY (tenant_id, day, external_id)
+) WITHOUT ROWID;
+
+-- Where each event name is, per block of 1,024 seqs: its first and last seq there. One name's
+-- events (/v1/events?event_name=) are read block by block between those two seqs, so a rare name
+-- is found without walking the table, and a common one fills its page from the first block.
+CREATE TABLE IF NOT EXISTS name_blocks (
+    tenant_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    block INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, event_name, block)
 ) WITHOUT ROWID;

@@ -124,10 +124,14 @@ def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: in
 #   with the database attached and only read: the writer never waits for them. Every row with seq
 #   <= its `users_seq` is indexed; readers take the rows past it from the table. The file is
 #   derived: deleted, or found indexing another database (`database_id`), it is built again.
+# - `name_blocks`, in the same file and step: per tenant, event name and block of 1,024 seqs, the
+#   first and last seq of the name there (a few rows per block), which take a page of a rare name
+#   straight to its rows.
 #
-# Entries of pruned rows stay in the user index until their block is gone: the reader fetches rows
-# by seq, and a deleted row is simply not there.
+# Entries of pruned rows stay in the user index and name blocks until their block is gone: the
+# reader fetches rows by seq, and a deleted row is simply not there.
 USER_INDEX_BLOCK_BITS = 14
+NAME_BLOCK_BITS = 10  # name_blocks: where each event name is, per 1,024 seqs
 BUILD_STEP_ROWS = 16_384  # rows a step counts at most
 BUILD_EVERY_SECONDS = 0.25  # how often the builder looks for rows (other processes' too)
 BUILD_AFTER_ROWS = 4_096  # and at once after the writer committed this many
@@ -166,14 +170,19 @@ _UPSERTS = (
 )
 # The users file's step, the database attached as `events`: the rows :low < seq <= :high copied out
 # in a short read snapshot, then indexed from the copy.
-_USERS_STAGING = "CREATE TEMP TABLE IF NOT EXISTS user_rows (seq, tenant_id, day, external_id)"
+_USERS_STAGING = "CREATE TEMP TABLE IF NOT EXISTS user_rows (seq, tenant_id, day, external_id, event_name)"
 _USERS_COPY = (
-    "INSERT INTO temp.user_rows SELECT seq, tenant_id, substr(received_at, 1, 10), external_id "
-    "FROM events.semantic_events WHERE seq > :low AND seq <= :high AND external_id IS NOT NULL"
+    "INSERT INTO temp.user_rows SELECT seq, tenant_id, substr(received_at, 1, 10), external_id, event_name "
+    "FROM events.semantic_events WHERE seq > :low AND seq <= :high"
 )
 _INDEX_USERS = (
-    "INSERT OR IGNORE INTO user_index SELECT seq >> :bits, tenant_id, external_id, seq FROM temp.user_rows",
-    "INSERT OR IGNORE INTO daily_users SELECT tenant_id, day, external_id FROM temp.user_rows",
+    "INSERT OR IGNORE INTO user_index SELECT seq >> :bits, tenant_id, external_id, seq FROM temp.user_rows "
+    "WHERE external_id IS NOT NULL",
+    "INSERT OR IGNORE INTO daily_users SELECT tenant_id, day, external_id FROM temp.user_rows "
+    "WHERE external_id IS NOT NULL",
+    "INSERT INTO name_blocks SELECT tenant_id, event_name, seq >> :name_bits, min(seq), max(seq) "
+    "FROM temp.user_rows WHERE true GROUP BY 1, 2, 3 ON CONFLICT DO UPDATE SET "
+    "first_seq = min(first_seq, excluded.first_seq), last_seq = max(last_seq, excluded.last_seq)",
 )
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
@@ -330,9 +339,10 @@ def index_users_step(conn: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS) 
         if again:
             conn.execute("DELETE FROM user_index")
             conn.execute("DELETE FROM daily_users")
+            conn.execute("DELETE FROM name_blocks")
             conn.execute(_META, ("database_id", None if found is None else found[0]))
         for statement in _INDEX_USERS:
-            conn.execute(statement, {"bits": USER_INDEX_BLOCK_BITS})
+            conn.execute(statement, {"bits": USER_INDEX_BLOCK_BITS, "name_bits": NAME_BLOCK_BITS})
         conn.execute(_META, ("users_seq", str(max(low, high))))
     return max(0, high - low)
 
@@ -345,11 +355,9 @@ def prune_users(path: str, before_day: str, busy_timeout_ms: int = 5_000) -> Non
     try:
         with Transaction(conn, "DEFERRED"):
             conn.execute("DELETE FROM daily_users WHERE day < ?", (before_day,))
-            conn.execute(
-                "DELETE FROM user_index WHERE block < "
-                "(SELECT coalesce(min(seq), 0) FROM events.semantic_events) >> ?",
-                (USER_INDEX_BLOCK_BITS,),
-            )
+            oldest = conn.execute("SELECT coalesce(min(seq), 0) FROM events.semantic_events").fetchone()[0]
+            conn.execute("DELETE FROM user_index WHERE block < ?", (oldest >> USER_INDEX_BLOCK_BITS,))
+            conn.execute("DELETE FROM name_blocks WHERE block < ?", (oldest >> NAME_BLOCK_BITS,))
     finally:
         conn.close()
 
