@@ -208,10 +208,25 @@ def bench_debugger_through_the_app(table: Path, request: pytest.FixtureRequest) 
           f"one poll (three reads) {poll_s * 1000:,.1f} ms")  # fmt: skip
 
 
+def ingest_rounds(request: pytest.FixtureRequest) -> int:
+    """Rounds of the with/without benchmarks: 16 (eight pairs) timed, 2 (one pair) under --benchmark-disable."""
+    return 2 if request.config.getoption("benchmark_disable", False) else 16
+
+
+def pair_ratios(results: dict[str, list[float]]) -> str:
+    """ "with ÷ without": the median of the pairs' ratios, their quartiles and every ratio, lowest first."""
+    pairs = sorted(w / wo for w, wo in zip(results["with rollups"], results["without"], strict=True))
+    if len(pairs) < 4:
+        return f"with ÷ without, pair by pair: {', '.join(f'{pair:.1%}' for pair in pairs)}"
+    low, median, high = statistics.quantiles(pairs, n=4)
+    return (f"with ÷ without: median of {len(pairs)} pairs {median:.1%} (quartiles {low:.1%}–{high:.1%}; "
+            f"each: {', '.join(f'{pair:.0%}' for pair in pairs)})")  # fmt: skip
+
+
 def bench_ingest_with_and_without_rollups(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: Any
 ) -> None:
-    """100-event batches through SQLiteStore.write, rounds alternating with and without the read side.
+    """100-event batches through SQLiteStore.write, rounds in pairs with and without the read side.
 
     Each round is timed until its store has closed: the read side's builder has then
     counted every row (its work is in the figure, not left behind).
@@ -221,8 +236,11 @@ def bench_ingest_with_and_without_rollups(
     batches = 20 if request.config.getoption("benchmark_disable", False) else 2_000
     rows_per_round = synthetic_rows(0, batches * 100)
     results: dict[str, list[float]] = {"with rollups": [], "without": []}
-    for round_ in range(10):  # the disk's fsyncs vary by tens of % from one second to the next here
-        label = "with rollups" if round_ % 2 == 0 else "without"
+    # The disk's fsyncs vary by tens of % from one second to the next here: rounds in pairs, one of
+    # each, the pair's order alternating (with-without, then without-with), and the ratio is read
+    # pair by pair.
+    for round_ in range(ingest_rounds(request)):
+        label = "with rollups" if round_ % 4 in (0, 3) else "without"
         monkeypatch.setattr(Writer, "builds_read_side", label == "with rollups")
         path = tmp_path / f"r{round_}.db"
         store = SQLiteStore(str(path))
@@ -240,10 +258,8 @@ def bench_ingest_with_and_without_rollups(
         conn.close()
         assert int(built) == (batches * 100 if label == "with rollups" else 0)
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
-    pairs = sorted(w / wo for w, wo in zip(results["with rollups"], results["without"], strict=True))
-    print(f"\n100-event batches: {with_rate:,.0f} rows/s with rollups and user index, {without_rate:,.0f} without: "
-          f"{with_rate / without_rate:.1%} of the rate without (round by round: "
-          f"{', '.join(f'{pair:.0%}' for pair in pairs)})")  # fmt: skip
+    print(f"\n100-event batches: {with_rate:,.0f} rows/s with the read side, {without_rate:,.0f} without "
+          f"(medians); {pair_ratios(results)}")  # fmt: skip
 
 
 def bench_export_peak_rss(table: Path, tmp_path: Path) -> None:
@@ -311,7 +327,7 @@ def bench_ingest_into_the_full_table_against_an_empty_one(
 
 
 def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureRequest, monkeypatch: Any) -> None:
-    """PostgreSQL: 100-event batches through PostgresStore.write, alternating with and without the read side
+    """PostgreSQL: 100-event batches through PostgresStore.write, in pairs with and without the read side
     (the builder of the rollups and the user index, the writers' lock it reads its horizon under, the BRIN
     index it finds new rows with). Each round is timed until its store has closed: the builder has then
     counted every row.
@@ -328,8 +344,8 @@ def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureReques
     batches = 20 if request.config.getoption("benchmark_disable", False) else 1_000
     rows = synthetic_rows(0, batches * 100)
     results: dict[str, list[float]] = {"with rollups": [], "without": []}
-    for round_ in range(6):
-        label = "with rollups" if round_ % 2 == 0 else "without"
+    for round_ in range(ingest_rounds(request)):  # in pairs, as bench_ingest_with_and_without_rollups
+        label = "with rollups" if round_ % 4 in (0, 3) else "without"
         monkeypatch.setattr(pg_store.PostgresStore, "builds_read_side", label == "with rollups")
         with contextlib.contextmanager(schema_dsn.__wrapped__)() as dsn:  # type: ignore[attr-defined]
             store = pg_store.PostgresStore(dsn)
@@ -348,8 +364,8 @@ def bench_postgres_ingest_with_and_without_rollups(request: pytest.FixtureReques
                 built = conn.execute("SELECT value FROM drengr_meta WHERE key = 'read_side_seq'").fetchone()
             assert built is not None and (int(built[0]) == batches * 100) == (label == "with rollups")
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
-    print(f"\nPostgreSQL, 100-event batches: {with_rate:,.0f} rows/s with the read side, {without_rate:,.0f} without: "
-          f"{with_rate / without_rate:.1%} of the rate without")  # fmt: skip
+    print(f"\nPostgreSQL, 100-event batches: {with_rate:,.0f} rows/s with the read side, {without_rate:,.0f} without "
+          f"(medians); {pair_ratios(results)}")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

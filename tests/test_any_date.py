@@ -8,9 +8,10 @@ key cache, the dedup window) for the test process and the servers and writer
 processes it starts; the system clock is never touched. A test that stamps
 rows with a fixed date and lets the store read the real clock fails here.
 
-Both shifted runs start together (one ``pytest`` process each, mostly waiting
-on the servers they start) and each test here waits for its own: nothing they
-share can collide. Every server takes a free port of its own, every file is
+Both shifted runs start together as soon as the suite is collected, one
+``pytest`` process each at niceness 10 (tests/conftest.py), so they run beside
+the rest of the suite on what it leaves of the machine; the tests here come
+last and each waits for its own run. Nothing the runs share can collide. Every server takes a free port of its own, every file is
 under the run's own ``tmp_path``, every PostgreSQL schema or database has a
 random name; without ``DRENGR_TEST_POSTGRES_DSN`` this process starts the one
 server both use (``tests/support/postgres.py``) instead of each starting its
@@ -23,10 +24,11 @@ holds both to the same contract.
 """
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DAY_SECONDS = 86_400
 OFFSETS_DAYS = [400, -400]
 SHIFTED = bool(os.environ.get("DRENGR_CLOCK_OFFSET"))  # an inner run: not again
-INNER_TIMEOUT_S = 840  # per inner run, from its start (both start together); below the tests' 900 s guard
+INNER_TIMEOUT_S = 1_200  # per inner run, from its start (when the suite is collected): a hang guard
+RUN_NICENESS = 10  # the rest of the suite goes first
 
 
 @dataclass
@@ -78,10 +81,10 @@ def _shared_postgres_dsn() -> str | None:
         return None
 
 
-@pytest.fixture(scope="module")
-def shifted_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, ShiftedRun]]:
-    """Both runs, started together."""
-    folder = tmp_path_factory.mktemp("any-date")
+def start_shifted_runs() -> dict[int, ShiftedRun]:
+    """Both runs, started together (by tests/conftest.py once the suite is collected), their output in a
+    folder of their own that ``stop_shifted_runs`` removes."""
+    folder = Path(tempfile.mkdtemp(prefix="drengr-any-date-"))
     dsn = _shared_postgres_dsn()
     runs: dict[int, ShiftedRun] = {}
     for days in OFFSETS_DAYS:
@@ -94,17 +97,32 @@ def shifted_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int,
                 [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
                  "-x", "-m", "dated", "tests"],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                preexec_fn=lambda: os.nice(RUN_NICENESS),
             )  # fmt: skip
         runs[days] = ShiftedRun(days, process, stdout, stderr, time.monotonic())
-    yield runs
-    for run in runs.values():  # a test that failed or was interrupted before waiting for its run
+    return runs
+
+
+def stop_shifted_runs(runs: dict[int, ShiftedRun]) -> None:
+    """At the end of the suite: a run still going (its test failed, or never ran) is killed, by its PID."""
+    for run in runs.values():
         if run.process.poll() is None:
             run.process.kill()
             run.process.wait()
+    if runs:
+        shutil.rmtree(next(iter(runs.values())).stdout.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def shifted_runs(request: pytest.FixtureRequest) -> dict[int, ShiftedRun]:
+    """The runs tests/conftest.py started when the suite was collected."""
+    from .conftest import SHIFTED_RUNS
+
+    return request.config.stash[SHIFTED_RUNS]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # a hang guard for the whole inner run, above the project's 300 s per test
+@pytest.mark.timeout(1_260)  # a hang guard for the whole inner run, above the project's 300 s per test
 @pytest.mark.skipif(SHIFTED, reason="already running with a shifted clock")
 @pytest.mark.parametrize("days", OFFSETS_DAYS, ids=lambda days: f"{days:+d}-days")
 def test_the_dated_tests_pass_with_the_clock_far_from_today(

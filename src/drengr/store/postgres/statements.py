@@ -84,7 +84,9 @@ _REMOVE_INDEXED = [
     WHERE e.tenant_id = %s AND e.seq = ANY(%s::bigint[]) AND e.seq BETWEEN %s AND %s
     AND n.tenant_id = e.tenant_id AND n.event_name = e.event_name AND n.seq = e.seq""",
 ]
-_REMOVE_ROLLUPS = _count_rows_sql("tenant_id = %s AND seq = ANY(%s::bigint[]) AND seq BETWEEN %s AND %s", sign="-")
+_REMOVE_ROLLUPS = _count_rows_sql(
+    "tenant_id = %s AND seq = ANY(%s::bigint[]) AND seq BETWEEN %s AND %s", sign="-"
+)
 
 _COPY_EVENTS = f"COPY semantic_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
 # %b: binary parameters; psycopg dumps a text array in binary without escaping each element (~5x faster).
