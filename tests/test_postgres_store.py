@@ -108,7 +108,7 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     query(pg_dsn, "DROP TABLE event_rollups, measure_rollups")  # version 4's
     query(pg_dsn, "DROP TABLE hourly_event_rollups, hourly_measure_rollups")  # version 5's
     query(pg_dsn, "DROP INDEX semantic_events_seq")  # version 6's
-    query(pg_dsn, "DROP TABLE user_index, name_index")
+    query(pg_dsn, "DROP TABLE user_index, name_blocks")
     query(
         pg_dsn,
         "DELETE FROM drengr_meta WHERE key IN ('rollups_from_seq', 'read_side_seq', 'indexes_from_seq')",
@@ -133,7 +133,7 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     # The user and name indexes too (from indexes_from_seq on), built as the store closed.
     assert query(pg_dsn, "SELECT key, value FROM drengr_meta WHERE key IN ('read_side_seq', 'indexes_from_seq') "
                          "ORDER BY key") == [("indexes_from_seq", "2"), ("read_side_seq", "2")]  # fmt: skip
-    assert query(pg_dsn, "SELECT event_name, seq FROM name_index") == [("e", 2)]
+    assert query(pg_dsn, "SELECT event_name, block, first_seq, last_seq FROM name_blocks") == [("e", 0, 2, 2)]
 
 
 def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: str) -> None:

@@ -449,12 +449,14 @@ def write_past_the_read_side(store: Any, location: str, keys: dict[str, str]) ->
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A database filled by the thread writer with 16-row user-index blocks (the reader sees the same size)."""
+    from drengr.store import rollups
     from drengr.store.reader import events as reader_events
     from drengr.store.sqlite import read_side
 
     patch = pytest.MonkeyPatch()
     patch.setattr(read_side, "USER_INDEX_BLOCK_BITS", BLOCK_BITS)
-    patch.setattr(read_side, "NAME_BLOCK_BITS", BLOCK_BITS)  # name blocks of 16 rows too
+    patch.setattr(read_side, "NAME_BLOCK_BITS", BLOCK_BITS)  # name blocks of 16 rows too, built
+    patch.setattr(rollups, "NAME_BLOCK_BITS", BLOCK_BITS)  # and read
     # And 8 rows near the cursor before an event name is sought through the rollups (4,096 in use).
     patch.setattr(reader_events, "NAME_SCAN_ROWS", 8)
     path = tmp_path_factory.mktemp("indexed") / "drengr.db"
@@ -672,12 +674,18 @@ def test_the_distinct_users_query_counts_every_user_of_a_day(filled: Path) -> No
 
 
 def test_postgresql_pages_and_stats_equal_the_rows_chosen_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same pages on PostgreSQL (through user_index and name_index) and the same stats,
+    """The same pages on PostgreSQL (through user_index and name_blocks) and the same stats,
     with the newest 40 rows past the read side (its builder held back)."""
+    from drengr.store import rollups
     from drengr.store.postgres import PostgresStore
+    from drengr.store.postgres import store as pg_store
+    from drengr.store.postgres.statements import _build_step_sql
 
     from .support import postgres as pg
 
+    # Name blocks of 16 rows, built and read, so that a page crosses several.
+    monkeypatch.setattr(pg_store, "_BUILD_STEP", _build_step_sql(BLOCK_BITS))
+    monkeypatch.setattr(rollups, "NAME_BLOCK_BITS", BLOCK_BITS)
     with pg.fresh_schema() as dsn:
         schema = pg.query(dsn, "SELECT current_schema()")[0][0]
         uri = pg.with_schema(pg.server_dsn(), schema)
@@ -689,6 +697,14 @@ def test_postgresql_pages_and_stats_equal_the_rows_chosen_one_by_one(monkeypatch
         ]
         built = int(pg.query(dsn, "SELECT value FROM drengr_meta WHERE key = 'read_side_seq'")[0][0])
         assert built == max(row[0] for row in rows) - 40
+        assert sorted(pg.query(dsn, "SELECT * FROM name_blocks")) == sorted(
+            pg.query(
+                dsn,
+                "SELECT tenant_id, event_name, seq >> %s, min(seq), max(seq) FROM semantic_events "
+                "WHERE seq <= %s GROUP BY 1, 2, 3",
+                (BLOCK_BITS, built),
+            )
+        )
         reader = PostgresReader(uri)
         try:
             for query in [p.values[0] for p in EVENT_QUERIES]:

@@ -8,3 +8,5 @@ Each engine's builder counts the committed rows into them off the write path
 """
 
 ROLLUP_GRAINS = (("", "minute", 16), ("hourly_", "hour", 13))  # table prefix, column, text width
+# name_blocks (both engines): where each event name is, per tenant and block of 2**NAME_BLOCK_BITS seqs.
+NAME_BLOCK_BITS = 10

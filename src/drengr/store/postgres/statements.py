@@ -4,11 +4,11 @@ Plain SQL text.
 """
 
 from ..base import schema_statements
-from ..rollups import ROLLUP_GRAINS
+from ..rollups import NAME_BLOCK_BITS, ROLLUP_GRAINS
 
 # 2: semantic_events.library, index (tenant_id, seq), drop_counts; 3: tenants.pii_allow; 4: rollups;
 # 5: hourly rollups, indexes (tenant_id, external_id, seq) and (tenant_id, event_name, seq);
-# 6: the read side built off the write path (read_side_seq, user_index, name_index, a BRIN index on seq), the two
+# 6: the read side built off the write path (read_side_seq, user_index, name_blocks, a BRIN index on seq), the two
 # indexes of 5 dropped
 SCHEMA_VERSION = 6
 
@@ -53,19 +53,57 @@ def _count_rows_sql(where: str, sign: str = "") -> list[str]:
     return statements
 
 
+# A name's block seen again (a later step, a backfill): its seqs widen to cover both.
+_MERGE_BLOCKS = (
+    "ON CONFLICT (tenant_id, event_name, block) DO UPDATE SET "
+    "first_seq = least(name_blocks.first_seq, excluded.first_seq), "
+    "last_seq = greatest(name_blocks.last_seq, excluded.last_seq)"
+)
 _BACKFILL_ROLLUPS = _count_rows_sql("tenant_id = %s AND seq >= %s AND seq < %s")
 _INDEX_ROWS = (
     "INSERT INTO user_index (tenant_id, external_id, seq) SELECT tenant_id, external_id, seq FROM semantic_events "
     "WHERE {where} AND external_id IS NOT NULL ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING",
-    "INSERT INTO name_index (tenant_id, event_name, seq) SELECT tenant_id, event_name, seq FROM semantic_events "
-    "WHERE {where} ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING",
+    "INSERT INTO name_blocks (tenant_id, event_name, block, first_seq, last_seq) "
+    f"SELECT tenant_id, event_name, seq >> {NAME_BLOCK_BITS}, min(seq), max(seq) FROM semantic_events "
+    "WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 " + _MERGE_BLOCKS,
 )
 _BACKFILL_INDEXES = [sql.format(where="tenant_id = %s AND seq >= %s AND seq < %s") for sql in _INDEX_ROWS]
-# The builder's step (low < seq <= high): the rollups, then the two indexes (sorted: one order of locks).
-_BUILD_STEP = [
-    *_count_rows_sql("seq > %s AND seq <= %s"),
-    *(sql.format(where="seq > %s AND seq <= %s") for sql in _INDEX_ROWS),
-]
+def _build_step_sql(name_block_bits: int = NAME_BLOCK_BITS) -> str:
+    """The builder's step (low < seq <= high) as one statement: the step's rows are read once, counted
+    by minute (the hours added up from the minutes), and indexed; each table's rows go in sorted (one
+    order of locks)."""
+    upserts = []
+    for prefix, column, width in ROLLUP_GRAINS:
+        upserts.append(
+            f"{prefix}counted AS (INSERT INTO {prefix}event_rollups (tenant_id, {column}, event_name, event_type, events) "
+            f"SELECT tenant_id, substr(minute, 1, {width}), event_name, event_type, sum(events) FROM events "
+            f"GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 ON CONFLICT (tenant_id, {column}, event_name, event_type) "
+            f"DO UPDATE SET events = {prefix}event_rollups.events + excluded.events)"
+        )
+        upserts.append(
+            f"{prefix}summed AS (INSERT INTO {prefix}measure_rollups (tenant_id, {column}, event_name, measure, total) "
+            f"SELECT tenant_id, substr(minute, 1, {width}), event_name, measure, sum(total) FROM measures "
+            f"GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 ON CONFLICT (tenant_id, {column}, event_name, measure) "
+            f"DO UPDATE SET total = {prefix}measure_rollups.total + excluded.total)"
+        )
+    return (
+        "WITH step AS MATERIALIZED (SELECT seq, tenant_id, substr(received_at, 1, 16) AS minute, event_name, "
+        "event_type, external_id, measures FROM semantic_events WHERE seq > %(low)s AND seq <= %(high)s), "
+        "events AS MATERIALIZED (SELECT tenant_id, minute, event_name, event_type, count(*) AS events "
+        "FROM step GROUP BY 1, 2, 3, 4), "
+        "measures AS MATERIALIZED (SELECT s.tenant_id, s.minute, s.event_name, m.key AS measure, "
+        "sum(m.value::text::double precision) AS total FROM step AS s, jsonb_each(s.measures) AS m "
+        "WHERE jsonb_typeof(m.value) = 'number' GROUP BY 1, 2, 3, 4), "
+        + ", ".join(upserts)
+        + ", users AS (INSERT INTO user_index (tenant_id, external_id, seq) SELECT tenant_id, external_id, seq "
+        "FROM step WHERE external_id IS NOT NULL ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING) "
+        "INSERT INTO name_blocks (tenant_id, event_name, block, first_seq, last_seq) "
+        f"SELECT tenant_id, event_name, seq >> {name_block_bits}, min(seq), max(seq) FROM step "
+        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 " + _MERGE_BLOCKS
+    )
+
+
+_BUILD_STEP = _build_step_sql()
 # Writers hold this advisory lock shared in every write transaction; the builder takes it exclusive
 # for a moment, when no write is under way, to read the newest seq: every row at or below it is then
 # committed (seqs are handed out before commit, and writers commit out of seq order).
@@ -80,10 +118,13 @@ _REMOVE_INDEXED = [
     """DELETE FROM user_index AS u USING semantic_events AS e
     WHERE e.tenant_id = %s AND e.seq = ANY(%s::bigint[]) AND e.seq BETWEEN %s AND %s AND e.external_id IS NOT NULL
     AND u.tenant_id = e.tenant_id AND u.external_id = e.external_id AND u.seq = e.seq""",
-    """DELETE FROM name_index AS n USING semantic_events AS e
-    WHERE e.tenant_id = %s AND e.seq = ANY(%s::bigint[]) AND e.seq BETWEEN %s AND %s
-    AND n.tenant_id = e.tenant_id AND n.event_name = e.event_name AND n.seq = e.seq""",
 ]
+# After a prune, per tenant: the name blocks wholly below its oldest row (a block the prune cut keeps
+# its seqs: reading a deleted row finds nothing).
+_REMOVE_NAME_BLOCKS = (
+    "DELETE FROM name_blocks WHERE tenant_id = %(tenant)s AND last_seq < "
+    "coalesce((SELECT min(seq) FROM semantic_events WHERE tenant_id = %(tenant)s), 9223372036854775807)"
+)
 _REMOVE_ROLLUPS = _count_rows_sql(
     "tenant_id = %s AND seq = ANY(%s::bigint[]) AND seq BETWEEN %s AND %s", sign="-"
 )

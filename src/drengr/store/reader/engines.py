@@ -99,35 +99,7 @@ class SQLiteReader(_PagedReader):
         return rows
 
     _name_index_covers = _user_index_covers  # name_blocks: the same file, built in the same steps
-
-    def _name_rows(
-        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
-    ) -> list[tuple[Any, ...]]:
-        """Through ``name_blocks``: the name's blocks in order, each read only between the first and
-        last seq the name has there, with every filter of the query applied."""
-        from ..sqlite.read_side import NAME_BLOCK_BITS as BITS
-
-        rows: list[tuple[Any, ...]] = []
-        order = query.order.upper()
-        blocks = execute(
-            "SELECT first_seq, last_seq FROM users.name_blocks WHERE tenant_id = ? AND event_name = ? "
-            f"AND block >= ? AND block <= ? ORDER BY block {order}",
-            [query.tenant_id, query.event_name, low >> BITS, high >> BITS],
-        )
-        for first, last in blocks:  # read as far as the page needs: a common name's first block fills it
-            if len(rows) >= limit:
-                break
-            sql = _SQLBuilder(self.mark)
-            sql.add("seq >= ?", max(low, first))
-            sql.add("seq <= ?", min(high, last))
-            _filters(sql, query)
-            rows.extend(
-                execute(
-                    f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} ORDER BY seq {order} LIMIT ?",
-                    [*sql.params, limit - len(rows)],
-                ).fetchall()
-            )
-        return rows
+    name_blocks = "users.name_blocks"
 
     def _attach_users(self, conn: sqlite3.Connection) -> None:
         """The users file (drengr.store.sqlite.read_side), read-only, once it exists."""
@@ -200,17 +172,13 @@ class PostgresReader(_PagedReader):
             return None
         return int(found["indexes_from_seq"]), int(found["read_side_seq"])
 
-    _name_index_covers = _user_index_covers  # the builder keeps both indexes together
+    _name_index_covers = _user_index_covers  # the builder keeps user_index and name_blocks together
 
     def _user_rows(
         self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
     ) -> list[tuple[Any, ...]]:
         return self._indexed_rows(execute, query, low, high, limit, "user_index", "external_id")
 
-    def _name_rows(
-        self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
-    ) -> list[tuple[Any, ...]]:
-        return self._indexed_rows(execute, query, low, high, limit, "name_index", "event_name")
 
     def _indexed_rows(
         self,

@@ -102,11 +102,30 @@ class _PagedReader(_QueryReader):
         """The seqs (first, last) whose rows an event-name index holds, or None (names go through the rollups)."""
         return None
 
+    name_blocks = "name_blocks"  # the table (SQLite: in the users file)
+
     def _name_rows(
         self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
     ) -> list[tuple[Any, ...]]:
-        """Up to ``limit`` rows of ``query``'s event name with low <= seq <= high, through its index, in order."""
-        raise NotImplementedError
+        """Up to ``limit`` rows of ``query``'s event name with low <= seq <= high, in order, through
+        ``name_blocks``: the name's blocks in order, each read only between the first and last seq the
+        name has there, with every filter of the query applied."""
+        from ..rollups import NAME_BLOCK_BITS as BITS
+
+        rows: list[tuple[Any, ...]] = []
+        order = query.order.upper()
+        blocks = execute(
+            self._sql(
+                f"SELECT first_seq, last_seq FROM {self.name_blocks} WHERE tenant_id = ? AND event_name = ? "
+                f"AND block >= ? AND block <= ? ORDER BY block {order}"
+            ),
+            [query.tenant_id, query.event_name, low >> BITS, high >> BITS],
+        )
+        for first, last in blocks:  # read as far as the page needs: a common name's first block fills it
+            if len(rows) >= limit:
+                break
+            rows.extend(self._events_between(execute, query, max(low, first), min(high, last), limit - len(rows)))
+        return rows
 
     def _events_through_index(
         self,

@@ -130,7 +130,7 @@ WHERE NOT EXISTS (SELECT 1 FROM hourly_measure_rollups) GROUP BY 1, 2, 3, 4;
 
 -- The read side, built off the write path (drengr.store.postgres.store, ``_build``): every row
 -- with seq <= `read_side_seq` is counted in the rollups, and (from `indexes_from_seq` on) in
--- user_index and name_index; readers take the rows past it from the table. A database whose rollups
+-- user_index and name_blocks; readers take the rows past it from the table. A database whose rollups
 -- were kept in the write transaction has them up to its newest row; its older rows get into the two
 -- indexes with `drengr db backfill-rollups`. The builder finds its rows by seq through a BRIN index (next to
 -- nothing to keep up on an append-only table), and no longer through B-trees the writers kept up.
@@ -148,12 +148,16 @@ INSERT INTO drengr_meta (key, value)
 SELECT 'read_side_seq', (SELECT coalesce(max(seq), 0) FROM semantic_events)::text
 WHERE NOT EXISTS (SELECT 1 FROM drengr_meta WHERE key = 'read_side_seq');
 
--- One event name's events (/v1/events?event_name=): a rare name is found without walking the table.
-CREATE TABLE IF NOT EXISTS name_index (
+-- Where each event name is (/v1/events?event_name=), as SQLite's: per tenant, name and block of
+-- 1,024 seqs, the name's first and last seq there. A page reads the name's blocks between those two,
+-- so a rare name is found without walking the table, for a few rows a block instead of one a row.
+CREATE TABLE IF NOT EXISTS name_blocks (
     tenant_id text NOT NULL,
     event_name text NOT NULL,
-    seq bigint NOT NULL,
-    PRIMARY KEY (tenant_id, event_name, seq)
+    block bigint NOT NULL,
+    first_seq bigint NOT NULL,
+    last_seq bigint NOT NULL,
+    PRIMARY KEY (tenant_id, event_name, block)
 );
 
 INSERT INTO drengr_meta (key, value)

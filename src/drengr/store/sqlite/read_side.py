@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base import StoreError, schema_statements
-from ..rollups import ROLLUP_GRAINS
+from ..rollups import NAME_BLOCK_BITS, ROLLUP_GRAINS
 from .connect import Transaction
 
 log = logging.getLogger("drengr.store")
@@ -131,7 +131,6 @@ def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: in
 # Entries of pruned rows stay in the user index and name blocks until their block is gone: the
 # reader fetches rows by seq, and a deleted row is simply not there.
 USER_INDEX_BLOCK_BITS = 14
-NAME_BLOCK_BITS = 10  # name_blocks: where each event name is, per 1,024 seqs
 BUILD_STEP_ROWS = 16_384  # rows a step counts at most
 BUILD_EVERY_SECONDS = 0.25  # how often the builder looks for rows (other processes' too)
 BUILD_AFTER_ROWS = 4_096  # and at once after the writer committed this many
