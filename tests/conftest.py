@@ -14,27 +14,22 @@ from drengr.web import Config, create_app
 
 from .support.app import TENANT
 from .support.mappers import MAPPER_TWINS
+from .support.shifted_runs import SHIFTED_RUNS, start_shifted_runs, stop_shifted_runs
+
 
 # tests/test_any_date.py: its two reruns of the dated tests start as soon as the suite is collected
 # and run beside it; its tests, which wait for them, run last.
-SHIFTED_RUNS = pytest.StashKey[dict]()
-
-
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they do
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reruns = [item for item in items if item.path.name == "test_any_date.py"]
     if not reruns or os.environ.get("DRENGR_CLOCK_OFFSET"):
         return
     items[:] = [item for item in items if item.path.name != "test_any_date.py"] + reruns
-    from .test_any_date import start_shifted_runs
-
     config.stash[SHIFTED_RUNS] = start_shifted_runs()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if SHIFTED_RUNS in config.stash:
-        from .test_any_date import stop_shifted_runs
-
         stop_shifted_runs(config.stash[SHIFTED_RUNS])
 
 
