@@ -38,6 +38,9 @@ NAMES = [f"event_{n:02d}" for n in range(12)]
 CHUNK = 50_000
 RECEIPT = operator.itemgetter(0, 7)  # tenant, received_at
 SRC = Path(__file__).resolve().parents[1] / "src"
+# DRENGR_BENCH_READ_INGEST_DIR=/dev/shm: the with/without rounds' files there (a RAM disk takes the
+# disk's fsyncs, which vary by tens of % from second to second here, out of the comparison).
+INGEST_DIR = Path(os.environ["DRENGR_BENCH_READ_INGEST_DIR"]) if os.environ.get("DRENGR_BENCH_READ_INGEST_DIR") else None
 
 
 def synthetic_rows(start: int, n: int) -> list[tuple[Any, ...]]:
@@ -209,8 +212,11 @@ def bench_debugger_through_the_app(table: Path, request: pytest.FixtureRequest) 
 
 
 def ingest_rounds(request: pytest.FixtureRequest) -> int:
-    """Rounds of the with/without benchmarks: 16 (eight pairs) timed, 2 (one pair) under --benchmark-disable."""
-    return 2 if request.config.getoption("benchmark_disable", False) else 16
+    """Rounds of the with/without benchmarks: 2 (one pair) under --benchmark-disable; timed, 16 (eight
+    pairs), or DRENGR_BENCH_READ_INGEST_ROUNDS (a multiple of 4)."""
+    if request.config.getoption("benchmark_disable", False):
+        return 2
+    return int(os.environ.get("DRENGR_BENCH_READ_INGEST_ROUNDS", "16"))
 
 
 def pair_ratios(results: dict[str, list[float]]) -> str:
@@ -242,7 +248,7 @@ def bench_ingest_with_and_without_rollups(
     for round_ in range(ingest_rounds(request)):
         label = "with rollups" if round_ % 4 in (0, 3) else "without"
         monkeypatch.setattr(Writer, "builds_read_side", label == "with rollups")
-        path = tmp_path / f"r{round_}.db"
+        path = INGEST_DIR / f"r{round_}.db" if INGEST_DIR else tmp_path / f"r{round_}.db"
         store = SQLiteStore(str(path))
         started = time.perf_counter()
         for b in range(batches):
@@ -257,6 +263,9 @@ def bench_ingest_with_and_without_rollups(
         built = conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone()[0]
         conn.close()
         assert int(built) == (batches * 100 if label == "with rollups" else 0)
+        if INGEST_DIR:
+            for done in INGEST_DIR.glob(f"r{round_}*.db*"):
+                done.unlink()
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
     print(f"\n100-event batches: {with_rate:,.0f} rows/s with the read side, {without_rate:,.0f} without "
           f"(medians); {pair_ratios(results)}")  # fmt: skip
