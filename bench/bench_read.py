@@ -40,7 +40,11 @@ RECEIPT = operator.itemgetter(0, 7)  # tenant, received_at
 SRC = Path(__file__).resolve().parents[1] / "src"
 # DRENGR_BENCH_READ_INGEST_DIR=/dev/shm: the with/without rounds' files there (a RAM disk takes the
 # disk's fsyncs, which vary by tens of % from second to second here, out of the comparison).
-INGEST_DIR = Path(os.environ["DRENGR_BENCH_READ_INGEST_DIR"]) if os.environ.get("DRENGR_BENCH_READ_INGEST_DIR") else None
+INGEST_DIR = (
+    Path(os.environ["DRENGR_BENCH_READ_INGEST_DIR"])
+    if os.environ.get("DRENGR_BENCH_READ_INGEST_DIR")
+    else None
+)
 
 
 def synthetic_rows(start: int, n: int) -> list[tuple[Any, ...]]:

@@ -68,6 +68,8 @@ _INDEX_ROWS = (
     "WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 " + _MERGE_BLOCKS,
 )
 _BACKFILL_INDEXES = [sql.format(where="tenant_id = %s AND seq >= %s AND seq < %s") for sql in _INDEX_ROWS]
+
+
 def _build_step_sql(name_block_bits: int = NAME_BLOCK_BITS) -> str:
     """The builder's step (low < seq <= high) as one statement: the step's rows are read once, counted
     by minute (the hours added up from the minutes), and indexed; each table's rows go in sorted (one

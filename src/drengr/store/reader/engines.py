@@ -179,7 +179,6 @@ class PostgresReader(_PagedReader):
     ) -> list[tuple[Any, ...]]:
         return self._indexed_rows(execute, query, low, high, limit, "user_index", "external_id")
 
-
     def _indexed_rows(
         self,
         execute: Callable[..., Any],

@@ -9,6 +9,7 @@ then through the rollups' minutes that hold it. Imports no database driver.
 from collections.abc import Callable
 from typing import Any
 
+from .. import rollups
 from .model import (
     EVENT_SELECT,
     ORDERS,
@@ -110,8 +111,7 @@ class _PagedReader(_QueryReader):
         """Up to ``limit`` rows of ``query``'s event name with low <= seq <= high, in order, through
         ``name_blocks``: the name's blocks in order, each read only between the first and last seq the
         name has there, with every filter of the query applied."""
-        from ..rollups import NAME_BLOCK_BITS as BITS
-
+        bits = rollups.NAME_BLOCK_BITS
         rows: list[tuple[Any, ...]] = []
         order = query.order.upper()
         blocks = execute(
@@ -119,12 +119,14 @@ class _PagedReader(_QueryReader):
                 f"SELECT first_seq, last_seq FROM {self.name_blocks} WHERE tenant_id = ? AND event_name = ? "
                 f"AND block >= ? AND block <= ? ORDER BY block {order}"
             ),
-            [query.tenant_id, query.event_name, low >> BITS, high >> BITS],
+            [query.tenant_id, query.event_name, low >> bits, high >> bits],
         )
         for first, last in blocks:  # read as far as the page needs: a common name's first block fills it
             if len(rows) >= limit:
                 break
-            rows.extend(self._events_between(execute, query, max(low, first), min(high, last), limit - len(rows)))
+            rows.extend(
+                self._events_between(execute, query, max(low, first), min(high, last), limit - len(rows))
+            )
         return rows
 
     def _events_through_index(
