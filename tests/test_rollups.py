@@ -343,6 +343,42 @@ def test_two_stores_writing_one_file_build_one_read_side(tmp_path: Path) -> None
         conn.close()
 
 
+def test_the_builders_of_one_file_take_turns_instead_of_counting_the_same_rows(tmp_path: Path) -> None:
+    """40,000 rows past the read side, and two stores whose builders wake at the same moment: each row
+    is counted by one of them (their lock on `<database>-builder.lock`), not by both."""
+    from drengr.core.timestamps import format_ms
+
+    path = str(tmp_path / "drengr.db")
+
+    def rows(prefix: str, n: int) -> list[tuple[Any, ...]]:
+        received = format_ms(T0)
+        return [("acme", f"{prefix}{i}", "e", "track", f"u{i % 7}", "a", received, received, "{}", "{}", None)
+                for i in range(n)]  # fmt: skip
+
+    with pytest.MonkeyPatch.context() as held:
+        held.setattr(Writer, "builds_read_side", False)
+        store = SQLiteStore(path)
+        for batch in range(20):
+            assert store.write("acme", rows(f"b{batch}-", 2_000), T0).stored == 2_000
+        store.close()
+    stores = [SQLiteStore(path), SQLiteStore(path)]
+    for number, store in enumerate(stores):
+        assert store.write("acme", rows(f"s{number}-", 1), T0).stored == 1
+    builders = [store._committer._builder for store in stores]
+    assert all(builders)
+    for builder in builders:
+        builder._wake.set()  # both at once: each finds 40,000 rows to count
+    for store in stores:
+        store.close()
+    assert sum(builder.counted_rows for builder in builders) == 40_002
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone() == ("40002",)
+        assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (40_002,)
+    finally:
+        conn.close()
+
+
 def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("create table t (x)").connection.commit()
@@ -456,7 +492,8 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     patch = pytest.MonkeyPatch()
     patch.setattr(read_side, "USER_INDEX_BLOCK_BITS", BLOCK_BITS)
     patch.setattr(read_side, "NAME_BLOCK_BITS", BLOCK_BITS)  # name blocks of 16 rows too, built
-    patch.setattr(rollups, "NAME_BLOCK_BITS", BLOCK_BITS)  # and read
+    patch.setattr(rollups, "NAME_BLOCK_BITS", BLOCK_BITS)  # and read,
+    patch.setattr(reader_events, "NAME_BLOCKS_AT_ONCE", 2)  # two at a time
     # And 8 rows near the cursor before an event name is sought through the rollups (4,096 in use).
     patch.setattr(reader_events, "NAME_SCAN_ROWS", 8)
     path = tmp_path_factory.mktemp("indexed") / "drengr.db"
@@ -680,12 +717,14 @@ def test_postgresql_pages_and_stats_equal_the_rows_chosen_one_by_one(monkeypatch
     from drengr.store.postgres import PostgresStore
     from drengr.store.postgres import store as pg_store
     from drengr.store.postgres.statements import _build_step_sql
+    from drengr.store.reader import events as reader_events
 
     from .support import postgres as pg
 
     # Name blocks of 16 rows, built and read, so that a page crosses several.
     monkeypatch.setattr(pg_store, "_BUILD_STEP", _build_step_sql(BLOCK_BITS))
     monkeypatch.setattr(rollups, "NAME_BLOCK_BITS", BLOCK_BITS)
+    monkeypatch.setattr(reader_events, "NAME_BLOCKS_AT_ONCE", 2)
     with pg.fresh_schema() as dsn:
         schema = pg.query(dsn, "SELECT current_schema()")[0][0]
         uri = pg.with_schema(pg.server_dsn(), schema)

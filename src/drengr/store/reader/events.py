@@ -27,6 +27,9 @@ from .queries import _QueryReader
 NAME_SCAN_ROWS = 4_096
 
 
+NAME_BLOCKS_AT_ONCE = 32  # name_blocks rows a page's look-up fetches at a time
+
+
 class _PagedReader(_QueryReader):
     """``events``: the shared queries plus the paths of a page."""
 
@@ -114,19 +117,26 @@ class _PagedReader(_QueryReader):
         bits = rollups.NAME_BLOCK_BITS
         rows: list[tuple[Any, ...]] = []
         order = query.order.upper()
-        blocks = execute(
-            self._sql(
-                f"SELECT first_seq, last_seq FROM {self.name_blocks} WHERE tenant_id = ? AND event_name = ? "
-                f"AND block >= ? AND block <= ? ORDER BY block {order}"
-            ),
-            [query.tenant_id, query.event_name, low >> bits, high >> bits],
+        find = self._sql(
+            f"SELECT block, first_seq, last_seq FROM {self.name_blocks} WHERE tenant_id = ? AND event_name = ? "
+            f"AND block >= ? AND block <= ? ORDER BY block {order} LIMIT {NAME_BLOCKS_AT_ONCE}"
         )
-        for first, last in blocks:  # read as far as the page needs: a common name's first block fills it
-            if len(rows) >= limit:
+        lowest, highest = low >> bits, high >> bits
+        while len(rows) < limit and lowest <= highest:
+            # A few blocks at a time: a common name's first block fills its page.
+            blocks = execute(find, [query.tenant_id, query.event_name, lowest, highest]).fetchall()
+            for _, first, last in blocks:
+                if len(rows) >= limit:
+                    break
+                rows.extend(
+                    self._events_between(execute, query, max(low, first), min(high, last), limit - len(rows))
+                )
+            if len(blocks) < NAME_BLOCKS_AT_ONCE:
                 break
-            rows.extend(
-                self._events_between(execute, query, max(low, first), min(high, last), limit - len(rows))
-            )
+            if order == "DESC":
+                highest = blocks[-1][0] - 1
+            else:
+                lowest = blocks[-1][0] + 1
         return rows
 
     def _events_through_index(

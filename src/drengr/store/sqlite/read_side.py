@@ -9,12 +9,14 @@ and ``drengr.store``.
 """
 
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,11 @@ BUILD_AFTER_ROWS = 4_096  # and at once after the writer committed this many
 BUILDER_NICENESS = 10
 # How long a step's counts wait for the writer's next group to add them (then the builder does).
 HAND_OVER_SECONDS = 0.05
+# Builders of one database (one per writing process or store) take turns at an OS lock on
+# `<database>-builder.lock`: a turn builds what is there, and a builder that finds the lock taken
+# leaves those rows to the holder instead of counting them too. A stopping builder waits for its
+# turn this long, to catch up before its store closes.
+STOP_WAIT_SECONDS = 20.0
 
 # A step copies its rows out of the database inside a read snapshot as short as it can be, then
 # counts and indexes them from the copy: a snapshot held while counting kept the WAL checkpoints
@@ -407,6 +414,7 @@ class Builder:
         self._pending = 0
         self._wake = threading.Event()
         self._stopping = False
+        self.counted_rows = 0  # the seqs its steps covered, added or not (tests: no work done twice)
         self._thread = threading.Thread(target=self._run, name="drengr-read-side", daemon=True)
         self._thread.start()
 
@@ -422,10 +430,15 @@ class Builder:
         conn: sqlite3.Connection | None = None
         users: sqlite3.Connection | None = None
         pause = BUILD_EVERY_SECONDS
+        lock = _open_lock(self._path + "-builder.lock")
         while True:
             self._wake.wait(pause)
             self._wake.clear()
             stopping, pause = self._stopping, BUILD_EVERY_SECONDS
+            if lock is not None and not _take(lock, STOP_WAIT_SECONDS if stopping else 0.0):
+                if stopping:
+                    break
+                continue  # another process's builder (or another store's) is at it: it counts these
             try:
                 if conn is None:
                     conn = self._connect()
@@ -446,11 +459,16 @@ class Builder:
                     if held is not None:
                         held.close()
                 conn = users = None
+            finally:
+                if lock is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
             if stopping:
                 break
         for held in (conn, users):
             if held is not None:
                 held.close()
+        if lock is not None:
+            os.close(lock)
 
     def _rollups_step(self, conn: sqlite3.Connection, stopping: bool) -> int:
         """One step of the rollups; the seqs it covered.
@@ -463,6 +481,7 @@ class Builder:
         counted = count_step(conn)
         if counted is None:
             return 0
+        self.counted_rows += counted.high - counted.low
         if self._writer is not None and not stopping:
             self._writer.offer(counted)
             if not counted.done.wait(HAND_OVER_SECONDS) and not self._writer.take_back(counted):
@@ -478,6 +497,29 @@ class Builder:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout=30)
+
+
+def _open_lock(path: str) -> int | None:
+    """The builders' lock file of a database (None where it cannot be made: they all build, and the
+    marks sort them out, with work done twice)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        log.warning("no builder lock (%s): every writer's builder counts the rows", error)
+        return None
+
+
+def _take(lock: int, wait_seconds: float) -> bool:
+    """The builders' lock, within ``wait_seconds`` (0: only if it is free now)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
 
 def backfill_rollups(
