@@ -27,7 +27,7 @@ from .queries import _QueryReader
 NAME_SCAN_ROWS = 4_096
 
 
-NAME_BLOCKS_AT_ONCE = 32  # name_blocks rows a page's look-up fetches at a time
+NAME_BLOCKS_AT_ONCE = 64  # name_blocks rows a page's look-up fetches at a time, at most
 
 
 class _PagedReader(_QueryReader):
@@ -119,24 +119,34 @@ class _PagedReader(_QueryReader):
         order = query.order.upper()
         find = self._sql(
             f"SELECT block, first_seq, last_seq FROM {self.name_blocks} WHERE tenant_id = ? AND event_name = ? "
-            f"AND block >= ? AND block <= ? ORDER BY block {order} LIMIT {NAME_BLOCKS_AT_ONCE}"
+            f"AND block >= ? AND block <= ? ORDER BY block {order} LIMIT ?"
         )
         lowest, highest = low >> bits, high >> bits
+        at_once = (
+            1  # a common name's first block fills its page; a rare name's take more, 4 times more each time
+        )
         while len(rows) < limit and lowest <= highest:
-            # A few blocks at a time: a common name's first block fills its page.
-            blocks = execute(find, [query.tenant_id, query.event_name, lowest, highest]).fetchall()
-            for _, first, last in blocks:
-                if len(rows) >= limit:
-                    break
-                rows.extend(
-                    self._events_between(execute, query, max(low, first), min(high, last), limit - len(rows))
-                )
-            if len(blocks) < NAME_BLOCKS_AT_ONCE:
+            blocks = execute(find, [query.tenant_id, query.event_name, lowest, highest, at_once]).fetchall()
+            ranges = [(max(low, first), min(high, last)) for _, first, last in blocks]
+            rows.extend(self._rows_in_ranges(execute, query, ranges, limit - len(rows)))
+            if len(blocks) < at_once:
                 break
+            at_once = min(NAME_BLOCKS_AT_ONCE, 4 * at_once)
             if order == "DESC":
                 highest = blocks[-1][0] - 1
             else:
                 lowest = blocks[-1][0] + 1
+        return rows
+
+    def _rows_in_ranges(
+        self, execute: Callable[..., Any], query: EventQuery, ranges: list[tuple[int, int]], limit: int
+    ) -> list[tuple[Any, ...]]:
+        """The first ``limit`` rows of ``query`` in these seq ranges (disjoint, in the query's order)."""
+        rows: list[tuple[Any, ...]] = []
+        for first, last in ranges:  # as far as the page needs: a common name's first block fills it
+            if len(rows) >= limit:
+                break
+            rows.extend(self._events_between(execute, query, first, last, limit - len(rows)))
         return rows
 
     def _events_through_index(
