@@ -185,11 +185,21 @@ def health(server: Server) -> int:
 def serving(app: Any) -> Iterator[int]:
     """``app`` on waitress in this process (so ``set_offset`` moves its clock); yields the port."""
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    closing = threading.Event()
+
+    def run() -> None:
+        try:
+            server.run()
+        except OSError:  # its select() met the socket close() below had just closed (EBADF)
+            if not closing.is_set():
+                raise
+
+    thread = threading.Thread(target=run, name="waitress", daemon=True)
     thread.start()
     try:
         yield int(server.effective_port)
     finally:
+        closing.set()
         server.close()
         server.task_dispatcher.shutdown()
         thread.join(HANG_GUARD_SECONDS)
