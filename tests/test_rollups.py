@@ -18,6 +18,7 @@ import pytest
 from drengr.store import SQLiteStore, open_store
 from drengr.store.reader import ORDERS, EventQuery, PostgresReader, SQLiteReader, StatsQuery
 from drengr.store.reader.model import _stats
+from drengr.store.rollups import NAME_BLOCK_BITS
 from drengr.store.sqlite import backfill_rollups
 from drengr.store.sqlite.read_side import users_path
 from drengr.store.sqlite.writer import Writer
@@ -443,9 +444,12 @@ def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
             dsn, "SELECT sum(events)::int, count(*) FILTER (WHERE events <= 0)::int FROM event_rollups"
         ) == [(EVENTS - 107, 0)]
 
-        # A database whose rows predate its rollups: scanned until `db backfill-rollups --store`.
+        # A database whose rows predate its rollups and indexes: scanned until `db backfill-rollups --store`.
         pg.query(dsn, "TRUNCATE event_rollups, measure_rollups, hourly_event_rollups, hourly_measure_rollups")
-        pg.query(dsn, "UPDATE drengr_meta SET value = '1000' WHERE key = 'rollups_from_seq'")
+        pg.query(dsn, "TRUNCATE user_index, name_blocks")
+        pg.query(
+            dsn, "UPDATE drengr_meta SET value = '1000' WHERE key IN ('rollups_from_seq', 'indexes_from_seq')"
+        )
         reader = PostgresReader(uri)
         try:
             assert reader._snapshot(reader._rollups_cover, "stats") is False
@@ -462,6 +466,18 @@ def test_postgresql_keeps_the_same_rollups_and_prunes_them() -> None:
                 assert_stats_as_scanned(reader, query)
         finally:
             reader.close()
+        assert sorted(pg.query(dsn, "SELECT * FROM name_blocks")) == sorted(
+            pg.query(
+                dsn,
+                f"SELECT tenant_id, event_name, seq >> {NAME_BLOCK_BITS}, min(seq), max(seq) FROM semantic_events "
+                "GROUP BY 1, 2, 3",
+            )
+        )
+        assert sorted(pg.query(dsn, "SELECT tenant_id, external_id, seq FROM user_index")) == sorted(
+            pg.query(
+                dsn, "SELECT tenant_id, external_id, seq FROM semantic_events WHERE external_id IS NOT NULL"
+            )
+        )
 
 
 # ---------------------------------------------------------------- /v1/events without a scan
