@@ -60,20 +60,28 @@ _MERGE_BLOCKS = (
     "last_seq = greatest(name_blocks.last_seq, excluded.last_seq)"
 )
 _BACKFILL_ROLLUPS = _count_rows_sql("tenant_id = %s AND seq >= %s AND seq < %s")
-_INDEX_ROWS = (
-    "INSERT INTO user_index (tenant_id, external_id, seq) SELECT tenant_id, external_id, seq FROM semantic_events "
-    "WHERE {where} AND external_id IS NOT NULL ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING",
-    "INSERT INTO name_blocks (tenant_id, event_name, block, first_seq, last_seq) "
-    f"SELECT tenant_id, event_name, seq >> {NAME_BLOCK_BITS}, min(seq), max(seq) FROM semantic_events "
-    "WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 " + _MERGE_BLOCKS,
-)
-_BACKFILL_INDEXES = [sql.format(where="tenant_id = %s AND seq >= %s AND seq < %s") for sql in _INDEX_ROWS]
+
+
+def _index_rows_sql(source: str, where: str, name_block_bits: int = NAME_BLOCK_BITS) -> tuple[str, str]:
+    """The user index's and the name blocks' inserts of the rows of ``source`` that ``where`` selects
+    (each table's rows in sorted order: one order of locks)."""
+    return (
+        f"INSERT INTO user_index (tenant_id, external_id, seq) SELECT tenant_id, external_id, seq FROM {source} "
+        f"WHERE {where} AND external_id IS NOT NULL ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING",
+        "INSERT INTO name_blocks (tenant_id, event_name, block, first_seq, last_seq) "
+        f"SELECT tenant_id, event_name, seq >> {name_block_bits}, min(seq), max(seq) FROM {source} "
+        f"WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 " + _MERGE_BLOCKS,
+    )
+
+
+_BACKFILL_INDEXES = _index_rows_sql("semantic_events", "tenant_id = %s AND seq >= %s AND seq < %s")
 
 
 def _build_step_sql(name_block_bits: int = NAME_BLOCK_BITS) -> str:
     """The builder's step (low < seq <= high) as one statement: the step's rows are read once, counted
     by minute (the hours added up from the minutes), and indexed; each table's rows go in sorted (one
     order of locks)."""
+    users, names = _index_rows_sql("step", "true", name_block_bits)
     upserts = []
     for prefix, column, width in ROLLUP_GRAINS:
         upserts.append(
@@ -97,11 +105,7 @@ def _build_step_sql(name_block_bits: int = NAME_BLOCK_BITS) -> str:
         "sum(m.value::text::double precision) AS total FROM step AS s, jsonb_each(s.measures) AS m "
         "WHERE jsonb_typeof(m.value) = 'number' GROUP BY 1, 2, 3, 4), "
         + ", ".join(upserts)
-        + ", users AS (INSERT INTO user_index (tenant_id, external_id, seq) SELECT tenant_id, external_id, seq "
-        "FROM step WHERE external_id IS NOT NULL ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING) "
-        "INSERT INTO name_blocks (tenant_id, event_name, block, first_seq, last_seq) "
-        f"SELECT tenant_id, event_name, seq >> {name_block_bits}, min(seq), max(seq) FROM step "
-        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 " + _MERGE_BLOCKS
+        + f", users AS ({users}) {names}"
     )
 
 
@@ -112,15 +116,14 @@ _BUILD_STEP = _build_step_sql()
 WRITE_TURN_LOCK = 0x64726E68
 BUILDER_LOCK = 0x64726E69  # one node's builder at a time
 _WRITE_TURN = "SELECT pg_advisory_xact_lock_shared(%s)"
-# The indexes' entries of rows a prune deletes (before the rows themselves go). Each statement on a
+# The user index's entries of rows a prune deletes (before the rows themselves go). Each statement on a
 # prune's seqs takes (tenant, seqs as bigint[], lowest, highest): the range keeps the planner on the
 # (tenant_id, seq) index without statistics, and a bigint[] is hashed (a smallint[] is searched
 # linearly for every row: 20,000 rows took 48 s to prune).
-_REMOVE_INDEXED = [
-    """DELETE FROM user_index AS u USING semantic_events AS e
+_REMOVE_USERS = """
+    DELETE FROM user_index AS u USING semantic_events AS e
     WHERE e.tenant_id = %s AND e.seq = ANY(%s::bigint[]) AND e.seq BETWEEN %s AND %s AND e.external_id IS NOT NULL
-    AND u.tenant_id = e.tenant_id AND u.external_id = e.external_id AND u.seq = e.seq""",
-]
+    AND u.tenant_id = e.tenant_id AND u.external_id = e.external_id AND u.seq = e.seq"""
 # After a prune, per tenant: the name blocks wholly below its oldest row (a block the prune cut keeps
 # its seqs: reading a deleted row finds nothing).
 _REMOVE_NAME_BLOCKS = (

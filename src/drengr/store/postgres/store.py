@@ -45,9 +45,9 @@ from .statements import (
     _INSERT_NEW_IDS_IN_TURN,
     _LOCK_USAGE,
     _PRUNE,
-    _REMOVE_INDEXED,
     _REMOVE_NAME_BLOCKS,
     _REMOVE_ROLLUPS,
+    _REMOVE_USERS,
     BUILDER_LOCK,
     SCHEMA,
     SCHEMA_VERSION,
@@ -370,7 +370,7 @@ class PostgresStore(Admin):
                         from_seq = self._from_seq(conn)
                         rolled = [seq for seq in old if from_seq <= seq <= built]
                         if rolled:
-                            for statement in (*_REMOVE_ROLLUPS, *_REMOVE_INDEXED):
+                            for statement in (*_REMOVE_ROLLUPS, _REMOVE_USERS):
                                 conn.execute(statement, (tenant_id, rolled, rolled[0], rolled[-1]))
                         conn.execute(
                             "DELETE FROM semantic_events WHERE tenant_id = %s AND seq = ANY(%s::bigint[]) "

@@ -112,12 +112,10 @@ class WriterLock:
     def _open(self) -> int | None:
         if self._path is None:
             return None
-        try:
-            return os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as error:
-            log.warning("no writer lock (%s): writers wait in SQLite's busy handler", error)
+        fd = open_lock_file(self._path, "no writer lock (%s): writers wait in SQLite's busy handler")
+        if fd is None:
             self._path = None
-            return None
+        return fd
 
     def _wait(self, fd: int) -> None:
         try:
@@ -135,6 +133,16 @@ class WriterLock:
                 self._ready.set()
                 return
         os.close(fd)  # its writer gave up meanwhile: give the lock back
+
+
+def open_lock_file(path: str, otherwise: str) -> int | None:
+    """A lock file beside the database, opened (made if missing); None, with ``otherwise`` logged, where
+    it cannot be (a read-only folder)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        log.warning(otherwise, error)
+        return None
 
 
 class Checkpointer:

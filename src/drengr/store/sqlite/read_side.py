@@ -24,6 +24,7 @@ from typing import Any
 from ..base import StoreError, schema_statements
 from ..rollups import NAME_BLOCK_BITS, ROLLUP_GRAINS
 from .connect import Transaction
+from .locks import open_lock_file
 
 log = logging.getLogger("drengr.store")
 
@@ -430,7 +431,10 @@ class Builder:
         conn: sqlite3.Connection | None = None
         users: sqlite3.Connection | None = None
         pause = BUILD_EVERY_SECONDS
-        lock = _open_lock(self._path + "-builder.lock")
+        # Without it (a read-only folder) every builder builds, and the marks sort them out.
+        lock = open_lock_file(
+            self._path + "-builder.lock", "no builder lock (%s): every writer's builder counts"
+        )
         while True:
             self._wake.wait(pause)
             self._wake.clear()
@@ -497,16 +501,6 @@ class Builder:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout=30)
-
-
-def _open_lock(path: str) -> int | None:
-    """The builders' lock file of a database (None where it cannot be made: they all build, and the
-    marks sort them out, with work done twice)."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as error:
-        log.warning("no builder lock (%s): every writer's builder counts the rows", error)
-        return None
 
 
 def _take(lock: int, wait_seconds: float) -> bool:
