@@ -53,18 +53,15 @@ class _PagedReader(_QueryReader):
                     high = min(high, ceiling - 1)
             if low > high:
                 return [], top
-            if query.external_id is not None and query.tenant_id is not None:
-                covered = self._user_index_covers(execute)
-                if covered is not None:
-                    return self._events_through_index(
-                        execute, query, low, high, covered, self._user_rows
-                    ), top
-            if query.event_name is not None and query.tenant_id is not None:
-                covered = self._name_index_covers(execute)
-                if covered is not None:
-                    return self._events_through_index(
-                        execute, query, low, high, covered, self._name_rows
-                    ), top
+            indexes = (
+                (query.external_id, self._user_index_covers, self._user_rows),
+                (query.event_name, self._name_index_covers, self._name_rows),
+            )
+            for sought, covers, through in indexes:  # a user first, then a name
+                if sought is not None and query.tenant_id is not None:
+                    covered = covers(execute)
+                    if covered is not None:
+                        return self._events_through_index(execute, query, low, high, covered, through), top
             if (
                 query.event_name is not None
                 and query.tenant_id is not None
