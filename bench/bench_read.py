@@ -17,6 +17,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -233,11 +234,14 @@ def pair_ratios(results: dict[str, list[float]]) -> str:
             f"each: {', '.join(f'{pair:.0%}' for pair in pairs)})")  # fmt: skip
 
 
+@pytest.mark.parametrize("writers", [1, 8], ids=["one writer", "8 writers"])
 def bench_ingest_with_and_without_rollups(
-    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: Any
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: Any, writers: int
 ) -> None:
     """100-event batches through SQLiteStore.write, rounds in pairs with and without the read side.
 
+    One thread writing batch after batch leaves the builder a core; eight at once (as a
+    server's request threads do) keep both busy, so the builder's work competes with theirs.
     Each round is timed until its store has closed: the read side's builder has then
     counted every row (its work is in the figure, not left behind).
     """
@@ -246,6 +250,15 @@ def bench_ingest_with_and_without_rollups(
     batches = 20 if request.config.getoption("benchmark_disable", False) else 2_000
     rows_per_round = synthetic_rows(0, batches * 100)
     results: dict[str, list[float]] = {"with rollups": [], "without": []}
+
+    def write(store: SQLiteStore, round_: int, first: int) -> None:
+        for b in range(first, batches, writers):
+            # One time of receipt a batch, as the server stamps a request's rows (a second apart).
+            received = format_ms(NOW_MS + b * 1_000)
+            batch = [(row[0], f"{round_}-{row[1]}", *row[2:6], received, received, *row[8:])
+                     for row in rows_per_round[b * 100 : b * 100 + 100]]  # fmt: skip
+            assert store.write("acme", batch, NOW_MS).stored == 100
+
     # The disk's fsyncs vary by tens of % from one second to the next here: rounds in pairs, one of
     # each, the pair's order alternating (with-without, then without-with), and the ratio is read
     # pair by pair.
@@ -254,25 +267,27 @@ def bench_ingest_with_and_without_rollups(
         monkeypatch.setattr(Writer, "builds_read_side", label == "with rollups")
         path = INGEST_DIR / f"r{round_}.db" if INGEST_DIR else tmp_path / f"r{round_}.db"
         store = SQLiteStore(str(path))
+        threads = [threading.Thread(target=write, args=(store, round_, first)) for first in range(writers)]
         started = time.perf_counter()
-        for b in range(batches):
-            # One time of receipt a batch, as the server stamps a request's rows (a second apart).
-            received = format_ms(NOW_MS + b * 1_000)
-            batch = [(row[0], f"{round_}-{row[1]}", *row[2:6], received, received, *row[8:])
-                     for row in rows_per_round[b * 100 : b * 100 + 100]]  # fmt: skip
-            assert store.write("acme", batch, NOW_MS).stored == 100
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         store.close()
         results[label].append(batches * 100 / (time.perf_counter() - started))
         conn = sqlite3.connect(path)
-        built = conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone()[0]
+        stored, built = conn.execute(
+            "SELECT (SELECT count(*) FROM semantic_events), value FROM meta WHERE key = 'read_side_seq'"
+        ).fetchone()
         conn.close()
+        assert stored == batches * 100  # every writer's batches went in
         assert int(built) == (batches * 100 if label == "with rollups" else 0)
         if INGEST_DIR:
             for done in INGEST_DIR.glob(f"r{round_}*.db*"):
                 done.unlink()
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
-    print(f"\n100-event batches: {with_rate:,.0f} rows/s with the read side, {without_rate:,.0f} without "
-          f"(medians); {pair_ratios(results)}")  # fmt: skip
+    print(f"\n100-event batches, {writers} writing: {with_rate:,.0f} rows/s with the read side, "
+          f"{without_rate:,.0f} without (medians); {pair_ratios(results)}")  # fmt: skip
 
 
 def bench_export_peak_rss(table: Path, tmp_path: Path) -> None:
