@@ -19,6 +19,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -170,7 +172,7 @@ SERVE_IN_PROCESS = {
     "host", "port", "threads", "connection_limit", "channel_timeout", "analytics_js",
 }  # fmt: skip
 SERVE_AS_A_PROCESS = {
-    "writer_cpus", "log_level", "log_format", "clock_offset", "pii_substrings", "prefix", "port", "db",
+    "writer_cpus", "placement", "log_level", "log_format", "clock_offset", "pii_substrings", "prefix", "port", "db",
 }  # fmt: skip
 STORE_UNREACHABLE = "postgresql://drengr@127.0.0.1:1/nowhere"  # nothing listens on port 1
 
@@ -229,6 +231,7 @@ def test_serve_honours_variables_as_a_process(tmp_path):
         "DRENGR_LOG_LEVEL": "warning",
         "DRENGR_LOG_FORMAT": "text",
         "DRENGR_WRITER_CPUS": str(cpu),
+        "DRENGR_PLACEMENT": "none",
         "DRENGR_CLOCK_OFFSET": str(offset_days * DAY_SECONDS),
     })  # fmt: skip
     log = tmp_path / "serve.log"
@@ -252,6 +255,7 @@ def test_serve_honours_variables_as_a_process(tmp_path):
         assert _post(port, "/v1/track", event, key) == 404  # nothing outside the prefix
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         writer_cpus = [sorted(os.sched_getaffinity(int(pid))) for pid in children]
+        server_cpus = sorted(os.sched_getaffinity(process.pid))
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=HANG_GUARD_SECONDS)
@@ -263,10 +267,95 @@ def test_serve_honours_variables_as_a_process(tmp_path):
         "secretish_v"
     ]  # DRENGR_PII_KEYS replaces the list: email is kept
     assert writer_cpus == [[cpu]]  # one writer process, on the CPU named
+    assert server_cpus == sorted(os.sched_getaffinity(0))  # --placement none: the server where it started
     assert "Listening on" in output and '"method": "POST"' not in output  # warning: no access lines
     assert output.split()[1:3] == ["info", "drengr.server"]  # text: TIME LEVEL LOGGER message, not JSON
     shifted = datetime.strptime(received_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
     assert abs(shifted - (datetime.now(UTC).timestamp() + offset_days * DAY_SECONDS)) < DAY_SECONDS / 2
+
+
+TWO_CPUS = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="placement needs a machine with two CPUs or more"
+)
+
+
+def _placed_in_a_thread(config: Config, cpus: set[int] | None = None) -> tuple[Config, list[int]]:
+    """cli.placed(config) on a thread of its own (affinity is per thread; this one's stays): what it
+    returned, and the CPUs the thread may run on afterwards."""
+    result: list[Any] = []
+
+    def place() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        result.append(cli.placed(config))
+        result.append(sorted(os.sched_getaffinity(0)))
+
+    thread = threading.Thread(target=place)
+    thread.start()
+    thread.join()
+    return result[0], result[1]
+
+
+@TWO_CPUS
+def test_placement_auto_puts_the_server_and_its_writer_process_on_cpus_of_their_own(tmp_path):
+    allowed = sorted(os.sched_getaffinity(0))
+    config = Config(db=str(tmp_path / "d.db"), writer="process")
+    assert config.placement == "auto"  # serve's default (its writer default is process)
+    placed, server = _placed_in_a_thread(config)
+    assert placed.writer_cpus == (allowed[-1],) and server == [allowed[-2]]
+    # --writer-cpus chosen: the server takes another CPU
+    placed, server = _placed_in_a_thread(replace(config, writer_cpus=(allowed[0],)))
+    assert placed.writer_cpus == (allowed[0],) and server == [allowed[-1]]
+
+
+@TWO_CPUS
+@pytest.mark.parametrize(
+    "change",
+    [{"placement": "none"}, {"writer": "thread"}, {"store": "postgresql://drengr@127.0.0.1/x"}],
+    ids=["placement none", "writer thread", "PostgreSQL"],
+)
+def test_placement_leaves_the_server_where_it_is(tmp_path, change):
+    config = replace(Config(db=str(tmp_path / "d.db"), writer="process"), **change)
+    assert _placed_in_a_thread(config) == (config, sorted(os.sched_getaffinity(0)))
+
+
+@TWO_CPUS
+def test_placement_with_one_cpu_to_choose_from_places_nothing(tmp_path):
+    only = max(os.sched_getaffinity(0))
+    config = Config(db=str(tmp_path / "d.db"), writer="process")
+    assert _placed_in_a_thread(config, {only}) == (config, [only])
+    # and the writer's CPU as the only one: nothing left for the server
+    writer_there = replace(config, writer_cpus=(only,))
+    assert _placed_in_a_thread(writer_there, {only}) == (writer_there, [only])
+
+
+@TWO_CPUS
+def test_serve_places_itself_and_its_writer_process(tmp_path):
+    """The real `drengr serve` with the defaults: its threads on one CPU, its writer process on another."""
+    port = free_port()
+    env = child_env({"DRENGR_DB": str(tmp_path / "placed.db"), "DRENGR_PORT": str(port)})
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drengr", "serve"], cwd=tmp_path, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+        )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        key = process.stdout.readline().decode().strip()
+        event = {"type": "track", "event": "Placed", "userId": "u"}
+        assert _post(port, "/v1/track", event, key) == 200, log.read_text()
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        writer_cpus = [sorted(os.sched_getaffinity(int(pid))) for pid in children]
+        tasks = Path(f"/proc/{process.pid}/task").iterdir()
+        server_cpus = {tuple(sorted(os.sched_getaffinity(int(task.name)))) for task in tasks}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=HANG_GUARD_SECONDS)
+    allowed = sorted(os.sched_getaffinity(0))
+    assert writer_cpus == [[allowed[-1]]]
+    assert server_cpus == {(allowed[-2],)}  # every thread of the server, waitress' too
+    assert "writer process on CPUs" in log.read_text()
 
 
 def _post(port: int, path: str, body: dict[str, Any], key: str) -> int:

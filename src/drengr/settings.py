@@ -323,6 +323,16 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="CPUS",
     ),
     Setting(
+        name="placement",
+        default="auto",
+        help="auto: with the writer in a process of its own and two CPUs or more to run on, the server's threads "
+        "keep to one CPU and the writer process to another (the --writer-cpus, else the last); none: the system "
+        "places both.",
+        commands=(SERVE,),
+        example="none",
+        choices=("auto", "none"),
+    ),
+    Setting(
         name="busy_timeout_ms",
         default="5000",
         help="Milliseconds a write waits for another process's lock on the SQLite file before the request gets 502.",
@@ -528,6 +538,7 @@ class Config:
     durability: str = _default("durability")
     writer: str = _default("writer")
     writer_cpus: tuple[int, ...] = _default("writer_cpus")
+    placement: str = _default("placement")
     busy_timeout_ms: int = _default("busy_timeout_ms")
     connection_limit: int = _default("connection_limit")
     channel_timeout: int = _default("channel_timeout")
