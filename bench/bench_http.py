@@ -72,16 +72,15 @@ def wait_up(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 def pinned(core: int) -> list[str]:
-    return (
-        ["taskset", "-c", str(core)]
-        if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1
-        else []
-    )  # type: ignore[operator]
+    return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
 @contextmanager
-def server(kind: str, tmp: Path) -> Iterator[tuple[int, str, Path, subprocess.Popen[bytes]]]:
-    """Start one kind of server; yield (port, write key, db path, process)."""
+def server(
+    kind: str, tmp: Path, pin: bool = True, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[int, str, Path, subprocess.Popen[bytes]]]:
+    """Start one kind of server (``pin``: on core 0, as the module says; ``extra``: more options of
+    serve); yield (port, write key, db path, process)."""
     port = free_port()
     db = tmp / f"{kind}-{port}.db"
     key = ""
@@ -95,9 +94,10 @@ def server(kind: str, tmp: Path) -> Iterator[tuple[int, str, Path, subprocess.Po
         )  # fmt: skip
         key = created.stdout.strip()
     if kind in WRITERS:
-        args = [*pinned(0), sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port),
-                "--threads", THREADS, "--writer", WRITERS[kind], "--log-level", "warning"]  # fmt: skip
-        if kind == "drengr-process" and pinned(1):  # the writer process runs beside wrk, not on core 0
+        args = [*(pinned(0) if pin else []), sys.executable, "-m", "drengr", "serve", "--db", str(db),
+                "--port", str(port), "--threads", THREADS, "--writer", WRITERS[kind], "--log-level", "warning",
+                *extra]  # fmt: skip
+        if kind == "drengr-process" and pin and pinned(1):  # the writer process beside wrk, not on core 0
             env["DRENGR_WRITER_CPUS"] = "1"
     elif kind == "gunicorn":
         env["DRENGR_DB"] = str(db)
@@ -128,10 +128,10 @@ def server(kind: str, tmp: Path) -> Iterator[tuple[int, str, Path, subprocess.Po
             path.unlink()
 
 
-def wrk(port: int, key: str, events: int, connections: int, seconds: int) -> dict[str, Any]:
+def wrk(port: int, key: str, events: int, connections: int, seconds: int, pin: bool = True) -> dict[str, Any]:
     threads = min(connections, 2)
     env = {**os.environ, "EVENTS": str(events), "WRITE_KEY": key}
-    args = [*pinned(1), "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+    args = [*(pinned(1) if pin else []), "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
             "-s", str(LUA), f"http://127.0.0.1:{port}"]  # fmt: skip
     out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -253,6 +253,59 @@ def bench_http_matrix(benchmark: Any, tmp_path: Path) -> None:
         if "stored" in r:  # every ack stored; at most one in-flight request per connection per load beyond
             acked = r["requests"] + r["warmup_requests"]
             assert r["events"] * acked <= r["stored"] <= r["events"] * (acked + 2 * r["c"]), r
+
+
+Cells = dict[tuple[int, int], dict[str, list[dict[str, Any]]]]  # (events, c) → placement → wrk's results
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def bench_http_placement(benchmark: Any, tmp_path: Path) -> None:
+    """`drengr serve` with nothing pinned by its user (wrk floats too): --placement auto, the default,
+    against --placement none, alternating; 100-event batches at c=8 (also as a share of the floor,
+    measured before and after) and single events at c=32."""
+    if benchmark.disabled:
+        pytest.skip("timed run only: python -m pytest bench/bench_http.py -k placement --benchmark-enable -s")
+    placements = {"auto": (), "none": ("--placement", "none")}
+    rounds = int(os.environ.get("DRENGR_BENCH_PLACEMENT_ROUNDS", "4"))
+    floors = [floor_rows_per_second(tmp_path)]
+    cells: Cells = {}
+    benchmark.pedantic(lambda: _placement_cells(tmp_path, placements, rounds, cells), rounds=1, iterations=1)
+    floors.append(floor_rows_per_second(tmp_path))
+    floor = statistics.mean(floors)
+    print(f"\nbare executemany floor: {floors[0]:,.0f} rows/s before, {floors[1]:,.0f} after; nothing pinned, "
+          f"{rounds} rounds of each, medians:")  # fmt: skip
+    for (events, connections), by_placement in cells.items():
+        auto, none = ([cell["events_per_s"] for cell in by_placement[name]] for name in placements)
+        p99 = {name: statistics.median(cell["p99_ms"] for cell in by_placement[name]) for name in placements}
+        share = (
+            f" = {statistics.median(auto) / floor:.0%} / {statistics.median(none) / floor:.0%} of the floor"
+        )
+        print(f"{events} event(s) a request, c={connections}: auto {statistics.median(auto):,.0f} events/s "
+              f"(p99 {p99['auto']:.0f} ms), none {statistics.median(none):,.0f} (p99 {p99['none']:.0f} ms)"
+              f"{share if events > 1 else ''}; auto ÷ none, round by round: "
+              f"{', '.join(f'{a / n:.2f}' for a, n in zip(auto, none, strict=True))}")  # fmt: skip
+
+
+def _placement_cells(
+    tmp_path: Path, placements: dict[str, tuple[str, ...]], rounds: int, cells: Cells
+) -> None:
+    for events, connections in ((100, 8), (1, 32)):
+        by_placement = cells[events, connections] = {name: [] for name in placements}
+        for round_ in range(rounds):
+            for name in list(placements)[:: 1 if round_ % 2 == 0 else -1]:  # the order alternates
+                with server("drengr-process", tmp_path, pin=False, extra=placements[name]) as (
+                    port,
+                    key,
+                    db,
+                    _,
+                ):
+                    warm = wrk(port, key, events, connections, WARMUP_SECONDS, pin=False)
+                    cell = wrk(port, key, events, connections, SECONDS, pin=False)
+                    assert warm["non_2xx"] == cell["non_2xx"] == cell["socket_errors"] == 0, cell
+                    acked = cell["requests"] + warm["requests"]  # every ack stored
+                    assert events * acked <= stored(db) <= events * (acked + 2 * connections)
+                by_placement[name].append(cell)
 
 
 def _importable(name: str) -> bool:
