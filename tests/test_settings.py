@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -345,17 +346,29 @@ def test_serve_places_itself_and_its_writer_process(tmp_path):
         key = process.stdout.readline().decode().strip()
         event = {"type": "track", "event": "Placed", "userId": "u"}
         assert _post(port, "/v1/track", event, key) == 200, log.read_text()
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        writer_cpus = [sorted(os.sched_getaffinity(int(pid))) for pid in children]
-        tasks = Path(f"/proc/{process.pid}/task").iterdir()
-        server_cpus = {tuple(sorted(os.sched_getaffinity(int(task.name)))) for task in tasks}
+        [child] = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        writer_cpus = sorted(os.sched_getaffinity(int(child)))
+        server_cpus = _threads_cpus(process.pid)
+        # The writer's threads: itself and its checkpointer on its CPU; the read side's builder,
+        # started by the first commit, on every CPU (it builds in their idle time).
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while len(child_cpus := _threads_cpus(int(child))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=HANG_GUARD_SECONDS)
     allowed = sorted(os.sched_getaffinity(0))
-    assert writer_cpus == [[allowed[-1]]]
+    assert writer_cpus == [allowed[-1]]
     assert server_cpus == {(allowed[-2],)}  # every thread of the server, waitress' too
+    assert child_cpus == {(allowed[-1],), tuple(allowed)}
     assert "writer process on CPUs" in log.read_text()
+
+
+def _threads_cpus(pid: int) -> set[tuple[int, ...]]:
+    """The CPU sets a process's threads may run on."""
+    return {
+        tuple(sorted(os.sched_getaffinity(int(task.name)))) for task in Path(f"/proc/{pid}/task").iterdir()
+    }
 
 
 def _post(port: int, path: str, body: dict[str, Any], key: str) -> int:

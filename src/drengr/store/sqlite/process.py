@@ -219,9 +219,12 @@ def writer_main(
     # that message or at the parent's EOF, never halfway through a group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if cpus:  # --writer-cpus (drengr.settings checked they exist)
+    builder_cpus: frozenset[int] = frozenset()
+    if cpus:  # --writer-cpus, or serve's placement (drengr.settings checked they exist)
+        builder_cpus = frozenset(os.sched_getaffinity(0) | set(cpus))  # the server's CPUs too
         os.sched_setaffinity(0, set(cpus))
-    writer = Writer(path, durability.upper(), busy_timeout_ms)  # the file is ready: its parent migrated it
+    # The file is ready: its parent migrated it.
+    writer = Writer(path, durability.upper(), busy_timeout_ms, builder_cpus=builder_cpus)
     conn: sqlite3.Connection | None = None
     while True:
         try:

@@ -402,8 +402,10 @@ class Builder:
         turn: Callable[[], Any],
         busy_timeout_ms: int,
         writer: Any = None,  # offer(counted) and take_back(counted): the writer adds a step's counts
+        cpus: frozenset[int] = frozenset(),  # where its thread may run; empty: where the writer may
     ) -> None:
         self._path = path
+        self._cpus = cpus
         self._connect = connect
         self._turn = turn
         self._busy_timeout_ms = busy_timeout_ms
@@ -424,6 +426,8 @@ class Builder:
     def _run(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # below the writer and the request threads
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BUILDER_NICENESS)
+            if self._cpus:  # the writer process's thread, placed on a CPU of its own: it builds in
+                os.sched_setaffinity(0, self._cpus)  # the idle time of the server's CPUs too
         conn: sqlite3.Connection | None = None
         users: sqlite3.Connection | None = None
         pause = BUILD_EVERY_SECONDS

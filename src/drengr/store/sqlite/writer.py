@@ -113,7 +113,9 @@ class Writer:
         busy_timeout_ms: int = 5_000,
         elapsed: Callable[[], float] = time.monotonic,  # how long generations stayed (never jumps)
         turns: WriterLock | None = None,  # the store's, shared with its prune; else one of its own
+        builder_cpus: frozenset[int] = frozenset(),  # where the read side's builder runs; empty: here
     ) -> None:
+        self._builder_cpus = builder_cpus
         self.path = path
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
@@ -163,7 +165,12 @@ class Writer:
                 self._checkpointer = Checkpointer(self._connect)
             if self._builder is None and self.builds_read_side:
                 self._builder = read_side.Builder(
-                    self.path, self._connect, self._builder_turn, self._busy_timeout_ms, writer=self
+                    self.path,
+                    self._connect,
+                    self._builder_turn,
+                    self._busy_timeout_ms,
+                    writer=self,
+                    cpus=self._builder_cpus,
                 )
             rows = sum(len(job.rows) for job in jobs)
             self._checkpointer.wrote(conn, rows)
