@@ -437,8 +437,8 @@ def placed(config: Config) -> Config:
     """``--placement auto``: this process (the server's threads) on one CPU, the writer process on another.
 
     Request threads take turns at Python's GIL; floating over two cores, each turn
-    moves from one core's caches to the other's, and 100-event batches lost a
-    quarter to a half of their rate (docs/performance.md "Where the server runs").
+    moves from one core's caches to the other's, and 100-event batches lost up to a
+    third of their rate (docs/performance.md "Where the server runs").
     Only with SQLite's writer in a process, and two CPUs or more to choose from;
     returns ``config`` with the writer's CPUs filled in.
     """

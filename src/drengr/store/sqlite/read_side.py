@@ -234,9 +234,13 @@ class Step:
     """What one step copied (the rows ``low < seq <= high``): the rollups' counts of the rows past
     their mark (``counted``, None: none), and whether the users file lacks some of them."""
 
-    def __init__(self, low: int, high: int, counted: Counted | None, users: tuple[int, Any, bool] | None):
+    def __init__(
+        self, low: int, high: int, counted: Counted | None, users: tuple[int, Any, Any, bool] | None
+    ) -> None:
         self.low, self.high, self.counted = low, high, counted
-        self.users = users  # (users_seq as read, the database_id it indexes, built again?); None: nothing new
+        # (users_seq as read, the database_id it indexes, the database's, built again?); None: the
+        # users file lacks none of these rows.
+        self.users = users
 
 
 def copy_step(users: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS) -> Step | None:
@@ -268,7 +272,7 @@ def copy_step(users: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS) -> Ste
     if high > built:
         events, measures = (users.execute(sql, {"built": built}).fetchall() for sql in _COUNT)
         counted = Counted(built, high, epoch, events, measures)
-    return Step(low, high, counted, (seen, indexes, again) if high > indexed else None)
+    return Step(low, high, counted, (seen, indexes, found, again) if high > indexed else None)
 
 
 def add_counted(conn: sqlite3.Connection, counted: Counted) -> bool:
@@ -329,7 +333,7 @@ def index_users(users: sqlite3.Connection, step: Step) -> bool:
     """
     if step.users is None:
         return False
-    seen, indexes, again = step.users
+    seen, indexes, found, again = step.users
     with Transaction(users, "DEFERRED"):  # IMMEDIATE would lock the attached database too
         # The users file's write lock, then: nobody moved meanwhile.
         users.execute("INSERT INTO meta (key, value) VALUES ('users_seq', '-1') ON CONFLICT (key) DO NOTHING")
@@ -339,7 +343,6 @@ def index_users(users: sqlite3.Connection, step: Step) -> bool:
         ):
             return False
         if again:
-            found = users.execute("SELECT value FROM events.meta WHERE key = 'database_id'").fetchone()
             users.execute("DELETE FROM user_index")
             users.execute("DELETE FROM daily_users")
             users.execute("DELETE FROM name_blocks")
