@@ -11,6 +11,7 @@ gunicorn imports it.
 The docs' table is the registry's, verbatim.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,16 +237,7 @@ def test_serve_honours_variables_as_a_process(tmp_path):
         "DRENGR_PLACEMENT": "none",
         "DRENGR_CLOCK_OFFSET": str(offset_days * DAY_SECONDS),
     })  # fmt: skip
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "drengr", "serve"], cwd=tmp_path, env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-        )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        key = process.stdout.readline().decode().strip()  # a new database: its key, once bound
-        assert key.startswith("drengr_pk_"), log.read_text()
+    with _serve(tmp_path, env) as (process, log, key):
         event = {
             "type": "track",
             "event": "Probe",
@@ -257,9 +250,6 @@ def test_serve_honours_variables_as_a_process(tmp_path):
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         writer_cpus = [sorted(os.sched_getaffinity(int(pid))) for pid in children]
         server_cpus = sorted(os.sched_getaffinity(process.pid))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=HANG_GUARD_SECONDS)
     conn = sqlite3.connect(tmp_path / "process.db")
     [(dims, received_at)] = conn.execute("SELECT dims, received_at FROM semantic_events").fetchall()
     conn.close()
@@ -335,15 +325,7 @@ def test_serve_places_itself_and_its_writer_process(tmp_path):
     """The real `drengr serve` with the defaults: its threads on one CPU, its writer process on another."""
     port = free_port()
     env = child_env({"DRENGR_DB": str(tmp_path / "placed.db"), "DRENGR_PORT": str(port)})
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "drengr", "serve"], cwd=tmp_path, env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-        )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        key = process.stdout.readline().decode().strip()
+    with _serve(tmp_path, env) as (process, log, key):
         event = {"type": "track", "event": "Placed", "userId": "u"}
         assert _post(port, "/v1/track", event, key) == 200, log.read_text()
         [child] = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
@@ -354,14 +336,31 @@ def test_serve_places_itself_and_its_writer_process(tmp_path):
         deadline = time.monotonic() + HANG_GUARD_SECONDS
         while len(child_cpus := _threads_cpus(int(child))) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=HANG_GUARD_SECONDS)
     allowed = sorted(os.sched_getaffinity(0))
     assert writer_cpus == [allowed[-1]]
     assert server_cpus == {(allowed[-2],)}  # every thread of the server, waitress' too
     assert child_cpus == {(allowed[-1],), tuple(allowed)}
     assert "writer process on CPUs" in log.read_text()
+
+
+@contextlib.contextmanager
+def _serve(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], Path, str]]:
+    """The real `drengr serve` on a new database, configured by ``env``: (process, its log, the key it
+    printed); stopped with SIGTERM afterwards."""
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drengr", "serve"], cwd=tmp_path, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+        )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        key = process.stdout.readline().decode().strip()  # a new database: its key, once bound
+        assert key.startswith("drengr_pk_"), log.read_text()
+        yield process, log, key
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=HANG_GUARD_SECONDS)
 
 
 def _threads_cpus(pid: int) -> set[tuple[int, ...]]:
