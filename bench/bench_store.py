@@ -144,6 +144,7 @@ def floor_rows_per_second(folder: Path, rounds: int = ROUNDS) -> float:
     return ROWS_PER_BATCH / statistics.median(times)
 
 
+@pytest.mark.timeout(3600)  # the 10M-row prefill (and its read side) takes minutes to build
 @pytest.mark.parametrize("table", ["history", "window"])
 def bench_store_write_prefilled(benchmark: Any, prefilled: dict[str, Path], table: str) -> None:
     """SQLiteStore.write (synchronous=FULL), 2,500 new rows per call, on a table that already holds many rows."""

@@ -84,3 +84,46 @@ def test_zero_fingerprints_and_negative_seqs_are_refused(module):
         index.add(0, 1)
     with pytest.raises(ValueError):
         index.add(1, -1)
+
+
+@pytest.mark.parametrize("reader", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+@pytest.mark.parametrize("writer", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_a_dumped_table_loads_back_with_the_same_answers(writer, reader):
+    """The window file's tables: what one implementation dumps, either loads, seqs past 2**32 whole."""
+    rng = random.Random(7)
+    index = writer.FingerprintIndex()
+    added = {rng.randrange(1, 2**64): seq for seq in range(2**32 - 2_000, 2**32 + 3_000)}
+    for key, seq in added.items():
+        index.add(key, seq)
+    capacity, count, top, table = index.dump()
+    assert (count, top) == (5_000, 2**32 + 2_999) and len(table) == 8 * capacity
+    saved = bytes(table)
+    loaded = reader.FingerprintIndex.load(capacity, count, top, lambda view: view.__setitem__(slice(None), saved))
+    assert len(loaded) == count
+    for key, seq in added.items():
+        assert seq in loaded.candidates(key)
+    assert loaded.hits(array("Q", [1, 2, 3])) == [i for i, key in enumerate([1, 2, 3]) if tag(key) in
+                                                   {tag(k) for k in added}]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+@pytest.mark.parametrize(
+    "change",
+    ["not a power of two", "fuller than 85 %", "another count", "a slot emptied"],
+)
+def test_a_table_that_cannot_be_a_dump_is_refused(module, change):
+    index = module.FingerprintIndex()
+    index.add(12345 << 32, 7)
+    capacity, count, top, table = index.dump()
+    saved = bytearray(table)
+    if change == "not a power of two":
+        capacity, saved = capacity - 8, saved[:-64]
+    elif change == "fuller than 85 %":
+        count = capacity
+    elif change == "another count":
+        count = 2
+    else:  # its count still says one
+        start = saved.index(b"\x07")
+        saved[start : start + 8] = bytes(8)
+    with pytest.raises(ValueError):
+        module.FingerprintIndex.load(capacity, count, top, lambda view: view.__setitem__(slice(None), bytes(saved)))

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from drengr.core.limits import MS_PER_DAY
+from drengr.core.limits import DEDUP_WINDOW_DAYS, MS_PER_DAY
 from drengr.core.outcome import StoreOutcome
 from drengr.store import SQLiteStore, StoreError
 from drengr.store.base import Job
 from drengr.store.sqlite import WRITERS
+from drengr.store.sqlite.writer import insert_events
 
 from .support.stores import DAY0, Clock, row
 
@@ -137,6 +138,115 @@ def test_window_sees_rows_another_process_wrote(db_path):
     assert two.write("acme", [row("a"), row("c")], DAY0).stored == 0
     one.close()
     two.close()
+
+
+def window_file(db_path: Path) -> Path:
+    return Path(f"{db_path}-window")
+
+
+def reopened(db_path: Path, writer: str = "thread", clock_ms: int = DAY0) -> SQLiteStore:
+    return SQLiteStore(str(db_path), clock=Clock(clock_ms), writer=writer)
+
+
+def test_a_restart_reads_the_window_from_its_file(db_path, writer):
+    """A writer that stops writes its window beside the database; the next one starts from it, not from
+    the table, and every id in it is still caught."""
+    store = reopened(db_path, writer)
+    assert store.write("acme", [row("a"), row("b")], DAY0).stored == 2
+    store.close()
+    assert window_file(db_path).stat().st_size > 0
+    again = reopened(db_path, writer)
+    try:
+        outcome = again.write("acme", [row("a"), row("b"), row("c")], DAY0)
+        assert (outcome.stored, outcome.duplicates) == (1, 2)
+        if writer == "thread":  # the writer process's Writer is in its own process
+            assert again._committer.window_from_file  # noqa: SLF001
+    finally:
+        again.close()
+    assert count(db_path) == 3
+
+
+def test_rows_written_after_the_window_file_are_read_from_the_table(db_path):
+    """Another process's rows after the file (one that was killed, say, and never wrote its own)."""
+    store = reopened(db_path)
+    store.write("acme", [row("a")], DAY0)
+    store.close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    insert_events(conn, [row("b"), row("c", tenant="other")])
+    conn.close()
+    again = reopened(db_path)
+    try:
+        assert again.write("acme", [row("a"), row("b"), row("d")], DAY0).stored == 1
+        assert again.write("other", [row("c", tenant="other")], DAY0).stored == 0
+        assert again._committer.window_from_file  # noqa: SLF001
+    finally:
+        again.close()
+
+
+def _another_database(db_path: Path) -> None:
+    other = db_path.with_name("other.db")
+    SQLiteStore(str(other), clock=Clock(DAY0)).close()
+    os.replace(window_file(db_path), window_file(other))
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{db_path}{suffix}").exists():
+            os.replace(f"{db_path}{suffix}", f"{other}.moved{suffix}")
+    os.replace(other, db_path)  # a database of its own id, the old one's window file beside it
+    os.replace(window_file(other), window_file(db_path))
+
+
+def _backup_restored(db_path: Path) -> None:
+    # The database as a copy taken before "x" was written (and before the window file), then a
+    # different row written to it: the file's last row is no longer there.
+    restored = db_path.with_name("restored.db")
+    os.replace(restored, db_path)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    insert_events(conn, [row("y")])
+    conn.close()
+
+
+def _damaged(db_path: Path) -> None:
+    data = bytearray(window_file(db_path).read_bytes())
+    data[len(data) // 2] ^= 0x40
+    window_file(db_path).write_bytes(bytes(data))
+
+
+def _cut_short(db_path: Path) -> None:
+    data = window_file(db_path).read_bytes()
+    window_file(db_path).write_bytes(data[: len(data) - 100])
+
+
+@pytest.mark.parametrize(
+    "change, clock_ms",
+    [
+        (_another_database, DAY0),
+        (_backup_restored, DAY0),
+        (_damaged, DAY0),
+        (_cut_short, DAY0),
+        (lambda db_path: None, DAY0 + DEDUP_WINDOW_DAYS * MS_PER_DAY),
+    ],
+    ids=["another database", "a backup restored", "damaged", "cut short", "the next generation"],
+)
+def test_a_window_file_that_does_not_fit_is_not_used(db_path, change, clock_ms):
+    """The window is built from the table then, and dedup stays exact."""
+    store = reopened(db_path)
+    store.write("acme", [row("a")], DAY0)
+    store.close()
+    with sqlite3.connect(db_path) as source, sqlite3.connect(db_path.with_name("restored.db")) as copy:
+        source.backup(copy)  # a backup, for the case that restores one
+    store = reopened(db_path)
+    store.write("acme", [row("x")], DAY0)
+    store.close()
+    change(db_path)
+    again = reopened(db_path, clock_ms=clock_ms)
+    try:
+        stored = {event_id: count(db_path, f"event_id = '{event_id}'") for event_id in ("a", "x", "y")}
+        outcome = again.write("acme", [row("a"), row("x"), row("y"), row("new")], clock_ms)
+        assert outcome.stored == 1 + sum(1 for n in stored.values() if n == 0)  # "new", and any id not there
+        assert not again._committer.window_from_file  # noqa: SLF001
+    finally:
+        again.close()
 
 
 def test_a_dead_writer_process_fails_its_group_and_is_replaced(db_path):

@@ -182,6 +182,40 @@ cdef class FingerprintIndex:
         for i in range(keys.shape[0]):
             self.add(keys[i], values[i])
 
+    def dump(self):
+        """(capacity, count, top, table): the table's bytes as a read-only view, for the window file.
+
+        The view shares the index's memory: write it out before the index changes.
+        """
+        cdef unsigned char[::1] view = <unsigned char[:self.capacity * sizeof(uint64_t)]> (
+            <unsigned char *>self.slots
+        )
+        return self.capacity, self.count, self.top, memoryview(view).toreadonly()
+
+    @staticmethod
+    def load(size_t capacity, size_t count, int64_t top, fill):
+        """The index ``dump`` described: ``fill(view)`` fills its empty table's bytes (a file's readinto).
+
+        ValueError when the table cannot be one ``dump`` gave: a capacity that is not a
+        power of two of 1,024 or more, fuller than 85 %, or a count its slots disagree with.
+        """
+        if capacity < 1024 or capacity & (capacity - 1) or count * 20 > capacity * 17 or top < 0:
+            raise ValueError("not a dedup window's table")
+        cdef FingerprintIndex index = FingerprintIndex(capacity)
+        cdef unsigned char[::1] view = <unsigned char[:capacity * sizeof(uint64_t)]> (
+            <unsigned char *>index.slots
+        )
+        fill(memoryview(view))
+        cdef size_t i, found = 0
+        for i in range(capacity):
+            if index.slots[i] != 0:
+                found += 1
+        if found != count:
+            raise ValueError("the table holds another count of entries")
+        index.count = count
+        index.top = top
+        return index
+
     def candidates(self, uint64_t key):
         """Every seq stored under ``key``'s tag (usually none or one)."""
         cdef uint64_t tag = _tag(key)

@@ -70,3 +70,33 @@ class FingerprintIndex:
 
     def hits(self, keys: Any) -> list[int]:
         return [i for i, key in enumerate(keys) if _tag(key) in self._map]
+
+    def dump(self) -> tuple[int, int, int, memoryview]:
+        """The compiled index's table for these entries (the same window file)."""
+        capacity = 1024
+        while self._count * 20 > capacity * 17:
+            capacity *= 2
+        table = array("Q", bytes(8 * capacity))
+        top = max((seq for seqs in self._map.values() for seq in seqs), default=0)
+        for tag, seqs in self._map.items():
+            for seq in seqs:
+                slot = tag & (capacity - 1)
+                while table[slot]:
+                    slot = (slot + 1) & (capacity - 1)
+                table[slot] = tag << 32 | seq & 0xFFFFFFFF
+        return capacity, self._count, top, memoryview(table).cast("B").toreadonly()
+
+    @staticmethod
+    def load(capacity: int, count: int, top: int, fill: Any) -> "FingerprintIndex":
+        if capacity < 1024 or capacity & (capacity - 1) or count * 20 > capacity * 17 or top < 0:
+            raise ValueError("not a dedup window's table")
+        table = array("Q", bytes(8 * capacity))
+        fill(memoryview(table).cast("B"))
+        index = FingerprintIndex()
+        for value in table:
+            if value:
+                seq = (top & ~0xFFFFFFFF) | (value & 0xFFFFFFFF)  # as the compiled index reads it back
+                index.add(value & ~0xFFFFFFFF, seq - (1 << 32) if seq > top else seq)
+        if index._count != count:
+            raise ValueError("the table holds another count of entries")
+        return index

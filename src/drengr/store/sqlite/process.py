@@ -258,6 +258,7 @@ def writer_main(
                 break
         if stop:
             break
+    writer.save_window()  # for the next writer on this database
     writer.close()  # its read-side builder catches up first
     if conn is not None:
         conn.close()

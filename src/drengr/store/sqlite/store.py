@@ -319,6 +319,8 @@ class SQLiteStore(Admin):
                 with contextlib.suppress(queue.Full):  # a stalled writer: the join below gives up too
                     self._queue.put(None, timeout=30)
                 self._writer.join(timeout=30)
+                if not self._writer.is_alive():  # its last group is done: the window is whole
+                    self._committer.save_window()
                 self._writer = None
             self._committer.close()
             self._turns.close()  # the writer thread is done with it

@@ -45,7 +45,7 @@ from ...core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_D
 from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms, parse_ms
 from ..base import Job, StoreError, generation
-from . import read_side
+from . import read_side, window_file
 from .connect import connect
 from .locks import CHECKPOINT_FALLBACK_PAGES, Checkpointer, WriterLock
 
@@ -125,6 +125,7 @@ class Writer:
         self._closed_at: list[float] = [elapsed()]  # when each closed one last took a row (self._elapsed)
         self._current_touched = elapsed()  # when the current one last took a row
         self._last_seq = -1  # -1: not loaded yet
+        self.window_from_file = False  # the window was read from its file (window_file), not the table
         self.group_commits = 0  # transactions committed (group commit is visible in tests)
         self._turns = WriterLock(path) if turns is None else turns  # writers of this file take turns
         self._checkpointer: Checkpointer | None = None  # started with the first write
@@ -368,12 +369,85 @@ class Writer:
         self._closed_at = [closed_at for _, closed_at in kept]
         self._generation = current_generation
 
+    def save_window(self) -> None:
+        """Write the window to the database's window file for the next writer to start from
+        (``window_file``); after the last group. A failure is logged: the next start reads the table."""
+        if self._last_seq < 0 or self.path == ":memory:":
+            return  # nothing loaded, nothing to keep
+        try:
+            conn = self._connect()
+            try:
+                database_id = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+                last = conn.execute(
+                    "SELECT tenant_id, event_id FROM semantic_events WHERE seq = ?", (self._last_seq,)
+                ).fetchone()
+            finally:
+                conn.close()
+            if database_id is None:
+                return
+            header = {
+                "database_id": database_id[0],
+                "last_seq": self._last_seq,
+                "last_row": None if last is None else fingerprint(last[0], last[1]),
+                "generation": self._generation,
+            }
+            window_file.save(self.path, header, self._window)
+        except (OSError, sqlite3.Error) as error:
+            log.warning("cannot save the dedup window (the next start builds it from the table): %s", error)
+
+    def _restore_window(self, conn: sqlite3.Connection, now_ms: int) -> bool:
+        """The window from the database's window file, when it fits this table and generation."""
+        found = window_file.load(self.path, FingerprintIndex)
+        if found is None:
+            return False
+        header, indexes = found
+        current_generation = generation(now_ms)
+        database_id = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+        last_seq = int(header["last_seq"])
+        last = conn.execute(
+            "SELECT tenant_id, event_id FROM semantic_events WHERE seq = ?", (last_seq,)
+        ).fetchone()
+        newest = conn.execute("SELECT received_at FROM semantic_events ORDER BY seq DESC LIMIT 1").fetchone()
+        if database_id is None or header["database_id"] != database_id[0]:
+            why = "it was written for another database"
+        elif header["last_row"] != (None if last is None else fingerprint(last[0], last[1])):
+            why = "the last row it saw is not in the table"  # a backup restored, then written to
+        elif header["generation"] != current_generation or (
+            newest is not None and generation(parse_ms(newest[0]) or 0) > current_generation
+        ):
+            why = "the clock is in another generation"
+        else:
+            why = ""
+        if why:
+            log.info("the dedup window's file is not used (%s): building the window from the table", why)
+            return False
+        # The clock agrees with the table: the previous generation closed at its boundary (as
+        # _load_window has it), and any older one a generation before.
+        now = self._elapsed()
+        window_s = DEDUP_WINDOW_DAYS * MS_PER_DAY / 1000
+        closed_at = now - (now_ms / 1000 - current_generation * window_s)
+        self._window = indexes
+        self._closed_at = [closed_at - older * window_s for older in range(len(indexes) - 1)]
+        self._current_touched = now
+        self._generation = current_generation
+        self._last_seq = last_seq
+        self.window_from_file = True
+        log.info(
+            "dedup window read from its file: %d ids (the rows after seq %d from the table)",
+            sum(len(index) for index in indexes),
+            last_seq,
+        )
+        return True
+
     def _load_window(self, conn: sqlite3.Connection, now_ms: int) -> None:
-        """Index the rows received in the current and previous generation (start-up).
+        """Index the rows received in the current and previous generation (start-up), or read
+        them from the window's file when it fits (``_restore_window``).
 
         "Current" is the clock's, unless the newest stored row is older: a clock
         that runs ahead at start-up still loads the rows received before it jumped.
         """
+        if self._restore_window(conn, now_ms):
+            return
         window_ms = DEDUP_WINDOW_DAYS * MS_PER_DAY
         current_generation = generation(now_ms)
         newest = conn.execute("SELECT received_at FROM semantic_events ORDER BY seq DESC LIMIT 1").fetchone()
