@@ -150,13 +150,51 @@ def bench_store_write_prefilled(benchmark: Any, prefilled: dict[str, Path], tabl
     """SQLiteStore.write (synchronous=FULL), 2,500 new rows per call, on a table that already holds many rows."""
     path = prefilled[table]
     before = count(path)
-    store = SQLiteStore(str(path), clock=lambda: NOW_MS / 1000)
-    store.write("acme", make_rows(1, format_ms(NOW_MS)), NOW_MS)  # loads the dedup window outside the timer
+    # Its first write loads the dedup window, outside the timer: from the table (10M ids for the
+    # history table, whose newest rows are its window), or from the file the last writer left.
+    store = SQLiteStore(str(path), clock=lambda: NOW_MS / 1000, busy_timeout_ms=3_600_000)
+    store.write("acme", make_rows(1, format_ms(NOW_MS)), NOW_MS)
     benchmark.extra_info["prefilled_rows"] = before
     benchmark.extra_info["window_fingerprints"] = sum(len(index) for index in store._committer._window)  # noqa: SLF001
     run_rounds(benchmark, lambda rows: store.write("acme", rows, NOW_MS))
     store.close()
     assert count(path) == before + 1 + ROWS_PER_BATCH * (1 if benchmark.disabled else ROUNDS)
+
+
+@pytest.mark.timeout(3600)
+def bench_store_first_write_after_a_restart(benchmark: Any, prefilled: dict[str, Path]) -> None:
+    """The first write of a writer that just started, its dedup window holding the in-window table's
+    ids (1M): read from the window's file the last writer left, against built from the table."""
+    path = prefilled["window"]
+    rounds = 1 if benchmark.disabled else 5
+    times: dict[str, list[float]] = {"file": [], "table": []}
+    ids: list[int] = []
+
+    def restart(source: str) -> None:
+        if source == "table":
+            Path(f"{path}-window").unlink(missing_ok=True)
+        store = SQLiteStore(str(path), clock=lambda: NOW_MS / 1000, busy_timeout_ms=600_000)
+        rows = make_rows(1, format_ms(NOW_MS))
+        started = time.perf_counter()
+        first = store.write("acme", rows, NOW_MS)
+        times[source].append(time.perf_counter() - started)
+        again = store.write("acme", rows, NOW_MS)  # its window holds the id now: a duplicate
+        assert (first.stored, again.duplicates) == (1, 1)
+        assert store._committer.window_from_file == (source == "file")  # noqa: SLF001
+        ids.append(sum(len(index) for index in store._committer._window))  # noqa: SLF001
+        store.close()  # and leaves its window's file
+
+    def rounds_alternating() -> None:
+        for round_ in range(rounds):  # the file's rounds follow a writer that stopped, as on a restart
+            for source in ("table", "file") if round_ % 2 == 0 else ("file", "table"):
+                restart(source)
+
+    benchmark.pedantic(rounds_alternating, rounds=1, iterations=1)
+    from_file, from_table = (statistics.median(times[source]) for source in ("file", "table"))
+    size = Path(f"{path}-window").stat().st_size
+    print(f"\nfirst write after a restart, {max(ids):,} ids in the dedup window: {from_file * 1000:,.0f} ms "
+          f"with the window's file ({size / 2**20:,.0f} MB), {from_table * 1000:,.0f} ms built from the table "
+          f"(medians of {rounds}; {from_table / from_file:,.0f}x)")  # fmt: skip
 
 
 def count(path: Path) -> int:

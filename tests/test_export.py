@@ -187,9 +187,10 @@ def test_an_interrupted_export_leaves_no_file(db: Path, tmp_path: Path) -> None:
             CtrlCAfterFirstChunk(sys.stderr, True),
         )  # fmt: skip
     reader.close()
-    # The database's own files (and its user index's), no e.csv nor a temporary one.
+    # The database's own files (its user index's, its dedup window's), no e.csv nor a temporary one.
     assert {p.name for p in tmp_path.iterdir() if not p.name.startswith("drengr-users.db")} == {
-        "drengr.db", "drengr.db-shm", "drengr.db-wal", "drengr.db-writer.lock", "drengr.db-builder.lock"
+        "drengr.db", "drengr.db-shm", "drengr.db-wal", "drengr.db-writer.lock", "drengr.db-builder.lock",
+        "drengr.db-window",
     }  # fmt: skip
 
 

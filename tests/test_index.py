@@ -98,7 +98,9 @@ def test_a_dumped_table_loads_back_with_the_same_answers(writer, reader):
     capacity, count, top, table = index.dump()
     assert (count, top) == (5_000, 2**32 + 2_999) and len(table) == 8 * capacity
     saved = bytes(table)
-    loaded = reader.FingerprintIndex.load(capacity, count, top, lambda view: view.__setitem__(slice(None), saved))
+    loaded = reader.FingerprintIndex.load(
+        capacity, count, top, lambda view: view.__setitem__(slice(None), saved)
+    )
     assert len(loaded) == count
     for key, seq in added.items():
         assert seq in loaded.candidates(key)
@@ -126,4 +128,6 @@ def test_a_table_that_cannot_be_a_dump_is_refused(module, change):
         start = saved.index(b"\x07")
         saved[start : start + 8] = bytes(8)
     with pytest.raises(ValueError):
-        module.FingerprintIndex.load(capacity, count, top, lambda view: view.__setitem__(slice(None), bytes(saved)))
+        module.FingerprintIndex.load(
+            capacity, count, top, lambda view: view.__setitem__(slice(None), bytes(saved))
+        )
