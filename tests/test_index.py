@@ -131,3 +131,23 @@ def test_a_table_that_cannot_be_a_dump_is_refused(module, change):
         module.FingerprintIndex.load(
             capacity, count, top, lambda view: view.__setitem__(slice(None), bytes(saved))
         )
+
+
+@pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_index_rows_adds_each_row_by_its_time_of_receipt(module):
+    """The window's load in bulk: each (seq, tenant, event id, received) row's fingerprint, into the
+    current index from ``boundary`` on, else the previous one; ids with lone surrogates and non-ASCII too."""
+    ids = ["a", "é-ü", "\ud800lone", "x" * 300, ""]
+    rows = [(seq, "acme" if seq % 2 else "other", event_id, "2026-11-20T00:00:00.000Z" if seq < 3 else "2026-11-27")
+            for seq, event_id in enumerate(ids, start=1)]  # fmt: skip
+    current, previous = module.FingerprintIndex(), module.FingerprintIndex()
+    assert module.index_rows(rows, current, previous, "2026-11-26") == len(ids)
+    for seq, tenant, event_id, _ in rows:
+        key = module.fingerprint(tenant, event_id)
+        assert key == _index_py.fingerprint(tenant, event_id)  # the same fingerprint as one at a time
+        into, other = (previous, current) if seq < 3 else (current, previous)
+        assert seq in into.candidates(key) and seq not in other.candidates(key)
+    only = module.FingerprintIndex()
+    assert module.index_rows([row[:3] for row in rows], only) == len(ids)  # no boundary: all in one
+    assert len(only) == len(ids)
+    assert module.index_rows([], only) == -1

@@ -21,6 +21,7 @@ of ours.
 """
 
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcpy, memset
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
@@ -74,6 +75,36 @@ def fingerprints(str tenant_id, list rows, Py_ssize_t column):
         h = _mix(_fnv(<const unsigned char *>event, len(event), base))
         out[i] = h if h != 0 else 1
     return result
+
+
+cdef inline uint64_t _row_fingerprint(str tenant_id, str event_id) except 0:
+    """``fingerprint``, from the strings' own UTF-8 (no copy for ASCII); lone surrogates go the long way."""
+    cdef const char *data
+    cdef Py_ssize_t size
+    cdef uint64_t h
+    try:
+        data = PyUnicode_AsUTF8AndSize(tenant_id, &size)
+        h = _fnv(<const unsigned char *>data, size, _FNV_OFFSET)
+        h *= _FNV_PRIME  # the 0 separator
+        data = PyUnicode_AsUTF8AndSize(event_id, &size)
+        h = _mix(_fnv(<const unsigned char *>data, size, h))
+    except UnicodeEncodeError:
+        return fingerprint(tenant_id, event_id)
+    return h if h != 0 else 1
+
+
+def index_rows(list rows, FingerprintIndex current, FingerprintIndex previous=None, str boundary=None):
+    """Add (seq, tenant_id, event_id, received_at) rows: to ``current``, or to ``previous`` when
+    received before ``boundary``. The last row's seq, -1 for none (the window's load, in bulk)."""
+    cdef tuple row
+    cdef int64_t seq = -1
+    for row in rows:
+        seq = row[0]
+        if previous is not None and <str>row[3] < boundary:
+            previous.add(_row_fingerprint(row[1], row[2]), seq)
+        else:
+            current.add(_row_fingerprint(row[1], row[2]), seq)
+    return seq
 
 
 cdef inline uint64_t _tag(uint64_t key) noexcept nogil:

@@ -33,6 +33,20 @@ def fingerprint(tenant_id: str, event_id: str) -> int:
     return h or 1
 
 
+def index_rows(
+    rows: list[tuple[Any, ...]],
+    current: "FingerprintIndex",
+    previous: "FingerprintIndex | None" = None,
+    boundary: str | None = None,
+) -> int:
+    seq = -1
+    for row in rows:
+        seq = row[0]
+        into = previous if previous is not None and row[3] < boundary else current
+        into.add(fingerprint(row[1], row[2]), seq)
+    return seq
+
+
 def _tag(key: int) -> int:
     return (key >> 32) or 1  # the compiled index keeps only a fingerprint's high 32 bits
 

@@ -52,9 +52,14 @@ from .locks import CHECKPOINT_FALLBACK_PAGES, Checkpointer, WriterLock
 try:
     if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
         raise ImportError("DRENGR_NO_EXTENSIONS=1")
-    from ..._index import FingerprintIndex, fingerprint, fingerprints
+    from ..._index import FingerprintIndex, fingerprint, fingerprints, index_rows
 except ImportError:  # the extension did not build (or is not wanted); the twin is exact, only slower
-    from ..._index_py import FingerprintIndex, fingerprint, fingerprints  # type: ignore[assignment]
+    from ..._index_py import (  # type: ignore[assignment]
+        FingerprintIndex,
+        fingerprint,
+        fingerprints,
+        index_rows,
+    )
 
 log = logging.getLogger("drengr.store")
 
@@ -71,6 +76,7 @@ _ROWS_PER_STATEMENT = 512  # 5,632 parameters a statement, below SQLite's 32,766
 # monotonic clock: a generation, less a day for a first write that came late after its boundary. On a
 # correct clock it closed at its boundary and a rotation comes at a boundary: every id is kept 7 days.
 _DROP_AFTER_SECONDS = (DEDUP_WINDOW_DAYS - 1) * 86_400
+_LOAD_ROWS = 65_536  # rows read from the table at a time into the window (its load, others' rows)
 
 
 @functools.cache
@@ -340,13 +346,11 @@ class Writer:
         # A clock gone back (current_generation < self._generation) changes nothing: its rows join
         # the current generation, and nothing is forgotten until the clock passes it again.
         self._current_touched = self._elapsed()
-        current = self._window[0]
-        for seq, tenant_id, event_id in conn.execute(
-            "SELECT seq, tenant_id, event_id FROM semantic_events WHERE seq > ? ORDER BY seq",
-            (self._last_seq,),
-        ):
-            current.add(fingerprint(tenant_id, event_id), seq)
-            self._last_seq = seq
+        cursor = conn.execute(
+            "SELECT seq, tenant_id, event_id FROM semantic_events WHERE seq > ? ORDER BY seq", (self._last_seq,)
+        )
+        while rows := cursor.fetchmany(_LOAD_ROWS):
+            self._last_seq = index_rows(rows, self._window[0])
 
     def _rotate(self, current_generation: int, now_ms: int) -> None:
         """The clock entered a later generation: close the current one; drop those closed long ago.
@@ -459,12 +463,12 @@ class Writer:
         first_seq = self._first_seq_received_since(conn, start)
         current, previous = FingerprintIndex(), FingerprintIndex()
         last = 0
-        for seq, tenant_id, event_id, received_at in conn.execute(
+        cursor = conn.execute(
             "SELECT seq, tenant_id, event_id, received_at FROM semantic_events WHERE seq >= ? ORDER BY seq",
             (first_seq,),
-        ):
-            (current if received_at >= boundary else previous).add(fingerprint(tenant_id, event_id), seq)
-            last = seq
+        )
+        while rows := cursor.fetchmany(_LOAD_ROWS):
+            last = index_rows(rows, current, previous, boundary)
         top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'semantic_events'").fetchone()
         now = self._elapsed()
         if current_generation - newest_generation in (0, 1):
