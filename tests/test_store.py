@@ -467,3 +467,20 @@ def test_the_server_does_not_load_numpy():
     probe = "import sys, drengr.cli, drengr.web, drengr.store.sqlite; print('numpy' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_window_file_left_half_written_by_a_killed_writer_is_removed(db_path):
+    """A writer killed while it saved leaves its ``.partial`` file; the next save removes it (its
+    process is gone), not one of a live process."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    abandoned = Path(f"{db_path}-window.{dead.stdout.strip()}.partial")
+    live = Path(f"{db_path}-window.{os.getppid()}.partial")
+    abandoned.write_bytes(b"half")
+    live.write_bytes(b"half")
+    store = reopened(db_path)
+    store.write("acme", [row("a")], DAY0)
+    store.close()
+    assert not abandoned.exists() and live.exists()
+    assert window_file(db_path).exists()

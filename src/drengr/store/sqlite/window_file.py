@@ -48,6 +48,7 @@ def save(database: str, header: dict[str, Any], indexes: Sequence[Any]) -> None:
     """
     path = window_path(database)
     partial = f"{path}.{os.getpid()}.partial"
+    _remove_abandoned(path)
     dumps = [index.dump() for index in indexes]
     head = MAGIC + json.dumps({
         **header,
@@ -67,6 +68,25 @@ def save(database: str, header: dict[str, Any], indexes: Sequence[Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
+
+
+def _remove_abandoned(path: str) -> None:
+    """``.partial`` files of writers that are gone (killed while saving): nobody will finish them."""
+    folder, name = os.path.split(path)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return
+    for found in names:
+        pid = found[len(name) + 1 : -len(".partial")]
+        if found.startswith(name + ".") and found.endswith(".partial") and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, found))
+            except OSError:  # alive (another user's, say): not ours to remove
+                pass
 
 
 def load(database: str, index_type: Any) -> tuple[dict[str, Any], list[Any]] | None:
