@@ -387,12 +387,12 @@ class Writer:
                 ).fetchone()
             finally:
                 conn.close()
-            if database_id is None:
-                return
+            if database_id is None or last is None:
+                return  # nothing to check the file against at the next start
             header = {
                 "database_id": database_id[0],
                 "last_seq": self._last_seq,
-                "last_row": None if last is None else fingerprint(last[0], last[1]),
+                "last_row": fingerprint(last[0], last[1]),
                 "generation": self._generation,
             }
             window_file.save(self.path, header, self._window)
@@ -414,7 +414,7 @@ class Writer:
         newest = conn.execute("SELECT received_at FROM semantic_events ORDER BY seq DESC LIMIT 1").fetchone()
         if database_id is None or header["database_id"] != database_id[0]:
             why = "it was written for another database"
-        elif header["last_row"] != (None if last is None else fingerprint(last[0], last[1])):
+        elif last is None or header["last_row"] != fingerprint(last[0], last[1]):
             why = "the last row it saw is not in the table"  # a backup restored, then written to
         elif header["generation"] != current_generation or (
             newest is not None and generation(parse_ms(newest[0]) or 0) > current_generation
