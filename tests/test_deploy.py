@@ -80,6 +80,8 @@ def test_gunicorn_serves_the_installed_entry_point_outside_a_clone(tmp_path: Pat
     finally:
         assert server.stop() == 0, log.read_text()[-2000:]
     assert not (tmp_path / "wsgi.py").exists()
+    # The worker closed its store as it exited: its writer left the dedup window's file.
+    assert Path(f"{db}-window").stat().st_size > 0, log.read_text()[-2000:]
 
 
 # --------------------------------------------------------------------------- nginx and a node's time

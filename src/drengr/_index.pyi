@@ -6,7 +6,6 @@ from typing import Any
 
 def fingerprint(tenant_id: str, event_id: str) -> int: ...
 def fingerprints(tenant_id: str, rows: list[tuple[Any, ...]], column: int) -> array[int]: ...
-
 def index_rows(
     rows: list[tuple[Any, ...]],
     current: FingerprintIndex,

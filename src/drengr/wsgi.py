@@ -6,12 +6,15 @@ built when a WSGI server imports this module, and only then: nothing else in
 drengr imports it. The top-level ``wsgi.py`` of a clone re-exports it.
 """
 
+import atexit
+import logging
 import sys
 
 from ._memory import return_large_blocks
 from .settings import SWITCH_INTERVAL_S, Config, SettingError
 from .store import StoreError
 from .web import create_app
+from .web.state import state_of
 
 # As `drengr serve` does: docs/operating.md "The writer: process or thread".
 sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -23,3 +26,15 @@ try:
     application = create_app(Config.from_env())
 except (SettingError, StoreError) as error:
     raise SystemExit(f"drengr: {error}") from None
+
+
+@atexit.register
+def _close() -> None:
+    """A worker that exits (gunicorn's graceful stop) closes what ``drengr serve`` closes: its last
+    drop counts, then its store (its writer's dedup window's file: docs/operating.md)."""
+    state = state_of(application)
+    try:
+        state.drops.close()
+        state.store.close()
+    except Exception as error:  # noqa: BLE001 - the worker exits anyway: one line, not a traceback
+        logging.getLogger("drengr").warning("could not close the store as the worker exits: %s", error)

@@ -347,7 +347,8 @@ class Writer:
         # the current generation, and nothing is forgotten until the clock passes it again.
         self._current_touched = self._elapsed()
         cursor = conn.execute(
-            "SELECT seq, tenant_id, event_id FROM semantic_events WHERE seq > ? ORDER BY seq", (self._last_seq,)
+            "SELECT seq, tenant_id, event_id FROM semantic_events WHERE seq > ? ORDER BY seq",
+            (self._last_seq,),
         )
         while rows := cursor.fetchmany(_LOAD_ROWS):
             self._last_seq = index_rows(rows, self._window[0])
