@@ -2,6 +2,7 @@
 
 import fcntl
 import importlib.util
+import json
 import multiprocessing
 import os
 import signal
@@ -484,3 +485,22 @@ def test_a_window_file_left_half_written_by_a_killed_writer_is_removed(db_path):
     store.close()
     assert not abandoned.exists() and live.exists()
     assert window_file(db_path).exists()
+
+
+def test_a_window_file_whose_header_lies_about_its_size_is_not_read(db_path):
+    """A damaged header (a table of 128 GB) neither fails the write nor is used: the window comes from the table."""
+    store = reopened(db_path)
+    store.write("acme", [row("a")], DAY0)
+    store.close()
+    data = window_file(db_path).read_bytes()
+    magic_end = data.index(b"\n") + 1
+    head_end = data.index(b"\n", magic_end) + 1
+    header = json.loads(data[magic_end:head_end])
+    header["indexes"][0]["capacity"] = 2**34  # a table of 128 GB: a power of two, refused by its size
+    window_file(db_path).write_bytes(data[:magic_end] + json.dumps(header).encode() + b"\n" + data[head_end:])
+    again = reopened(db_path)
+    try:
+        assert again.write("acme", [row("a"), row("b")], DAY0).stored == 1
+        assert not again._committer.window_from_file  # noqa: SLF001
+    finally:
+        again.close()

@@ -1,18 +1,18 @@
 """The dedup window's file, ``<database>-window``: a writer's window as it closed, to start from again.
 
 Built from the table, the window takes its time: about 2 µs an id, so a writer
-holding a few million ids kept its first requests after a restart waiting
-past their timeout (502) while it read them back. A writer that stops writes
-its window here instead (``save``), and the next one to start on the same file
-reads it back (``load``, at disk speed), then only the rows written after it
-from the table.
+holding a few million ids keeps its first requests after a start waiting,
+those past the busy timeout until they get 502. A writer that stops writes its
+window here (``save``), and the next one to start on the same file reads it
+back (``load``, at disk speed), then only the rows written after it from the
+table.
 
 The file is derived, and trusted only when it fits the table (the caller
 checks what ``load`` returns): the database it was written for
 (``meta.database_id``), the last row it had seen still there with the same
 event id, and the same generation. A file that does not fit, is damaged
 (a CRC-32 over all of it) or is missing means the window is built from the
-table, as before. Deleting it is always safe.
+table. Deleting it is always safe.
 
 Layout: a first line naming the format, a line of JSON (the header: what
 ``Writer`` keeps beside the indexes, and each index's capacity, count and top
@@ -103,7 +103,7 @@ def load(database: str, index_type: Any) -> tuple[dict[str, Any], list[Any]] | N
     with source:
         try:
             return _read(source, index_type)
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, MemoryError) as error:
             log.warning("the dedup window's file %s is not usable (%s): building the window from the table",
                         path, error)  # fmt: skip
             return None
@@ -119,6 +119,9 @@ def _read(source: Any, index_type: Any) -> tuple[dict[str, Any], list[Any]]:
     header = json.loads(line)
     if header["byteorder"] != sys.byteorder:
         raise ValueError("written on a machine of another byte order")
+    size = len(magic) + len(line) + sum(8 * int(entry["capacity"]) for entry in header["indexes"]) + 4
+    if os.fstat(source.fileno()).st_size != size:  # before allocating what a damaged header says
+        raise ValueError("its size is not what its header says")
     crc = zlib.crc32(line, zlib.crc32(magic))
     indexes = []
     for entry in header["indexes"]:
