@@ -457,10 +457,14 @@ cdef int _strip(Scratch* s, int reason, const char* key, size_t n) except -1:
     s.strips[reason] += 1
     if s.item != NULL:  # the twin's per-item names, for the first events that lose keys
         item = <list>s.item
-        pair = (STRIP_REASONS[reason],
+        why = STRIP_REASONS[reason]
+        pair = (why,
                 PyUnicode_DecodeUTF8(key, utf8_prefix(key, n, MAX_DIM_KEY_CHARS), NULL))
-        same_reason = sum([r == pair[0] for r, _ in item])
-        if pair not in item and same_reason < MAX_STRIPPED_KEY_NAMES:
+        same_reason = 0
+        for other in item:
+            if (<tuple>other)[0] == why:
+                same_reason += 1
+        if same_reason < MAX_STRIPPED_KEY_NAMES and pair not in item:
             item.append(pair)
     if n and last.n == n and memcmp(last.p, key, n) == 0:
         return 0  # the same key as the last one (PII in every item of a batch)
@@ -488,7 +492,10 @@ cdef inline int _end_item(Scratch* s, list item, list events, list rows) except 
     """The twin's ``Strips.end_item``: the last row's item, named if it lost keys."""
     if s.item != NULL and len(item):
         event_id = (<tuple>rows[len(rows) - 1])[1]
-        events.append((event_id, tuple(sorted(item, key=_reason_order))))
+        if len(item) == 1:  # the usual case, and no sort to call
+            events.append((event_id, tuple(item)))
+        else:
+            events.append((event_id, tuple(sorted(item, key=_reason_order))))
     return 0
 
 
