@@ -108,8 +108,9 @@ def test_wrong_method_stores_nothing(client, key, db_path):
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
 def test_allow_behind_a_prefix(db_path, store, path, allow, method):
     """``--prefix``: the read routes are found under the mount point, so the answer is the same."""
-    client = create_app(Config(db=str(db_path), prefix="/segment-ingest"), store=store).test_client()
-    response = client.open("/segment-ingest" + path, method=method)
+    app = create_app(Config(db=str(db_path), prefix="/segment-ingest"), store=store)
+    response = app.test_client().open("/segment-ingest" + path, method=method)
+    app.extensions["drengr"].drops.close()
     if method == "GET" and allow == READ_ALLOW:
         assert response.status_code != 405
         return

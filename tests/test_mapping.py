@@ -1,7 +1,7 @@
 """docs/mapping.md "Event mapping": one table per row, through the real app into the real SQLite file."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ def receipt_ms() -> Callable[[], int]:
 
 
 @pytest.fixture
-def client(db_path: Path, store: SQLiteStore, receipt_ms: Callable[[], int]) -> Any:
-    return create_app(Config(db=str(db_path)), store=store, clock_ms=receipt_ms).test_client()
+def client(db_path: Path, store: SQLiteStore, receipt_ms: Callable[[], int]) -> Iterator[Any]:
+    app = create_app(Config(db=str(db_path)), store=store, clock_ms=receipt_ms)
+    yield app.test_client()
+    app.extensions["drengr"].drops.close()  # its last drop counts, before the store closes
 
 
 def ingest_one(
@@ -259,6 +261,7 @@ def test_pii_list_is_configurable(db_path, store, key):
     app = create_app(Config(db=str(db_path), pii_substrings=("secret",)), store=store)
     properties = {"email": "kept@example.com", "my_secret": "x"}
     response = post(app.test_client(), "/v1/track", track("e", properties=properties), key)
+    app.extensions["drengr"].drops.close()
     assert response.status_code == 200
     assert read_rows(db_path)[0]["dims"] == {"email": "kept@example.com"}
 

@@ -139,6 +139,7 @@ def test_prefix_mount(db_path, store, key):
     )
     assert client.get("/segment-ingest/health").status_code == 200
     outside = post(client, "/v1/track", item(messageId="3"), key)
+    app.extensions["drengr"].drops.close()
     assert outside.status_code == 404
     assert [row["event_type"] for row in read_rows(db_path)] == ["track", "page"]
 
