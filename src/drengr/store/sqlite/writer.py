@@ -106,6 +106,18 @@ def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
     return cursor.lastrowid or 0
 
 
+def _database_id(conn: sqlite3.Connection) -> str | None:
+    """``meta.database_id``: which database a window's file was written for."""
+    found = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+    return None if found is None else str(found[0])
+
+
+def _row_fingerprint(conn: sqlite3.Connection, seq: int) -> int | None:
+    """The fingerprint of the row at ``seq`` (the last a window's file saw); None: no such row."""
+    found = conn.execute("SELECT tenant_id, event_id FROM semantic_events WHERE seq = ?", (seq,)).fetchone()
+    return None if found is None else fingerprint(found[0], found[1])
+
+
 class Writer:
     """What the write path keeps between groups (the dedup window, the writers' turn, the
     checkpointer), and the group commit itself. Used by one thread at a time."""
@@ -382,18 +394,15 @@ class Writer:
         try:
             conn = self._connect()
             try:
-                database_id = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
-                last = conn.execute(
-                    "SELECT tenant_id, event_id FROM semantic_events WHERE seq = ?", (self._last_seq,)
-                ).fetchone()
+                database_id, last_row = _database_id(conn), _row_fingerprint(conn, self._last_seq)
             finally:
                 conn.close()
-            if database_id is None or last is None:
+            if database_id is None or last_row is None:
                 return  # nothing to check the file against at the next start
             header = {
-                "database_id": database_id[0],
+                "database_id": database_id,
                 "last_seq": self._last_seq,
-                "last_row": fingerprint(last[0], last[1]),
+                "last_row": last_row,
                 "generation": self._generation,
             }
             window_file.save(self.path, header, self._window)
@@ -407,15 +416,12 @@ class Writer:
             return False
         header, indexes = found
         current_generation = generation(now_ms)
-        database_id = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
         last_seq = int(header["last_seq"])
-        last = conn.execute(
-            "SELECT tenant_id, event_id FROM semantic_events WHERE seq = ?", (last_seq,)
-        ).fetchone()
+        last_row = _row_fingerprint(conn, last_seq)
         newest = conn.execute("SELECT received_at FROM semantic_events ORDER BY seq DESC LIMIT 1").fetchone()
-        if database_id is None or header["database_id"] != database_id[0]:
+        if header["database_id"] != _database_id(conn):
             why = "it was written for another database"
-        elif last is None or header["last_row"] != fingerprint(last[0], last[1]):
+        elif last_row is None or header["last_row"] != last_row:
             why = "the last row it saw is not in the table"  # a backup restored, then written to
         elif header["generation"] != current_generation or (
             newest is not None and generation(parse_ms(newest[0]) or 0) > current_generation
