@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 log = logging.getLogger("drengr.store")
@@ -123,26 +123,25 @@ def _read(source: Any, index_type: Any) -> tuple[dict[str, Any], list[Any]]:
     if os.fstat(source.fileno()).st_size != size:  # before allocating what a damaged header says
         raise ValueError("its size is not what its header says")
     crc = zlib.crc32(line, zlib.crc32(magic))
-    indexes = []
-    for entry in header["indexes"]:
-        fill = _filler(source)
-        indexes.append(index_type.load(int(entry["capacity"]), int(entry["count"]), int(entry["top"]), fill))
-        crc = zlib.crc32(fill.filled, crc)  # type: ignore[attr-defined]
+
+    def fill(view: memoryview) -> None:  # FingerprintIndex.load's: its table, straight from the file
+        nonlocal crc
+        _read_exactly(source, view)
+        crc = zlib.crc32(view, crc)
+
+    indexes = [
+        index_type.load(int(entry["capacity"]), int(entry["count"]), int(entry["top"]), fill)
+        for entry in header["indexes"]
+    ]
     if source.read(5) != crc.to_bytes(4, "little"):  # and nothing after it
         raise ValueError("damaged (its checksum differs)")
     return header, indexes
 
 
-def _filler(source: Any) -> Callable[[memoryview], None]:
-    """``fill(view)`` for ``FingerprintIndex.load``: reads exactly len(view) bytes into it (keeps the view)."""
-
-    def fill(view: memoryview) -> None:
-        done = 0
-        while done < len(view):
-            got = source.readinto(view[done:])
-            if not got:
-                raise ValueError("cut short")
-            done += got
-        fill.filled = view  # type: ignore[attr-defined]
-
-    return fill
+def _read_exactly(source: Any, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        got = source.readinto(view[done:])
+        if not got:
+            raise ValueError("cut short")
+        done += got
