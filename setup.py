@@ -1,4 +1,5 @@
-"""Builds the compiled twins: ``drengr.mapping._mapping_c`` (C++ over simdjson) and ``drengr._index``.
+"""Builds the compiled twins: ``drengr.mapping._mapping_c`` (C++ over simdjson), ``drengr._index`` and
+``drengr._measures``.
 
 pysimdjson installs ``simdjson.h`` and ``simdjson.cpp`` beside its module; we
 compile simdjson.cpp into our extension so the Cython code can walk simdjson's
@@ -34,11 +35,17 @@ index = Extension(
     extra_compile_args=["-O3"],
 )
 
+measures = Extension(
+    "drengr._measures",
+    sources=["src/drengr/_measures.pyx"],
+    extra_compile_args=["-O3"],
+)
+
 if os.environ.get("DRENGR_NO_EXTENSIONS"):
     ext_modules = []
 else:
     ext_modules = cythonize(
-        [mapping, index],
+        [mapping, index, measures],
         include_path=[SITE_DIR],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )

@@ -59,6 +59,7 @@ def compiled() -> Any:
 COMPILED_MODULES = [
     pytest.param("drengr.mapping._mapping_c", "drengr.mapping", "_compiled", id="mapping"),
     pytest.param("drengr._index", "drengr.store.sqlite.writer", "FingerprintIndex", id="index"),
+    pytest.param("drengr._measures", "drengr.store.sqlite.read_side", "sum_measures", id="measures"),
 ]
 
 

@@ -1,0 +1,240 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The measures' sums of the rollups, from the stored rows: what SQLite's ``json_each`` and
+``sum()`` give, about ten times faster.
+
+The read side's builder adds each stored event's measures (``{"revenue":42.5,"items":2}``)
+to its tenant's, minute's and event name's sums. In SQL (``json_each`` in a ``GROUP BY``) that
+was ~7.5 µs a row for five measures, two thirds of all its work. Here the writer's compact
+objects are read in one pass: keys without escapes, numbers as JSON writes them. Anything
+else in a row (an escape, a string or nested value, text that is not JSON) hands that row to
+the twin's ``numeric_pairs``, so the two give the same sums. ``_measures_py.py`` is the twin.
+"""
+
+from cpython.ref cimport PyObject
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t
+from libc.string cimport memcmp
+
+from ._measures_py import numeric_pairs
+
+
+cdef extern from "Python.h":
+    double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception) except? -1.0
+
+cdef extern from *:
+    bint add_overflow "__builtin_add_overflow"(int64_t a, int64_t b, int64_t *out) nogil
+
+
+cdef class _Total:
+    """One measure's sum as SQLite's ``sum()`` keeps it: an integer while every value is one and the
+    sum fits in 64 bits, then a real (``_measures_py.add_total``)."""
+
+    cdef bint started
+    cdef bint real
+    cdef int64_t whole
+    cdef double value
+
+    cdef inline void add_whole(self, int64_t number):
+        cdef int64_t out
+        if not self.started:
+            self.started = True
+            self.whole = number
+        elif self.real:
+            self.value += <double>number
+        elif add_overflow(self.whole, number, &out):
+            self.real = True
+            self.value = <double>self.whole + <double>number
+        else:
+            self.whole = out
+
+    cdef inline void add_real(self, double number):
+        if not self.started:
+            self.started = self.real = True
+            self.value = number
+            return
+        if not self.real:
+            self.real = True
+            self.value = <double>self.whole
+        self.value += number
+
+    cdef object result(self):
+        return self.value if self.real else self.whole
+
+
+cdef inline const char *_space(const char *p, const char *end) noexcept:
+    while p < end and (p[0] == b' ' or p[0] == b'\t' or p[0] == b'\n' or p[0] == b'\r'):
+        p += 1
+    return p
+
+
+cdef inline const char *_digits(const char *p, const char *end) noexcept:
+    while p < end and b'0' <= p[0] <= b'9':
+        p += 1
+    return p
+
+
+cdef class _Parse:
+    """One row's pairs, read by ``read``: keys (reused from the row before where their bytes agree)
+    and numbers, each whole (``wholes``) or real (``reals``)."""
+
+    cdef list keys
+    cdef list last_keys
+    cdef int count
+    cdef int64_t wholes[64]
+    cdef double reals[64]
+    cdef bint is_real[64]
+
+    def __cinit__(self):
+        self.keys = []
+        self.last_keys = []
+
+    cdef bint read(self, str measures) except -1:
+        """True: ``measures`` is a flat object of numbers with plain keys, read into the pairs;
+        False: anything else (the twin reads it)."""
+        cdef Py_ssize_t size
+        cdef const char *p = PyUnicode_AsUTF8AndSize(measures, &size)  # a lone surrogate: raises
+        cdef const char *end = p + size
+        cdef const char *key
+        cdef const char *number
+        cdef const char *cached
+        cdef Py_ssize_t key_size, cached_size
+        cdef bint real
+        cdef int64_t whole
+        cdef int digits
+        cdef Py_ssize_t i
+        cdef char *stop
+        cdef object name
+        self.keys, self.last_keys = self.last_keys, self.keys
+        del self.keys[:]
+        self.count = 0
+        p = _space(p, end)
+        if p >= end or p[0] != b'{':
+            return False
+        p = _space(p + 1, end)
+        if p < end and p[0] == b'}':
+            return _space(p + 1, end) == end
+        while True:
+            if p >= end or p[0] != b'"' or self.count == 64:
+                return False
+            p += 1
+            key = p
+            while p < end and p[0] != b'"':
+                if p[0] == b'\\' or <unsigned char>p[0] < 0x20:
+                    return False
+                p += 1
+            if p >= end:
+                return False
+            key_size = p - key
+            p = _space(p + 1, end)
+            if p >= end or p[0] != b':':
+                return False
+            p = _space(p + 1, end)
+            # A JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+            number = p
+            if p < end and p[0] == b'-':
+                p += 1
+            if p >= end or not (b'0' <= p[0] <= b'9'):
+                return False
+            if p[0] == b'0':
+                p += 1
+            else:
+                p = _digits(p, end)
+            digits = <int>(p - number) - (number[0] == b'-')
+            real = False
+            if p < end and p[0] == b'.':
+                real = True
+                p += 1
+                if p >= end or not (b'0' <= p[0] <= b'9'):
+                    return False
+                p = _digits(p, end)
+            if p < end and (p[0] == b'e' or p[0] == b'E'):
+                real = True
+                p += 1
+                if p < end and (p[0] == b'+' or p[0] == b'-'):
+                    p += 1
+                if p >= end or not (b'0' <= p[0] <= b'9'):
+                    return False
+                p = _digits(p, end)
+            if not real:
+                if digits > 18:  # it may not fit in 64 bits (SQLite reads it as a real then): the twin
+                    return False
+                whole = 0
+                for i in range(number[0] == b'-', p - number):
+                    whole = whole * 10 + (number[i] - 48)
+                self.wholes[self.count] = -whole if number[0] == b'-' else whole
+                self.is_real[self.count] = False
+            else:
+                self.reals[self.count] = PyOS_string_to_double(number, &stop, NULL)
+                if stop != p:
+                    return False
+                self.is_real[self.count] = True
+            # The key: the row before's object when its bytes are the same (most rows of a name
+            # carry the same keys in the same order), so neither a new str nor its hash is made.
+            name = None
+            if self.count < len(self.last_keys):
+                name = self.last_keys[self.count]
+                cached = PyUnicode_AsUTF8AndSize(name, &cached_size)
+                if cached_size != key_size or memcmp(cached, key, key_size) != 0:
+                    name = None
+            if name is None:
+                name = PyUnicode_DecodeUTF8(key, key_size, NULL)
+            self.keys.append(name)
+            self.count += 1
+            p = _space(p, end)
+            if p < end and p[0] == b',':
+                p = _space(p + 1, end)
+                continue
+            if p < end and p[0] == b'}':
+                return _space(p + 1, end) == end
+            return False
+
+
+def sum_measures(rows):
+    """(tenant_id, minute, event_name, measures) rows → [(tenant_id, minute, event_name, measure, sum)].
+
+    The same sums as ``_measures_py.sum_measures``.
+    """
+    cdef dict groups = {}  # (tenant_id, minute, event_name) → {measure: _Total}
+    cdef dict totals = None
+    cdef _Total total
+    cdef _Parse parse = _Parse()
+    cdef object last_tenant = None, last_minute = None, last_name = None
+    cdef int i
+    cdef bint read
+    cdef list pairs
+    for tenant_id, minute, event_name, measures in rows:
+        if not (tenant_id == last_tenant and minute == last_minute and event_name == last_name):
+            group = (tenant_id, minute, event_name)
+            totals = groups.get(group)
+            if totals is None:
+                totals = groups[group] = {}
+            last_tenant, last_minute, last_name = tenant_id, minute, event_name
+        try:
+            read = type(measures) is str and parse.read(measures)
+        except UnicodeEncodeError:  # a lone surrogate: the twin reads the text as it is
+            read = False
+        if read:
+            for i in range(parse.count):
+                key = parse.keys[i]
+                total = totals.get(key)
+                if total is None:
+                    total = totals[key] = _Total()
+                if parse.is_real[i]:
+                    total.add_real(parse.reals[i])
+                else:
+                    total.add_whole(parse.wholes[i])
+            continue
+        pairs = numeric_pairs(measures)
+        for key, value in pairs:
+            total = totals.get(key)
+            if total is None:
+                total = totals[key] = _Total()
+            if type(value) is float:
+                total.add_real(value)
+            else:
+                total.add_whole(value)
+    sums = []
+    for group, totals in groups.items():
+        for key, total in totals.items():
+            sums.append((*group, key, total.result()))
+    return sums

@@ -1,0 +1,138 @@
+"""The measures' sums of the rollups: compiled, twin and SQLite's ``json_each`` + ``sum()`` agree."""
+
+import json
+import math
+import sqlite3
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drengr import _measures_py
+
+try:
+    from drengr import _measures
+except ImportError:  # pragma: no cover - the extension did not build
+    _measures = None
+
+IMPLEMENTATIONS = [_measures_py] + ([_measures] if _measures is not None else [])
+ids = pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+
+# What the read side counted before: SQLite's own JSON functions (the oracle).
+SQL = (
+    "SELECT e.tenant_id, e.minute, e.event_name, m.key, sum(m.value) FROM rows AS e, json_each(e.measures) AS m "
+    "WHERE m.type IN ('integer', 'real') GROUP BY 1, 2, 3, 4"
+)
+
+
+def by_sqlite(rows):
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE rows (tenant_id, minute, event_name, measures)")
+    conn.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)", rows)
+    found = conn.execute(SQL).fetchall()
+    conn.close()
+    return found
+
+
+def same(found, expected):
+    """The same groups; integers equal and of the same type, reals within rounding (the order of addition)."""
+    assert sorted(g[:4] for g in found) == sorted(g[:4] for g in expected)
+    want = {g[:4]: g[4] for g in expected}
+    for *group, total in found:
+        other = want[tuple(group)]
+        assert type(total) is type(other), (group, total, other)
+        assert total == other or math.isclose(total, other, rel_tol=1e-12), (group, total, other)
+
+
+WRITTEN = [  # as the mapper writes them, and as other writers might
+    ("acme", "2026-12-05T10:00", "order_completed", '{"revenue":42.5,"items":2,"tax":3.1}'),
+    ("acme", "2026-12-05T10:00", "order_completed", '{"revenue":7.25,"items":1,"tax":0.1}'),
+    ("acme", "2026-12-05T10:01", "order_completed", '{"items":3,"revenue":1e3}'),
+    ("acme", "2026-12-05T10:01", "signed_up", '{"step":-4,"zero":-0,"small":-1.5E-3,"big":2.5e+300}'),
+    ("other", "2026-12-05T10:01", "signed_up", ' { "step" : 1 , "weird key ü" : 2 } '),
+    ("acme", "2026-12-05T10:02", "a", '{"twice":1,"twice":2}'),  # json_each lists both
+    ("acme", "2026-12-05T10:02", "a", '{"esc\\"aped":5,"line\\nbreak":1}'),  # escapes: the twin reads them
+    ("acme", "2026-12-05T10:02", "a", '{"text":"12","flag":true,"none":null,"list":[1],"obj":{"x":1},"n":4}'),
+    ("acme", "2026-12-05T10:02", "a", '{"long":123456789012345678901234567890,"fits":9223372036854775807}'),
+    ("acme", "2026-12-05T10:02", "a", '{"neg":-9223372036854775808}'),
+    ("acme", "2026-12-05T10:03", "b", "{}"),
+]
+
+
+@ids
+def test_sums_of_rows_as_written_agree_with_sqlite(module):
+    same(module.sum_measures(WRITTEN), by_sqlite(WRITTEN))
+
+
+@ids
+def test_integers_stay_integers_until_a_real_or_64_bits(module):
+    rows = [
+        ("t", "m", "n", '{"a":9223372036854775807,"b":1,"c":1}'),
+        ("t", "m", "n", '{"a":1,"b":2,"c":0.5}'),
+    ]
+    sums = {key: total for *_, key, total in module.sum_measures(rows)}
+    assert sums["b"] == 3 and type(sums["b"]) is int
+    assert sums["c"] == 1.5 and type(sums["c"]) is float
+    # Past 64 bits SQLite's sum() stops with "integer overflow"; the rollups keep a real instead.
+    assert sums["a"] == pytest.approx(9.223372036854775808e18) and type(sums["a"]) is float
+
+
+@ids
+@pytest.mark.parametrize(
+    "measures",
+    ["not json", "[1,2]", "3", '"text"', '{"a":1', '{"a":01}', '{"a":1,}', '{"a":NaN}', '{"a":Infinity}',
+     '{"a":1}x', '{"a":-}', '{"a":1.}', '{"a":1e}', '{"a\x01":1}', None, b'{"a":1}', '{"\ud800":1}'],
+)  # fmt: skip
+def test_rows_that_are_not_an_object_of_numbers_add_nothing_of_theirs(module, measures):
+    """Text no JSON parser takes, or one that is not an object, adds nothing (and fails nothing)."""
+    rows = [("t", "m", "n", '{"a":1}'), ("t", "m", "n", measures)]
+    found = module.sum_measures(rows)
+    if measures == b'{"a":1}':  # bytes: read as the JSON text they are
+        assert found == [("t", "m", "n", "a", 2)]
+    elif measures == '{"\ud800":1}':  # a lone surrogate is a key like any other
+        assert sorted(found) == [("t", "m", "n", "a", 1), ("t", "m", "n", "\ud800", 1)]
+    else:
+        assert found == [("t", "m", "n", "a", 1)]
+
+
+@pytest.mark.skipif(_measures is None, reason="the extension did not build: pip install -e .")
+def test_keys_are_not_reused_across_rows_where_their_bytes_differ():
+    """The compiled reader keeps the row before's key objects where the bytes agree; never otherwise."""
+    rows = [
+        ("t", "m", "n", '{"ab":1,"cd":2}'),
+        ("t", "m", "n", '{"ab":1,"ce":2}'),
+        ("t", "m", "n", '{"a":1,"cd":2,"x":3}'),
+        ("t", "m", "n", '{"cd":5}'),
+    ]
+    assert sorted(_measures.sum_measures(rows)) == sorted(_measures_py.sum_measures(rows))
+
+
+numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+)
+objects = st.lists(st.tuples(st.sampled_from(["revenue", "items", "tax", "é", "k"]), numbers), max_size=6)
+
+
+def text(pairs, spaced):
+    sep, colon = (" , ", " : ") if spaced else (",", ":")
+    return "{" + sep.join(json.dumps(key) + colon + json.dumps(value) for key, value in pairs) + "}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["t1", "t2"]), st.sampled_from(["m1", "m2"]), objects, st.booleans())
+    )
+)
+def test_compiled_and_twin_agree_exactly(rows):
+    """The same sums, bit for bit (both add in row order), over random objects of numbers."""
+    stored = [(tenant, minute, "n", text(pairs, spaced)) for tenant, minute, pairs, spaced in rows]
+    expected = sorted(_measures_py.sum_measures(stored), key=repr)
+    for module in IMPLEMENTATIONS:
+        found = sorted(module.sum_measures(stored), key=repr)
+        assert [g[:4] for g in found] == [g[:4] for g in expected]
+        for (*_, total), (*_, other) in zip(found, expected, strict=True):
+            assert type(total) is type(other) and (
+                total == other or (math.isnan(total) and math.isnan(other))
+            )
