@@ -77,16 +77,21 @@ def pinned(core: int) -> list[str]:
 
 @contextmanager
 def server(
-    kind: str, tmp: Path, pin: bool = True, extra: tuple[str, ...] = ()
+    kind: str, tmp: Path, pin: bool = True, extra: tuple[str, ...] = (), read_side: bool = True
 ) -> Iterator[tuple[int, str, Path, subprocess.Popen[bytes]]]:
     """Start one kind of server (``pin``: on core 0, as the module says; ``extra``: more options of
-    serve); yield (port, write key, db path, process)."""
+    serve; ``read_side`` False: its SQLite read side off, ``without_read_side/``); yield (port,
+    write key, db path, process)."""
     port = free_port()
     db = tmp / f"{kind}-{port}.db"
     key = ""
     # The servers run the drengr this process imports (an installed one, or src/ on PYTHONPATH).
     code = str(Path(drengr.__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), code, os.environ.get("PYTHONPATH", "")])}
+    if not read_side:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).with_name("without_read_side")), env["PYTHONPATH"]]
+        )
     if kind in (*WRITERS, "gunicorn"):
         created = subprocess.run(
             [sys.executable, "-m", "drengr", "keys", "create", "--tenant", "bench", "--db", str(db)],
@@ -313,6 +318,94 @@ def _placement_cells(
                         acked = cell["requests"] + warm["requests"]
                         assert events * acked <= stored(db) <= events * (acked + 2 * connections)
                 by_server[name].append(cell)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
+    """What the read side costs a server's ingest: `drengr serve` (its defaults) with its SQLite read
+    side and without, in pairs whose order alternates; 100-event batches at c=8 and c=32, pinned as
+    the module says and with nothing pinned. A server's rate here is every row it stored over the
+    whole load and, with the read side, the time its builder took after the load to catch up with
+    them (under a load that keeps both cores busy it falls behind, and counts the rest as the load
+    stops). The ratio is read pair by pair: this machine's rate moves by a tenth and more from one
+    minute to the next."""
+    if benchmark.disabled:
+        pytest.skip("timed run only: python -m pytest bench/bench_http.py -k read_side --benchmark-enable -s")
+    pairs = int(os.environ.get("DRENGR_BENCH_READ_SIDE_PAIRS", "6"))
+    cells: dict[tuple[int, bool], dict[bool, list[float]]] = {}
+    lags: list[tuple[int, float]] = []
+    benchmark.pedantic(lambda: _read_side_cells(tmp_path, pairs, cells, lags), rounds=1, iterations=1)
+    print(f"\n`drengr serve`, 100-event batches, {pairs} pairs a cell (with the read side ÷ without); as "
+          f"each load ended the builder was behind by a median of {statistics.median(n for n, _ in lags):,.0f} "
+          f"rows (most {max(n for n, _ in lags):,}), caught up in {statistics.median(t for _, t in lags):.2f} s "
+          f"(most {max(t for _, t in lags):.2f} s)")  # fmt: skip
+    for (connections, pin), rates in cells.items():
+        ratios = sorted(w / wo for w, wo in zip(rates[True], rates[False], strict=True))
+        low, median, high = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else (ratios[0],) * 3
+        print(f"c={connections}, {'pinned' if pin else 'nothing pinned'}: median {median:.2f} (quartiles "
+              f"{low:.2f}–{high:.2f}; each {', '.join(f'{r:.2f}' for r in ratios)}); events/s, medians: "
+              f"{statistics.median(rates[True]):,.0f} with, {statistics.median(rates[False]):,.0f} without")  # fmt: skip
+
+
+def _marks(db: Path) -> tuple[int, int, int]:
+    """(the last seq, the rollups' mark, the users file's mark), read from a running server's files."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        top, built = conn.execute(
+            "SELECT (SELECT max(seq) FROM semantic_events), (SELECT value FROM meta WHERE key = 'read_side_seq')"
+        ).fetchone()
+        users_file = db.with_name(f"{db.stem}-users{db.suffix}")
+        if not users_file.exists():
+            return int(top or 0), int(built or 0), 0
+        conn.execute("ATTACH DATABASE ? AS users", (f"file:{users_file}?mode=ro",))
+        users = conn.execute("SELECT value FROM users.meta WHERE key = 'users_seq'").fetchone()
+        return int(top or 0), int(built or 0), int(users[0]) if users else 0
+    finally:
+        conn.close()
+
+
+def _caught_up(db: Path, limit_seconds: float = 120.0) -> float:
+    """Seconds until the read side holds every row, polled every 20 ms."""
+    started = time.perf_counter()
+    top, built, users = _marks(db)
+    while min(built, users) < top and time.perf_counter() - started < limit_seconds:
+        time.sleep(0.02)
+        top, built, users = _marks(db)
+    assert min(built, users) == top, f"the read side did not catch up in {limit_seconds} s"
+    return time.perf_counter() - started
+
+
+def _read_side_cells(
+    tmp_path: Path,
+    pairs: int,
+    cells: dict[tuple[int, bool], dict[bool, list[float]]],
+    lags: list[tuple[int, float]],
+) -> None:
+    for connections, pin in ((8, True), (32, True), (8, False), (32, False)):
+        rates = cells[connections, pin] = {True: [], False: []}
+        for pair in range(pairs):
+            for read_side in (True, False) if pair % 2 == 0 else (False, True):
+                with server("drengr-process", tmp_path, pin=pin, read_side=read_side) as (
+                    port,
+                    key,
+                    db,
+                    process,
+                ):
+                    warm = wrk(port, key, 100, connections, WARMUP_SECONDS, pin=pin)
+                    cell = wrk(port, key, 100, connections, SECONDS, pin=pin)
+                    assert warm["non_2xx"] == cell["non_2xx"] == cell["socket_errors"] == 0, cell
+                    rows = stored(db)
+                    acked = cell["requests"] + warm["requests"]
+                    assert 100 * acked <= rows <= 100 * (acked + 2 * connections)
+                    catching_up = 0.0
+                    if read_side:
+                        behind = rows - min(_marks(db)[1:])
+                        catching_up = _caught_up(db)
+                        lags.append((behind, catching_up))
+                    else:
+                        assert _marks(db)[1:] == (0, 0), "the read side was built"
+                rates[read_side].append(rows / (WARMUP_SECONDS + SECONDS + catching_up))
 
 
 def _importable(name: str) -> bool:

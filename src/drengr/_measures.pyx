@@ -189,43 +189,69 @@ cdef class _Parse:
             return False
 
 
-def sum_measures(rows):
-    """(tenant_id, minute, event_name, measures) rows → [(tenant_id, minute, event_name, measure, sum)].
+cdef class _Count:
+    cdef int64_t events
 
-    The same sums as ``_measures_py.sum_measures``.
-    """
-    cdef dict groups = {}  # (tenant_id, minute, event_name) → {measure: _Total}
-    cdef dict totals = None
-    cdef _Total total
-    cdef _Parse parse = _Parse()
-    cdef object last_tenant = None, last_minute = None, last_name = None
-    cdef int i
-    cdef bint read
-    cdef list pairs
-    for tenant_id, minute, event_name, measures in rows:
-        if not (tenant_id == last_tenant and minute == last_minute and event_name == last_name):
-            group = (tenant_id, minute, event_name)
-            totals = groups.get(group)
-            if totals is None:
-                totals = groups[group] = {}
-            last_tenant, last_minute, last_name = tenant_id, minute, event_name
+
+# The stored row's columns (store/sqlite/writer.py's _EVENT_COLUMNS) that Sums.add_rows reads.
+cdef enum:
+    TENANT = 0
+    NAME = 2
+    TYPE = 3
+    RECEIVED = 7
+    MEASURES = 9
+
+
+cdef class Sums:
+    """The rollups' counts of some rows: events per (tenant_id, minute, event_name, event_type), and
+    the measures' sums per (tenant_id, minute, event_name, measure), as ``_measures_py.Sums``."""
+
+    cdef dict groups  # (tenant_id, minute, event_name) → {measure: _Total}
+    cdef dict counts  # (tenant_id, minute, event_name, event_type) → _Count
+    cdef _Parse parse
+    cdef object last_group
+    cdef dict last_totals
+    cdef object last_received, last_minute, last_key
+    cdef _Count last_count
+    cdef public int64_t rows
+
+    def __cinit__(self):
+        self.groups = {}
+        self.counts = {}
+        self.parse = _Parse()
+
+    cdef dict _totals(self, object tenant_id, object minute, object event_name):
+        cdef object group = self.last_group
+        if group is not None and (<tuple>group)[0] == tenant_id and (<tuple>group)[1] == minute \
+                and (<tuple>group)[2] == event_name:
+            return self.last_totals
+        group = (tenant_id, minute, event_name)
+        totals = self.groups.get(group)
+        if totals is None:
+            totals = self.groups[group] = {}
+        self.last_group, self.last_totals = group, totals
+        return totals
+
+    cdef int _add(self, dict totals, object measures) except -1:
+        cdef _Total total
+        cdef int i
+        cdef bint read
         try:
-            read = type(measures) is str and parse.read(measures)
+            read = type(measures) is str and self.parse.read(measures)
         except UnicodeEncodeError:  # a lone surrogate: the twin reads the text as it is
             read = False
         if read:
-            for i in range(parse.count):
-                key = parse.keys[i]
+            for i in range(self.parse.count):
+                key = self.parse.keys[i]
                 total = totals.get(key)
                 if total is None:
                     total = totals[key] = _Total()
-                if parse.is_real[i]:
-                    total.add_real(parse.reals[i])
+                if self.parse.is_real[i]:
+                    total.add_real(self.parse.reals[i])
                 else:
-                    total.add_whole(parse.wholes[i])
-            continue
-        pairs = numeric_pairs(measures)
-        for key, value in pairs:
+                    total.add_whole(self.parse.wholes[i])
+            return 0
+        for key, value in numeric_pairs(measures):
             total = totals.get(key)
             if total is None:
                 total = totals[key] = _Total()
@@ -233,8 +259,51 @@ def sum_measures(rows):
                 total.add_real(value)
             else:
                 total.add_whole(value)
-    sums = []
-    for group, totals in groups.items():
-        for key, total in totals.items():
-            sums.append((*group, key, total.result()))
-    return sums
+        return 0
+
+    def add_measures(self, rows):
+        """(tenant_id, minute, event_name, measures) rows: their measures only."""
+        for tenant_id, minute, event_name, measures in rows:
+            self._add(self._totals(tenant_id, minute, event_name), measures)
+
+    def add_rows(self, list rows):
+        """Stored rows (the writer's tuples): each is an event of its minute, and its measures are added."""
+        cdef tuple row
+        cdef _Count count
+        for row in rows:
+            received = row[RECEIVED]
+            if received != self.last_received:
+                self.last_received, self.last_minute = received, received[:16]
+            minute = self.last_minute
+            key = self.last_key
+            if key is None or (<tuple>key)[0] != row[TENANT] or (<tuple>key)[1] != minute \
+                    or (<tuple>key)[2] != row[NAME] or (<tuple>key)[3] != row[TYPE]:
+                key = (row[TENANT], minute, row[NAME], row[TYPE])
+                count = self.counts.get(key)
+                if count is None:
+                    count = self.counts[key] = _Count()
+                self.last_key, self.last_count = key, count
+            self.last_count.events += 1
+            measures = row[MEASURES]
+            if measures != "{}":
+                self._add(self._totals(row[TENANT], minute, row[NAME]), measures)
+        self.rows += len(rows)
+
+    def event_counts(self):
+        """[(tenant_id, minute, event_name, event_type, events)]"""
+        return [(*key, (<_Count>count).events) for key, count in self.counts.items()]
+
+    def measure_sums(self):
+        """[(tenant_id, minute, event_name, measure, sum)]"""
+        sums = []
+        for group, totals in self.groups.items():
+            for key, total in totals.items():
+                sums.append((*group, key, (<_Total>total).result()))
+        return sums
+
+
+def sum_measures(rows):
+    """(tenant_id, minute, event_name, measures) rows → [(tenant_id, minute, event_name, measure, sum)]."""
+    sums = Sums()
+    sums.add_measures(rows)
+    return sums.measure_sums()

@@ -53,15 +53,48 @@ def numeric_pairs(measures: Any) -> list[tuple[str, int | float]]:
     return numbers
 
 
-def sum_measures(rows: Iterable[tuple[str, str, str, Any]]) -> list[tuple[str, str, str, str, int | float]]:
-    """(tenant_id, minute, event_name, measures) rows → (tenant_id, minute, event_name, measure, sum).
+# The stored row's columns (store/sqlite/writer.py's _EVENT_COLUMNS) that Sums.add_rows reads.
+TENANT, NAME, TYPE, RECEIVED, MEASURES = 0, 2, 3, 7, 9
 
-    Each number of a row's ``measures`` (``numeric_pairs``) is added to its
-    measure's sum, as SQLite's ``sum()`` adds (``add_total``).
-    """
-    sums: dict[tuple[str, str, str, str], int | float] = {}
-    for tenant_id, minute, event_name, measures in rows:
-        for key, value in numeric_pairs(measures):
-            group = (tenant_id, minute, event_name, key)
-            sums[group] = add_total(sums[group], value) if group in sums else value
-    return [(*group, total) for group, total in sums.items()]
+
+class Sums:
+    """The rollups' counts of some rows: events per (tenant_id, minute, event_name, event_type), and
+    the measures' sums per (tenant_id, minute, event_name, measure), as SQLite's ``count(*)``,
+    ``json_each`` and ``sum()`` give them."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str, str], int] = {}
+        self.sums: dict[tuple[str, str, str, str], int | float] = {}
+        self.rows = 0
+
+    def add_measures(self, rows: Iterable[tuple[str, str, str, Any]]) -> None:
+        """(tenant_id, minute, event_name, measures) rows: their measures only."""
+        for tenant_id, minute, event_name, measures in rows:
+            for key, value in numeric_pairs(measures):
+                group = (tenant_id, minute, event_name, key)
+                self.sums[group] = add_total(self.sums[group], value) if group in self.sums else value
+
+    def add_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Stored rows (the writer's tuples): each is an event of its minute, and its measures are added."""
+        for row in rows:
+            minute = row[RECEIVED][:16]
+            key = (row[TENANT], minute, row[NAME], row[TYPE])
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if row[MEASURES] != "{}":
+                self.add_measures([(row[TENANT], minute, row[NAME], row[MEASURES])])
+        self.rows += len(rows)
+
+    def event_counts(self) -> list[tuple[str, str, str, str, int]]:
+        """[(tenant_id, minute, event_name, event_type, events)]"""
+        return [(*key, events) for key, events in self.counts.items()]
+
+    def measure_sums(self) -> list[tuple[str, str, str, str, int | float]]:
+        """[(tenant_id, minute, event_name, measure, sum)]"""
+        return [(*group, total) for group, total in self.sums.items()]
+
+
+def sum_measures(rows: Iterable[tuple[str, str, str, Any]]) -> list[tuple[str, str, str, str, int | float]]:
+    """(tenant_id, minute, event_name, measures) rows → [(tenant_id, minute, event_name, measure, sum)]."""
+    sums = Sums()
+    sums.add_measures(rows)
+    return sums.measure_sums()

@@ -29,9 +29,9 @@ from .locks import open_lock_file
 try:
     if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
         raise ImportError("DRENGR_NO_EXTENSIONS=1")
-    from ..._measures import sum_measures
+    from ..._measures import Sums, sum_measures
 except ImportError:  # the extension did not build (or is not wanted); the twin gives the same sums
-    from ..._measures_py import sum_measures
+    from ..._measures_py import Sums, sum_measures  # type: ignore[assignment]
 
 log = logging.getLogger("drengr.store")
 
@@ -171,6 +171,17 @@ _COPY = (
     "INSERT INTO temp.step_rows SELECT seq, tenant_id, received_at, event_name, event_type, measures, external_id "
     "FROM events.semantic_events WHERE seq > :low AND seq <= :high"
 )
+# While the writer counts the rollups itself (`Tally`), a step copies only what the users file needs,
+# and groups by name and block alone.
+_COPY_FOR_USERS = (
+    "INSERT INTO temp.step_rows (seq, tenant_id, received_at, event_name, external_id) "
+    "SELECT seq, tenant_id, received_at, event_name, external_id "
+    "FROM events.semantic_events WHERE seq > :low AND seq <= :high"
+)
+_GROUP_NAMES = (
+    "INSERT INTO temp.step_groups (event_name, block, tenant_id, first_seq, last_seq) "
+    "SELECT event_name, seq >> :name_bits, tenant_id, min(seq), max(seq) FROM temp.step_rows GROUP BY 1, 2, 3"
+)
 # `fresh`: past the rollups' mark (rows the users file alone still lacks are copied too, not counted).
 _GROUP = (
     "INSERT INTO temp.step_groups SELECT event_name, seq >> :name_bits, substr(received_at, 1, 16), event_type, "
@@ -253,11 +264,15 @@ class Step:
         self.users = users
 
 
-def copy_step(users: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS) -> Step | None:
+def copy_step(
+    users: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS, tallied_from: int | None = None
+) -> Step | None:
     """Copy up to ``max_rows`` rows past the lower of the two marks in a read snapshot of both files,
     and count the rollups' part of them; None: nothing new.
 
     ``users`` comes from ``open_users`` (the database attached as ``events``), not in a transaction.
+    ``tallied_from``: the rollups' mark from which the writer counts its rows itself (``Tally``);
+    found there, the step leaves the rollups to it and copies only what the users file needs.
     """
     for statement in _STAGING:
         users.execute(statement)
@@ -272,14 +287,18 @@ def copy_step(users: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS) -> Ste
         # Another database's, or one cut back (a backup restored under it): built again.
         again = found is None or indexes != found or seen > top
         indexed = 0 if again else seen
-        low = min(built, indexed)
+        rollups = built != tallied_from
+        low = min(built, indexed) if rollups else indexed
         high = min(top, low + max_rows)
         if high <= low:
             return None
-        users.execute(_COPY, {"low": low, "high": high})
-    users.execute(_GROUP, {"name_bits": NAME_BLOCK_BITS, "built": built})
+        users.execute(_COPY if rollups else _COPY_FOR_USERS, {"low": low, "high": high})
+    if rollups:
+        users.execute(_GROUP, {"name_bits": NAME_BLOCK_BITS, "built": built})
+    else:
+        users.execute(_GROUP_NAMES, {"name_bits": NAME_BLOCK_BITS})
     counted = None
-    if high > built:
+    if rollups and high > built:
         events = users.execute(_COUNT_EVENTS).fetchall()
         measures = sum_measures(users.execute(_MEASURED_ROWS, {"built": built}))
         counted = Counted(built, high, epoch, events, measures)
@@ -308,6 +327,83 @@ def add_counted(conn: sqlite3.Connection, counted: Counted) -> bool:
             )
     conn.execute(_META, ("read_side_seq", str(counted.high)))
     return True
+
+
+# The writer counts the rollups of the rows it commits itself, in memory as it writes them (`Sums`,
+# compiled: ~0.5 µs a row, against ~4 µs for the builder to copy, sort and read them back), and adds
+# them in one of its transactions every TALLY_ROWS rows or TALLY_SECONDS (a few dozen upserts; in
+# every group's transaction they held the write lock a quarter longer). It does so only from the
+# rollups' mark: where rows of another process come between (several processes writing), or a prune
+# moved the mark, its tally is dropped and the builder counts those rows from the table, as it does
+# for rows written while no writer tallies. While a tally is kept, the builder's steps leave the
+# rollups to it; one its writer has not added to for TALLY_STALE_SECONDS (no writes came), or a
+# stopping writer's, the builder adds itself.
+TALLY_ROWS = 8_192
+TALLY_SECONDS = 0.25
+TALLY_STALE_SECONDS = 0.1
+
+
+class Tally:
+    """The writer's counts of the rows ``low < seq <= high`` it committed, not yet in the rollups."""
+
+    def __init__(self, low: int, epoch: int) -> None:
+        self.low = self.high = low
+        self.epoch = epoch
+        self.sums = Sums()
+        self.started = self.touched = time.monotonic()
+
+    def counted(self) -> Counted:
+        return Counted(self.low, self.high, self.epoch, self.sums.event_counts(), self.sums.measure_sums())
+
+
+def tally_group(
+    conn: sqlite3.Connection, tally: Tally | None, groups: list[tuple[int, list[Any]]]
+) -> Tally | None:
+    """Count a group's rows, ``(first seq, rows)`` as inserted, into ``tally`` (inside the writer's
+    transaction, after the rows); the tally to keep, or None: the builder counts these rows.
+
+    A new tally starts only where the rollups' mark is just below the group. The tally is added to
+    the rollups (``add_counted``, in a savepoint) when it is large or old enough, or when another
+    process's rows come between; an addition that fails, or finds the mark moved, drops it.
+    """
+    if not groups:
+        return tally
+    if tally is None:
+        found = conn.execute(
+            "SELECT (SELECT value FROM meta WHERE key = 'read_side_seq'), "
+            "(SELECT value FROM meta WHERE key = 'read_side_epoch')"
+        ).fetchone()
+        built, epoch = int(found[0] or 0), int(found[1] or 0)
+        if built != groups[0][0] - 1:
+            return None
+        tally = Tally(built, epoch)
+    for first_seq, rows in groups:
+        if first_seq != tally.high + 1:  # another writer's rows between: this tally ends here
+            _add_tally(conn, tally)
+            return None
+        tally.sums.add_rows(rows)
+        tally.high += len(rows)
+    tally.touched = time.monotonic()
+    if tally.high - tally.low >= TALLY_ROWS or tally.touched - tally.started >= TALLY_SECONDS:
+        return Tally(tally.high, tally.epoch) if _add_tally(conn, tally) else None
+    return tally
+
+
+def _add_tally(conn: sqlite3.Connection, tally: Tally) -> bool:
+    """Add ``tally`` to the rollups in a savepoint; False when it was not (the mark moved, or an error)."""
+    counted = Counted(
+        tally.low, tally.high, tally.epoch, tally.sums.event_counts(), tally.sums.measure_sums()
+    )
+    conn.execute("SAVEPOINT tally")
+    try:
+        added = add_counted(conn, counted)
+        conn.execute("RELEASE tally")
+    except sqlite3.Error as error:
+        conn.execute("ROLLBACK TO tally")
+        conn.execute("RELEASE tally")
+        log.warning("the writer's counts were not added to the rollups (the builder counts them): %s", error)
+        return False
+    return added
 
 
 def _hourly(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -467,6 +563,8 @@ class Builder:
                     users = open_users(self._path, self._busy_timeout_ms)
                 while self._step(conn, users, stopping) == BUILD_STEP_ROWS:
                     pass  # a full step: more may wait
+                if self._writer is not None and self._writer.tallied_from() is not None:
+                    pause = TALLY_STALE_SECONDS  # back soon: the writer's tally, once its writes stop
             except (sqlite3.Error, StoreError) as error:
                 log.warning("cannot build the read side now (tried again in 5 s): %s", error)
                 pause = 5.0
@@ -493,7 +591,14 @@ class Builder:
         builder indexes the users file. When the writer has no group to write soon,
         or is stopping, the builder adds them itself in the writers' turn.
         """
-        step = copy_step(users)
+        tallied_from = None
+        if self._writer is not None:
+            tally = self._writer.take_tally(stopping)
+            if tally is not None:
+                with self._turn(), Transaction(conn):
+                    add_counted(conn, tally.counted())  # or, the mark moved, counted from the table
+            tallied_from = self._writer.tallied_from()
+        step = copy_step(users, tallied_from=tallied_from)
         if step is None:
             return 0
         counted = step.counted

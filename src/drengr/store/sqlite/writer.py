@@ -150,7 +150,9 @@ class Writer:
         self._builder: read_side.Builder | None = None  # the read side's, too
         self._builder_lock: WriterLock | None = None
         self._offered: read_side.Counted | None = None  # a builder step's counts, for the next group
-        self._offered_lock = threading.Lock()
+        self._offered_lock = threading.Lock()  # guards _offered and _tally (the builder's thread reads them)
+        self._tally: read_side.Tally | None = None  # the rollups of its own rows, counted as it writes
+        self._tallying = False  # a group is counting into _tally now (the builder leaves it alone)
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path, self._busy_timeout_ms, self._synchronous)
@@ -196,6 +198,8 @@ class Writer:
             if self._builder is not None:
                 self._builder.wrote(rows)
         except Exception as error:  # the whole group failed: every request gets 502
+            with self._offered_lock:
+                self._tally, self._tallying = None, False  # it may hold rows just rolled back
             log.error("write transaction failed: %s", error)
             metrics.count("store_errors", "write")
             for job in jobs:
@@ -222,6 +226,24 @@ class Writer:
                 return False
             self._offered = None
             return True
+
+    def tallied_from(self) -> int | None:
+        """The rollups' mark this writer counts its rows from (``read_side.Tally``), for the builder
+        to leave those rows to it; None: none."""
+        with self._offered_lock:
+            return None if self._tally is None else self._tally.low
+
+    def take_tally(self, stopping: bool) -> read_side.Tally | None:
+        """The writer's tally, for the builder to add, when no group has added to it for a while (no
+        writes came) or the writer is stopping; None: it stays with the writer."""
+        with self._offered_lock:
+            tally = self._tally
+            if tally is None or self._tallying:
+                return None
+            if not stopping and time.monotonic() - tally.touched < read_side.TALLY_STALE_SECONDS:
+                return None
+            self._tally = None
+            return tally
 
     def _add_offered(self, conn: sqlite3.Connection) -> read_side.Counted | None:
         """Add the builder's counts waiting for a group, in a savepoint (a failure there fails nothing else)."""
@@ -274,6 +296,11 @@ class Writer:
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             additions = self._apply_each(conn, work)
+        tally = None
+        if self.builds_read_side:
+            with self._offered_lock:
+                tally, self._tallying = self._tally, True
+            tally = read_side.tally_group(conn, tally, [(seq, rows) for _fps, seq, rows in additions])
         counted = self._add_offered(conn)
         try:
             conn.execute("COMMIT")
@@ -284,9 +311,12 @@ class Writer:
         finally:
             if counted is not None:
                 counted.done.set()
+        if self.builds_read_side:
+            with self._offered_lock:
+                self._tally, self._tallying = tally, False
         self.group_commits += 1
         current = self._window[0]
-        for fps, first_seq in additions:
+        for fps, first_seq, _rows in additions:
             current.add_many(fps, array("q", range(first_seq, first_seq + len(fps))))
             self._last_seq = max(self._last_seq, first_seq + len(fps) - 1)
         metrics.metric("commit_seconds").observe(time.perf_counter() - started)
@@ -295,8 +325,8 @@ class Writer:
 
     def _apply_group(
         self, conn: sqlite3.Connection, jobs: list[Job], staged: dict[str, set[str]]
-    ) -> list[tuple[array, int]]:
-        """Dedup and meter every job in order, then insert all their rows; (fingerprints, first seq) a job.
+    ) -> list[tuple[array, int, list[tuple[Any, ...]]]]:
+        """Dedup and meter every job in order, then insert all their rows; (fingerprints, first seq, rows) a job.
 
         ``staged`` holds, per tenant, the event ids written earlier in this transaction; it is updated.
         """
@@ -321,11 +351,13 @@ class Writer:
         seq = last - len(rows) + 1  # AUTOINCREMENT under our write lock: consecutive
         additions = []
         for fresh, keys in planned:
-            additions.append((keys, seq))
+            additions.append((keys, seq, fresh))
             seq += len(fresh)
         return additions
 
-    def _apply_each(self, conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[array, int]]:
+    def _apply_each(
+        self, conn: sqlite3.Connection, jobs: list[Job]
+    ) -> list[tuple[array, int, list[tuple[Any, ...]]]]:
         """The slow path: one savepoint a job, so a failing job gets its error and the others are written."""
         additions = []
         staged: dict[str, set[str]] = {}
