@@ -380,6 +380,97 @@ def test_the_builders_of_one_file_take_turns_instead_of_counting_the_same_rows(t
         conn.close()
 
 
+def _rows(prefix: str, n: int, received_ms: int) -> list[tuple[Any, ...]]:
+    from drengr.core.timestamps import format_ms
+
+    received = format_ms(received_ms)
+    return [("acme", f"{prefix}{i}", f"e{i % 3}", "track", f"u{i % 7}", "a", received, received, "{}",
+             '{"n":2,"x":0.5}' if i % 2 else "{}", None) for i in range(n)]  # fmt: skip
+
+
+def _rollups_as_scanned(path: str) -> None:
+    """Every row counted once: the minute rollups equal a scan of the table, events and measures."""
+    conn = sqlite3.connect(path)
+    try:
+        top = conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0]
+        assert conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone() == (str(top),)
+        assert (
+            conn.execute(
+                "SELECT tenant_id, minute, event_name, event_type, events FROM event_rollups WHERE events > 0 "
+                "ORDER BY 1, 2, 3, 4"
+            ).fetchall()
+            == conn.execute(
+                "SELECT tenant_id, substr(received_at, 1, 16), event_name, event_type, count(*) FROM semantic_events "
+                "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+            ).fetchall()
+        )
+        assert (
+            conn.execute(
+                "SELECT r.tenant_id, r.minute, r.event_name, r.measure, r.total FROM measure_rollups AS r "
+                "JOIN event_rollups AS e USING (tenant_id, minute, event_name) WHERE e.events > 0 ORDER BY 1, 2, 3, 4"
+            ).fetchall()
+            == conn.execute(
+                "SELECT e.tenant_id, substr(e.received_at, 1, 16), e.event_name, m.key, sum(m.value) "
+                "FROM semantic_events AS e, json_each(e.measures) AS m GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+            ).fetchall()
+        )
+    finally:
+        conn.close()
+
+
+def test_the_writer_counts_its_own_rows_and_the_builder_leaves_them_to_it(tmp_path: Path) -> None:
+    """One writer: its tally counts every row it commits (the builder copies none back for the
+    rollups), and what it has not added yet when writes stop the builder adds within a moment."""
+    import time
+
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path)
+    try:
+        for batch in range(60):
+            assert store.write("acme", _rows(f"b{batch}-", 300, T0 + batch * 9_000), T0).stored == 300
+        builder = store._committer._builder
+        assert builder is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # no more writes: the builder takes the writer's last tally
+            conn = sqlite3.connect(path)
+            built = conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone()
+            conn.close()
+            if built == ("18000",):
+                break
+            time.sleep(0.05)
+        assert built == ("18000",)
+        assert builder.counted_rows == 0  # none of them counted from the table
+    finally:
+        store.close()
+    _rollups_as_scanned(path)
+
+
+def test_a_prune_of_rows_the_writer_tallied_drops_its_tally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows deleted before the writer's tally reached the rollups (a prune, a tenant deleted) are not
+    counted: the prune moves the read side's epoch, the tally is dropped, the builder counts the rest."""
+    from drengr.store.sqlite import read_side
+
+    monkeypatch.setattr(read_side, "TALLY_SECONDS", 3600.0)  # the tally waits, whatever the machine's pace
+    monkeypatch.setattr(read_side, "TALLY_STALE_SECONDS", 3600.0)
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path)
+    try:
+        for batch in range(3):
+            assert store.write("acme", _rows(f"old{batch}-", 100, T0 + batch * 1_000), T0).stored == 100
+        assert store._committer.tallied_from() == 0  # held by the writer, none of it in the rollups
+        assert store.prune_events(T0 + 60_000) == 300
+        for batch in range(2):
+            assert store.write("acme", _rows(f"new{batch}-", 100, T0 + 120_000), T0).stored == 100
+    finally:
+        store.close()
+    _rollups_as_scanned(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (200,)
+    conn.close()
+
+
 def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("create table t (x)").connection.commit()
