@@ -1,7 +1,9 @@
-"""The SQLite store's read side: the rollups, the user index and ``daily_users``, built off the writer's path.
+"""The SQLite store's read side: the rollups, the user index and ``daily_users``, kept beside the writes.
 
-``Builder`` (a thread beside the writer) counts the rows past ``meta.read_side_seq``
-into them (``copy_step``, ``index_users``); readers take the rows past that seq from the table.
+The writer counts the rollups of its own rows as it inserts them (``Tally``,
+``tally_group``); ``Builder`` (a thread beside the writer) indexes the users file
+and counts the rows no writer counted (``copy_step``, ``index_users``). Every row
+up to ``meta.read_side_seq`` is in the rollups; readers take the rows past it from the table.
 A prune takes its rows out of the rollups in its own transaction
 (``remove_from_rollups``). ``backfill_rollups`` counts the rows older than the
 rollups into them, beside a serving process. Imports only the standard library
@@ -391,12 +393,9 @@ def tally_group(
 
 def _add_tally(conn: sqlite3.Connection, tally: Tally) -> bool:
     """Add ``tally`` to the rollups in a savepoint; False when it was not (the mark moved, or an error)."""
-    counted = Counted(
-        tally.low, tally.high, tally.epoch, tally.sums.event_counts(), tally.sums.measure_sums()
-    )
     conn.execute("SAVEPOINT tally")
     try:
-        added = add_counted(conn, counted)
+        added = add_counted(conn, tally.counted())
         conn.execute("RELEASE tally")
     except sqlite3.Error as error:
         conn.execute("ROLLBACK TO tally")

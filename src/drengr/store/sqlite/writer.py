@@ -22,8 +22,10 @@ write path keeps between groups, and ``commit_jobs`` writes one group.
 - Daily-cap metering (``Meter``): one read and one upsert per tenant and day a group; it fails open.
 - Every group is one ``BEGIN IMMEDIATE`` transaction taken in the writers' turn
   (``drengr.store.sqlite.locks``); the WAL is checkpointed off this path.
-- The read side (rollups, user index) follows the committed rows from a thread
-  of its own (``drengr.store.sqlite.read_side.Builder``), never in this transaction.
+- The read side: the rollups of its own rows are counted in memory as they are
+  inserted, and added in one of its transactions every few thousand rows
+  (``drengr.store.sqlite.read_side.tally_group``); the user index follows the
+  committed rows from a thread of its own (``read_side.Builder``), never in this transaction.
 
 The hot insert goes straight to multi-row INSERTs (sqlite-utils' ``insert_all``
 measured ~2× slower). Imports no web framework and not sqlite-utils.
