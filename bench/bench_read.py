@@ -67,7 +67,7 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ROWS rows with their rollups and user index, as the writer and its builder leave them.
 
     ``DRENGR_BENCH_READ_TABLE=PATH`` keeps the table at PATH and uses it again when it is
-    there (10M rows take a quarter of an hour to make; the benches after the reads add rows).
+    there (10M rows take a few minutes to make; the benches after the reads add rows).
     """
     kept = os.environ.get("DRENGR_BENCH_READ_TABLE")
     if kept and Path(kept).exists():
