@@ -365,42 +365,39 @@ def tally_group(
     transaction, after the rows); the tally to keep, or None: the builder counts these rows.
 
     A new tally starts only where the rollups' mark is just below the group. The tally is added to
-    the rollups (``add_counted``, in a savepoint) when it is large or old enough, or when another
+    the rollups (``add_in_savepoint``) when it is large or old enough, or when another
     process's rows come between; an addition that fails, or finds the mark moved, drops it.
     """
     if not groups:
         return tally
     if tally is None:
-        found = conn.execute(
-            "SELECT (SELECT value FROM meta WHERE key = 'read_side_seq'), "
-            "(SELECT value FROM meta WHERE key = 'read_side_epoch')"
-        ).fetchone()
-        built, epoch = int(found[0] or 0), int(found[1] or 0)
+        built = built_to(conn)
         if built != groups[0][0] - 1:
             return None
-        tally = Tally(built, epoch)
+        tally = Tally(built, _meta_int(conn, "read_side_epoch"))
     for first_seq, rows in groups:
         if first_seq != tally.high + 1:  # another writer's rows between: this tally ends here
-            _add_tally(conn, tally)
+            add_in_savepoint(conn, tally.counted())
             return None
         tally.sums.add_rows(rows)
         tally.high += len(rows)
     tally.touched = time.monotonic()
     if tally.high - tally.low >= TALLY_ROWS or tally.touched - tally.started >= TALLY_SECONDS:
-        return Tally(tally.high, tally.epoch) if _add_tally(conn, tally) else None
+        return Tally(tally.high, tally.epoch) if add_in_savepoint(conn, tally.counted()) else None
     return tally
 
 
-def _add_tally(conn: sqlite3.Connection, tally: Tally) -> bool:
-    """Add ``tally`` to the rollups in a savepoint; False when it was not (the mark moved, or an error)."""
-    conn.execute("SAVEPOINT tally")
+def add_in_savepoint(conn: sqlite3.Connection, counted: Counted) -> bool:
+    """``add_counted`` inside the writer's transaction, in a savepoint: a failure there fails nothing
+    else of the group. False when nothing was added (the mark moved, or an error: counted again)."""
+    conn.execute("SAVEPOINT read_side")
     try:
-        added = add_counted(conn, tally.counted())
-        conn.execute("RELEASE tally")
+        added = add_counted(conn, counted)
+        conn.execute("RELEASE read_side")
     except sqlite3.Error as error:
-        conn.execute("ROLLBACK TO tally")
-        conn.execute("RELEASE tally")
-        log.warning("the writer's counts were not added to the rollups (the builder counts them): %s", error)
+        conn.execute("ROLLBACK TO read_side")
+        conn.execute("RELEASE read_side")
+        log.warning("the read side's counts were not added (counted again): %s", error)
         return False
     return added
 

@@ -252,15 +252,7 @@ class Writer:
         with self._offered_lock:
             counted, self._offered = self._offered, None
         if counted is not None:
-            conn.execute("SAVEPOINT read_side")
-            try:
-                counted.added = read_side.add_counted(conn, counted)
-                conn.execute("RELEASE read_side")
-            except sqlite3.Error as error:
-                conn.execute("ROLLBACK TO read_side")
-                conn.execute("RELEASE read_side")
-                log.warning("the read side's counts were not added (counted again): %s", error)
-                counted.added = False
+            counted.added = read_side.add_in_savepoint(conn, counted)
         return counted
 
     def _builder_turn(self) -> Any:
