@@ -365,6 +365,19 @@ def test_a_writer_waits_its_turn_at_the_writer_lock(db_path, writer):
         store.close()
 
 
+def resend_until_answered(store: SQLiteStore, message_id: str, limit: float = 10.0) -> StoreOutcome:
+    """One row written as a client would: resent after a 502 until it is answered. On a loaded
+    machine the writer's catch-up after a lock is let go can outlast a 300 ms busy timeout; a
+    resend of a write that was committed late is then a duplicate, and the outcome says so."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return store.write("acme", [row(message_id)], DAY0)
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+
+
 def test_a_writer_lock_held_past_the_busy_timeout_fails_the_write_then_recovers(db_path, writer):
     store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer=writer, busy_timeout_ms=300)
     try:
@@ -374,8 +387,11 @@ def test_a_writer_lock_held_past_the_busy_timeout_fails_the_write_then_recovers(
         with pytest.raises(StoreError):
             store.write("acme", [row("b")], DAY0)  # its helper is still queued: this one waits on it
         os.close(held)
-        assert store.write("acme", [row("c")], DAY0).stored == 1
-        assert store.write("acme", [row("a")], DAY0).stored == 1  # the failed one was never stored
+        # stored, or a duplicate where a try that timed out was committed late
+        once = (StoreOutcome(stored=1), StoreOutcome(stored=0, duplicates=1))
+        assert resend_until_answered(store, "c") in once
+        assert count(db_path) == 1  # "a" and "b" failed: neither was stored
+        assert resend_until_answered(store, "a") in once
         assert count(db_path) == 2
         free = os.open(f"{db_path}-writer.lock", os.O_RDWR)
         fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)  # given back: nothing of ours still holds it
