@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
+from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import format_ms, parse_ms
 from drengr.store import SQLiteStore
 
 try:
     import psycopg
 
-    from drengr.store.base import generation
     from drengr.store.postgres import PostgresStore
     from drengr.store.postgres.statements import _COPY_EVENTS
     from tests.support.postgres import server_dsn, with_schema
@@ -101,7 +101,7 @@ def bench_postgres_write_window(benchmark: Any, schema_dsn: str) -> None:
         conn.execute(
             "INSERT INTO event_ids (tenant_id, event_id, gen) "
             "SELECT 'acme', gen_random_uuid()::text, %s FROM generate_series(1, %s)",
-            (generation(NOW_MS), ids),
+            (NOW_MS // MS_PER_DAY, ids),
         )
         conn.execute("VACUUM ANALYZE event_ids")
     benchmark.extra_info["prefilled_ids"] = ids

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from drengr import clock
-from drengr.core.limits import DEDUP_WINDOW_DAYS
+from drengr.core.limits import DEFAULT_DEDUP_WINDOW_DAYS
 from drengr.core.timestamps import format_ms
 from drengr.settings import Config
 from drengr.store import SQLiteStore
@@ -129,7 +129,7 @@ def test_sqlite_keeps_an_id_seven_days_on_a_correct_clock(tmp_path: Path) -> Non
     generation's boundary, is still a duplicate (the closed generation is timed from when it closed,
     not from its last row); two generations on, it is forgotten, as documented."""
     elapsed = [0.0]
-    window_ms = DEDUP_WINDOW_DAYS * DAY_SECONDS * 1000
+    window_ms = DEFAULT_DEDUP_WINDOW_DAYS * DAY_SECONDS * 1000
     day_one = (clock.now_ms() // window_ms + 1) * window_ms + DAY_SECONDS * 1000  # a boundary + 1 day
     start = _BASE_OFFSET + (day_one - clock.now_ms()) / 1000
 

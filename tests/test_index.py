@@ -151,3 +151,22 @@ def test_index_rows_adds_each_row_by_its_time_of_receipt(module):
     assert module.index_rows([row[:3] for row in rows], only) == len(ids)  # no boundary: all in one
     assert len(only) == len(ids)
     assert module.index_rows([], only) == -1
+
+
+@pytest.mark.skipif(_index is None, reason="the compiled index did not build")
+def test_a_generation_takes_the_memory_the_docs_give():
+    """docs/operating.md "The dedup window: its length and its memory": 8 bytes × the smallest power
+    of two, 16,384 or more, that is at least n / 0.85 — on both sides of two doublings."""
+
+    def documented(n: int) -> int:
+        slots = 1 << 14
+        while slots * 0.85 < n:
+            slots *= 2
+        return 8 * slots
+
+    index = _index.FingerprintIndex()  # as the writer makes one for each generation
+    rng = random.Random(3)
+    for n in range(1, 27_854):  # 13,926 ids fill 2**14 slots to 85 %, 27,852 fill 2**15
+        index.add(rng.randrange(1, 2**64), n)
+        if n in (1, 13_926, 13_927, 27_852, 27_853):
+            assert index.memory_bytes == documented(n), n

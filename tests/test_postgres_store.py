@@ -125,7 +125,7 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     assert [(r["event_id"], r["library"]) for r in pg_rows(pg_dsn)] == [
         ("old", None), ("new", "analytics-python 2.4.0")
     ]  # fmt: skip
-    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("6",)]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("7",)]
     assert query(pg_dsn, "SELECT pii_allow FROM tenants") == []  # the column is back (no tenant yet)
     # The rollups begin after the old row (seq 1): only the new one is counted, stats scan meanwhile.
     assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'rollups_from_seq'") == [("2",)]
@@ -154,7 +154,7 @@ def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: st
     store = PostgresStore(pg_dsn, clock=Clock(DAY0))  # and once more on a migrated database
     assert store.is_new()
     store.close()
-    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("6",)]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("7",)]
 
 
 def test_a_node_starting_beside_a_serving_one_takes_no_table_lock(pg_dsn: str) -> None:
@@ -256,18 +256,41 @@ def test_dedup_survives_restart_and_is_shared_by_nodes(pg_dsn: str) -> None:
     assert count(pg_dsn) == 3
 
 
-def test_old_event_ids_are_pruned(pg: PostgresStore, pg_dsn: str) -> None:
-    """By the database's clock: ids stamped two generations before it are forgotten, the rest kept."""
-    pg.write("acme", [row(str(i)) for i in range(100)], DAY0)
-    assert pg.prune() == 0
-    newest = query(pg_dsn, "SELECT max(gen) FROM event_ids")[0][0]
-    query(pg_dsn, "UPDATE event_ids SET gen = %s WHERE event_id::int < 60", (newest - 1,))
-    assert pg.prune() == 0  # the previous generation is kept
-    query(pg_dsn, "UPDATE event_ids SET gen = %s WHERE event_id::int < 60", (newest - 3,))
-    assert pg.prune() == 60
-    assert query(pg_dsn, "SELECT count(*) FROM event_ids") == [(40,)]
-    # Beyond the window a repeat may be stored again (docs/mapping.md "Storage and durability").
-    assert pg.write("acme", [row("0"), row("99")], DAY0).stored == 1
+@pytest.mark.parametrize("days", [1, 7])
+def test_old_event_ids_are_pruned(pg_dsn: str, days: int) -> None:
+    """By the database's clock and the window's length: an id received ``days`` days ago is kept, one
+    received 2 × ``days`` + 2 days ago is forgotten (an id lives one to two windows, and a day)."""
+    store = PostgresStore(pg_dsn, clock=Clock(DAY0), dedup_window_days=days)
+    try:
+        store.write("acme", [row(str(i)) for i in range(100)], DAY0)
+        assert store.prune() == 0
+        [(today,)] = query(pg_dsn, "SELECT floor(extract(epoch FROM statement_timestamp()) / 86400)::int")
+        query(pg_dsn, "UPDATE event_ids SET gen = %s WHERE event_id::int < 60", (today - days,))
+        assert store.prune() == 0  # inside the window
+        query(pg_dsn, "UPDATE event_ids SET gen = %s WHERE event_id::int < 60", (today - 2 * days - 2,))
+        assert store.prune() == 60
+        assert query(pg_dsn, "SELECT count(*) FROM event_ids") == [(40,)]
+        # Beyond the window a repeat may be stored again (docs/mapping.md "Storage and durability").
+        assert store.write("acme", [row("0"), row("99")], DAY0).stored == 1
+    finally:
+        store.close()
+
+
+def test_a_version_6_database_gets_days_for_its_generations(pg_dsn: str) -> None:
+    """event_ids.gen held 7-day generations before version 7: each becomes its generation's last day
+    (no id is forgotten sooner), once; days written since are left alone."""
+    PostgresStore(pg_dsn, clock=Clock(DAY0)).close()
+    week = DAY0 // MS_PER_DAY // 7
+    query(pg_dsn, "INSERT INTO event_ids (tenant_id, event_id, gen) VALUES ('acme', 'old', %s), "
+                  "('acme', 'older', %s), ('acme', 'day', %s)", (week, week - 1, DAY0 // MS_PER_DAY))  # fmt: skip
+    query(pg_dsn, "UPDATE drengr_meta SET value = '6' WHERE key = 'schema_version'")
+    for _ in range(2):  # a second start finds version 7 and changes nothing
+        store = PostgresStore(pg_dsn, clock=Clock(DAY0))
+        store.close()
+        assert query(pg_dsn, "SELECT event_id, gen FROM event_ids ORDER BY event_id") == [
+            ("day", DAY0 // MS_PER_DAY), ("old", week * 7 + 6), ("older", week * 7 - 1)
+        ]  # fmt: skip
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'schema_version'") == [("7",)]
 
 
 @pytest.mark.parametrize("days", [15, -15, 40], ids=lambda d: f"{d:+d}-days")

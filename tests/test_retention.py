@@ -82,6 +82,11 @@ def test_drengr_prune_from_the_command_line(db_path, engine, tmp_path):
     short = drengr("prune", "--before", "7d", *where, env=env)
     assert short.returncode == 2 and short.stderr.startswith("drengr: --before 7d is shorter than 15 days")
     assert len(read_rows(db_path)) == 3
+    # A 3-day dedup window keeps 6 days of rows and a day: 7d is long enough then, 6d is not.
+    window = drengr("prune", "--before", "6d", "--dedup-window-days", "3", *where, env=env)
+    assert window.returncode == 2 and window.stderr.startswith("drengr: --before 6d is shorter than 7 days")
+    window = drengr("prune", "--before", "7d", *where, env={**env, "DRENGR_DEDUP_WINDOW_DAYS": "3"})
+    assert window.returncode == 0 and window.stderr.startswith("Deleted 0 events"), window.stderr
     nonsense = drengr("prune", "--before", "soon", *where, env=env)
     assert nonsense.returncode == 2 and "is not an age" in nonsense.stderr
 

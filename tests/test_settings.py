@@ -172,7 +172,7 @@ def test_docs_settings_table_is_the_registry_verbatim():
 
 SERVE_IN_PROCESS = {
     "db", "prefix", "durability", "writer", "busy_timeout_ms", "pii_substrings", "pii_allow", "retention",
-    "host", "port", "threads", "connection_limit", "channel_timeout", "analytics_js",
+    "host", "port", "threads", "connection_limit", "channel_timeout", "analytics_js", "dedup_window_days",
 }  # fmt: skip
 SERVE_AS_A_PROCESS = {
     "writer_cpus", "placement", "log_level", "log_format", "clock_offset", "pii_substrings", "prefix", "port", "db",
@@ -396,7 +396,7 @@ def test_serve_and_wsgi_honour_the_store_variable(tmp_path, monkeypatch):
 
 WSGI_SEEN = {
     "db", "prefix", "durability", "writer", "writer_cpus", "busy_timeout_ms", "pii_substrings", "clock_offset",
-    "analytics_js", "pii_allow", "retention",
+    "analytics_js", "pii_allow", "retention", "dedup_window_days",
 }  # fmt: skip
 
 
@@ -441,3 +441,13 @@ def test_wsgi_refuses_a_bad_variable_in_one_sentence(tmp_path):
 def test_settings_not_taken_by_an_entry_point_are_not_read_there():
     """A serve-only variable means nothing to wsgi.py (gunicorn binds): a bad one is not an error there."""
     assert Config.from_env({"DRENGR_PORT": "99999"}).port == Config().port
+
+
+def test_retention_must_outlast_the_dedup_window():
+    """Retention keeps twice the dedup window and a day (a resent event must find its first copy)."""
+    with pytest.raises(SettingError, match=r"^DRENGR_RETENTION=10d is shorter than 15 days: a 7-day dedup"):
+        Config.from_env({"DRENGR_RETENTION": "10d"})
+    config = Config.from_env({"DRENGR_RETENTION": "3d", "DRENGR_DEDUP_WINDOW_DAYS": "1"})
+    assert (config.retention, config.dedup_window_days) == (3 * DAY_SECONDS, 1)
+    with pytest.raises(SettingError, match=r"^--retention 2d is shorter than 3 days: a 1-day dedup"):
+        cli.parse(["serve", "--retention", "2d", "--dedup-window-days", "1"], environ={})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from drengr.core.limits import DEDUP_WINDOW_DAYS, MS_PER_DAY
+from drengr.core.limits import DEFAULT_DEDUP_WINDOW_DAYS, MS_PER_DAY
 from drengr.core.outcome import StoreOutcome
 from drengr.store import SQLiteStore, StoreError
 from drengr.store.base import Job
@@ -113,6 +113,35 @@ def test_old_generations_are_dropped_whole(db_path):
     store.close()
 
 
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_one_day_window_catches_a_repeat_for_a_day_then_forgets_it(db_path, writer):
+    """--dedup-window-days 1: generations a day long. A repeat a day after the first copy is caught
+    (in memory and after a restart); three days on, the old ids are dropped whole and a repeat is
+    stored again; the window holds one generation's ids, not a week's."""
+    clock = Clock(DAY0 + MS_PER_DAY - 1)  # the last millisecond of a day: its generation closes next
+    store = SQLiteStore(
+        str(db_path), clock=clock, elapsed=lambda: clock.ms / 1000, writer=writer, dedup_window_days=1
+    )
+    try:
+        assert store.write("acme", [row(str(i)) for i in range(100)], clock.ms).stored == 100
+        clock.ms += MS_PER_DAY  # a day later, in the next generation
+        assert store.write("acme", [row("0"), row("b")], clock.ms).stored == 1
+    finally:
+        store.close()
+    again = SQLiteStore(
+        str(db_path), clock=clock, elapsed=lambda: clock.ms / 1000, writer=writer, dedup_window_days=1
+    )
+    try:
+        assert again.write("acme", [row("1")], clock.ms).stored == 0
+        clock.ms += 2 * MS_PER_DAY
+        assert again.write("acme", [row("c")], clock.ms).stored == 1
+        if writer == "thread":  # the process writer's window is in its own process
+            assert [len(index) for index in again._committer._window] == [1]  # noqa: SLF001 - only "c" is held
+        assert again.write("acme", [row("1")], clock.ms).stored == 1  # beyond the window: stored again
+    finally:
+        again.close()
+
+
 def test_fingerprint_collisions_never_drop_a_distinct_event(db_path, monkeypatch):
     """Every id gets the same fingerprint: dedup must still be exact (hits are verified)."""
     import drengr.store.sqlite.writer as sqlite_writer
@@ -145,8 +174,10 @@ def window_file(db_path: Path) -> Path:
     return Path(f"{db_path}-window")
 
 
-def reopened(db_path: Path, writer: str = "thread", clock_ms: int = DAY0) -> SQLiteStore:
-    return SQLiteStore(str(db_path), clock=Clock(clock_ms), writer=writer)
+def reopened(
+    db_path: Path, writer: str = "thread", clock_ms: int = DAY0, window_days: int = DEFAULT_DEDUP_WINDOW_DAYS
+) -> SQLiteStore:
+    return SQLiteStore(str(db_path), clock=Clock(clock_ms), writer=writer, dedup_window_days=window_days)
 
 
 def test_a_restart_reads_the_window_from_its_file(db_path, writer):
@@ -219,17 +250,25 @@ def _cut_short(db_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "change, clock_ms",
+    "change, clock_ms, window_days",
     [
-        (_another_database, DAY0),
-        (_backup_restored, DAY0),
-        (_damaged, DAY0),
-        (_cut_short, DAY0),
-        (lambda db_path: None, DAY0 + DEDUP_WINDOW_DAYS * MS_PER_DAY),
+        (_another_database, DAY0, 7),
+        (_backup_restored, DAY0, 7),
+        (_damaged, DAY0, 7),
+        (_cut_short, DAY0, 7),
+        (lambda db_path: None, DAY0 + 7 * MS_PER_DAY, 7),
+        (lambda db_path: None, DAY0, 3),
     ],
-    ids=["another database", "a backup restored", "damaged", "cut short", "the next generation"],
+    ids=[
+        "another database",
+        "a backup restored",
+        "damaged",
+        "cut short",
+        "the next generation",
+        "another length",
+    ],
 )
-def test_a_window_file_that_does_not_fit_is_not_used(db_path, change, clock_ms):
+def test_a_window_file_that_does_not_fit_is_not_used(db_path, change, clock_ms, window_days):
     """The window is built from the table then, and dedup stays exact."""
     store = reopened(db_path)
     store.write("acme", [row("a")], DAY0)
@@ -240,7 +279,7 @@ def test_a_window_file_that_does_not_fit_is_not_used(db_path, change, clock_ms):
     store.write("acme", [row("x")], DAY0)
     store.close()
     change(db_path)
-    again = reopened(db_path, clock_ms=clock_ms)
+    again = reopened(db_path, clock_ms=clock_ms, window_days=window_days)
     try:
         stored = {event_id: count(db_path, f"event_id = '{event_id}'") for event_id in ("a", "x", "y")}
         outcome = again.write("acme", [row("a"), row("x"), row("y"), row("new")], clock_ms)

@@ -109,9 +109,9 @@ def test_dedup_is_per_tenant(store: Store, db_path: Any) -> None:
         pytest.param(DAY0, 1, id="same-moment"),
         pytest.param(DAY0, 7 * MS_PER_DAY, id="seven-days-later"),
         # The last millisecond of a 7-day generation, repeated 7 days later: two generations on.
-        pytest.param((generation(DAY0) + 1) * GENERATION_MS - 1, 7 * MS_PER_DAY, id="end-of-generation"),
+        pytest.param((generation(DAY0, 7) + 1) * GENERATION_MS - 1, 7 * MS_PER_DAY, id="end-of-generation"),
         pytest.param(
-            generation(DAY0) * GENERATION_MS, 7 * MS_PER_DAY + MS_PER_DAY - 1, id="start-of-generation"
+            generation(DAY0, 7) * GENERATION_MS, 7 * MS_PER_DAY + MS_PER_DAY - 1, id="start-of-generation"
         ),
     ],
 )

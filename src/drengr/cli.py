@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--before",
         required=True,
         metavar="AGE",
-        help="how old an event must be to go: 90d, 12w (15d or more)",
+        help="how old an event must be to go: 90d, 12w (at least twice --dedup-window-days and a day: 15d by default)",
     )
     pruning.add_argument("--quiet", action="store_true", help="no progress bar, even on a terminal")
     cli_read.add_commands(commands)
@@ -284,6 +284,10 @@ def prune(args: argparse.Namespace) -> int:
         seconds = settings.age(args.before)
     except SettingError as error:
         raise UsageError(f"--before {args.before} {error}.") from None
+    try:
+        settings.check_retention(seconds, args.dedup_window_days, f"--before {args.before}")
+    except SettingError as error:
+        raise UsageError(str(error)) from None
     before_ms = clock.now_ms() - seconds * 1000
     store = _open_store(_admin_config(args), create=False)
     bar = ProgressBar("Pruning events", "rows", quiet=args.quiet)

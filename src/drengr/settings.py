@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from . import clock
-from .core.limits import DEFAULT_PII_SUBSTRINGS
+from .core.limits import DEFAULT_DEDUP_WINDOW_DAYS, DEFAULT_PII_SUBSTRINGS, min_retention_days
 
 # Who takes a setting: the commands (as typed after `drengr`) and wsgi.py, gunicorn's entry point.
 SERVE = "serve"
@@ -149,21 +149,28 @@ def fragments(raw: str) -> tuple[str, ...]:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
-MIN_RETENTION_DAYS = 15  # drengr.store.base: the SQLite dedup window's rows stay
 
 
 def age(raw: str) -> int:
-    """An age as seconds: a whole number and a unit, 90d, 12w, 2160h; at least 15 days."""
+    """An age as seconds: a whole number and a unit, 90d, 12w, 2160h (``check_retention`` bounds it)."""
     text = raw.strip().lower()
     if len(text) < 2 or text[-1] not in _UNITS or not text[:-1].isdigit():
         raise SettingError("is not an age: pass a whole number and a unit (s, m, h, d, w), like 90d")
-    seconds = int(text[:-1]) * _UNITS[text[-1]]
-    if seconds < MIN_RETENTION_DAYS * 86_400:
+    return int(text[:-1]) * _UNITS[text[-1]]
+
+
+def check_retention(seconds: int, window_days: int, where: str) -> None:
+    """A retention (``seconds``) must keep the rows the dedup window may point at: 2 × the window + a day.
+
+    ``where`` ("--retention 7d", "DRENGR_RETENTION=7d") starts the error message.
+    """
+    shortest = min_retention_days(window_days)
+    if seconds < shortest * 86_400:
         raise SettingError(
-            f"is shorter than {MIN_RETENTION_DAYS} days: the dedup window keeps the last two weeks' events "
-            f"(a resent event must find its first copy); pass {MIN_RETENTION_DAYS}d or more"
+            f"{where} is shorter than {shortest} days: a {window_days}-day dedup window keeps the last "
+            f"{2 * window_days} days' events (a resent event must find its first copy); pass {shortest}d or "
+            "more, or a shorter --dedup-window-days."
         )
-    return seconds
 
 
 def optional_age(raw: str) -> int | None:
@@ -342,6 +349,17 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="MS",
     ),
     Setting(
+        name="dedup_window_days",
+        default=str(DEFAULT_DEDUP_WINDOW_DAYS),
+        help="Days within which a repeated event id is always caught (stored once); ids are forgotten after "
+        "one to two windows. SQLite holds the window's ids in the writer's memory, 9-19 bytes each (docs/"
+        'operating.md, "The dedup window"); PostgreSQL in its event_ids table.',
+        commands=(SERVE, WSGI, PRUNE),
+        example="1",
+        parse=at_least(1),
+        metavar="DAYS",
+    ),
+    Setting(
         name="connection_limit",
         default="1000",
         help="The most simultaneous connections.",
@@ -415,7 +433,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="retention",
         default="",
-        help="Keep events this long (90d, 12w; at least 15d): older ones are deleted every hour, in "
+        help="Keep events this long (90d, 12w; at least twice the dedup window and a day: 15d by default): "
+        "older ones are deleted every hour, in "
         "batches of 2,000 rows, with their days' usage and drop counts. Empty: keep everything.",
         commands=(SERVE, WSGI),
         example="90d",
@@ -494,16 +513,21 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     env = os.environ if environ is None else environ
     command = args.settings_command
     values: dict[str, Any] = {}
+    given: dict[str, str] = {}  # where each value came from, as an error message starts: "--port 80"
     for setting in for_command(command):
         raw = getattr(args, setting.name, None)
         if raw is not None:
             value = setting.value(raw, str(setting.option))
+            given[setting.name] = f"{setting.option} {shlex.quote(raw)}"
         elif setting.variable in env:
             value = setting.value(env[setting.variable], setting.variable + "=")
+            given[setting.name] = f"{setting.variable}={shlex.quote(env[setting.variable])}"
         else:
             value = setting.value(setting.default_for(command), "the default of " + str(setting.option))
         values[setting.name] = value
         setattr(args, setting.name, value)
+    if values.get("retention") is not None:
+        check_retention(values["retention"], values["dedup_window_days"], given["retention"])
     args.settings_resolved = True  # `drengr tail` resolves in cli_read.run, `python -m drengr.cli_read` too
     return values
 
@@ -540,6 +564,7 @@ class Config:
     writer_cpus: tuple[int, ...] = _default("writer_cpus")
     placement: str = _default("placement")
     busy_timeout_ms: int = _default("busy_timeout_ms")
+    dedup_window_days: int = _default("dedup_window_days")
     connection_limit: int = _default("connection_limit")
     channel_timeout: int = _default("channel_timeout")
     log_level: str = _default("log_level")

@@ -46,6 +46,7 @@ def observe(app: Any) -> dict[str, Any]:
         "writer": "process" if writer_pid else "thread",
         "writer_cpus": sorted(os.sched_getaffinity(writer_pid)) if writer_pid else None,
         "busy_timeout_ms": reader.execute("PRAGMA busy_timeout").fetchone()[0],
+        "dedup_window_days": store.dedup_window_days,
         "pii_substrings": stripped(set(json.loads(dims))),
         "pii_allow": [ALLOW_PROBE] if ALLOW_PROBE in json.loads(dims) else [],
         "retention": retention._age_ms // 1000 if (retention := app.extensions["drengr"].retention) else None,

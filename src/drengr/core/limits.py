@@ -27,6 +27,15 @@ MAX_FUTURE_MS = 86_400_000  # received_at + 1 day
 MS_PER_DAY = 86_400_000
 
 DEFAULT_DAILY_CAP_EVENTS = 5_000_000
-DEDUP_WINDOW_DAYS = 7  # repeats inside it are always caught (docs/mapping.md "Storage and durability")
+DEFAULT_DEDUP_WINDOW_DAYS = (
+    7  # --dedup-window-days: repeats inside it are always caught (docs/mapping.md "Dedup window")
+)
+
+
+def min_retention_days(window_days: int) -> int:
+    """The shortest retention that keeps every row the dedup window may point at: its two
+    generations and a day of margin (a resent event must find its first copy)."""
+    return 2 * window_days + 1
+
 
 CORS_MAX_AGE_SECONDS = 86_400

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..clock import now
+from ..core.limits import DEFAULT_DEDUP_WINDOW_DAYS
 from .base import KeyInfo, Store, StoreError
 from .sqlite import SQLiteStore
 
@@ -24,15 +25,22 @@ def is_postgres_url(location: str) -> bool:
     return location.strip().lower().startswith(POSTGRES_SCHEMES)
 
 
-def open_store(location: str, durability: str = "full", clock: Callable[[], float] = now) -> Store:
+def open_store(
+    location: str,
+    durability: str = "full",
+    clock: Callable[[], float] = now,
+    dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
+) -> Store:
     """A PostgresStore for a ``postgresql://`` URI, else a SQLiteStore on the file ``location``.
 
     ``clock`` (seconds, like ``time.time``) is the store's own: key-cache expiry,
     the times of admin rows, and when PostgreSQL forgets old event ids.
     """
     if is_postgres_url(location):
-        return _postgres_class()(location.strip(), durability=durability, clock=clock)
-    return SQLiteStore(location, durability=durability, clock=clock)
+        return _postgres_class()(
+            location.strip(), durability=durability, clock=clock, dedup_window_days=dedup_window_days
+        )
+    return SQLiteStore(location, durability=durability, clock=clock, dedup_window_days=dedup_window_days)
 
 
 def _postgres_class() -> Any:

@@ -3,7 +3,7 @@
 The web shell needs three things of a store — who owns a key, write rows
 durably, and whether it can write at all; the CLI needs the admin verbs.
 Both engines write jobs (one request's rows) in groups of at most
-``GROUP_MAX_ROWS``, number the 7-day dedup generations with ``generation``,
+``GROUP_MAX_ROWS``, number the dedup window's generations with ``generation``,
 and remember key look-ups in a ``KeyCache``. Imports no database driver.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from .. import metrics
 from ..core.auth import KeyRecord
-from ..core.limits import DEDUP_WINDOW_DAYS, MS_PER_DAY
+from ..core.limits import MS_PER_DAY
 from ..core.outcome import StoreOutcome
 
 
@@ -105,11 +105,10 @@ def allow_names(stored: str | None) -> tuple[str, ...]:
 
 
 # Retention (drengr prune, serve --retention): rows received before a cut-off are deleted, this
-# many a transaction, so a writer waits for one short batch at most. The shortest retention keeps
-# the SQLite dedup window's rows (two 7-day generations, a day of margin): a resent event is
-# still caught as a repeat, never stored twice because its first copy was pruned.
+# many a transaction, so a writer waits for one short batch at most. The shortest retention
+# (core.limits.min_retention_days) keeps the dedup window's rows: a resent event is still caught as a repeat,
+# never stored twice because its first copy was pruned.
 PRUNE_BATCH_ROWS = 2_000
-MIN_RETENTION_DAYS = 15
 
 
 def prune_in_batches(
@@ -167,9 +166,9 @@ class KeyCache:
 GROUP_MAX_ROWS = 25_000  # one transaction takes at most this many rows' worth of requests
 
 
-def generation(received_at_ms: int) -> int:
-    """The 7-day dedup generation of a moment: whole days since the epoch / 7 (both engines)."""
-    return received_at_ms // MS_PER_DAY // DEDUP_WINDOW_DAYS
+def generation(received_at_ms: int, window_days: int) -> int:
+    """The dedup generation of a moment: whole days since the epoch / the window's length in days."""
+    return received_at_ms // MS_PER_DAY // window_days
 
 
 @dataclass(eq=False)

@@ -9,8 +9,9 @@ from typing import Any
 
 import psycopg
 
+from ..core.limits import MS_PER_DAY
 from ..core.timestamps import parse_ms
-from .base import Store, StoreError, generation
+from .base import Store, StoreError
 from .postgres import PostgresStore
 from .postgres.statements import _COPY_EVENTS, _INSERT_IDS, _WRITE_TURN, EVENT_COLUMNS, WRITE_TURN_LOCK
 from .postgres.store import build_read_side
@@ -29,7 +30,7 @@ def import_sqlite(
     row, in ``seq`` order, ``chunk_rows`` a transaction. Each chunk records
     the last SQLite ``seq`` it copied in ``drengr_meta`` in the same
     transaction, so a second run copies only what is new. The event ids go
-    into the dedup table with the generation of their ``received_at``: a
+    into the dedup table with the day of their ``received_at``: a
     client retry that reaches PostgreSQL after the move is still caught.
     No cap applies, and nothing is counted as today's usage. ``progress(done, total)``
     after each chunk: rows of this run copied or skipped, of those it found to copy.
@@ -89,8 +90,8 @@ def import_sqlite(
                 for row in rows:  # a repeat SQLite kept (beyond its window) is kept once here
                     first.setdefault((row[0], row[1]), row)
                 rows = list(first.values())
-                gens = [generation(parse_ms(row[7]) or 0) for row in rows]
-                cur.execute(_INSERT_IDS, ([r[0] for r in rows], [r[1] for r in rows], gens))
+                days = [(parse_ms(row[7]) or 0) // MS_PER_DAY for row in rows]
+                cur.execute(_INSERT_IDS, ([r[0] for r in rows], [r[1] for r in rows], days))
                 new = set(cur.fetchall())
                 fresh = [row for row in rows if (row[0], row[1]) in new]
                 cur.execute(_WRITE_TURN, (WRITE_TURN_LOCK,))  # a serving node's builder waits for this chunk

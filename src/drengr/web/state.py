@@ -49,11 +49,14 @@ def state_of(app: Any) -> AppState:
 def open_configured_store(config: Config) -> Store:
     """The store ``config`` names: PostgreSQL at ``config.store``, else SQLite at ``config.db``."""
     if config.store:
-        return open_store(config.store, durability=config.durability)
+        return open_store(
+            config.store, durability=config.durability, dedup_window_days=config.dedup_window_days
+        )
     return SQLiteStore(
         config.db,
         durability=config.durability,
         busy_timeout_ms=config.busy_timeout_ms,
+        dedup_window_days=config.dedup_window_days,
         writer=config.writer,
         writer_cpus=config.writer_cpus,
     )

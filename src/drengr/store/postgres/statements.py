@@ -9,8 +9,9 @@ from ..rollups import NAME_BLOCK_BITS, ROLLUP_GRAINS
 # 2: semantic_events.library, index (tenant_id, seq), drop_counts; 3: tenants.pii_allow; 4: rollups;
 # 5: hourly rollups, indexes (tenant_id, external_id, seq) and (tenant_id, event_name, seq);
 # 6: the read side built off the write path (read_side_seq, user_index, name_blocks, a BRIN index on seq), the two
-# indexes of 5 dropped
-SCHEMA_VERSION = 6
+# indexes of 5 dropped; 7: event_ids.gen holds the day of receipt, not its 7-day generation (the window's length
+# became a setting)
+SCHEMA_VERSION = 7
 
 EVENT_COLUMNS = (
     "tenant_id",
@@ -153,12 +154,12 @@ _LOCK_USAGE = """
 _CAP = "SELECT daily_cap FROM tenants WHERE tenant_id = %s"
 _ADD_USAGE = """
     UPDATE daily_usage SET events = events + %s WHERE tenant_id = %s AND day = %s"""
-# The database's 7-day generation, as ``generation()`` numbers them (whole days since the epoch / 7).
-_DB_GENERATION = "(floor(extract(epoch FROM statement_timestamp()) / 86400)::bigint / 7)::int"
-# The write path's ids: stamped with the later of the node's generation of receipt and the database's.
+# The database's day: whole days since the epoch, by its clock.
+_DB_DAY = "floor(extract(epoch FROM statement_timestamp()) / 86400)::int"
+# The write path's ids: stamped (event_ids.gen) with the later of the node's day of receipt and the database's.
 _NEW_IDS = f"""
     INSERT INTO event_ids (tenant_id, event_id, gen)
-    SELECT k.t, k.e, greatest(%b::int, {_DB_GENERATION})
+    SELECT k.t, k.e, greatest(%b::int, {_DB_DAY})
     FROM {{}}unnest(%b::text[], %b::text[]) AS k(t, e) ORDER BY k.t, k.e
     ON CONFLICT DO NOTHING
     RETURNING tenant_id, event_id"""
@@ -168,11 +169,13 @@ _INSERT_NEW_IDS = _NEW_IDS.format("")
 _INSERT_NEW_IDS_IN_TURN = (
     "WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(%b::bigint))" + _NEW_IDS.format("turn, ")
 )
-# What the database's clock says is older than the previous generation, less a day of margin.
-_PRUNE = """
+# Ids received before the previous generation began, by the database's clock less a day of margin:
+# generations are the window's length (%(days)s) long, numbered as ``generation()`` does (day / days),
+# so an id is kept for at least the window and at most twice it, and a day.
+_PRUNE = f"""
     DELETE FROM event_ids
     WHERE (tenant_id, event_id) IN (
         SELECT tenant_id, event_id FROM event_ids
-        WHERE gen < (floor(extract(epoch FROM statement_timestamp()) / 86400 - 1)::bigint / 7)::int - 1
-        LIMIT %s
+        WHERE gen < (({_DB_DAY} - 1) / %(days)s - 1) * %(days)s
+        LIMIT %(limit)s
     )"""

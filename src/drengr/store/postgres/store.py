@@ -17,7 +17,7 @@ from psycopg import errors as pg_errors
 
 from ... import metrics
 from ...clock import now as clock_now
-from ...core.limits import DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
+from ...core.limits import DEFAULT_DAILY_CAP_EVENTS, DEFAULT_DEDUP_WINDOW_DAYS, MS_PER_DAY
 from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms
 from ..admin import Admin
@@ -27,7 +27,6 @@ from ..base import (
     Job,
     KeyCache,
     StoreError,
-    generation,
     prune_in_batches,
     take_group,
 )
@@ -129,6 +128,7 @@ class PostgresStore(Admin):
         connect_timeout: int = 5,
         statement_timeout_ms: int = 30_000,
         clock: Callable[[], float] = clock_now,
+        dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,  # the dedup window (--dedup-window-days)
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")
@@ -140,6 +140,7 @@ class PostgresStore(Admin):
         self._connect_timeout = connect_timeout
         self._statement_timeout_ms = statement_timeout_ms
         self._clock = clock
+        self.dedup_window_days = dedup_window_days  # how long event_ids keeps an id: one to two of it
         self._local = threading.local()
         self._connections: list[psycopg.Connection[Any]] = []  # every reader connection, for close()
         self._connections_lock = threading.Lock()
@@ -404,7 +405,9 @@ class PostgresStore(Admin):
         """Forget event ids older than the dedup window needs, by the database's clock; returns how many."""
         deleted = 0
         while True:
-            cursor = self._run(lambda conn: conn.execute(_PRUNE, (PRUNE_CHUNK,)))
+            cursor = self._run(
+                lambda conn: conn.execute(_PRUNE, {"days": self.dedup_window_days, "limit": PRUNE_CHUNK})
+            )
             deleted += max(cursor.rowcount, 0)
             if cursor.rowcount < PRUNE_CHUNK:
                 return deleted
@@ -576,7 +579,7 @@ class PostgresStore(Admin):
             inserted: set[tuple[str, str]] = set()
             if first_job:
                 tenants, ids = zip(*first_job, strict=True)
-                latest = generation(max(job.received_at_ms for job in jobs))
+                latest = max(job.received_at_ms for job in jobs) // MS_PER_DAY
                 if (
                     self.builds_read_side
                 ):  # the builder reads its horizon only between writes (build_read_side)

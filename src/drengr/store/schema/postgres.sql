@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS drop_counts (
     PRIMARY KEY (tenant_id, day, reason)
 );
 
--- Dedup: the ids of the last two 7-day generations (drengr.store.postgres).
+-- Dedup: the ids of the last two generations of the dedup window (drengr.store.postgres), each
+-- stamped with its day of receipt (whole days since the epoch).
 CREATE TABLE IF NOT EXISTS event_ids (
     tenant_id text NOT NULL,
     event_id text NOT NULL,
@@ -72,7 +73,12 @@ CREATE TABLE IF NOT EXISTS event_ids (
     PRIMARY KEY (tenant_id, event_id)
 );
 
--- BRIN, not a B-tree: ids arrive in generation order, so block ranges summarise well, and
+-- Before schema version 7, gen held the 7-day generation (day / 7): each becomes its generation's
+-- last day, so no id is forgotten sooner than before. Days are above 10,000 since 1997, generations
+-- below it until 2161: the statement changes only what a version 6 database wrote.
+UPDATE event_ids SET gen = gen * 7 + 6 WHERE gen < 10000;
+
+-- BRIN, not a B-tree: ids arrive in order of days, so block ranges summarise well, and
 -- the index costs next to nothing to keep up; prune() finds an old generation through it.
 CREATE INDEX IF NOT EXISTS event_ids_gen ON event_ids USING brin (gen);
 

@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ..._memory import return_large_blocks
+from ...core.limits import DEFAULT_DEDUP_WINDOW_DAYS
 from ...core.outcome import StoreOutcome
 from ...logs import configure as configure_logs
 from ...logs import current_format as current_log_format
@@ -58,14 +59,21 @@ class WriterProcess:
 
     IN_FLIGHT = 64
 
-    def __init__(self, path: str, durability: str, busy_timeout_ms: int, cpus: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        path: str,
+        durability: str,
+        busy_timeout_ms: int,
+        cpus: tuple[int, ...] = (),
+        window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
+    ) -> None:
         ours, theirs = socket.socketpair()
         code = (
             f"import sys; sys.path.insert(0, {_CODE_ROOT!r}); "
             "from drengr._sqlite_lib import unlock_connections; unlock_connections(); "  # before sqlite3
             "from drengr.store.sqlite.process import writer_main; "
             f"writer_main({theirs.fileno()}, {path!r}, {durability!r}, {busy_timeout_ms!r}, {cpus!r}, "
-            f"{current_log_format()!r})"
+            f"{current_log_format()!r}, {window_days!r})"
         )
         try:
             self._process = subprocess.Popen(
@@ -209,6 +217,7 @@ def writer_main(
     busy_timeout_ms: int,
     cpus: tuple[int, ...] = (),
     log_format: str = "json",
+    window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
 ) -> None:
     """The writer process: receive groups, commit them with the thread writer's own ``Writer``, answer."""
     return_large_blocks()  # the messages are large blocks: see _memory
@@ -224,7 +233,9 @@ def writer_main(
         builder_cpus = frozenset(os.sched_getaffinity(0) | set(cpus))  # the server's CPUs too
         os.sched_setaffinity(0, set(cpus))
     # The file is ready: its parent migrated it.
-    writer = Writer(path, durability.upper(), busy_timeout_ms, builder_cpus=builder_cpus)
+    writer = Writer(
+        path, durability.upper(), busy_timeout_ms, builder_cpus=builder_cpus, window_days=window_days
+    )
     conn: sqlite3.Connection | None = None
     while True:
         try:

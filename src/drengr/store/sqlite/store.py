@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ...clock import now as clock_now
-from ...core.limits import MS_PER_DAY
+from ...core.limits import DEFAULT_DEDUP_WINDOW_DAYS, MS_PER_DAY
 from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms
 from ..admin import Admin
@@ -80,6 +80,7 @@ class SQLiteStore(Admin):
         writer_cpus: tuple[int, ...] = (),  # the CPUs the writer process may run on; empty: any
         migrate: bool = True,  # False: the file is known to be ready
         elapsed: Callable[[], float] = time.monotonic,  # how long generations stayed (never jumps)
+        dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,  # the dedup window (--dedup-window-days)
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")
@@ -99,7 +100,10 @@ class SQLiteStore(Admin):
         self._writer_lock = threading.Lock()
         self._turns = WriterLock(path)  # writers of this file take turns (see there)
         # The thread writer's state: the dedup window, its turn, the checkpointer.
-        self._committer = Writer(path, self._synchronous, busy_timeout_ms, elapsed, self._turns)
+        self.dedup_window_days = dedup_window_days  # a generation's length: ids are kept one to two
+        self._committer = Writer(
+            path, self._synchronous, busy_timeout_ms, elapsed, self._turns, window_days=dedup_window_days
+        )
         self._child_commits = 0  # groups the writer process committed for this store
         self._child: WriterProcess | None = None  # writer="process"
         self._child_lock = threading.Lock()  # one request at a time hands its job to the child
@@ -107,11 +111,14 @@ class SQLiteStore(Admin):
             self._migrate()
         if writer == "process":
             try:  # now, not on the first request: the child takes ~0.1 s to start
-                self._child = WriterProcess(
-                    self.path, self._durability, self._busy_timeout_ms, self._writer_cpus
-                )
+                self._child = self._start_child()
             except Exception as error:  # noqa: BLE001 - tried again with the first write
                 log.error("cannot start the writer process: %s", error)
+
+    def _start_child(self) -> WriterProcess:
+        return WriterProcess(
+            self.path, self._durability, self._busy_timeout_ms, self._writer_cpus, self.dedup_window_days
+        )
 
     @property
     def group_commits(self) -> int:
@@ -369,9 +376,7 @@ class SQLiteStore(Admin):
                 self._child = None
             if self._child is None:
                 try:
-                    self._child = WriterProcess(
-                        self.path, self._durability, self._busy_timeout_ms, self._writer_cpus
-                    )
+                    self._child = self._start_child()
                 except Exception as error:  # noqa: BLE001 - this group fails, the next tries again
                     log.error("cannot start the writer process: %s", error)
                     return None

@@ -6,8 +6,9 @@ write path keeps between groups, and ``commit_jobs`` writes one group.
 
 - Dedup is exact and lives in memory (``FingerprintIndex``, from ``drengr._index``
   or its pure twin): 64-bit fingerprints of (tenant_id, event_id) → seq, for
-  rows received in the current and the previous 7-day generation (so every
-  repeat within 7 days is caught; older generations are dropped whole). The
+  rows received in the current and the previous generation, each as long as
+  the window (``window_days``, 7 by default: every repeat within it is caught;
+  older generations are dropped whole). The
   window is built from those rows of the table on the first write; before every
   write, under the write lock, it reads the rows other processes committed since
   (``seq > last_seq``); every fingerprint hit is verified against the row it
@@ -15,7 +16,7 @@ write path keeps between groups, and ``commit_jobs`` writes one group.
 - The wall clock is not trusted to forget (docs/mapping.md "Deduplication
   when the clock is wrong"): a generation is dropped only when the clock has
   moved on *and* the process's monotonic clock agrees that most of a
-  generation has passed since it closed (``_DROP_AFTER_SECONDS``). A clock
+  generation has passed since it closed (``_drop_after_seconds``). A clock
   that jumps ahead closes the current generation but drops nothing; a clock
   that goes back changes nothing; a restart loads the window back from the
   older of the clock and the newest stored row.
@@ -43,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ... import metrics
-from ...core.limits import DEDUP_WINDOW_DAYS, DEFAULT_DAILY_CAP_EVENTS, MS_PER_DAY
+from ...core.limits import DEFAULT_DAILY_CAP_EVENTS, DEFAULT_DEDUP_WINDOW_DAYS, MS_PER_DAY
 from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms, parse_ms
 from ..base import Job, StoreError, generation
@@ -74,10 +75,6 @@ _EVENT_COLUMNS = (
 )
 _INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 _ROWS_PER_STATEMENT = 512  # 5,632 parameters a statement, below SQLite's 32,766
-# A closed generation is dropped at a later rotation only once it has been closed this long by the
-# monotonic clock: a generation, less a day for a first write that came late after its boundary. On a
-# correct clock it closed at its boundary and a rotation comes at a boundary: every id is kept 7 days.
-_DROP_AFTER_SECONDS = (DEDUP_WINDOW_DAYS - 1) * 86_400
 _LOAD_ROWS = 65_536  # rows read from the table at a time into the window (its load, others' rows)
 
 
@@ -134,8 +131,15 @@ class Writer:
         elapsed: Callable[[], float] = time.monotonic,  # how long generations stayed (never jumps)
         turns: WriterLock | None = None,  # the store's, shared with its prune; else one of its own
         builder_cpus: frozenset[int] = frozenset(),  # where the read side's builder runs; empty: here
+        window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,  # a generation's length (--dedup-window-days)
     ) -> None:
         self._builder_cpus = builder_cpus
+        self.window_days = window_days
+        # A closed generation is dropped at a later rotation only once it has been closed this long by
+        # the monotonic clock: a generation, less a day for a first write that came late after its
+        # boundary (half a day for a one-day window). On a correct clock it closed at its boundary and
+        # a rotation comes at a boundary: every id is kept for the whole window.
+        self._drop_after_seconds = max(window_days - 1, 0.5) * 86_400
         self.path = path
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
@@ -376,7 +380,7 @@ class Writer:
         ``now_ms`` is the group's latest time of receipt: the window follows the
         clock that stamps the rows, the one that ``received_at`` shows.
         """
-        current_generation = generation(now_ms)
+        current_generation = generation(now_ms, self.window_days)
         if self._last_seq < 0:
             self._load_window(conn, now_ms)
         elif current_generation > self._generation:
@@ -394,19 +398,19 @@ class Writer:
     def _rotate(self, current_generation: int, now_ms: int) -> None:
         """The clock entered a later generation: close the current one; drop those closed long ago.
 
-        Whole generations are dropped, and only those closed ``_DROP_AFTER_SECONDS``
+        Whole generations are dropped, and only those closed ``_drop_after_seconds``
         ago by the monotonic clock. The one closing now closed when the clock
         says its generation ended, but never before it took its last row: ids
         written on its first day and nothing after are still caught a week
         later, and a wall clock that jumps ahead drops nothing.
         """
         now = self._elapsed()
-        ended_ms = (self._generation + 1) * DEDUP_WINDOW_DAYS * MS_PER_DAY
+        ended_ms = (self._generation + 1) * self.window_days * MS_PER_DAY
         closing = max(self._current_touched, now - (now_ms - ended_ms) / 1000)
         kept = [
             (index, closed_at)
             for index, closed_at in zip(self._window, [closing, *self._closed_at], strict=True)
-            if now - closed_at < _DROP_AFTER_SECONDS
+            if now - closed_at < self._drop_after_seconds
         ]
         self._window = [FingerprintIndex(), *(index for index, _ in kept)]
         self._closed_at = [closed_at for _, closed_at in kept]
@@ -430,6 +434,7 @@ class Writer:
                 "last_seq": self._last_seq,
                 "last_row": last_row,
                 "generation": self._generation,
+                "window_days": self.window_days,
             }
             window_file.save(self.path, header, self._window)
         except (OSError, sqlite3.Error) as error:
@@ -441,7 +446,7 @@ class Writer:
         if found is None:
             return False
         header, indexes = found
-        current_generation = generation(now_ms)
+        current_generation = generation(now_ms, self.window_days)
         last_seq = int(header["last_seq"])
         last_row = _row_fingerprint(conn, last_seq)
         newest = conn.execute("SELECT received_at FROM semantic_events ORDER BY seq DESC LIMIT 1").fetchone()
@@ -449,8 +454,10 @@ class Writer:
             why = "it was written for another database"
         elif last_row is None or header["last_row"] != last_row:
             why = "the last row it saw is not in the table"  # a backup restored, then written to
+        elif header.get("window_days") != self.window_days:
+            why = "the dedup window's length has changed"
         elif header["generation"] != current_generation or (
-            newest is not None and generation(parse_ms(newest[0]) or 0) > current_generation
+            newest is not None and generation(parse_ms(newest[0]) or 0, self.window_days) > current_generation
         ):
             why = "the clock is in another generation"
         else:
@@ -461,7 +468,7 @@ class Writer:
         # The clock agrees with the table: the previous generation closed at its boundary (as
         # _load_window has it), and any older one a generation before.
         now = self._elapsed()
-        window_s = DEDUP_WINDOW_DAYS * MS_PER_DAY / 1000
+        window_s = self.window_days * MS_PER_DAY / 1000
         closed_at = now - (now_ms / 1000 - current_generation * window_s)
         self._window = indexes
         self._closed_at = [closed_at - older * window_s for older in range(len(indexes) - 1)]
@@ -485,11 +492,13 @@ class Writer:
         """
         if self._restore_window(conn, now_ms):
             return
-        window_ms = DEDUP_WINDOW_DAYS * MS_PER_DAY
-        current_generation = generation(now_ms)
+        window_ms = self.window_days * MS_PER_DAY
+        current_generation = generation(now_ms, self.window_days)
         newest = conn.execute("SELECT received_at FROM semantic_events ORDER BY seq DESC LIMIT 1").fetchone()
         newest_ms = parse_ms(newest[0]) if newest else None
-        newest_generation = current_generation if newest_ms is None else generation(newest_ms)
+        newest_generation = (
+            current_generation if newest_ms is None else generation(newest_ms, self.window_days)
+        )
         boundary = format_ms(current_generation * window_ms)
         # A day of margin: processes' clocks and commit order may disagree by a little.
         start = format_ms((min(current_generation, newest_generation) - 1) * window_ms - MS_PER_DAY)
