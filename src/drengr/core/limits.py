@@ -27,9 +27,8 @@ MAX_FUTURE_MS = 86_400_000  # received_at + 1 day
 MS_PER_DAY = 86_400_000
 
 DEFAULT_DAILY_CAP_EVENTS = 5_000_000
-DEFAULT_DEDUP_WINDOW_DAYS = (
-    7  # --dedup-window-days: repeats inside it are always caught (docs/mapping.md "Dedup window")
-)
+# --dedup-window-days: repeats inside it are always caught (docs/operating.md "The dedup window: its length and its memory")
+DEFAULT_DEDUP_WINDOW_DAYS = 7
 
 
 def min_retention_days(window_days: int) -> int:
