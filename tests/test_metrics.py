@@ -26,6 +26,12 @@ from .support.realserver import basic, child_env, create_db, free_port, launch, 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
+try:  # the writer's dedup window is the compiled index (8 bytes a slot), as the server's writer will have it
+    from drengr import _index  # noqa: F401
+
+    COMPILED_INDEX = not os.environ.get("DRENGR_NO_EXTENSIONS")
+except ImportError:  # pragma: no cover - the extension did not build: the pure twin
+    COMPILED_INDEX = False
 HANG_GUARD_SECONDS = 30
 
 
@@ -127,6 +133,10 @@ def test_serve_counts_across_its_writer_process_and_guards_the_scrape(tmp_path):
     found = samples(text)
     check_counts(found, sent)
     assert value(found, "drengr_dedup_window_ids") == sent["stored"]
+    if COMPILED_INDEX:  # two generations' tables at their smallest (docs/operating.md, the dedup window)
+        assert value(found, "drengr_dedup_window_bytes") == 2 * 8 * 16_384
+    else:  # the pure twin's estimate
+        assert value(found, "drengr_dedup_window_bytes") > 0
     assert proxied[0] == 401 and "secret key" in json.loads(proxied[2])["message"]
     assert proxied_with_secret[0] == 200 and "drengr_events_stored_total" in proxied_with_secret[2]
     assert proxied_with_publishable[0] == 401
@@ -148,7 +158,7 @@ def test_names_follow_prometheus_conventions(tmp_path):
     assert set(families) >= {
         "drengr_http_requests", "drengr_http_request_body_bytes", "drengr_events_stored", "drengr_events_dropped",
         "drengr_keys_stripped", "drengr_auth_failures", "drengr_store_commit_seconds",
-        "drengr_store_commit_group_rows", "drengr_dedup_window_ids", "drengr_store_errors",
+        "drengr_store_commit_group_rows", "drengr_dedup_window_ids", "drengr_dedup_window_bytes", "drengr_store_errors",
         "drengr_key_cache_lookups",
     }  # fmt: skip
     for name, family in families.items():

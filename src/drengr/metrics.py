@@ -79,6 +79,12 @@ def _build() -> dict[str, Any]:
             (),
             multiprocess_mode="livemax",
         ),
+        "dedup_bytes": Gauge(
+            "drengr_dedup_window_bytes",
+            "Memory a SQLite writer's dedup window takes, in bytes (the largest of the live writers).",
+            (),
+            multiprocess_mode="livemax",
+        ),
         "store_errors": Counter(
             "drengr_store_errors", "Store operations that failed, by operation.", ("operation",)
         ),

@@ -320,6 +320,7 @@ class Writer:
         metrics.metric("commit_seconds").observe(time.perf_counter() - started)
         metrics.metric("group_rows").observe(sum(len(job.rows) for job in work))
         metrics.metric("dedup_ids").set(sum(len(index) for index in self._window))
+        metrics.metric("dedup_bytes").set(sum(index.memory_bytes for index in self._window))
 
     def _apply_group(
         self, conn: sqlite3.Connection, jobs: list[Job], staged: dict[str, set[str]]
