@@ -180,6 +180,29 @@ def reopened(
     return SQLiteStore(str(db_path), clock=Clock(clock_ms), writer=writer, dedup_window_days=window_days)
 
 
+def test_a_window_file_from_before_the_length_setting_is_read_as_seven_days(db_path):
+    """A file written before --dedup-window-days existed has no length in its header: 7 days, the
+    only length then, so a 7-day writer reads it and a 1-day writer builds its window from the table."""
+    from drengr.store.sqlite import window_file as window_files
+
+    store = reopened(db_path)
+    store.write("acme", [row("a")], DAY0)
+    store.close()
+    loaded = window_files.load(str(db_path), type(store._committer._window[0]))  # noqa: SLF001 - its index type
+    assert loaded is not None
+    header, indexes = loaded
+    del header["window_days"]
+    window_files.save(str(db_path), header, indexes)
+    for days, from_file in ((1, False), (7, True)):
+        again = reopened(db_path, window_days=days)
+        try:
+            assert again.write("acme", [row("a")], DAY0).duplicates == 1
+            assert again._committer.window_from_file is from_file  # noqa: SLF001
+        finally:
+            again._committer.save_window = lambda: None  # type: ignore[method-assign]  # the old file stays
+            again.close()
+
+
 def test_a_restart_reads_the_window_from_its_file(db_path, writer):
     """A writer that stops writes its window beside the database; the next one starts from it, not from
     the table, and every id in it is still caught."""

@@ -455,7 +455,7 @@ class Writer:
             why = "it was written for another database"
         elif last_row is None or header["last_row"] != last_row:
             why = "the last row it saw is not in the table"  # a backup restored, then written to
-        elif header.get("window_days") != self.window_days:
+        elif header.get("window_days", 7) != self.window_days:  # files from before the setting: 7 days
             why = "the dedup window's length has changed"
         elif header["generation"] != current_generation or (
             newest is not None and generation(parse_ms(newest[0]) or 0, self.window_days) > current_generation
