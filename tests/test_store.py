@@ -116,8 +116,8 @@ def test_old_generations_are_dropped_whole(db_path):
 @pytest.mark.parametrize("writer", WRITERS)
 def test_a_one_day_window_catches_a_repeat_for_a_day_then_forgets_it(db_path, writer):
     """--dedup-window-days 1: generations a day long. A repeat a day after the first copy is caught
-    (in memory and after a restart); three days on, the old ids are dropped whole and a repeat is
-    stored again; the window holds one generation's ids, not a week's."""
+    (in memory and after a restart); three days on (by both clocks), the old ids are dropped whole and
+    a repeat is stored again; the window holds one generation's ids, not a week's."""
     clock = Clock(DAY0 + MS_PER_DAY - 1)  # the last millisecond of a day: its generation closes next
     store = SQLiteStore(
         str(db_path), clock=clock, elapsed=lambda: clock.ms / 1000, writer=writer, dedup_window_days=1
@@ -135,11 +135,36 @@ def test_a_one_day_window_catches_a_repeat_for_a_day_then_forgets_it(db_path, wr
         assert again.write("acme", [row("1")], clock.ms).stored == 0
         clock.ms += 2 * MS_PER_DAY
         assert again.write("acme", [row("c")], clock.ms).stored == 1
-        if writer == "thread":  # the process writer's window is in its own process
+        if writer == "thread":  # its monotonic clock is the test's: two days passed
             assert [len(index) for index in again._committer._window] == [1]  # noqa: SLF001 - only "c" is held
-        assert again.write("acme", [row("1")], clock.ms).stored == 1  # beyond the window: stored again
+            assert again.write("acme", [row("1")], clock.ms).stored == 1  # beyond the window: stored again
+        else:  # the writer process's monotonic clock is its own: to it the wall clock jumped, which drops nothing
+            assert again.write("acme", [row("1")], clock.ms).duplicates == 1
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("days", [1, 7])
+def test_an_idle_server_keeps_ids_for_the_whole_window_across_a_boundary(db_path, days):
+    """The last write an hour before a generation's boundary, then nothing for most of a window (a
+    night, for a one-day window): the first write after closes that generation, and its ids, younger
+    than the window, are still caught; at the next boundary, a window after its last row, it goes."""
+    hour, window_ms = 3_600_000, days * MS_PER_DAY
+    boundary = (DAY0 // window_ms + 1) * window_ms
+    clock = Clock(boundary - hour)
+    store = SQLiteStore(str(db_path), clock=clock, elapsed=lambda: clock.ms / 1000, dedup_window_days=days)
+    try:
+        assert store.write("acme", [row("a")], clock.ms).stored == 1
+        clock.ms = boundary + window_ms - 3 * hour  # idle until then: this write closes "a"'s generation
+        assert store.write("acme", [row("b")], clock.ms).stored == 1
+        clock.ms += hour  # "a" is a window less an hour old
+        assert store.write("acme", [row("a")], clock.ms).duplicates == 1
+        clock.ms = boundary + window_ms + 60_000  # the next boundary: "a" is a window and an hour old
+        assert store.write("acme", [row("c")], clock.ms).stored == 1
+        assert [len(index) for index in store._committer._window] == [1, 1]  # noqa: SLF001 - "c", then "b"
+        assert store.write("acme", [row("a")], clock.ms).stored == 1  # beyond the window: stored again
+    finally:
+        store.close()
 
 
 def test_fingerprint_collisions_never_drop_a_distinct_event(db_path, monkeypatch):

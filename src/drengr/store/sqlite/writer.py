@@ -16,7 +16,8 @@ write path keeps between groups, and ``commit_jobs`` writes one group.
 - The wall clock is not trusted to forget (docs/mapping.md "Deduplication
   when the clock is wrong"): a generation is dropped only when the clock has
   moved on *and* the process's monotonic clock agrees that most of a
-  generation has passed since it closed (``_drop_after_seconds``). A clock
+  generation has passed since it closed (``_drop_after_seconds``) and a whole
+  window since its last row. A clock
   that jumps ahead closes the current generation but drops nothing; a clock
   that goes back changes nothing; a restart loads the window back from the
   older of the clock and the newest stored row.
@@ -146,7 +147,9 @@ class Writer:
         self._elapsed = elapsed
         self._generation = -1  # the latest generation the window has rotated to
         self._window: list[Any] = [FingerprintIndex(), FingerprintIndex()]  # current, then closed ones
-        self._closed_at: list[float] = [elapsed()]  # when each closed one last took a row (self._elapsed)
+        # Each closed one's times (self._elapsed): when it closed (its boundary, or its last row if
+        # later) and when it last took a row.
+        self._closed: list[tuple[float, float]] = [(elapsed(), elapsed())]
         self._current_touched = elapsed()  # when the current one last took a row
         self._last_seq = -1  # -1: not loaded yet
         self.window_from_file = False  # the window was read from its file (window_file), not the table
@@ -400,21 +403,27 @@ class Writer:
         """The clock entered a later generation: close the current one; drop those closed long ago.
 
         Whole generations are dropped, and only those closed ``_drop_after_seconds``
-        ago by the monotonic clock. The one closing now closed when the clock
-        says its generation ended, but never before it took its last row: ids
-        written on its first day and nothing after are still caught a week
-        later, and a wall clock that jumps ahead drops nothing.
+        ago by the monotonic clock whose last row is a whole window old by it too.
+        The one closing now closed when the clock says its generation ended, but
+        never before it took its last row: ids written on its first day and
+        nothing after are still caught a week later, and a wall clock that jumps
+        ahead drops nothing. Its last row's age keeps a server that was idle
+        across a boundary (a night, for a one-day window) from dropping ids
+        younger than the window at its first write after.
         """
         now = self._elapsed()
         ended_ms = (self._generation + 1) * self.window_days * MS_PER_DAY
         closing = max(self._current_touched, now - (now_ms - ended_ms) / 1000)
+        window_s = self.window_days * MS_PER_DAY / 1000
         kept = [
-            (index, closed_at)
-            for index, closed_at in zip(self._window, [closing, *self._closed_at], strict=True)
-            if now - closed_at < self._drop_after_seconds
+            (index, (closed_at, last_row_at))
+            for index, (closed_at, last_row_at) in zip(
+                self._window, [(closing, self._current_touched), *self._closed], strict=True
+            )
+            if now - closed_at < self._drop_after_seconds or now - last_row_at < window_s
         ]
         self._window = [FingerprintIndex(), *(index for index, _ in kept)]
-        self._closed_at = [closed_at for _, closed_at in kept]
+        self._closed = [times for _, times in kept]
         self._generation = current_generation
 
     def save_window(self) -> None:
@@ -472,7 +481,10 @@ class Writer:
         window_s = self.window_days * MS_PER_DAY / 1000
         closed_at = now - (now_ms / 1000 - current_generation * window_s)
         self._window = indexes
-        self._closed_at = [closed_at - older * window_s for older in range(len(indexes) - 1)]
+        # Their last rows are taken to be as late as their boundaries: never dropped sooner.
+        self._closed = [
+            (at, at) for at in (closed_at - older * window_s for older in range(len(indexes) - 1))
+        ]
         self._current_touched = now
         self._generation = current_generation
         self._last_seq = last_seq
@@ -520,7 +532,7 @@ class Writer:
         else:  # the clock disagrees with the table: trust only the time this process will see
             closed_at = now
         self._window = [current, previous]
-        self._closed_at = [closed_at]
+        self._closed = [(closed_at, closed_at)]  # its last row as late as it closed: never dropped sooner
         self._current_touched = now
         self._generation = current_generation
         self._last_seq = max(last, top[0] if top else 0)
