@@ -234,6 +234,10 @@ class PostgresStore(Admin):
                     ).fetchone()
                     if row is not None and row[0] == str(SCHEMA_VERSION):
                         return
+                    log.info("bringing the PostgreSQL database up to schema version %d", SCHEMA_VERSION)
+                # The migration itself runs as long as it needs (version 7 rewrites event_ids once:
+                # minutes with tens of millions of ids); a node waiting for it above stays bounded.
+                conn.execute("SET LOCAL statement_timeout = 0")
                 for statement in SCHEMA:
                     conn.execute(statement)
                 conn.execute(
