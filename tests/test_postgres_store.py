@@ -137,14 +137,21 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
 
 
 def test_a_migration_outlasts_the_statement_timeout(pg_dsn: str) -> None:
-    """Version 7 rewrites event_ids once; with many ids that takes longer than the statement timeout
-    every other statement keeps, and the node still starts (before: it failed at every start)."""
+    """Version 7 rewrites event_ids once: minutes with tens of millions of ids, longer than the statement
+    timeout every other statement keeps. Here the rewrite waits 1.5 s for a lock another session holds,
+    against a 500 ms timeout, and the node still starts (before: it failed at every start)."""
     PostgresStore(pg_dsn, clock=Clock(DAY0)).close()
-    query(pg_dsn, "INSERT INTO event_ids (tenant_id, event_id, gen) "
-                  "SELECT 'acme', 'id-' || n, 2970 FROM generate_series(1, 400000) AS n")  # fmt: skip
+    query(pg_dsn, "INSERT INTO event_ids (tenant_id, event_id, gen) VALUES ('acme', 'old', 2970)")
     query(pg_dsn, "UPDATE drengr_meta SET value = '6' WHERE key = 'schema_version'")
-    PostgresStore(pg_dsn, clock=Clock(DAY0), statement_timeout_ms=100).close()  # 400,000 rows: ~1 s
-    assert query(pg_dsn, "SELECT min(gen), max(gen), count(*) FROM event_ids") == [(20796, 20796, 400_000)]
+    with psycopg.connect(pg_dsn) as holder:  # a transaction of its own, until the timer commits it
+        holder.execute("LOCK TABLE event_ids IN SHARE MODE")  # the rewrite's UPDATE waits for it
+        release = threading.Timer(1.5, holder.commit)
+        release.start()
+        try:
+            PostgresStore(pg_dsn, clock=Clock(DAY0), statement_timeout_ms=500).close()
+        finally:
+            release.join()
+    assert query(pg_dsn, "SELECT gen FROM event_ids") == [(2970 * 7 + 6,)]
 
 
 def test_migrations_are_idempotent_and_safe_when_nodes_start_together(pg_dsn: str) -> None:
