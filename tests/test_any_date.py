@@ -36,7 +36,10 @@ def shifted_runs(request: pytest.FixtureRequest) -> dict[int, ShiftedRun]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1_260)  # a hang guard for the whole inner run, above the project's 300 s per test
-@pytest.mark.skipif(SHIFTED, reason="already running with a shifted clock")
+@pytest.mark.skipif(
+    SHIFTED,
+    reason="this is the inner run it starts, already shifted: it runs once, in the outer run (every CI run)",
+)
 @pytest.mark.parametrize("days", OFFSETS_DAYS, ids=lambda days: f"{days:+d}-days")
 def test_the_dated_tests_pass_with_the_clock_far_from_today(
     days: int, shifted_runs: dict[int, ShiftedRun]

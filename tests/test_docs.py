@@ -364,7 +364,7 @@ class Session:
 def postgres_schema() -> Iterator[str]:
     """A URI on the tests' PostgreSQL server whose connections use a fresh schema (skips when there is none)."""
     if find_spec("psycopg") is None:
-        pytest.skip("psycopg is not installed (pip install '.[test]')")
+        pytest.skip("psycopg is not installed: runs with it (pip install '.[test]', as in CI)")
     from tests.support.postgres import fresh_schema
 
     with fresh_schema("docs_") as uri:

@@ -97,7 +97,7 @@ def test_rows_that_are_not_an_object_of_numbers_add_nothing_of_theirs(module, me
 
 @pytest.mark.skipif(
     _measures is None,
-    reason="the compiled module did not build; runs wherever it does (pip install -e ., as CI, where test_fast_twin fails if it did not)",
+    reason="the compiled module did not build: runs wherever it does (pip install ., as in CI, where test_fast_twin fails if it did not)",
 )
 def test_keys_are_not_reused_across_rows_where_their_bytes_differ():
     """The compiled reader keeps the row before's key objects where the bytes agree; never otherwise."""

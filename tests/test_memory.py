@@ -7,7 +7,8 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's: runs on Linux with glibc (Debian, as in CI)",
 )
 
 # Request bodies (600 KB) interleaved with small objects that outlive them (1 KB, from the same

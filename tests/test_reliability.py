@@ -373,7 +373,10 @@ def _chattr(flag: str, *paths: Path) -> bool:
     return result.returncode == 0
 
 
-@pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr(1) (e2fsprogs)")
+@pytest.mark.skipif(
+    shutil.which("chattr") is None,
+    reason="needs chattr(1): runs where e2fsprogs is installed (Debian's base system, as in CI)",
+)
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_read_only_database_file_gives_502_then_recovers(tmp_path, writer):
     """Read-only even for root: the immutable attribute (chattr +i) on the database and its WAL.
@@ -391,7 +394,7 @@ def test_read_only_database_file_gives_502_then_recovers(tmp_path, writer):
     try:
         assert server.post("/v1/batch", batch(["before"])).status == 200
         if not _chattr("+i", *files):
-            pytest.skip("this filesystem has no immutable attribute")
+            pytest.skip("this filesystem has no immutable attribute: runs on ext4, xfs or btrfs (as in CI)")
         ids = [f"ro-{i}" for i in range(50)]
         try:
             _fail_then_recover(server, ids)

@@ -266,7 +266,8 @@ def test_serve_honours_variables_as_a_process(tmp_path):
 
 
 TWO_CPUS = pytest.mark.skipif(
-    len(os.sched_getaffinity(0)) < 2, reason="placement needs a machine with two CPUs or more"
+    len(os.sched_getaffinity(0)) < 2,
+    reason="placement needs two CPUs or more: runs on such a machine, as in CI",
 )
 
 

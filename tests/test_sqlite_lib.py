@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libsqlite3.so.0 is Linux's")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="libsqlite3.so.0 is Linux's: runs on Linux, as in CI"
+)
 
 PROGRAM = """
 import ctypes, sys

@@ -564,7 +564,8 @@ def test_checkpoints_run_beside_the_writer_and_the_log_starts_over(tmp_path, wri
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("numpy") is None, reason="numpy is not installed here: nothing could import it"
+    importlib.util.find_spec("numpy") is None,
+    reason="numpy is not installed here, so nothing could import it: runs wherever it is (the test extra brings it with pyarrow and pandas, as in CI)",
 )
 def test_the_server_does_not_load_numpy():
     """sqlite-utils would import numpy (~12 MB of the server's memory) when it is installed."""
