@@ -136,6 +136,7 @@ class Writer:
     ) -> None:
         self._builder_cpus = builder_cpus
         self.window_days = window_days
+        self._window_ms = window_days * MS_PER_DAY  # a generation's length
         # A closed generation is dropped at a later rotation only once it has been closed this long by
         # the monotonic clock: a generation, less a day for a first write that came late after its
         # boundary (half a day for a one-day window). On a correct clock it closed at its boundary and
@@ -412,15 +413,14 @@ class Writer:
         younger than the window at its first write after.
         """
         now = self._elapsed()
-        ended_ms = (self._generation + 1) * self.window_days * MS_PER_DAY
+        ended_ms = (self._generation + 1) * self._window_ms
         closing = max(self._current_touched, now - (now_ms - ended_ms) / 1000)
-        window_s = self.window_days * MS_PER_DAY / 1000
         kept = [
             (index, (closed_at, last_row_at))
             for index, (closed_at, last_row_at) in zip(
                 self._window, [(closing, self._current_touched), *self._closed], strict=True
             )
-            if now - closed_at < self._drop_after_seconds or now - last_row_at < window_s
+            if now - closed_at < self._drop_after_seconds or now - last_row_at < self._window_ms / 1000
         ]
         self._window = [FingerprintIndex(), *(index for index, _ in kept)]
         self._closed = [times for _, times in kept]
@@ -478,7 +478,7 @@ class Writer:
         # The clock agrees with the table: the previous generation closed at its boundary (as
         # _load_window has it), and any older one a generation before.
         now = self._elapsed()
-        window_s = self.window_days * MS_PER_DAY / 1000
+        window_s = self._window_ms / 1000
         closed_at = now - (now_ms / 1000 - current_generation * window_s)
         self._window = indexes
         # Their last rows are taken to be as late as their boundaries: never dropped sooner.
@@ -505,7 +505,7 @@ class Writer:
         """
         if self._restore_window(conn, now_ms):
             return
-        window_ms = self.window_days * MS_PER_DAY
+        window_ms = self._window_ms
         current_generation = generation(now_ms, self.window_days)
         newest = conn.execute("SELECT received_at FROM semantic_events ORDER BY seq DESC LIMIT 1").fetchone()
         newest_ms = parse_ms(newest[0]) if newest else None
