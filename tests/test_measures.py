@@ -1,5 +1,6 @@
 """The measures' sums of the rollups: compiled, twin and SQLite's ``json_each`` + ``sum()`` agree."""
 
+import itertools
 import json
 import math
 import sqlite3
@@ -139,3 +140,63 @@ def test_compiled_and_twin_agree_exactly(rows):
             assert type(total) is type(other) and (
                 total == other or (math.isnan(total) and math.isnan(other))
             )
+
+
+# The users file's part of the rows (UserRows): what the builder's SQL makes of the same rows.
+USERS_SQL = (
+    "SELECT seq >> 3, tenant_id, external_id, group_concat(seq) FROM rows WHERE external_id IS NOT NULL GROUP BY 1, 2, 3",
+    "SELECT DISTINCT tenant_id, substr(received_at, 1, 10), external_id FROM rows WHERE external_id IS NOT NULL",
+    "SELECT tenant_id, event_name, seq >> 2, min(seq), max(seq) FROM rows GROUP BY 1, 2, 3",
+)
+
+
+def users_by_sqlite(first_seq, rows):
+    conn = sqlite3.connect(":memory:")
+    conn.execute(
+        "CREATE TABLE rows (seq INTEGER PRIMARY KEY, tenant_id, event_name, external_id, received_at)"
+    )
+    conn.executemany(
+        "INSERT INTO rows VALUES (?, ?, ?, ?, ?)",
+        [(seq, row[0], row[2], row[4], row[7]) for seq, row in enumerate(rows, first_seq)],
+    )
+    seqs, days, names = (conn.execute(sql).fetchall() for sql in USERS_SQL)
+    conn.close()
+    listed = {(block, tenant, user): sorted(map(int, text.split(","))) for block, tenant, user, text in seqs}
+    return listed, sorted(days), sorted(names)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    first_seq=st.integers(min_value=1, max_value=2**40),
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["t1", "t2"]),
+            st.sampled_from(["open", "buy", "é"]),
+            st.sampled_from([None, "u1", "u2", "ü"]),
+            st.sampled_from(["2026-12-05T23:59:59.999Z", "2026-12-06T00:00:00.000Z"]),
+        ),
+        max_size=40,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=4),
+)
+def test_user_rows_index_as_the_builders_sql_does(first_seq, rows, cuts):
+    """Per block (8 seqs here), tenant and user, the seqs in order; the users of each day; per name and
+    block (4 seqs), the first and last seq: as SQL gives them, compiled and twin, the rows in groups."""
+    stored = [
+        (tenant, "id", name, "track", user, None, at, at, "{}", "{}", None) for tenant, name, user, at in rows
+    ]
+    expected_seqs, expected_days, expected_names = users_by_sqlite(first_seq, stored)
+    bounds = sorted({0, len(stored), *(cut for cut in cuts if cut <= len(stored))})
+    for module in IMPLEMENTATIONS:
+        index = module.UserRows(3, 2)
+        for start, end in itertools.pairwise(bounds):  # committed as groups, one after the other
+            index.add(first_seq + start, stored[start:end])
+        assert index.rows == len(stored)
+        listed = {}
+        for block, tenant, user, first, text in index.user_seqs():
+            seqs = [int(seq) for seq in text.split(",")]
+            assert seqs == sorted(seqs) and first == seqs[0] and (block, tenant, user) not in listed
+            listed[block, tenant, user] = seqs
+        assert listed == expected_seqs
+        assert sorted(index.daily_users()) == expected_days
+        assert sorted(index.name_blocks()) == expected_names

@@ -7,6 +7,7 @@ through the real app and both writers (thread and process), received in
 order, as a server stamps them.
 """
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -19,8 +20,8 @@ from drengr.store import SQLiteStore, open_store
 from drengr.store.reader import ORDERS, EventQuery, PostgresReader, SQLiteReader, StatsQuery
 from drengr.store.reader.model import _stats
 from drengr.store.rollups import NAME_BLOCK_BITS
-from drengr.store.sqlite import backfill_rollups
-from drengr.store.sqlite.read_side import users_path
+from drengr.store.sqlite import backfill_rollups, read_side
+from drengr.store.sqlite.read_side import USERS_LAYOUT, users_path
 from drengr.store.sqlite.writer import Writer
 from drengr.web import Config, create_app
 
@@ -66,6 +67,47 @@ def fill(path: Path | str, writer: str) -> dict[str, str]:
         ].drops.close()  # its last drop counts (the duplicates), before the store closes
         store.close()
     return keys
+
+
+def user_index(conn: sqlite3.Connection, schema: str = "") -> list[tuple[str, str, int]]:
+    """The users file's user index as (tenant_id, external_id, seq) entries, sorted, a seq listed twice kept twice."""
+    entries = []
+    for block, tenant_id, external_id, first_seq, seqs in conn.execute(f"SELECT * FROM {schema}user_seqs"):
+        listed = [int(seq) for seq in seqs.split(",")]
+        assert first_seq == min(listed) and all(
+            seq >> read_side.USER_INDEX_BLOCK_BITS == block for seq in listed
+        )
+        entries.extend((tenant_id, external_id, seq) for seq in listed)
+    return sorted(entries)
+
+
+def assert_users_file_as_scanned(
+    conn: sqlite3.Connection, built: int, name_bits: int = NAME_BLOCK_BITS
+) -> None:
+    """The users file (attached to ``conn`` as ``users``) holds the rows up to seq ``built``, as the table
+    gives them: every user's seqs once, the users of each day, the first and last seq of each name's blocks."""
+    assert user_index(conn, "users.") == sorted(
+        conn.execute(
+            "SELECT tenant_id, external_id, seq FROM semantic_events WHERE external_id IS NOT NULL AND seq <= ?",
+            (built,),
+        ).fetchall()
+    )
+    assert sorted(
+        conn.execute("SELECT tenant_id, day, external_id FROM users.daily_users").fetchall()
+    ) == sorted(
+        conn.execute(
+            "SELECT DISTINCT tenant_id, substr(received_at, 1, 10), external_id FROM semantic_events "
+            "WHERE external_id IS NOT NULL AND seq <= ?",
+            (built,),
+        ).fetchall()
+    )
+    assert sorted(conn.execute("SELECT * FROM users.name_blocks").fetchall()) == sorted(
+        conn.execute(
+            "SELECT tenant_id, event_name, seq >> ?, min(seq), max(seq) FROM semantic_events WHERE seq <= ? "
+            "GROUP BY 1, 2, 3",
+            (name_bits, built),
+        ).fetchall()
+    )
 
 
 def at(ms: int) -> str:
@@ -278,9 +320,9 @@ def test_a_file_whose_writer_counted_the_rollups_is_taken_up_whole(tmp_path: Pat
         conn.close()
     users = sqlite3.connect(users_path(str(path)))
     try:
-        assert users.execute("SELECT count(*) FROM user_index").fetchone() == with_users
+        assert (len(user_index(users)),) == with_users
         assert dict(users.execute("SELECT key, value FROM meta").fetchall()) == {
-            "users_seq": "241", "database_id": meta["database_id"]
+            "users_seq": "241", "database_id": meta["database_id"], "layout": USERS_LAYOUT
         }  # fmt: skip
     finally:
         users.close()
@@ -340,10 +382,7 @@ def test_two_stores_writing_one_file_build_one_read_side(tmp_path: Path) -> None
                 ).replace(" GROUP BY", " WHERE measures != '{}' GROUP BY")
             ).fetchall()
         )
-        assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM user_index").fetchone() == (
-            4_000,
-            4_000,
-        )
+        assert_users_file_as_scanned(conn, 4_000)
     finally:
         conn.close()
 
@@ -449,12 +488,132 @@ def test_the_writer_counts_its_own_rows_and_the_builder_leaves_them_to_it(tmp_pa
     _rollups_as_scanned(path)
 
 
+def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_rest(tmp_path: Path) -> None:
+    """``index_committed``: the rows handed over as committed go into the users file as a copy from the
+    table would put them; where rows not in memory come first (another process's), the table is copied
+    up to them; a group partly indexed already is cut; rows indexed already are dropped."""
+    path = str(tmp_path / "drengr.db")
+    batches = [_rows(f"b{b}-", 50, T0 + b * 9_000) for b in range(6)]  # seqs 1 + 50 b .. 50 (b + 1)
+    with pytest.MonkeyPatch.context() as held:
+        held.setattr(Writer, "builds_read_side", False)
+        store = SQLiteStore(path, writer="thread")
+        for batch in batches:
+            assert store.write("acme", batch, T0).stored == 50
+        store.close()
+    users = read_side.open_users(path)
+    try:
+        committed = read_side.Committed()
+        committed.add([(1 + 50 * b, batches[b]) for b in (0, 1, 3, 4, 5)])  # batch 2 is not held
+        assert read_side.index_committed(users, committed) == (0, None)  # a new file: built from the table
+        step = read_side.copy_step(users, max_rows=70)
+        assert step is not None and (step.low, step.high) == (0, 70) and read_side.index_users(users, step)
+        assert read_side.index_committed(users, committed) == (30, None)  # 71..100, batch 1 cut
+        assert read_side.index_committed(users, committed) == (0, 150)  # batch 2 first, from the table
+        assert read_side.copy_step(users, tallied_from=0, below=100) is None  # nothing left up to 100
+        step = read_side.copy_step(users, tallied_from=0, below=150)
+        assert step is not None and (step.low, step.high) == (100, 150) and read_side.index_users(users, step)
+        assert read_side.index_committed(users, committed) == (150, None)  # batches 3, 4 and 5 at once
+        assert read_side.index_committed(users, committed) == (0, None)  # none held
+        users.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
+        assert_users_file_as_scanned(users, 300)
+        assert users.execute("SELECT value FROM meta WHERE key = 'users_seq'").fetchone() == ("300",)
+    finally:
+        users.close()
+
+
+def test_a_writer_tallying_its_rows_has_them_indexed_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's own writes, once its users file is made, are indexed from its writer's rows in memory:
+    none is copied back from the table, and the file is what the table gives."""
+    import time
+
+    # The tally stays the writer's until it stops (not the builder's after a pause in the writes).
+    monkeypatch.setattr(read_side, "TALLY_STALE_SECONDS", 3600.0)
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path)
+
+    def users_seq() -> int:
+        if not Path(read_side.users_path(path)).exists():
+            return -1
+        with contextlib.closing(
+            sqlite3.connect(f"file:{read_side.users_path(path)}?mode=ro", uri=True)
+        ) as conn:
+            try:
+                found = conn.execute("SELECT value FROM meta WHERE key = 'users_seq'").fetchone()
+            except sqlite3.OperationalError:  # the file being made
+                return -1
+        return -1 if found is None else int(found[0])
+
+    def wait_for(seq: int) -> None:
+        deadline = time.monotonic() + 30
+        while users_seq() != seq and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert users_seq() == seq
+
+    try:
+        assert store.write("acme", _rows("first-", 300, T0), T0).stored == 300
+        wait_for(300)  # the file made, from the table
+        builder = store._committer._builder
+        assert builder is not None and builder.indexed_from_memory == 0
+        for batch in range(59):
+            assert store.write("acme", _rows(f"b{batch}-", 300, T0 + batch * 9_000), T0).stored == 300
+    finally:
+        store.close()  # its builder indexes the last rows as it stops
+    assert builder.indexed_from_memory == 17_700
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
+        assert_users_file_as_scanned(conn, 18_000)
+
+
+def test_a_users_file_of_an_older_layout_is_not_read_and_is_built_again(tmp_path: Path) -> None:
+    """An older drengr's users file (a `user_index` row per event, no `layout`) indexing this very
+    database: reads do not use it (their pages are still the table's), and a store builds it again."""
+    path = tmp_path / "drengr.db"
+    fill(path, "thread")
+    conn = sqlite3.connect(path)
+    database_id, top = conn.execute(
+        "SELECT value, (SELECT max(seq) FROM semantic_events) FROM meta WHERE key = 'database_id'"
+    ).fetchone()
+    conn.close()
+    Path(users_path(str(path))).unlink()
+    old = sqlite3.connect(users_path(str(path)))
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+        "CREATE TABLE user_index (block, tenant_id, external_id, seq, PRIMARY KEY (block, tenant_id, external_id, seq));"
+        "CREATE TABLE daily_users (tenant_id, day, external_id, PRIMARY KEY (tenant_id, day, external_id));"
+        "CREATE TABLE name_blocks (tenant_id, event_name, block, first_seq, last_seq, PRIMARY KEY (tenant_id, event_name, block));"
+    )
+    old.executemany("INSERT INTO meta VALUES (?, ?)", [("users_seq", str(top)), ("database_id", database_id)])
+    old.commit()
+    old.close()
+    query = EventQuery("acme", external_id="u3", limit=500)
+    reader = SQLiteReader(str(path))
+    try:
+        statements: list[str] = []
+        reader._conn().set_trace_callback(statements.append)
+        assert [event["seq"] for event in reader.events(query).events] == oracle_page(path, query)
+        assert not any("users.user_seqs" in sql for sql in statements)
+    finally:
+        reader.close()
+    store = SQLiteStore(str(path))
+    try:
+        assert store.write("acme", _rows("later-", 5, T0), T0).stored == 5
+    finally:
+        store.close()  # its builder catches up as it closes
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS users", (users_path(str(path)),))
+        tables = {row[0] for row in conn.execute("SELECT name FROM users.sqlite_master WHERE type = 'table'")}
+        assert "user_index" not in tables
+        assert conn.execute("SELECT value FROM users.meta WHERE key = 'layout'").fetchone() == (USERS_LAYOUT,)
+        assert_users_file_as_scanned(conn, top + 5)
+
+
 def test_a_prune_of_rows_the_writer_tallied_drops_its_tally(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows deleted before the writer's tally reached the rollups (a prune, a tenant deleted) are not
     counted: the prune moves the read side's epoch, the tally is dropped, the builder counts the rest."""
-    from drengr.store.sqlite import read_side
 
     monkeypatch.setattr(read_side, "TALLY_SECONDS", 3600.0)  # the tally waits, whatever the machine's pace
     monkeypatch.setattr(read_side, "TALLY_STALE_SECONDS", 3600.0)
@@ -598,7 +757,6 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A database filled by the thread writer with 16-row user-index blocks (the reader sees the same size)."""
     from drengr.store import rollups
     from drengr.store.reader import events as reader_events
-    from drengr.store.sqlite import read_side
 
     patch = pytest.MonkeyPatch()
     patch.setattr(read_side, "USER_INDEX_BLOCK_BITS", BLOCK_BITS)
@@ -744,26 +902,7 @@ def test_the_builder_indexes_users_and_reads_use_the_index(indexed: Path) -> Non
     built = int(meta["read_side_seq"])
     assert built == int(users_meta["users_seq"]) == top - 40
     assert users_meta["database_id"] == meta["database_id"]
-    assert sorted(conn.execute("SELECT tenant_id, external_id, seq FROM user_index").fetchall()) == sorted(
-        conn.execute(
-            "SELECT tenant_id, external_id, seq FROM semantic_events WHERE external_id IS NOT NULL AND seq <= ?",
-            (built,),
-        ).fetchall()
-    )
-    assert sorted(conn.execute("SELECT tenant_id, day, external_id FROM daily_users").fetchall()) == sorted(
-        conn.execute(
-            "SELECT DISTINCT tenant_id, substr(received_at, 1, 10), external_id FROM semantic_events "
-            "WHERE external_id IS NOT NULL AND seq <= ?",
-            (built,),
-        ).fetchall()
-    )
-    assert sorted(conn.execute("SELECT * FROM name_blocks").fetchall()) == sorted(
-        conn.execute(
-            "SELECT tenant_id, event_name, seq >> ?, min(seq), max(seq) FROM semantic_events WHERE seq <= ? "
-            "GROUP BY 1, 2, 3",
-            (BLOCK_BITS, built),
-        ).fetchall()
-    )
+    assert_users_file_as_scanned(conn, built, BLOCK_BITS)
     assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone()[0] == built
     conn.close()
     reader = SQLiteReader(str(indexed))
@@ -771,7 +910,7 @@ def test_the_builder_indexes_users_and_reads_use_the_index(indexed: Path) -> Non
         statements: list[str] = []
         reader._conn().set_trace_callback(statements.append)
         assert reader.events(EventQuery("acme", external_id="u3", order="asc", limit=3)).events
-        assert any("FROM users.user_index" in sql for sql in statements)
+        assert any("FROM users.user_seqs" in sql for sql in statements)
         # No statement on the events reads them without a bound on seq (a walk through the table).
         reads = [sql for sql in statements if "FROM semantic_events" in sql and "external_id =" in sql]
         assert reads and all("seq IN (" in sql or "seq >=" in sql for sql in reads)

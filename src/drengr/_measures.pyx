@@ -193,11 +193,12 @@ cdef class _Count:
     cdef int64_t events
 
 
-# The stored row's columns (store/sqlite/writer.py's _EVENT_COLUMNS) that Sums.add_rows reads.
+# The stored row's columns (store/sqlite/writer.py's _EVENT_COLUMNS) that Sums.add_rows and UserRows.add read.
 cdef enum:
     TENANT = 0
     NAME = 2
     TYPE = 3
+    EXTERNAL_ID = 4
     RECEIVED = 7
     MEASURES = 9
 
@@ -300,6 +301,81 @@ cdef class Sums:
             for key, total in totals.items():
                 sums.append((*group, key, (<_Total>total).result()))
         return sums
+
+
+cdef class UserRows:
+    """The users file's part of rows committed in order, as ``_measures_py.UserRows``: per block of
+    ``2**user_bits`` seqs, tenant and external_id, the seqs; the (tenant, UTC day, external_id)
+    seen; per tenant, event name and block of ``2**name_bits`` seqs, the first and last seq.
+
+    Kept as a dict per (block, tenant) or (tenant, day) of dicts and sets by external_id and name,
+    the one last used at hand: a row then costs a look-up by a string whose hash is cached, not a
+    tuple made and hashed (~0.1 µs a row against ~0.5).
+    """
+
+    cdef int user_bits, name_bits
+    cdef dict seqs  # (block, tenant_id) → {external_id: [seq]}
+    cdef dict days  # (tenant_id, day) → {external_id}
+    cdef dict names  # (tenant_id, block) → {event_name: [first, last]}
+    cdef object seqs_tenant, days_tenant, days_received, names_tenant
+    cdef int64_t seqs_block, names_block
+    cdef dict seqs_at, names_at
+    cdef set days_at
+    cdef public int64_t rows
+
+    def __cinit__(self, int user_bits, int name_bits):
+        self.user_bits, self.name_bits = user_bits, name_bits
+        self.seqs, self.days, self.names = {}, {}, {}
+        self.seqs_block = self.names_block = -1
+
+    def add(self, int64_t first_seq, list rows):
+        """Stored rows (the writer's tuples), the first of them at ``first_seq``, the others after it."""
+        cdef tuple row
+        cdef int64_t seq = first_seq, block
+        cdef list found
+        for row in rows:
+            tenant_id = row[TENANT]
+            block = seq >> self.name_bits
+            if block != self.names_block or tenant_id is not self.names_tenant:
+                self.names_at = self.names.setdefault((tenant_id, block), {})
+                self.names_block, self.names_tenant = block, tenant_id
+            found = self.names_at.get(row[NAME])
+            if found is None:
+                self.names_at[row[NAME]] = [seq, seq]
+            else:
+                found[1] = seq
+            external_id = row[EXTERNAL_ID]
+            if external_id is not None:
+                block = seq >> self.user_bits
+                if block != self.seqs_block or tenant_id is not self.seqs_tenant:
+                    self.seqs_at = self.seqs.setdefault((block, tenant_id), {})
+                    self.seqs_block, self.seqs_tenant = block, tenant_id
+                found = self.seqs_at.get(external_id)
+                if found is None:
+                    self.seqs_at[external_id] = [seq]
+                else:
+                    found.append(seq)
+                received = row[RECEIVED]
+                if received is not self.days_received or tenant_id is not self.days_tenant:
+                    self.days_at = self.days.setdefault((tenant_id, received[:10]), set())
+                    self.days_received, self.days_tenant = received, tenant_id
+                self.days_at.add(external_id)
+            seq += 1
+        self.rows += len(rows)
+
+    def user_seqs(self):
+        """[(block, tenant_id, external_id, first seq, the seqs comma-separated)]"""
+        return [(*at, external_id, (<list>seqs)[0], ",".join(map(str, seqs)))
+                for at, by_user in self.seqs.items() for external_id, seqs in (<dict>by_user).items()]
+
+    def daily_users(self):
+        """[(tenant_id, day, external_id)]"""
+        return [(*at, external_id) for at, users in self.days.items() for external_id in <set>users]
+
+    def name_blocks(self):
+        """[(tenant_id, event_name, block, first seq, last seq)]"""
+        return [(at[0], name, at[1], (<list>span)[0], (<list>span)[1])
+                for at, by_name in self.names.items() for name, span in (<dict>by_name).items()]
 
 
 def sum_measures(rows):

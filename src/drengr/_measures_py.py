@@ -98,3 +98,46 @@ def sum_measures(rows: Iterable[tuple[str, str, str, Any]]) -> list[tuple[str, s
     sums = Sums()
     sums.add_measures(rows)
     return sums.measure_sums()
+
+
+EXTERNAL_ID = 4  # the stored row's column UserRows reads beside TENANT, NAME and RECEIVED
+
+
+class UserRows:
+    """The users file's part of rows committed in order (``drengr.store.sqlite.read_side``): per
+    block of ``2**user_bits`` seqs, tenant and external_id, the seqs; the (tenant, UTC day,
+    external_id) seen; and per tenant, event name and block of ``2**name_bits`` seqs, the first
+    and last seq."""
+
+    def __init__(self, user_bits: int, name_bits: int) -> None:
+        self.user_bits, self.name_bits = user_bits, name_bits
+        self.seqs: dict[tuple[int, str, str], list[int]] = {}
+        self.days: set[tuple[str, str, str]] = set()
+        self.names: dict[tuple[str, str, int], list[int]] = {}
+        self.rows = 0
+
+    def add(self, first_seq: int, rows: list[tuple[Any, ...]]) -> None:
+        """Stored rows (the writer's tuples), the first of them at ``first_seq``, the others after it."""
+        for seq, row in enumerate(rows, first_seq):
+            name = (row[TENANT], row[NAME], seq >> self.name_bits)
+            if name in self.names:
+                self.names[name][1] = seq
+            else:
+                self.names[name] = [seq, seq]
+            external_id = row[EXTERNAL_ID]
+            if external_id is not None:
+                self.seqs.setdefault((seq >> self.user_bits, row[TENANT], external_id), []).append(seq)
+                self.days.add((row[TENANT], row[RECEIVED][:10], external_id))
+        self.rows += len(rows)
+
+    def user_seqs(self) -> list[tuple[int, str, str, int, str]]:
+        """[(block, tenant_id, external_id, first seq, the seqs comma-separated)]"""
+        return [(*key, seqs[0], ",".join(map(str, seqs))) for key, seqs in self.seqs.items()]
+
+    def daily_users(self) -> list[tuple[str, str, str]]:
+        """[(tenant_id, day, external_id)]"""
+        return list(self.days)
+
+    def name_blocks(self) -> list[tuple[str, str, int, int, int]]:
+        """[(tenant_id, event_name, block, first seq, last seq)]"""
+        return [(*key, first, last) for key, (first, last) in self.names.items()]

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ..base import StoreError
-from ..sqlite.read_side import users_path
+from ..sqlite import read_side
+from ..sqlite.read_side import USERS_LAYOUT, users_path
 from .events import _PagedReader
 from .model import EVENT_SELECT, EventQuery, _export_row, _filters, _SQLBuilder
+
+_SEQS_AT_ONCE = 500  # one user's rows read by seq at a time (a block can list 16,384)
 
 
 class SQLiteReader(_PagedReader):
@@ -55,7 +58,8 @@ class SQLiteReader(_PagedReader):
         return self._meta(execute, "read_side_seq") or 0
 
     def _user_index_covers(self, execute: Callable[..., Any]) -> tuple[int, int] | None:
-        """(0, users_seq) from the users file, when it indexes this database (its database_id)."""
+        """(0, users_seq) from the users file, when it indexes this database (its database_id) in
+        this drengr's layout."""
         if not getattr(self._local, "users", False):
             return None
         try:
@@ -63,39 +67,43 @@ class SQLiteReader(_PagedReader):
             ours = execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
         except sqlite3.OperationalError:  # a users file being made, or a database older than it
             return None
-        if ours is None or found.get("database_id") != ours[0] or "users_seq" not in found:
+        if ours is None or found.get("database_id") != ours[0] or found.get("layout") != USERS_LAYOUT:
+            return None
+        if "users_seq" not in found:
             return None
         return 0, int(found["users_seq"])
 
     def _user_rows(
         self, execute: Callable[..., Any], query: EventQuery, low: int, high: int, limit: int
     ) -> list[tuple[Any, ...]]:
-        """Block by block: each is one seek into the index for (block, tenant, external_id); the rows
-        are then read by seq with every filter of the query applied."""
-        from ..sqlite.read_side import USER_INDEX_BLOCK_BITS as BITS
-
+        """Block by block: each is one seek into the index for (block, tenant, external_id), whose
+        lists of seqs give the rows, read by seq with every filter of the query applied."""
+        bits = read_side.USER_INDEX_BLOCK_BITS  # looked up here: tests make the blocks smaller
         rows: list[tuple[Any, ...]] = []
-        first, last = low >> BITS, high >> BITS
+        first, last = low >> bits, high >> bits
         order = range(last, first - 1, -1) if query.order == "desc" else range(first, last + 1)
-        find = (
-            "SELECT seq FROM users.user_index WHERE block = ? AND tenant_id = ? AND external_id = ? "
-            f"AND seq >= ? AND seq <= ? ORDER BY seq {query.order.upper()}"
-        )
+        find = "SELECT seqs FROM users.user_seqs WHERE block = ? AND tenant_id = ? AND external_id = ?"
         for block in order:
             if len(rows) >= limit:
                 break
-            seqs = [row[0] for row in execute(find, [block, query.tenant_id, query.external_id, low, high])]
-            if not seqs:
-                continue
-            sql = _SQLBuilder(self.mark)
-            sql.add(f"seq IN ({','.join('?' * len(seqs))})", *seqs)
-            _filters(sql, query)
-            rows.extend(
-                execute(
-                    f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} ORDER BY seq {query.order.upper()} LIMIT ?",
-                    [*sql.params, limit - len(rows)],
-                ).fetchall()
+            found = execute(find, [block, query.tenant_id, query.external_id]).fetchall()
+            seqs = sorted(
+                (seq for (listed,) in found for seq in map(int, listed.split(",")) if low <= seq <= high),
+                reverse=query.order == "desc",
             )
+            for start in range(0, len(seqs), _SEQS_AT_ONCE):
+                if len(rows) >= limit:
+                    break
+                part = seqs[start : start + _SEQS_AT_ONCE]
+                sql = _SQLBuilder(self.mark)
+                sql.add(f"seq IN ({','.join('?' * len(part))})", *part)
+                _filters(sql, query)
+                rows.extend(
+                    execute(
+                        f"SELECT {EVENT_SELECT} FROM semantic_events{sql.where()} ORDER BY seq {query.order.upper()} LIMIT ?",
+                        [*sql.params, limit - len(rows)],
+                    ).fetchall()
+                )
         return rows
 
     _name_index_covers = _user_index_covers  # name_blocks: the same file, built in the same steps

@@ -4,20 +4,23 @@
 -- Statements end with a semicolon at the end of a line.
 
 -- `users_seq`: every row of semantic_events with seq at or below it is indexed; `database_id`:
--- the database it indexes (its meta.database_id).
+-- the database it indexes (its meta.database_id); `layout`: the layout of this file's tables
+-- (read_side.USERS_LAYOUT): a file of another layout is built again.
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT
 );
 
--- One row per stored event with an external_id, keyed by block of 16,384 seqs first, so that a
--- step's entries go near the end of the tree and a look-up is one seek per block.
-CREATE TABLE IF NOT EXISTS user_index (
+-- One user's events: per block of 16,384 seqs, tenant and external_id, the seqs of one step of the
+-- builder, comma-separated (a row per user and step, not per event). Keyed by block first, so that
+-- a step's rows go near the end of the tree and a look-up is one seek per block.
+CREATE TABLE IF NOT EXISTS user_seqs (
     block INTEGER NOT NULL,
     tenant_id TEXT NOT NULL,
     external_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (block, tenant_id, external_id, seq)
+    first_seq INTEGER NOT NULL,
+    seqs TEXT NOT NULL,
+    PRIMARY KEY (block, tenant_id, external_id, first_seq)
 ) WITHOUT ROWID;
 
 -- The users seen per tenant and received UTC day: "distinct users" (the Datasette query) adds up

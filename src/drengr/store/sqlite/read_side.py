@@ -10,6 +10,7 @@ rollups into them, beside a serving process. Imports only the standard library
 and ``drengr.store``.
 """
 
+import collections
 import contextlib
 import fcntl
 import itertools
@@ -31,9 +32,9 @@ from .locks import open_lock_file
 try:
     if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
         raise ImportError("DRENGR_NO_EXTENSIONS=1")
-    from ..._measures import Sums, sum_measures
+    from ..._measures import Sums, UserRows, sum_measures
 except ImportError:  # the extension did not build (or is not wanted); the twin gives the same sums
-    from ..._measures_py import Sums, sum_measures  # type: ignore[assignment]
+    from ..._measures_py import Sums, UserRows, sum_measures  # type: ignore[assignment]
 
 log = logging.getLogger("drengr.store")
 
@@ -130,12 +131,16 @@ def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: in
 #   the new rows into temporary tables inside a read snapshot (no lock; SQLite runs it without the
 #   GIL, on the other core), then takes the writers' turn only to add those few rows and move
 #   `read_side_seq`, and only if nobody moved it (or pruned, `read_side_epoch`) meanwhile.
-# - The user index and `daily_users` hold a row per event (or per new user and day): adding them
-#   under the database's write lock held the writer ~2 µs a row. They live in a file of their own
-#   beside the database (`drengr-users.db`, schema/sqlite-users.sql), written by the builder
-#   with the database attached and only read: the writer never waits for them. Every row with seq
-#   <= its `users_seq` is indexed; readers take the rows past it from the table. The file is
-#   derived: deleted, or found indexing another database (`database_id`), it is built again.
+# - The user index (`user_seqs`: a row per user and step, its seqs in a list) and `daily_users` (a
+#   row per user and day) live in a file of their own beside the database (`drengr-users.db`,
+#   schema/sqlite-users.sql), written by the builder with the database attached and only read:
+#   the writer never waits for them. Every row with seq <= its `users_seq` is indexed; readers
+#   take the rows past it from the table. The file is derived: deleted, found indexing another
+#   database (`database_id`) or laid out otherwise (`layout`), it is built again.
+# - The rows its own writer committed, the builder indexes from memory (`Committed`,
+#   `index_committed`: ~0.3 µs a row, compiled), without reading them back from the table; it
+#   copies from the table only what is not there: other processes' rows, the rows of a writer
+#   that does not count its rollups itself, a file being built again.
 # - `name_blocks`, in the same file and step: per tenant, event name and block of 1,024 seqs, the
 #   first and last seq of the name there (a few rows per block), which take a page of a rare name
 #   straight to its rows.
@@ -205,17 +210,31 @@ _UPSERTS = (
     ("measure_rollups", "minute", "measure", "total"),
     ("hourly_measure_rollups", "hour", "measure", "total"),
 )
-# The users file's part of a step. Every statement is idempotent, so rows it had indexed already
-# (copied for the rollups' sake) change nothing.
-_INDEX_USERS = (
-    "INSERT OR IGNORE INTO user_index SELECT seq >> :bits, tenant_id, external_id, seq FROM temp.step_rows "
-    "WHERE external_id IS NOT NULL",
-    "INSERT OR IGNORE INTO daily_users SELECT tenant_id, substr(received_at, 1, 10), external_id "
-    "FROM temp.step_rows WHERE external_id IS NOT NULL",
-    "INSERT INTO name_blocks SELECT tenant_id, event_name, block, min(first_seq), max(last_seq) "
-    "FROM temp.step_groups WHERE true GROUP BY 1, 2, 3 ON CONFLICT DO UPDATE SET "
-    "first_seq = min(first_seq, excluded.first_seq), last_seq = max(last_seq, excluded.last_seq)",
+# The users file's part of a step, from its copy: only the rows past `users_seq` (:indexed), which
+# the rollups' sake may have copied too.
+_ADD_NAME_BLOCK = (
+    " ON CONFLICT DO UPDATE SET first_seq = min(first_seq, excluded.first_seq), "
+    "last_seq = max(last_seq, excluded.last_seq)"
 )
+_INDEX_USERS = (
+    "INSERT OR IGNORE INTO user_seqs SELECT seq >> :bits, tenant_id, external_id, min(seq), group_concat(seq) "
+    "FROM temp.step_rows WHERE external_id IS NOT NULL AND seq > :indexed GROUP BY 1, 2, 3",
+    "INSERT OR IGNORE INTO daily_users SELECT DISTINCT tenant_id, substr(received_at, 1, 10), external_id "
+    "FROM temp.step_rows WHERE external_id IS NOT NULL AND seq > :indexed",
+    "INSERT INTO name_blocks SELECT tenant_id, event_name, block, min(first_seq), max(last_seq) "
+    "FROM temp.step_groups WHERE true GROUP BY 1, 2, 3" + _ADD_NAME_BLOCK,
+)
+# The same three from the rows in memory (`UserRows`).
+_INDEX_COMMITTED = (
+    "INSERT OR IGNORE INTO user_seqs VALUES (?, ?, ?, ?, ?)",
+    "INSERT OR IGNORE INTO daily_users VALUES (?, ?, ?)",
+    "INSERT INTO name_blocks VALUES (?, ?, ?, ?, ?)" + _ADD_NAME_BLOCK,
+)
+# The users file's layout: one of another (an older drengr's `user_index`, a row per event) is built again.
+USERS_LAYOUT = "2"
+# At most this many rows of the groups its writer committed wait in memory for the builder (their
+# tuples: ~0.5 KB a row); past it, the builder copies them from the table.
+COMMITTED_ROWS = 2 * BUILD_STEP_ROWS
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
@@ -267,7 +286,10 @@ class Step:
 
 
 def copy_step(
-    users: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS, tallied_from: int | None = None
+    users: sqlite3.Connection,
+    max_rows: int = BUILD_STEP_ROWS,
+    tallied_from: int | None = None,
+    below: int | None = None,
 ) -> Step | None:
     """Copy up to ``max_rows`` rows past the lower of the two marks in a read snapshot of both files,
     and count the rollups' part of them; None: nothing new.
@@ -275,6 +297,7 @@ def copy_step(
     ``users`` comes from ``open_users`` (the database attached as ``events``), not in a transaction.
     ``tallied_from``: the rollups' mark from which the writer counts its rows itself (``Tally``);
     found there, the step leaves the rollups to it and copies only what the users file needs.
+    ``below``: the last seq to copy at most (the rows past it are in memory: ``index_committed``).
     """
     for statement in _STAGING:
         users.execute(statement)
@@ -285,13 +308,14 @@ def copy_step(
         epoch = _meta_int(users, "read_side_epoch", table="events.meta")
         found = users.execute("SELECT value FROM events.meta WHERE key = 'database_id'").fetchone()
         indexes = users.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+        layout = users.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()
         seen, top = _meta_int(users, "users_seq", -1), _top(users, "events.")
-        # Another database's, or one cut back (a backup restored under it): built again.
-        again = found is None or indexes != found or seen > top
+        # Another database's, one cut back (a backup restored under it), or another layout: built again.
+        again = found is None or indexes != found or seen > top or layout != (USERS_LAYOUT,)
         indexed = 0 if again else seen
         rollups = built != tallied_from
         low = min(built, indexed) if rollups else indexed
-        high = min(top, low + max_rows)
+        high = min(top, low + max_rows, top if below is None else below)
         if high <= low:
             return None
         users.execute(_COPY if rollups else _COPY_FOR_USERS, {"low": low, "high": high})
@@ -446,14 +470,80 @@ def index_users(users: sqlite3.Connection, step: Step) -> bool:
         ):
             return False
         if again:
-            users.execute("DELETE FROM user_index")
-            users.execute("DELETE FROM daily_users")
-            users.execute("DELETE FROM name_blocks")
+            users.execute("DROP TABLE IF EXISTS user_index")  # an older drengr's layout
+            for table in ("user_seqs", "daily_users", "name_blocks"):
+                users.execute(f"DELETE FROM {table}")
             users.execute(_META, ("database_id", None if found is None else found[0]))
+            users.execute(_META, ("layout", USERS_LAYOUT))
         for statement in _INDEX_USERS:
-            users.execute(statement, {"bits": USER_INDEX_BLOCK_BITS})
+            users.execute(statement, {"bits": USER_INDEX_BLOCK_BITS, "indexed": -1 if again else seen})
         users.execute(_META, ("users_seq", str(step.high)))
     return True
+
+
+class Committed:
+    """The groups a writer committed, ``(first seq, rows)`` in order, kept for its builder to index
+    from memory (``index_committed``): ``COMMITTED_ROWS`` at most, the later ones left to the table."""
+
+    def __init__(self) -> None:
+        self._groups: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self._rows = 0
+        self._lock = threading.Lock()  # the writer adds, the builder takes
+
+    def add(self, groups: list[tuple[int, list[Any]]]) -> None:
+        with self._lock:
+            for first_seq, rows in groups:
+                if self._rows + len(rows) > COMMITTED_ROWS:
+                    return  # copied from the table instead
+                self._groups.append((first_seq, rows))
+                self._rows += len(rows)
+
+    def take(self, indexed: int) -> tuple[list[tuple[int, list[Any]]], int | None]:
+        """The rows past seq ``indexed`` with no other rows between, as groups (the first cut where it
+        began at or below it), and None; or no groups, and the seq below the first one held (the rows
+        up to it are not here: another process's), or None (none is held)."""
+        taken: list[tuple[int, list[Any]]] = []
+        with self._lock:
+            while self._groups:
+                first_seq, rows = self._groups[0]
+                if first_seq > indexed + 1:
+                    break
+                self._groups.popleft()
+                self._rows -= len(rows)
+                if first_seq + len(rows) - 1 > indexed:
+                    taken.append((indexed + 1, rows[indexed + 1 - first_seq :]))
+                    indexed = first_seq + len(rows) - 1
+            below = self._groups[0][0] - 1 if self._groups and not taken else None
+        return taken, below
+
+
+def index_committed(users: sqlite3.Connection, committed: Committed) -> tuple[int, int | None]:
+    """Index in the users file (``users`` from ``open_users``) the rows ``committed`` holds right past
+    its ``users_seq``, from memory (``UserRows``), and move ``users_seq`` past them.
+
+    Returns the rows indexed and, when there were none, the seq to copy up to from the
+    table before they come (``Committed.take``). A file to be built again is left to ``copy_step``.
+    """
+    with Transaction(users, "DEFERRED"):
+        # The users file's write lock first: nobody moves users_seq meanwhile.
+        users.execute("INSERT INTO meta (key, value) VALUES ('users_seq', '-1') ON CONFLICT (key) DO NOTHING")
+        meta = dict(users.execute("SELECT key, value FROM meta").fetchall())
+        found = users.execute("SELECT value FROM events.meta WHERE key = 'database_id'").fetchone()
+        if found is None or meta.get("database_id") != found[0] or meta.get("layout") != USERS_LAYOUT:
+            return 0, None
+        indexed = int(meta["users_seq"])
+        groups, below = committed.take(indexed)
+        if not groups:
+            return 0, below
+        rows = UserRows(USER_INDEX_BLOCK_BITS, NAME_BLOCK_BITS)
+        for first_seq, group in groups:
+            rows.add(first_seq, group)
+        user_seqs, daily_users, name_blocks = _INDEX_COMMITTED
+        users.executemany(user_seqs, rows.user_seqs())
+        users.executemany(daily_users, rows.daily_users())
+        users.executemany(name_blocks, rows.name_blocks())
+        users.execute(_META, ("users_seq", str(indexed + rows.rows)))
+    return rows.rows, None
 
 
 def prune_users(path: str, before_day: str, busy_timeout_ms: int = 5_000) -> None:
@@ -465,7 +555,7 @@ def prune_users(path: str, before_day: str, busy_timeout_ms: int = 5_000) -> Non
         with Transaction(conn, "DEFERRED"):
             conn.execute("DELETE FROM daily_users WHERE day < ?", (before_day,))
             oldest = conn.execute("SELECT coalesce(min(seq), 0) FROM events.semantic_events").fetchone()[0]
-            conn.execute("DELETE FROM user_index WHERE block < ?", (oldest >> USER_INDEX_BLOCK_BITS,))
+            conn.execute("DELETE FROM user_seqs WHERE block < ?", (oldest >> USER_INDEX_BLOCK_BITS,))
             conn.execute("DELETE FROM name_blocks WHERE block < ?", (oldest >> NAME_BLOCK_BITS,))
     finally:
         conn.close()
@@ -520,10 +610,15 @@ class Builder:
         self._wake = threading.Event()
         self._stopping = False
         self.counted_rows = 0  # the seqs its steps covered, added or not (tests: no work done twice)
+        self.committed = Committed()  # the writer's committed rows, to index from memory
+        self.indexed_from_memory = 0  # the rows it indexed from there (tests)
         self._thread = threading.Thread(target=self._run, name="drengr-read-side", daemon=True)
         self._thread.start()
 
-    def wrote(self, rows: int) -> None:
+    def wrote(self, rows: int, committed: list[tuple[int, list[Any]]] | None = None) -> None:
+        """The writer committed ``rows`` rows; ``committed``: they are these, ``(first seq, rows)``."""
+        if committed:
+            self.committed.add(committed)
         self._pending += rows
         if self._pending >= BUILD_AFTER_ROWS:
             self._pending = 0
@@ -594,9 +689,17 @@ class Builder:
                 with self._turn(), Transaction(conn):
                     add_counted(conn, tally.counted())  # or, the mark moved, counted from the table
             tallied_from = self._writer.tallied_from()
-        step = copy_step(users, tallied_from=tallied_from)
+        # The users file from the writer's rows in memory first; the table is copied for what is
+        # not there, and for the rollups when the writer does not count them.
+        indexed, below = index_committed(users, self.committed)
+        self.indexed_from_memory += indexed
+        if tallied_from is None:
+            below = None  # the rollups need the table's rows past their mark anyway
+        elif indexed and not stopping:
+            return indexed  # a stopping builder copies what is not in memory too
+        step = copy_step(users, tallied_from=tallied_from, below=below)
         if step is None:
-            return 0
+            return indexed
         counted = step.counted
         handed = counted is not None and self._writer is not None and not stopping
         if handed:

@@ -191,7 +191,7 @@ class Writer:
         try:
             conn = self._write_connection(conn)
             with self._turns.turn(self._busy_timeout_ms / 1000):
-                self._commit_group(conn, jobs)
+                committed = self._commit_group(conn, jobs)
             if self._checkpointer is None:
                 self._checkpointer = Checkpointer(self._connect)
             if self._builder is None and self.builds_read_side:
@@ -206,7 +206,7 @@ class Writer:
             rows = sum(len(job.rows) for job in jobs)
             self._checkpointer.wrote(conn, rows)
             if self._builder is not None:
-                self._builder.wrote(rows)
+                self._builder.wrote(rows, committed)
         except Exception as error:  # the whole group failed: every request gets 502
             with self._offered_lock:
                 self._tally, self._tallying = None, False  # it may hold rows just rolled back
@@ -270,8 +270,9 @@ class Writer:
             self._builder_lock = WriterLock(self.path)
         return self._builder_lock.turn(self._busy_timeout_ms / 1000)
 
-    def _commit_group(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
-        """One transaction for the whole group, in as few statements as possible.
+    def _commit_group(self, conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[int, list[Any]]]:
+        """One transaction for the whole group, in as few statements as possible; the rows it
+        committed, ``(first seq, rows)`` in order.
 
         Every statement drops and retakes the GIL; under load each retake waits
         behind the request threads, so the writer states the group at once: one
@@ -289,7 +290,7 @@ class Writer:
         work = [job for job in jobs if not job.probe and job.deadline > now]
         if not work:
             conn.execute("ROLLBACK")
-            return
+            return []
         self._catch_up(conn, max(job.received_at_ms for job in work))
         try:
             additions = self._apply_group(conn, work, {})
@@ -299,10 +300,11 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
             additions = self._apply_each(conn, work)
         tally = None
+        committed = [(seq, rows) for _fps, seq, rows in additions]
         if self.builds_read_side:
             with self._offered_lock:
                 tally, self._tallying = self._tally, True
-            tally = read_side.tally_group(conn, tally, [(seq, rows) for _fps, seq, rows in additions])
+            tally = read_side.tally_group(conn, tally, committed)
         counted = self._add_offered(conn)
         try:
             conn.execute("COMMIT")
@@ -325,6 +327,7 @@ class Writer:
         metrics.metric("group_rows").observe(sum(len(job.rows) for job in work))
         metrics.metric("dedup_ids").set(sum(len(index) for index in self._window))
         metrics.metric("dedup_bytes").set(sum(index.memory_bytes for index in self._window))
+        return committed
 
     def _apply_group(
         self, conn: sqlite3.Connection, jobs: list[Job], staged: dict[str, set[str]]
