@@ -1,4 +1,5 @@
-"""The measures' sums of the rollups: compiled, twin and SQLite's ``json_each`` + ``sum()`` agree."""
+"""The read side's compiled passes over stored rows: the measures' sums (compiled, twin and SQLite's
+``json_each`` + ``sum()`` agree), and the users file's part (``UserRows``, as the builder's SQL)."""
 
 import itertools
 import json
@@ -200,3 +201,12 @@ def test_user_rows_index_as_the_builders_sql_does(first_seq, rows, cuts):
         assert listed == expected_seqs
         assert sorted(index.daily_users()) == expected_days
         assert sorted(index.name_blocks()) == expected_names
+
+
+def test_held_bytes_compiled_and_twin_agree():
+    """About the memory a group of stored rows holds: 400 bytes a row and its dims' and measures' characters."""
+    rows = [("t", "id", "n", "track", None, None, "at", "at", '{"plan":"pro"}', "{}", None)] * 3
+    rows.append(("t", "id", "n", "track", "u", "a", "at", "at", "{}", '{"ü":1}', None))
+    assert [module.held_bytes(rows) for module in IMPLEMENTATIONS] == [
+        4 * 400 + 3 * 14 + 3 * 2 + 2 + 7
+    ] * len(IMPLEMENTATIONS)

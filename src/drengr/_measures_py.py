@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``_measures.pyx``: the measures' sums of the rollups, from the stored rows.
+"""Pure-Python twin of ``_measures.pyx``: the measures' sums of the rollups and the users file's part, from the stored rows.
 
 Used where the extension did not build, and as the oracle in tests. Imports
 nothing of ours.
@@ -100,7 +100,13 @@ def sum_measures(rows: Iterable[tuple[str, str, str, Any]]) -> list[tuple[str, s
     return sums.measure_sums()
 
 
-EXTERNAL_ID = 4  # the stored row's column UserRows reads beside TENANT, NAME and RECEIVED
+EXTERNAL_ID, DIMS = 4, 8  # the stored row's columns UserRows and held_bytes read beside the others
+
+
+def held_bytes(rows: list[tuple[Any, ...]]) -> int:
+    """About the memory stored rows (the writer's tuples) hold: ~400 bytes a row, and their dims' and
+    measures' characters."""
+    return sum(400 + len(row[DIMS]) + len(row[MEASURES]) for row in rows)
 
 
 class UserRows:

@@ -32,9 +32,9 @@ from .locks import open_lock_file
 try:
     if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
         raise ImportError("DRENGR_NO_EXTENSIONS=1")
-    from ..._measures import Sums, UserRows, sum_measures
+    from ..._measures import Sums, UserRows, held_bytes, sum_measures
 except ImportError:  # the extension did not build (or is not wanted); the twin gives the same sums
-    from ..._measures_py import Sums, UserRows, sum_measures  # type: ignore[assignment]
+    from ..._measures_py import Sums, UserRows, held_bytes, sum_measures  # type: ignore[assignment]
 
 log = logging.getLogger("drengr.store")
 
@@ -232,9 +232,9 @@ _INDEX_COMMITTED = (
 )
 # The users file's layout: one of another (an older drengr's `user_index`, a row per event) is built again.
 USERS_LAYOUT = "2"
-# At most this many rows of the groups its writer committed wait in memory for the builder (their
-# tuples: ~0.5 KB a row); past it, the builder copies them from the table.
-COMMITTED_ROWS = 2 * BUILD_STEP_ROWS
+# At most this much memory (``held_bytes``) of the groups its writer committed waits for the builder
+# (~0.5 KB a row of small dims: some 30,000 rows); past it, the builder copies them from the table.
+COMMITTED_BYTES = 16 << 20
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
@@ -483,20 +483,21 @@ def index_users(users: sqlite3.Connection, step: Step) -> bool:
 
 class Committed:
     """The groups a writer committed, ``(first seq, rows)`` in order, kept for its builder to index
-    from memory (``index_committed``): ``COMMITTED_ROWS`` at most, the later ones left to the table."""
+    from memory (``index_committed``): ``COMMITTED_BYTES`` at most, the later ones left to the table."""
 
     def __init__(self) -> None:
-        self._groups: collections.deque[tuple[int, list[Any]]] = collections.deque()
-        self._rows = 0
+        self._groups: collections.deque[tuple[int, list[Any], int]] = collections.deque()
+        self._bytes = 0
         self._lock = threading.Lock()  # the writer adds, the builder takes
 
     def add(self, groups: list[tuple[int, list[Any]]]) -> None:
         with self._lock:
             for first_seq, rows in groups:
-                if self._rows + len(rows) > COMMITTED_ROWS:
+                size = held_bytes(rows)
+                if self._bytes + size > COMMITTED_BYTES:
                     return  # copied from the table instead
-                self._groups.append((first_seq, rows))
-                self._rows += len(rows)
+                self._groups.append((first_seq, rows, size))
+                self._bytes += size
 
     def take(self, indexed: int) -> tuple[list[tuple[int, list[Any]]], int | None]:
         """The rows past seq ``indexed`` with no other rows between, as groups (the first cut where it
@@ -505,11 +506,11 @@ class Committed:
         taken: list[tuple[int, list[Any]]] = []
         with self._lock:
             while self._groups:
-                first_seq, rows = self._groups[0]
+                first_seq, rows, size = self._groups[0]
                 if first_seq > indexed + 1:
                     break
                 self._groups.popleft()
-                self._rows -= len(rows)
+                self._bytes -= size
                 if first_seq + len(rows) - 1 > indexed:
                     taken.append((indexed + 1, rows[indexed + 1 - first_seq :]))
                     indexed = first_seq + len(rows) - 1
