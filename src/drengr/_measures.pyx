@@ -311,7 +311,8 @@ cdef class Sums:
 cdef class UserRows:
     """The users file's part of rows committed in order, as ``_measures_py.UserRows``: per block of
     ``2**user_bits`` seqs, tenant and external_id, the seqs; the (tenant, UTC day, external_id)
-    seen; per tenant, event name and block of ``2**name_bits`` seqs, the first and last seq.
+    seen; per tenant, event name and block of ``2**name_bits`` seqs, the first and last seq. With
+    ``users`` false, the name blocks alone.
 
     Kept as a dict per (block, tenant) or (tenant, day) of dicts and sets by external_id and name,
     the one last used at hand: a row then costs a look-up by a string whose hash is cached, not a
@@ -319,6 +320,7 @@ cdef class UserRows:
     """
 
     cdef int user_bits, name_bits
+    cdef bint users
     cdef dict seqs  # (block, tenant_id) → {external_id: [seq]}
     cdef dict days  # (tenant_id, day) → {external_id}
     cdef dict names  # (tenant_id, block) → {event_name: [first, last]}
@@ -328,8 +330,8 @@ cdef class UserRows:
     cdef set days_at
     cdef public int64_t rows
 
-    def __cinit__(self, int user_bits, int name_bits):
-        self.user_bits, self.name_bits = user_bits, name_bits
+    def __cinit__(self, int user_bits, int name_bits, bint users=True):
+        self.user_bits, self.name_bits, self.users = user_bits, name_bits, users
         self.seqs, self.days, self.names = {}, {}, {}
         self.seqs_block = self.names_block = -1
 
@@ -350,7 +352,7 @@ cdef class UserRows:
             else:
                 found[1] = seq
             external_id = row[EXTERNAL_ID]
-            if external_id is not None:
+            if external_id is not None and self.users:
                 block = seq >> self.user_bits
                 if block != self.seqs_block or tenant_id is not self.seqs_tenant:
                     self.seqs_at = self.seqs.setdefault((block, tenant_id), {})
@@ -367,6 +369,10 @@ cdef class UserRows:
                 self.days_at.add(external_id)
             seq += 1
         self.rows += len(rows)
+
+    def user_entries(self):
+        """How many rows ``user_seqs`` gives: one per block, tenant and external_id."""
+        return sum(len(<dict>by_user) for by_user in self.seqs.values())
 
     def user_seqs(self):
         """[(block, tenant_id, external_id, first seq, the seqs comma-separated)]"""

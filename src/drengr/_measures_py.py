@@ -113,10 +113,10 @@ class UserRows:
     """The users file's part of rows committed in order (``drengr.store.sqlite.read_side``): per
     block of ``2**user_bits`` seqs, tenant and external_id, the seqs; the (tenant, UTC day,
     external_id) seen; and per tenant, event name and block of ``2**name_bits`` seqs, the first
-    and last seq."""
+    and last seq. With ``users`` false, the name blocks alone."""
 
-    def __init__(self, user_bits: int, name_bits: int) -> None:
-        self.user_bits, self.name_bits = user_bits, name_bits
+    def __init__(self, user_bits: int, name_bits: int, users: bool = True) -> None:
+        self.user_bits, self.name_bits, self.users = user_bits, name_bits, users
         self.seqs: dict[tuple[int, str, str], list[int]] = {}
         self.days: set[tuple[str, str, str]] = set()
         self.names: dict[tuple[str, str, int], list[int]] = {}
@@ -131,10 +131,14 @@ class UserRows:
             else:
                 self.names[name] = [seq, seq]
             external_id = row[EXTERNAL_ID]
-            if external_id is not None:
+            if external_id is not None and self.users:
                 self.seqs.setdefault((seq >> self.user_bits, row[TENANT], external_id), []).append(seq)
                 self.days.add((row[TENANT], row[RECEIVED][:10], external_id))
         self.rows += len(rows)
+
+    def user_entries(self) -> int:
+        """How many rows ``user_seqs`` gives: one per block, tenant and external_id."""
+        return len(self.seqs)
 
     def user_seqs(self) -> list[tuple[int, str, str, int, str]]:
         """[(block, tenant_id, external_id, first seq, the seqs comma-separated)]"""

@@ -210,26 +210,35 @@ _UPSERTS = (
     ("measure_rollups", "minute", "measure", "total"),
     ("hourly_measure_rollups", "hour", "measure", "total"),
 )
-# The users file's part of a step, from its copy: only the rows past `users_seq` (:indexed), which
-# the rollups' sake may have copied too.
+# The users file's part of a step: the user index and daily_users from the rows of {source} past
+# `users_seq` (:indexed; a copy may hold older ones, for the rollups' sake), a row each (SQLite
+# runs these without the GIL, ~1.5 µs a row together); the name blocks from the copy's groups.
+_INDEX_EACH = (
+    "INSERT OR IGNORE INTO user_seqs SELECT seq >> :bits, tenant_id, external_id, seq, seq FROM {source} "
+    "WHERE external_id IS NOT NULL AND seq > :indexed AND seq <= :high",
+    "INSERT OR IGNORE INTO daily_users SELECT tenant_id, substr(received_at, 1, 10), external_id FROM {source} "
+    "WHERE external_id IS NOT NULL AND seq > :indexed AND seq <= :high",
+)
 _ADD_NAME_BLOCK = (
     " ON CONFLICT DO UPDATE SET first_seq = min(first_seq, excluded.first_seq), "
     "last_seq = max(last_seq, excluded.last_seq)"
 )
 _INDEX_USERS = (
-    "INSERT OR IGNORE INTO user_seqs SELECT seq >> :bits, tenant_id, external_id, min(seq), group_concat(seq) "
-    "FROM temp.step_rows WHERE external_id IS NOT NULL AND seq > :indexed GROUP BY 1, 2, 3",
-    "INSERT OR IGNORE INTO daily_users SELECT DISTINCT tenant_id, substr(received_at, 1, 10), external_id "
-    "FROM temp.step_rows WHERE external_id IS NOT NULL AND seq > :indexed",
+    *(statement.format(source="temp.step_rows") for statement in _INDEX_EACH),
     "INSERT INTO name_blocks SELECT tenant_id, event_name, block, min(first_seq), max(last_seq) "
     "FROM temp.step_groups WHERE true GROUP BY 1, 2, 3" + _ADD_NAME_BLOCK,
 )
-# The same three from the rows in memory (`UserRows`).
+# From the rows in memory (`UserRows`): a row per user and step, and the users of the step's days
+# (~2 µs a row each from Python); where a step's rows hold many users, `_INDEX_EACH` from the table.
 _INDEX_COMMITTED = (
     "INSERT OR IGNORE INTO user_seqs VALUES (?, ?, ?, ?, ?)",
     "INSERT OR IGNORE INTO daily_users VALUES (?, ?, ?)",
     "INSERT INTO name_blocks VALUES (?, ?, ?, ?, ?)" + _ADD_NAME_BLOCK,
 )
+# A step's rows hold few users when they give at most one user_seqs row per this many rows; after
+# a step of many, the next ones index a row each from the table, and look again every few steps.
+FEW_USERS = 4
+MANY_USERS_STEPS = 8
 # The users file's layout: one of another (an older drengr's `user_index`, a row per event) is built again.
 USERS_LAYOUT = "2"
 # At most this much memory (``held_bytes``) of the groups its writer committed waits for the builder
@@ -476,7 +485,10 @@ def index_users(users: sqlite3.Connection, step: Step) -> bool:
             users.execute(_META, ("database_id", None if found is None else found[0]))
             users.execute(_META, ("layout", USERS_LAYOUT))
         for statement in _INDEX_USERS:
-            users.execute(statement, {"bits": USER_INDEX_BLOCK_BITS, "indexed": -1 if again else seen})
+            users.execute(
+                statement,
+                {"bits": USER_INDEX_BLOCK_BITS, "indexed": -1 if again else seen, "high": step.high},
+            )
         users.execute(_META, ("users_seq", str(step.high)))
     return True
 
@@ -518,12 +530,17 @@ class Committed:
         return taken, below
 
 
-def index_committed(users: sqlite3.Connection, committed: Committed) -> tuple[int, int | None]:
+def index_committed(
+    users: sqlite3.Connection, committed: Committed, count_users: bool = True
+) -> tuple[int, int | None, bool]:
     """Index in the users file (``users`` from ``open_users``) the rows ``committed`` holds right past
     its ``users_seq``, from memory (``UserRows``), and move ``users_seq`` past them.
 
-    Returns the rows indexed and, when there were none, the seq to copy up to from the
-    table before they come (``Committed.take``). A file to be built again is left to ``copy_step``.
+    Their users are indexed from memory when they are few (``FEW_USERS``), otherwise a row
+    each from the table (``_INDEX_EACH``); ``count_users`` false: from the table without
+    counting them. Returns the rows indexed and, when there were none, the seq to copy up to
+    from the table before they come (``Committed.take``); and whether the users were few. A
+    file to be built again is left to ``copy_step``.
     """
     with Transaction(users, "DEFERRED"):
         # The users file's write lock first: nobody moves users_seq meanwhile.
@@ -531,20 +548,26 @@ def index_committed(users: sqlite3.Connection, committed: Committed) -> tuple[in
         meta = dict(users.execute("SELECT key, value FROM meta").fetchall())
         found = users.execute("SELECT value FROM events.meta WHERE key = 'database_id'").fetchone()
         if found is None or meta.get("database_id") != found[0] or meta.get("layout") != USERS_LAYOUT:
-            return 0, None
+            return 0, None, count_users
         indexed = int(meta["users_seq"])
         groups, below = committed.take(indexed)
         if not groups:
-            return 0, below
-        rows = UserRows(USER_INDEX_BLOCK_BITS, NAME_BLOCK_BITS)
+            return 0, below, count_users
+        rows = UserRows(USER_INDEX_BLOCK_BITS, NAME_BLOCK_BITS, count_users)
         for first_seq, group in groups:
             rows.add(first_seq, group)
         user_seqs, daily_users, name_blocks = _INDEX_COMMITTED
-        users.executemany(user_seqs, rows.user_seqs())
-        users.executemany(daily_users, rows.daily_users())
+        few = count_users and rows.user_entries() * FEW_USERS <= rows.rows
+        if few:
+            users.executemany(user_seqs, rows.user_seqs())
+            users.executemany(daily_users, rows.daily_users())
+        else:
+            bounds = {"bits": USER_INDEX_BLOCK_BITS, "indexed": indexed, "high": indexed + rows.rows}
+            for statement in _INDEX_EACH:
+                users.execute(statement.format(source="events.semantic_events"), bounds)
         users.executemany(name_blocks, rows.name_blocks())
         users.execute(_META, ("users_seq", str(indexed + rows.rows)))
-    return rows.rows, None
+    return rows.rows, None, few
 
 
 def prune_users(path: str, before_day: str, busy_timeout_ms: int = 5_000) -> None:
@@ -613,6 +636,8 @@ class Builder:
         self.counted_rows = 0  # the seqs its steps covered, added or not (tests: no work done twice)
         self.committed = Committed()  # the writer's committed rows, to index from memory
         self.indexed_from_memory = 0  # the rows it indexed from there (tests)
+        self._count_users = True  # whether the next step counts its users (they were few)
+        self._steps = 0
         self._thread = threading.Thread(target=self._run, name="drengr-read-side", daemon=True)
         self._thread.start()
 
@@ -692,7 +717,11 @@ class Builder:
             tallied_from = self._writer.tallied_from()
         # The users file from the writer's rows in memory first; the table is copied for what is
         # not there, and for the rollups when the writer does not count them.
-        indexed, below = index_committed(users, self.committed)
+        self._steps += 1
+        count_users = self._count_users or self._steps % MANY_USERS_STEPS == 0
+        indexed, below, few = index_committed(users, self.committed, count_users)
+        if indexed:
+            self._count_users = few
         self.indexed_from_memory += indexed
         if tallied_from is None:
             below = None  # the rollups need the table's rows past their mark anyway
