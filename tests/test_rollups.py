@@ -504,7 +504,10 @@ def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_re
     try:
         committed = read_side.Committed()
         committed.add([(1 + 50 * b, batches[b]) for b in (0, 1, 3, 4, 5)])  # batch 2 is not held
-        assert read_side.index_committed(users, committed)[:2] == (0, None)  # a new file: built from the table
+        assert read_side.index_committed(users, committed)[:2] == (
+            0,
+            None,
+        )  # a new file: built from the table
         step = read_side.copy_step(users, max_rows=70)
         assert step is not None and (step.low, step.high) == (0, 70) and read_side.index_users(users, step)
         assert read_side.index_committed(users, committed)[:2] == (30, None)  # 71..100, batch 1 cut
