@@ -334,8 +334,9 @@ def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
         pytest.skip("timed run only: python -m pytest bench/bench_http.py -k read_side --benchmark-enable -s")
     pairs = int(os.environ.get("DRENGR_BENCH_READ_SIDE_PAIRS", "6"))
     cells: dict[tuple[int, bool], dict[bool, list[float]]] = {}
+    cpus: dict[tuple[int, bool], dict[bool, list[tuple[float, float]]]] = {}
     lags: list[tuple[int, float]] = []
-    benchmark.pedantic(lambda: _read_side_cells(tmp_path, pairs, cells, lags), rounds=1, iterations=1)
+    benchmark.pedantic(lambda: _read_side_cells(tmp_path, pairs, cells, cpus, lags), rounds=1, iterations=1)
     print(f"\n`drengr serve`, 100-event batches, {pairs} pairs a cell (with the read side ÷ without); as "
           f"each load ended the builder was behind by a median of {statistics.median(n for n, _ in lags):,.0f} "
           f"rows (most {max(n for n, _ in lags):,}), caught up in {statistics.median(t for _, t in lags):.2f} s "
@@ -343,9 +344,13 @@ def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
     for (connections, pin), rates in cells.items():
         ratios = sorted(w / wo for w, wo in zip(rates[True], rates[False], strict=True))
         low, median, high = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else (ratios[0],) * 3
+        server_cpu, writer_cpu = ({side: statistics.median(cpu[part] for cpu in cpus[connections, pin][side])
+                                   for side in (True, False)} for part in (0, 1))  # fmt: skip
         print(f"c={connections}, {'pinned' if pin else 'nothing pinned'}: median {median:.2f} (quartiles "
               f"{low:.2f}–{high:.2f}; each {', '.join(f'{r:.2f}' for r in ratios)}); events/s, medians: "
-              f"{statistics.median(rates[True]):,.0f} with, {statistics.median(rates[False]):,.0f} without")  # fmt: skip
+              f"{statistics.median(rates[True]):,.0f} with, {statistics.median(rates[False]):,.0f} without; "
+              f"CPU µs an event, medians, with ÷ without: the server process {server_cpu[True]:.1f} ÷ "
+              f"{server_cpu[False]:.1f}, the writer process {writer_cpu[True]:.1f} ÷ {writer_cpu[False]:.1f}")  # fmt: skip
 
 
 def _marks(db: Path) -> tuple[int, int, int]:
@@ -365,6 +370,17 @@ def _marks(db: Path) -> tuple[int, int, int]:
         conn.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a running process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]  # fmt: skip
+
+
 def _caught_up(db: Path, limit_seconds: float = 120.0) -> float:
     """Seconds until the read side holds every row, polled every 20 ms."""
     started = time.perf_counter()
@@ -380,10 +396,14 @@ def _read_side_cells(
     tmp_path: Path,
     pairs: int,
     cells: dict[tuple[int, bool], dict[bool, list[float]]],
+    cpus: dict[tuple[int, bool], dict[bool, list[tuple[float, float]]]],
     lags: list[tuple[int, float]],
 ) -> None:
+    """Fills ``cells`` (events/s) and ``cpus`` (µs of CPU an event: the server process's, its writer
+    process's, over the load and the catching up) by cell and read side (True: with it)."""
     for connections, pin in ((8, True), (32, True), (8, False), (32, False)):
         rates = cells[connections, pin] = {True: [], False: []}
+        cpu = cpus[connections, pin] = {True: [], False: []}
         for pair in range(pairs):
             for read_side in (True, False) if pair % 2 == 0 else (False, True):
                 with server("drengr-process", tmp_path, pin=pin, read_side=read_side) as (
@@ -392,6 +412,8 @@ def _read_side_cells(
                     db,
                     process,
                 ):
+                    writer = _children(process.pid)
+                    used = (_cpu_seconds(process.pid), sum(_cpu_seconds(pid) for pid in writer))
                     warm = wrk(port, key, 100, connections, WARMUP_SECONDS, pin=pin)
                     cell = wrk(port, key, 100, connections, SECONDS, pin=pin)
                     assert warm["non_2xx"] == cell["non_2xx"] == cell["socket_errors"] == 0, cell
@@ -405,6 +427,9 @@ def _read_side_cells(
                         lags.append((behind, catching_up))
                     else:
                         assert _marks(db)[1:] == (0, 0), "the read side was built"
+                    server_cpu = _cpu_seconds(process.pid) - used[0]
+                    writer_cpu = sum(_cpu_seconds(pid) for pid in writer) - used[1]
+                    cpu[read_side].append((server_cpu / rows * 1e6, writer_cpu / rows * 1e6))
                 rates[read_side].append(rows / (WARMUP_SECONDS + SECONDS + catching_up))
 
 

@@ -234,16 +234,19 @@ def pair_ratios(results: dict[str, list[float]]) -> str:
             f"each: {', '.join(f'{pair:.0%}' for pair in pairs)})")  # fmt: skip
 
 
+@pytest.mark.parametrize("users", [50_000, 100], ids=["50,000 users", "100 users"])
 @pytest.mark.parametrize("writers", [1, 8], ids=["one writer", "8 writers"])
 def bench_ingest_with_and_without_rollups(
-    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: Any, writers: int
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: Any, writers: int, users: int
 ) -> None:
     """100-event batches through SQLiteStore.write, rounds in pairs with and without the read side.
 
     One thread writing batch after batch leaves the builder a core; eight at once (as a
     server's request threads do) keep both busy, so the builder's work competes with theirs.
     Each round is timed until its store has closed: the read side's builder has then
-    counted every row (its work is in the figure, not left behind).
+    counted every row (its work is in the figure, not left behind). The users: 50,000, each
+    step's rows nearly all different ones (the builder indexes a row per event), or the same
+    100 in every batch, as the HTTP benchmark sends them (a row per user and step).
     """
     # 2,000 batches a round: a few seconds, so that the builder's last step (in the round, as the
     # store closes) weighs what it would in a long run.
@@ -256,8 +259,9 @@ def bench_ingest_with_and_without_rollups(
         for b in range(first, batches, writers):
             # One time of receipt a batch, as the server stamps a request's rows (a second apart).
             received = format_ms(NOW_MS + b * 1_000)
-            batch = [(row[0], f"{round_}-{row[1]}", *row[2:6], received, received, *row[8:])
-                     for row in rows_per_round[b * 100 : b * 100 + 100]]  # fmt: skip
+            batch = [(row[0], f"{round_}-{row[1]}", *row[2:4], row[4] if users == 50_000 else f"u{i}", row[5],
+                      received, received, *row[8:])
+                     for i, row in enumerate(rows_per_round[b * 100 : b * 100 + 100])]  # fmt: skip
             assert store.write("acme", batch, NOW_MS).stored == 100
 
     # The disk's fsyncs vary by tens of % from one second to the next here: rounds in pairs, one of
@@ -289,7 +293,7 @@ def bench_ingest_with_and_without_rollups(
                 done.unlink()
     with_rate, without_rate = (statistics.median(results[k]) for k in ("with rollups", "without"))
     with_cpu, without_cpu = (statistics.median(cpu[k]) for k in ("with rollups", "without"))
-    print(f"\n100-event batches, {writers} writing: {with_rate:,.0f} rows/s with the read side, "
+    print(f"\n100-event batches, {writers} writing, {users:,} users: {with_rate:,.0f} rows/s with the read side, "
           f"{without_rate:,.0f} without (medians); {pair_ratios(results)}; the process's CPU a row, "
           f"medians: {with_cpu:.1f} µs with, {without_cpu:.1f} µs without")  # fmt: skip
 

@@ -461,33 +461,6 @@ def _rollups_as_scanned(path: str) -> None:
         conn.close()
 
 
-def test_the_writer_counts_its_own_rows_and_the_builder_leaves_them_to_it(tmp_path: Path) -> None:
-    """One writer: its tally counts every row it commits (the builder copies none back for the
-    rollups), and what it has not added yet when writes stop the builder adds within a moment."""
-    import time
-
-    path = str(tmp_path / "drengr.db")
-    store = SQLiteStore(path)
-    try:
-        for batch in range(60):
-            assert store.write("acme", _rows(f"b{batch}-", 300, T0 + batch * 9_000), T0).stored == 300
-        builder = store._committer._builder
-        assert builder is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # no more writes: the builder takes the writer's last tally
-            conn = sqlite3.connect(path)
-            built = conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone()
-            conn.close()
-            if built == ("18000",):
-                break
-            time.sleep(0.05)
-        assert built == ("18000",)
-        assert builder.counted_rows == 0  # none of them counted from the table
-    finally:
-        store.close()
-    _rollups_as_scanned(path)
-
-
 def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_rest(tmp_path: Path) -> None:
     """``index_committed``: the rows handed over as committed go into the users file as a copy from the
     table would put them; where rows not in memory come first (another process's), the table is copied
@@ -501,27 +474,40 @@ def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_re
             assert store.write("acme", batch, T0).stored == 50
         store.close()
     users = read_side.open_users(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+
+    def add(counted: Any) -> None:  # as the builder hands them to the writer: its next transaction
+        conn.execute("BEGIN IMMEDIATE")
+        assert read_side.add_counted(conn, counted)
+        conn.execute("COMMIT")
+
     try:
         committed = read_side.Committed()
         committed.add([(1 + 50 * b, batches[b]) for b in (0, 1, 3, 4, 5)])  # batch 2 is not held
-        assert read_side.index_committed(users, committed)[:2] == (
-            0,
-            None,
-        )  # a new file: built from the table
+        assert read_side.index_committed(users, committed) == (0, None, True, None)  # a new file: the table's
         step = read_side.copy_step(users, max_rows=70)
         assert step is not None and (step.low, step.high) == (0, 70) and read_side.index_users(users, step)
-        assert read_side.index_committed(users, committed)[:2] == (30, None)  # 71..100, batch 1 cut
+        add(step.counted)
+        memory = read_side.index_committed(users, committed)  # 71..100: batch 1 cut
+        assert memory[:2] == (30, None) and memory.counted is not None
+        assert (memory.counted.low, memory.counted.high) == (70, 100)
+        add(memory.counted)
         assert read_side.index_committed(users, committed)[:2] == (0, 150)  # batch 2 first, from the table
-        assert read_side.copy_step(users, tallied_from=0, below=100) is None  # nothing left up to 100
-        step = read_side.copy_step(users, tallied_from=0, below=150)
+        assert read_side.copy_step(users, below=100) is None  # nothing left up to 100
+        step = read_side.copy_step(users, below=150)
         assert step is not None and (step.low, step.high) == (100, 150) and read_side.index_users(users, step)
-        assert read_side.index_committed(users, committed)[:2] == (150, None)  # batches 3, 4 and 5 at once
+        add(step.counted)
+        memory = read_side.index_committed(users, committed)  # batches 3, 4 and 5 at once
+        assert memory[:2] == (150, None) and memory.counted is not None
+        add(memory.counted)
         assert read_side.index_committed(users, committed)[:2] == (0, None)  # none held
         users.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
         assert_users_file_as_scanned(users, 300)
         assert users.execute("SELECT value FROM meta WHERE key = 'users_seq'").fetchone() == ("300",)
     finally:
+        conn.close()
         users.close()
+    _rollups_as_scanned(path)
 
 
 def test_committed_rows_past_the_memory_bound_are_left_to_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -538,46 +524,42 @@ def test_committed_rows_past_the_memory_bound_are_left_to_the_table(monkeypatch:
     assert committed.take(200) == ([], None)
 
 
-def test_a_writer_tallying_its_rows_has_them_indexed_from_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A store's own writes, once its users file is made, are indexed from its writer's rows in memory:
-    none is copied back from the table, and the file is what the table gives."""
+def test_a_writers_rows_are_indexed_and_counted_from_memory(tmp_path: Path) -> None:
+    """A store's own writes, once its users file is made, are indexed and counted by its builder from
+    the writer's rows in memory: none is read back from the table, and the users file and the rollups
+    are what the table gives."""
     import time
 
-    # The tally stays the writer's until it stops (not the builder's after a pause in the writes).
-    monkeypatch.setattr(read_side, "TALLY_STALE_SECONDS", 3600.0)
     path = str(tmp_path / "drengr.db")
     store = SQLiteStore(path)
 
-    def users_seq() -> int:
-        if not Path(read_side.users_path(path)).exists():
-            return -1
-        with contextlib.closing(
-            sqlite3.connect(f"file:{read_side.users_path(path)}?mode=ro", uri=True)
-        ) as conn:
+    def marks() -> tuple[int, int]:
+        """(read_side_seq, users_seq); -1: not there yet."""
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            built = conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone()
+            if not Path(read_side.users_path(path)).exists():
+                return int(built[0]) if built else -1, -1
+            conn.execute("ATTACH DATABASE ? AS users", (f"file:{read_side.users_path(path)}?mode=ro",))
             try:
-                found = conn.execute("SELECT value FROM meta WHERE key = 'users_seq'").fetchone()
+                found = conn.execute("SELECT value FROM users.meta WHERE key = 'users_seq'").fetchone()
             except sqlite3.OperationalError:  # the file being made
-                return -1
-        return -1 if found is None else int(found[0])
-
-    def wait_for(seq: int) -> None:
-        deadline = time.monotonic() + 30
-        while users_seq() != seq and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert users_seq() == seq
+                found = None
+        return int(built[0]) if built else -1, int(found[0]) if found else -1
 
     try:
         assert store.write("acme", _rows("first-", 300, T0), T0).stored == 300
-        wait_for(300)  # the file made, from the table
+        deadline = time.monotonic() + 30
+        while marks() != (300, 300) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marks() == (300, 300)  # the users file made, and the rollups counted, from the table
         builder = store._committer._builder
-        assert builder is not None and builder.indexed_from_memory == 0
+        assert builder is not None and (builder.indexed_from_memory, builder.counted_rows) == (0, 300)
         for batch in range(59):
             assert store.write("acme", _rows(f"b{batch}-", 300, T0 + batch * 9_000), T0).stored == 300
     finally:
-        store.close()  # its builder indexes the last rows as it stops
-    assert builder.indexed_from_memory == 17_700
+        store.close()  # its builder indexes and counts the last rows as it stops
+    assert (builder.indexed_from_memory, builder.counted_rows) == (17_700, 300)
+    _rollups_as_scanned(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
         assert_users_file_as_scanned(conn, 18_000)
@@ -626,29 +608,46 @@ def test_a_users_file_of_an_older_layout_is_not_read_and_is_built_again(tmp_path
         assert_users_file_as_scanned(conn, top + 5)
 
 
-def test_a_prune_of_rows_the_writer_tallied_drops_its_tally(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Rows deleted before the writer's tally reached the rollups (a prune, a tenant deleted) are not
-    counted: the prune moves the read side's epoch, the tally is dropped, the builder counts the rest."""
-
-    monkeypatch.setattr(read_side, "TALLY_SECONDS", 3600.0)  # the tally waits, whatever the machine's pace
-    monkeypatch.setattr(read_side, "TALLY_STALE_SECONDS", 3600.0)
+def test_counts_made_from_memory_are_dropped_when_a_prune_came_first(tmp_path: Path) -> None:
+    """Rows deleted after the builder counted them from memory and before the counts were added (a
+    prune, a tenant deleted) are not counted: the prune moves the read side's epoch, the counts are
+    refused, and a step counts the rows left from the table."""
     path = str(tmp_path / "drengr.db")
-    store = SQLiteStore(path)
-    try:
-        for batch in range(3):
-            assert store.write("acme", _rows(f"old{batch}-", 100, T0 + batch * 1_000), T0).stored == 100
-        assert store._committer.tallied_from() == 0  # held by the writer, none of it in the rollups
-        assert store.prune_events(T0 + 60_000) == 300
-        for batch in range(2):
-            assert store.write("acme", _rows(f"new{batch}-", 100, T0 + 120_000), T0).stored == 100
-    finally:
+    batches = [_rows(f"b{b}-", 100, T0 + ms) for b, ms in enumerate((0, 1_000, 120_000))]
+    with pytest.MonkeyPatch.context() as held:
+        held.setattr(Writer, "builds_read_side", False)
+        store = SQLiteStore(path, writer="thread")
+        for batch in batches:
+            assert store.write("acme", batch, T0).stored == 100
         store.close()
+    users = read_side.open_users(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        step = read_side.copy_step(users, max_rows=100)
+        assert step is not None and step.counted is not None and read_side.index_users(users, step)
+        conn.execute("BEGIN IMMEDIATE")
+        assert read_side.add_counted(conn, step.counted)  # the rollups and the users file at 100
+        conn.execute("COMMIT")
+        committed = read_side.Committed()
+        committed.add([(101, batches[1]), (201, batches[2])])
+        memory = read_side.index_committed(users, committed)
+        assert memory.rows == 200 and memory.counted is not None
+        assert (memory.counted.low, memory.counted.high) == (100, 300)
+        store = SQLiteStore(path, writer="thread")
+        try:
+            assert store.prune_events(T0 + 60_000) == 200  # batch 0, counted; batch 1, not yet
+        finally:
+            store.close()
+        conn.execute("BEGIN IMMEDIATE")
+        assert not read_side.add_counted(conn, memory.counted)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+        users.close()
+    read_side.catch_up(path)
     _rollups_as_scanned(path)
-    conn = sqlite3.connect(path)
-    assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (200,)
-    conn.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (100,)
 
 
 def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The SQLite store's read side: the rollups, the user index and ``daily_users``, kept beside the writes.
 
-The writer counts the rollups of its own rows as it inserts them (``Tally``,
-``tally_group``); ``Builder`` (a thread beside the writer) indexes the users file
-and counts the rows no writer counted (``copy_step``, ``index_users``). Every row
+``Builder`` (a thread beside the writer) indexes the users file and counts the
+rollups: of the rows its writer committed from memory (``Committed``,
+``index_committed``), of any other from a copy of the table (``copy_step``,
+``index_users``); its counts are added in the writer's next transaction. Every row
 up to ``meta.read_side_seq`` is in the rollups; readers take the rows past it from the table.
 A prune takes its rows out of the rollups in its own transaction
 (``remove_from_rollups``). ``backfill_rollups`` counts the rows older than the
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..base import StoreError, schema_statements
 from ..rollups import NAME_BLOCK_BITS, ROLLUP_GRAINS
@@ -128,19 +129,19 @@ def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: in
 #
 # - The rollups: every row with seq <= `meta.read_side_seq` (and >= `meta.rollups_from_seq`) is
 #   counted; readers take the rows past it from the table (a few thousand at most). A step counts
-#   the new rows into temporary tables inside a read snapshot (no lock; SQLite runs it without the
-#   GIL, on the other core), then takes the writers' turn only to add those few rows and move
-#   `read_side_seq`, and only if nobody moved it (or pruned, `read_side_epoch`) meanwhile.
+#   the new rows (from memory, or from a copy of the table: no lock), then hands the counts (a few
+#   dozen rows) to the writer, which adds them and moves `read_side_seq` in its next transaction,
+#   only if nobody moved it (or pruned, `read_side_epoch`) meanwhile. Counting in the writer's
+#   transactions held the write lock for every µs of it: ~0.7 µs a row of five measures.
 # - The user index (`user_seqs`: a row per user and step, its seqs in a list) and `daily_users` (a
 #   row per user and day) live in a file of their own beside the database (`drengr-users.db`,
 #   schema/sqlite-users.sql), written by the builder with the database attached and only read:
 #   the writer never waits for them. Every row with seq <= its `users_seq` is indexed; readers
 #   take the rows past it from the table. The file is derived: deleted, found indexing another
 #   database (`database_id`) or laid out otherwise (`layout`), it is built again.
-# - The rows its own writer committed, the builder indexes from memory (`Committed`,
-#   `index_committed`: ~0.3 µs a row, compiled), without reading them back from the table; it
-#   copies from the table only what is not there: other processes' rows, the rows of a writer
-#   that does not count its rollups itself, a file being built again.
+# - The rows its own writer committed, the builder indexes and counts from memory (`Committed`,
+#   `index_committed`: ~1 µs a row, compiled), without reading them back from the table; it copies
+#   from the table only what is not there: other processes' rows, a file being built again.
 # - `name_blocks`, in the same file and step: per tenant, event name and block of 1,024 seqs, the
 #   first and last seq of the name there (a few rows per block), which take a page of a rare name
 #   straight to its rows.
@@ -177,17 +178,6 @@ _STAGING = (
 _COPY = (
     "INSERT INTO temp.step_rows SELECT seq, tenant_id, received_at, event_name, event_type, measures, external_id "
     "FROM events.semantic_events WHERE seq > :low AND seq <= :high"
-)
-# While the writer counts the rollups itself (`Tally`), a step copies only what the users file needs,
-# and groups by name and block alone.
-_COPY_FOR_USERS = (
-    "INSERT INTO temp.step_rows (seq, tenant_id, received_at, event_name, external_id) "
-    "SELECT seq, tenant_id, received_at, event_name, external_id "
-    "FROM events.semantic_events WHERE seq > :low AND seq <= :high"
-)
-_GROUP_NAMES = (
-    "INSERT INTO temp.step_groups (event_name, block, tenant_id, first_seq, last_seq) "
-    "SELECT event_name, seq >> :name_bits, tenant_id, min(seq), max(seq) FROM temp.step_rows GROUP BY 1, 2, 3"
 )
 # `fresh`: past the rollups' mark (rows the users file alone still lacks are copied too, not counted).
 _GROUP = (
@@ -295,17 +285,12 @@ class Step:
 
 
 def copy_step(
-    users: sqlite3.Connection,
-    max_rows: int = BUILD_STEP_ROWS,
-    tallied_from: int | None = None,
-    below: int | None = None,
+    users: sqlite3.Connection, max_rows: int = BUILD_STEP_ROWS, below: int | None = None
 ) -> Step | None:
     """Copy up to ``max_rows`` rows past the lower of the two marks in a read snapshot of both files,
     and count the rollups' part of them; None: nothing new.
 
     ``users`` comes from ``open_users`` (the database attached as ``events``), not in a transaction.
-    ``tallied_from``: the rollups' mark from which the writer counts its rows itself (``Tally``);
-    found there, the step leaves the rollups to it and copies only what the users file needs.
     ``below``: the last seq to copy at most (the rows past it are in memory: ``index_committed``).
     """
     for statement in _STAGING:
@@ -322,18 +307,14 @@ def copy_step(
         # Another database's, one cut back (a backup restored under it), or another layout: built again.
         again = found is None or indexes != found or seen > top or layout != (USERS_LAYOUT,)
         indexed = 0 if again else seen
-        rollups = built != tallied_from
-        low = min(built, indexed) if rollups else indexed
+        low = min(built, indexed)
         high = min(top, low + max_rows, top if below is None else below)
         if high <= low:
             return None
-        users.execute(_COPY if rollups else _COPY_FOR_USERS, {"low": low, "high": high})
-    if rollups:
-        users.execute(_GROUP, {"name_bits": NAME_BLOCK_BITS, "built": built})
-    else:
-        users.execute(_GROUP_NAMES, {"name_bits": NAME_BLOCK_BITS})
+        users.execute(_COPY, {"low": low, "high": high})
+    users.execute(_GROUP, {"name_bits": NAME_BLOCK_BITS, "built": built})
     counted = None
-    if rollups and high > built:
+    if high > built:
         events = users.execute(_COUNT_EVENTS).fetchall()
         measures = sum_measures(users.execute(_MEASURED_ROWS, {"built": built}))
         counted = Counted(built, high, epoch, events, measures)
@@ -362,62 +343,6 @@ def add_counted(conn: sqlite3.Connection, counted: Counted) -> bool:
             )
     conn.execute(_META, ("read_side_seq", str(counted.high)))
     return True
-
-
-# The writer counts the rollups of the rows it commits itself, in memory as it writes them (`Sums`,
-# compiled: ~0.5 µs a row, against ~4 µs for the builder to copy, sort and read them back), and adds
-# them in one of its transactions every TALLY_ROWS rows or TALLY_SECONDS (a few dozen upserts; in
-# every group's transaction they held the write lock a quarter longer). It does so only from the
-# rollups' mark: where rows of another process come between (several processes writing), or a prune
-# moved the mark, its tally is dropped and the builder counts those rows from the table, as it does
-# for rows written while no writer tallies. While a tally is kept, the builder's steps leave the
-# rollups to it; one its writer has not added to for TALLY_STALE_SECONDS (no writes came), or a
-# stopping writer's, the builder adds itself.
-TALLY_ROWS = 8_192
-TALLY_SECONDS = 0.25
-TALLY_STALE_SECONDS = 0.1
-
-
-class Tally:
-    """The writer's counts of the rows ``low < seq <= high`` it committed, not yet in the rollups."""
-
-    def __init__(self, low: int, epoch: int) -> None:
-        self.low = self.high = low
-        self.epoch = epoch
-        self.sums = Sums()
-        self.started = self.touched = time.monotonic()
-
-    def counted(self) -> Counted:
-        return Counted(self.low, self.high, self.epoch, self.sums.event_counts(), self.sums.measure_sums())
-
-
-def tally_group(
-    conn: sqlite3.Connection, tally: Tally | None, groups: list[tuple[int, list[Any]]]
-) -> Tally | None:
-    """Count a group's rows, ``(first seq, rows)`` as inserted, into ``tally`` (inside the writer's
-    transaction, after the rows); the tally to keep, or None: the builder counts these rows.
-
-    A new tally starts only where the rollups' mark is just below the group. The tally is added to
-    the rollups (``add_in_savepoint``) when it is large or old enough, or when another
-    process's rows come between; an addition that fails, or finds the mark moved, drops it.
-    """
-    if not groups:
-        return tally
-    if tally is None:
-        built = built_to(conn)
-        if built != groups[0][0] - 1:
-            return None
-        tally = Tally(built, _meta_int(conn, "read_side_epoch"))
-    for first_seq, rows in groups:
-        if first_seq != tally.high + 1:  # another writer's rows between: this tally ends here
-            add_in_savepoint(conn, tally.counted())
-            return None
-        tally.sums.add_rows(rows)
-        tally.high += len(rows)
-    tally.touched = time.monotonic()
-    if tally.high - tally.low >= TALLY_ROWS or tally.touched - tally.started >= TALLY_SECONDS:
-        return Tally(tally.high, tally.epoch) if add_in_savepoint(conn, tally.counted()) else None
-    return tally
 
 
 def add_in_savepoint(conn: sqlite3.Connection, counted: Counted) -> bool:
@@ -530,29 +455,35 @@ class Committed:
         return taken, below
 
 
-def index_committed(
-    users: sqlite3.Connection, committed: Committed, count_users: bool = True
-) -> tuple[int, int | None, bool]:
+class FromMemory(NamedTuple):
+    """What ``index_committed`` did."""
+
+    rows: int  # the rows it indexed
+    below: int | None  # none indexed: copy the table up to this seq first (the rows past it are held)
+    few: bool  # their users were few (or, not counted, taken as such)
+    counted: Counted | None  # their rollups, to add, when the rollups' mark was where the users file's was
+
+
+def index_committed(users: sqlite3.Connection, committed: Committed, count_users: bool = True) -> FromMemory:
     """Index in the users file (``users`` from ``open_users``) the rows ``committed`` holds right past
-    its ``users_seq``, from memory (``UserRows``), and move ``users_seq`` past them.
+    its ``users_seq``, from memory (``UserRows``), move ``users_seq`` past them, and count their
+    rollups (``Sums``) when the rollups' mark is the same.
 
     Their users are indexed from memory when they are few (``FEW_USERS``), otherwise a row
     each from the table (``_INDEX_EACH``); ``count_users`` false: from the table without
-    counting them. Returns the rows indexed and, when there were none, the seq to copy up to
-    from the table before they come (``Committed.take``); and whether the users were few. A
-    file to be built again is left to ``copy_step``.
+    counting them. A file to be built again is left to ``copy_step``.
     """
     with Transaction(users, "DEFERRED"):
         # The users file's write lock first: nobody moves users_seq meanwhile.
         users.execute("INSERT INTO meta (key, value) VALUES ('users_seq', '-1') ON CONFLICT (key) DO NOTHING")
         meta = dict(users.execute("SELECT key, value FROM meta").fetchall())
-        found = users.execute("SELECT value FROM events.meta WHERE key = 'database_id'").fetchone()
-        if found is None or meta.get("database_id") != found[0] or meta.get("layout") != USERS_LAYOUT:
-            return 0, None, count_users
+        found = dict(users.execute("SELECT key, value FROM events.meta").fetchall())
+        if meta.get("database_id") != found.get("database_id", "") or meta.get("layout") != USERS_LAYOUT:
+            return FromMemory(0, None, count_users, None)
         indexed = int(meta["users_seq"])
         groups, below = committed.take(indexed)
         if not groups:
-            return 0, below, count_users
+            return FromMemory(0, below, count_users, None)
         rows = UserRows(USER_INDEX_BLOCK_BITS, NAME_BLOCK_BITS, count_users)
         for first_seq, group in groups:
             rows.add(first_seq, group)
@@ -567,7 +498,14 @@ def index_committed(
                 users.execute(statement.format(source="events.semantic_events"), bounds)
         users.executemany(name_blocks, rows.name_blocks())
         users.execute(_META, ("users_seq", str(indexed + rows.rows)))
-    return rows.rows, None, few
+    counted = None
+    if int(found.get("read_side_seq", 0)) == indexed:
+        sums = Sums()
+        for _first_seq, group in groups:
+            sums.add_rows(group)
+        epoch = int(found.get("read_side_epoch", 0))
+        counted = Counted(indexed, indexed + rows.rows, epoch, sums.event_counts(), sums.measure_sums())
+    return FromMemory(rows.rows, None, few, counted)
 
 
 def prune_users(path: str, before_day: str, busy_timeout_ms: int = 5_000) -> None:
@@ -680,8 +618,6 @@ class Builder:
                     users = open_users(self._path, self._busy_timeout_ms)
                 while self._step(conn, users, stopping) == BUILD_STEP_ROWS:
                     pass  # a full step: more may wait
-                if self._writer is not None and self._writer.tallied_from() is not None:
-                    pause = TALLY_STALE_SECONDS  # back soon: the writer's tally, once its writes stop
             except (sqlite3.Error, StoreError) as error:
                 log.warning("cannot build the read side now (tried again in 5 s): %s", error)
                 pause = 5.0
@@ -701,49 +637,49 @@ class Builder:
             os.close(lock)
 
     def _step(self, conn: sqlite3.Connection, users: sqlite3.Connection, stopping: bool) -> int:
-        """One step (``copy_step``); the seqs it covered, or 0 when it moved neither mark.
+        """One step; the seqs it covered, or 0 when it moved neither mark.
 
-        Its rollup counts go to the writer, which adds them in its next group's
-        transaction (a few upserts, no transaction nor lock of their own) while the
-        builder indexes the users file. When the writer has no group to write soon,
-        or is stopping, the builder adds them itself in the writers' turn.
+        The rows the writer holds for it are indexed and counted from memory
+        (``index_committed``); the table is copied (``copy_step``) for what is
+        not there, and for the rollups when their mark was not the users file's.
         """
-        tallied_from = None
-        if self._writer is not None:
-            tally = self._writer.take_tally(stopping)
-            if tally is not None:
-                with self._turn(), Transaction(conn):
-                    add_counted(conn, tally.counted())  # or, the mark moved, counted from the table
-            tallied_from = self._writer.tallied_from()
-        # The users file from the writer's rows in memory first; the table is copied for what is
-        # not there, and for the rollups when the writer does not count them.
         self._steps += 1
         count_users = self._count_users or self._steps % MANY_USERS_STEPS == 0
-        indexed, below, few = index_committed(users, self.committed, count_users)
-        if indexed:
-            self._count_users = few
-        self.indexed_from_memory += indexed
-        if tallied_from is None:
-            below = None  # the rollups need the table's rows past their mark anyway
-        elif indexed and not stopping:
-            return indexed  # a stopping builder copies what is not in memory too
-        step = copy_step(users, tallied_from=tallied_from, below=below)
+        memory = index_committed(users, self.committed, count_users)
+        self.indexed_from_memory += memory.rows
+        if memory.rows:
+            self._count_users = memory.few
+        if memory.counted is not None:
+            self._add(conn, memory.counted, stopping, offered=False)
+            if not stopping:
+                return memory.rows  # a stopping builder copies what is not in memory too
+        step = copy_step(users, below=memory.below)
         if step is None:
-            return indexed
+            return memory.rows
         counted = step.counted
-        handed = counted is not None and self._writer is not None and not stopping
-        if handed:
-            self._writer.offer(counted)
+        offered = counted is not None and self._writer is not None and not stopping
+        if offered:
+            self._writer.offer(counted)  # added by the writer while the users file is indexed
         moved = index_users(users, step)
         if counted is not None:
             self.counted_rows += counted.high - counted.low
-            if handed and not counted.done.wait(HAND_OVER_SECONDS) and not self._writer.take_back(counted):
-                counted.done.wait(60)  # the writer took it meanwhile: its group is being committed
-            if not counted.done.is_set():
-                with self._turn(), Transaction(conn):
-                    counted.added = add_counted(conn, counted)
-            moved = moved or bool(counted.added)
+            moved = self._add(conn, counted, stopping, offered) or moved
         return step.high - step.low if moved else 0
+
+    def _add(self, conn: sqlite3.Connection, counted: Counted, stopping: bool, offered: bool) -> bool:
+        """Add a step's rollup counts: the writer adds them in its next group's transaction (a few
+        upserts, no transaction nor lock of their own); when it has no group to write soon, or is
+        stopping, the builder adds them itself in the writers' turn. ``offered``: to the writer
+        already. Whether they were added."""
+        if self._writer is not None and not stopping:
+            if not offered:
+                self._writer.offer(counted)
+            if not counted.done.wait(HAND_OVER_SECONDS) and not self._writer.take_back(counted):
+                counted.done.wait(60)  # the writer took it meanwhile: its group is being committed
+        if not counted.done.is_set():
+            with self._turn(), Transaction(conn):
+                counted.added = add_counted(conn, counted)
+        return bool(counted.added)
 
     def stop(self) -> None:
         """Build what the writer committed, then stop (the read side is whole when a store closes)."""

@@ -24,10 +24,10 @@ write path keeps between groups, and ``commit_jobs`` writes one group.
 - Daily-cap metering (``Meter``): one read and one upsert per tenant and day a group; it fails open.
 - Every group is one ``BEGIN IMMEDIATE`` transaction taken in the writers' turn
   (``drengr.store.sqlite.locks``); the WAL is checkpointed off this path.
-- The read side: the rollups of its own rows are counted in memory as they are
-  inserted, and added in one of its transactions every few thousand rows
-  (``drengr.store.sqlite.read_side.tally_group``); the user index follows the
-  committed rows from a thread of its own (``read_side.Builder``), never in this transaction.
+- The read side: the writer hands the rows it committed to its builder (``read_side.Builder``,
+  a thread of its own), which indexes and counts them from memory, never in this transaction;
+  the rollup counts come back to be added in the next group's transaction (``offer``): a few
+  upserts, no transaction of their own.
 
 The hot insert goes straight to multi-row INSERTs (sqlite-utils' ``insert_all``
 measured ~2× slower). Imports no web framework and not sqlite-utils.
@@ -160,9 +160,7 @@ class Writer:
         self._builder: read_side.Builder | None = None  # the read side's, too
         self._builder_lock: WriterLock | None = None
         self._offered: read_side.Counted | None = None  # a builder step's counts, for the next group
-        self._offered_lock = threading.Lock()  # guards _offered and _tally (the builder's thread reads them)
-        self._tally: read_side.Tally | None = None  # the rollups of its own rows, counted as it writes
-        self._tallying = False  # a group is counting into _tally now (the builder leaves it alone)
+        self._offered_lock = threading.Lock()  # guards _offered (the builder's thread sets it)
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path, self._busy_timeout_ms, self._synchronous)
@@ -208,8 +206,6 @@ class Writer:
             if self._builder is not None:
                 self._builder.wrote(rows, committed)
         except Exception as error:  # the whole group failed: every request gets 502
-            with self._offered_lock:
-                self._tally, self._tallying = None, False  # it may hold rows just rolled back
             log.error("write transaction failed: %s", error)
             metrics.count("store_errors", "write")
             for job in jobs:
@@ -236,24 +232,6 @@ class Writer:
                 return False
             self._offered = None
             return True
-
-    def tallied_from(self) -> int | None:
-        """The rollups' mark this writer counts its rows from (``read_side.Tally``), for the builder
-        to leave those rows to it; None: none."""
-        with self._offered_lock:
-            return None if self._tally is None else self._tally.low
-
-    def take_tally(self, stopping: bool) -> read_side.Tally | None:
-        """The writer's tally, for the builder to add, when no group has added to it for a while (no
-        writes came) or the writer is stopping; None: it stays with the writer."""
-        with self._offered_lock:
-            tally = self._tally
-            if tally is None or self._tallying:
-                return None
-            if not stopping and time.monotonic() - tally.touched < read_side.TALLY_STALE_SECONDS:
-                return None
-            self._tally = None
-            return tally
 
     def _add_offered(self, conn: sqlite3.Connection) -> read_side.Counted | None:
         """Add the builder's counts waiting for a group, in a savepoint (a failure there fails nothing else)."""
@@ -299,12 +277,6 @@ class Writer:
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             additions = self._apply_each(conn, work)
-        tally = None
-        committed = [(seq, rows) for _fps, seq, rows in additions]
-        if self.builds_read_side:
-            with self._offered_lock:
-                tally, self._tallying = self._tally, True
-            tally = read_side.tally_group(conn, tally, committed)
         counted = self._add_offered(conn)
         try:
             conn.execute("COMMIT")
@@ -315,9 +287,6 @@ class Writer:
         finally:
             if counted is not None:
                 counted.done.set()
-        if self.builds_read_side:
-            with self._offered_lock:
-                self._tally, self._tallying = tally, False
         self.group_commits += 1
         current = self._window[0]
         for fps, first_seq, _rows in additions:
@@ -327,7 +296,7 @@ class Writer:
         metrics.metric("group_rows").observe(sum(len(job.rows) for job in work))
         metrics.metric("dedup_ids").set(sum(len(index) for index in self._window))
         metrics.metric("dedup_bytes").set(sum(index.memory_bytes for index in self._window))
-        return committed
+        return [(seq, rows) for _fps, seq, rows in additions]
 
     def _apply_group(
         self, conn: sqlite3.Connection, jobs: list[Job], staged: dict[str, set[str]]
