@@ -485,8 +485,14 @@ def index_committed(users: sqlite3.Connection, committed: Committed, count_users
         if not groups:
             return FromMemory(0, below, count_users, None)
         rows = UserRows(USER_INDEX_BLOCK_BITS, NAME_BLOCK_BITS, count_users)
+        sums = Sums() if int(found.get("read_side_seq", 0)) == indexed else None
         for first_seq, group in groups:
             rows.add(first_seq, group)
+            if sums is not None:
+                sums.add_rows(group)
+            # The GIL back to the writer between groups: a thread that only asks for it (the writer,
+            # back from SQLite) waits a whole switch interval (5 ms) for one that keeps it.
+            time.sleep(0)
         user_seqs, daily_users, name_blocks = _INDEX_COMMITTED
         few = count_users and rows.user_entries() * FEW_USERS <= rows.rows
         if few:
@@ -499,10 +505,7 @@ def index_committed(users: sqlite3.Connection, committed: Committed, count_users
         users.executemany(name_blocks, rows.name_blocks())
         users.execute(_META, ("users_seq", str(indexed + rows.rows)))
     counted = None
-    if int(found.get("read_side_seq", 0)) == indexed:
-        sums = Sums()
-        for _first_seq, group in groups:
-            sums.add_rows(group)
+    if sums is not None:
         epoch = int(found.get("read_side_epoch", 0))
         counted = Counted(indexed, indexed + rows.rows, epoch, sums.event_counts(), sums.measure_sums())
     return FromMemory(rows.rows, None, few, counted)
