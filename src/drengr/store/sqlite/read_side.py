@@ -574,9 +574,10 @@ class Builder:
         self._pending = 0
         self._wake = threading.Event()
         self._stopping = False
-        self.counted_rows = 0  # the seqs its steps covered, added or not (tests: no work done twice)
+        self.counted_rows = 0  # the seqs it counted from a copy of the table, added or not (tests)
         self.committed = Committed()  # the writer's committed rows, to index from memory
         self.indexed_from_memory = 0  # the rows it indexed from there (tests)
+        self.counted_from_memory = 0  # and counted the rollups of, added or not (tests)
         self._count_users = True  # whether the next step counts its users (they were few)
         self._steps = 0
         self._thread = threading.Thread(target=self._run, name="drengr-read-side", daemon=True)
@@ -653,6 +654,7 @@ class Builder:
         if memory.rows:
             self._count_users = memory.few
         if memory.counted is not None:
+            self.counted_from_memory += memory.rows
             self._add(conn, memory.counted, stopping, offered=False)
             if not stopping:
                 return memory.rows  # a stopping builder copies what is not in memory too
