@@ -462,25 +462,39 @@ def _rollups_as_scanned(path: str) -> None:
         conn.close()
 
 
+def write_without_read_side(path: str, batches: list[list[tuple[Any, ...]]]) -> None:
+    """The batches through a store whose writer builds no read side (every row past its marks)."""
+    with pytest.MonkeyPatch.context() as held:
+        held.setattr(Writer, "builds_read_side", False)
+        store = SQLiteStore(path, writer="thread")
+        try:
+            for batch in batches:
+                assert store.write("acme", batch, T0).stored == len(batch)
+        finally:
+            store.close()
+
+
+def add_counted_now(conn: sqlite3.Connection, counted: Any) -> bool:
+    """``add_counted`` in a write transaction of its own, as the writer's next group adds a step's counts."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        return read_side.add_counted(conn, counted)
+    finally:
+        conn.execute("COMMIT")
+
+
 def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_rest(tmp_path: Path) -> None:
     """``index_committed``: the rows handed over as committed go into the users file as a copy from the
     table would put them; where rows not in memory come first (another process's), the table is copied
     up to them; a group partly indexed already is cut; rows indexed already are dropped."""
     path = str(tmp_path / "drengr.db")
     batches = [_rows(f"b{b}-", 50, T0 + b * 9_000) for b in range(6)]  # seqs 1 + 50 b .. 50 (b + 1)
-    with pytest.MonkeyPatch.context() as held:
-        held.setattr(Writer, "builds_read_side", False)
-        store = SQLiteStore(path, writer="thread")
-        for batch in batches:
-            assert store.write("acme", batch, T0).stored == 50
-        store.close()
+    write_without_read_side(path, batches)
     users = read_side.open_users(path)
     conn = sqlite3.connect(path, isolation_level=None)
 
-    def add(counted: Any) -> None:  # as the builder hands them to the writer: its next transaction
-        conn.execute("BEGIN IMMEDIATE")
-        assert read_side.add_counted(conn, counted)
-        conn.execute("COMMIT")
+    def add(counted: Any) -> None:
+        assert add_counted_now(conn, counted)
 
     try:
         committed = read_side.Committed()
@@ -620,20 +634,13 @@ def test_counts_made_from_memory_are_dropped_when_a_prune_came_first(tmp_path: P
     refused, and a step counts the rows left from the table."""
     path = str(tmp_path / "drengr.db")
     batches = [_rows(f"b{b}-", 100, T0 + ms) for b, ms in enumerate((0, 1_000, 120_000))]
-    with pytest.MonkeyPatch.context() as held:
-        held.setattr(Writer, "builds_read_side", False)
-        store = SQLiteStore(path, writer="thread")
-        for batch in batches:
-            assert store.write("acme", batch, T0).stored == 100
-        store.close()
+    write_without_read_side(path, batches)
     users = read_side.open_users(path)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         step = read_side.copy_step(users, max_rows=100)
         assert step is not None and step.counted is not None and read_side.index_users(users, step)
-        conn.execute("BEGIN IMMEDIATE")
-        assert read_side.add_counted(conn, step.counted)  # the rollups and the users file at 100
-        conn.execute("COMMIT")
+        assert add_counted_now(conn, step.counted)  # the rollups and the users file at 100
         committed = read_side.Committed()
         committed.add([(101, batches[1]), (201, batches[2])])
         memory = read_side.index_committed(users, committed)
@@ -644,9 +651,7 @@ def test_counts_made_from_memory_are_dropped_when_a_prune_came_first(tmp_path: P
             assert store.prune_events(T0 + 60_000) == 200  # batch 0, counted; batch 1, not yet
         finally:
             store.close()
-        conn.execute("BEGIN IMMEDIATE")
-        assert not read_side.add_counted(conn, memory.counted)
-        conn.execute("COMMIT")
+        assert not add_counted_now(conn, memory.counted)
     finally:
         conn.close()
         users.close()
