@@ -284,6 +284,37 @@ def get_json(port: int, path: str) -> Any:
         conn.close()
 
 
+def start_datasette(db: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`drengr datasette` on a free port, once Datasette itself answers there (its /-/versions.json).
+
+    A port found free can be taken by another test's server before Datasette binds it: Datasette
+    then exits, and it starts again on another port (three tries).
+    """
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for _ in range(3):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drengr", "datasette", "--db", str(db), "--", "--port", str(port)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while process.poll() is None:
+            try:
+                if "datasette" in get_json(port, "/-/versions.json"):
+                    return process, port
+            except (OSError, AssertionError):  # not up yet, or another server on the port
+                pass
+            if time.monotonic() > deadline:
+                process.terminate()
+                process.wait(timeout=HANG_GUARD_SECONDS)
+                raise AssertionError(f"datasette did not answer ({HANG_GUARD_SECONDS} s hang guard)")
+            time.sleep(0.2)
+        output = process.stdout.read().decode() if process.stdout else ""
+        if "address already in use" not in output.lower():
+            raise AssertionError(f"datasette exited: {output[-2000:]}")
+    raise AssertionError("datasette found its port taken three times")
+
+
 def test_drengr_datasette_serves_facets_hidden_keys_and_the_analyst_queries(tmp_path: Path) -> None:
     pytest.importorskip("datasette", reason="pip install '.[test]' (Datasette)")
     # The canned queries look back 30 days from SQLite's `now` (the system clock, which no test
@@ -294,24 +325,9 @@ def test_drengr_datasette_serves_facets_hidden_keys_and_the_analyst_queries(tmp_
     rows = [(*r[:6], today + r[6][10:], today + r[7][10:], *r[8:]) for r in ROWS]
     assert store.write("acme", rows, RECEIVED_MS).stored == len(ROWS)
     store.close()
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "drengr", "datasette", "--db", str(db), "--", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    process, port = start_datasette(db)
     try:
-        deadline = time.monotonic() + HANG_GUARD_SECONDS
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                listing = get_json(port, "/drengr.json")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (
-                    f"datasette did not answer ({HANG_GUARD_SECONDS} s hang guard)"
-                )
-                time.sleep(0.2)
+        listing = get_json(port, "/drengr.json")
         hidden = {t["name"]: t["hidden"] for t in listing["tables"]}
         assert hidden["api_keys"] is True and hidden["semantic_events"] is False
         table = get_json(port, "/drengr/semantic_events.json?_size=1")
