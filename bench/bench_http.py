@@ -20,7 +20,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+import uuid
+from base64 import b64encode
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ import pytest
 
 import drengr
 
-from .bench_store import floor_rows_per_second
+from .bench_store import floor_rows_per_second, prefill
 
 ROOT = Path(__file__).parents[1]
 LUA = Path(__file__).with_name("wrk_post.lua")
@@ -37,6 +41,7 @@ SECONDS = int(os.environ.get("DRENGR_BENCH_SECONDS", "8"))
 WARMUP_SECONDS = int(os.environ.get("DRENGR_BENCH_WARMUP_SECONDS", "2"))  # same load, not counted
 THREADS = os.environ.get("DRENGR_BENCH_THREADS", "8")
 WRITERS = {"drengr-thread": "thread", "drengr-process": "process"}
+WINDOW_IDS = int(os.environ.get("DRENGR_BENCH_WINDOW_IDS", "35000000"))  # bench_http_dedup_window_memory
 RESULTS = Path(os.environ.get("DRENGR_BENCH_RESULTS", str(ROOT / ".benchmarks" / "http.json")))
 
 
@@ -77,11 +82,17 @@ def pinned(core: int) -> list[str]:
 
 @contextmanager
 def server(
-    kind: str, tmp: Path, pin: bool = True, extra: tuple[str, ...] = (), read_side: bool = True
+    kind: str,
+    tmp: Path,
+    pin: bool = True,
+    extra: tuple[str, ...] = (),
+    read_side: bool = True,
+    before: Callable[[Path], None] | None = None,
 ) -> Iterator[tuple[int, str, Path, subprocess.Popen[bytes]]]:
     """Start one kind of server (``pin``: on core 0, as the module says; ``extra``: more options of
-    serve; ``read_side`` False: its SQLite read side off, ``without_read_side/``); yield (port,
-    write key, db path, process)."""
+    serve; ``read_side`` False: its SQLite read side off, ``without_read_side/``; ``before(db)``:
+    run on its database once its key is made, before it starts); yield (port, write key, db path,
+    process)."""
     port = free_port()
     db = tmp / f"{kind}-{port}.db"
     key = ""
@@ -98,6 +109,8 @@ def server(
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         key = created.stdout.strip()
+        if before is not None:
+            before(db)
     if kind in WRITERS:
         args = [*(pinned(0) if pin else []), sys.executable, "-m", "drengr", "serve", "--db", str(db),
                 "--port", str(port), "--threads", THREADS, "--writer", WRITERS[kind], "--log-level", "warning",
@@ -437,3 +450,80 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def _peak_rss_mb_each(pid: int) -> list[float]:
+    """Peak RSS (VmHWM) of the server, then of each of its children (the writer process), in MB."""
+    found = []
+    for each in [pid, *_children(pid)]:
+        status = Path(f"/proc/{each}/status").read_text()
+        found.append(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024)  # type: ignore[union-attr]
+    return found
+
+
+def _first_acknowledged(port: int, key: str, limit_seconds: float = 1800.0) -> float:
+    """Seconds until a one-event batch is acknowledged: the writer builds its window at its first write,
+    answering 502 to requests that wait past the busy timeout meanwhile."""
+    auth = "Basic " + b64encode(f"{key}:".encode()).decode()
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_seconds:
+        body = json.dumps(
+            {"batch": [{"type": "track", "event": "first", "userId": "u", "messageId": str(uuid.uuid4())}]}
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/batch", data=body.encode(), method="POST",
+            headers={"Authorization": auth, "Content-Type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                if answer.status == 200:
+                    return time.perf_counter() - started
+        except urllib.error.HTTPError as error:
+            assert error.code == 502, error.code  # still building the window
+        time.sleep(0.5)
+    raise AssertionError(f"no event acknowledged in {limit_seconds} s")
+
+
+def _dedup_gauges(port: int) -> tuple[float, float]:
+    """``drengr_dedup_window_ids`` and ``drengr_dedup_window_bytes`` from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    ids, size = (
+        float(re.search(rf"^drengr_dedup_window_{name} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+        for name in ("ids", "bytes")
+    )
+    return ids, size
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)  # 35M rows written, the read side built, then the window built from them
+def bench_http_dedup_window_memory(benchmark: Any, tmp_path: Path) -> None:
+    """Peak RSS of `drengr serve` (server and writer process) with WINDOW_IDS ids in its dedup window,
+    against the same server with an empty window, under the same load (100-event batches, c=8)."""
+    ids = 20_000 if benchmark.disabled else WINDOW_IDS
+    seconds = 1 if benchmark.disabled else SECONDS
+    now_ms = int(time.time() * 1000)  # the server's clock: the rows are in its current window
+    results = {}
+
+    def cell(filled: bool) -> None:
+        fill = (lambda db: prefill(db, ids, now_ms)) if filled else None
+        with server("drengr-process", tmp_path, pin=False, before=fill) as (port, key, db, process):
+            first = _first_acknowledged(port, key)
+            load = wrk(port, key, 100, 8, seconds, pin=False)
+            assert load["non_2xx"] == load["socket_errors"] == 0, load
+            window_ids, window_bytes = _dedup_gauges(port)
+            results[filled] = {"first_s": first, "rss": _peak_rss_mb_each(process.pid), "ids": window_ids,
+                               "bytes": window_bytes, "rows": stored(db)}  # fmt: skip
+
+    benchmark.pedantic(lambda: [cell(filled) for filled in (False, True)], rounds=1, iterations=1)
+    empty, full = results[False], results[True]
+    assert full["ids"] >= ids and full["rows"] >= ids
+    added = sum(full["rss"]) - sum(empty["rss"])
+    print(
+        f"\ndedup window of {full['ids']:,.0f} ids: {full['bytes'] / 2**20:,.1f} MB by its gauge "
+        f"({full['bytes'] / full['ids']:.2f} B an id); first write built it from the table in {full['first_s']:,.1f} s"
+    )
+    for name, found in (("empty window", empty), ("filled window", full)):
+        print(f"  {name}: peak RSS server {found['rss'][0]:,.0f} MB + writer process "
+              f"{sum(found['rss'][1:]):,.0f} MB = {sum(found['rss']):,.0f} MB")  # fmt: skip
+    print(f"  the window's ids added {added:,.0f} MB of peak RSS: {added * 2**20 / full['ids']:.2f} B an id")

@@ -203,3 +203,53 @@ def count(path: Path) -> int:
         return conn.execute("SELECT count(*) FROM semantic_events").fetchone()[0]
     finally:
         conn.close()
+
+
+LOOKUP_IDS = int(os.environ.get("DRENGR_BENCH_LOOKUP_IDS", "10000000"))
+
+
+@pytest.mark.timeout(1800)
+def bench_dedup_lookup_tables_against_runs(benchmark: Any, tmp_path: Path) -> None:
+    """The dedup window's look-up of 2,500 new ids (a batch), its LOOKUP_IDS ids held in one table in
+    memory, against the same ids spilled into runs on disk as the writer spills them (window.SPILL_IDS
+    a run): the filters' probes are what runs add to every write. Rounds alternate; medians."""
+    import random
+    from array import array
+
+    from drengr.store.sqlite import window
+
+    ids = 50_000 if benchmark.disabled else LOOKUP_IDS
+    spill = 10_000 if benchmark.disabled else window.SPILL_IDS
+    rng = random.Random(7)
+    table, spilled = window.FingerprintIndex(), window.Generation()
+    spills: list[float] = []  # how long each spill held the writer
+    for start in range(0, ids, 65_536):
+        keys = array("Q", [rng.randrange(1, 2**64) for _ in range(min(65_536, ids - start))])
+        seqs = array("q", range(start + 1, start + 1 + len(keys)))
+        table.add_many(keys, seqs)
+        spilled.add_many(keys, seqs)
+        runs = len(spilled.runs)
+        started = time.perf_counter()
+        spilled.spill_if_full(str(tmp_path), spill)
+        if len(spilled.runs) > runs:
+            spills.append(time.perf_counter() - started)
+    batches = [array("Q", [rng.randrange(1, 2**64) for _ in range(2_500)]) for _ in range(200)]
+    times: dict[str, list[float]] = {"table": [], "runs": []}
+
+    def look_up() -> None:
+        for number, batch in enumerate(batches):
+            for name, index in (
+                (("table", table), ("runs", spilled)) if number % 2 else (("runs", spilled), ("table", table))
+            ):
+                started = time.perf_counter()
+                index.hits(batch)
+                times[name].append(time.perf_counter() - started)
+
+    benchmark.pedantic(look_up, rounds=1, iterations=1)
+    table_us, runs_us = (statistics.median(times[name]) / 2_500 * 1e6 for name in ("table", "runs"))
+    print(f"\nlook-up of a new id among {ids:,} ids: one table {table_us:.3f} µs "
+          f"({table.memory_bytes / 2**20:,.0f} MB); {len(spilled.runs)} runs and a table of {len(spilled.table):,} "
+          f"{runs_us:.3f} µs ({spilled.memory_bytes / 2**20:,.0f} MB in memory); runs ÷ table {runs_us / table_us:.2f}")  # fmt: skip
+    print(f"a spill of {spill:,} ids took {statistics.median(spills) * 1000:,.0f} ms (median of {len(spills)}; "
+          f"longest {max(spills) * 1000:,.0f} ms)")  # fmt: skip
+    spilled.close()

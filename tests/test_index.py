@@ -175,3 +175,68 @@ def test_a_generation_takes_the_memory_the_docs_give():
         index.add(rng.randrange(1, 2**64), n)
         if n in (1, 13_926, 13_927, 27_852, 27_853):
             assert index.memory_bytes == documented(n), n
+
+
+@pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_a_sealed_table_gives_its_slots_sorted_by_tag_and_answers_nothing_more(module):
+    """``seal``: every entry once, as ``tag << 32 | seq``'s low 32 bits, sorted by tag (runs on disk)."""
+    rng = random.Random(11)
+    index = module.FingerprintIndex()
+    added = [(rng.randrange(1, 2**64), seq) for seq in range(2**32 - 1_000, 2**32 + 4_000)]
+    for key, seq in added:
+        index.add(key, seq)
+    assert index.top_seq == 2**32 + 3_999
+    slots = array("Q")
+    slots.frombytes(index.seal())
+    assert sorted(slots) == sorted(tag(key) << 32 | seq & 0xFFFFFFFF for key, seq in added)
+    assert [value >> 32 for value in slots] == sorted(value >> 32 for value in slots)
+    for refused in (
+        lambda: index.add(5, 1),
+        lambda: index.hits(array("Q", [5])),
+        lambda: index.candidates(5),
+    ):
+        with pytest.raises(ValueError, match="sealed"):
+            refused()
+
+
+@pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_the_filter_never_misses_a_tag_and_rarely_says_maybe_for_another(module):
+    """16 bits an id: every tag added is a hit; about 1 key in 500 not added is a false maybe."""
+    rng = random.Random(12)
+    index = module.FingerprintIndex()
+    for seq in range(1, 20_001):
+        index.add(rng.randrange(1, 2**64), seq)
+    slots = index.seal()
+    bloom = module.Bloom(20_000)
+    bloom.add_slots(slots)
+    assert bloom.memory_bytes == 64 * bloom.blocks == 40_000
+    added = array("Q", memoryview(slots).cast("Q"))
+    assert bloom.hits(added) == list(range(20_000))
+    strangers = array("Q", [rng.randrange(1, 2**64) for _ in range(50_000)])
+    false_maybes = len(bloom.hits(strangers))
+    assert 20 <= false_maybes <= 250  # 1 in 500 expected: 100
+    assert [bloom.maybe(key) for key in strangers[:300]] == [
+        i in bloom.hits(strangers[:300]) for i in range(300)
+    ]
+
+
+@COMPILED_ONLY
+def test_the_twin_filter_sets_the_compiled_ones_bits():
+    """One window file for both: the twin's filter is the compiled one's, bit for bit, and loads back."""
+    rng = random.Random(13)
+    compiled, twin = _index.FingerprintIndex(), _index_py.FingerprintIndex()
+    for seq in range(1, 3_001):
+        key = rng.randrange(1, 2**64)
+        compiled.add(key, seq)
+        twin.add(key, seq)
+    filters = []
+    for module, index in ((_index, compiled), (_index_py, twin)):
+        bloom = module.Bloom(3_000)
+        bloom.add_slots(index.seal())
+        filters.append(bytes(bloom.dump()))
+    assert filters[0] == filters[1]
+    for module in IMPLEMENTATIONS:
+        loaded = module.Bloom.load(
+            len(filters[0]) // 64, lambda view: view.__setitem__(slice(None), filters[0])
+        )
+        assert bytes(loaded.dump()) == filters[0]

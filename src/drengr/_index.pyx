@@ -27,6 +27,12 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from array import array
 
+cdef extern from *:
+    """
+    #define DRENGR_PREFETCH(address) __builtin_prefetch(address)
+    """
+    void DRENGR_PREFETCH(const void *address) noexcept nogil
+
 cdef uint64_t _FNV_OFFSET = 14695981039346656037ULL
 cdef uint64_t _FNV_PRIME = 1099511628211ULL
 
@@ -124,6 +130,7 @@ cdef class FingerprintIndex:
     cdef size_t capacity
     cdef size_t count
     cdef int64_t top  # the highest seq added
+    cdef readonly bint sealed  # its entries were sorted into a run (``seal``): no more adds nor look-ups
 
     def __cinit__(self, size_t capacity=1 << 14):
         cdef size_t size = 1024
@@ -147,6 +154,11 @@ cdef class FingerprintIndex:
     @property
     def memory_bytes(self):
         return self.capacity * sizeof(uint64_t)
+
+    @property
+    def top_seq(self):
+        """The highest seq added (0 for none): a run's seqs are read back from it."""
+        return self.top
 
     cdef void _put(self, uint64_t slot_value) noexcept nogil:
         cdef size_t mask = self.capacity - 1
@@ -202,6 +214,8 @@ cdef class FingerprintIndex:
             raise ValueError("fingerprints are never 0")
         if value < 0:
             raise ValueError("seqs are never negative")
+        if self.sealed:
+            raise ValueError("a sealed index takes no adds")
         if (self.count + 1) * 20 > self.capacity * 17:  # 85 % full
             self._grow()
         self._put(_tag(key) << 32 | <uint32_t>(value & 0xFFFFFFFF))
@@ -247,12 +261,53 @@ cdef class FingerprintIndex:
         index.top = top
         return index
 
+    def seal(self):
+        """This table's entries sorted by tag, in its own memory, for a run on disk (``drengr.store.sqlite.window``).
+
+        A read-only view of ``len(self)`` slots (``tag << 32 | seq & 0xFFFFFFFF``, native byte
+        order), sorted by tag (a radix sort on the tag's four bytes, in place but for one
+        buffer of the entries). The index takes no adds nor look-ups after: its table is the run.
+        """
+        cdef size_t i, n = 0, byte, shift, total
+        cdef size_t counts[256]
+        cdef uint64_t *into
+        cdef uint64_t *source
+        cdef uint64_t *other
+        if self.sealed:
+            raise ValueError("sealed already")
+        for i in range(self.capacity):
+            if self.slots[i] != 0:
+                self.slots[n] = self.slots[i]
+                n += 1
+        other = <uint64_t *>PyMem_Malloc(max(n, 1) * sizeof(uint64_t))
+        if other == NULL:
+            raise MemoryError()
+        source, into = self.slots, other
+        for byte in range(4):  # an even number of passes: the result ends where it started
+            shift = 32 + 8 * byte
+            memset(counts, 0, sizeof(counts))
+            for i in range(n):
+                counts[(source[i] >> shift) & 0xFF] += 1
+            total = 0
+            for i in range(256):
+                counts[i], total = total, total + counts[i]
+            for i in range(n):
+                into[counts[(source[i] >> shift) & 0xFF]] = source[i]
+                counts[(source[i] >> shift) & 0xFF] += 1
+            source, into = into, source
+        PyMem_Free(other)
+        self.sealed = True
+        cdef unsigned char[::1] view = <unsigned char[:max(n, 1) * sizeof(uint64_t)]> (<unsigned char *>self.slots)
+        return memoryview(view)[: n * sizeof(uint64_t)].toreadonly()
+
     def candidates(self, uint64_t key):
         """Every seq stored under ``key``'s tag (usually none or one)."""
         cdef uint64_t tag = _tag(key)
         cdef size_t mask = self.capacity - 1
         cdef size_t slot = tag & mask
         cdef int64_t seq
+        if self.sealed:
+            raise ValueError("a sealed index answers no look-ups")
         found = []
         while self.slots[slot] != 0:
             if self.slots[slot] >> 32 == tag:
@@ -276,8 +331,113 @@ cdef class FingerprintIndex:
     def hits(self, const uint64_t[::1] keys):
         """Positions in ``keys`` whose tag is stored (candidates to verify)."""
         cdef Py_ssize_t i
+        if self.sealed:
+            raise ValueError("a sealed index answers no look-ups")
         found = []
         for i in range(keys.shape[0]):
             if self._contains(keys[i]):
                 found.append(i)
         return found
+
+
+# A Bloom filter over the tags of a run on disk: 16 bits an id in blocks of 512 bits (a cache
+# line), 7 bits set in one block a tag. About one look-up in 1,000 for a tag not in the run is a
+# false "maybe" (a page of the run read for nothing); a tag in the run is never missed.
+cdef enum:
+    _BLOCK_WORDS = 8  # 512 bits
+    _BITS_PER_ID = 16
+
+
+cdef inline uint64_t _bloom_hash(uint64_t tag) noexcept nogil:
+    return _mix(tag ^ 0x9E3779B97F4A7C15ULL)
+
+
+cdef class Bloom:
+    """The tags of a run, 16 bits an id (``blocks`` × 64 bytes). ``_index_py.Bloom`` sets the same bits."""
+
+    cdef uint64_t *words
+    cdef readonly size_t blocks
+
+    def __cinit__(self, size_t ids):
+        self.blocks = max(1, (ids * _BITS_PER_ID + 511) // 512)
+        self.words = <uint64_t *>PyMem_Calloc(self.blocks * _BLOCK_WORDS, sizeof(uint64_t))
+        if self.words == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self.words)
+
+    @property
+    def memory_bytes(self):
+        return self.blocks * _BLOCK_WORDS * sizeof(uint64_t)
+
+    cdef inline uint64_t *_block(self, uint64_t h) noexcept nogil:
+        return self.words + ((h >> 32) * self.blocks >> 32) * _BLOCK_WORDS
+
+    cdef inline void _set(self, uint64_t tag) noexcept nogil:
+        cdef uint64_t h = _bloom_hash(tag)
+        cdef uint64_t *block = self._block(h)
+        cdef uint64_t bits = _mix(h)
+        cdef int i
+        cdef unsigned int position
+        for i in range(7):
+            position = (bits >> (9 * i)) & 511
+            block[position >> 6] |= (<uint64_t>1) << (position & 63)
+
+    cdef inline bint _test(self, uint64_t tag) noexcept nogil:
+        cdef uint64_t h = _bloom_hash(tag)
+        cdef uint64_t *block = self._block(h)
+        cdef uint64_t bits = _mix(h)
+        cdef int i
+        cdef unsigned int position
+        for i in range(7):
+            position = (bits >> (9 * i)) & 511
+            if not (block[position >> 6] >> (position & 63)) & 1:
+                return False
+        return True
+
+    def add_slots(self, const unsigned char[::1] slots):
+        """Add the tag of every slot in ``slots`` (``FingerprintIndex.seal``'s view)."""
+        cdef const uint64_t *values = <const uint64_t *>&slots[0] if slots.shape[0] else NULL
+        cdef size_t i, n = <size_t>slots.shape[0] // sizeof(uint64_t)
+        for i in range(n):
+            if i + 16 < n:  # random blocks: fetched ahead, the cache misses overlap
+                DRENGR_PREFETCH(self._block(_bloom_hash(values[i + 16] >> 32)))
+            self._set(values[i] >> 32)
+
+    def maybe(self, uint64_t key):
+        """False when ``key``'s tag is surely not in the run."""
+        return self._test(_tag(key))
+
+    def hits(self, const uint64_t[::1] keys):
+        """Positions in ``keys`` whose tag may be in the run. Each block is fetched ahead: a look-up
+        costs about one cache miss however many runs there are."""
+        cdef Py_ssize_t i, n = keys.shape[0]
+        for i in range(n):
+            DRENGR_PREFETCH(self._block(_bloom_hash(_tag(keys[i]))))
+        found = []
+        for i in range(n):
+            if self._test(_tag(keys[i])):
+                found.append(i)
+        return found
+
+    def dump(self):
+        """Its bits as a read-only view, for the window file."""
+        cdef unsigned char[::1] view = <unsigned char[:self.blocks * _BLOCK_WORDS * sizeof(uint64_t)]> (
+            <unsigned char *>self.words
+        )
+        return memoryview(view).toreadonly()
+
+    @staticmethod
+    def load(size_t blocks, fill):
+        """The filter ``dump`` gave, ``blocks`` long: ``fill(view)`` fills its bytes."""
+        if blocks < 1:
+            raise ValueError("not a dedup window's filter")
+        cdef Bloom bloom = Bloom((blocks * 512) // _BITS_PER_ID)
+        if bloom.blocks != blocks:
+            raise ValueError("not a dedup window's filter")
+        cdef unsigned char[::1] view = <unsigned char[:blocks * _BLOCK_WORDS * sizeof(uint64_t)]> (
+            <unsigned char *>bloom.words
+        )
+        fill(memoryview(view))
+        return bloom

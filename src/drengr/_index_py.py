@@ -59,6 +59,8 @@ class FingerprintIndex:
     def __init__(self, capacity: int = 1 << 14) -> None:
         self._map: dict[int, list[int]] = {}
         self._count = 0
+        self.sealed = False
+        self._top = 0
 
     def __len__(self) -> int:
         return self._count
@@ -72,17 +74,38 @@ class FingerprintIndex:
             raise ValueError("fingerprints are never 0")
         if value < 0:
             raise ValueError("seqs are never negative")
+        if self.sealed:
+            raise ValueError("a sealed index takes no adds")
         self._map.setdefault(_tag(key), []).append(value)
         self._count += 1
+        self._top = max(self._top, value)
+
+    @property
+    def top_seq(self) -> int:
+        return self._top
+
+    def seal(self) -> memoryview:
+        if self.sealed:
+            raise ValueError("sealed already")
+        self.sealed = True
+        slots = array(
+            "Q", sorted(tag << 32 | seq & 0xFFFFFFFF for tag, seqs in self._map.items() for seq in seqs)
+        )
+        self._map = {}
+        return memoryview(slots).cast("B").toreadonly()
 
     def add_many(self, keys: Any, values: Any) -> None:
         for key, value in zip(keys, values, strict=True):
             self.add(key, value)
 
     def candidates(self, key: int) -> list[int]:
+        if self.sealed:
+            raise ValueError("a sealed index answers no look-ups")
         return list(self._map.get(_tag(key), ()))
 
     def hits(self, keys: Any) -> list[int]:
+        if self.sealed:
+            raise ValueError("a sealed index answers no look-ups")
         return [i for i, key in enumerate(keys) if _tag(key) in self._map]
 
     def dump(self) -> tuple[int, int, int, memoryview]:
@@ -114,3 +137,54 @@ class FingerprintIndex:
         if index._count != count:
             raise ValueError("the table holds another count of entries")
         return index
+
+
+_BITS_PER_ID = 16
+
+
+def _bloom_hash(tag: int) -> int:
+    return _mix(tag ^ 0x9E3779B97F4A7C15)
+
+
+class Bloom:
+    """The compiled filter's very bits (the same window file), in an array."""
+
+    def __init__(self, ids: int) -> None:
+        self.blocks = max(1, (ids * _BITS_PER_ID + 511) // 512)
+        self._words = array("Q", bytes(64 * self.blocks))
+
+    @property
+    def memory_bytes(self) -> int:
+        return 64 * self.blocks
+
+    def _places(self, tag: int) -> list[tuple[int, int]]:
+        h = _bloom_hash(tag)
+        first = ((h >> 32) * self.blocks >> 32) * 8
+        bits = _mix(h)
+        places = []
+        for i in range(7):
+            position = (bits >> (9 * i)) & 511
+            places.append((first + (position >> 6), 1 << (position & 63)))
+        return places
+
+    def add_slots(self, slots: Any) -> None:
+        for value in memoryview(slots).cast("Q"):
+            for word, bit in self._places(value >> 32):
+                self._words[word] |= bit
+
+    def maybe(self, key: int) -> bool:
+        return all(self._words[word] & bit for word, bit in self._places(_tag(key)))
+
+    def hits(self, keys: Any) -> list[int]:
+        return [i for i, key in enumerate(keys) if self.maybe(key)]
+
+    def dump(self) -> memoryview:
+        return memoryview(self._words).cast("B").toreadonly()
+
+    @staticmethod
+    def load(blocks: int, fill: Any) -> "Bloom":
+        if blocks < 1:
+            raise ValueError("not a dedup window's filter")
+        bloom = Bloom(blocks * 512 // _BITS_PER_ID)
+        fill(memoryview(bloom._words).cast("B"))
+        return bloom

@@ -352,7 +352,8 @@ SETTINGS: tuple[Setting, ...] = (
         name="dedup_window_days",
         default=str(DEFAULT_DEDUP_WINDOW_DAYS),
         help="Days within which a repeated event id is always caught (stored once); ids are forgotten after "
-        "one to two windows. SQLite holds the window's ids in the writer's memory, 9-19 bytes each; "
+        "one to two windows. SQLite holds the newest 3.4M ids in the writer's memory, 9-19 bytes each, "
+        "and the others on disk with 2 bytes each in memory; "
         'PostgreSQL in its event_ids table (docs/operating.md "The dedup window: its length and its memory").',
         commands=(SERVE, WSGI, PRUNE),
         example="1",

@@ -5,7 +5,8 @@ writer process (``drengr.store.sqlite.process``): a ``Writer`` owns what the
 write path keeps between groups, and ``commit_jobs`` writes one group.
 
 - Dedup is exact and lives in memory (``FingerprintIndex``, from ``drengr._index``
-  or its pure twin): 64-bit fingerprints of (tenant_id, event_id) → seq, for
+  or its pure twin, with older ids spilled to runs on disk: ``window``): 64-bit
+  fingerprints of (tenant_id, event_id) → seq, for
   rows received in the current and the previous generation, each as long as
   the window (``window_days``, 7 by default: every repeat within it is caught;
   older generations are dropped whole). The
@@ -49,21 +50,12 @@ from ...core.limits import DEFAULT_DAILY_CAP_EVENTS, DEFAULT_DEDUP_WINDOW_DAYS, 
 from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms, parse_ms
 from ..base import Job, StoreError, generation
-from . import read_side, window_file
+from . import read_side, window, window_file
 from .connect import connect
 from .locks import CHECKPOINT_FALLBACK_PAGES, Checkpointer, WriterLock
+from .window import FingerprintIndex, Generation, fingerprint, fingerprints, index_rows
 
-try:
-    if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
-        raise ImportError("DRENGR_NO_EXTENSIONS=1")
-    from ..._index import FingerprintIndex, fingerprint, fingerprints, index_rows
-except ImportError:  # the extension did not build (or is not wanted); the twin is exact, only slower
-    from ..._index_py import (  # type: ignore[assignment]
-        FingerprintIndex,
-        fingerprint,
-        fingerprints,
-        index_rows,
-    )
+__all__ = ["FingerprintIndex", "Writer", "insert_events"]
 
 log = logging.getLogger("drengr.store")
 
@@ -77,6 +69,8 @@ _EVENT_COLUMNS = (
 _INSERT_EVENTS = f"INSERT INTO semantic_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 _ROWS_PER_STATEMENT = 512  # 5,632 parameters a statement, below SQLite's 32,766
 _LOAD_ROWS = 65_536  # rows read from the table at a time into the window (its load, others' rows)
+# A closed generation takes no more ids: its table is spilled once it holds this many (4 MB or more).
+_CLOSED_TABLE_IDS = 400_000
 
 
 @functools.cache
@@ -133,7 +127,11 @@ class Writer:
         turns: WriterLock | None = None,  # the store's, shared with its prune; else one of its own
         builder_cpus: frozenset[int] = frozenset(),  # where the read side's builder runs; empty: here
         window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,  # a generation's length (--dedup-window-days)
+        spill_ids: int | None = None,  # spill a table to a run on disk at this many ids (window.SPILL_IDS)
     ) -> None:
+        self._spill_ids = window.SPILL_IDS if spill_ids is None else spill_ids
+        # Runs go beside the database (its disk, not a small /tmp); the system's temporary folder for ":memory:".
+        self._spill_folder = None if path == ":memory:" else os.path.dirname(os.path.abspath(path))
         self._builder_cpus = builder_cpus
         self.window_days = window_days
         self._window_ms = window_days * MS_PER_DAY  # a generation's length
@@ -147,7 +145,7 @@ class Writer:
         self._busy_timeout_ms = busy_timeout_ms
         self._elapsed = elapsed
         self._generation = -1  # the latest generation the window has rotated to
-        self._window: list[Any] = [FingerprintIndex(), FingerprintIndex()]  # current, then closed ones
+        self._window: list[Generation] = [Generation(), Generation()]  # current, then closed ones
         # Each closed one's times (self._elapsed): when it closed (its boundary, or its last row if
         # later) and when it last took a row.
         self._closed: list[tuple[float, float]] = [(elapsed(), elapsed())]
@@ -173,7 +171,12 @@ class Writer:
         return conn
 
     def close(self) -> None:
-        """Stop the checkpointer (the caller closes the connection it was given back)."""
+        """Stop the checkpointer and the builder, let go of the window's runs (the caller closes the
+        connection it was given back). A writer used again after loads its window again."""
+        for kept in self._window:
+            kept.close()
+        self._window = [Generation(), Generation()]
+        self._last_seq = -1
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
@@ -292,6 +295,7 @@ class Writer:
         for fps, first_seq, _rows in additions:
             current.add_many(fps, array("q", range(first_seq, first_seq + len(fps))))
             self._last_seq = max(self._last_seq, first_seq + len(fps) - 1)
+        current.spill_if_full(self._spill_folder, self._spill_ids)
         metrics.metric("commit_seconds").observe(time.perf_counter() - started)
         metrics.metric("group_rows").observe(sum(len(job.rows) for job in work))
         metrics.metric("dedup_ids").set(sum(len(index) for index in self._window))
@@ -370,7 +374,8 @@ class Writer:
             (self._last_seq,),
         )
         while rows := cursor.fetchmany(_LOAD_ROWS):
-            self._last_seq = index_rows(rows, self._window[0])
+            self._last_seq = index_rows(rows, self._window[0].table)
+            self._window[0].spill_if_full(self._spill_folder, self._spill_ids)
 
     def _rotate(self, current_generation: int, now_ms: int) -> None:
         """The clock entered a later generation: close the current one; drop those closed long ago.
@@ -387,14 +392,19 @@ class Writer:
         now = self._elapsed()
         ended_ms = (self._generation + 1) * self._window_ms
         closing = max(self._current_touched, now - (now_ms - ended_ms) / 1000)
-        kept = [
-            (index, (closed_at, last_row_at))
-            for index, (closed_at, last_row_at) in zip(
-                self._window, [(closing, self._current_touched), *self._closed], strict=True
-            )
-            if now - closed_at < self._drop_after_seconds or now - last_row_at < self._window_ms / 1000
-        ]
-        self._window = [FingerprintIndex(), *(index for index, _ in kept)]
+        kept, dropped = [], []
+        for index, (closed_at, last_row_at) in zip(
+            self._window, [(closing, self._current_touched), *self._closed], strict=True
+        ):
+            if now - closed_at < self._drop_after_seconds or now - last_row_at < self._window_ms / 1000:
+                kept.append((index, (closed_at, last_row_at)))
+            else:
+                dropped.append(index)
+        for index in dropped:
+            index.close()
+        if all(index is not self._window[0] for index in dropped):  # it takes no more ids: spill a big table
+            self._window[0].spill_if_full(self._spill_folder, min(self._spill_ids, _CLOSED_TABLE_IDS))
+        self._window = [Generation(), *(index for index, _ in kept)]
         self._closed = [times for _, times in kept]
         self._generation = current_generation
 
@@ -424,7 +434,7 @@ class Writer:
 
     def _restore_window(self, conn: sqlite3.Connection, now_ms: int) -> bool:
         """The window from the database's window file, when it fits this table and generation."""
-        found = window_file.load(self.path, FingerprintIndex)
+        found = window_file.load(self.path)
         if found is None:
             return False
         header, indexes = found
@@ -446,6 +456,8 @@ class Writer:
             why = ""
         if why:
             log.info("the dedup window's file is not used (%s): building the window from the table", why)
+            for index in indexes:
+                index.close()
             return False
         # The clock agrees with the table: the previous generation closed at its boundary (as
         # _load_window has it), and any older one a generation before.
@@ -488,14 +500,17 @@ class Writer:
         # A day of margin: processes' clocks and commit order may disagree by a little.
         start = format_ms((min(current_generation, newest_generation) - 1) * window_ms - MS_PER_DAY)
         first_seq = self._first_seq_received_since(conn, start)
-        current, previous = FingerprintIndex(), FingerprintIndex()
+        current, previous = Generation(), Generation()
         last = 0
         cursor = conn.execute(
             "SELECT seq, tenant_id, event_id, received_at FROM semantic_events WHERE seq >= ? ORDER BY seq",
             (first_seq,),
         )
         while rows := cursor.fetchmany(_LOAD_ROWS):
-            last = index_rows(rows, current, previous, boundary)
+            last = index_rows(rows, current.table, previous.table, boundary)
+            for loaded in (current, previous):
+                loaded.spill_if_full(self._spill_folder, self._spill_ids)
+        previous.spill_if_full(self._spill_folder, min(self._spill_ids, _CLOSED_TABLE_IDS))
         top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'semantic_events'").fetchone()
         now = self._elapsed()
         if current_generation - newest_generation in (0, 1):

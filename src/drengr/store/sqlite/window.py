@@ -1,0 +1,239 @@
+"""The dedup window's generations: the newest ids in a table in memory, the others in runs on disk.
+
+A generation's table (``FingerprintIndex``) takes 8 bytes a slot and is at
+most 85 % full: 9.4 to 18.8 bytes an id. Kept whole, a window of 35M ids
+would take half a gigabyte. So once a generation's table holds
+``SPILL_IDS`` ids, they are *spilled*: sorted by tag into a run, a file of
+8-byte slots beside the database, and the table starts again empty. In
+memory a run keeps only
+
+- a Bloom filter of its tags, 2 bytes an id (``Bloom``), which answers
+  "surely not here" for all but about 1 in 500 new ids, and
+- the first slot of each 4 KB page, 8 bytes a page of 512 ids,
+
+so a window of *n* ids takes at most one table of ``SPILL_IDS`` ids
+(32 MB) per generation plus about 2 bytes an id. A look-up asks the table,
+then each run's filter; only a "maybe" reads a page of the run (one
+``pread``), and every seq found there is verified against the table's row
+as before: dedup stays exact.
+
+Runs live in files of the writer's own, without a name, next to the
+database (``tempfile.TemporaryFile``): the system removes them when the
+writer's process ends, however it ends. A run read back from the window's
+file (``window_file``) reads from that file, kept open. Imports nothing of
+ours outside the compiled index and its twin.
+"""
+
+import bisect
+import logging
+import os
+import tempfile
+from array import array
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+try:
+    if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
+        raise ImportError("DRENGR_NO_EXTENSIONS=1")
+    from ..._index import Bloom, FingerprintIndex, fingerprint, fingerprints, index_rows
+except ImportError:  # the extension did not build (or is not wanted); the twin is exact, only slower
+    from ..._index_py import (  # type: ignore[assignment]
+        Bloom,
+        FingerprintIndex,
+        fingerprint,
+        fingerprints,
+        index_rows,
+    )
+
+__all__ = [
+    "Bloom",
+    "FingerprintIndex",
+    "Generation",
+    "Run",
+    "SharedFile",
+    "bloom_blocks",
+    "fingerprint",
+    "fingerprints",
+    "index_rows",
+]
+
+log = logging.getLogger("drengr.store")
+
+# A table is spilled when it holds this many ids: below 85 % of 2**22 slots (3,565,158), so it
+# never doubles to 64 MB, with room for the 65,536 rows the writer indexes at a time.
+SPILL_IDS = 3_400_000
+PAGE_SLOTS = 512  # 4 KB: a page of a run read at a time
+_SLOT = 8
+
+
+def bloom_blocks(ids: int) -> int:
+    """How many 64-byte blocks ``Bloom(ids)`` takes: 16 bits an id."""
+    return max(1, (ids * 16 + 511) // 512)
+
+
+class SharedFile:
+    """A file that runs read from: closed when the last of its holders lets go."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self._holders = 1  # whoever opened it
+
+    def take(self) -> "SharedFile":
+        self._holders += 1
+        return self
+
+    def release(self) -> None:
+        self._holders -= 1
+        if self._holders == 0:
+            self.file.close()
+
+
+def _table_of(slots: memoryview, top: int) -> Any:
+    """A table holding a sealed table's slots again (its run could not be written)."""
+    table = FingerprintIndex(len(slots) // _SLOT * 20 // 17 + 2)  # its size before the spill, or less
+    values = slots.cast("Q")
+    table.add_many(
+        array("Q", [value & ~0xFFFFFFFF for value in values]),
+        array("q", [_seq(top, value & 0xFFFFFFFF) for value in values]),
+    )
+    return table
+
+
+def _seq(top: int, low: int) -> int:
+    """A seq from its low 32 bits and the highest seq beside it (as ``FingerprintIndex`` reads it)."""
+    seq = (top & ~0xFFFFFFFF) | low
+    return seq - (1 << 32) if seq > top else seq
+
+
+class Run:
+    """Ids spilled from a table: ``count`` slots sorted by tag, at ``offset`` in a file."""
+
+    def __init__(
+        self, shared: SharedFile, offset: int, count: int, top: int, bloom: Any, fences: array
+    ) -> None:
+        self._shared = shared  # held until ``close``
+        self._open = True
+        self.offset, self.count, self.top = offset, count, top
+        self.bloom = bloom
+        self._fences = fences  # the first slot of each page
+
+    @classmethod
+    def read(
+        cls, shared: SharedFile, offset: int, count: int, top: int, bloom: Any, each: Any = None
+    ) -> "Run":
+        """A run stored at ``offset`` in ``shared``'s file (the window's); ``each(chunk)`` sees its bytes."""
+        fences = array("Q")
+        for chunk in cls._chunks(shared.file, offset, count):
+            if each is not None:
+                each(chunk)
+            fences.extend(memoryview(chunk).cast("Q")[::PAGE_SLOTS])
+        return cls(shared.take(), offset, count, top, bloom, fences)
+
+    @staticmethod
+    def _chunks(file: BinaryIO, offset: int, count: int) -> Iterator[bytes]:
+        """The run's bytes, 1 MB (a whole number of pages) at a time."""
+        size, done = count * _SLOT, 0
+        while done < size:
+            chunk = os.pread(file.fileno(), min(size - done, 256 * PAGE_SLOTS * _SLOT), offset + done)
+            if not chunk:
+                raise ValueError("a run of the dedup window is cut short")
+            yield chunk
+            done += len(chunk)
+
+    def chunks(self) -> Iterator[bytes]:
+        return self._chunks(self._shared.file, self.offset, self.count)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.bloom.memory_bytes) + len(self._fences) * _SLOT
+
+    def candidates(self, key: int) -> list[int]:
+        """Every seq stored under ``key``'s tag: a page or two of the run read, when its filter says maybe."""
+        if not self.bloom.maybe(key):
+            return []
+        tag = (key >> 32) or 1
+        first = max(bisect.bisect_left(self._fences, tag << 32) - 1, 0)
+        last = bisect.bisect_right(self._fences, tag << 32 | 0xFFFFFFFF)
+        size = min((last - first) * PAGE_SLOTS, self.count - first * PAGE_SLOTS) * _SLOT
+        data = os.pread(self._shared.file.fileno(), size, self.offset + first * PAGE_SLOTS * _SLOT)
+        return [
+            _seq(self.top, value & 0xFFFFFFFF)
+            for value in memoryview(data)[: len(data) // _SLOT * _SLOT].cast("Q")
+            if value >> 32 == tag
+        ]
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._shared.release()
+
+
+class Generation:
+    """One generation of the dedup window: ``table`` for its newest ids, ``runs`` for the rest."""
+
+    def __init__(self, table: Any = None, runs: list[Run] | None = None) -> None:
+        self.table = FingerprintIndex() if table is None else table
+        self.runs: list[Run] = [] if runs is None else runs
+        self._retry_at = 0  # after a spill that failed: the size to try again at
+
+    def __len__(self) -> int:
+        return len(self.table) + sum(run.count for run in self.runs)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.table.memory_bytes) + sum(run.memory_bytes for run in self.runs)
+
+    def add_many(self, keys: Any, values: Any) -> None:
+        self.table.add_many(keys, values)
+
+    def hits(self, keys: Any) -> list[int]:
+        """Positions in ``keys`` that may be stored (candidates to verify); may repeat one."""
+        found = list(self.table.hits(keys))
+        for run in self.runs:
+            found += run.bloom.hits(keys)
+        return found
+
+    def candidates(self, key: int) -> list[int]:
+        return [*self.table.candidates(key), *(seq for run in self.runs for seq in run.candidates(key))]
+
+    def spill_if_full(self, folder: str | None, spill_ids: int = SPILL_IDS) -> None:
+        """Spill the table into a run once it holds ``spill_ids`` ids (after a failed spill, once it
+        holds a quarter more again)."""
+        if len(self.table) >= max(spill_ids, self._retry_at):
+            self.spill(folder)
+            if len(self.table):
+                self._retry_at = len(self.table) + max(spill_ids // 4, 1)
+
+    def spill(self, folder: str | None) -> None:
+        """The table's ids into a run of their own (nothing for an empty table).
+
+        Never raises for the disk: a run that cannot be written (a full disk) is
+        logged, and its ids stay in a table.
+        """
+        if not len(self.table):
+            return
+        top, count = self.table.top_seq, len(self.table)
+        try:
+            file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - the run's, closed with it
+        except OSError as error:
+            log.warning("cannot spill the dedup window's ids to disk (they stay in memory): %s", error)
+            return
+        slots = self.table.seal()
+        try:
+            file.write(slots)
+            file.flush()
+        except OSError as error:
+            file.close()
+            self.table = _table_of(slots, top)
+            log.warning("cannot spill the dedup window's ids to disk (they stay in memory): %s", error)
+            return
+        bloom = Bloom(count)
+        bloom.add_slots(slots)
+        fences = array("Q", slots.cast("Q")[::PAGE_SLOTS])
+        self.runs.append(Run(SharedFile(file), 0, count, top, bloom, fences))
+        self.table = FingerprintIndex()
+        self._retry_at = 0
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.close()
