@@ -212,11 +212,12 @@ LOOKUP_IDS = int(os.environ.get("DRENGR_BENCH_LOOKUP_IDS", "10000000"))
 def bench_dedup_lookup_tables_against_runs(benchmark: Any, tmp_path: Path) -> None:
     """The dedup window's look-up of 2,500 new ids (a batch), its LOOKUP_IDS ids held in one table in
     memory, against the same ids spilled into runs on disk as the writer spills them (window.SPILL_IDS
-    a run): the filters' probes are what runs add to every write. Rounds alternate; medians."""
+    a run): the filters' probes are what runs add to every write. Rounds alternate; medians. Then the
+    window's file of those runs, written and read back."""
     import random
     from array import array
 
-    from drengr.store.sqlite import window
+    from drengr.store.sqlite import window, window_file
 
     ids = 50_000 if benchmark.disabled else LOOKUP_IDS
     spill = 10_000 if benchmark.disabled else window.SPILL_IDS
@@ -250,6 +251,22 @@ def bench_dedup_lookup_tables_against_runs(benchmark: Any, tmp_path: Path) -> No
     print(f"\nlook-up of a new id among {ids:,} ids: one table {table_us:.3f} µs "
           f"({table.memory_bytes / 2**20:,.0f} MB); {len(spilled.runs)} runs and a table of {len(spilled.table):,} "
           f"{runs_us:.3f} µs ({spilled.memory_bytes / 2**20:,.0f} MB in memory); runs ÷ table {runs_us / table_us:.2f}")  # fmt: skip
+    database = str(tmp_path / "window.db")
+    header = {"database_id": "bench", "last_seq": ids, "last_row": 1, "generation": 0, "window_days": 7}
+    saving, reading = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        window_file.save(database, header, [spilled, window.Generation()])
+        saving.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        loaded = window_file.load(database)  # from the file cache, as right after a stop
+        reading.append(time.perf_counter() - started)
+        assert loaded is not None and sum(len(part) for part in loaded[1]) == ids
+        for part in loaded[1]:
+            part.close()
+    size = Path(window_file.window_path(database)).stat().st_size
+    print(f"the window's file: {size / 2**20:,.0f} MB, written in {statistics.median(saving):.2f} s, "
+          f"read back in {statistics.median(reading):.2f} s (medians of 3)")  # fmt: skip
     print(f"a spill of {spill:,} ids took {statistics.median(spills) * 1000:,.0f} ms (median of {len(spills)}; "
           f"longest {max(spills) * 1000:,.0f} ms)")  # fmt: skip
     spilled.close()
