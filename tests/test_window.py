@@ -101,7 +101,7 @@ def test_runs_let_go_of_their_files(tmp_path):
 
 def test_a_run_that_cannot_be_written_leaves_its_ids_in_a_table(tmp_path, caplog):
     """A full disk (here: the process's file size limit, RLIMIT_FSIZE, a real failing write): the
-    spill is logged, every id stays found, and the next try waits for a quarter more ids."""
+    spill is logged, the table is left as it was, and the next try waits for a quarter more ids."""
     import resource
     import signal
 

@@ -20,6 +20,7 @@ writer's memory. ``_index_py.py`` is the pure-Python twin. Imports nothing
 of ours.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcpy, memset
@@ -130,7 +131,6 @@ cdef class FingerprintIndex:
     cdef size_t capacity
     cdef size_t count
     cdef int64_t top  # the highest seq added
-    cdef readonly bint sealed  # its entries were sorted into a run (``seal``): no more adds nor look-ups
 
     def __cinit__(self, size_t capacity=1 << 14):
         cdef size_t size = 1024
@@ -214,8 +214,6 @@ cdef class FingerprintIndex:
             raise ValueError("fingerprints are never 0")
         if value < 0:
             raise ValueError("seqs are never negative")
-        if self.sealed:
-            raise ValueError("a sealed index takes no adds")
         if (self.count + 1) * 20 > self.capacity * 17:  # 85 % full
             self._grow()
         self._put(_tag(key) << 32 | <uint32_t>(value & 0xFFFFFFFF))
@@ -261,44 +259,61 @@ cdef class FingerprintIndex:
         index.top = top
         return index
 
-    def seal(self):
-        """This table's entries sorted by tag, in its own memory, for a run on disk (``drengr.store.sqlite.window``).
+    def sorted_slots(self):
+        """This table's entries sorted by tag, for a run on disk (``window.py``), as a new bytearray
+        of ``len(self)`` slots (``tag << 32 | seq & 0xFFFFFFFF``, native byte order).
 
-        A read-only view of ``len(self)`` slots (``tag << 32 | seq & 0xFFFFFFFF``, native byte
-        order), sorted by tag (a radix sort on the tag's four bytes, in place but for one
-        buffer of the entries). The index takes no adds nor look-ups after: its table is the run.
+        The table is left as it was, whatever happens (a MemoryError included): the
+        entries are spread into the result by their tag's top byte, then each of
+        those 256 parts is sorted by the tag's three other bytes (a radix sort, with
+        a buffer as large as the largest part).
         """
-        cdef size_t i, n = 0, byte, shift, total
+        cdef size_t i, n = self.count, byte, shift, total, part, size, biggest = 1
+        cdef size_t starts[257]
         cdef size_t counts[256]
         cdef uint64_t *into
         cdef uint64_t *source
         cdef uint64_t *other
-        if self.sealed:
-            raise ValueError("sealed already")
+        result = bytearray(n * sizeof(uint64_t))
+        if n == 0:
+            return result
+        cdef uint64_t *out = <uint64_t *>PyByteArray_AS_STRING(result)
+        memset(counts, 0, sizeof(counts))
         for i in range(self.capacity):
             if self.slots[i] != 0:
-                self.slots[n] = self.slots[i]
-                n += 1
-        other = <uint64_t *>PyMem_Malloc(max(n, 1) * sizeof(uint64_t))
+                counts[self.slots[i] >> 56] += 1
+        starts[0] = 0
+        for i in range(256):
+            starts[i + 1] = starts[i] + counts[i]
+            biggest = max(biggest, counts[i])
+            counts[i] = starts[i]
+        for i in range(self.capacity):
+            if self.slots[i] != 0:
+                out[counts[self.slots[i] >> 56]] = self.slots[i]
+                counts[self.slots[i] >> 56] += 1
+        other = <uint64_t *>PyMem_Malloc(biggest * sizeof(uint64_t))
         if other == NULL:
             raise MemoryError()
-        source, into = self.slots, other
-        for byte in range(4):  # an even number of passes: the result ends where it started
-            shift = 32 + 8 * byte
-            memset(counts, 0, sizeof(counts))
-            for i in range(n):
-                counts[(source[i] >> shift) & 0xFF] += 1
-            total = 0
-            for i in range(256):
-                counts[i], total = total, total + counts[i]
-            for i in range(n):
-                into[counts[(source[i] >> shift) & 0xFF]] = source[i]
-                counts[(source[i] >> shift) & 0xFF] += 1
-            source, into = into, source
+        for part in range(256):
+            size = starts[part + 1] - starts[part]
+            if size < 2:
+                continue
+            source, into = out + starts[part], other
+            for byte in range(3):  # the tag's low three bytes; an odd number of passes ends in ``other``
+                shift = 32 + 8 * byte
+                memset(counts, 0, sizeof(counts))
+                for i in range(size):
+                    counts[(source[i] >> shift) & 0xFF] += 1
+                total = 0
+                for i in range(256):
+                    counts[i], total = total, total + counts[i]
+                for i in range(size):
+                    into[counts[(source[i] >> shift) & 0xFF]] = source[i]
+                    counts[(source[i] >> shift) & 0xFF] += 1
+                source, into = into, source
+            memcpy(out + starts[part], other, size * sizeof(uint64_t))
         PyMem_Free(other)
-        self.sealed = True
-        cdef unsigned char[::1] view = <unsigned char[:max(n, 1) * sizeof(uint64_t)]> (<unsigned char *>self.slots)
-        return memoryview(view)[: n * sizeof(uint64_t)].toreadonly()
+        return result
 
     def candidates(self, uint64_t key):
         """Every seq stored under ``key``'s tag (usually none or one)."""
@@ -306,8 +321,6 @@ cdef class FingerprintIndex:
         cdef size_t mask = self.capacity - 1
         cdef size_t slot = tag & mask
         cdef int64_t seq
-        if self.sealed:
-            raise ValueError("a sealed index answers no look-ups")
         found = []
         while self.slots[slot] != 0:
             if self.slots[slot] >> 32 == tag:
@@ -331,8 +344,6 @@ cdef class FingerprintIndex:
     def hits(self, const uint64_t[::1] keys):
         """Positions in ``keys`` whose tag is stored (candidates to verify)."""
         cdef Py_ssize_t i
-        if self.sealed:
-            raise ValueError("a sealed index answers no look-ups")
         found = []
         for i in range(keys.shape[0]):
             if self._contains(keys[i]):
@@ -350,6 +361,17 @@ cdef enum:
 
 cdef inline uint64_t _bloom_hash(uint64_t tag) noexcept nogil:
     return _mix(tag ^ 0x9E3779B97F4A7C15ULL)
+
+
+cdef inline bint _block_has(const uint64_t *block, uint64_t bits) noexcept nogil:
+    """Whether ``block`` has the 7 bits that ``bits`` picks (9 bits each) set."""
+    cdef int i
+    cdef unsigned int position
+    for i in range(7):
+        position = (bits >> (9 * i)) & 511
+        if not (block[position >> 6] >> (position & 63)) & 1:
+            return False
+    return True
 
 
 cdef class Bloom:
@@ -386,18 +408,10 @@ cdef class Bloom:
 
     cdef inline bint _test(self, uint64_t tag) noexcept nogil:
         cdef uint64_t h = _bloom_hash(tag)
-        cdef uint64_t *block = self._block(h)
-        cdef uint64_t bits = _mix(h)
-        cdef int i
-        cdef unsigned int position
-        for i in range(7):
-            position = (bits >> (9 * i)) & 511
-            if not (block[position >> 6] >> (position & 63)) & 1:
-                return False
-        return True
+        return _block_has(self._block(h), _mix(h))
 
     def add_slots(self, const unsigned char[::1] slots):
-        """Add the tag of every slot in ``slots`` (``FingerprintIndex.seal``'s view)."""
+        """Add the tag of every slot in ``slots`` (``FingerprintIndex.sorted_slots``)."""
         cdef const uint64_t *values = <const uint64_t *>&slots[0] if slots.shape[0] else NULL
         cdef size_t i, n = <size_t>slots.shape[0] // sizeof(uint64_t)
         for i in range(n):
@@ -441,3 +455,45 @@ cdef class Bloom:
         )
         fill(memoryview(view))
         return bloom
+
+
+def any_hits(list blooms, const uint64_t[::1] keys):
+    """Positions in ``keys`` whose tag may be in any of ``blooms`` (the runs of a generation).
+
+    Each key is hashed once for all the filters, and the blocks of 32 keys in
+    every filter are fetched ahead before any is tested: the cache misses overlap.
+    """
+    cdef Py_ssize_t n = keys.shape[0], count = len(blooms), i, start, stop, b
+    cdef uint64_t hashes[32]
+    cdef Bloom bloom
+    found = []
+    if count == 0 or n == 0:
+        return found
+    cdef uint64_t **words = <uint64_t **>PyMem_Malloc(count * sizeof(uint64_t *))
+    cdef size_t *blocks = <size_t *>PyMem_Malloc(count * sizeof(size_t))
+    if words == NULL or blocks == NULL:
+        PyMem_Free(words)
+        PyMem_Free(blocks)
+        raise MemoryError()
+    for b in range(count):
+        bloom = <Bloom?>blooms[b]
+        words[b], blocks[b] = bloom.words, bloom.blocks
+    try:
+        for start in range(0, n, 32):
+            stop = min(start + 32, n)
+            for i in range(start, stop):
+                hashes[i - start] = _bloom_hash(_tag(keys[i]))
+                for b in range(count):
+                    DRENGR_PREFETCH(words[b] + ((hashes[i - start] >> 32) * blocks[b] >> 32) * _BLOCK_WORDS)
+            for i in range(start, stop):
+                for b in range(count):
+                    if _block_has(
+                        words[b] + ((hashes[i - start] >> 32) * blocks[b] >> 32) * _BLOCK_WORDS,
+                        _mix(hashes[i - start]),
+                    ):
+                        found.append(i)
+                        break
+    finally:
+        PyMem_Free(words)
+        PyMem_Free(blocks)
+    return found

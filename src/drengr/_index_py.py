@@ -59,7 +59,6 @@ class FingerprintIndex:
     def __init__(self, capacity: int = 1 << 14) -> None:
         self._map: dict[int, list[int]] = {}
         self._count = 0
-        self.sealed = False
         self._top = 0
 
     def __len__(self) -> int:
@@ -74,8 +73,6 @@ class FingerprintIndex:
             raise ValueError("fingerprints are never 0")
         if value < 0:
             raise ValueError("seqs are never negative")
-        if self.sealed:
-            raise ValueError("a sealed index takes no adds")
         self._map.setdefault(_tag(key), []).append(value)
         self._count += 1
         self._top = max(self._top, value)
@@ -84,28 +81,18 @@ class FingerprintIndex:
     def top_seq(self) -> int:
         return self._top
 
-    def seal(self) -> memoryview:
-        if self.sealed:
-            raise ValueError("sealed already")
-        self.sealed = True
-        slots = array(
-            "Q", sorted(tag << 32 | seq & 0xFFFFFFFF for tag, seqs in self._map.items() for seq in seqs)
-        )
-        self._map = {}
-        return memoryview(slots).cast("B").toreadonly()
+    def sorted_slots(self) -> bytearray:
+        values = sorted(tag << 32 | seq & 0xFFFFFFFF for tag, seqs in self._map.items() for seq in seqs)
+        return bytearray(array("Q", values).tobytes())
 
     def add_many(self, keys: Any, values: Any) -> None:
         for key, value in zip(keys, values, strict=True):
             self.add(key, value)
 
     def candidates(self, key: int) -> list[int]:
-        if self.sealed:
-            raise ValueError("a sealed index answers no look-ups")
         return list(self._map.get(_tag(key), ()))
 
     def hits(self, keys: Any) -> list[int]:
-        if self.sealed:
-            raise ValueError("a sealed index answers no look-ups")
         return [i for i, key in enumerate(keys) if _tag(key) in self._map]
 
     def dump(self) -> tuple[int, int, int, memoryview]:
@@ -188,3 +175,7 @@ class Bloom:
         bloom = Bloom(blocks * 512 // _BITS_PER_ID)
         fill(memoryview(bloom._words).cast("B"))
         return bloom
+
+
+def any_hits(blooms: list[Bloom], keys: Any) -> list[int]:
+    return [i for i, key in enumerate(keys) if any(bloom.maybe(key) for bloom in blooms)]

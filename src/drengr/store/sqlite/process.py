@@ -270,6 +270,7 @@ def writer_main(
         if stop:
             break
     writer.save_window()  # for the next writer on this database
+    writer.release_window()
     writer.close()  # its read-side builder catches up first
     if conn is not None:
         conn.close()

@@ -328,6 +328,7 @@ class SQLiteStore(Admin):
                 self._writer.join(timeout=30)
                 if not self._writer.is_alive():  # its last group is done: the window is whole
                     self._committer.save_window()
+                    self._committer.release_window()
                 self._writer = None
             self._committer.close()
             self._turns.close()  # the writer thread is done with it

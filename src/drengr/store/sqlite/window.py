@@ -25,6 +25,7 @@ ours outside the compiled index and its twin.
 """
 
 import bisect
+import contextlib
 import logging
 import os
 import tempfile
@@ -35,11 +36,12 @@ from typing import Any, BinaryIO
 try:
     if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
         raise ImportError("DRENGR_NO_EXTENSIONS=1")
-    from ..._index import Bloom, FingerprintIndex, fingerprint, fingerprints, index_rows
+    from ..._index import Bloom, FingerprintIndex, any_hits, fingerprint, fingerprints, index_rows
 except ImportError:  # the extension did not build (or is not wanted); the twin is exact, only slower
     from ..._index_py import (  # type: ignore[assignment]
         Bloom,
         FingerprintIndex,
+        any_hits,
         fingerprint,
         fingerprints,
         index_rows,
@@ -86,17 +88,6 @@ class SharedFile:
         self._holders -= 1
         if self._holders == 0:
             self.file.close()
-
-
-def _table_of(slots: memoryview, top: int) -> Any:
-    """A table holding a sealed table's slots again (its run could not be written)."""
-    table = FingerprintIndex(len(slots) // _SLOT * 20 // 17 + 2)  # its size before the spill, or less
-    values = slots.cast("Q")
-    table.add_many(
-        array("Q", [value & ~0xFFFFFFFF for value in values]),
-        array("q", [_seq(top, value & 0xFFFFFFFF) for value in values]),
-    )
-    return table
 
 
 def _seq(top: int, low: int) -> int:
@@ -156,6 +147,8 @@ class Run:
         last = bisect.bisect_right(self._fences, tag << 32 | 0xFFFFFFFF)
         size = min((last - first) * PAGE_SLOTS, self.count - first * PAGE_SLOTS) * _SLOT
         data = os.pread(self._shared.file.fileno(), size, self.offset + first * PAGE_SLOTS * _SLOT)
+        if len(data) != size:  # its file was cut under it (the window's file, overwritten in place)
+            raise OSError(f"a run of the dedup window is cut short ({len(data)} of {size} bytes)")
         return [
             _seq(self.top, value & 0xFFFFFFFF)
             for value in memoryview(data)[: len(data) // _SLOT * _SLOT].cast("Q")
@@ -189,16 +182,16 @@ class Generation:
     def hits(self, keys: Any) -> list[int]:
         """Positions in ``keys`` that may be stored (candidates to verify); may repeat one."""
         found = list(self.table.hits(keys))
-        for run in self.runs:
-            found += run.bloom.hits(keys)
+        if self.runs:
+            found += any_hits([run.bloom for run in self.runs], keys)
         return found
 
     def candidates(self, key: int) -> list[int]:
         return [*self.table.candidates(key), *(seq for run in self.runs for seq in run.candidates(key))]
 
     def spill_if_full(self, folder: str | None, spill_ids: int = SPILL_IDS) -> None:
-        """Spill the table into a run once it holds ``spill_ids`` ids (after a failed spill, once it
-        holds a quarter more again)."""
+        """Spill the table into a run once it holds ``spill_ids`` ids (after a spill that failed, once
+        it holds a quarter more again). Never raises for the disk nor for memory (``spill``)."""
         if len(self.table) >= max(spill_ids, self._retry_at):
             self.spill(folder)
             if len(self.table):
@@ -207,31 +200,31 @@ class Generation:
     def spill(self, folder: str | None) -> None:
         """The table's ids into a run of their own (nothing for an empty table).
 
-        Never raises for the disk: a run that cannot be written (a full disk) is
-        logged, and its ids stay in a table.
+        Never raises for the disk nor for memory: a run that cannot be made (a
+        full disk, no memory for its sort or its filter) is logged, and its ids
+        stay in the table, which is left as it was.
         """
         if not len(self.table):
             return
-        top, count = self.table.top_seq, len(self.table)
+        top, count, file = self.table.top_seq, len(self.table), None
         try:
-            file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - the run's, closed with it
-        except OSError as error:
+            slots = memoryview(self.table.sorted_slots())
+            file = tempfile.TemporaryFile(dir=folder, buffering=0)  # noqa: SIM115 - the run's, closed with it
+            written = 0
+            while written < len(slots):  # unbuffered: a full disk fails here, and closing cannot
+                written += file.write(slots[written:]) or 0
+            bloom = Bloom(count)
+            bloom.add_slots(slots)
+            run = Run(SharedFile(file), 0, count, top, bloom, array("Q", slots.cast("Q")[::PAGE_SLOTS]))
+            fresh = FingerprintIndex()
+        except (OSError, MemoryError) as error:
+            if file is not None:
+                with contextlib.suppress(OSError):
+                    file.close()
             log.warning("cannot spill the dedup window's ids to disk (they stay in memory): %s", error)
             return
-        slots = self.table.seal()
-        try:
-            file.write(slots)
-            file.flush()
-        except OSError as error:
-            file.close()
-            self.table = _table_of(slots, top)
-            log.warning("cannot spill the dedup window's ids to disk (they stay in memory): %s", error)
-            return
-        bloom = Bloom(count)
-        bloom.add_slots(slots)
-        fences = array("Q", slots.cast("Q")[::PAGE_SLOTS])
-        self.runs.append(Run(SharedFile(file), 0, count, top, bloom, fences))
-        self.table = FingerprintIndex()
+        self.runs.append(run)
+        self.table = fresh
         self._retry_at = 0
 
     def close(self) -> None:

@@ -54,7 +54,8 @@ def window_path(database: str) -> str:
 def save(database: str, header: dict[str, Any], generations: Sequence[Generation]) -> None:
     """Write ``generations`` and ``header`` to the database's window file.
 
-    OSError when it cannot be written (nothing is left behind then).
+    OSError when it cannot be written, ValueError when a run cannot be read
+    back (nothing is left behind then).
     """
     path = window_path(database)
     partial = f"{path}.{os.getpid()}.partial"
@@ -85,7 +86,7 @@ def save(database: str, header: dict[str, Any], generations: Sequence[Generation
                         out.write(data)
             out.write(crc.to_bytes(4, "little"))
         os.replace(partial, path)
-    except OSError:
+    except BaseException:  # OSError; ValueError: a run cut short under it
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise

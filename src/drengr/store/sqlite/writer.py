@@ -170,13 +170,16 @@ class Writer:
             conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_FALLBACK_PAGES}")
         return conn
 
-    def close(self) -> None:
-        """Stop the checkpointer and the builder, let go of the window's runs (the caller closes the
-        connection it was given back). A writer used again after loads its window again."""
+    def release_window(self) -> None:
+        """Let go of the window (its runs' files): once no group is being written, after
+        ``save_window``. A writer used again after loads its window again."""
         for kept in self._window:
             kept.close()
         self._window = [Generation(), Generation()]
         self._last_seq = -1
+
+    def close(self) -> None:
+        """Stop the checkpointer (the caller closes the connection it was given back)."""
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
@@ -429,7 +432,7 @@ class Writer:
                 "window_days": self.window_days,
             }
             window_file.save(self.path, header, self._window)
-        except (OSError, sqlite3.Error) as error:
+        except (OSError, ValueError, sqlite3.Error) as error:
             log.warning("cannot save the dedup window (the next start builds it from the table): %s", error)
 
     def _restore_window(self, conn: sqlite3.Connection, now_ms: int) -> bool:
