@@ -149,7 +149,8 @@ def window_of(store: SQLiteStore) -> list[window.Generation]:
 
 def test_repeats_of_spilled_ids_are_caught_in_memory_and_after_a_restart(db_path, small_runs):
     """450 events in batches of 50: four runs and a table; every one resent is a duplicate, and a new
-    one is stored. After a restart the window (runs too) comes from its file and still catches them."""
+    one is stored. After a restart the window (runs too) comes from its file and still catches them,
+    and so after a second restart, from the file the first one wrote with the runs it read."""
     clock = Clock(DAY0)
     store = spilling_store(db_path, clock)
     try:
@@ -168,10 +169,17 @@ def test_repeats_of_spilled_ids_are_caught_in_memory_and_after_a_restart(db_path
         assert again._committer.window_from_file  # noqa: SLF001
         assert sum(len(run_list.runs) for run_list in window_of(again)) == 4
     finally:
-        again.close()
+        again.close()  # its runs, read from the old file, are copied into a new one
+    third = spilling_store(db_path, clock)
+    try:
+        outcome = third.write("acme", [row(str(i)) for i in range(0, 453, 4)], clock.ms)
+        assert (outcome.stored, outcome.duplicates) == (1, 113)
+        assert third._committer.window_from_file  # noqa: SLF001
+    finally:
+        third.close()
     conn = sqlite3.connect(db_path)
     stored = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM semantic_events").fetchone()
-    assert stored == (452, 452)
+    assert stored == (453, 453)
     conn.close()
 
 
