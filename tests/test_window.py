@@ -101,7 +101,8 @@ def test_runs_let_go_of_their_files(tmp_path):
 
 def test_a_run_that_cannot_be_written_leaves_its_ids_in_a_table(tmp_path, caplog):
     """A full disk (here: the process's file size limit, RLIMIT_FSIZE, a real failing write): the
-    spill is logged, the table is left as it was, and the next try waits for a quarter more ids."""
+    spill is logged, the full table is still looked up, the next try waits for a quarter more ids,
+    and ``settle`` puts a table whose spill failed back into the one table (for the window's file)."""
     import resource
     import signal
 
@@ -117,19 +118,63 @@ def test_a_run_that_cannot_be_written_leaves_its_ids_in_a_table(tmp_path, caplog
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, handler)
-    assert generation.runs == [] and len(generation.table) == 200_000
+    assert generation.runs == [] and len(generation) == 200_000 and len(generation.table) == 0
     assert "cannot spill the dedup window's ids to disk" in caplog.text
     for key, seq in pairs[:200_000:97]:
         assert seq in generation.candidates(key)
     for key, seq in pairs[200_000:237_499]:
         generation.table.add(key, seq)
     generation.spill_if_full(str(tmp_path), 150_000)
-    assert generation.runs == []  # 237,499 ids: not yet a quarter of 150,000 more
+    assert generation.runs == []  # 37,499 ids since: not yet a quarter of 150,000
     generation.table.add(*pairs[237_499])
     generation.spill_if_full(str(tmp_path), 150_000)
-    assert [run.count for run in generation.runs] == [237_500] and len(generation.table) == 0
+    assert [run.count for run in generation.runs] == [200_000] and len(generation.table) == 37_500
     for key, seq in pairs[:237_500:89]:
         assert seq in generation.candidates(key)
+    generation.close()
+
+    failed = window.Generation()
+    for key, seq in pairs[:1_000]:
+        failed.table.add(key, seq)
+    missing = str(tmp_path / "gone")  # no such folder: the run's file cannot be made
+    failed.spill_if_full(missing, 1_000)
+    for key, seq in pairs[1_000:1_100]:
+        failed.table.add(key, seq)
+    failed.settle()
+    assert failed.runs == [] and len(failed.table) == len(failed) == 1_100
+    for key, seq in pairs[:1_100:7]:
+        assert seq in failed.candidates(key)
+    failed.close()
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_a_large_table_is_spilled_on_a_thread_while_its_ids_are_still_found(tmp_path, monkeypatch, seed):
+    """A table of BACKGROUND_IDS or more is spilled on a thread of its own: meanwhile the frozen table
+    answers and a new one takes ids; once done, its run answers, and ``settle`` waits for it."""
+    monkeypatch.setattr(window, "BACKGROUND_IDS", 50_000)
+    pairs = keys_and_seqs(130_000, seed=seed)
+    generation = window.Generation()
+    for key, seq in pairs[:60_000]:
+        generation.table.add(key, seq)
+    generation.spill_if_full(str(tmp_path), 60_000)
+    assert generation._spilling is not None  # noqa: SLF001 - on its thread
+    for key, seq in pairs[60_000:120_000]:
+        generation.table.add(key, seq)
+        if seq % 997 == 0:
+            spot = pairs[seq % 60_000]
+            assert spot[1] in generation.candidates(spot[0])
+    generation.settle()  # the first run is in
+    assert [run.count for run in generation.runs] == [60_000] and len(generation.table) == 60_000
+    generation.spill_if_full(str(tmp_path), 60_000)  # the second, on its thread
+    generation.settle()
+    assert [run.count for run in generation.runs] == [60_000, 60_000] and len(generation.table) == 0
+    for key, seq in pairs[120_000:]:
+        generation.table.add(key, seq)
+    assert len(generation) == 130_000
+    for key, seq in pairs[::101]:
+        assert seq in generation.candidates(key)
+    probes = array("Q", [key for key, _ in pairs[::50]])
+    assert set(range(len(probes))) <= set(generation.hits(probes))
     generation.close()
 
 

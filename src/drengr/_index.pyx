@@ -266,7 +266,9 @@ cdef class FingerprintIndex:
         The table is left as it was, whatever happens (a MemoryError included): the
         entries are spread into the result by their tag's top byte, then each of
         those 256 parts is sorted by the tag's three other bytes (a radix sort, with
-        a buffer as large as the largest part).
+        a buffer as large as the largest part). The sort runs without the GIL: the
+        caller must not add to the table meanwhile (a spill sorts a table that
+        takes no more ids, on a thread of its own).
         """
         cdef size_t i, n = self.count, byte, shift, total, part, size, biggest = 1
         cdef size_t starts[257]
@@ -274,44 +276,48 @@ cdef class FingerprintIndex:
         cdef uint64_t *into
         cdef uint64_t *source
         cdef uint64_t *other
+        cdef uint64_t *slots = self.slots
+        cdef size_t capacity = self.capacity
         result = bytearray(n * sizeof(uint64_t))
         if n == 0:
             return result
         cdef uint64_t *out = <uint64_t *>PyByteArray_AS_STRING(result)
-        memset(counts, 0, sizeof(counts))
-        for i in range(self.capacity):
-            if self.slots[i] != 0:
-                counts[self.slots[i] >> 56] += 1
-        starts[0] = 0
-        for i in range(256):
-            starts[i + 1] = starts[i] + counts[i]
-            biggest = max(biggest, counts[i])
-            counts[i] = starts[i]
-        for i in range(self.capacity):
-            if self.slots[i] != 0:
-                out[counts[self.slots[i] >> 56]] = self.slots[i]
-                counts[self.slots[i] >> 56] += 1
+        with nogil:
+            memset(counts, 0, sizeof(counts))
+            for i in range(capacity):
+                if slots[i] != 0:
+                    counts[slots[i] >> 56] += 1
+            starts[0] = 0
+            for i in range(256):
+                starts[i + 1] = starts[i] + counts[i]
+                biggest = max(biggest, counts[i])
+                counts[i] = starts[i]
         other = <uint64_t *>PyMem_Malloc(biggest * sizeof(uint64_t))
         if other == NULL:
             raise MemoryError()
-        for part in range(256):
-            size = starts[part + 1] - starts[part]
-            if size < 2:
-                continue
-            source, into = out + starts[part], other
-            for byte in range(3):  # the tag's low three bytes; an odd number of passes ends in ``other``
-                shift = 32 + 8 * byte
-                memset(counts, 0, sizeof(counts))
-                for i in range(size):
-                    counts[(source[i] >> shift) & 0xFF] += 1
-                total = 0
-                for i in range(256):
-                    counts[i], total = total, total + counts[i]
-                for i in range(size):
-                    into[counts[(source[i] >> shift) & 0xFF]] = source[i]
-                    counts[(source[i] >> shift) & 0xFF] += 1
-                source, into = into, source
-            memcpy(out + starts[part], other, size * sizeof(uint64_t))
+        with nogil:
+            for i in range(capacity):
+                if slots[i] != 0:
+                    out[counts[slots[i] >> 56]] = slots[i]
+                    counts[slots[i] >> 56] += 1
+            for part in range(256):
+                size = starts[part + 1] - starts[part]
+                if size < 2:
+                    continue
+                source, into = out + starts[part], other
+                for byte in range(3):  # the tag's low three bytes; an odd number of passes ends in ``other``
+                    shift = 32 + 8 * byte
+                    memset(counts, 0, sizeof(counts))
+                    for i in range(size):
+                        counts[(source[i] >> shift) & 0xFF] += 1
+                    total = 0
+                    for i in range(256):
+                        counts[i], total = total, total + counts[i]
+                    for i in range(size):
+                        into[counts[(source[i] >> shift) & 0xFF]] = source[i]
+                        counts[(source[i] >> shift) & 0xFF] += 1
+                    source, into = into, source
+                memcpy(out + starts[part], other, size * sizeof(uint64_t))
         PyMem_Free(other)
         return result
 
@@ -414,10 +420,11 @@ cdef class Bloom:
         """Add the tag of every slot in ``slots`` (``FingerprintIndex.sorted_slots``)."""
         cdef const uint64_t *values = <const uint64_t *>&slots[0] if slots.shape[0] else NULL
         cdef size_t i, n = <size_t>slots.shape[0] // sizeof(uint64_t)
-        for i in range(n):
-            if i + 16 < n:  # random blocks: fetched ahead, the cache misses overlap
-                DRENGR_PREFETCH(self._block(_bloom_hash(values[i + 16] >> 32)))
-            self._set(values[i] >> 32)
+        with nogil:  # a spill's thread: the writer's goes on meanwhile
+            for i in range(n):
+                if i + 16 < n:  # random blocks: fetched ahead, the cache misses overlap
+                    DRENGR_PREFETCH(self._block(_bloom_hash(values[i + 16] >> 32)))
+                self._set(values[i] >> 32)
 
     def maybe(self, uint64_t key):
         """False when ``key``'s tag is surely not in the run."""

@@ -4,8 +4,9 @@ A generation's table (``FingerprintIndex``) takes 8 bytes a slot and is at
 most 85 % full: 9.4 to 18.8 bytes an id. Kept whole, a window of 35M ids
 would take half a gigabyte. So once a generation's table holds
 ``SPILL_IDS`` ids, they are *spilled*: sorted by tag into a run, a file of
-8-byte slots beside the database, and the table starts again empty. In
-memory a run keeps only
+8-byte slots beside the database, on a thread of its own, while a new table
+takes ids and the full one is still looked up (``Generation``). In memory a
+run keeps only
 
 - a Bloom filter of its tags, 2 bytes an id (``Bloom``), which answers
   "surely not here" for all but about 1 in 500 new ids, and
@@ -29,6 +30,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 from array import array
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -64,6 +66,8 @@ log = logging.getLogger("drengr.store")
 # A table is spilled when it holds this many ids: below 85 % of 2**22 slots (3,565,158), so it
 # never doubles to 64 MB, with room for the 65,536 rows the writer indexes at a time.
 SPILL_IDS = 3_400_000
+# A table this large is spilled on a thread of its own (~3 ms a 100,000 ids); a smaller one at once.
+BACKGROUND_IDS = 262_144
 PAGE_SLOTS = 512  # 4 KB: a page of a run read at a time
 _SLOT = 8
 
@@ -161,20 +165,53 @@ class Run:
             self._shared.release()
 
 
+def _make_run(table: Any, folder: str | None) -> "Run | OSError | MemoryError":
+    """``table``'s ids as a run in a new file in ``folder``; the error instead when one cannot be made
+    (a full disk, no memory for the sort or the filter). ``table`` is left as it was."""
+    top, count, file = table.top_seq, len(table), None
+    try:
+        slots = memoryview(table.sorted_slots())
+        file = tempfile.TemporaryFile(dir=folder, buffering=0)  # noqa: SIM115 - the run's, closed with it
+        written = 0
+        while written < len(slots):  # unbuffered: a full disk fails here, and closing cannot
+            written += file.write(slots[written:]) or 0
+        bloom = Bloom(count)
+        bloom.add_slots(slots)
+        return Run(SharedFile(file), 0, count, top, bloom, array("Q", slots.cast("Q")[::PAGE_SLOTS]))
+    except (OSError, MemoryError) as error:
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        return error
+
+
 class Generation:
-    """One generation of the dedup window: ``table`` for its newest ids, ``runs`` for the rest."""
+    """One generation of the dedup window: ``table`` for its newest ids, ``runs`` for the rest.
+
+    A full table is *frozen* (it takes no more ids, a new one does) and spilled;
+    until its run is made it is looked up as before. A large one is spilled on a
+    thread of its own (``BACKGROUND_IDS``), whose sort and filter run without the
+    GIL, so the writer goes on meanwhile; ``settle`` waits for it.
+    """
 
     def __init__(self, table: Any = None, runs: list[Run] | None = None) -> None:
         self.table = FingerprintIndex() if table is None else table
         self.runs: list[Run] = [] if runs is None else runs
-        self._retry_at = 0  # after a spill that failed: the size to try again at
+        self._frozen: Any = None  # a full table being spilled, or whose spill failed: still looked up
+        self._spilling: threading.Thread | None = None
+        self._made: list[Run | OSError | MemoryError] = []  # what the spill's thread made
+        self._retry_at = 0  # after a spill that failed: the size of the table to try again at
+
+    def _tables(self) -> list[Any]:
+        return [self.table] if self._frozen is None else [self.table, self._frozen]
 
     def __len__(self) -> int:
-        return len(self.table) + sum(run.count for run in self.runs)
+        return sum(len(table) for table in self._tables()) + sum(run.count for run in self.runs)
 
     @property
     def memory_bytes(self) -> int:
-        return int(self.table.memory_bytes) + sum(run.memory_bytes for run in self.runs)
+        tables = sum(int(table.memory_bytes) for table in self._tables())
+        return tables + sum(run.memory_bytes for run in self.runs)
 
     def add_many(self, keys: Any, values: Any) -> None:
         self.table.add_many(keys, values)
@@ -182,51 +219,80 @@ class Generation:
     def hits(self, keys: Any) -> list[int]:
         """Positions in ``keys`` that may be stored (candidates to verify); may repeat one."""
         found = list(self.table.hits(keys))
+        if self._frozen is not None:
+            found += self._frozen.hits(keys)
         if self.runs:
             found += any_hits([run.bloom for run in self.runs], keys)
         return found
 
     def candidates(self, key: int) -> list[int]:
-        return [*self.table.candidates(key), *(seq for run in self.runs for seq in run.candidates(key))]
+        tables = (seq for table in self._tables() for seq in table.candidates(key))
+        return [*tables, *(seq for run in self.runs for seq in run.candidates(key))]
 
     def spill_if_full(self, folder: str | None, spill_ids: int = SPILL_IDS) -> None:
-        """Spill the table into a run once it holds ``spill_ids`` ids (after a spill that failed, once
-        it holds a quarter more again). Never raises for the disk nor for memory (``spill``)."""
-        if len(self.table) >= max(spill_ids, self._retry_at):
-            self.spill(folder)
-            if len(self.table):
-                self._retry_at = len(self.table) + max(spill_ids // 4, 1)
+        """Spill the table into a run once it holds ``spill_ids`` ids; after a spill that failed, try
+        that one again once the table holds a quarter of ``spill_ids`` more. Never raises for the disk
+        nor for memory: a run that cannot be made is logged, and its ids stay in memory."""
+        self._take_made(spill_ids)
+        if self._spilling is not None:
+            return
+        if self._frozen is None and len(self.table) >= max(spill_ids, self._retry_at):
+            self._frozen, self.table = self.table, FingerprintIndex()
+        elif self._frozen is None or len(self.table) < self._retry_at:
+            return
+        frozen = self._frozen
+        if len(frozen) >= BACKGROUND_IDS:
+            self._spilling = threading.Thread(
+                target=lambda: self._made.append(_make_run(frozen, folder)), name="drengr-spill", daemon=True
+            )
+            self._spilling.start()
+        else:
+            self._made.append(_make_run(frozen, folder))
+            self._take_made(spill_ids)
+
+    def _take_made(self, spill_ids: int, wait: bool = False) -> None:
+        """The frozen table's run, once its spill is done (``wait``: wait for it)."""
+        if self._spilling is not None:
+            if not wait and self._spilling.is_alive():
+                return
+            self._spilling.join()
+            self._spilling = None
+        if not self._made:
+            return
+        made = self._made.pop()
+        if isinstance(made, Run):
+            self.runs.append(made)
+            self._frozen = None
+            self._retry_at = 0
+        else:
+            self._retry_at = len(self.table) + max(spill_ids // 4, 1)
+            log.warning("cannot spill the dedup window's ids to disk (they stay in memory): %s", made)
 
     def spill(self, folder: str | None) -> None:
-        """The table's ids into a run of their own (nothing for an empty table).
+        """The table's ids into a run of their own now (nothing for an empty table), and ``settle``."""
+        if len(self.table):
+            self.spill_if_full(folder, 1)
+        self.settle()
 
-        Never raises for the disk nor for memory: a run that cannot be made (a
-        full disk, no memory for its sort or its filter) is logged, and its ids
-        stay in the table, which is left as it was.
-        """
-        if not len(self.table):
-            return
-        top, count, file = self.table.top_seq, len(self.table), None
-        try:
-            slots = memoryview(self.table.sorted_slots())
-            file = tempfile.TemporaryFile(dir=folder, buffering=0)  # noqa: SIM115 - the run's, closed with it
-            written = 0
-            while written < len(slots):  # unbuffered: a full disk fails here, and closing cannot
-                written += file.write(slots[written:]) or 0
-            bloom = Bloom(count)
-            bloom.add_slots(slots)
-            run = Run(SharedFile(file), 0, count, top, bloom, array("Q", slots.cast("Q")[::PAGE_SLOTS]))
-            fresh = FingerprintIndex()
-        except (OSError, MemoryError) as error:
-            if file is not None:
-                with contextlib.suppress(OSError):
-                    file.close()
-            log.warning("cannot spill the dedup window's ids to disk (they stay in memory): %s", error)
-            return
-        self.runs.append(run)
-        self.table = fresh
-        self._retry_at = 0
+    def settle(self) -> None:
+        """Wait for a spill under way; a frozen table whose spill failed goes back into the table (for
+        the window's file, which holds one table a generation)."""
+        self._take_made(SPILL_IDS, wait=True)
+        if self._frozen is not None:
+            frozen, top = memoryview(self._frozen.sorted_slots()).cast("Q"), self._frozen.top_seq
+            self.table.add_many(
+                array("Q", [value & ~0xFFFFFFFF for value in frozen]),
+                array("q", [_seq(top, value & 0xFFFFFFFF) for value in frozen]),
+            )
+            self._frozen = None
 
     def close(self) -> None:
+        if self._spilling is not None:
+            self._spilling.join()
+            self._spilling = None
+        for made in self._made:
+            if isinstance(made, Run):
+                made.close()
+        self._made.clear()
         for run in self.runs:
             run.close()

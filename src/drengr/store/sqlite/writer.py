@@ -424,6 +424,8 @@ class Writer:
                 conn.close()
             if database_id is None or last_row is None:
                 return  # nothing to check the file against at the next start
+            for kept in self._window:
+                kept.settle()  # a spill under way, done; one that failed, back in its table
             header = {
                 "database_id": database_id,
                 "last_seq": self._last_seq,
@@ -432,7 +434,7 @@ class Writer:
                 "window_days": self.window_days,
             }
             window_file.save(self.path, header, self._window)
-        except (OSError, ValueError, sqlite3.Error) as error:
+        except (OSError, ValueError, MemoryError, sqlite3.Error) as error:
             log.warning("cannot save the dedup window (the next start builds it from the table): %s", error)
 
     def _restore_window(self, conn: sqlite3.Connection, now_ms: int) -> bool:
