@@ -254,6 +254,30 @@ def test_a_window_built_from_the_table_spills_as_it_goes(db_path, small_runs, mo
         store.close()
 
 
+def test_a_closed_generation_spilled_on_a_thread_lets_go_of_its_table_at_the_next_write(db_path, monkeypatch):
+    """At rotation the closed generation's table is spilled on a thread; the next write takes its run,
+    so the full table is not held until the next rotation, and its ids are still caught."""
+    monkeypatch.setattr(writer_module, "_CLOSED_TABLE_IDS", 1_000)
+    monkeypatch.setattr(window, "BACKGROUND_IDS", 1_000)
+    clock = Clock(DAY0)
+    store = spilling_store(db_path, clock)
+    try:
+        for start in range(0, 3_000, 500):
+            store.write("acme", [row(str(i)) for i in range(start, start + 500)], clock.ms)
+        clock.ms += 7 * MS_PER_DAY  # the next generation: the closed one's 3,000 ids are spilled on a thread
+        assert store.write("acme", [row("new")], clock.ms).stored == 1
+        closed = window_of(store)[1]
+        if closed._spilling is not None:  # noqa: SLF001 - let its thread finish, then write again
+            closed._spilling.join()  # noqa: SLF001
+        assert store.write("acme", [row("newer")], clock.ms).stored == 1
+        assert closed._frozen is None and closed._spilling is None  # noqa: SLF001 - its table let go
+        assert [run.count for run in closed.runs] == [3_000] and len(closed.table) == 0
+        outcome = store.write("acme", [row("7"), row("2999"), row("3000")], clock.ms)
+        assert (outcome.stored, outcome.duplicates) == (1, 2)
+    finally:
+        store.close()
+
+
 def test_a_window_file_with_a_damaged_run_is_not_used(db_path, small_runs):
     clock = Clock(DAY0)
     store = spilling_store(db_path, clock)

@@ -250,6 +250,11 @@ class Generation:
             self._made.append(_make_run(frozen, folder))
             self._take_made(spill_ids)
 
+    def take_finished(self) -> None:
+        """The run of a spill that has finished (a closed generation's, which takes no more ids: its
+        full table is let go then, not at the next rotation)."""
+        self._take_made(SPILL_IDS)
+
     def _take_made(self, spill_ids: int, wait: bool = False) -> None:
         """The frozen table's run, once its spill is done (``wait``: wait for it)."""
         if self._spilling is not None:

@@ -299,6 +299,8 @@ class Writer:
             current.add_many(fps, array("q", range(first_seq, first_seq + len(fps))))
             self._last_seq = max(self._last_seq, first_seq + len(fps) - 1)
         current.spill_if_full(self._spill_folder, self._spill_ids)
+        for closed in self._window[1:]:
+            closed.take_finished()
         metrics.metric("commit_seconds").observe(time.perf_counter() - started)
         metrics.metric("group_rows").observe(sum(len(job.rows) for job in work))
         metrics.metric("dedup_ids").set(sum(len(index) for index in self._window))
