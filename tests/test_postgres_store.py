@@ -136,10 +136,15 @@ def test_a_version_1_database_gets_the_library_column(pg_dsn: str) -> None:
     assert query(pg_dsn, "SELECT event_name, block, first_seq, last_seq FROM name_blocks") == [("e", 0, 2, 2)]
 
 
-def test_a_migration_outlasts_the_statement_timeout(pg_dsn: str) -> None:
+def test_a_migration_outlasts_the_statement_timeout(pg_database: str) -> None:
     """Version 7 rewrites event_ids once: minutes with tens of millions of ids, longer than the statement
     timeout every other statement keeps. Here the rewrite waits 1.5 s for a lock another session holds,
-    against a 500 ms timeout, and the node still starts (before: it failed at every start)."""
+    against a 500 ms timeout, and the node still starts (before: it failed at every start).
+
+    A database of its own: the migration's advisory lock is the database's, and this test holds it
+    1.5 s, so another run of it on the same database (tests/test_any_date.py runs the suite twice at
+    once, its clock shifted) would wait for it past its 500 ms."""
+    pg_dsn = pg_database
     PostgresStore(pg_dsn, clock=Clock(DAY0)).close()
     query(pg_dsn, "INSERT INTO event_ids (tenant_id, event_id, gen) VALUES ('acme', 'old', 2970)")
     query(pg_dsn, "UPDATE drengr_meta SET value = '6' WHERE key = 'schema_version'")
@@ -502,7 +507,10 @@ def test_a_failing_database_is_502_then_recovers(pg_database: str) -> None:
     ]
 
 
-def test_a_stuck_database_is_502_after_the_statement_timeout(pg_dsn: str) -> None:
+def test_a_stuck_database_is_502_after_the_statement_timeout(pg_database: str) -> None:
+    # A database of its own: its 500 ms covers the advisory locks too, which are the database's
+    # (another run of the suite beside this one, tests/test_any_date.py, takes them on the shared one).
+    pg_dsn = pg_database
     store = PostgresStore(pg_dsn, clock=Clock(DAY0), statement_timeout_ms=500)
     store.write("acme", [row("warm-up")], DAY0)
     holder = psycopg.connect(pg_dsn)
