@@ -182,16 +182,18 @@ def stored(db: Path) -> int:
         conn.close()
 
 
+def peak_rss_mb_each(pid: int) -> list[float]:
+    """Peak RSS (VmHWM) of the server, then of each of its children (the writer process), in MB."""
+    found = []
+    for each in [pid, *_children(pid)]:
+        status = Path(f"/proc/{each}/status").read_text()
+        found.append(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024)  # type: ignore[union-attr]
+    return found
+
+
 def peak_rss_mb(pid: int) -> float:
     """Peak RSS of the server and its children (the writer process), summed: an upper bound."""
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        pids += [int(child) for child in (task / "children").read_text().split()]
-    total = 0
-    for each in pids:
-        status = Path(f"/proc/{each}/status").read_text()
-        total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-    return total / 1024
+    return sum(peak_rss_mb_each(pid))
 
 
 @pytest.mark.parametrize("kind", list(WRITERS))
@@ -452,15 +454,6 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _peak_rss_mb_each(pid: int) -> list[float]:
-    """Peak RSS (VmHWM) of the server, then of each of its children (the writer process), in MB."""
-    found = []
-    for each in [pid, *_children(pid)]:
-        status = Path(f"/proc/{each}/status").read_text()
-        found.append(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024)  # type: ignore[union-attr]
-    return found
-
-
 def _first_acknowledged(port: int, key: str, limit_seconds: float = 1800.0) -> float:
     """Seconds until a one-event batch is acknowledged: the writer builds its window at its first write,
     answering 502 to requests that wait past the busy timeout meanwhile."""
@@ -512,7 +505,7 @@ def bench_http_dedup_window_memory(benchmark: Any, tmp_path: Path) -> None:
             load = wrk(port, key, 100, 8, seconds, pin=False)
             assert load["non_2xx"] == load["socket_errors"] == 0, load
             window_ids, window_bytes = _dedup_gauges(port)
-            results[filled] = {"first_s": first, "rss": _peak_rss_mb_each(process.pid), "ids": window_ids,
+            results[filled] = {"first_s": first, "rss": peak_rss_mb_each(process.pid), "ids": window_ids,
                                "bytes": window_bytes, "rows": stored(db)}  # fmt: skip
 
     benchmark.pedantic(lambda: [cell(filled) for filled in (False, True)], rounds=1, iterations=1)

@@ -94,6 +94,11 @@ class SharedFile:
             self.file.close()
 
 
+def _fences(slots: Any) -> array:
+    """The first slot of each page in ``slots`` (a run's bytes from a page's start)."""
+    return array("Q", memoryview(slots).cast("Q")[::PAGE_SLOTS])
+
+
 def _seq(top: int, low: int) -> int:
     """A seq from its low 32 bits and the highest seq beside it (as ``FingerprintIndex`` reads it)."""
     seq = (top & ~0xFFFFFFFF) | low
@@ -121,7 +126,7 @@ class Run:
         for chunk in cls._chunks(shared.file, offset, count):
             if each is not None:
                 each(chunk)
-            fences.extend(memoryview(chunk).cast("Q")[::PAGE_SLOTS])
+            fences.extend(_fences(chunk))
         return cls(shared.take(), offset, count, top, bloom, fences)
 
     @staticmethod
@@ -177,7 +182,7 @@ def _make_run(table: Any, folder: str | None) -> "Run | OSError | MemoryError":
             written += file.write(slots[written:]) or 0
         bloom = Bloom(count)
         bloom.add_slots(slots)
-        return Run(SharedFile(file), 0, count, top, bloom, array("Q", slots.cast("Q")[::PAGE_SLOTS]))
+        return Run(SharedFile(file), 0, count, top, bloom, _fences(slots))
     except (OSError, MemoryError) as error:
         if file is not None:
             with contextlib.suppress(OSError):
@@ -218,9 +223,7 @@ class Generation:
 
     def hits(self, keys: Any) -> list[int]:
         """Positions in ``keys`` that may be stored (candidates to verify); may repeat one."""
-        found = list(self.table.hits(keys))
-        if self._frozen is not None:
-            found += self._frozen.hits(keys)
+        found = [position for table in self._tables() for position in table.hits(keys)]
         if self.runs:
             found += any_hits([run.bloom for run in self.runs], keys)
         return found
