@@ -1,5 +1,6 @@
 """docs/mapping.md "Storage and durability" and the daily cap, against real SQLite files."""
 
+import contextlib
 import fcntl
 import importlib.util
 import json
@@ -390,6 +391,62 @@ def test_a_group_in_flight_when_the_writer_process_dies_fails(db_path):
     finally:
         store.close()
     assert count(db_path) == 2
+
+
+def test_a_late_answer_is_not_taken_for_the_next_job(db_path):
+    """A job its request gave up on is answered late on the thread's socket: the thread's next job
+    takes its own answer, not that one."""
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer="process", busy_timeout_ms=300)
+    try:
+        store.write("acme", [row("a")], DAY0)  # this thread's socket, and a warm child
+        pid = store.writer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreError, match="did not answer"):
+                store.write("acme", [row("b"), row("c")], DAY0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.3)  # the child answers the abandoned job (too late: not written) meanwhile
+        assert store.write("acme", [row("d")], DAY0) == StoreOutcome(1)
+        assert store.write("acme", [row("b"), row("c")], DAY0) == StoreOutcome(2)  # the resend
+        assert store.writer_pid == pid  # slow, not dead: never replaced
+    finally:
+        store.close()
+    assert count(db_path) == 4
+
+
+def test_the_sockets_of_ended_threads_are_closed_in_the_writer_process(db_path):
+    """Each thread that writes has a socket to the writer process; once the thread ends, the child
+    closes its end: 40 threads that wrote and ended leave no descriptors behind."""
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer="process")
+    try:
+        store.write("acme", [row("first")], DAY0)
+        pid = store.writer_pid
+        assert pid is not None
+        assert _sockets(pid) == 2  # the store's control socket, this thread's
+        for i in range(40):
+            thread = threading.Thread(target=store.write, args=("acme", [row(f"t{i}")], DAY0))
+            thread.start()
+            thread.join()
+        deadline = time.monotonic() + 10
+        while _sockets(pid) > 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _sockets(pid) == 2
+        assert store.write("acme", [row("last")], DAY0) == StoreOutcome(1)
+    finally:
+        store.close()
+    assert count(db_path) == 42
+
+
+def _sockets(pid: int) -> int:
+    """The sockets a process holds open."""
+    folder = Path(f"/proc/{pid}/fd")
+    found = 0
+    for fd in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            found += os.readlink(fd).startswith("socket:")
+    return found
 
 
 def test_the_writer_process_ends_with_the_store(db_path):

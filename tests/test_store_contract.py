@@ -188,7 +188,7 @@ def writes_held(location: Any) -> Iterator[None]:
 def waiting(store: Any) -> int:
     """Jobs waiting behind the ones a writer holds: in its queue, or sent to the writer process."""
     child = getattr(store, "_child", None)
-    return store._queue.qsize() + (len(child._in_flight) - 1 if child else 0)  # noqa: SLF001
+    return store._queue.qsize() + (child.in_flight - 1 if child else 0)  # noqa: SLF001
 
 
 def test_concurrent_requests_share_commits(db_path: Any, writer: str) -> None:

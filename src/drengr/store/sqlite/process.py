@@ -1,13 +1,13 @@
-"""The writer process (``writer="process"``): its plumbing on both sides of the pipe.
+"""The writer process (``writer="process"``): its plumbing on both sides of the sockets.
 
-``WriterProcess`` starts the child and hands it jobs; ``writer_main`` is what
-the child runs: a ``drengr.store.sqlite.writer.Writer`` fed from the pipe. The
-child dies with its parent (it reads EOF); a child that dies fails the jobs it
-holds with 502 (a commit it made is caught as a duplicate when the client
-resends) and a new one starts with the next job. Imports no web framework.
+``WriterProcess`` starts the child and hands it jobs, each thread on a socket
+of its own; ``writer_main`` is what the child runs: a
+``drengr.store.sqlite.writer.Writer`` fed from those sockets. The child dies
+with its parent (it reads EOF); a child that dies fails the jobs it holds with
+502 (a commit it made is caught as a duplicate when the client resends) and a
+new one starts with the next job. Imports no web framework.
 """
 
-import collections
 import contextlib
 import logging
 import marshal
@@ -22,8 +22,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from ..._memory import return_large_blocks
 from ...core.limits import DEFAULT_DEDUP_WINDOW_DAYS
@@ -37,27 +37,31 @@ log = logging.getLogger("drengr.store")
 # Where this drengr is imported from (src/, or site-packages): the writer process imports the same one.
 _CODE_ROOT = str(Path(__file__).resolve().parents[3])
 _MERGE_MAX_BYTES = 4 << 20  # the writer process's groups: at most this many bytes of messages
+_LENGTH = struct.Struct("!i")  # a message's frame: its length, then its marshal bytes
+_INT = struct.Struct("i")  # a file descriptor, as SCM_RIGHTS carries it
 
 
 class WriterProcess:
-    """The child that owns the write connection when ``writer="process"``: one job a message.
+    """The child that owns the write connection when ``writer="process"``: a socket per thread.
 
     A fresh interpreter (``subprocess``, never a fork of a process that runs
     threads) that puts SQLite in multi-thread mode (``drengr._sqlite_lib``)
-    and imports only the store, talking over one end of a socket
-    pair: not ``multiprocessing``'s spawn, which re-imports the server's
-    ``__main__`` in the child and starts a resource-tracker process beside
-    it (~19 MB between them). The socket carries ``[(tenant_id, rows,
-    received_at_ms, probe, deadline), …]`` one way and ``([[(outcome, error text), …],
-    …], commits)`` back, in order, as ``marshal`` bytes framed by
-    ``multiprocessing.connection`` (plain values only: about twice as fast as
-    pickle, and both ends are this package). Up to ``IN_FLIGHT`` messages are
-    in flight; the child commits every message already waiting in one
-    transaction and answers them in one message, which a receiver thread
-    here completes.
-    """
+    and imports only the store: not ``multiprocessing``'s spawn, which
+    re-imports the server's ``__main__`` in the child and starts a
+    resource-tracker process beside it (~19 MB between them).
 
-    IN_FLIGHT = 64
+    Each thread that writes gets a socket pair of its own, a ``_Channel``; the
+    child's end goes to the child over the control socket (``SCM_RIGHTS``).
+    A job leaves as ``(number, tenant_id, rows, received_at_ms, probe,
+    deadline)`` and its answer comes back on the same socket as ``(number,
+    outcome, error text, commits)``, each framed by its length and written
+    with ``marshal`` (plain values only: about twice as fast as pickle, and
+    both ends are this package). The thread that sent the job waits in
+    ``recv`` for its answer, so the child's answer wakes the request itself:
+    no receiver thread wakes it in turn, which cost a request ~50 µs of CPU
+    in thread switches. The child commits every job waiting on any socket in
+    one transaction (the group commit). Its exit is every socket's EOF.
+    """
 
     def __init__(
         self,
@@ -87,127 +91,182 @@ class WriterProcess:
             raise
         finally:
             theirs.close()  # the child's end lives in the child only: its exit is our EOF
-        # Answers arrive through a Connection (blocking reads, on the receiver thread); jobs leave
-        # through the socket itself, written without blocking (_send), so a stalled child cannot
-        # hold a request past its deadline. Both are the same socket: the child's exit is our EOF.
-        self._socket = ours
-        self._pipe = Connection(os.dup(ours.fileno()))
+        self._control = ours  # the threads' sockets go out on it, then "stop"
+        self._control_lock = threading.Lock()
+        self._local = threading.local()  # each thread's _Channel
         self.pid = self._process.pid
         self.failed: BaseException | None = None
-        self._in_flight: collections.deque[tuple[list[Job], Callable[[int], None]]] = collections.deque()
         self._lock = threading.Lock()
-        self._room = threading.Semaphore(self.IN_FLIGHT)
-        self._receiver = threading.Thread(target=self._receive, name="drengr-writer-answers", daemon=True)
-        self._receiver.start()
+        self._idle = threading.Condition(self._lock)  # no job in flight
+        self.in_flight = 0  # jobs sent whose threads wait for their answers
 
-    def reserve(self, deadline: float) -> bool:
-        """Wait for room for one more group until ``deadline`` (monotonic); False if the child
-        failed meanwhile or no room came (room not kept)."""
-        while not self._room.acquire(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
-            if self.failed is not None or time.monotonic() >= deadline:
-                return False
-        if self.failed is not None:
-            self._room.release()
-            return False
-        return True
+    def submit(self, job: Job, committed: Callable[[int], None]) -> None:
+        """Send ``job`` and wait for its answer until ``job.deadline``; ``job.done`` is set once answered
+        (outcome or error). ``committed(n)``: the child committed ``n`` groups meanwhile.
 
-    def submit(self, jobs: list[Job], committed: Callable[[int], None], deadline: float) -> None:
-        """Send jobs (after ``reserve``, one sender at a time); completed (outcome or error, then ``done``) when answered.
-
-        A child that does not take the message by ``deadline`` (monotonic) is
-        stalled: it is killed (a half-sent message cannot be taken back) and its
-        jobs fail; the next job starts a new one.
+        A child that does not take the message by the deadline is stalled: it is
+        killed (a half-sent message cannot be taken back) and its jobs fail;
+        the next job starts a new one. A job not answered by then is left: its
+        request answers 502, and its late answer is dropped on this thread's
+        next job.
         """
+        if self.failed is not None:
+            _fail(job, self.failed)
+            return
         with self._lock:
-            if self.failed is not None:
-                self._room.release()
-                _fail(jobs, self.failed)
-                return
-            self._in_flight.append((jobs, committed))
+            self.in_flight += 1
         try:
-            self._send(
-                marshal.dumps(
-                    [(job.tenant_id, job.rows, job.received_at_ms, job.probe, job.deadline) for job in jobs]
-                ),
-                deadline,
+            channel = self._channel()
+            channel.sent += 1
+            number = channel.sent
+            payload = marshal.dumps(
+                (number, job.tenant_id, job.rows, job.received_at_ms, job.probe, job.deadline)
             )
-        except TimeoutError as error:
+            _send(channel.sock, payload, job.deadline)
+            answer = channel.answer(number, job.deadline)
+        except TimeoutError as error:  # it took no job within the busy timeout
             log.error("writer process %d took no job within the busy timeout: killed", self.pid)
-            self._fail_all(error)
+            self._failed(error)
             self._process.kill()  # a stopped process dies too; its open transaction rolls back
-        except Exception as error:  # noqa: BLE001 - the child is gone: fail what it holds
-            self._fail_all(error)
-
-    def _send(self, payload: bytes, deadline: float) -> None:
-        """One message, framed as ``Connection.send_bytes`` frames it, without blocking past ``deadline``."""
-        poller = select.poll()
-        poller.register(self._socket, select.POLLOUT)
-        for part in (struct.pack("!i", len(payload)), payload):
-            view = memoryview(part)
-            while view:
-                try:
-                    sent = self._socket.send(view, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError("the writer process took no job in time") from None
-                    poller.poll(left * 1000)
-                    continue
-                view = view[sent:]
-
-    def _receive(self) -> None:
-        while True:
-            try:
-                answers, commits = marshal.loads(self._pipe.recv_bytes())
-            except Exception as error:  # noqa: BLE001 - EOF: the child died (or stop() closed the pipe)
-                self._fail_all(error)
-                return
+            _fail(job, error)
+            return
+        except Exception as error:  # noqa: BLE001 - EOF or a broken socket: the child is gone
+            self._failed(error)
+            _fail(job, error)
+            return
+        finally:
             with self._lock:
-                groups = [self._in_flight.popleft() for _ in answers]
-            groups[0][1](int(commits))
-            for (jobs, _committed), results in zip(groups, answers, strict=True):
-                for job, (outcome, text) in zip(jobs, results, strict=True):
-                    job.outcome = None if outcome is None else StoreOutcome(*outcome)
-                    job.error = None if text is None else StoreError(text)
-                    job.done.set()
-                self._room.release()
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self._idle.notify_all()
+        if answer is None:
+            return  # not answered by the deadline: the store says so
+        _number, outcome, text, commits = answer
+        if commits:
+            committed(commits)
+        job.outcome = None if outcome is None else StoreOutcome(*outcome)
+        job.error = None if text is None else StoreError(text)
+        job.done.set()
 
-    def _fail_all(self, error: BaseException) -> None:
+    def _channel(self) -> "_Channel":
+        """This thread's socket to the child, made and handed over at its first job."""
+        channel: _Channel | None = getattr(self._local, "channel", None)
+        if channel is None:
+            ours, theirs = socket.socketpair()
+            try:
+                with self._control_lock:  # one byte and one descriptor: never waits on the child
+                    self._control.sendmsg([b"c"], [_descriptor(theirs.fileno())], socket.MSG_DONTWAIT)
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            channel = self._local.channel = _Channel(ours)
+        return channel
+
+    def _failed(self, error: BaseException) -> None:
         with self._lock:
             if self.failed is None:
                 log.error("writer process failed: %r", error)
                 self.failed = error
-            groups = list(self._in_flight)
-            self._in_flight.clear()
-        for jobs, _committed in groups:
-            _fail(jobs, error)
-            self._room.release()
 
     def stop(self) -> None:
-        """After the jobs in flight are answered (a minute at most): close the pipe, let the child exit, reap it."""
+        """After the jobs in flight are answered (a minute at most): tell the child to stop, reap it."""
         deadline = time.monotonic() + 60
-        for _ in range(self.IN_FLIGHT):
-            self._room.acquire(timeout=max(0.0, deadline - time.monotonic()))
         with self._lock:
+            while self.in_flight and self.failed is None and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
             if self.failed is None:
                 self.failed = StoreError("the writer process was stopped")
-        # "exit": not EOF, while our receiver still reads the socket.
-        with contextlib.suppress(OSError, ValueError, TimeoutError):
-            self._send(marshal.dumps(None), time.monotonic() + 5)
+        with contextlib.suppress(OSError):
+            self._control.send(b"s", socket.MSG_DONTWAIT)
         try:
             self._process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-        self._receiver.join(timeout=30)  # it reads EOF now that the child is gone
-        self._pipe.close()
-        self._socket.close()
+        self._control.close()
 
 
-def _fail(jobs: list[Job], error: BaseException) -> None:
-    for job in jobs:
-        job.outcome, job.error = None, StoreError(f"writer process failed: {error!r}")
-        job.done.set()
+class _Channel:
+    """One thread's end of its socket pair to the child, and the answers read so far."""
+
+    __slots__ = ("_buffer", "_poller", "sent", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.sent = 0  # the number of this thread's last job
+        self._buffer = bytearray()
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
+
+    def answer(self, number: int, deadline: float) -> tuple[Any, ...] | None:
+        """The answer to job ``number``, or None at ``deadline`` (monotonic); older answers are dropped
+        (their requests gave up). Raises EOFError when the child is gone."""
+        buffer = self._buffer
+        while True:
+            while len(buffer) >= 4:
+                (size,) = _LENGTH.unpack_from(buffer)
+                if len(buffer) < 4 + size:
+                    break
+                answer = marshal.loads(memoryview(buffer)[4 : 4 + size])
+                del buffer[: 4 + size]
+                if answer[0] == number:
+                    return answer  # type: ignore[no-any-return]
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._poller.poll(left * 1000):
+                return None
+            try:
+                chunk = self.sock.recv(4096)  # answers are a few dozen bytes each
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise EOFError("the writer process closed its socket")
+            buffer += chunk
+
+
+def _send(sock: socket.socket, payload: bytes, deadline: float) -> None:
+    """One framed message on a non-blocking socket, without waiting past ``deadline`` (monotonic)."""
+    parts = [memoryview(_LENGTH.pack(len(payload))), memoryview(payload)]
+    poller: select.poll | None = None
+    while parts:
+        try:
+            sent = sock.sendmsg(parts)  # the length and the payload in one call, neither copied
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the writer process took no job in time") from None
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            poller.poll(left * 1000)
+            continue
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts[0])
+            parts.pop(0)
+        if parts:
+            parts[0] = parts[0][sent:]
+
+
+_FD_SPACE = socket.CMSG_SPACE(_INT.size)  # one descriptor's ancillary data
+
+
+def _descriptor(fd: int) -> tuple[int, int, bytes]:
+    """The ancillary data that hands ``fd`` to the process at the other end (``SCM_RIGHTS``)."""
+    return (socket.SOL_SOCKET, socket.SCM_RIGHTS, _INT.pack(fd))
+
+
+def _descriptors(level: int, kind: int, data: bytes) -> list[int]:
+    """The descriptors an ancillary item carries."""
+    if level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS:
+        return []
+    return [fd for (fd,) in _INT.iter_unpack(data[: len(data) - len(data) % _INT.size])]
+
+
+def _fail(job: Job, error: BaseException) -> None:
+    job.outcome, job.error = None, StoreError(f"writer process failed: {error!r}")
+    job.done.set()
 
 
 def writer_main(
@@ -219,10 +278,10 @@ def writer_main(
     log_format: str = "json",
     window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
 ) -> None:
-    """The writer process: receive groups, commit them with the thread writer's own ``Writer``, answer."""
+    """The writer process: take the jobs waiting on the threads' sockets, commit them with the thread
+    writer's own ``Writer`` as one group, answer each on its socket."""
     return_large_blocks()  # the messages are large blocks: see _memory
     configure_logs("warning", log_format)  # its problems, on the same stderr, as serve's lines are
-    pipe = Connection(fd)
     # A terminal's Ctrl-C or a service manager's SIGTERM reaches the whole process group: the
     # parent answers it (it finishes what is in flight, then sends "stop"); this child exits on
     # that message or at the parent's EOF, never halfway through a group.
@@ -236,48 +295,170 @@ def writer_main(
     writer = Writer(
         path, durability.upper(), busy_timeout_ms, builder_cpus=builder_cpus, window_days=window_days
     )
+    inboxes = _Inboxes(socket.socket(fileno=fd))
     conn: sqlite3.Connection | None = None
-    while True:
-        try:
-            received = pipe.recv_bytes()
-            messages = [marshal.loads(received)]
-            # Every group already waiting joins this transaction (one commit for all of them), up
-            # to a size: a few large batches already make a group, and each byte costs ~3 in rows.
-            size = len(received)
-            while messages[-1] is not None and size < _MERGE_MAX_BYTES and pipe.poll():
-                received = pipe.recv_bytes()
-                messages.append(marshal.loads(received))
-                size += len(received)
-        except (EOFError, OSError):
-            break  # the parent died
-        stop = messages[-1] is None  # the parent's stop()
-        groups = [
-            [
-                Job(tenant_id, rows, received_at_ms, probe=probe, deadline=deadline)
-                for tenant_id, rows, received_at_ms, probe, deadline in message
-            ]
-            for message in messages
-            if message is not None
+    stop = False
+    while not stop:
+        # Every job already waiting joins this transaction (one commit for all of them), up to a
+        # size: a few large batches already make a group, and each byte costs ~3 in rows.
+        taken, stop = inboxes.take(_MERGE_MAX_BYTES)
+        if not taken:
+            continue
+        jobs = [
+            Job(tenant_id, rows, received_at_ms, probe=probe, deadline=deadline)
+            for _inbox, (_number, tenant_id, rows, received_at_ms, probe, deadline) in taken
         ]
-        if groups:
-            before = writer.group_commits
-            conn = writer.commit_jobs(conn, [job for jobs in groups for job in jobs])
-            answers = [[_answer(job) for job in jobs] for jobs in groups]
-            try:
-                pipe.send_bytes(marshal.dumps((answers, writer.group_commits - before)))
-            except OSError:
-                break
-        if stop:
-            break
+        before = writer.group_commits
+        conn = writer.commit_jobs(conn, jobs)
+        commits = writer.group_commits - before  # said once, with the first answer
+        for (inbox, message), job in zip(taken, jobs, strict=True):
+            if not inbox.answer((message[0], *_answer(job), commits)):
+                inboxes.drop(inbox)
+            commits = 0
     writer.save_window()  # for the next writer on this database
     writer.release_window()
     writer.close()  # its read-side builder catches up first
     if conn is not None:
         conn.close()
+    inboxes.close()
+
+
+class _Inbox:
+    """The writer process's end of one thread's socket: the jobs read from it, whole or in part."""
+
+    __slots__ = ("_buffer", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+
+    def read(self, scratch: memoryview) -> bool:
+        """What the socket holds now into the buffer, by way of ``scratch``; False at EOF (the
+        thread's socket was closed)."""
+        while True:
+            try:
+                size = self.sock.recv_into(scratch, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not size:
+                return False
+            self._buffer += scratch[:size]
+            if size < len(scratch):
+                return True
+
+    def jobs(self, room: int, first: bool) -> tuple[list[tuple[Any, ...]], int]:
+        """The whole messages buffered, up to ``room`` bytes (``first``: at least one), and their
+        bytes; the rest stays."""
+        found: list[tuple[Any, ...]] = []
+        buffer, start = self._buffer, 0
+        while len(buffer) - start >= 4:
+            (size,) = _LENGTH.unpack_from(buffer, start)
+            end = start + 4 + size
+            if len(buffer) < end or (size > room and not (first and not found)):
+                break
+            found.append(marshal.loads(memoryview(buffer)[start + 4 : end]))
+            room -= size
+            start = end
+        del buffer[:start]
+        return found, start
+
+    def waiting(self) -> bool:
+        """A whole message is buffered."""
+        buffer = self._buffer
+        return len(buffer) >= 4 and len(buffer) >= 4 + _LENGTH.unpack_from(buffer)[0]
+
+    def answer(self, message: tuple[Any, ...]) -> bool:
+        """An answer (a few dozen bytes) back to the thread, never waiting; False if it cannot go.
+
+        The thread that waits for it reads its socket, so there is room; no
+        room means answers of jobs whose requests gave up fill it, and the
+        thread is not waiting: the socket is dropped (its thread takes the EOF
+        for a failed writer process at its next job).
+        """
+        payload = marshal.dumps(message)
+        frame = _LENGTH.pack(len(payload)) + payload
+        try:
+            return self.sock.send(frame, socket.MSG_DONTWAIT) == len(frame)
+        except OSError:  # its thread is gone (or no room)
+            return False
+
+
+class _Inboxes:
+    """The control socket (new threads' sockets, "stop") and the threads' sockets, polled as one."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self._control = control
+        self._poller = select.poll()
+        self._poller.register(control, select.POLLIN)
+        self._inboxes: dict[int, _Inbox] = {}
+        self._scratch = memoryview(bytearray(1 << 20))  # every socket is read through it
+
+    def take(self, max_bytes: int) -> tuple[list[tuple[_Inbox, tuple[Any, ...]]], bool]:
+        """Wait for jobs; take every whole one waiting, up to ``max_bytes``. Also whether to stop
+        (the parent's "stop", or its exit): the jobs taken with it are still committed."""
+        left_over = any(inbox.waiting() for inbox in self._inboxes.values())
+        stop = False
+        for fd, _events in self._poller.poll(0 if left_over else None):
+            if fd == self._control.fileno():
+                stop = self._read_control()
+            elif (inbox := self._inboxes.get(fd)) is not None and not inbox.read(self._scratch):
+                self._drop(fd)
+        if stop:  # what the parent's threads sent before "stop" is read now
+            for fd, inbox in list(self._inboxes.items()):
+                if not inbox.read(self._scratch):
+                    self._drop(fd)
+        taken: list[tuple[_Inbox, tuple[Any, ...]]] = []
+        room = max_bytes
+        for inbox in self._inboxes.values():
+            if room <= 0:
+                break
+            messages, used = inbox.jobs(room, first=not taken)
+            taken.extend((inbox, message) for message in messages)
+            room -= used
+        return taken, stop
+
+    def _read_control(self) -> bool:
+        """The threads' new sockets (their first jobs may be there already), or the parent's "stop"
+        (or its exit: EOF): whether to stop."""
+        while True:
+            try:
+                # (socket.recv_fds and send_fds leave their flags out before Python 3.12)
+                data, ancillary, _flags, _address = self._control.recvmsg(1, _FD_SPACE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            fds = [fd for level, kind, value in ancillary for fd in _descriptors(level, kind, value)]
+            if data != b"c" or not fds:
+                for extra in fds:
+                    os.close(extra)
+                return True  # b"s", or b"" at EOF
+            inbox = self._inboxes[fds[0]] = _Inbox(socket.socket(fileno=fds[0]))
+            self._poller.register(fds[0], select.POLLIN)
+            if not inbox.read(self._scratch):
+                self._drop(fds[0])
+
+    def _drop(self, fd: int) -> None:
+        """A thread's socket at EOF: its thread is gone."""
+        self._poller.unregister(fd)
+        self._inboxes.pop(fd).sock.close()
+
+    def drop(self, inbox: _Inbox) -> None:
+        """A socket that took no answer."""
+        fd = inbox.sock.fileno()
+        if self._inboxes.get(fd) is inbox:
+            self._drop(fd)
+
+    def close(self) -> None:
+        for inbox in self._inboxes.values():
+            inbox.sock.close()
+        self._control.close()
 
 
 def _answer(job: Job) -> tuple[tuple[int, int, int] | None, str | None]:
-    """A job's result as plain values for the pipe: (stored, duplicates, over cap) or None, error text."""
+    """A job's result as plain values for its socket: (stored, duplicates, over cap) or None, error text."""
     outcome = (
         None if job.outcome is None else (job.outcome.stored, job.outcome.duplicates, job.outcome.over_cap)
     )

@@ -106,7 +106,8 @@ class SQLiteStore(Admin):
         )
         self._child_commits = 0  # groups the writer process committed for this store
         self._child: WriterProcess | None = None  # writer="process"
-        self._child_lock = threading.Lock()  # one request at a time hands its job to the child
+        self._child_lock = threading.Lock()  # one thread at a time starts or replaces the child
+        self._commits_lock = threading.Lock()
         if migrate:
             self._migrate()
         if writer == "process":
@@ -292,23 +293,23 @@ class SQLiteStore(Admin):
         """
         deadline = job.deadline = time.monotonic() + timeout
         if self._writer_kind == "process":
-            # Straight into the pipe, no hop through a thread: the child commits every job
-            # already waiting there in one transaction, which is the group commit.
+            # Straight to the child on this thread's socket, no hop through a thread: the child
+            # commits every job waiting on any socket in one transaction, which is the group commit.
             if not self._child_lock.acquire(timeout=timeout):
                 return False
             try:
-                child = self._ready_child(deadline)
-                if child is None:
-                    return False
-                child.submit([job], self._committed, deadline)  # its answer completes the job
+                child = self._ready_child()
             finally:
                 self._child_lock.release()
-        else:
-            self._start_writer()
-            try:
-                self._queue.put(job, timeout=timeout)
-            except queue.Full:  # a stalled writer, its queue full of jobs whose requests gave up
+            if child is None:
                 return False
+            child.submit(job, self._committed)  # answered (done), or left at the deadline
+            return job.done.is_set()
+        self._start_writer()
+        try:
+            self._queue.put(job, timeout=timeout)
+        except queue.Full:  # a stalled writer, its queue full of jobs whose requests gave up
+            return False
         return job.done.wait(max(0.0, deadline - time.monotonic()))
 
     def _start_writer(self) -> None:
@@ -365,27 +366,20 @@ class SQLiteStore(Admin):
         if conn is not None:
             conn.close()
 
-    def _ready_child(self, deadline: float) -> WriterProcess | None:
-        """A live writer process with room for one more job (reserved); None if none can start
-        or none has room before ``deadline`` (monotonic).
-
-        A dead or broken one (its groups already failed: 502) is replaced.
-        """
-        while time.monotonic() < deadline:
-            if self._child is not None and self._child.failed:
-                self._child.stop()
-                self._child = None
-            if self._child is None:
-                try:
-                    self._child = self._start_child()
-                except Exception as error:  # noqa: BLE001 - this group fails, the next tries again
-                    log.error("cannot start the writer process: %s", error)
-                    return None
-            if self._child.reserve(deadline):
-                return self._child
-            if self._child.failed is None:
-                return None  # no room before the deadline: a stalled writer
-        return None
+    def _ready_child(self) -> WriterProcess | None:
+        """A live writer process; None if none can start. A dead or broken one (its jobs already
+        failed: 502) is replaced."""
+        if self._child is not None and self._child.failed:
+            self._child.stop()
+            self._child = None
+        if self._child is None:
+            try:
+                self._child = self._start_child()
+            except Exception as error:  # noqa: BLE001 - this job fails, the next tries again
+                log.error("cannot start the writer process: %s", error)
+                return None
+        return self._child
 
     def _committed(self, commits: int) -> None:
-        self._child_commits += commits  # only the writer process's receiver thread adds
+        with self._commits_lock:  # request threads add, each the commits its answer reported
+            self._child_commits += commits
