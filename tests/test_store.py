@@ -393,6 +393,41 @@ def test_a_group_in_flight_when_the_writer_process_dies_fails(db_path):
     assert count(db_path) == 2
 
 
+def test_a_writer_builds_its_first_window_without_holding_up_the_other_writers(db_path):
+    """A second writer of the file (a gunicorn worker's) builds its dedup window before its first
+    turn: the first writer goes on writing meanwhile, and what it writes then is still caught."""
+    first = SQLiteStore(str(db_path), clock=Clock(DAY0), busy_timeout_ms=2_000)
+    second = SQLiteStore(str(db_path), clock=Clock(DAY0), busy_timeout_ms=30_000)
+    loading, go_on = threading.Event(), threading.Event()
+    load = second._committer._load_window  # noqa: SLF001
+
+    def slow_load(conn: sqlite3.Connection, now_ms: int) -> None:
+        load(conn, now_ms)
+        loading.set()  # the window holds the rows so far; writing the next ones must not wait
+        assert go_on.wait(10)
+
+    second._committer._load_window = slow_load  # type: ignore[method-assign]  # noqa: SLF001
+    outcomes: list[StoreOutcome] = []
+    try:
+        first.write("acme", [row(str(i)) for i in range(100)], DAY0)
+        writing = threading.Thread(
+            target=lambda: outcomes.append(second.write("acme", [row("x"), row("y")], DAY0))
+        )
+        writing.start()
+        assert loading.wait(10)
+        try:
+            assert first.write("acme", [row("x")], DAY0) == StoreOutcome(1)  # within its 2 s: not held up
+        finally:
+            go_on.set()
+        writing.join(timeout=30)
+        assert outcomes == [StoreOutcome(1, duplicates=1)]  # "x", written meanwhile, is caught
+    finally:
+        go_on.set()
+        first.close()
+        second.close()
+    assert count(db_path) == 102
+
+
 def test_a_late_answer_is_not_taken_for_the_next_job(db_path):
     """A job its request gave up on is answered late on the thread's socket: the thread's next job
     takes its own answer, not that one."""

@@ -194,6 +194,8 @@ class Writer:
         """One group in one transaction; on failure every job gets the error. Returns the connection to reuse."""
         try:
             conn = self._write_connection(conn)
+            if self._last_seq < 0:
+                self._load_window_outside_the_turn(conn, max(job.received_at_ms for job in jobs))
             with self._turns.turn(self._busy_timeout_ms / 1000):
                 committed = self._commit_group(conn, jobs)
             if self._checkpointer is None:
@@ -486,6 +488,18 @@ class Writer:
             last_seq,
         )
         return True
+
+    def _load_window_outside_the_turn(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        """This writer's first window, built before its first turn: other writers of the file (a
+        gunicorn worker's) go on writing meanwhile, instead of waiting for it (~1.4 s a million rows
+        from the table). One read transaction makes every read of it one snapshot, so the last seq
+        it records is the last row it indexed; the turn then reads the rows written since
+        (``_catch_up``)."""
+        conn.execute("BEGIN")  # deferred: a snapshot at the first read, no lock
+        try:
+            self._load_window(conn, now_ms)
+        finally:
+            conn.execute("ROLLBACK")  # it only read
 
     def _load_window(self, conn: sqlite3.Connection, now_ms: int) -> None:
         """Index the rows received in the current and previous generation (start-up), or read
