@@ -28,6 +28,7 @@ A sample holds the reason, the request path and the client library
 Imports only the standard library; no web framework, no store.
 """
 
+import functools
 import logging
 import re
 import threading
@@ -103,9 +104,21 @@ def _clean(text: str | None, limit: int) -> str:
     return _CONTROL.sub("?", redact_keys(text))[:limit]
 
 
+_clean_cached = functools.lru_cache(maxsize=4096)(_clean)
+
+
+def _clean_repeated(text: str | None, limit: int) -> str:
+    """``_clean`` for what repeats from one request to the next (paths, User-Agents, key names; not
+    event ids): each is cleaned once. Bounded: 4,096 texts of up to 256 characters are kept, and a
+    client that sends new ones each time only evicts older ones."""
+    if text and len(text) <= 256:
+        return _clean_cached(text, limit)
+    return _clean(text, limit)
+
+
 @dataclass(frozen=True, slots=True)
 class DropSample:
-    at: str  # when the request was handled, UTC
+    at_ms: int  # when the request was handled (shown as UTC by ``at``)
     reason: str
     count: int  # items (or keys, for a strip reason) of this request dropped for this reason
     path: str
@@ -114,8 +127,14 @@ class DropSample:
     # For a strip reason: which stored events lost which keys, (event_id, key names), the first few.
     events: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
+    @property
+    def at(self) -> str:
+        """When the request was handled, UTC: formatted when shown, not for every drop."""
+        return format_ms(self.at_ms)
+
     def as_json(self) -> dict[str, Any]:
-        sample = asdict(self)
+        sample = {"at": self.at, **asdict(self)}
+        del sample["at_ms"]
         sample["keys"] = list(self.keys)
         sample["events"] = [{"event_id": event_id, "keys": list(keys)} for event_id, keys in self.events]
         sample["description"] = describe(self.reason)
@@ -163,12 +182,12 @@ class DropLog:
         names: dict[str, tuple[str, ...]] = {}
         for reason, (count, keys) in (getattr(response, "stripped", None) or {}).items():
             reasons[reason] = reasons.get(reason, 0) + count
-            names[reason] = tuple(_clean(key, MAX_KEY_NAME_CHARS) for key in keys)
+            names[reason] = tuple(_clean_repeated(key, MAX_KEY_NAME_CHARS) for key in keys)
         events: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         for event_id, pairs in getattr(response, "stripped_events", None) or ():
             by_reason: dict[str, list[str]] = {}
             for reason, key in pairs:
-                by_reason.setdefault(reason, []).append(_clean(key, MAX_KEY_NAME_CHARS))
+                by_reason.setdefault(reason, []).append(_clean_repeated(key, MAX_KEY_NAME_CHARS))
             for reason, keys in by_reason.items():
                 events.setdefault(reason, []).append((_clean(event_id, MAX_EVENT_ID_CHARS), tuple(keys)))
         outcome = getattr(response, "outcome", None)
@@ -184,9 +203,8 @@ class DropLog:
         if not reasons:
             return
         now_ms = self._clock_ms()
-        at = format_ms(now_ms)
-        path = _clean(request_path, MAX_PATH_CHARS)
-        library = _clean(user_agent, MAX_LIBRARY_CHARS)
+        path = _clean_repeated(request_path, MAX_PATH_CHARS)
+        library = _clean_repeated(user_agent, MAX_LIBRARY_CHARS)
         with self._lock:
             tenant = self._tenants.get(tenant_id)
             if tenant is None:
@@ -202,7 +220,7 @@ class DropLog:
                     self._pending[(tenant_id, now_ms // MS_PER_DAY, reason)] += count
                 keys = names.get(reason) or REASONS.get(reason, ("", ()))[1]
                 tenant.samples.append(
-                    DropSample(at, reason, count, path, library, keys, tuple(events.get(reason, ())))
+                    DropSample(now_ms, reason, count, path, library, keys, tuple(events.get(reason, ())))
                 )
             if self._sink is not None and self._flusher is None and not self._closed:
                 self._flusher = threading.Thread(target=self._flush_loop, name="drengr-drops", daemon=True)
