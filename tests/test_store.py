@@ -428,6 +428,22 @@ def test_a_writer_builds_its_first_window_without_holding_up_the_other_writers(d
     assert count(db_path) == 102
 
 
+def test_a_job_larger_than_its_socket_buffer_goes_in_parts(db_path):
+    """Two writes of 6,000 rows with long dims (several MB each), through the writer process: each
+    message is sent as the child makes room, and both are stored whole, the second beside a small one."""
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer="process")
+    big = [(*row(f"big-{i}")[:8], json.dumps({"note": f"{i:300}"}), *row("")[9:]) for i in range(6_000)]
+    try:
+        assert store.write("acme", big[:3_000] + big[:3_000], DAY0) == StoreOutcome(3_000, duplicates=3_000)
+        small = threading.Thread(target=store.write, args=("acme", [row("small")], DAY0))
+        small.start()
+        assert store.write("acme", big[3_000:] + big[3_000:], DAY0) == StoreOutcome(3_000, duplicates=3_000)
+        small.join(timeout=30)
+    finally:
+        store.close()
+    assert count(db_path) == 6_001
+
+
 def test_a_late_answer_is_not_taken_for_the_next_job(db_path):
     """A job its request gave up on is answered late on the thread's socket: the thread's next job
     takes its own answer, not that one."""

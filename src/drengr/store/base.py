@@ -12,7 +12,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import metrics
@@ -178,7 +178,9 @@ class Job:
     tenant_id: str
     rows: list[tuple[Any, ...]]
     received_at_ms: int
-    done: threading.Event = field(default_factory=threading.Event)
+    # Set once answered, for a request waiting in another thread than the writer's (the thread
+    # writer's, PostgreSQL's); None where the answer comes back to the request's own thread.
+    done: threading.Event | None = None
     outcome: StoreOutcome | None = None
     error: BaseException | None = None
     probe: bool = False  # no rows: BEGIN IMMEDIATE + ROLLBACK proves we can write (SQLite)

@@ -419,12 +419,13 @@ class PostgresStore(Admin):
     # ------------------------------------------------------------ writes
 
     def write(self, tenant_id: str, rows: list[tuple[Any, ...]], received_at_ms: int) -> StoreOutcome:
-        job = Job(tenant_id, clean_rows(rows), received_at_ms)
+        done = threading.Event()
+        job = Job(tenant_id, clean_rows(rows), received_at_ms, done=done)
         self._start_writers()
         self._queue.put(job)
         # Bounded: a connection attempt and a statement's worth (the writer's own limits). A job
         # answered later is harmless: the client was told 502, and its resend is a duplicate.
-        if not job.done.wait(self._connect_timeout + self._statement_timeout_ms / 1000):
+        if not done.wait(self._connect_timeout + self._statement_timeout_ms / 1000):
             raise StoreError("the database did not answer within the statement timeout")
         if job.outcome is None:
             raise StoreError(str(job.error))
@@ -533,7 +534,8 @@ class PostgresStore(Admin):
             for job in jobs:
                 if job.outcome is None and job.error is None:  # never leave a request waiting
                     job.error = StoreError("the write was not attempted")
-                job.done.set()
+                if job.done is not None:
+                    job.done.set()
         return conn
 
     def _commit_with_retries(

@@ -100,9 +100,9 @@ class WriterProcess:
         self._idle = threading.Condition(self._lock)  # no job in flight
         self.in_flight = 0  # jobs sent whose threads wait for their answers
 
-    def submit(self, job: Job, committed: Callable[[int], None]) -> None:
-        """Send ``job`` and wait for its answer until ``job.deadline``; ``job.done`` is set once answered
-        (outcome or error). ``committed(n)``: the child committed ``n`` groups meanwhile.
+    def submit(self, job: Job, committed: Callable[[int], None]) -> bool:
+        """Send ``job`` and wait for its answer until ``job.deadline``; True once answered (its outcome
+        or its error set). ``committed(n)``: the child committed ``n`` groups meanwhile.
 
         A child that does not take the message by the deadline is stalled: it is
         killed (a half-sent message cannot be taken back) and its jobs fail;
@@ -111,8 +111,7 @@ class WriterProcess:
         next job.
         """
         if self.failed is not None:
-            _fail(job, self.failed)
-            return
+            return _fail(job, self.failed)
         with self._lock:
             self.in_flight += 1
         try:
@@ -128,25 +127,23 @@ class WriterProcess:
             log.error("writer process %d took no job within the busy timeout: killed", self.pid)
             self._failed(error)
             self._process.kill()  # a stopped process dies too; its open transaction rolls back
-            _fail(job, error)
-            return
+            return _fail(job, error)
         except Exception as error:  # noqa: BLE001 - EOF or a broken socket: the child is gone
             self._failed(error)
-            _fail(job, error)
-            return
+            return _fail(job, error)
         finally:
             with self._lock:
                 self.in_flight -= 1
                 if not self.in_flight:
                     self._idle.notify_all()
         if answer is None:
-            return  # not answered by the deadline: the store says so
+            return False  # not answered by the deadline: the store says so
         _number, outcome, text, commits = answer
         if commits:
             committed(commits)
         job.outcome = None if outcome is None else StoreOutcome(*outcome)
         job.error = None if text is None else StoreError(text)
-        job.done.set()
+        return True
 
     def _channel(self) -> "_Channel":
         """This thread's socket to the child, made and handed over at its first job."""
@@ -228,25 +225,31 @@ class _Channel:
 
 def _send(sock: socket.socket, payload: bytes, deadline: float) -> None:
     """One framed message on a non-blocking socket, without waiting past ``deadline`` (monotonic)."""
-    parts = [memoryview(_LENGTH.pack(len(payload))), memoryview(payload)]
-    poller: select.poll | None = None
-    while parts:
-        try:
-            sent = sock.sendmsg(parts)  # the length and the payload in one call, neither copied
-        except BlockingIOError:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the writer process took no job in time") from None
-            if poller is None:
-                poller = select.poll()
-                poller.register(sock, select.POLLOUT)
-            poller.poll(left * 1000)
-            continue
+    header = _LENGTH.pack(len(payload))
+    try:
+        sent = sock.sendmsg((header, payload))  # the length and the payload in one call, neither copied
+    except BlockingIOError:
+        sent = 0
+    if sent == len(header) + len(payload):
+        return
+    parts = [memoryview(header), memoryview(payload)]
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    while True:  # the rest, as the child makes room
         while parts and sent >= len(parts[0]):
             sent -= len(parts[0])
             parts.pop(0)
-        if parts:
-            parts[0] = parts[0][sent:]
+        if not parts:
+            return
+        parts[0] = parts[0][sent:]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the writer process took no job in time")
+        poller.poll(left * 1000)
+        try:
+            sent = sock.sendmsg(parts)
+        except BlockingIOError:
+            sent = 0
 
 
 _FD_SPACE = socket.CMSG_SPACE(_INT.size)  # one descriptor's ancillary data
@@ -264,9 +267,10 @@ def _descriptors(level: int, kind: int, data: bytes) -> list[int]:
     return [fd for (fd,) in _INT.iter_unpack(data[: len(data) - len(data) % _INT.size])]
 
 
-def _fail(job: Job, error: BaseException) -> None:
+def _fail(job: Job, error: BaseException) -> bool:
+    """The job fails with the writer process (answered: True)."""
     job.outcome, job.error = None, StoreError(f"writer process failed: {error!r}")
-    job.done.set()
+    return True
 
 
 def writer_main(

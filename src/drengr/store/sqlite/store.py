@@ -303,14 +303,14 @@ class SQLiteStore(Admin):
                 self._child_lock.release()
             if child is None:
                 return False
-            child.submit(job, self._committed)  # answered (done), or left at the deadline
-            return job.done.is_set()
+            return child.submit(job, self._committed)  # answered, or left at the deadline
         self._start_writer()
+        done = job.done = threading.Event()
         try:
             self._queue.put(job, timeout=timeout)
         except queue.Full:  # a stalled writer, its queue full of jobs whose requests gave up
             return False
-        return job.done.wait(max(0.0, deadline - time.monotonic()))
+        return done.wait(max(0.0, deadline - time.monotonic()))
 
     def _start_writer(self) -> None:
         if self._writer is not None:
@@ -360,7 +360,8 @@ class SQLiteStore(Admin):
                 conn = self._committer.commit_jobs(conn, jobs)
             finally:
                 for job in jobs:
-                    job.done.set()
+                    if job.done is not None:
+                        job.done.set()
             if stop:
                 break
         if conn is not None:
