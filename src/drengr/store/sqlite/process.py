@@ -337,9 +337,10 @@ class _Inbox:
         self._buffer = bytearray()
 
     def read(self, scratch: memoryview) -> bool:
-        """What the socket holds now into the buffer, by way of ``scratch``; False at EOF (the
-        thread's socket was closed)."""
-        while True:
+        """Read the socket, by way of ``scratch``, until the buffer holds a whole message or the
+        socket is empty (what is past that message waits in the socket, not in memory); False at
+        EOF (the thread's socket was closed)."""
+        while not self.waiting():
             try:
                 size = self.sock.recv_into(scratch, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -349,8 +350,7 @@ class _Inbox:
             if not size:
                 return False
             self._buffer += scratch[:size]
-            if size < len(scratch):
-                return True
+        return True
 
     def jobs(self, room: int, first: bool) -> tuple[list[tuple[Any, ...]], int]:
         """The whole messages buffered, up to ``room`` bytes (``first``: at least one), and their
@@ -365,7 +365,10 @@ class _Inbox:
             found.append(marshal.loads(memoryview(buffer)[start + 4 : end]))
             room -= size
             start = end
-        del buffer[:start]
+        if start == len(buffer):
+            self._buffer = bytearray()  # lets go of a large message's memory
+        else:
+            del buffer[:start]
         return found, start
 
     def waiting(self) -> bool:
