@@ -210,3 +210,33 @@ def test_held_bytes_compiled_and_twin_agree():
     assert [module.held_bytes(rows) for module in IMPLEMENTATIONS] == [
         4 * 400 + 3 * 14 + 3 * 2 + 2 + 7
     ] * len(IMPLEMENTATIONS)
+
+
+def test_slim_rows_keep_what_the_builder_reads():
+    """What the builder holds of committed rows: ids, timestamp, dims and library blanked, and the
+    same user index, name blocks and rollups from them as from the whole rows, compiled and twin."""
+    rows = [
+        ("t", f"id-{i}", ["open", "buy"][i % 2], "track", [None, "u1", "ü"][i % 3], f"a-{i}",
+         "2026-12-05T23:59:59.999Z", ["2026-12-05T23:59:59.999Z", "2026-12-06T00:00:00.000Z"][i % 2],
+         json.dumps({"plan": "pro", "n": i}), json.dumps({"revenue": i / 2}) if i % 4 else "{}", "lib")
+        for i in range(30)
+    ]  # fmt: skip
+    for module in IMPLEMENTATIONS:
+        slim = module.slim_rows(rows)
+        assert slim == [(r[0], "", r[2], r[3], r[4], "", "", r[7], "", r[9], "") for r in rows]
+        whole, held = module.UserRows(3, 2), module.UserRows(3, 2)
+        whole.add(7, rows)
+        held.add(7, slim)
+        assert (held.user_seqs(), held.daily_users(), held.name_blocks()) == (
+            whole.user_seqs(),
+            whole.daily_users(),
+            whole.name_blocks(),
+        )
+        from_whole, from_slim = module.Sums(), module.Sums()
+        from_whole.add_rows(rows)
+        from_slim.add_rows(slim)
+        assert (from_slim.event_counts(), from_slim.measure_sums()) == (
+            from_whole.event_counts(),
+            from_whole.measure_sums(),
+        )
+        assert module.held_bytes(slim) < module.held_bytes(rows)

@@ -389,6 +389,14 @@ cdef class UserRows:
                 for at, by_name in self.names.items() for name, span in (<dict>by_name).items()]
 
 
+def slim_rows(list rows):
+    """Stored rows with only the columns Sums.add_rows and UserRows.add read; the others (event id,
+    anonymous id, timestamp, dims, library) are "": what the read side's builder holds of them."""
+    cdef tuple row
+    return [(row[TENANT], "", row[NAME], row[TYPE], row[EXTERNAL_ID], "", "", row[RECEIVED], "",
+             row[MEASURES], "") for row in rows]
+
+
 def held_bytes(list rows):
     """About the memory stored rows (the writer's tuples) hold: ~400 bytes a row, and their dims' and
     measures' characters."""

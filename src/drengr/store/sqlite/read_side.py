@@ -33,9 +33,9 @@ from .locks import open_lock_file
 try:
     if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
         raise ImportError("DRENGR_NO_EXTENSIONS=1")
-    from ..._measures import Sums, UserRows, held_bytes, sum_measures
+    from ..._measures import Sums, UserRows, held_bytes, slim_rows, sum_measures
 except ImportError:  # the extension did not build (or is not wanted); the twin gives the same sums
-    from ..._measures_py import Sums, UserRows, held_bytes, sum_measures  # type: ignore[assignment]
+    from ..._measures_py import Sums, UserRows, held_bytes, slim_rows, sum_measures  # type: ignore[assignment]
 
 log = logging.getLogger("drengr.store")
 
@@ -231,9 +231,10 @@ FEW_USERS = 4
 MANY_USERS_STEPS = 8
 # The users file's layout: one of another (an older drengr's `user_index`, a row per event) is built again.
 USERS_LAYOUT = "2"
-# At most this much memory (``held_bytes``) of the groups its writer committed waits for the builder
-# (~0.5 KB a row of small dims: some 30,000 rows); past it, the builder copies them from the table.
-COMMITTED_BYTES = 16 << 20
+# At most this much memory (``held_bytes``) of the groups its writer committed waits for the builder,
+# held slim (``slim_rows``: ~0.45 KB a row, some 18,000 rows); past it, the builder copies them
+# from the table.
+COMMITTED_BYTES = 8 << 20
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
@@ -428,8 +429,11 @@ class Committed:
         self._lock = threading.Lock()  # the writer adds, the builder takes
 
     def add(self, groups: list[tuple[int, list[Any]]]) -> None:
+        """The groups a writer just committed, ``(first seq, rows)``: their rows held slim
+        (``slim_rows``), so that their dims and ids are let go with the writer's tuples."""
         with self._lock:
-            for first_seq, rows in groups:
+            for first_seq, committed in groups:
+                rows = slim_rows(committed)
                 size = held_bytes(rows)
                 if self._bytes + size > COMMITTED_BYTES:
                     return  # copied from the table instead
