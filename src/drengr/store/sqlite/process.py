@@ -203,12 +203,9 @@ class _Channel:
         (their requests gave up). Raises EOFError when the child is gone."""
         buffer = self._buffer
         while True:
-            while len(buffer) >= 4:
-                (size,) = _LENGTH.unpack_from(buffer)
-                if len(buffer) < 4 + size:
-                    break
-                answer = marshal.loads(memoryview(buffer)[4 : 4 + size])
-                del buffer[: 4 + size]
+            while (end := _message_end(buffer, 0)) > 0:
+                answer = marshal.loads(memoryview(buffer)[4:end])
+                del buffer[:end]
                 if answer[0] == number:
                     return answer  # type: ignore[no-any-return]
             left = deadline - time.monotonic()
@@ -221,6 +218,14 @@ class _Channel:
             if not chunk:
                 raise EOFError("the writer process closed its socket")
             buffer += chunk
+
+
+def _message_end(buffer: bytearray, start: int) -> int:
+    """Where the message framed at ``start`` of ``buffer`` ends, when the buffer holds it whole; else 0."""
+    if len(buffer) - start < _LENGTH.size:
+        return 0
+    end = start + _LENGTH.size + _LENGTH.unpack_from(buffer, start)[0]
+    return end if len(buffer) >= end else 0
 
 
 def _send(sock: socket.socket, payload: bytes, deadline: float) -> None:
@@ -357,10 +362,9 @@ class _Inbox:
         bytes; the rest stays."""
         found: list[tuple[Any, ...]] = []
         buffer, start = self._buffer, 0
-        while len(buffer) - start >= 4:
-            (size,) = _LENGTH.unpack_from(buffer, start)
-            end = start + 4 + size
-            if len(buffer) < end or (size > room and not (first and not found)):
+        while (end := _message_end(buffer, start)) > 0:
+            size = end - start - 4
+            if size > room and not (first and not found):
                 break
             found.append(marshal.loads(memoryview(buffer)[start + 4 : end]))
             room -= size
@@ -373,8 +377,7 @@ class _Inbox:
 
     def waiting(self) -> bool:
         """A whole message is buffered."""
-        buffer = self._buffer
-        return len(buffer) >= 4 and len(buffer) >= 4 + _LENGTH.unpack_from(buffer)[0]
+        return _message_end(self._buffer, 0) > 0
 
     def answer(self, message: tuple[Any, ...]) -> bool:
         """An answer (a few dozen bytes) back to the thread, never waiting; False if it cannot go.
