@@ -450,6 +450,10 @@ def test_nul_and_lone_surrogates_never_reach_the_database(pg: PostgresStore, pg_
     assert clean_json('{"a": "\\ud83d\\ude00", "b": "\\ud83d"}') == '{"a": "\U0001f600", "b": "\ufffd"}'
     rows = [row("x")]
     assert clean_rows(rows) is rows  # the usual case costs no copy
+    # A NUL beside a None, and beside a value that is not a string, is found all the same.
+    odd = (*row("y")[:4], None, "i\x00", *row("y")[6:])
+    assert clean_rows([odd])[0][4:6] == (None, "i\ufffd")
+    assert clean_rows([(*odd[:10], 7)])[0][5:] == ("i\ufffd", *odd[6:10], 7)
 
 
 def test_nul_and_surrogates_through_the_app_are_200(pg: PostgresStore, pg_dsn: str) -> None:

@@ -13,27 +13,35 @@ across nodes is decided by PostgreSQL itself, inside the write transaction:
   at its right edge (seq only increases) and serves the read API's newest-first
   pages and cursors.
 - Dedup is a side table ``event_ids (tenant_id, event_id, gen)`` whose primary
-  key is ``(tenant_id, event_id)``. A write inserts the batch's ids with
-  ``INSERT … ON CONFLICT DO NOTHING RETURNING``: what comes back is new, the
-  rest are duplicates. Two nodes inserting the same id at once are serialised
-  by the unique index (the second waits for the first to commit or roll back),
-  so dedup is exact across nodes. ``gen`` is the 7-day generation of receipt
-  by the database's clock (or the node's, when that is later); generations
-  older than the previous one (less a day of clock margin) by the database's
-  clock are deleted by ``prune()`` (found through a BRIN index on ``gen``),
-  which a writer runs every ``PRUNE_EVERY_SECONDS``: the dedup index holds
-  7–15 days of ids, not all of history, so its size — and the write rate —
-  stays flat. No node's clock decides what is forgotten: a node whose clock
-  runs ahead or behind neither prunes others' ids early nor stamps its own
-  to be pruned early (docs/mapping.md "Deduplication when the clock is wrong").
+  key is ``(tenant_id, event_id)``. A write copies the group's ids into it
+  (``COPY``, in a savepoint), as if all were new: usually they are, and a COPY
+  costs about half of an ``INSERT … ON CONFLICT DO NOTHING``, which looks each
+  id up before inserting it. When one is there already, the key refuses the
+  COPY, the savepoint is rolled back, and ``INSERT … ON CONFLICT DO NOTHING
+  RETURNING`` inserts the ids again: what comes back is new, the rest are
+  duplicates. Two nodes inserting the same id at once are serialised by the
+  unique index (the second waits for the first to commit or roll back), so
+  dedup is exact across nodes. ``gen`` is the day of receipt by the
+  database's clock (or the node's, when that is later); ids older than the
+  previous generation of the window (less a day of clock margin) by the
+  database's clock are deleted by ``prune()`` (found through a BRIN index on
+  ``gen``), which a writer runs every ``PRUNE_EVERY_SECONDS``: the dedup index
+  holds one to two windows of ids, not all of history, so its size — and the
+  write rate — stays flat. No node's clock decides what is forgotten: a node
+  whose clock runs ahead or behind neither prunes others' ids early nor stamps
+  its own to be pruned early (docs/mapping.md "Deduplication when the clock is
+  wrong").
 - Daily-cap metering locks the group's ``daily_usage`` rows, one (tenant, day)
   at a time (``SELECT … FOR UPDATE``), adds what fits and releases the locks at
   COMMIT: exact across nodes. An item dropped over the cap is also taken out of
   ``event_ids``, so a later resend is not mistaken for a duplicate. It runs in a savepoint and fails open (an error there
   rolls back only the metering; the events are stored).
 - Lock order is fixed — event ids sorted by ``(tenant_id, event_id)``, then
-  usage rows sorted by ``(tenant_id, day)`` — so concurrent writers cannot
-  deadlock each other; a deadlock or serialization failure is retried anyway.
+  usage rows sorted by ``(tenant_id, day)`` — so concurrent writers do not
+  deadlock each other (the COPY sorts by code point, the INSERT by the
+  column's collation: under a collation other than ``C`` or ``C.UTF-8`` a
+  group with a duplicate may, rarely, meet another in the other order); a
+  deadlock or serialization failure is retried.
 - Group commit: ``writers`` threads (each with its own connection) take
   whatever requests are waiting and write them in one transaction.
 

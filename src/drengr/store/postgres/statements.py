@@ -156,19 +156,18 @@ _ADD_USAGE = """
     UPDATE daily_usage SET events = events + %s WHERE tenant_id = %s AND day = %s"""
 # The database's day: whole days since the epoch, by its clock.
 _DB_DAY = "floor(extract(epoch FROM statement_timestamp()) / 86400)::int"
-# The write path's ids: stamped (event_ids.gen) with the later of the node's day of receipt and the database's.
-_NEW_IDS = f"""
+# The write path's ids, stamped (event_ids.gen) with the later of the node's day of receipt and the
+# database's: each group starts with ``_TURN_AND_DAY`` (the writers' turn, ``_WRITE_TURN``, taken
+# before the group's first seq; ``_DAY`` without the read side), then copies its ids in (``_COPY_IDS``,
+# in a savepoint). Only when one of them is there already does ``_INSERT_NEW_IDS`` say which.
+_TURN_AND_DAY = f"SELECT pg_advisory_xact_lock_shared(%s), {_DB_DAY}"
+_DAY = f"SELECT {_DB_DAY}"
+_COPY_IDS = "COPY event_ids (tenant_id, event_id, gen) FROM STDIN"
+_INSERT_NEW_IDS = """
     INSERT INTO event_ids (tenant_id, event_id, gen)
-    SELECT k.t, k.e, greatest(%b::int, {_DB_DAY})
-    FROM {{}}unnest(%b::text[], %b::text[]) AS k(t, e) ORDER BY k.t, k.e
+    SELECT k.t, k.e, %b::int FROM unnest(%b::text[], %b::text[]) AS k(t, e) ORDER BY k.t, k.e
     ON CONFLICT DO NOTHING
     RETURNING tenant_id, event_id"""
-_INSERT_NEW_IDS = _NEW_IDS.format("")
-# The same, in the writers' turn (``_WRITE_TURN``) taken first, in the same round trip: every group
-# that copies rows has ids to insert, and takes the lock before its first seq.
-_INSERT_NEW_IDS_IN_TURN = (
-    "WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(%b::bigint))" + _NEW_IDS.format("turn, ")
-)
 # Ids received before the previous generation began, by the database's clock less a day of margin:
 # generations are the window's length (%(days)s) long, numbered as ``generation()`` does (day / days),
 # so an id is kept for at least the window and at most twice it, and a day.

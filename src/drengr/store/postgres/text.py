@@ -78,7 +78,11 @@ def clean_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     The whole batch is tested at once (one join, memory-speed scans); only a
     suspect batch is looked at row by row.
     """
-    if not _suspect("\x1f".join(map(str, itertools.chain.from_iterable(rows)))):
+    try:  # their strings (None and "" left out: nothing to replace there)
+        text = "\x1f".join(filter(None, itertools.chain.from_iterable(rows)))
+    except TypeError:  # a value that is not a string
+        text = "\x1f".join(map(str, itertools.chain.from_iterable(rows)))
+    if not _suspect(text):
         return rows
     return [_clean_row(row) for row in rows]
 
