@@ -384,6 +384,29 @@ def test_dedup_is_exact_across_nodes_under_concurrency(pg_dsn: str) -> None:
     assert query(pg_dsn, "SELECT count(DISTINCT event_id) FROM semantic_events") == [(600,)]
 
 
+def test_a_step_whose_seq_the_user_index_holds_already_is_built_all_the_same(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The builder inserts a step's users without looking for them first (one builder at a time, past
+    every seq indexed); one found there all the same (a backfill that overlapped, a hand's insert)
+    takes the step again, leaving those alone: the read side moves on, each entry once."""
+    from drengr.store.postgres.store import build_read_side
+
+    monkeypatch.setattr(PostgresStore, "builds_read_side", False)  # built below, by hand
+    store = PostgresStore(pg_dsn, clock=Clock(DAY0))
+    store.write("acme", [row(str(i)) for i in range(20)], DAY0)
+    store.close()
+    [(low, high)] = query(pg_dsn, "SELECT min(seq), max(seq) FROM semantic_events")
+    query(pg_dsn, "INSERT INTO user_index (tenant_id, external_id, seq) VALUES ('acme', 'u', %s)", (low + 5,))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert build_read_side(conn) == 20
+    assert query(pg_dsn, "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM user_index") == [
+        (20, 20, low, high)
+    ]
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'read_side_seq'") == [(str(high),)]
+    assert query(pg_dsn, "SELECT sum(events) FROM event_rollups") == [(20,)]
+
+
 # --------------------------------------------------------------------------- the daily cap
 
 

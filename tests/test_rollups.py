@@ -1001,6 +1001,7 @@ def test_postgresql_pages_and_stats_equal_the_rows_chosen_one_by_one(monkeypatch
 
     # Name blocks of 16 rows, built and read, so that a page crosses several.
     monkeypatch.setattr(pg_store, "_BUILD_STEP", _build_step_sql(BLOCK_BITS))
+    monkeypatch.setattr(pg_store, "_BUILD_STEP_AGAIN", _build_step_sql(BLOCK_BITS, new=False))
     monkeypatch.setattr(rollups, "NAME_BLOCK_BITS", BLOCK_BITS)
     monkeypatch.setattr(reader_events, "NAME_BLOCKS_AT_ONCE", 2)
     with pg.fresh_schema() as dsn:

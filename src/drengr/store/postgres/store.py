@@ -36,6 +36,7 @@ from .statements import (
     _BACKFILL_INDEXES,
     _BACKFILL_ROLLUPS,
     _BUILD_STEP,
+    _BUILD_STEP_AGAIN,
     _CAP,
     _COPY_EVENTS,
     _COPY_IDS,
@@ -102,7 +103,11 @@ def build_read_side(conn: psycopg.Connection[Any]) -> int:
                 # Derived: a step lost to a crash is counted again (with its mark, in the same
                 # transaction), so its commit does not wait for the disk.
                 conn.execute("SET LOCAL synchronous_commit = off")
-                conn.execute(_BUILD_STEP, {"low": low, "high": high})
+                try:
+                    with conn.transaction():  # a savepoint
+                        conn.execute(_BUILD_STEP, {"low": low, "high": high})
+                except pg_errors.UniqueViolation:  # a seq the user index holds already
+                    conn.execute(_BUILD_STEP_AGAIN, {"low": low, "high": high})
                 conn.execute("UPDATE drengr_meta SET value = %s WHERE key = 'read_side_seq'", (str(high),))
             done += high - low
     finally:
