@@ -103,16 +103,17 @@ def server(
         env["PYTHONPATH"] = os.pathsep.join(
             [str(Path(__file__).with_name("without_read_side")), env["PYTHONPATH"]]
         )
+    store = ("--store", extra[extra.index("--store") + 1]) if "--store" in extra else ("--db", str(db))
     if kind in (*WRITERS, "gunicorn"):
         created = subprocess.run(
-            [sys.executable, "-m", "drengr", "keys", "create", "--tenant", "bench", "--db", str(db)],
+            [sys.executable, "-m", "drengr", "keys", "create", "--tenant", "bench", *store],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         key = created.stdout.strip()
         if before is not None:
             before(db)
     if kind in WRITERS:
-        args = [*(pinned(0) if pin else []), sys.executable, "-m", "drengr", "serve", "--db", str(db),
+        args = [*(pinned(0) if pin else []), sys.executable, "-m", "drengr", "serve", *(() if "--store" in extra else store),
                 "--port", str(port), "--threads", THREADS, "--writer", WRITERS[kind], "--log-level", "warning",
                 *extra]  # fmt: skip
         if kind == "drengr-process" and pin and pinned(1):  # the writer process beside wrk, not on core 0
@@ -273,6 +274,91 @@ def bench_http_matrix(benchmark: Any, tmp_path: Path) -> None:
         if "stored" in r:  # every ack stored; at most one in-flight request per connection per load beyond
             acked = r["requests"] + r["warmup_requests"]
             assert r["events"] * acked <= r["stored"] <= r["events"] * (acked + 2 * r["c"]), r
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def bench_http_postgres(benchmark: Any, tmp_path: Path) -> None:
+    """`drengr serve --store postgresql://…` (its defaults) under 100-event batches at c=8 and c=32,
+    the server on core 0 and wrk on core 1 (PostgreSQL where the system puts it), against its floor:
+    a COPY of the very rows it stored, in the order it stored them, into a copy of its table (the same
+    indexes), 2,500 rows a transaction, measured right after each load. Rounds alternate with the
+    floor; each ratio is read within its round. Needs a server: DRENGR_TEST_POSTGRES_DSN, or
+    ``.ci/postgres.sh`` (fsync on: ``PG_EXTRA_OPTS=`` empty)."""
+    if benchmark.disabled:
+        pytest.skip("timed run only: python -m pytest bench/bench_http.py -k postgres --benchmark-enable -s")
+    try:
+        import psycopg
+
+        from tests.support.postgres import server_dsn, with_schema
+    except ImportError as error:  # pragma: no cover - psycopg is in the `test` extra
+        pytest.skip(f"needs psycopg and tests/ ({error})")
+    rounds = int(os.environ.get("DRENGR_BENCH_PG_ROUNDS", "3"))
+    found: dict[int, list[tuple[float, float]]] = {}
+
+    def cells() -> None:
+        for _ in range(rounds):
+            for connections in (8, 32):
+                schema = f"bench_{uuid.uuid4().hex[:12]}"
+                with psycopg.connect(server_dsn(), autocommit=True) as conn:
+                    conn.execute(f"CREATE SCHEMA {schema}")
+                dsn = with_schema(server_dsn(), schema)
+                try:
+                    with server("drengr-process", tmp_path, extra=("--store", dsn)) as (
+                        port,
+                        key,
+                        _,
+                        _,
+                    ):
+                        warm = wrk(port, key, 100, connections, WARMUP_SECONDS)
+                        cell = wrk(port, key, 100, connections, SECONDS)
+                    assert warm["non_2xx"] == cell["non_2xx"] == cell["socket_errors"] == 0, cell
+                    rows = _postgres_rows(dsn)
+                    acked = cell["requests"] + warm["requests"]
+                    assert 100 * acked <= len(rows) <= 100 * (acked + 2 * connections)
+                    found.setdefault(connections, []).append((cell["events_per_s"], _copy_floor(dsn, rows)))
+                finally:
+                    with psycopg.connect(server_dsn(), autocommit=True) as conn:
+                        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+    benchmark.pedantic(cells, rounds=1, iterations=1)
+    print(f"\n`drengr serve --store postgresql://…`, 100-event batches, {rounds} rounds, against a COPY "
+          "of the same rows in 2,500-row transactions:")  # fmt: skip
+    for connections, pairs in found.items():
+        ratios = ", ".join(f"{rate / floor:.2f}" for rate, floor in pairs)
+        print(f"c={connections}: {statistics.median(r for r, _ in pairs):,.0f} events/s, floor "
+              f"{statistics.median(f for _, f in pairs):,.0f} rows/s (medians); round by round {ratios}")  # fmt: skip
+
+
+def _postgres_rows(dsn: str) -> list[tuple[Any, ...]]:
+    """The rows a server stored, in the order of their seq, as it handed them to COPY."""
+    import psycopg
+
+    from drengr.store.postgres.statements import EVENT_COLUMNS
+
+    columns = ", ".join(f"{c}::text" if c in ("dims", "measures") else c for c in EVENT_COLUMNS)
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT {columns} FROM semantic_events ORDER BY seq").fetchall()
+
+
+def _copy_floor(dsn: str, rows: list[tuple[Any, ...]]) -> float:
+    """Rows/s of a bare COPY of ``rows`` into an empty copy of ``semantic_events``, 2,500 a transaction."""
+    import psycopg
+
+    from drengr.store.postgres.statements import EVENT_COLUMNS
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE floor_events (LIKE semantic_events INCLUDING ALL)")
+        copy_sql = f"COPY floor_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
+        started = time.perf_counter()
+        for first in range(0, len(rows), 2_500):
+            with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                for row in rows[first : first + 2_500]:
+                    copy.write_row(row)
+        elapsed = time.perf_counter() - started
+        copied = conn.execute("SELECT count(*) FROM floor_events").fetchone()[0]  # type: ignore[index]
+    assert copied == len(rows)
+    return len(rows) / elapsed
 
 
 Cells = dict[tuple[int, int], dict[str, list[dict[str, Any]]]]  # (events, c) → placement → wrk's results

@@ -132,6 +132,50 @@ def bench_sqlite_write_same_run(benchmark: Any, tmp_path: Path) -> None:
     store.close()
 
 
+BUILD_ROWS = int(os.environ.get("DRENGR_BENCH_PG_BUILD_ROWS", "160000"))
+
+
+@pytest.mark.parametrize("users", [50_000, 100], ids=["50,000 users", "100 users"])
+def bench_postgres_read_side_builder(
+    benchmark: Any, schema_dsn: str, monkeypatch: pytest.MonkeyPatch, users: int
+) -> None:
+    """The read side's builder (``build_read_side``) over BUILD_ROWS rows stored without it: wall time and
+    PostgreSQL's CPU a row (its backend's, from /proc: a server on this machine), steps as it takes them.
+    ``bench_read.py``'s rows, received a second apart every 100, their users among 50,000 (nearly all
+    different in a step) or the same 100."""
+    from drengr.store.postgres import store as pg_store
+
+    from .bench_read import synthetic_rows
+
+    monkeypatch.setattr(pg_store.PostgresStore, "builds_read_side", False)  # the writes alone first
+    store = pg_store.PostgresStore(schema_dsn, clock=lambda: NOW_MS / 1000)
+    total = 5_000 if benchmark.disabled else BUILD_ROWS
+    rows = synthetic_rows(0, total)
+    for first in range(0, total, ROWS_PER_BATCH):
+        # Received a second apart every 100 rows, as bench_read.py's ingest rounds stamp their batches.
+        batch = [(*row[:4], f"u{n % users}", row[5], *[format_ms(NOW_MS + n // 100 * 1_000)] * 2, *row[8:])
+                 for n, row in enumerate(rows[first : first + ROWS_PER_BATCH], start=first)]  # fmt: skip
+        store.write("acme", batch, NOW_MS)
+    store.close()
+    conn = psycopg.connect(schema_dsn, autocommit=True)
+    stat = Path(f"/proc/{conn.info.backend_pid}/stat")
+
+    def cpu_seconds() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split() if stat.exists() else ["0"] * 13
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_seconds()
+    built = benchmark.pedantic(lambda: pg_store.build_read_side(conn), rounds=1, iterations=1)
+    used = cpu_seconds() - before
+    conn.close()
+    assert built == total
+    benchmark.extra_info["rows"] = total
+    benchmark.extra_info["backend_cpu_us_a_row"] = round(used / total * 1e6, 2) if stat.exists() else None
+    if not benchmark.disabled:
+        print(f"\nthe builder, {total:,} rows, {users:,} users: {benchmark.stats.stats.mean / total * 1e6:.2f} µs "
+              f"a row; PostgreSQL's CPU {used / total * 1e6:.2f} µs a row" if stat.exists() else "")  # fmt: skip
+
+
 READ_ROWS = int(os.environ.get("DRENGR_BENCH_PG_READ_ROWS", "2000000"))
 
 
