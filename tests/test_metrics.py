@@ -169,6 +169,72 @@ def test_names_follow_prometheus_conventions(tmp_path):
         assert not name.endswith(("_ms", "_milliseconds", "_kb", "_mb")), name  # base units
 
 
+def _stored_now(db: Path, count: int) -> None:
+    """``count`` rows received now (in the dedup window's current generation), written before any server starts."""
+    from drengr import clock
+    from drengr.core.timestamps import format_ms
+
+    now_ms = clock.now_ms()
+    received = format_ms(now_ms)
+    rows = [
+        ("acme", f"early-{i}", "e", "track", "u", "u", received, received, "{}", "{}", None)
+        for i in range(count)
+    ]
+    store = SQLiteStore(str(db))
+    try:
+        assert store.write("acme", rows, now_ms).stored == count
+    finally:
+        store.close()
+
+
+def _window_ids_without_a_request(
+    port: int, process: subprocess.Popen[bytes], log: Path, want: float
+) -> float:
+    """Scrape /metrics (it never touches the store: no probe, no write) until the dedup window holds
+    ``want`` ids, within the hang guard; what it held last."""
+    deadline = time.monotonic() + HANG_GUARD_SECONDS
+    held = -1.0
+    while held != want and time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            status, _, text = scrape(port)
+            held = value(samples(text), "drengr_dedup_window_ids") if status == 200 else held
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.1)
+    return held
+
+
+@pytest.mark.parametrize("server", ["serve", "gunicorn"])
+def test_a_starting_server_builds_its_dedup_window_before_any_request(tmp_path, server):
+    """serve (its writer in a process) and each gunicorn worker (a writer thread) have their writer
+    build the dedup window as they start, from the rows already stored: not in the first request,
+    which would wait for it (and under gunicorn, every request behind it in that worker)."""
+    db = tmp_path / "warm.db"
+    key = create_db(db)
+    _stored_now(db, 300)
+    port = free_port()
+    log = tmp_path / f"{server}.log"
+    if server == "serve":
+        command = [sys.executable, "-m", "drengr", "serve", "--db", str(db), "--port", str(port)]
+        env = child_env({})
+    else:
+        folder = tmp_path / "prometheus"
+        folder.mkdir()
+        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "2",
+                   "-b", f"127.0.0.1:{port}", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "wsgi:application"]  # fmt: skip
+        env = child_env({"DRENGR_DB": str(db), "PROMETHEUS_MULTIPROC_DIR": str(folder)})
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        held = _window_ids_without_a_request(port, process, log, 300)
+    finally:
+        process.terminate()
+        process.wait(timeout=HANG_GUARD_SECONDS)
+    assert held == 300, log.read_text()
+    assert key not in log.read_text()
+
+
 def test_gunicorn_workers_add_up_in_one_scrape(tmp_path):
     """Two gunicorn workers share PROMETHEUS_MULTIPROC_DIR: every scrape (whichever worker answers) sums both."""
     db = tmp_path / "gunicorn.db"

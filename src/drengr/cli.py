@@ -472,6 +472,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server_log = logging.getLogger("drengr.server")
     prepared = prepare(config)
+    prepared.store.warm()  # its writer builds the dedup window now, not in the first request
     if prepared.new_key:
         server_log.info("New database: created tenant 'default'; its publishable key is on stdout.")
         sys.stderr.flush()

@@ -276,6 +276,9 @@ class PostgresStore(Admin):
     def _clean(self, text: str) -> str:
         return str(clean_text(text))
 
+    def warm(self) -> None:
+        """Nothing to build before the first request: the dedup window is the database's table."""
+
     def writable(self) -> bool:
         """True when the database answers and is not a read-only standby."""
         try:

@@ -67,6 +67,10 @@ def free_bytes(path: str) -> int | None:
     return stat.f_bavail * stat.f_frsize
 
 
+# How long warm()'s probe waits for the writer to build its window (35M ids take ~45 s).
+WARM_UP_SECONDS = 300.0
+
+
 class SQLiteStore(Admin):
     """Implements ``drengr.store.base.Store`` on one SQLite file."""
 
@@ -282,6 +286,17 @@ class SQLiteStore(Admin):
             log.warning("store not writable: %d bytes free beside %s", free, self.path)
             return False
         return True
+
+    def warm(self) -> None:
+        """Have the writer start now and build its dedup window before the first request comes
+        (``drengr serve`` and ``wsgi.py`` call it as they start): a probe, sent from a thread of its
+        own and not waited for. Left to the first request, a window of many rows (~1.4 s a million)
+        is built while that request and those behind it wait; under gunicorn, a worker whose first
+        request came late held its own requests that long."""
+        job = Job("", [], int(self._clock() * 1000), probe=True)
+        threading.Thread(
+            target=self._submit, args=(job, WARM_UP_SECONDS), name="drengr-warm-up", daemon=True
+        ).start()
 
     def _submit(self, job: Job, timeout: float) -> bool:
         """Hand ``job`` to the writer; True once it is answered, False if ``timeout`` s passed first.

@@ -305,8 +305,7 @@ class Writer:
             closed.take_finished()
         metrics.metric("commit_seconds").observe(time.perf_counter() - started)
         metrics.metric("group_rows").observe(sum(len(job.rows) for job in work))
-        metrics.metric("dedup_ids").set(sum(len(index) for index in self._window))
-        metrics.metric("dedup_bytes").set(sum(index.memory_bytes for index in self._window))
+        self._report_window()
         return [(seq, rows) for _fps, seq, rows in additions]
 
     def _apply_group(
@@ -500,6 +499,11 @@ class Writer:
             self._load_window(conn, now_ms)
         finally:
             conn.execute("ROLLBACK")  # it only read
+        self._report_window()
+
+    def _report_window(self) -> None:
+        metrics.metric("dedup_ids").set(sum(len(index) for index in self._window))
+        metrics.metric("dedup_bytes").set(sum(index.memory_bytes for index in self._window))
 
     def _load_window(self, conn: sqlite3.Connection, now_ms: int) -> None:
         """Index the rows received in the current and previous generation (start-up), or read
