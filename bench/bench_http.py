@@ -121,7 +121,8 @@ def server(
     elif kind == "gunicorn":
         env["DRENGR_DB"] = str(db)
         args = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", THREADS,
-                "-b", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:application"]  # fmt: skip
+                "-b", f"127.0.0.1:{port}", "--log-level", "warning", "-c", "deploy/gunicorn.conf.py",
+                "wsgi:application"]  # fmt: skip
     else:
         app = {"bare-wsgi": "bench.bare_apps:bare", "bare-flask": "bench.bare_apps:flask_app"}[kind]
         args = [*pinned(0), sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", f"--threads={THREADS}",

@@ -5,6 +5,12 @@ With several workers, each counts its own requests: PROMETHEUS_MULTIPROC_DIR
 ``GET /metrics`` add them all up, whichever worker answers the scrape. When a
 worker exits, its live gauges stop counting (prometheus_client's
 ``mark_process_dead``); its counters stay in the sums.
+
+Each worker's writer builds its dedup window as the worker starts, as
+``drengr serve``'s does, instead of in the worker's first request (which, with
+a window of millions of ids, would wait seconds, and the requests behind it
+too). Not on import of ``wsgi.py``: with ``--preload`` that runs in gunicorn's
+master, and the writer's threads would not survive the fork into the workers.
 """
 
 from drengr import metrics
@@ -12,3 +18,9 @@ from drengr import metrics
 
 def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
     metrics.process_exited(worker.pid)
+
+
+def post_worker_init(worker):
+    from drengr.web.state import state_of
+
+    state_of(worker.wsgi).store.warm()

@@ -205,11 +205,13 @@ def _window_ids_without_a_request(
     return held
 
 
-@pytest.mark.parametrize("server", ["serve", "gunicorn"])
+@pytest.mark.parametrize("server", ["serve", "gunicorn", "gunicorn --preload"])
 def test_a_starting_server_builds_its_dedup_window_before_any_request(tmp_path, server):
-    """serve (its writer in a process) and each gunicorn worker (a writer thread) have their writer
-    build the dedup window as they start, from the rows already stored: not in the first request,
-    which would wait for it (and under gunicorn, every request behind it in that worker)."""
+    """serve (its writer in a process) and each gunicorn worker (a writer thread; with
+    deploy/gunicorn.conf.py, and --preload too: the app made in the master, the writer in each worker)
+    have their writer build the dedup window as they start, from the rows already stored: not in the
+    first request, which would wait for it (and under gunicorn, every request behind it in that
+    worker). Then they write."""
     db = tmp_path / "warm.db"
     key = create_db(db)
     _stored_now(db, 300)
@@ -222,12 +224,15 @@ def test_a_starting_server_builds_its_dedup_window_before_any_request(tmp_path, 
         folder = tmp_path / "prometheus"
         folder.mkdir()
         command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "2",
-                   "-b", f"127.0.0.1:{port}", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "wsgi:application"]  # fmt: skip
+                   "-b", f"127.0.0.1:{port}", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "wsgi:application",
+                   *server.split()[1:]]  # fmt: skip
         env = child_env({"DRENGR_DB": str(db), "PROMETHEUS_MULTIPROC_DIR": str(folder)})
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
         held = _window_ids_without_a_request(port, process, log, 300)
+        bodies = [{"event": "after", "userId": "u", "messageId": f"after-{i}"} for i in range(8)]
+        assert [post(port, "/v1/track", body, basic(key)) for body in bodies] == [200] * 8
     finally:
         process.terminate()
         process.wait(timeout=HANG_GUARD_SECONDS)

@@ -26,8 +26,6 @@ try:
     application = create_app(Config.from_env())
 except (SettingError, StoreError) as error:
     raise SystemExit(f"drengr: {error}") from None
-# As `drengr serve` does: the writer builds its dedup window now, not in the worker's first request.
-state_of(application).store.warm()
 
 
 @atexit.register
