@@ -103,7 +103,8 @@ def server(
         env["PYTHONPATH"] = os.pathsep.join(
             [str(Path(__file__).with_name("without_read_side")), env["PYTHONPATH"]]
         )
-    store = ("--store", extra[extra.index("--store") + 1]) if "--store" in extra else ("--db", str(db))
+    on_postgres = "--store" in extra  # its rows go there (serve takes it from extra), else to db
+    store = ("--store", extra[extra.index("--store") + 1]) if on_postgres else ("--db", str(db))
     if kind in (*WRITERS, "gunicorn"):
         created = subprocess.run(
             [sys.executable, "-m", "drengr", "keys", "create", "--tenant", "bench", *store],
@@ -113,7 +114,7 @@ def server(
         if before is not None:
             before(db)
     if kind in WRITERS:
-        args = [*(pinned(0) if pin else []), sys.executable, "-m", "drengr", "serve", *(() if "--store" in extra else store),
+        args = [*(pinned(0) if pin else []), sys.executable, "-m", "drengr", "serve", *(() if on_postgres else store),
                 "--port", str(port), "--threads", THREADS, "--writer", WRITERS[kind], "--log-level", "warning",
                 *extra]  # fmt: skip
         if kind == "drengr-process" and pin and pinned(1):  # the writer process beside wrk, not on core 0
