@@ -284,9 +284,11 @@ def bench_http_postgres(benchmark: Any, tmp_path: Path) -> None:
     """`drengr serve --store postgresql://…` (its defaults) under 100-event batches at c=8 and c=32,
     the server on core 0 and wrk on core 1 (PostgreSQL where the system puts it), against its floor:
     a COPY of the very rows it stored, in the order it stored them, into a copy of its table (the same
-    indexes), 2,500 rows a transaction, measured right after each load. Rounds alternate with the
-    floor; each ratio is read within its round. Needs a server: DRENGR_TEST_POSTGRES_DSN, or
-    ``.ci/postgres.sh`` (fsync on: ``PG_EXTRA_OPTS=`` empty)."""
+    indexes), 2,500 rows a transaction, measured right after each load; and the same server without
+    its read side (``without_read_side/``), in pairs whose order alternates, a rate counting the
+    builder's catch-up after the load as ``bench_http_read_side`` does. Each ratio is read within its
+    round. Needs a server: DRENGR_TEST_POSTGRES_DSN, or ``.ci/postgres.sh`` (fsync on:
+    ``PG_EXTRA_OPTS=`` empty)."""
     if benchmark.disabled:
         pytest.skip("timed run only: python -m pytest bench/bench_http.py -k postgres --benchmark-enable -s")
     try:
@@ -296,40 +298,71 @@ def bench_http_postgres(benchmark: Any, tmp_path: Path) -> None:
     except ImportError as error:  # pragma: no cover - psycopg is in the `test` extra
         pytest.skip(f"needs psycopg and tests/ ({error})")
     rounds = int(os.environ.get("DRENGR_BENCH_PG_ROUNDS", "3"))
-    found: dict[int, list[tuple[float, float]]] = {}
+    # (connections, read side) → per round: (wrk's events/s, the floor's rows/s, rows/s counting the catch-up)
+    found: dict[tuple[int, bool], list[tuple[float, float, float]]] = {}
 
     def cells() -> None:
-        for _ in range(rounds):
+        for round_ in range(rounds):
             for connections in (8, 32):
-                schema = f"bench_{uuid.uuid4().hex[:12]}"
-                with psycopg.connect(server_dsn(), autocommit=True) as conn:
-                    conn.execute(f"CREATE SCHEMA {schema}")
-                dsn = with_schema(server_dsn(), schema)
-                try:
-                    with server("drengr-process", tmp_path, extra=("--store", dsn)) as (
-                        port,
-                        key,
-                        _,
-                        _,
-                    ):
-                        warm = wrk(port, key, 100, connections, WARMUP_SECONDS)
-                        cell = wrk(port, key, 100, connections, SECONDS)
-                    assert warm["non_2xx"] == cell["non_2xx"] == cell["socket_errors"] == 0, cell
-                    rows = _postgres_rows(dsn)
-                    acked = cell["requests"] + warm["requests"]
-                    assert 100 * acked <= len(rows) <= 100 * (acked + 2 * connections)
-                    found.setdefault(connections, []).append((cell["events_per_s"], _copy_floor(dsn, rows)))
-                finally:
+                for read_side in (True, False) if round_ % 2 == 0 else (False, True):
+                    schema = f"bench_{uuid.uuid4().hex[:12]}"
                     with psycopg.connect(server_dsn(), autocommit=True) as conn:
-                        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+                        conn.execute(f"CREATE SCHEMA {schema}")
+                    dsn = with_schema(server_dsn(), schema)
+                    try:
+                        with server(
+                            "drengr-process", tmp_path, extra=("--store", dsn), read_side=read_side
+                        ) as (
+                            port,
+                            key,
+                            _,
+                            _,
+                        ):
+                            warm = wrk(port, key, 100, connections, WARMUP_SECONDS)
+                            cell = wrk(port, key, 100, connections, SECONDS)
+                            catching_up = _postgres_caught_up(dsn) if read_side else 0.0
+                        assert warm["non_2xx"] == cell["non_2xx"] == cell["socket_errors"] == 0, cell
+                        rows = _postgres_rows(dsn)
+                        acked = cell["requests"] + warm["requests"]
+                        assert 100 * acked <= len(rows) <= 100 * (acked + 2 * connections)
+                        whole = len(rows) / (WARMUP_SECONDS + SECONDS + catching_up)
+                        found.setdefault((connections, read_side), []).append(
+                            (cell["events_per_s"], _copy_floor(dsn, rows), whole)
+                        )
+                    finally:
+                        with psycopg.connect(server_dsn(), autocommit=True) as conn:
+                            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
     benchmark.pedantic(cells, rounds=1, iterations=1)
     print(f"\n`drengr serve --store postgresql://…`, 100-event batches, {rounds} rounds, against a COPY "
-          "of the same rows in 2,500-row transactions:")  # fmt: skip
-    for connections, pairs in found.items():
-        ratios = ", ".join(f"{rate / floor:.2f}" for rate, floor in pairs)
-        print(f"c={connections}: {statistics.median(r for r, _ in pairs):,.0f} events/s, floor "
-              f"{statistics.median(f for _, f in pairs):,.0f} rows/s (medians); round by round {ratios}")  # fmt: skip
+          "of the same rows in 2,500-row transactions, and with its read side ÷ without:")  # fmt: skip
+    for connections in (8, 32):
+        for read_side in (True, False):
+            pairs = found[connections, read_side]
+            ratios = ", ".join(f"{rate / floor:.2f}" for rate, floor, _ in pairs)
+            print(f"c={connections}, {'with' if read_side else 'without'} the read side: "
+                  f"{statistics.median(r for r, _, _ in pairs):,.0f} events/s, floor "
+                  f"{statistics.median(f for _, f, _ in pairs):,.0f} rows/s (medians); round by round {ratios}")  # fmt: skip
+        sides = zip(found[connections, True], found[connections, False], strict=True)
+        print(f"c={connections}, with ÷ without the read side, round by round (rates counting the builder's "
+              f"catch-up): {', '.join(f'{w[2] / wo[2]:.2f}' for w, wo in sides)}")  # fmt: skip
+
+
+def _postgres_caught_up(dsn: str, limit_seconds: float = 120.0) -> float:
+    """Seconds until a running server's read side holds every row it stored, polled every 20 ms."""
+    import psycopg
+
+    started = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.perf_counter() - started < limit_seconds:
+            top, built = conn.execute(
+                "SELECT (SELECT coalesce(max(seq), 0) FROM semantic_events), "
+                "(SELECT value::bigint FROM drengr_meta WHERE key = 'read_side_seq')"
+            ).fetchone()  # type: ignore[misc]
+            if built >= top:
+                return time.perf_counter() - started
+            time.sleep(0.02)
+    raise AssertionError(f"the read side did not catch up in {limit_seconds} s")
 
 
 def _postgres_rows(dsn: str) -> list[tuple[Any, ...]]:
