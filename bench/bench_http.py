@@ -506,7 +506,7 @@ def _marks(db: Path) -> tuple[int, int, int]:
         conn.close()
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """The CPU time (user and system) a running process has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -554,7 +554,7 @@ def _read_side_cells(
                     process,
                 ):
                     writer = _children(process.pid)
-                    used = (_cpu_seconds(process.pid), sum(_cpu_seconds(pid) for pid in writer))
+                    used = (cpu_seconds(process.pid), sum(cpu_seconds(pid) for pid in writer))
                     warm = wrk(port, key, 100, connections, WARMUP_SECONDS, pin=pin)
                     cell = wrk(port, key, 100, connections, SECONDS, pin=pin)
                     assert warm["non_2xx"] == cell["non_2xx"] == cell["socket_errors"] == 0, cell
@@ -568,8 +568,8 @@ def _read_side_cells(
                         lags.append((behind, catching_up))
                     else:
                         assert _marks(db)[1:] == (0, 0), "the read side was built"
-                    server_cpu = _cpu_seconds(process.pid) - used[0]
-                    writer_cpu = sum(_cpu_seconds(pid) for pid in writer) - used[1]
+                    server_cpu = cpu_seconds(process.pid) - used[0]
+                    writer_cpu = sum(cpu_seconds(pid) for pid in writer) - used[1]
                     cpu[read_side].append((server_cpu / rows * 1e6, writer_cpu / rows * 1e6))
                 rates[read_side].append(rows / (WARMUP_SECONDS + SECONDS + catching_up))
 

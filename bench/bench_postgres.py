@@ -25,6 +25,8 @@ from drengr.core.limits import MS_PER_DAY
 from drengr.core.timestamps import format_ms, parse_ms
 from drengr.store import SQLiteStore
 
+from .bench_http import cpu_seconds
+
 try:
     import psycopg
 
@@ -158,22 +160,19 @@ def bench_postgres_read_side_builder(
         store.write("acme", batch, NOW_MS)
     store.close()
     conn = psycopg.connect(schema_dsn, autocommit=True)
-    stat = Path(f"/proc/{conn.info.backend_pid}/stat")
-
-    def cpu_seconds() -> float:
-        fields = stat.read_text().rsplit(")", 1)[1].split() if stat.exists() else ["0"] * 13
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    before = cpu_seconds()
+    backend = conn.info.backend_pid
+    local = Path(f"/proc/{backend}").exists()  # a server on this machine: its CPU is read from /proc
+    before = cpu_seconds(backend) if local else 0.0
     built = benchmark.pedantic(lambda: pg_store.build_read_side(conn), rounds=1, iterations=1)
-    used = cpu_seconds() - before
+    used = cpu_seconds(backend) - before if local else None
     conn.close()
     assert built == total
     benchmark.extra_info["rows"] = total
-    benchmark.extra_info["backend_cpu_us_a_row"] = round(used / total * 1e6, 2) if stat.exists() else None
+    benchmark.extra_info["backend_cpu_us_a_row"] = None if used is None else round(used / total * 1e6, 2)
     if not benchmark.disabled:
-        print(f"\nthe builder, {total:,} rows, {users:,} users: {benchmark.stats.stats.mean / total * 1e6:.2f} µs "
-              f"a row; PostgreSQL's CPU {used / total * 1e6:.2f} µs a row" if stat.exists() else "")  # fmt: skip
+        cpu = "" if used is None else f"; PostgreSQL's CPU {used / total * 1e6:.2f} µs a row"
+        print(f"\nthe builder, {total:,} rows, {users:,} users: "
+              f"{benchmark.stats.stats.mean / total * 1e6:.2f} µs a row{cpu}")  # fmt: skip
 
 
 READ_ROWS = int(os.environ.get("DRENGR_BENCH_PG_READ_ROWS", "2000000"))

@@ -289,7 +289,7 @@ class SQLiteStore(Admin):
 
     def warm(self) -> None:
         """Have the writer start now and build its dedup window before the first request comes
-        (``drengr serve`` and ``wsgi.py`` call it as they start): a probe, sent from a thread of its
+        (``drengr serve`` and deploy/gunicorn.conf.py's workers call it as they start): a probe, sent from a thread of its
         own and not waited for. Left to the first request, a window of many rows (~1.4 s a million)
         is built while that request and those behind it wait; under gunicorn, a worker whose first
         request came late held its own requests that long."""
