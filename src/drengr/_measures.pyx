@@ -96,28 +96,22 @@ cdef inline bint _exact_real(const char *p, const char *end, double *out) noexce
     cdef bint negative = p[0] == b'-'
     cdef uint64_t mantissa = 0
     cdef int significant = 0, power = 0, exponent = 0
-    cdef bint exponent_negative = False
+    cdef bint fraction = False, exponent_negative = False
     if FLT_EVAL_METHOD != 0:
         return False
     if negative:
         p += 1
-    while p < end and b'0' <= p[0] <= b'9':
-        if mantissa or p[0] != b'0':
-            significant += 1
-            if significant > 19:
-                return False
-            mantissa = mantissa * 10 + <uint64_t>(p[0] - 48)
-        p += 1
-    if p < end and p[0] == b'.':
-        p += 1
-        while p < end and b'0' <= p[0] <= b'9':
-            if mantissa or p[0] != b'0':
+    while p < end and (b'0' <= p[0] <= b'9' or p[0] == b'.'):  # the caller read it: one '.' at most
+        if p[0] == b'.':
+            fraction = True
+        else:
+            if mantissa or p[0] != b'0':  # leading zeros are not significant
                 significant += 1
-                if significant > 19:
+                if significant > 19:  # past 64 bits, maybe
                     return False
                 mantissa = mantissa * 10 + <uint64_t>(p[0] - 48)
-            power -= 1
-            p += 1
+            power -= fraction
+        p += 1
     if p < end and (p[0] == b'e' or p[0] == b'E'):
         p += 1
         if p < end and (p[0] == b'+' or p[0] == b'-'):
