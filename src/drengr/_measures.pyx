@@ -97,6 +97,7 @@ cdef inline bint _exact_real(const char *p, const char *end, double *out) noexce
     cdef uint64_t mantissa = 0
     cdef int significant = 0, power = 0, exponent = 0
     cdef bint fraction = False, exponent_negative = False
+    cdef double value
     if FLT_EVAL_METHOD != 0:
         return False
     if negative:
@@ -126,15 +127,14 @@ cdef inline bint _exact_real(const char *p, const char *end, double *out) noexce
     if mantissa > _EXACT:
         return False
     if mantissa == 0:
-        out[0] = -0.0 if negative else 0.0
+        value = 0.0
     elif 0 <= power <= 22:
-        out[0] = <double>mantissa * _POWERS[power]
+        value = <double>mantissa * _POWERS[power]
     elif -22 <= power < 0:
-        out[0] = <double>mantissa / _POWERS[-power]
+        value = <double>mantissa / _POWERS[-power]
     else:
         return False
-    if negative and mantissa:
-        out[0] = -out[0]
+    out[0] = -value if negative else value  # -0.0 too
     return True
 
 
