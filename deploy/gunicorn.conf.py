@@ -6,11 +6,13 @@ With several workers, each counts its own requests: PROMETHEUS_MULTIPROC_DIR
 worker exits, its live gauges stop counting (prometheus_client's
 ``mark_process_dead``); its counters stay in the sums.
 
-Each worker's writer builds its dedup window as the worker starts, as
-``drengr serve``'s does, instead of in the worker's first request (which, with
+The workers' writer (one process they share, ``DRENGR_WRITER=shared``, the
+default) starts and builds its dedup window as the first worker starts, as
+``drengr serve``'s does, instead of in a worker's first request (which, with
 a window of millions of ids, would wait seconds, and the requests behind it
-too). Not on import of ``wsgi.py``: with ``--preload`` that runs in gunicorn's
-master, and the writer's threads would not survive the fork into the workers.
+too); the other workers join it as they start. Not on import of ``wsgi.py``:
+with ``--preload`` that runs in gunicorn's master, and a writer thread would
+not survive the fork into the workers.
 """
 
 from drengr import metrics

@@ -446,7 +446,7 @@ def placed(config: Config) -> Config:
     Only with SQLite's writer in a process, and two CPUs or more to choose from;
     returns ``config`` with the writer's CPUs filled in.
     """
-    if config.placement != "auto" or config.store or config.writer != "process":
+    if config.placement != "auto" or config.store or config.writer == "thread":
         return config
     allowed = sorted(os.sched_getaffinity(0))
     writer = list(config.writer_cpus) or allowed[-1:]
@@ -485,7 +485,7 @@ def serve(args: argparse.Namespace) -> int:
     server_log.info(
         "Listening on http://%s:%d%s/  (%s)", config.host, config.port, config.prefix, _where(config)
     )
-    if config.writer == "process" and not config.store:
+    if config.writer != "thread" and not config.store:
         server_log.info(
             "The server's threads run on CPUs %s, the writer process on CPUs %s (--placement %s)",
             ",".join(map(str, sorted(os.sched_getaffinity(0)))),

@@ -48,7 +48,7 @@ EVERY = (*COMMANDS, WSGI)
 
 
 # Not a setting: the GIL switch interval `drengr serve` and drengr.wsgi both run with
-# (docs/operating.md "The writer: process or thread").
+# (docs/operating.md "The writer: process, thread or shared").
 SWITCH_INTERVAL_S = 0.0001
 
 
@@ -313,12 +313,13 @@ SETTINGS: tuple[Setting, ...] = (
         name="writer",
         default="process",
         help="Where SQLite's writes run: process, a child process of their own that can use a second core; "
-        "thread, a thread of the server, which needs less memory. Under wsgi.py every worker would start "
-        "a writer process of its own, hence thread there.",
+        "thread, a thread of the server, which needs less memory; shared, one writer process for every "
+        "server process on the database file (gunicorn's workers), started by the first and stopped "
+        "after the last (Linux).",
         commands=(SERVE, WSGI),
         example="thread",
-        choices=("process", "thread"),
-        defaults={WSGI: "thread"},
+        choices=("process", "thread", "shared"),
+        defaults={WSGI: "shared"},
     ),
     Setting(
         name="writer_cpus",

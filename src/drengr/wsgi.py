@@ -16,7 +16,7 @@ from .store import StoreError
 from .web import create_app
 from .web.state import state_of
 
-# As `drengr serve` does: docs/operating.md "The writer: process or thread".
+# As `drengr serve` does: docs/operating.md "The writer: process, thread or shared".
 sys.setswitchinterval(SWITCH_INTERVAL_S)
 return_large_blocks()  # as `drengr serve` does: freed request bodies go back to the system
 

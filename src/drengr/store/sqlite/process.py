@@ -1,15 +1,24 @@
-"""The writer process (``writer="process"``): its plumbing on both sides of the sockets.
+"""The writer process (``writer="process"`` and ``"shared"``): its plumbing on both sides of the sockets.
 
 ``WriterProcess`` starts the child and hands it jobs, each thread on a socket
 of its own; ``writer_main`` is what the child runs: a
 ``drengr.store.sqlite.writer.Writer`` fed from those sockets. The child dies
 with its parent (it reads EOF); a child that dies fails the jobs it holds with
 502 (a commit it made is caught as a duplicate when the client resends) and a
-new one starts with the next job. Imports no web framework.
+new one starts with the next job.
+
+``writer="shared"`` (several processes on one file: gunicorn's workers): the
+first process to need a writer starts one that also listens on a Unix socket
+named after the database (Linux's abstract namespace: no file, gone with the
+listener); the others connect to it instead of starting their own, so every
+worker's jobs go to one writer, one dedup window and one group commit. It
+stops when the last process connected to it has left. Imports no web framework.
 """
 
 import contextlib
+import errno
 import gc
+import hashlib
 import logging
 import marshal
 import os
@@ -26,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ... import metrics
 from ..._memory import return_large_blocks
 from ...core.limits import DEFAULT_DEDUP_WINDOW_DAYS
 from ...core.outcome import StoreOutcome
@@ -40,6 +50,9 @@ _CODE_ROOT = str(Path(__file__).resolve().parents[3])
 _MERGE_MAX_BYTES = 4 << 20  # the writer process's groups: at most this many bytes of messages
 _LENGTH = struct.Struct("!i")  # a message's frame: its length, then its marshal bytes
 _INT = struct.Struct("i")  # a file descriptor, as SCM_RIGHTS carries it
+_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: the pid, uid and gid at the other end of a Unix socket
+_STOPPING = b"l"  # a shared writer to the last process that leaves it: it stops now
+_JOIN_SECONDS = 5.0  # how long a process tries to join a shared writer that is starting or stopping
 # The writer process's cyclic garbage collector runs after this many new objects, not 700: every
 # job brings a tuple a row, and at 700 a collection every ~1,300 rows walked the rows still in
 # flight and those the read side's builder holds (0.33 s of GC in 10 s of 100-event batches, ~0.4 µs
@@ -76,31 +89,23 @@ class WriterProcess:
         busy_timeout_ms: int,
         cpus: tuple[int, ...] = (),
         window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
+        shared: bool = False,
     ) -> None:
-        ours, theirs = socket.socketpair()
-        code = (
-            f"import sys; sys.path.insert(0, {_CODE_ROOT!r}); "
-            "from drengr._sqlite_lib import unlock_connections; unlock_connections(); "  # before sqlite3
-            "from drengr.store.sqlite.process import writer_main; "
-            f"writer_main({theirs.fileno()}, {path!r}, {durability!r}, {busy_timeout_ms!r}, {cpus!r}, "
-            f"{current_log_format()!r}, {window_days!r})"
-        )
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", code],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,  # not serve's stdout, where a new database's key is printed
+        listener: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None  # None: a shared writer another process started
+        self._shared = shared
+        if shared:
+            listener, joined, pid = _join_or_listen(shared_address(path))
+            if joined is not None:  # another process's writer: its settings, its CPUs
+                self._control, self.pid = joined, pid
+        if not shared or listener is not None:
+            self._control, self._process = _start(
+                path, durability, busy_timeout_ms, cpus, window_days, listener
             )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()  # the child's end lives in the child only: its exit is our EOF
-        self._control = ours  # the threads' sockets go out on it, then "stop"
+            self.pid = self._process.pid
+        self.owner = os.getpid()  # a process forked from this one (gunicorn --preload) makes its own
         self._control_lock = threading.Lock()
         self._local = threading.local()  # each thread's _Channel
-        self.pid = self._process.pid
         self.failed: BaseException | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # no job in flight
@@ -132,7 +137,7 @@ class WriterProcess:
         except TimeoutError as error:  # it took no job within the busy timeout
             log.error("writer process %d took no job within the busy timeout: killed", self.pid)
             self._failed(error)
-            self._process.kill()  # a stopped process dies too; its open transaction rolls back
+            self._kill()  # a stopped process dies too; its open transaction rolls back
             return _fail(job, error)
         except Exception as error:  # noqa: BLE001 - EOF or a broken socket: the child is gone
             self._failed(error)
@@ -173,22 +178,134 @@ class WriterProcess:
                 log.error("writer process failed: %r", error)
                 self.failed = error
 
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+        else:  # a shared writer another process started
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+
     def stop(self) -> None:
-        """After the jobs in flight are answered (a minute at most): tell the child to stop, reap it."""
+        """After the jobs in flight are answered (a minute at most): tell the child this process
+        leaves, and wait until it has let go of our socket (a shared writer that others still use
+        at once; else once it has saved its window and stopped), half a minute at most. Reaps it if
+        it is ours."""
         deadline = time.monotonic() + 60
         with self._lock:
             while self.in_flight and self.failed is None and (left := deadline - time.monotonic()) > 0:
                 self._idle.wait(left)
             if self.failed is None:
                 self.failed = StoreError("the writer process was stopped")
+        said = b""
         with contextlib.suppress(OSError):
             self._control.send(b"s", socket.MSG_DONTWAIT)
+            said = _read_to_eof(self._control, time.monotonic() + 30)
+        self._control.close()
+        if self._process is None or (self._shared and _STOPPING not in said):
+            return  # another process's writer, or one that others still use: theirs now
         try:
             self._process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-        self._control.close()
+
+
+def shared_address(path: str) -> bytes:
+    """The abstract Unix socket a database's shared writer listens on: one name per file and user."""
+    digest = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:32]
+    return f"\0drengr-writer-{os.getuid()}-{digest}".encode()
+
+
+def _join_or_listen(address: bytes) -> tuple[socket.socket | None, socket.socket | None, int]:
+    """Listen at ``address`` (nobody does: this process starts the writer), or connect to the
+    writer that does: (listener, None, 0) or (None, its control socket, its pid).
+
+    A writer that is starting (named, not yet listening) or stopping (its
+    last process left) refuses connections: tried again for a few seconds.
+    """
+    deadline = time.monotonic() + _JOIN_SECONDS
+    while True:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(address)  # the name is ours; the child listens (its pid is what joiners see)
+            return listener, None, 0
+        except OSError as error:
+            listener.close()
+            if error.errno != errno.EADDRINUSE:
+                raise
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            control.settimeout(max(0.1, deadline - time.monotonic()))
+            control.connect(address)
+            control.settimeout(None)
+            pid, uid, _gid = _CREDENTIALS.unpack(
+                control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+            )
+        except (ConnectionRefusedError, FileNotFoundError):
+            control.close()
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    "the shared writer process neither answers nor lets go of its name"
+                ) from None
+            time.sleep(0.01)
+            continue
+        except BaseException:
+            control.close()
+            raise
+        if uid != os.getuid():
+            control.close()
+            raise StoreError(f"another user's process (pid {pid}) listens where this database's writer would")
+        return None, control, pid
+
+
+def _start(
+    path: str,
+    durability: str,
+    busy_timeout_ms: int,
+    cpus: tuple[int, ...],
+    window_days: int,
+    listener: socket.socket | None,
+) -> tuple[socket.socket, "subprocess.Popen[bytes]"]:
+    """Start the child: our end of its control socket, and the process. ``listener``: a shared
+    writer's listening socket, which the child takes over."""
+    ours, theirs = socket.socketpair()
+    fds = [theirs.fileno()] if listener is None else [theirs.fileno(), listener.fileno()]
+    listen_fd = -1 if listener is None else listener.fileno()
+    code = (
+        f"import sys; sys.path.insert(0, {_CODE_ROOT!r}); "
+        "from drengr._sqlite_lib import unlock_connections; unlock_connections(); "  # before sqlite3
+        "from drengr.store.sqlite.process import writer_main; "
+        f"writer_main({theirs.fileno()}, {path!r}, {durability!r}, {busy_timeout_ms!r}, {cpus!r}, "
+        f"{current_log_format()!r}, {window_days!r}, {listen_fd!r})"
+    )
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # not serve's stdout, where a new database's key is printed
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()  # the child's end lives in the child only: its exit is our EOF
+        if listener is not None:
+            listener.close()  # the child's only: its exit lets go of the name
+    return ours, process
+
+
+def _read_to_eof(sock: socket.socket, deadline: float) -> bytes:
+    """What comes on ``sock`` (a control socket) until its end, or ``deadline``."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    said = b""
+    while (left := deadline - time.monotonic()) > 0 and poller.poll(left * 1000):
+        chunk = sock.recv(64, socket.MSG_DONTWAIT)
+        if not chunk:
+            break
+        said += chunk
+    return said
 
 
 class _Channel:
@@ -292,9 +409,11 @@ def writer_main(
     cpus: tuple[int, ...] = (),
     log_format: str = "json",
     window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
+    listen_fd: int = -1,
 ) -> None:
     """The writer process: take the jobs waiting on the threads' sockets, commit them with the thread
-    writer's own ``Writer`` as one group, answer each on its socket."""
+    writer's own ``Writer`` as one group, answer each on its socket. ``listen_fd``: a shared
+    writer's listening socket, where other processes connect control sockets of their own."""
     return_large_blocks()  # the messages are large blocks: see _memory
     gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
     configure_logs("warning", log_format)  # its problems, on the same stderr, as serve's lines are
@@ -311,7 +430,7 @@ def writer_main(
     writer = Writer(
         path, durability.upper(), busy_timeout_ms, builder_cpus=builder_cpus, window_days=window_days
     )
-    inboxes = _Inboxes(socket.socket(fileno=fd))
+    inboxes = _Inboxes(socket.socket(fileno=fd), None if listen_fd < 0 else socket.socket(fileno=listen_fd))
     conn: sqlite3.Connection | None = None
     stop = False
     while not stop:
@@ -336,6 +455,7 @@ def writer_main(
     writer.close()  # its read-side builder catches up first
     if conn is not None:
         conn.close()
+    metrics.process_exited(os.getpid())  # its gauges stop counting (gunicorn's scrape)
     inboxes.close()
 
 
@@ -403,26 +523,35 @@ class _Inbox:
 
 
 class _Inboxes:
-    """The control socket (new threads' sockets, "stop") and the threads' sockets, polled as one."""
+    """The control sockets (new threads' sockets, "stop"), the threads' sockets and a shared
+    writer's listening socket, polled as one."""
 
-    def __init__(self, control: socket.socket) -> None:
-        self._control = control
+    def __init__(self, control: socket.socket, listener: socket.socket | None = None) -> None:
         self._poller = select.poll()
-        self._poller.register(control, select.POLLIN)
+        self._controls: dict[int, socket.socket] = {}
+        self._add_control(control)
+        self._listener = listener
+        if listener is not None:
+            listener.listen(128)  # until now, a process that came to join was refused and tried again
+            listener.setblocking(False)
+            self._poller.register(listener, select.POLLIN)
         self._inboxes: dict[int, _Inbox] = {}
         self._scratch = memoryview(bytearray(1 << 20))  # every socket is read through it
 
     def take(self, max_bytes: int) -> tuple[list[tuple[_Inbox, tuple[Any, ...]]], bool]:
         """Wait for jobs; take every whole one waiting, up to ``max_bytes``. Also whether to stop
-        (the parent's "stop", or its exit): the jobs taken with it are still committed."""
+        (the last process's "stop", or its exit): the jobs taken with it are still committed."""
         left_over = any(inbox.waiting() for inbox in self._inboxes.values())
         stop = False
         for fd, _events in self._poller.poll(0 if left_over else None):
-            if fd == self._control.fileno():
-                stop = self._read_control()
+            if (control := self._controls.get(fd)) is not None:
+                if self._read_control(control):
+                    stop = self._left(control) or stop
+            elif self._listener is not None and fd == self._listener.fileno():
+                self._accept()
             elif (inbox := self._inboxes.get(fd)) is not None and not inbox.read(self._scratch):
                 self._drop(fd)
-        if stop:  # what the parent's threads sent before "stop" is read now
+        if stop:  # what the processes' threads sent before "stop" is read now
             for fd, inbox in list(self._inboxes.items()):
                 if not inbox.read(self._scratch):
                     self._drop(fd)
@@ -436,13 +565,59 @@ class _Inboxes:
             room -= used
         return taken, stop
 
-    def _read_control(self) -> bool:
-        """The threads' new sockets (their first jobs may be there already), or the parent's "stop"
-        (or its exit: EOF): whether to stop."""
+    def _add_control(self, control: socket.socket) -> None:
+        self._controls[control.fileno()] = control
+        self._poller.register(control, select.POLLIN)
+
+    def _accept(self) -> None:
+        """Processes that join a shared writer: their control sockets (only this user's)."""
+        assert self._listener is not None
+        while True:
+            try:
+                control, _address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # out of descriptors, say: the process finds no writer and says so
+                log.error("shared writer: cannot accept a process: %s", error)
+                return
+            _pid, uid, _gid = _CREDENTIALS.unpack(
+                control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+            )
+            if uid != os.getuid():
+                control.close()
+                continue
+            self._add_control(control)
+
+    def _left(self, control: socket.socket) -> bool:
+        """A process left (its "stop", or its exit): whether it was the last, and the writer stops.
+
+        A shared writer lets go of its name before it stops, then takes any
+        process that connected meanwhile: one that connects later starts a
+        writer of its own.
+        """
+        self._poller.unregister(control)
+        del self._controls[control.fileno()]
+        if self._listener is not None and not self._controls:
+            self._accept()
+        if self._controls:  # others still use it: this one's socket is closed now, its EOF
+            control.close()
+            return False
+        if self._listener is not None:
+            self._poller.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(OSError):
+                control.send(_STOPPING, socket.MSG_DONTWAIT)
+        self._controls[control.fileno()] = control  # closed as the writer exits: the process waits for that
+        return True
+
+    def _read_control(self, control: socket.socket) -> bool:
+        """A process's new thread sockets (their first jobs may be there already), or its "stop" (or
+        its exit: EOF): whether it left."""
         while True:
             try:
                 # (socket.recv_fds and send_fds leave their flags out before Python 3.12)
-                data, ancillary, _flags, _address = self._control.recvmsg(1, _FD_SPACE, socket.MSG_DONTWAIT)
+                data, ancillary, _flags, _address = control.recvmsg(1, _FD_SPACE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return False
             except OSError:
@@ -471,7 +646,10 @@ class _Inboxes:
     def close(self) -> None:
         for inbox in self._inboxes.values():
             inbox.sock.close()
-        self._control.close()
+        for control in self._controls.values():
+            control.close()
+        if self._listener is not None:
+            self._listener.close()
 
 
 def _answer(job: Job) -> tuple[tuple[int, int, int] | None, str | None]:

@@ -4,7 +4,8 @@ It opens and migrates the file (``schema/sqlite.sql``), answers the admin verbs
 (``drengr.store.admin``, on a connection per thread), prunes, and hands every
 write to the writer: a thread of its own running ``drengr.store.sqlite.writer``
 (``writer="thread"``), or the writer process (``writer="process"``,
-``drengr.store.sqlite.process``), to which each request sends its rows straight.
+``drengr.store.sqlite.process``), to which each request sends its rows straight;
+``writer="shared"``: one writer process for every process on the file.
 Imports no web framework; sqlite-utils never (the writer process stays small).
 """
 
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from ... import metrics
 from ...clock import now as clock_now
 from ...core.limits import DEFAULT_DEDUP_WINDOW_DAYS, MS_PER_DAY
 from ...core.outcome import StoreOutcome
@@ -43,7 +45,7 @@ from .writer import Writer
 T = TypeVar("T")
 log = logging.getLogger("drengr.store")
 
-WRITERS = ("thread", "process")
+WRITERS = ("thread", "process", "shared")
 SCHEMA_VERSION = 5  # 2: semantic_events.library, drop_counts; 3: tenants.pii_allow; 4: hourly rollups;
 # 5: the read side built off the writer's path (meta.read_side_seq)
 # The thread writer's queue holds at most this many jobs. A request waits for room (within its busy
@@ -90,6 +92,8 @@ class SQLiteStore(Admin):
             raise ValueError("durability must be 'full' or 'normal'")
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {WRITERS}")
+        if writer == "shared" and path == ":memory:":
+            raise ValueError("a shared writer needs a database file: each process has its own :memory:")
         self.path = path
         self._writer_kind = writer
         self._writer_cpus = tuple(writer_cpus)
@@ -109,11 +113,13 @@ class SQLiteStore(Admin):
             path, self._synchronous, busy_timeout_ms, elapsed, self._turns, window_days=dedup_window_days
         )
         self._child_commits = 0  # groups the writer process committed for this store
-        self._child: WriterProcess | None = None  # writer="process"
+        self._child: WriterProcess | None = None  # writer="process" or "shared"
         self._child_lock = threading.Lock()  # one thread at a time starts or replaces the child
         self._commits_lock = threading.Lock()
         if migrate:
             self._migrate()
+        # A shared writer starts with the first write or warm(): not where the store is made, which
+        # under gunicorn --preload is the master, before it forks the workers.
         if writer == "process":
             try:  # now, not on the first request: the child takes ~0.1 s to start
                 self._child = self._start_child()
@@ -122,7 +128,12 @@ class SQLiteStore(Admin):
 
     def _start_child(self) -> WriterProcess:
         return WriterProcess(
-            self.path, self._durability, self._busy_timeout_ms, self._writer_cpus, self.dedup_window_days
+            self.path,
+            self._durability,
+            self._busy_timeout_ms,
+            self._writer_cpus,
+            self.dedup_window_days,
+            shared=self._writer_kind == "shared",
         )
 
     @property
@@ -307,7 +318,7 @@ class SQLiteStore(Admin):
         resend of what was committed is a duplicate.
         """
         deadline = job.deadline = time.monotonic() + timeout
-        if self._writer_kind == "process":
+        if self._writer_kind != "thread":
             # Straight to the child on this thread's socket, no hop through a thread: the child
             # commits every job waiting on any socket in one transaction, which is the group commit.
             if not self._child_lock.acquire(timeout=timeout):
@@ -349,9 +360,9 @@ class SQLiteStore(Admin):
             self._committer.close()
             self._turns.close()  # the writer thread is done with it
         with self._child_lock:
-            if self._child is not None:
+            if self._child is not None and self._child.owner == os.getpid():
                 self._child.stop()
-                self._child = None
+            self._child = None
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -359,7 +370,7 @@ class SQLiteStore(Admin):
 
     @property
     def writer_pid(self) -> int | None:
-        """The writer process's pid (``writer="process"``), None while there is none."""
+        """The writer process's pid (``writer="process"`` or ``"shared"``), None while there is none."""
         child = self._child
         return None if child is None else child.pid
 
@@ -385,8 +396,11 @@ class SQLiteStore(Admin):
     def _ready_child(self) -> WriterProcess | None:
         """A live writer process; None if none can start. A dead or broken one (its jobs already
         failed: 502) is replaced."""
+        if self._child is not None and self._child.owner != os.getpid():
+            self._child = None  # a forked process's copy: that process's writer, not ours to stop
         if self._child is not None and self._child.failed:
             self._child.stop()
+            metrics.process_exited(self._child.pid)  # a dead writer's gauges stop counting
             self._child = None
         if self._child is None:
             try:

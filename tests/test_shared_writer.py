@@ -1,0 +1,335 @@
+"""``writer="shared"`` (wsgi.py's default): one writer process for every process on a SQLite file.
+
+The first process that writes starts it; the others connect to it on a Unix
+socket named after the database, in Linux's abstract namespace. It stays
+while any process uses it and stops after the last. Real stores, real
+processes, a real gunicorn with two workers.
+"""
+
+import contextlib
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from drengr.core.outcome import StoreOutcome
+from drengr.store import SQLiteStore, StoreError
+from drengr.store.sqlite.process import shared_address
+
+from .support.realserver import ROOT, basic, child_env, create_db, free_port
+from .support.stores import DAY0, Clock, row
+
+HANG_GUARD_SECONDS = 30
+
+
+def shared(path: Path, **options: object) -> SQLiteStore:
+    return SQLiteStore(str(path), clock=Clock(DAY0), writer="shared", **options)  # type: ignore[arg-type]
+
+
+def count(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM semantic_events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited child not yet reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def writer_processes(parents: set[int] | None = None) -> set[int]:
+    """The running writer processes (``writer_main``) that are children of ``parents`` (this process)."""
+    parents = {os.getpid()} if parents is None else parents
+    found = set()
+    for parent in parents:
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in map(int, children):
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"writer_main(" in command and running(child):
+                found.add(child)
+    return found
+
+
+def until(condition, seconds: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def write_until_answered(store: SQLiteStore, rows: list[tuple[str, ...]]) -> StoreOutcome:
+    """As a client does: resent after a 502 (a writer that died) until answered."""
+    deadline = time.monotonic() + HANG_GUARD_SECONDS
+    while True:
+        try:
+            return store.write("acme", rows, DAY0)
+        except StoreError:
+            assert time.monotonic() < deadline
+
+
+def test_stores_on_one_file_share_one_writer_process(tmp_path):
+    """The second store joins the first one's writer: one process, one dedup window for both."""
+    db = tmp_path / "drengr.db"
+    first, second = shared(db), shared(db, migrate=False)
+    try:
+        assert first.write("acme", [row("a"), row("b")], DAY0) == StoreOutcome(2)
+        assert second.write("acme", [row("b"), row("c")], DAY0) == StoreOutcome(1, duplicates=1)
+        assert first.writer_pid == second.writer_pid
+        assert writer_processes() == {first.writer_pid}
+    finally:
+        first.close()
+        second.close()
+    assert count(db) == 3
+
+
+def test_other_files_have_writers_of_their_own(tmp_path):
+    one, other = shared(tmp_path / "one.db"), shared(tmp_path / "other.db")
+    try:
+        one.write("acme", [row("a")], DAY0)
+        other.write("acme", [row("a")], DAY0)
+        assert one.writer_pid != other.writer_pid
+        assert shared_address(str(tmp_path / "one.db")) == shared_address(str(tmp_path / "." / "one.db"))
+    finally:
+        one.close()
+        other.close()
+    assert count(tmp_path / "one.db") == count(tmp_path / "other.db") == 1
+
+
+def test_the_writer_outlives_the_process_that_started_it_and_stops_after_the_last(tmp_path):
+    db = tmp_path / "drengr.db"
+    starter, joiner = shared(db), shared(db, migrate=False)
+    starter.write("acme", [row("a")], DAY0)
+    joiner.write("acme", [row("b")], DAY0)
+    pid = starter.writer_pid
+    assert pid is not None
+    starter.close()
+    assert running(pid)  # the joiner still uses it
+    assert joiner.write("acme", [row("c"), row("a")], DAY0) == StoreOutcome(1, duplicates=1)
+    assert joiner.writer_pid == pid
+    joiner.close()
+    assert until(lambda: not running(pid))  # the last one left: it stopped
+    again = shared(db, migrate=False)  # and let go of its name: a new one starts
+    try:
+        assert again.write("acme", [row("d"), row("c")], DAY0) == StoreOutcome(1, duplicates=1)
+        assert again.writer_pid not in (None, pid)
+    finally:
+        again.close()
+    assert count(db) == 4
+
+
+def _join_from_a_process(db: Path) -> subprocess.Popen[str]:
+    """Another process that writes through the shared writer, says its pid, and closes its store
+    when told to (a line on stdin)."""
+    code = (
+        "import sys; from drengr.store import SQLiteStore; from tests.support.stores import DAY0, row; "
+        f"store = SQLiteStore({str(db)!r}, writer='shared', migrate=False); "
+        "store.write('acme', [row('from-the-other')], DAY0); print(store.writer_pid, flush=True); "
+        "sys.stdin.readline(); store.close()"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=child_env({}), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_a_process_joins_and_the_writer_stays_for_it(tmp_path):
+    """Two processes: the one that started the writer closes its store, the other goes on through
+    the same writer, and the writer stops when that one closes too."""
+    db = tmp_path / "drengr.db"
+    starter = shared(db)
+    starter.write("acme", [row("a")], DAY0)
+    pid = starter.writer_pid
+    other = _join_from_a_process(db)
+    try:
+        assert other.stdout is not None
+        assert int(other.stdout.readline()) == pid
+        starter.close()
+        assert running(pid)
+        assert other.stdin is not None
+        other.stdin.write("close\n")
+        other.stdin.flush()
+        assert other.wait(timeout=HANG_GUARD_SECONDS) == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert until(lambda: not running(pid))
+    assert count(db) == 2
+
+
+def test_a_killed_shared_writer_is_replaced_once_for_every_process(tmp_path):
+    """SIGKILL: each store's next write fails (502) or lands in the new writer, which one of them
+    started and the other joined; resends are caught as duplicates."""
+    db = tmp_path / "drengr.db"
+    first, second = shared(db), shared(db, migrate=False)
+    try:
+        first.write("acme", [row("a")], DAY0)
+        second.write("acme", [row("b")], DAY0)
+        dead = first.writer_pid
+        assert dead is not None and second.writer_pid == dead
+        os.kill(dead, signal.SIGKILL)
+        assert until(lambda: not running(dead))
+        landed = write_until_answered(first, [row("a"), row("c")])
+        assert landed == StoreOutcome(1, duplicates=1)
+        assert write_until_answered(second, [row("b"), row("c"), row("d")]) == StoreOutcome(1, duplicates=2)
+        assert first.writer_pid == second.writer_pid not in (None, dead)
+        assert writer_processes() == {first.writer_pid}
+    finally:
+        first.close()
+        second.close()
+    assert count(db) == 4
+
+
+def test_a_shared_writer_needs_a_file():
+    with pytest.raises(ValueError, match="database file"):
+        SQLiteStore(":memory:", writer="shared")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root, to run a process as another user (CI runs as root)")
+def test_another_users_process_can_neither_join_nor_stand_in_for_the_writer(tmp_path, caplog):
+    """Anyone on the machine can reach an abstract socket: the writer closes another user's
+    connection, and a store refuses a listener of another user's at its writer's name."""
+    db = tmp_path / "drengr.db"
+    address = shared_address(str(db))
+
+    def squat(said: Callable[[bytes], None]) -> None:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(address)
+        listener.listen(8)
+        said(b"ready\n")
+        control, _ = listener.accept()
+        control.settimeout(20)
+        said(repr(control.recv(100)).encode() + b"\n")
+
+    def intrude(said: Callable[[bytes], None]) -> None:
+        control = socket.socket(socket.AF_UNIX)
+        control.connect(address)
+        control.settimeout(20)
+        said(repr(control.recv(100)).encode() + b"\n")
+
+    # A squatter that holds the name first: the store's write fails, nothing is sent to it.
+    store = shared(db)
+    squatter, lines = as_nobody(squat)
+    try:
+        assert lines.readline() == b"ready\n"
+        with caplog.at_level(logging.ERROR, logger="drengr.store"), pytest.raises(StoreError):
+            store.write("acme", [row("a")], DAY0)
+        assert f"another user's process (pid {squatter}) listens" in caplog.text
+        assert lines.readline() == b"b''\n"  # connected to, and closed: not a byte was sent to it
+    finally:
+        reap(squatter)
+        lines.close()
+
+    # The real writer: another user's connection is closed at once.
+    try:
+        assert write_until_answered(store, [row("a")]) == StoreOutcome(1)
+        intruder, lines = as_nobody(intrude)
+        try:
+            assert lines.readline() == b"b''\n"
+        finally:
+            reap(intruder)
+            lines.close()
+        assert store.write("acme", [row("b")], DAY0) == StoreOutcome(1)
+    finally:
+        store.close()
+    assert count(db) == 2
+
+
+def as_nobody(action: Callable[[Callable[[bytes], None]], None]) -> tuple[int, BinaryIO]:
+    """Fork a child that runs ``action`` as the user nobody; it says lines on a pipe, read from the
+    file returned. Only sockets and a pipe in the child, then ``os._exit``."""
+    read_end, write_end = os.pipe()
+
+    def say(line: bytes) -> None:
+        os.write(write_end, line)
+
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            action(say)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return pid, os.fdopen(read_end, "rb")
+
+
+def reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def test_gunicorn_workers_write_through_one_writer_process(tmp_path):
+    """wsgi.py's default: two gunicorn workers, one writer process between them; gunicorn's stop
+    ends it, and every event acknowledged is stored once."""
+    pytest.importorskip(
+        "gunicorn", reason="gunicorn is in the deploy and test extras: pip install '.[deploy]'"
+    )
+    db = tmp_path / "gunicorn.db"
+    key = create_db(db)
+    port = free_port()
+    env = child_env({"DRENGR_DB": str(db), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "2",
+               "-b", f"127.0.0.1:{port}", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "wsgi:application"]  # fmt: skip
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        assert until(
+            lambda: len(_workers(process.pid)) == 2 and len(writer_processes(_workers(process.pid))) == 1, 30
+        ), log.read_text()
+        (writer,) = writer_processes(_workers(process.pid))
+        answered = 0
+        for i in range(40):  # each on a new connection: both workers take some
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD_SECONDS)
+            body = {
+                "batch": [
+                    {"type": "track", "event": "e", "userId": "u", "messageId": f"m{i}-{j}"} for j in range(5)
+                ]
+            }
+            conn.request(
+                "POST", "/v1/batch", json.dumps(body), {"Content-Type": "application/json", **basic(key)}
+            )
+            answered += conn.getresponse().status == 200
+            conn.close()
+        assert answered == 40
+        assert writer_processes(_workers(process.pid)) == {writer}  # still the one
+    finally:
+        process.terminate()
+        process.wait(timeout=HANG_GUARD_SECONDS)
+    assert until(lambda: not running(writer)), log.read_text()
+    assert count(db) == 200
+
+
+def _workers(master: int) -> set[int]:
+    return set(map(int, Path(f"/proc/{master}/task/{master}/children").read_text().split()))
