@@ -16,8 +16,9 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -55,21 +56,19 @@ def running(pid: int) -> bool:
 
 
 def writer_processes(parents: set[int] | None = None) -> set[int]:
-    """The running writer processes (``writer_main``) that are children of ``parents`` (this process)."""
+    """The running writer processes (``writer_main``) whose parent is one of ``parents`` (this process)."""
     parents = {os.getpid()} if parents is None else parents
     found = set()
-    for parent in parents:
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except FileNotFoundError:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        for child in map(int, children):
-            try:
-                command = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"writer_main(" in command and running(child):
-                found.add(child)
+        try:
+            command = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
+            continue
+        if b"writer_main(" in command and parent in parents and running(int(entry.name)):
+            found.add(int(entry.name))
     return found
 
 
@@ -289,46 +288,143 @@ def reap(pid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def test_gunicorn_workers_write_through_one_writer_process(tmp_path):
-    """wsgi.py's default: two gunicorn workers, one writer process between them; gunicorn's stop
-    ends it, and every event acknowledged is stored once."""
+@contextlib.contextmanager
+def gunicorn(tmp_path: Path, db: Path, *extra: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """gunicorn with two workers on ``db`` (wsgi.py's settings: a shared writer), until its writer
+    runs; stopped with SIGTERM, its graceful stop."""
     pytest.importorskip(
         "gunicorn", reason="gunicorn is in the deploy and test extras: pip install '.[deploy]'"
     )
-    db = tmp_path / "gunicorn.db"
-    key = create_db(db)
     port = free_port()
     env = child_env({"DRENGR_DB": str(db), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
-    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "2",
-               "-b", f"127.0.0.1:{port}", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "wsgi:application"]  # fmt: skip
+    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "4",
+               "-b", f"127.0.0.1:{port}", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), *extra,
+               "wsgi:application"]  # fmt: skip
     log = tmp_path / "gunicorn.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
-        assert until(
-            lambda: len(_workers(process.pid)) == 2 and len(writer_processes(_workers(process.pid))) == 1, 30
-        ), log.read_text()
-        (writer,) = writer_processes(_workers(process.pid))
-        answered = 0
-        for i in range(40):  # each on a new connection: both workers take some
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD_SECONDS)
-            body = {
-                "batch": [
-                    {"type": "track", "event": "e", "userId": "u", "messageId": f"m{i}-{j}"} for j in range(5)
-                ]
-            }
-            conn.request(
-                "POST", "/v1/batch", json.dumps(body), {"Content-Type": "application/json", **basic(key)}
-            )
-            answered += conn.getresponse().status == 200
-            conn.close()
-        assert answered == 40
-        assert writer_processes(_workers(process.pid)) == {writer}  # still the one
+        assert until(lambda: len(_workers(process.pid)) == 2 and len(writers_of(db)) == 1, 30), (
+            log.read_text()
+        )
+        yield port, process
     finally:
         process.terminate()
         process.wait(timeout=HANG_GUARD_SECONDS)
-    assert until(lambda: not running(writer)), log.read_text()
-    assert count(db) == 200
+
+
+def writers_of(db: Path) -> set[int]:
+    """The running writer processes of ``db``, whoever their parent is now (a worker that started one
+    may have exited since)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"writer_main(" in command and repr(str(db)).encode() in command and running(int(entry.name)):
+                found.add(int(entry.name))
+    return found
+
+
+def post_batch(port: int, key: str, ids: list[str]) -> int:
+    """One batch on a connection of its own (gunicorn's workers take turns); its status, 0 for a
+    connection the server dropped."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD_SECONDS)
+    body = {"batch": [{"type": "track", "event": "e", "userId": "u", "messageId": m} for m in ids]}
+    try:
+        conn.request(
+            "POST", "/v1/batch", json.dumps(body), {"Content-Type": "application/json", **basic(key)}
+        )
+        return conn.getresponse().status
+    except (ConnectionError, http.client.HTTPException):
+        return 0
+    finally:
+        conn.close()
+
+
+def post_until_stored(port: int, key: str, ids: list[str]) -> int:
+    """As a client does: resent after a 502 (or a dropped connection) until answered 200; how many
+    sends it took."""
+    deadline = time.monotonic() + HANG_GUARD_SECONDS
+    sends = 1
+    while (status := post_batch(port, key, ids)) != 200:
+        assert status in (0, 502, 503) and time.monotonic() < deadline, status
+        sends += 1
+        time.sleep(0.05)
+    return sends
+
+
+def stored_ids(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return [event_id for (event_id,) in conn.execute("SELECT event_id FROM semantic_events")]
+    finally:
+        conn.close()
+
+
+def test_gunicorn_workers_write_through_one_writer_process(tmp_path):
+    """wsgi.py's default: two gunicorn workers, one writer process between them; gunicorn's stop
+    ends it, and every event acknowledged is stored once."""
+    db = tmp_path / "gunicorn.db"
+    key = create_db(db)
+    with gunicorn(tmp_path, db) as (port, process):
+        (writer,) = writers_of(db)
+        assert writer in writer_processes(_workers(process.pid))  # a worker's child
+        statuses = [post_batch(port, key, [f"m{i}-{j}" for j in range(5)]) for i in range(40)]
+        assert statuses == [200] * 40
+        assert writers_of(db) == {writer}  # still the one
+    assert until(lambda: not running(writer))
+    assert sorted(stored_ids(db)) == sorted(f"m{i}-{j}" for i in range(40) for j in range(5))
+
+
+def test_gunicorn_workers_that_restart_keep_writing_through_one_writer(tmp_path):
+    """Workers restarted every few requests (--max-requests): the ones that come join the writer;
+    never two at once, and every event a client sent until it got its 200 is stored once."""
+    db = tmp_path / "gunicorn.db"
+    key = create_db(db)
+    seen: set[int] = set()
+    with gunicorn(tmp_path, db, "--max-requests", "4") as (port, process):
+        first = _workers(process.pid)
+        for i in range(40):
+            post_until_stored(port, key, [f"m{i}-{j}" for j in range(5)])
+            writers = writers_of(db)
+            assert len(writers) <= 1, writers
+            seen |= writers
+        assert not first & _workers(process.pid)  # both first workers were replaced meanwhile
+    assert sorted(stored_ids(db)) == sorted(f"m{i}-{j}" for i in range(40) for j in range(5))
+    assert seen and until(lambda: not any(running(pid) for pid in seen))
+
+
+def test_a_shared_writer_killed_under_load_loses_no_acknowledged_event(tmp_path):
+    """Four clients send batches to gunicorn's two workers; the writer is killed with SIGKILL in the
+    middle. Requests it held get 502 and are resent; a new writer starts and both workers use it;
+    every event is stored exactly once."""
+    db = tmp_path / "gunicorn.db"
+    key = create_db(db)
+    with gunicorn(tmp_path, db) as (port, _process):
+        (dead,) = writers_of(db)
+        resent = []
+
+        def client(c: int) -> None:
+            for i in range(30):
+                resent.append(post_until_stored(port, key, [f"c{c}-{i}-{j}" for j in range(20)]) - 1)
+
+        clients = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+        for thread in clients:
+            thread.start()
+        assert until(lambda: len(resent) >= 20)
+        os.kill(dead, signal.SIGKILL)
+        for thread in clients:
+            thread.join(timeout=HANG_GUARD_SECONDS * 2)
+        assert len(resent) == 120
+        (writer,) = writers_of(db)
+        assert writer != dead
+        assert post_batch(port, key, ["after"]) == post_batch(port, key, ["after-too"]) == 200
+        assert writers_of(db) == {writer}
+    stored = stored_ids(db)
+    assert len(stored) == len(set(stored)) == 4 * 30 * 20 + 2
 
 
 def _workers(master: int) -> set[int]:
