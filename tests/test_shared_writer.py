@@ -205,8 +205,20 @@ def test_a_killed_shared_writer_is_replaced_once_for_every_process(tmp_path):
 
 
 def test_a_shared_writer_needs_a_file():
-    with pytest.raises(ValueError, match="database file"):
+    with pytest.raises(StoreError, match="needs a database file"):
         SQLiteStore(":memory:", writer="shared")
+
+
+def test_gunicorn_on_an_in_memory_database_says_what_to_set(tmp_path):
+    """wsgi.py's default writer cannot serve :memory:: the worker stops with one sentence."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import drengr.wsgi"], cwd=tmp_path, env=child_env({"DRENGR_DB": ":memory:"}),
+        capture_output=True, text=True, timeout=HANG_GUARD_SECONDS,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "drengr: a shared writer needs a database file (each process has its own :memory:): use the thread writer (DRENGR_WRITER=thread, --writer thread)"
+    ]
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root, to run a process as another user (CI runs as root)")

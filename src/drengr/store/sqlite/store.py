@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -92,8 +93,12 @@ class SQLiteStore(Admin):
             raise ValueError("durability must be 'full' or 'normal'")
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {WRITERS}")
-        if writer == "shared" and path == ":memory:":
-            raise ValueError("a shared writer needs a database file: each process has its own :memory:")
+        if writer == "shared" and (path == ":memory:" or not sys.platform.startswith("linux")):
+            raise StoreError(
+                "a shared writer needs "
+                + ("a database file (each process has its own :memory:)" if path == ":memory:" else "Linux")
+                + ": use the thread writer (DRENGR_WRITER=thread, --writer thread)"
+            )
         self.path = path
         self._writer_kind = writer
         self._writer_cpus = tuple(writer_cpus)
