@@ -88,17 +88,19 @@ def server(
     extra: tuple[str, ...] = (),
     read_side: bool = True,
     before: Callable[[Path], None] | None = None,
+    environ: dict[str, str] | None = None,
 ) -> Iterator[tuple[int, str, Path, subprocess.Popen[bytes]]]:
     """Start one kind of server (``pin``: on core 0, as the module says; ``extra``: more options of
     serve; ``read_side`` False: its SQLite read side off, ``without_read_side/``; ``before(db)``:
-    run on its database once its key is made, before it starts); yield (port, write key, db path,
-    process)."""
+    run on its database once its key is made, before it starts; ``environ``: more variables, as
+    DRENGR_WRITER for gunicorn); yield (port, write key, db path, process)."""
     port = free_port()
     db = tmp / f"{kind}-{port}.db"
     key = ""
     # The servers run the drengr this process imports (an installed one, or src/ on PYTHONPATH).
     code = str(Path(drengr.__file__).parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), code, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **(environ or {})}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), code, os.environ.get("PYTHONPATH", "")])
     if not read_side:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(Path(__file__).with_name("without_read_side")), env["PYTHONPATH"]]
@@ -397,6 +399,46 @@ def _copy_floor(dsn: str, rows: list[tuple[Any, ...]]) -> float:
 
 
 Cells = dict[tuple[int, int], dict[str, list[dict[str, Any]]]]  # (events, c) → placement → wrk's results
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def bench_http_gunicorn_writers(benchmark: Any, tmp_path: Path) -> None:
+    """gunicorn's two workers on one SQLite file, 100-event batches at c=32: through one writer process
+    they share (DRENGR_WRITER=shared, wsgi.py's default) against a writer thread in each, with
+    `drengr serve` beside them, in turns (the order alternates); wrk on core 1, the servers unpinned."""
+    if benchmark.disabled:
+        pytest.skip(
+            "timed run only: python -m pytest bench/bench_http.py -k gunicorn_writers --benchmark-enable -s"
+        )
+    if not (shutil.which("gunicorn") or _importable("gunicorn")):
+        pytest.skip("needs gunicorn: pip install '.[deploy]'")
+    servers = {
+        "gunicorn, shared writer": ("gunicorn", {"DRENGR_WRITER": "shared"}),
+        "gunicorn, writer threads": ("gunicorn", {"DRENGR_WRITER": "thread"}),
+        "drengr serve": ("drengr-process", {}),
+    }
+    rounds = int(os.environ.get("DRENGR_BENCH_GUNICORN_ROUNDS", "3"))
+    cells: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+
+    def measure() -> None:
+        for round_ in range(rounds):
+            for name in list(servers)[:: 1 if round_ % 2 == 0 else -1]:
+                kind, environ = servers[name]
+                with server(kind, tmp_path, environ=environ) as (port, key, db, _):
+                    warm = wrk(port, key, 100, 32, WARMUP_SECONDS)
+                    cell = wrk(port, key, 100, 32, SECONDS)
+                    assert warm["non_2xx"] == cell["non_2xx"] == cell["socket_errors"] == 0, cell
+                    acked = cell["requests"] + warm["requests"]
+                    assert 100 * acked <= stored(db) <= 100 * (acked + 2 * 32)  # every ack stored
+                cells[name].append(cell)
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    print(f"\n100-event batches, c=32, {rounds} rounds; requests/s and p99 ms, round by round:")
+    for name, measured in cells.items():
+        rates = ", ".join(f"{cell['req_per_s']:,.0f}" for cell in measured)
+        p99s = ", ".join(f"{cell['p99_ms']:.1f}" for cell in measured)
+        print(f"{name:<26} {rates}   p99 {p99s}")
 
 
 @pytest.mark.slow
