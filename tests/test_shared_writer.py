@@ -11,6 +11,7 @@ import http.client
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -112,11 +113,27 @@ def test_other_files_have_writers_of_their_own(tmp_path):
         one.write("acme", [row("a")], DAY0)
         other.write("acme", [row("a")], DAY0)
         assert one.writer_pid != other.writer_pid
-        assert shared_address(str(tmp_path / "one.db")) == shared_address(str(tmp_path / "." / "one.db"))
     finally:
         one.close()
         other.close()
     assert count(tmp_path / "one.db") == count(tmp_path / "other.db") == 1
+
+
+def test_the_writers_name_is_the_files_not_its_paths(tmp_path):
+    """One file by any path (a link, another mount of it) has one writer; another file at the same
+    path (another container's volume, a file restored in its place) has another."""
+    db = tmp_path / "one.db"
+    SQLiteStore(str(db)).close()
+    name = shared_address(str(db))
+    os.link(db, tmp_path / "linked.db")
+    (tmp_path / "symlinked.db").symlink_to(db)
+    assert (
+        shared_address(str(tmp_path / "linked.db")) == shared_address(str(tmp_path / "symlinked.db")) == name
+    )
+    db.rename(tmp_path / "moved.db")
+    SQLiteStore(str(db)).close()
+    assert shared_address(str(db)) != name
+    assert shared_address(str(tmp_path / "moved.db")) == name
 
 
 def test_the_writer_outlives_the_process_that_started_it_and_stops_after_the_last(tmp_path):
@@ -131,7 +148,7 @@ def test_the_writer_outlives_the_process_that_started_it_and_stops_after_the_las
     assert joiner.write("acme", [row("c"), row("a")], DAY0) == StoreOutcome(1, duplicates=1)
     assert joiner.writer_pid == pid
     joiner.close()
-    assert until(lambda: not running(pid))  # the last one left: it stopped
+    assert until(lambda: not Path(f"/proc/{pid}").exists())  # the last one left: it stopped, and was reaped
     again = shared(db, migrate=False)  # and let go of its name: a new one starts
     try:
         assert again.write("acme", [row("d"), row("c")], DAY0) == StoreOutcome(1, duplicates=1)
@@ -204,6 +221,23 @@ def test_a_killed_shared_writer_is_replaced_once_for_every_process(tmp_path):
     assert count(db) == 4
 
 
+def test_a_shared_writer_may_hold_a_socket_for_every_thread_of_every_worker(tmp_path):
+    """Its descriptors' soft limit is raised to the hard one (1,024 is 8 workers of 128 threads)."""
+    store = shared(tmp_path / "drengr.db")
+    ours = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, ours[1]), ours[1]))  # the writer inherits it
+    try:
+        store.write("acme", [row("a")], DAY0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, ours)
+    try:
+        limits = Path(f"/proc/{store.writer_pid}/limits").read_text().splitlines()
+        soft, hard = next(line for line in limits if line.startswith("Max open files")).split()[3:5]
+        assert (soft, hard) == (str(ours[1]), str(ours[1]))
+    finally:
+        store.close()
+
+
 def test_a_shared_writer_needs_a_file():
     with pytest.raises(StoreError, match="needs a database file"):
         SQLiteStore(":memory:", writer="shared")
@@ -226,6 +260,7 @@ def test_another_users_process_can_neither_join_nor_stand_in_for_the_writer(tmp_
     """Anyone on the machine can reach an abstract socket: the writer closes another user's
     connection, and a store refuses a listener of another user's at its writer's name."""
     db = tmp_path / "drengr.db"
+    store = shared(db)  # the file, which the name is of
     address = shared_address(str(db))
 
     def squat(said: Callable[[bytes], None]) -> None:
@@ -244,7 +279,6 @@ def test_another_users_process_can_neither_join_nor_stand_in_for_the_writer(tmp_
         said(repr(control.recv(100)).encode() + b"\n")
 
     # A squatter that holds the name first: the store's write fails, nothing is sent to it.
-    store = shared(db)
     squatter, lines = as_nobody(squat)
     try:
         assert lines.readline() == b"ready\n"

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import marshal
 import os
+import resource
 import select
 import signal
 import socket
@@ -52,7 +53,7 @@ _LENGTH = struct.Struct("!i")  # a message's frame: its length, then its marshal
 _INT = struct.Struct("i")  # a file descriptor, as SCM_RIGHTS carries it
 _CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: the pid, uid and gid at the other end of a Unix socket
 _STOPPING = b"l"  # a shared writer to the last process that leaves it: it stops now
-_JOIN_SECONDS = 5.0  # how long a process tries to join a shared writer that is starting or stopping
+_JOIN_SECONDS = 30.0  # how long a process tries to join a shared writer that is starting or stopping
 # The writer process's cyclic garbage collector runs after this many new objects, not 700: every
 # job brings a tuple a row, and at 700 a collection every ~1,300 rows walked the rows still in
 # flight and those the read side's builder holds (0.33 s of GC in 10 s of 100-event batches, ~0.4 µs
@@ -178,10 +179,20 @@ class WriterProcess:
                 log.error("writer process failed: %r", error)
                 self.failed = error
 
+    def running(self) -> bool:
+        """Whether the writer process still runs (a shared one may, for others, after this one failed)."""
+        if self._process is not None:
+            return self._process.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return False
+        return self.pid > 0
+
     def _kill(self) -> None:
         if self._process is not None:
             self._process.kill()
-        else:  # a shared writer another process started
+        elif self.pid > 0:  # a shared writer another process started (never 0: this process group)
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
 
@@ -196,23 +207,37 @@ class WriterProcess:
                 self._idle.wait(left)
             if self.failed is None:
                 self.failed = StoreError("the writer process was stopped")
+        deadline = time.monotonic() + 30
         said = b""
         with contextlib.suppress(OSError):
             self._control.send(b"s", socket.MSG_DONTWAIT)
-            said = _read_to_eof(self._control, time.monotonic() + 30)
+        said = _read_to_eof(self._control, deadline)
         self._control.close()
-        if self._process is None or (self._shared and _STOPPING not in said):
-            return  # another process's writer, or one that others still use: theirs now
+        process = self._process
+        if process is None:
+            return  # another process's writer
+        if self._shared and _STOPPING not in said:  # others still use it: reaped whenever it stops
+            threading.Thread(target=process.wait, name="drengr-writer-reaper", daemon=True).start()
+            return
         try:
-            self._process.wait(timeout=30)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+            process.kill()
+            process.wait()
 
 
 def shared_address(path: str) -> bytes:
-    """The abstract Unix socket a database's shared writer listens on: one name per file and user."""
-    digest = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:32]
+    """The abstract Unix socket a database's shared writer listens on: one name per file (its device
+    and inode, not its path: containers that share a network namespace can have different files at
+    one path, or one file at different paths), user and pid namespace (a writer's pid must mean the
+    same process to every process that joins it)."""
+    try:
+        found = os.stat(path)
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError as error:
+        raise StoreError(f"cannot name the shared writer of {path}: {error}") from error
+    identity = f"{found.st_dev}:{found.st_ino}:{namespace}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:32]
     return f"\0drengr-writer-{os.getuid()}-{digest}".encode()
 
 
@@ -268,7 +293,12 @@ def _start(
 ) -> tuple[socket.socket, "subprocess.Popen[bytes]"]:
     """Start the child: our end of its control socket, and the process. ``listener``: a shared
     writer's listening socket, which the child takes over."""
-    ours, theirs = socket.socketpair()
+    try:
+        ours, theirs = socket.socketpair()
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
     fds = [theirs.fileno()] if listener is None else [theirs.fileno(), listener.fileno()]
     listen_fd = -1 if listener is None else listener.fileno()
     code = (
@@ -301,7 +331,12 @@ def _read_to_eof(sock: socket.socket, deadline: float) -> bytes:
     poller.register(sock, select.POLLIN)
     said = b""
     while (left := deadline - time.monotonic()) > 0 and poller.poll(left * 1000):
-        chunk = sock.recv(64, socket.MSG_DONTWAIT)
+        try:
+            chunk = sock.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue
+        except OSError:  # reset: the end all the same
+            break
         if not chunk:
             break
         said += chunk
@@ -416,6 +451,7 @@ def writer_main(
     writer's listening socket, where other processes connect control sockets of their own."""
     return_large_blocks()  # the messages are large blocks: see _memory
     gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
+    _raise_descriptor_limit()
     configure_logs("warning", log_format)  # its problems, on the same stderr, as serve's lines are
     # A terminal's Ctrl-C or a service manager's SIGTERM reaches the whole process group: the
     # parent answers it (it finishes what is in flight, then sends "stop"); this child exits on
@@ -457,6 +493,15 @@ def writer_main(
         conn.close()
     metrics.process_exited(os.getpid())  # its gauges stop counting (gunicorn's scrape)
     inboxes.close()
+
+
+def _raise_descriptor_limit() -> None:
+    """The soft limit of open descriptors up to the hard one: a shared writer holds a socket for every
+    thread of every worker (8 workers of 128 threads pass the usual soft limit, 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class _Inbox:
@@ -617,12 +662,17 @@ class _Inboxes:
         while True:
             try:
                 # (socket.recv_fds and send_fds leave their flags out before Python 3.12)
-                data, ancillary, _flags, _address = control.recvmsg(1, _FD_SPACE, socket.MSG_DONTWAIT)
+                data, ancillary, flags, _address = control.recvmsg(1, _FD_SPACE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return False
             except OSError:
                 return True
             fds = [fd for level, kind, value in ancillary for fd in _descriptors(level, kind, value)]
+            if data == b"c" and not fds and flags & socket.MSG_CTRUNC:
+                # Out of descriptors: that thread's socket was dropped on the way, the process stays
+                # (its thread's jobs go unanswered: 502s until its requests give up).
+                log.error("writer process: out of file descriptors, a thread's socket was lost")
+                continue
             if data != b"c" or not fds:
                 for extra in fds:
                     os.close(extra)

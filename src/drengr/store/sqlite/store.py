@@ -405,7 +405,8 @@ class SQLiteStore(Admin):
             self._child = None  # a forked process's copy: that process's writer, not ours to stop
         if self._child is not None and self._child.failed:
             self._child.stop()
-            metrics.process_exited(self._child.pid)  # a dead writer's gauges stop counting
+            if not self._child.running():  # a dead writer's gauges stop counting
+                metrics.process_exited(self._child.pid)
             self._child = None
         if self._child is None:
             try:
