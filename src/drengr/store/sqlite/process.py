@@ -52,6 +52,7 @@ _MERGE_MAX_BYTES = 4 << 20  # the writer process's groups: at most this many byt
 _LENGTH = struct.Struct("!i")  # a message's frame: its length, then its marshal bytes
 _INT = struct.Struct("i")  # a file descriptor, as SCM_RIGHTS carries it
 _CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: the pid, uid and gid at the other end of a Unix socket
+_TAKEN = b"a"  # a shared writer to a process that joins it: it is taken, not being let go of
 _STOPPING = b"l"  # a shared writer to the last process that leaves it: it stops now
 _JOIN_SECONDS = 30.0  # how long a process tries to join a shared writer that is starting or stopping
 # The writer process's cyclic garbage collector runs after this many new objects, not 700: every
@@ -245,8 +246,10 @@ def _join_or_listen(address: bytes) -> tuple[socket.socket | None, socket.socket
     """Listen at ``address`` (nobody does: this process starts the writer), or connect to the
     writer that does: (listener, None, 0) or (None, its control socket, its pid).
 
-    A writer that is starting (named, not yet listening) or stopping (its
-    last process left) refuses connections: tried again for a few seconds.
+    A writer that is starting (named, not yet listening) refuses
+    connections, and one that is stopping (its last process left) closes
+    those it has not taken: tried again for up to half a minute. A process
+    that joins waits for the writer's byte saying it is taken.
     """
     deadline = time.monotonic() + _JOIN_SECONDS
     while True:
@@ -262,25 +265,27 @@ def _join_or_listen(address: bytes) -> tuple[socket.socket | None, socket.socket
         try:
             control.settimeout(max(0.1, deadline - time.monotonic()))
             control.connect(address)
-            control.settimeout(None)
             pid, uid, _gid = _CREDENTIALS.unpack(
                 control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
             )
-        except (ConnectionRefusedError, FileNotFoundError):
-            control.close()
-            if time.monotonic() > deadline:
+            if uid != os.getuid():
                 raise StoreError(
-                    "the shared writer process neither answers nor lets go of its name"
-                ) from None
-            time.sleep(0.01)
-            continue
+                    f"another user's process (pid {pid}) listens where this database's writer would"
+                )
+            # Taken (its byte), or reset: a writer that let go of its name as we came.
+            taken = control.recv(1) == _TAKEN
+            control.settimeout(None)
+        except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError):
+            taken = False
         except BaseException:
             control.close()
             raise
-        if uid != os.getuid():
-            control.close()
-            raise StoreError(f"another user's process (pid {pid}) listens where this database's writer would")
-        return None, control, pid
+        if taken:
+            return None, control, pid
+        control.close()
+        if time.monotonic() > deadline:
+            raise StoreError("the shared writer process neither answers nor lets go of its name")
+        time.sleep(0.01)
 
 
 def _start(
@@ -631,6 +636,8 @@ class _Inboxes:
             if uid != os.getuid():
                 control.close()
                 continue
+            with contextlib.suppress(OSError):
+                control.send(_TAKEN, socket.MSG_DONTWAIT)  # its process waits for it before its first job
             self._add_control(control)
 
     def _left(self, control: socket.socket) -> bool:
