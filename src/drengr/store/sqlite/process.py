@@ -585,6 +585,7 @@ class _Inboxes:
             listener.listen(128)  # until now, a process that came to join was refused and tried again
             listener.setblocking(False)
             self._poller.register(listener, select.POLLIN)
+        self._listening_again = 0.0  # after an accept failed, the listener rests until then (monotonic)
         self._inboxes: dict[int, _Inbox] = {}
         self._scratch = memoryview(bytearray(1 << 20))  # every socket is read through it
 
@@ -593,7 +594,10 @@ class _Inboxes:
         (the last process's "stop", or its exit): the jobs taken with it are still committed."""
         left_over = any(inbox.waiting() for inbox in self._inboxes.values())
         stop = False
-        for fd, _events in self._poller.poll(0 if left_over else None):
+        if self._listening_again and time.monotonic() >= self._listening_again and self._listener is not None:
+            self._listening_again = 0.0
+            self._poller.register(self._listener, select.POLLIN)
+        for fd, _events in self._poller.poll(0 if left_over else 1000 if self._listening_again else None):
             if (control := self._controls.get(fd)) is not None:
                 if self._read_control(control):
                     stop = self._left(control) or stop
@@ -627,8 +631,11 @@ class _Inboxes:
                 control, _address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # out of descriptors, say: the process finds no writer and says so
+            except OSError as error:  # out of descriptors, say: it waits in the queue; tried in a second
                 log.error("shared writer: cannot accept a process: %s", error)
+                if not self._listening_again:  # not a busy loop on a listener that stays readable
+                    self._poller.unregister(self._listener)
+                self._listening_again = time.monotonic() + 1.0
                 return
             _pid, uid, _gid = _CREDENTIALS.unpack(
                 control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
@@ -655,7 +662,8 @@ class _Inboxes:
             control.close()
             return False
         if self._listener is not None:
-            self._poller.unregister(self._listener)
+            if not self._listening_again:
+                self._poller.unregister(self._listener)
             self._listener.close()
             self._listener = None
             with contextlib.suppress(OSError):
