@@ -184,11 +184,13 @@ class WriterProcess:
         """Whether the writer process still runs (a shared one may, for others, after this one failed)."""
         if self._process is not None:
             return self._process.poll() is None
+        if self.pid <= 0:
+            return False
         try:
             os.kill(self.pid, 0)
         except OSError:
             return False
-        return self.pid > 0
+        return True
 
     def _kill(self) -> None:
         if self._process is not None:
@@ -209,7 +211,6 @@ class WriterProcess:
             if self.failed is None:
                 self.failed = StoreError("the writer process was stopped")
         deadline = time.monotonic() + 30
-        said = b""
         with contextlib.suppress(OSError):
             self._control.send(b"s", socket.MSG_DONTWAIT)
         said = _read_to_eof(self._control, deadline)
