@@ -39,6 +39,17 @@ def shared(path: Path, **options: object) -> SQLiteStore:
     return SQLiteStore(str(path), clock=Clock(DAY0), writer="shared", **options)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def two_stores(db: Path) -> Iterator[tuple[SQLiteStore, SQLiteStore]]:
+    """Two shared stores on ``db`` (two workers', as far as the writer goes), closed in that order."""
+    first, second = shared(db), shared(db, migrate=False)
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
 def count(path: Path) -> int:
     conn = sqlite3.connect(path)
     try:
@@ -95,15 +106,11 @@ def write_until_answered(store: SQLiteStore, rows: list[tuple[str, ...]]) -> Sto
 def test_stores_on_one_file_share_one_writer_process(tmp_path):
     """The second store joins the first one's writer: one process, one dedup window for both."""
     db = tmp_path / "drengr.db"
-    first, second = shared(db), shared(db, migrate=False)
-    try:
+    with two_stores(db) as (first, second):
         assert first.write("acme", [row("a"), row("b")], DAY0) == StoreOutcome(2)
         assert second.write("acme", [row("b"), row("c")], DAY0) == StoreOutcome(1, duplicates=1)
         assert first.writer_pid == second.writer_pid
         assert writer_processes() == {first.writer_pid}
-    finally:
-        first.close()
-        second.close()
     assert count(db) == 3
 
 
@@ -202,8 +209,7 @@ def test_a_killed_shared_writer_is_replaced_once_for_every_process(tmp_path):
     """SIGKILL: each store's next write fails (502) or lands in the new writer, which one of them
     started and the other joined; resends are caught as duplicates."""
     db = tmp_path / "drengr.db"
-    first, second = shared(db), shared(db, migrate=False)
-    try:
+    with two_stores(db) as (first, second):
         first.write("acme", [row("a")], DAY0)
         second.write("acme", [row("b")], DAY0)
         dead = first.writer_pid
@@ -215,9 +221,6 @@ def test_a_killed_shared_writer_is_replaced_once_for_every_process(tmp_path):
         assert write_until_answered(second, [row("b"), row("c"), row("d")]) == StoreOutcome(1, duplicates=2)
         assert first.writer_pid == second.writer_pid not in (None, dead)
         assert writer_processes() == {first.writer_pid}
-    finally:
-        first.close()
-        second.close()
     assert count(db) == 4
 
 
