@@ -30,6 +30,7 @@ pytestmark = [
         [
             pytest.param("sqlite", "thread", id="sqlite-thread"),
             pytest.param("sqlite", "process", id="sqlite-process"),
+            pytest.param("sqlite", "shared", id="sqlite-shared"),
             pytest.param("postgresql", "threads", id="postgresql"),
         ],
         indirect=["engine"],
