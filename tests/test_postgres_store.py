@@ -384,6 +384,37 @@ def test_dedup_is_exact_across_nodes_under_concurrency(pg_dsn: str) -> None:
     assert query(pg_dsn, "SELECT count(DISTINCT event_id) FROM semantic_events") == [(600,)]
 
 
+def test_deployments_in_two_schemas_of_one_database_never_wait_for_each_others_locks(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Advisory locks are the database's: the writers' and the builder's keys carry this schema's table,
+    so a builder at work in another schema (its lock held) and a write under way there (its turn held
+    shared) neither stop this schema's builder nor its writes."""
+    from drengr.store.postgres.statements import _WRITE_TURN, BUILDER_LOCK, LOCK_KEY, WRITE_TURN_LOCK
+    from drengr.store.postgres.store import build_read_side
+
+    from .support.postgres import fresh_schema
+
+    monkeypatch.setattr(PostgresStore, "builds_read_side", False)  # built below, by hand
+    with fresh_schema() as other_dsn:
+        PostgresStore(other_dsn, clock=Clock(DAY0)).close()  # its tables, its semantic_events
+        store = PostgresStore(pg_dsn, clock=Clock(DAY0))
+        store.write("acme", [row(str(i)) for i in range(20)], DAY0)
+        with (
+            psycopg.connect(other_dsn, autocommit=True) as other,
+            psycopg.connect(pg_dsn, autocommit=True) as ours,
+        ):
+            assert other.execute(f"SELECT pg_try_advisory_lock({LOCK_KEY})", (BUILDER_LOCK,)).fetchone()[0]
+            with other.transaction():
+                other.execute(_WRITE_TURN, (WRITE_TURN_LOCK,))  # the other schema's write, under way
+                ours.execute("SET lock_timeout = '5s'")  # a hang guard: waiting on theirs fails
+                assert build_read_side(ours) == 20
+                assert store.write("acme", [row("more")], DAY0).stored == 1
+            other.execute(f"SELECT pg_advisory_unlock({LOCK_KEY})", (BUILDER_LOCK,))
+        store.close()
+    assert query(pg_dsn, "SELECT count(*) FROM user_index") == [(20,)]
+
+
 def test_a_step_whose_seq_the_user_index_holds_already_is_built_all_the_same(
     pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

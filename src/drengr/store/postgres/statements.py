@@ -126,7 +126,11 @@ _BUILD_STEP_AGAIN = _build_step_sql(new=False)
 # committed (seqs are handed out before commit, and writers commit out of seq order).
 WRITE_TURN_LOCK = 0x64726E68
 BUILDER_LOCK = 0x64726E69  # one node's builder at a time
-_WRITE_TURN = "SELECT pg_advisory_xact_lock_shared(%s)"
+# Advisory locks are the database's, not a schema's: each key is one of those above in its high 32 bits
+# and the oid of this schema's semantic_events in its low 32, so that deployments in two schemas of one
+# database (a search_path each) never wait for each other's writers or builder.
+LOCK_KEY = "((%s::bigint << 32) | 'semantic_events'::regclass::oid::bigint)"
+_WRITE_TURN = f"SELECT pg_advisory_xact_lock_shared({LOCK_KEY})"
 # The user index's entries of rows a prune deletes (before the rows themselves go). Each statement on a
 # prune's seqs takes (tenant, seqs as bigint[], lowest, highest): the range keeps the planner on the
 # (tenant_id, seq) index without statistics, and a bigint[] is hashed (a smallint[] is searched
@@ -170,7 +174,7 @@ _DB_DAY = "floor(extract(epoch FROM statement_timestamp()) / 86400)::int"
 # database's: each group starts with ``_TURN_AND_DAY`` (the writers' turn, ``_WRITE_TURN``, taken
 # before the group's first seq; ``_DAY`` without the read side), then copies its ids in (``_COPY_IDS``,
 # in a savepoint). Only when one of them is there already does ``_INSERT_NEW_IDS`` say which.
-_TURN_AND_DAY = f"SELECT pg_advisory_xact_lock_shared(%s), {_DB_DAY}"
+_TURN_AND_DAY = f"SELECT pg_advisory_xact_lock_shared({LOCK_KEY}), {_DB_DAY}"
 _DAY = f"SELECT {_DB_DAY}"
 _COPY_IDS = "COPY event_ids (tenant_id, event_id, gen) FROM STDIN"
 _INSERT_NEW_IDS = """

@@ -51,6 +51,7 @@ from .statements import (
     _REMOVE_USERS,
     _TURN_AND_DAY,
     BUILDER_LOCK,
+    LOCK_KEY,
     SCHEMA,
     SCHEMA_VERSION,
     WRITE_TURN_LOCK,
@@ -83,11 +84,11 @@ def build_read_side(conn: psycopg.Connection[Any]) -> int:
     built = int(conn.execute("SELECT value FROM drengr_meta WHERE key = 'read_side_seq'").fetchone()[0])  # type: ignore[index]
     if int(conn.execute(newest).fetchone()[0]) <= built:  # type: ignore[index]
         return 0  # nothing new: no need to stop the writers
-    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (BUILDER_LOCK,)).fetchone()[0]:  # type: ignore[index]
+    if not conn.execute(f"SELECT pg_try_advisory_lock({LOCK_KEY})", (BUILDER_LOCK,)).fetchone()[0]:  # type: ignore[index]
         return 0  # another node's builder is at it
     try:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_TURN_LOCK,))
+            conn.execute(f"SELECT pg_advisory_xact_lock({LOCK_KEY})", (WRITE_TURN_LOCK,))
             horizon = int(conn.execute(newest).fetchone()[0])  # type: ignore[index]
         done = 0
         while True:
@@ -111,7 +112,7 @@ def build_read_side(conn: psycopg.Connection[Any]) -> int:
                 conn.execute("UPDATE drengr_meta SET value = %s WHERE key = 'read_side_seq'", (str(high),))
             done += high - low
     finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (BUILDER_LOCK,))
+        conn.execute(f"SELECT pg_advisory_unlock({LOCK_KEY})", (BUILDER_LOCK,))
 
 
 class PostgresStore(Admin):
