@@ -311,13 +311,16 @@ class Browser:
 
     SCRIPT = "browser.js"  # a driver in tests/clients/node that speaks this protocol
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, close_grace_ms: int = 500) -> None:
+        """``close_grace_ms``: how long Chromium stays up once the page is closed, for what the page
+        sent from ``pagehide`` (a beacon) to leave it."""
         import queue
 
         self._lines: queue.Queue[str | None] = queue.Queue()
+        env = {**os.environ, "CHROMIUM": CHROMIUM, "CLOSE_GRACE_MS": str(close_grace_ms)}
         self.process = subprocess.Popen(
             ["node", self.SCRIPT, url], cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "CHROMIUM": CHROMIUM},
+            stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
         self.console: list[str] = []
