@@ -67,9 +67,11 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def writer_processes(parents: set[int] | None = None) -> set[int]:
-    """The running writer processes (``writer_main``) whose parent is one of ``parents`` (this process)."""
-    parents = {os.getpid()} if parents is None else parents
+def writer_processes(parents: set[int] | None = None, db: Path | None = None) -> set[int]:
+    """The running writer processes (``writer_main``) whose parent is one of ``parents`` (this
+    process), or, given ``db``, those of that file whoever their parent is now (a worker that
+    started one may have exited since)."""
+    parents = {os.getpid()} if parents is None and db is None else parents
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -79,7 +81,12 @@ def writer_processes(parents: set[int] | None = None) -> set[int]:
             parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError):
             continue
-        if b"writer_main(" in command and parent in parents and running(int(entry.name)):
+        if (
+            b"writer_main(" in command
+            and (parents is None or parent in parents)
+            and (db is None or repr(str(db)).encode() in command)
+            and running(int(entry.name))
+        ):
             found.add(int(entry.name))
     return found
 
@@ -363,18 +370,7 @@ def gunicorn(tmp_path: Path, db: Path, *extra: str) -> Iterator[tuple[int, subpr
 
 
 def writers_of(db: Path) -> set[int]:
-    """The running writer processes of ``db``, whoever their parent is now (a worker that started one
-    may have exited since)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"writer_main(" in command and repr(str(db)).encode() in command and running(int(entry.name)):
-                found.add(int(entry.name))
-    return found
+    return writer_processes(db=db)
 
 
 def post_batch(port: int, key: str, ids: list[str]) -> int:
