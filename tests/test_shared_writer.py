@@ -248,6 +248,55 @@ def test_a_shared_writer_may_hold_a_socket_for_every_thread_of_every_worker(tmp_
         store.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _taken(sock: socket.socket, seconds: float) -> bool:
+    """Whether the writer took this connection (its first byte) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b"a"
+    except TimeoutError:
+        return False
+
+
+def test_a_shared_writer_out_of_descriptors_rests_its_listener_and_takes_the_queue_later(tmp_path):
+    """Processes that come to join while the writer has no descriptor left wait in the listener's
+    queue: the writer neither spins on the listener (readable all along) nor dies, and takes them
+    once it has descriptors again."""
+    db = tmp_path / "drengr.db"
+    store = shared(db)
+    store.write("acme", [row("a")], DAY0)
+    pid = store.writer_pid
+    assert pid is not None
+    limit = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    joiners: list[socket.socket] = []
+    try:
+        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 1, limit[1]))  # room for one more
+        for _ in range(6):
+            joiner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            joiner.connect(shared_address(str(db)))  # queued, as a joining process's control socket
+            joiners.append(joiner)
+        waiting = [joiner for joiner in joiners if not _taken(joiner, 0.5)]
+        assert waiting  # no descriptor for them
+        before = _cpu_seconds(pid)
+        time.sleep(2)
+        assert _cpu_seconds(pid) - before < 0.5  # resting, not polling a readable listener in a loop
+        assert running(pid)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limit)
+        assert all(_taken(joiner, HANG_GUARD_SECONDS) for joiner in waiting)
+        assert store.write("acme", [row("b")], DAY0).stored == 1
+        assert store.writer_pid == pid
+    finally:
+        for joiner in joiners:
+            joiner.close()
+        store.close()
+    assert count(db) == 2
+
+
 def test_a_shared_writer_needs_a_file():
     with pytest.raises(StoreError, match="needs a database file"):
         SQLiteStore(":memory:", writer="shared")
