@@ -7,6 +7,7 @@ processes, a real gunicorn with two workers.
 """
 
 import contextlib
+import fcntl
 import http.client
 import json
 import logging
@@ -297,6 +298,72 @@ def test_a_shared_writer_out_of_descriptors_rests_its_listener_and_takes_the_que
             joiner.close()
         store.close()
     assert count(db) == 2
+
+
+@contextlib.contextmanager
+def writer_busy(db: Path, starter: SQLiteStore) -> Iterator[threading.Thread]:
+    """The shared writer inside a group for as long as this lasts: the writers' lock held here (as
+    a `drengr prune` holds its turns), and a job of ``starter``'s waiting in the writer for it.
+    The thread that sent that job is yielded; its write lands once the lock is let go."""
+    lock = os.open(f"{db}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    waiting = threading.Thread(target=starter.write, args=("acme", [row("waits-for-its-turn")], DAY0))
+    try:
+        waiting.start()
+        time.sleep(0.3)  # the writer has taken that job and waits for its turn
+        yield waiting
+    finally:
+        os.close(lock)
+        waiting.join(timeout=HANG_GUARD_SECONDS)
+
+
+def test_a_process_that_joins_a_busy_writer_gives_up_at_its_busy_timeout(tmp_path):
+    """The writer takes joining processes between its groups. While it waits in one (its turn at
+    the lock, 20 s with the starter's settings), a process with a busy timeout of 1 s gets its 502
+    after about 1 s, not when the writer is done; and joins once it is."""
+    db = tmp_path / "drengr.db"
+    starter = shared(db, busy_timeout_ms=20_000)
+    starter.write("acme", [row("a")], DAY0)
+    late = shared(db, busy_timeout_ms=1_000, migrate=False)
+    try:
+        with writer_busy(db, starter):
+            started = time.monotonic()
+            with pytest.raises(StoreError):
+                late.write("acme", [row("b")], DAY0)
+            assert time.monotonic() - started < 5  # its 1 s, and the store's own steps; not 20 s
+        assert write_until_answered(late, [row("b")]) == StoreOutcome(1)
+        assert late.writer_pid == starter.writer_pid
+    finally:
+        late.close()
+        starter.close()
+    assert count(db) == 3  # a, b and the starter's job that waited for its turn
+
+
+def test_a_job_a_busy_shared_writer_cannot_take_in_time_is_taken_back_and_the_writer_stays(tmp_path):
+    """A job larger than the socket's buffer, sent while the writer waits in a group past the
+    job's busy timeout: its socket is closed (the writer drops what it got of it), not the
+    writer killed with the other processes' jobs in it. The one waiting in it lands."""
+    db = tmp_path / "drengr.db"
+    starter = shared(db, busy_timeout_ms=20_000)
+    starter.write("acme", [row("a")], DAY0)
+    other = shared(db, busy_timeout_ms=1_000, migrate=False)
+    try:
+        other.write("acme", [row("b")], DAY0)
+        pid = starter.writer_pid
+        assert pid is not None and other.writer_pid == pid
+        big = [(*row(f"big-{i}")[:8], json.dumps({"pad": "x" * 1_000}), *row("")[9:]) for i in range(3_000)]
+        with writer_busy(db, starter) as waiting:
+            with pytest.raises(StoreError):
+                other.write("acme", big, DAY0)  # ~3 MB: the writer reads none of it meanwhile
+            assert running(pid)
+        assert not waiting.is_alive()
+        assert other.write("acme", [row("c")], DAY0) == StoreOutcome(1)
+        assert other.write("acme", big, DAY0) == StoreOutcome(3_000)  # the client's resend
+        assert starter.writer_pid == other.writer_pid == pid
+    finally:
+        other.close()
+        starter.close()
+    assert count(db) == 3_004  # a, b, c, the starter's job and the big one's resend, each once
 
 
 def test_a_shared_writer_needs_a_file():

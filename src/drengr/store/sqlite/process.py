@@ -92,12 +92,15 @@ class WriterProcess:
         cpus: tuple[int, ...] = (),
         window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
         shared: bool = False,
+        deadline: float | None = None,
     ) -> None:
+        """``deadline`` (monotonic): when joining a shared writer, the first job's; a writer
+        busy past it (its turn at the lock, a window being built) has not taken this process."""
         listener: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None  # None: a shared writer another process started
         self._shared = shared
         if shared:
-            listener, joined, pid = _join_or_listen(shared_address(path))
+            listener, joined, pid = _join_or_listen(shared_address(path), deadline)
             if joined is not None:  # another process's writer: its settings, its CPUs
                 self._control, self.pid = joined, pid
         if not shared or listener is not None:
@@ -118,8 +121,10 @@ class WriterProcess:
         or its error set). ``committed(n)``: the child committed ``n`` groups meanwhile.
 
         A child that does not take the message by the deadline is stalled: it is
-        killed (a half-sent message cannot be taken back) and its jobs fail;
-        the next job starts a new one. A job not answered by then is left: its
+        killed (its jobs fail) and the next job starts a new one. Not a shared
+        writer, which other processes' jobs are in: this thread's socket is
+        closed instead, and the writer drops the part of the message it got
+        with the socket's EOF. A job not answered by the deadline is left: its
         request answers 502, and its late answer is dropped on this thread's
         next job.
         """
@@ -137,6 +142,10 @@ class WriterProcess:
             _send(channel.sock, payload, job.deadline)
             answer = channel.answer(number, job.deadline)
         except TimeoutError as error:  # it took no job within the busy timeout
+            if self._shared:
+                log.error("shared writer process %d took no job within the busy timeout", self.pid)
+                self._drop_channel()  # the next job of this thread sends on a new socket
+                return _fail(job, error)
             log.error("writer process %d took no job within the busy timeout: killed", self.pid)
             self._failed(error)
             self._kill()  # a stopped process dies too; its open transaction rolls back
@@ -173,6 +182,13 @@ class WriterProcess:
                 theirs.close()
             channel = self._local.channel = _Channel(ours)
         return channel
+
+    def _drop_channel(self) -> None:
+        """Close this thread's socket: the writer drops a message half sent on it at its EOF."""
+        channel: _Channel | None = getattr(self._local, "channel", None)
+        if channel is not None:
+            channel.sock.close()
+            self._local.channel = None
 
     def _failed(self, error: BaseException) -> None:
         with self._lock:
@@ -243,16 +259,21 @@ def shared_address(path: str) -> bytes:
     return f"\0drengr-writer-{os.getuid()}-{digest}".encode()
 
 
-def _join_or_listen(address: bytes) -> tuple[socket.socket | None, socket.socket | None, int]:
+def _join_or_listen(
+    address: bytes, deadline: float | None = None
+) -> tuple[socket.socket | None, socket.socket | None, int]:
     """Listen at ``address`` (nobody does: this process starts the writer), or connect to the
     writer that does: (listener, None, 0) or (None, its control socket, its pid).
 
     A writer that is starting (named, not yet listening) refuses
     connections, and one that is stopping (its last process left) closes
-    those it has not taken: tried again for up to half a minute. A process
-    that joins waits for the writer's byte saying it is taken.
+    those it has not taken: tried again for up to half a minute, or until
+    ``deadline`` (monotonic), the first job's. A process that joins waits for
+    the writer's byte saying it is taken; the writer takes processes between
+    its groups, so one that is busy past ``deadline`` has not taken it.
     """
-    deadline = time.monotonic() + _JOIN_SECONDS
+    now = time.monotonic()
+    deadline = now + _JOIN_SECONDS if deadline is None else min(deadline, now + _JOIN_SECONDS)
     while True:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -276,7 +297,7 @@ def _join_or_listen(address: bytes) -> tuple[socket.socket | None, socket.socket
             # Taken (its byte), or reset: a writer that let go of its name as we came.
             taken = control.recv(1) == _TAKEN
             control.settimeout(None)
-        except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError):
+        except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError, TimeoutError):
             taken = False
         except BaseException:
             control.close()
@@ -285,7 +306,7 @@ def _join_or_listen(address: bytes) -> tuple[socket.socket | None, socket.socket
             return None, control, pid
         control.close()
         if time.monotonic() > deadline:
-            raise StoreError("the shared writer process neither answers nor lets go of its name")
+            raise StoreError("the shared writer process did not take this process in time")
         time.sleep(0.01)
 
 

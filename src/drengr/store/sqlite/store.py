@@ -131,7 +131,8 @@ class SQLiteStore(Admin):
             except Exception as error:  # noqa: BLE001 - tried again with the first write
                 log.error("cannot start the writer process: %s", error)
 
-    def _start_child(self) -> WriterProcess:
+    def _start_child(self, deadline: float | None = None) -> WriterProcess:
+        """A writer process of this store's own, or (shared) the file's: joined by ``deadline``."""
         return WriterProcess(
             self.path,
             self._durability,
@@ -139,6 +140,7 @@ class SQLiteStore(Admin):
             self._writer_cpus,
             self.dedup_window_days,
             shared=self._writer_kind == "shared",
+            deadline=deadline,
         )
 
     @property
@@ -329,7 +331,7 @@ class SQLiteStore(Admin):
             if not self._child_lock.acquire(timeout=timeout):
                 return False
             try:
-                child = self._ready_child()
+                child = self._ready_child(deadline)
             finally:
                 self._child_lock.release()
             if child is None:
@@ -398,9 +400,9 @@ class SQLiteStore(Admin):
         if conn is not None:
             conn.close()
 
-    def _ready_child(self) -> WriterProcess | None:
-        """A live writer process; None if none can start. A dead or broken one (its jobs already
-        failed: 502) is replaced."""
+    def _ready_child(self, deadline: float | None = None) -> WriterProcess | None:
+        """A live writer process; None if none can start (or join, by ``deadline``). A dead or
+        broken one (its jobs already failed: 502) is replaced."""
         if self._child is not None and self._child.owner != os.getpid():
             self._child = None  # a forked process's copy: that process's writer, not ours to stop
         if self._child is not None and self._child.failed:
@@ -410,7 +412,7 @@ class SQLiteStore(Admin):
             self._child = None
         if self._child is None:
             try:
-                self._child = self._start_child()
+                self._child = self._start_child(deadline)
             except Exception as error:  # noqa: BLE001 - this job fails, the next tries again
                 log.error("cannot start the writer process: %s", error)
                 return None
