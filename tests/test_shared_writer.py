@@ -366,6 +366,39 @@ def test_a_job_a_busy_shared_writer_cannot_take_in_time_is_taken_back_and_the_wr
     assert count(db) == 3_004  # a, b, c, the starter's job and the big one's resend, each once
 
 
+def test_a_fork_does_not_keep_its_parents_writer_alive(tmp_path):
+    """A process that writes through the shared writer forks (a helper of its own, say) and is
+    killed: the writer sees it leave and stops, while the fork, which never wrote, lives on."""
+    db = tmp_path / "drengr.db"
+    create_db(db)
+    code = (
+        "import os, sys, time; from drengr.store import SQLiteStore; from tests.support.stores import DAY0, row; "
+        f"store = SQLiteStore({str(db)!r}, writer='shared', migrate=False); "
+        "store.write('acme', [row('a')], DAY0); fork = os.fork(); "
+        "fork or (time.sleep(60), os._exit(0)); "
+        "print(store.writer_pid, fork, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=child_env({}), stdout=subprocess.PIPE, text=True
+    )
+    fork = 0
+    try:
+        assert parent.stdout is not None
+        writer, fork = map(int, parent.stdout.readline().split())
+        parent.kill()
+        parent.wait()
+        assert until(lambda: not running(writer), seconds=15)
+        assert running(fork)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if fork:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(fork, signal.SIGKILL)
+    assert count(db) == 1
+
+
 def test_a_shared_writer_needs_a_file():
     with pytest.raises(StoreError, match="needs a database file"):
         SQLiteStore(":memory:", writer="shared")

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ class WriterProcess:
         self.owner = os.getpid()  # a process forked from this one (gunicorn --preload) makes its own
         self._control_lock = threading.Lock()
         self._local = threading.local()  # each thread's _Channel
+        self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()  # all threads' (closed in a fork)
+        _LIVE.add(self)
         self.failed: BaseException | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # no job in flight
@@ -181,7 +184,15 @@ class WriterProcess:
             finally:
                 theirs.close()
             channel = self._local.channel = _Channel(ours)
+            self._channels.add(channel)
         return channel
+
+    def _close_in_fork(self) -> None:
+        """In a process forked from the owner: close the copies of the sockets to the writer, so that
+        the writer sees the owner leave when it does (its EOF), not when the fork exits too."""
+        self._control.close()
+        for channel in list(self._channels):
+            channel.sock.close()
 
     def _drop_channel(self) -> None:
         """Close this thread's socket: the writer drops a message half sent on it at its EOF."""
@@ -242,6 +253,20 @@ class WriterProcess:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# Every WriterProcess of this process. A fork (os.fork, multiprocessing's "fork") gets copies of
+# their sockets: closed in the child at once (a store there starts or joins a writer of its own).
+_LIVE: "weakref.WeakSet[WriterProcess]" = weakref.WeakSet()
+
+
+def _close_forked_copies() -> None:
+    for writer in list(_LIVE):
+        writer._close_in_fork()
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_close_forked_copies)
 
 
 def shared_address(path: str) -> bytes:
@@ -373,7 +398,7 @@ def _read_to_eof(sock: socket.socket, deadline: float) -> bytes:
 class _Channel:
     """One thread's end of its socket pair to the child, and the answers read so far."""
 
-    __slots__ = ("_buffer", "_poller", "sent", "sock")
+    __slots__ = ("__weakref__", "_buffer", "_poller", "sent", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
