@@ -366,6 +366,32 @@ def test_a_job_a_busy_shared_writer_cannot_take_in_time_is_taken_back_and_the_wr
     assert count(db) == 3_004  # a, b, c, the starter's job and the big one's resend, each once
 
 
+def test_a_request_that_replaces_a_failed_writer_waits_no_longer_than_its_busy_timeout(tmp_path):
+    """A store whose writer failed (a socket that broke) lets go of it at its next request before
+    it joins again; the writer, busy in a group, reads that goodbye only after the group, and
+    the request waits for it no longer than its own busy timeout."""
+    db = tmp_path / "drengr.db"
+    starter = shared(db, busy_timeout_ms=20_000)
+    starter.write("acme", [row("a")], DAY0)
+    late = shared(db, busy_timeout_ms=1_000, migrate=False)
+    try:
+        late.write("acme", [row("b")], DAY0)
+        child = late._child
+        assert child is not None
+        with writer_busy(db, starter):
+            child.failed = StoreError("its socket broke")  # what submit() records when one does
+            started = time.monotonic()
+            with pytest.raises(StoreError):
+                late.write("acme", [row("c")], DAY0)
+            assert time.monotonic() - started < 5  # its 1 s, and the store's own steps; not 20 s
+        assert write_until_answered(late, [row("c")]) == StoreOutcome(1)
+        assert late.writer_pid == starter.writer_pid
+    finally:
+        late.close()
+        starter.close()
+    assert count(db) == 4  # a, b, c and the starter's job that waited for its turn
+
+
 def test_a_fork_does_not_keep_its_parents_writer_alive(tmp_path):
     """A process that writes through the shared writer forks (a helper of its own, say) and is
     killed: the writer sees it leave and stops, while the fork, which never wrote, lives on."""

@@ -226,11 +226,12 @@ class WriterProcess:
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
 
-    def stop(self) -> None:
+    def stop(self, until: float | None = None) -> None:
         """After the jobs in flight are answered (a minute at most): tell the child this process
         leaves, and wait until it has let go of our socket (a shared writer that others still use
-        at once; else once it has saved its window and stopped), half a minute at most. Reaps it if
-        it is ours."""
+        at once; else once it has saved its window and stopped), half a minute at most, or until
+        ``until`` (monotonic: a request's deadline, replacing a failed writer). Reaps it if it is
+        ours (killed, past the wait), or leaves a thread to."""
         deadline = time.monotonic() + 60
         with self._lock:
             while self.in_flight and self.failed is None and (left := deadline - time.monotonic()) > 0:
@@ -238,6 +239,8 @@ class WriterProcess:
             if self.failed is None:
                 self.failed = StoreError("the writer process was stopped")
         deadline = time.monotonic() + 30
+        if until is not None:
+            deadline = min(deadline, until)
         with contextlib.suppress(OSError):
             self._control.send(b"s", socket.MSG_DONTWAIT)
         said = _read_to_eof(self._control, deadline)

@@ -406,7 +406,7 @@ class SQLiteStore(Admin):
         if self._child is not None and self._child.owner != os.getpid():
             self._child = None  # a forked process's copy: that process's writer, not ours to stop
         if self._child is not None and self._child.failed:
-            self._child.stop()
+            self._child.stop(deadline)  # a request waits for it no longer than for its answer
             if not self._child.running():  # a dead writer's gauges stop counting
                 metrics.process_exited(self._child.pid)
             self._child = None
