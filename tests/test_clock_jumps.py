@@ -151,6 +151,130 @@ def test_sqlite_keeps_an_id_seven_days_on_a_correct_clock(tmp_path: Path) -> Non
         store.close()
 
 
+def _day_of_a_generation(days: float) -> float:
+    """The clock offset that puts now ``days`` into the next generation (a right clock from there)."""
+    window_ms = DEFAULT_DEDUP_WINDOW_DAYS * DAY_SECONDS * 1000
+    target = (clock.now_ms() // window_ms + 1) * window_ms + days * DAY_SECONDS * 1000
+    return clock.offset() + (target - clock.now_ms()) / 1000
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_sqlite_builds_its_window_from_the_table_past_rows_stamped_by_a_clock_gone_back(
+    tmp_path: Path, writer: str
+) -> None:
+    """The window built from the table (after a crash: no window file) starts at the first row
+    received within it. Rows stamped 15 days back, then right again, lie after rows received
+    minutes ago: the start is still found below them, and no resend of either is stored again."""
+    db = str(tmp_path / "drengr.db")
+    store = SQLiteStore(db, writer=writer)
+    try:
+        assert write(store, IDS[:10]) == 10
+        jump(-15)
+        assert write(store, IDS[10:110]) == 100
+        jump(0)
+        assert write(store, IDS[110:120]) == 10
+    finally:
+        store.close()
+    Path(db + "-window").unlink()
+    again = SQLiteStore(db, writer=writer)
+    try:
+        assert write(again, IDS[:120]) == 0, "resends stored again after a restart from the table"
+    finally:
+        again.close()
+
+
+def test_sqlite_keeps_what_it_loads_from_the_table_a_whole_window_when_it_starts_with_its_clock_ahead(
+    tmp_path: Path,
+) -> None:
+    """A server starts with its clock ten days ahead: a generation on from its newest row, so the
+    clock looks right from there, and the window comes from the table. The ids it loads stay a
+    whole window of real time from its start: a day later, when the wrong clock has crossed
+    another boundary, a resend is still a duplicate."""
+    elapsed = [0.0]
+    db = str(tmp_path / "drengr.db")
+    right = _day_of_a_generation(3)
+    clock.set_offset(right)
+    store = SQLiteStore(db, writer="thread", elapsed=lambda: elapsed[0])
+    try:
+        assert write(store, IDS[:10]) == 10
+    finally:
+        store.close()
+    elapsed[0] += 60
+    clock.set_offset(right + 60 + 10 * DAY_SECONDS)
+    again = SQLiteStore(db, writer="thread", elapsed=lambda: elapsed[0])
+    try:
+        assert write(again, IDS[:10]) == 0
+        assert not again._committer.window_from_file  # noqa: SLF001 - the path under test
+        elapsed[0] += DAY_SECONDS + 3_600
+        clock.set_offset(right + 60 + 11 * DAY_SECONDS + 3_600)
+        assert write(again, IDS[:10]) == 0, "forgotten a real day after it was stored"
+    finally:
+        again.close()
+
+
+def test_sqlite_keeps_what_it_reads_from_its_window_file_a_whole_window_when_it_starts_with_its_clock_ahead(
+    tmp_path: Path,
+) -> None:
+    """Ids received late in a generation, a write early in the next (they are its previous one), a
+    stop; the server starts with its clock five days ahead, still in that generation, and reads
+    its window's file. Three real days later the wrong clock has crossed the next boundary: the
+    ids, 3.2 days old, are still remembered."""
+    elapsed = [0.0]
+    db = str(tmp_path / "drengr.db")
+    right = _day_of_a_generation(6.9)
+
+    def at(days: float, ahead: float = 0) -> None:
+        elapsed[0] = days * DAY_SECONDS
+        clock.set_offset(right + (days + ahead) * DAY_SECONDS)
+
+    at(0)
+    store = SQLiteStore(db, writer="thread", elapsed=lambda: elapsed[0])
+    try:
+        assert write(store, IDS[:10]) == 10
+        at(0.2)  # the next generation
+        assert write(store, IDS[10:20]) == 10
+    finally:
+        store.close()
+    at(0.21, ahead=5)
+    again = SQLiteStore(db, writer="thread", elapsed=lambda: elapsed[0])
+    try:
+        assert write(again, IDS[:20]) == 0
+        assert again._committer.window_from_file  # noqa: SLF001 - the path under test
+        at(3.2, ahead=5)
+        assert write(again, IDS[:20]) == 0, "forgotten 3.2 real days after it was stored"
+    finally:
+        again.close()
+
+
+def test_sqlite_started_in_a_later_generation_loads_only_the_window(tmp_path: Path) -> None:
+    """On a right clock, a server stopped in one generation and started in the next loads the ids
+    of the window, not a generation more: an id received 20 days before (N = 7) is stored again."""
+    elapsed = [0.0]
+    db = str(tmp_path / "drengr.db")
+    start = _day_of_a_generation(1 / 24)
+
+    def advance(days: float) -> None:  # a right clock: wall and monotonic move together
+        elapsed[0] += days * DAY_SECONDS
+        clock.set_offset(start + elapsed[0])
+
+    advance(0)
+    store = SQLiteStore(db, writer="thread", elapsed=lambda: elapsed[0])
+    try:
+        assert write(store, IDS[:10]) == 10
+        advance(7)
+        assert write(store, IDS[10:20]) == 10
+    finally:
+        store.close()
+    advance(7)
+    again = SQLiteStore(db, writer="thread", elapsed=lambda: elapsed[0])
+    try:
+        assert write(again, IDS[10:20]) == 0  # 7 days old: inside the window
+        advance(6)
+        assert write(again, IDS[:10]) == 10, "an id 20 days old is still remembered"
+    finally:
+        again.close()
+
+
 # --------------------------------------------------------------------------- over HTTP, with senders
 
 

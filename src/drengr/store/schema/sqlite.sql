@@ -96,3 +96,11 @@ CREATE TABLE IF NOT EXISTS "drop_counts" (
    "count" INTEGER NOT NULL,
    PRIMARY KEY ("tenant_id", "day", "reason")
 );
+
+-- Where the clock went back: a group committed from seq on held a row received more than a day
+-- before newest_before, the latest time of receipt stored until then. A window built from the
+-- table (the dedup window, after a crash) finds its first row with them (drengr.store.sqlite.writer).
+CREATE TABLE IF NOT EXISTS clock_backsteps (
+    seq INTEGER PRIMARY KEY,
+    newest_before TEXT NOT NULL
+);

@@ -34,6 +34,7 @@ The hot insert goes straight to multi-row INSERTs (sqlite-utils' ``insert_all``
 measured ~2× slower). Imports no web framework and not sqlite-utils.
 """
 
+import bisect
 import functools
 import itertools
 import logging
@@ -49,7 +50,7 @@ from ... import metrics
 from ...core.limits import DEFAULT_DAILY_CAP_EVENTS, DEFAULT_DEDUP_WINDOW_DAYS, MS_PER_DAY
 from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms, parse_ms
-from ..base import Job, StoreError, generation
+from ..base import Job, StoreError, generation, schema_statements
 from . import read_side, window, window_file
 from .connect import connect
 from .locks import CHECKPOINT_FALLBACK_PAGES, Checkpointer, WriterLock
@@ -71,6 +72,17 @@ _ROWS_PER_STATEMENT = 512  # 5,632 parameters a statement, below SQLite's 32,766
 _LOAD_ROWS = 65_536  # rows read from the table at a time into the window (its load, others' rows)
 # A closed generation takes no more ids: its table is spilled once it holds this many (4 MB or more).
 _CLOSED_TABLE_IDS = 400_000
+_RECEIVED = 7  # a row's received_at
+# A group with a row received this long before the newest row stored is a clock gone back: noted in
+# clock_backsteps, so that a window built from the table still finds where its rows begin
+# (``_first_seq_received_since``). The load's own margin is as long.
+_BACKSTEP_MS = MS_PER_DAY
+_NOTE_BACKSTEP = "INSERT OR IGNORE INTO clock_backsteps (seq, newest_before) VALUES (?, ?)"
+_CLOCK_BACKSTEPS = next(
+    statement
+    for statement in schema_statements("sqlite")
+    if "TABLE IF NOT EXISTS clock_backsteps" in statement
+)
 
 
 @functools.cache
@@ -151,6 +163,10 @@ class Writer:
         self._closed: list[tuple[float, float]] = [(elapsed(), elapsed())]
         self._current_touched = elapsed()  # when the current one last took a row
         self._last_seq = -1  # -1: not loaded yet
+        # The latest time of receipt stored (by any writer of the file), and the line a day before
+        # it below which a group's rows are noted as a clock gone back.
+        self._newest_received = ""
+        self._backstep_line = ""
         self.window_from_file = False  # the window was read from its file (window_file), not the table
         self.group_commits = 0  # transactions committed (group commit is visible in tests)
         self._turns = WriterLock(path) if turns is None else turns  # writers of this file take turns
@@ -334,6 +350,7 @@ class Writer:
             return []
         last = insert_events(conn, rows)
         seq = last - len(rows) + 1  # AUTOINCREMENT under our write lock: consecutive
+        self._note_backstep(conn, rows, seq)
         additions = []
         for fresh, keys in planned:
             additions.append((keys, seq, fresh))
@@ -361,6 +378,23 @@ class Writer:
             additions += added
         return additions
 
+    def _saw_received(self, newest: str) -> None:
+        """``newest``, a time of receipt stored, may be the latest yet."""
+        if newest > self._newest_received:
+            self._newest_received = newest
+            newest_ms = parse_ms(newest)
+            self._backstep_line = "" if newest_ms is None else format_ms(newest_ms - _BACKSTEP_MS)
+
+    def _note_backstep(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], first_seq: int) -> None:
+        """Rows about to be committed from ``first_seq`` on: if one was received more than a day
+        before the newest row stored (these rows included), the clock has gone back; noted with
+        that newest time, in the same transaction."""
+        received = [row[_RECEIVED] for row in rows]
+        self._saw_received(max(received))
+        if self._backstep_line and min(received) < self._backstep_line:
+            conn.execute(_CLOCK_BACKSTEPS)  # a file made before the table, opened without migrating
+            conn.execute(_NOTE_BACKSTEP, (first_seq, self._newest_received))
+
     def _catch_up(self, conn: sqlite3.Connection, now_ms: int) -> None:
         """Bring the window up to date: load it on first use, rotate it, read others' rows.
 
@@ -376,12 +410,13 @@ class Writer:
         # the current generation, and nothing is forgotten until the clock passes it again.
         self._current_touched = self._elapsed()
         cursor = conn.execute(
-            "SELECT seq, tenant_id, event_id FROM semantic_events WHERE seq > ? ORDER BY seq",
+            "SELECT seq, tenant_id, event_id, received_at FROM semantic_events WHERE seq > ? ORDER BY seq",
             (self._last_seq,),
         )
-        while rows := cursor.fetchmany(_LOAD_ROWS):
+        while rows := cursor.fetchmany(_LOAD_ROWS):  # other writers' rows
             self._last_seq = index_rows(rows, self._window[0].table)
             self._window[0].spill_if_full(self._spill_folder, self._spill_ids)
+            self._saw_received(max(row[3] for row in rows))
 
     def _rotate(self, current_generation: int, now_ms: int) -> None:
         """The clock entered a later generation: close the current one; drop those closed long ago.
@@ -435,6 +470,7 @@ class Writer:
                 "last_row": last_row,
                 "generation": self._generation,
                 "window_days": self.window_days,
+                "newest_received": self._newest_received,
             }
             window_file.save(self.path, header, self._window)
         except (OSError, ValueError, MemoryError, sqlite3.Error) as error:
@@ -468,15 +504,16 @@ class Writer:
                 index.close()
             return False
         # The clock agrees with the table: the previous generation closed at its boundary (as
-        # _load_window has it), and any older one a generation before.
+        # _load_window has it), and any older one a generation before. Their last rows are taken
+        # to be as late as this start (_load_window says why).
         now = self._elapsed()
         window_s = self._window_ms / 1000
         closed_at = now - (now_ms / 1000 - current_generation * window_s)
         self._window = indexes
-        # Their last rows are taken to be as late as their boundaries: never dropped sooner.
         self._closed = [
-            (at, at) for at in (closed_at - older * window_s for older in range(len(indexes) - 1))
+            (at, now) for at in (closed_at - older * window_s for older in range(len(indexes) - 1))
         ]
+        self._saw_received(max(str(header.get("newest_received", "")), _newest_noted(conn)))
         self._current_touched = now
         self._generation = current_generation
         self._last_seq = last_seq
@@ -522,8 +559,12 @@ class Writer:
             current_generation if newest_ms is None else generation(newest_ms, self.window_days)
         )
         boundary = format_ms(current_generation * window_ms)
+        # The generation before the current one (the clock's, or the newest row's when that is
+        # older: a clock that runs ahead, or a server that took nothing for a generation or more).
         # A day of margin: processes' clocks and commit order may disagree by a little.
-        start = format_ms((min(current_generation, newest_generation) - 1) * window_ms - MS_PER_DAY)
+        agrees = current_generation - newest_generation in (0, 1)
+        base = current_generation if agrees else min(current_generation, newest_generation)
+        start = format_ms((base - 1) * window_ms - MS_PER_DAY)
         first_seq = self._first_seq_received_since(conn, start)
         current, previous = Generation(), Generation()
         last = 0
@@ -535,32 +576,50 @@ class Writer:
             last = index_rows(rows, current.table, previous.table, boundary)
             for loaded in (current, previous):
                 loaded.spill_if_full(self._spill_folder, self._spill_ids)
+            self._saw_received(max(row[3] for row in rows))
         previous.spill_if_full(self._spill_folder, min(self._spill_ids, _CLOSED_TABLE_IDS))
         top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'semantic_events'").fetchone()
         now = self._elapsed()
-        if current_generation - newest_generation in (0, 1):
-            # The clock agrees with the table: the previous generation closed at its boundary.
+        if agrees:  # the previous generation closed at its boundary, by the clock
             closed_at = now - (now_ms - current_generation * window_ms) / 1000
         else:  # the clock disagrees with the table: trust only the time this process will see
             closed_at = now
         self._window = [current, previous]
-        self._closed = [(closed_at, closed_at)]  # its last row as late as it closed: never dropped sooner
+        # Its last row is taken to be as late as this start: kept a whole window of this process's
+        # time. A clock that runs ahead by less than a generation looks right from here, and how
+        # long the server was down nobody can tell; so ids loaded now are kept at least N days from
+        # the start, up to 3N days after their receipt.
+        self._closed = [(closed_at, now)]
+        self._saw_received(_newest_noted(conn))
         self._current_touched = now
         self._generation = current_generation
         self._last_seq = max(last, top[0] if top else 0)
 
     @staticmethod
     def _first_seq_received_since(conn: sqlite3.Connection, since: str) -> int:
-        """Binary search on seq: rows are appended in (nearly) received order."""
+        """Binary search on seq for the first row received at ``since`` or later.
+
+        Rows are appended in nearly received order: within a day, the load's margin, or
+        else a clock gone back, noted in ``clock_backsteps``. A row's time is read as
+        the latest of its own and those noted at or before its seq, which never falls
+        by more than a day from one row to the next: so no row received at ``since``
+        plus a day or later lies below the seq found.
+        """
+        steps: list[int] = []
+        ceilings: list[str] = []
+        for seq, newest_before in _backsteps(conn):
+            steps.append(seq)
+            ceilings.append(max(newest_before, ceilings[-1]) if ceilings else newest_before)
         low_row = conn.execute("SELECT min(seq), max(seq) FROM semantic_events").fetchone()
         low, high = low_row if low_row[0] is not None else (1, 0)
         while low <= high:
             middle = (low + high) // 2
-            row = conn.execute(
+            seq, received = conn.execute(
                 "SELECT seq, received_at FROM semantic_events WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
             ).fetchone()
-            if row[1] < since:
-                low = row[0] + 1
+            noted = bisect.bisect_right(steps, seq)
+            if (max(received, ceilings[noted - 1]) if noted else received) < since:
+                low = seq + 1
             else:
                 high = middle - 1
         return low
@@ -601,6 +660,21 @@ class Writer:
             array("Q", [keys[p] for p in positions]),
             len(rows) - len(positions),
         )
+
+
+def _backsteps(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """The clock's steps back noted in the file, by seq (none in a file made before the table)."""
+    try:
+        return conn.execute("SELECT seq, newest_before FROM clock_backsteps ORDER BY seq").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def _newest_noted(conn: sqlite3.Connection) -> str:
+    """The latest time of receipt the file shows without a scan: its last row's, or one noted
+    before a step back."""
+    last = conn.execute("SELECT received_at FROM semantic_events ORDER BY seq DESC LIMIT 1").fetchone()
+    return max([last[0] if last else "", *(newest_before for _seq, newest_before in _backsteps(conn))])
 
 
 class Meter:
