@@ -322,7 +322,7 @@ def test_a_file_whose_writer_counted_the_rollups_is_taken_up_whole(tmp_path: Pat
     try:
         assert (len(user_index(users)),) == with_users
         assert dict(users.execute("SELECT key, value FROM meta").fetchall()) == {
-            "users_seq": "241", "database_id": meta["database_id"], "layout": USERS_LAYOUT
+            "users_seq": "241", "users_row": "after", "database_id": meta["database_id"], "layout": USERS_LAYOUT
         }  # fmt: skip
     finally:
         users.close()
@@ -660,6 +660,120 @@ def test_counts_made_from_memory_are_dropped_when_a_prune_came_first(tmp_path: P
     _rollups_as_scanned(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (100,)
+
+
+def test_rows_a_prune_deleted_before_the_builder_took_them_from_memory_are_not_counted(
+    tmp_path: Path,
+) -> None:
+    """A prune that deletes rows the writer committed while they still wait in memory for the
+    builder (recent rows of an old time of receipt, or a clock gone wrong): the builder does not
+    count them from memory with the epoch the prune left; the step counts from the table."""
+    path = str(tmp_path / "drengr.db")
+    batches = [_rows(f"b{b}-", 100, T0 + ms) for b, ms in enumerate((0, 1_000, 120_000))]
+    write_without_read_side(path, batches)
+    users = read_side.open_users(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        step = read_side.copy_step(users, max_rows=100)
+        assert step is not None and step.counted is not None and read_side.index_users(users, step)
+        assert add_counted_now(conn, step.counted)  # the rollups and the users file at 100
+        committed = read_side.Committed()
+        committed.add([(101, batches[1]), (201, batches[2])])
+        store = SQLiteStore(path, writer="thread")
+        try:
+            assert store.prune_events(T0 + 60_000) == 200  # batch 0, counted; batch 1, in memory
+        finally:
+            store.close()
+        memory = read_side.index_committed(users, committed)
+        assert (memory.rows, memory.counted) == (0, None)  # not from memory: batch 1 is gone
+    finally:
+        conn.close()
+        users.close()
+    read_side.catch_up(path)
+    _rollups_as_scanned(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (100,)
+
+
+def test_a_backup_restored_under_its_users_file_is_indexed_again(tmp_path: Path) -> None:
+    """The database goes back to a backup (fewer rows, the same database id) and its users file
+    stays; the first group written after it reaches past the users file's mark. The file is
+    built again, not continued: pages by user and by name find every row."""
+    path = tmp_path / "drengr.db"
+
+    def write(name: str, user: str, n: int) -> None:
+        store = SQLiteStore(str(path), writer="thread")
+        try:
+            rows = [
+                ("acme", f"{name}{i}", name, "track", user, "a", at(T0), at(T0), "{}", "{}", None)
+                for i in range(n)
+            ]
+            assert store.write("acme", rows, T0).stored == n
+        finally:
+            store.close()  # its builder catches up: the users file at the last row
+
+    write("a", "u0", 100)
+    backup = tmp_path / "backup.db"
+    with (
+        contextlib.closing(sqlite3.connect(path)) as conn,
+        contextlib.closing(sqlite3.connect(backup)) as copy,
+    ):
+        conn.backup(copy)
+    write("b", "u9", 100)  # seqs 101-200 in the users file
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    backup.rename(path)
+    write("c", "u1", 150)  # seqs 101-250, one group past the users file's 200
+    reader = SQLiteReader(str(path))
+    try:
+        for query in (
+            EventQuery("acme", external_id="u1", limit=500),
+            EventQuery("acme", event_name="c", limit=500),
+        ):
+            assert len(reader.events(query).events) == 150
+    finally:
+        reader.close()
+
+
+def test_measure_sums_past_64_bits_neither_stop_the_read_side_nor_fail_a_write(tmp_path: Path) -> None:
+    """Five events of 2**62, a minute apart: the hour's sum is past a 64-bit integer. Every write is
+    stored, the builder counts them all, the sums read as floats by either time, and a prune takes
+    them out."""
+    path = tmp_path / "drengr.db"
+    store = SQLiteStore(str(path), writer="thread")
+    try:
+        for i in range(5):
+            received = at(T0 + i * MINUTE)
+            row = (
+                "acme",
+                f"big{i}",
+                "buy",
+                "track",
+                "u",
+                "a",
+                received,
+                received,
+                "{}",
+                '{"m":4611686018427387904}',
+                None,
+            )
+            assert store.write("acme", [row], T0).stored == 1
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone() == ("5",)
+    reader = SQLiteReader(str(path))
+    try:
+        for time_field in ("received_at", "occurred_at"):
+            stats = reader.stats(StatsQuery("acme", time_field=time_field, measures=("m",)))
+            assert stats.sums == {"m": pytest.approx(5 * 2**62)}
+    finally:
+        reader.close()
+    store = SQLiteStore(str(path), writer="thread")
+    try:
+        assert store.prune_events(T0 + 5 * MINUTE) == 5
+    finally:
+        store.close()
 
 
 def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ _SEQS_AT_ONCE = 500  # one user's rows read by seq at a time (a block can list 1
 class SQLiteReader(_PagedReader):
     """Read-only queries on a SQLite store's file (WAL: reads never wait for the writer)."""
 
-    sum_expression = "coalesce(sum(json_extract(measures, ?)), 0)"
+    # total(), not sum(): a float, as the rollups hold sums, and never an integer overflow (a 503).
+    sum_expression = "total(json_extract(measures, ?))"
 
     def __init__(self, path: str, busy_timeout_ms: int = 5_000) -> None:
         super().__init__()

@@ -74,10 +74,12 @@ def _rollup_sql(where: str, sign: str = "") -> list[tuple[str, bool]]:
         ))  # fmt: skip
         statements.append((
             f"INSERT INTO {prefix}measure_rollups (tenant_id, {column}, event_name, measure, total) "
-            f"SELECT e.tenant_id, substr(e.received_at, 1, {width}), e.event_name, m.key, {sign}sum(m.value) "
+            f"SELECT e.tenant_id, substr(e.received_at, 1, {width}), e.event_name, m.key, {sign}total(m.value) "
             f"FROM semantic_events AS e, json_each(e.measures) AS m "
             f"WHERE {where.replace('seq', 'e.seq')} AND e.measures != '{{}}' AND m.type IN ('integer', 'real') "
-            "GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET total = total + excluded.total",
+            # total(), not sum(): a float, never an integer overflow. An infinite sum less itself is
+            # NaN, which the column cannot hold: 0 then (the rows that made it are gone).
+            "GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET total = coalesce(total + excluded.total, 0.0)",
             True,
         ))  # fmt: skip
     return statements
@@ -305,8 +307,16 @@ def copy_step(
         indexes = users.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
         layout = users.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()
         seen, top = _meta_int(users, "users_seq", -1), _top(users, "events.")
-        # Another database's, one cut back (a backup restored under it), or another layout: built again.
-        again = found is None or indexes != found or seen > top or layout != (USERS_LAYOUT,)
+        noted = users.execute("SELECT value FROM meta WHERE key = 'users_row'").fetchone()
+        # Another database's, one cut back (a backup restored under it, written to since or not), or
+        # another layout: built again.
+        again = (
+            found is None
+            or indexes != found
+            or seen > top
+            or _users_row_moved(users, seen, None if noted is None else noted[0])
+            or layout != (USERS_LAYOUT,)
+        )
         indexed = 0 if again else seen
         low = min(built, indexed)
         high = min(top, low + max_rows, top if below is None else below)
@@ -329,9 +339,10 @@ def add_counted(conn: sqlite3.Connection, counted: Counted) -> bool:
     """
     if built_to(conn) != counted.low or _meta_int(conn, "read_side_epoch") != counted.epoch:
         return False
+    measures = [(*key, _real(total)) for *key, total in counted.measures]
     for (table, column, other, value), rows in zip(
         _UPSERTS,
-        (counted.events, _hourly(counted.events), counted.measures, _hourly(counted.measures)),
+        (counted.events, _hourly(counted.events), measures, _hourly(measures)),
         strict=True,
     ):
         for start in range(0, len(rows), 500):  # 2,500 parameters a statement at most
@@ -346,6 +357,12 @@ def add_counted(conn: sqlite3.Connection, counted: Counted) -> bool:
     return True
 
 
+def _real(total: Any) -> float:
+    """A measure's sum as the rollups hold it (``total REAL``): a Python int past 64 bits would not
+    bind at all."""
+    return float(total)
+
+
 def add_in_savepoint(conn: sqlite3.Connection, counted: Counted) -> bool:
     """``add_counted`` inside the writer's transaction, in a savepoint: a failure there fails nothing
     else of the group. False when nothing was added (the mark moved, or an error: counted again)."""
@@ -353,7 +370,7 @@ def add_in_savepoint(conn: sqlite3.Connection, counted: Counted) -> bool:
     try:
         added = add_counted(conn, counted)
         conn.execute("RELEASE read_side")
-    except sqlite3.Error as error:
+    except (sqlite3.Error, OverflowError, ValueError) as error:
         conn.execute("ROLLBACK TO read_side")
         conn.execute("RELEASE read_side")
         log.warning("the read side's counts were not added (counted again): %s", error)
@@ -415,7 +432,7 @@ def index_users(users: sqlite3.Connection, step: Step) -> bool:
                 statement,
                 {"bits": USER_INDEX_BLOCK_BITS, "indexed": -1 if again else seen, "high": step.high},
             )
-        users.execute(_META, ("users_seq", str(step.high)))
+        _mark_users(users, step.high)
     return True
 
 
@@ -485,9 +502,20 @@ def index_committed(users: sqlite3.Connection, committed: Committed, count_users
         if meta.get("database_id") != found.get("database_id", "") or meta.get("layout") != USERS_LAYOUT:
             return FromMemory(0, None, count_users, None)
         indexed = int(meta["users_seq"])
+        if indexed > _top(users, "events.") or _users_row_moved(users, indexed, meta.get("users_row")):
+            return FromMemory(
+                0, None, count_users, None
+            )  # a backup restored under it: copy_step builds it again
         groups, below = committed.take(indexed)
         if not groups:
             return FromMemory(0, below, count_users, None)
+        held = sum(len(group) for _first, group in groups)
+        low, high = groups[0][0], groups[-1][0] + len(groups[-1][1]) - 1
+        stored = users.execute(
+            "SELECT count(*) FROM events.semantic_events WHERE seq BETWEEN ? AND ?", (low, high)
+        ).fetchone()[0]
+        if stored != held:  # a prune deleted some of them since: counted from the table instead
+            return FromMemory(0, None, count_users, None)
         rows = UserRows(USER_INDEX_BLOCK_BITS, NAME_BLOCK_BITS, count_users)
         sums = Sums() if int(found.get("read_side_seq", 0)) == indexed else None
         for first_seq, group in groups:
@@ -508,7 +536,7 @@ def index_committed(users: sqlite3.Connection, committed: Committed, count_users
             for statement in _INDEX_EACH:
                 users.execute(statement.format(source="events.semantic_events"), bounds)
         users.executemany(name_blocks, rows.name_blocks())
-        users.execute(_META, ("users_seq", str(indexed + rows.rows)))
+        _mark_users(users, indexed + rows.rows)
     counted = None
     if sums is not None:
         epoch = int(found.get("read_side_epoch", 0))
@@ -544,6 +572,24 @@ def catch_up(path: str, busy_timeout_ms: int = 5_000) -> None:
     finally:
         users.close()
         conn.close()
+
+
+def _mark_users(users: sqlite3.Connection, seq: int) -> None:
+    """Move ``users_seq`` to ``seq``, with the event id of the row there (``users_row``): a backup of
+    the database restored under the users file has other rows, or none, at that seq."""
+    users.execute(_META, ("users_seq", str(seq)))
+    users.execute(_META, ("users_row", _event_id_at(users, seq)))
+
+
+def _event_id_at(users: sqlite3.Connection, seq: int) -> str:
+    found = users.execute("SELECT event_id FROM events.semantic_events WHERE seq = ?", (seq,)).fetchone()
+    return "" if found is None else str(found[0])
+
+
+def _users_row_moved(users: sqlite3.Connection, seen: int, noted: str | None) -> bool:
+    """Whether the row at ``users_seq`` is no longer the one the users file noted (None: a file
+    from before the note, or built from nothing: nothing to tell)."""
+    return noted is not None and seen > 0 and _event_id_at(users, seen) != noted
 
 
 def _top(conn: sqlite3.Connection, schema: str = "") -> int:
@@ -627,8 +673,11 @@ class Builder:
                     users = open_users(self._path, self._busy_timeout_ms)
                 while self._step(conn, users, stopping) == BUILD_STEP_ROWS:
                     pass  # a full step: more may wait
-            except (sqlite3.Error, StoreError) as error:
-                log.warning("cannot build the read side now (tried again in 5 s): %s", error)
+            except Exception as error:  # noqa: BLE001 - a thread that died would build nothing again
+                if isinstance(error, (sqlite3.Error, StoreError)):
+                    log.warning("cannot build the read side now (tried again in 5 s): %s", error)
+                else:
+                    log.exception("the read side's builder failed (tried again in 5 s)")
                 pause = 5.0
                 for held in (conn, users):
                     if held is not None:
