@@ -258,6 +258,19 @@ def test_stats_counts_and_sums(api: Any) -> None:
     assert body["since"] == "2026-11-26T00:00:00.000Z" and body["until"] is None
 
 
+def test_a_sum_past_the_largest_double_reads_as_null_in_valid_json(api: Any) -> None:
+    """Two revenues of 1e308: their sum is infinite, which JSON cannot say; the answer stays valid
+    JSON (Python's parser would take `Infinity`, a strict one would not), the sum null."""
+    for n in range(2):
+        event = {"type": "track", "messageId": f"huge-{n}", "anonymousId": "a9", "event": "Whale"}
+        event["properties"] = {"revenue": 1e308}
+        assert post(api.client, "/v1/track", event, api.pk).status_code == 200
+    response = get(api, "/v1/stats", since="2026-11-26", measure="revenue", event_name="whale")
+    assert response.status_code == 200
+    body = json.loads(response.data, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+    assert body["total"] == 2 and body["sums"] == {"revenue": None}
+
+
 STATS_WINDOWS = [
     ("default-24h", {}, 4),
     ("since", {"since": "2026-11-26T10:01:00Z"}, 3),

@@ -22,6 +22,7 @@ the ``DropLog`` the ingest routes feed, the reader opened on the first read).
 
 import hmac
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +94,22 @@ def _reader() -> Reader:
 
 
 def _json(status: int, body: Any) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), status=status, headers=JSON_NO_STORE)
+    try:
+        text = json.dumps(body, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a sum that overflowed a double: JSON has no Infinity, so null
+        text = json.dumps(_finite(body), ensure_ascii=False)
+    return Response(text, status=status, headers=JSON_NO_STORE)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(inner) for key, inner in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(inner) for inner in value]
+    return value
 
 
 def key_from_authorization(authorization: str | None) -> str | None:
