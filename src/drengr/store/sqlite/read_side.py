@@ -502,10 +502,9 @@ def index_committed(users: sqlite3.Connection, committed: Committed, count_users
         if meta.get("database_id") != found.get("database_id", "") or meta.get("layout") != USERS_LAYOUT:
             return FromMemory(0, None, count_users, None)
         indexed = int(meta["users_seq"])
+        # A backup restored under it (copy_step builds it again):
         if indexed > _top(users, "events.") or _users_row_moved(users, indexed, meta.get("users_row")):
-            return FromMemory(
-                0, None, count_users, None
-            )  # a backup restored under it: copy_step builds it again
+            return FromMemory(0, None, count_users, None)
         groups, below = committed.take(indexed)
         if not groups:
             return FromMemory(0, below, count_users, None)
@@ -587,9 +586,13 @@ def _event_id_at(users: sqlite3.Connection, seq: int) -> str:
 
 
 def _users_row_moved(users: sqlite3.Connection, seen: int, noted: str | None) -> bool:
-    """Whether the row at ``users_seq`` is no longer the one the users file noted (None: a file
-    from before the note, or built from nothing: nothing to tell)."""
-    return noted is not None and seen > 0 and _event_id_at(users, seen) != noted
+    """Whether another row stands at ``users_seq`` than the one the users file noted: a backup
+    restored, then written to (None: a file from before the note, nothing to tell). No row there
+    is a prune's doing, not a restore's (a restored file not written to yet ends below the mark)."""
+    if noted is None or seen <= 0:
+        return False
+    there = _event_id_at(users, seen)
+    return there != "" and there != noted
 
 
 def _top(conn: sqlite3.Connection, schema: str = "") -> int:
