@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -629,11 +630,12 @@ def test_a_users_file_of_an_older_layout_is_not_read_and_is_built_again(tmp_path
         assert_users_file_as_scanned(conn, top + 5)
 
 
-def test_counts_made_from_memory_are_dropped_when_a_prune_came_first(tmp_path: Path) -> None:
-    """Rows deleted after the builder counted them from memory and before the counts were added (a
-    prune, a tenant deleted) are not counted: the prune moves the read side's epoch, the counts are
-    refused, and a step counts the rows left from the table."""
-    path = str(tmp_path / "drengr.db")
+@contextlib.contextmanager
+def first_counted_two_held(path: str) -> Iterator[tuple[sqlite3.Connection, sqlite3.Connection, Any]]:
+    """Three batches of 100 written without the read side, a minute and more apart; the first counted
+    and indexed from the table (both marks at 100), the other two held in memory (``Committed``) as
+    a writer hands them to its builder. Yields the users file's connection, the database's, and
+    those held rows."""
     batches = [_rows(f"b{b}-", 100, T0 + ms) for b, ms in enumerate((0, 1_000, 120_000))]
     write_without_read_side(path, batches)
     users = read_side.open_users(path)
@@ -641,21 +643,35 @@ def test_counts_made_from_memory_are_dropped_when_a_prune_came_first(tmp_path: P
     try:
         step = read_side.copy_step(users, max_rows=100)
         assert step is not None and step.counted is not None and read_side.index_users(users, step)
-        assert add_counted_now(conn, step.counted)  # the rollups and the users file at 100
+        assert add_counted_now(conn, step.counted)
         committed = read_side.Committed()
         committed.add([(101, batches[1]), (201, batches[2])])
-        memory = read_side.index_committed(users, committed)
-        assert memory.rows == 200 and memory.counted is not None
-        assert (memory.counted.low, memory.counted.high) == (100, 300)
-        store = SQLiteStore(path, writer="thread")
-        try:
-            assert store.prune_events(T0 + 60_000) == 200  # batch 0, counted; batch 1, not yet
-        finally:
-            store.close()
-        assert not add_counted_now(conn, memory.counted)
+        yield users, conn, committed
     finally:
         conn.close()
         users.close()
+
+
+def prune_the_first_two(path: str) -> None:
+    """Retention deletes the batches received before T0 + 1 minute: the counted one and the first held."""
+    store = SQLiteStore(path, writer="thread")
+    try:
+        assert store.prune_events(T0 + 60_000) == 200
+    finally:
+        store.close()
+
+
+def test_counts_made_from_memory_are_dropped_when_a_prune_came_first(tmp_path: Path) -> None:
+    """Rows deleted after the builder counted them from memory and before the counts were added (a
+    prune, a tenant deleted) are not counted: the prune moves the read side's epoch, the counts are
+    refused, and a step counts the rows left from the table."""
+    path = str(tmp_path / "drengr.db")
+    with first_counted_two_held(path) as (users, conn, committed):
+        memory = read_side.index_committed(users, committed)
+        assert memory.rows == 200 and memory.counted is not None
+        assert (memory.counted.low, memory.counted.high) == (100, 300)
+        prune_the_first_two(path)
+        assert not add_counted_now(conn, memory.counted)
     read_side.catch_up(path)
     _rollups_as_scanned(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -669,26 +685,10 @@ def test_rows_a_prune_deleted_before_the_builder_took_them_from_memory_are_not_c
     builder (recent rows of an old time of receipt, or a clock gone wrong): the builder does not
     count them from memory with the epoch the prune left; the step counts from the table."""
     path = str(tmp_path / "drengr.db")
-    batches = [_rows(f"b{b}-", 100, T0 + ms) for b, ms in enumerate((0, 1_000, 120_000))]
-    write_without_read_side(path, batches)
-    users = read_side.open_users(path)
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        step = read_side.copy_step(users, max_rows=100)
-        assert step is not None and step.counted is not None and read_side.index_users(users, step)
-        assert add_counted_now(conn, step.counted)  # the rollups and the users file at 100
-        committed = read_side.Committed()
-        committed.add([(101, batches[1]), (201, batches[2])])
-        store = SQLiteStore(path, writer="thread")
-        try:
-            assert store.prune_events(T0 + 60_000) == 200  # batch 0, counted; batch 1, in memory
-        finally:
-            store.close()
+    with first_counted_two_held(path) as (users, _conn, committed):
+        prune_the_first_two(path)  # batch 1 still in memory
         memory = read_side.index_committed(users, committed)
         assert (memory.rows, memory.counted) == (0, None)  # not from memory: batch 1 is gone
-    finally:
-        conn.close()
-        users.close()
     read_side.catch_up(path)
     _rollups_as_scanned(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:

@@ -317,25 +317,38 @@ def writer_busy(db: Path, starter: SQLiteStore) -> Iterator[threading.Thread]:
         waiting.join(timeout=HANG_GUARD_SECONDS)
 
 
+@contextlib.contextmanager
+def starter_and_late(db: Path) -> Iterator[tuple[SQLiteStore, SQLiteStore]]:
+    """The store that starts the writer (a busy timeout of 20 s, the writer's), having written
+    one row, and another with a busy timeout of 1 s; closed in that order."""
+    starter = shared(db, busy_timeout_ms=20_000)
+    starter.write("acme", [row("a")], DAY0)
+    late = shared(db, busy_timeout_ms=1_000, migrate=False)
+    try:
+        yield starter, late
+    finally:
+        late.close()
+        starter.close()
+
+
+def fails_in_its_own_time(store: SQLiteStore, rows: list[tuple[str, ...]]) -> None:
+    """A write that fails (502) after the store's busy timeout of 1 s, not the writer's 20 s."""
+    started = time.monotonic()
+    with pytest.raises(StoreError):
+        store.write("acme", rows, DAY0)
+    assert time.monotonic() - started < 5  # its 1 s, and the store's own steps
+
+
 def test_a_process_that_joins_a_busy_writer_gives_up_at_its_busy_timeout(tmp_path):
     """The writer takes joining processes between its groups. While it waits in one (its turn at
     the lock, 20 s with the starter's settings), a process with a busy timeout of 1 s gets its 502
     after about 1 s, not when the writer is done; and joins once it is."""
     db = tmp_path / "drengr.db"
-    starter = shared(db, busy_timeout_ms=20_000)
-    starter.write("acme", [row("a")], DAY0)
-    late = shared(db, busy_timeout_ms=1_000, migrate=False)
-    try:
+    with starter_and_late(db) as (starter, late):
         with writer_busy(db, starter):
-            started = time.monotonic()
-            with pytest.raises(StoreError):
-                late.write("acme", [row("b")], DAY0)
-            assert time.monotonic() - started < 5  # its 1 s, and the store's own steps; not 20 s
+            fails_in_its_own_time(late, [row("b")])
         assert write_until_answered(late, [row("b")]) == StoreOutcome(1)
         assert late.writer_pid == starter.writer_pid
-    finally:
-        late.close()
-        starter.close()
     assert count(db) == 3  # a, b and the starter's job that waited for its turn
 
 
@@ -344,25 +357,18 @@ def test_a_job_a_busy_shared_writer_cannot_take_in_time_is_taken_back_and_the_wr
     job's busy timeout: its socket is closed (the writer drops what it got of it), not the
     writer killed with the other processes' jobs in it. The one waiting in it lands."""
     db = tmp_path / "drengr.db"
-    starter = shared(db, busy_timeout_ms=20_000)
-    starter.write("acme", [row("a")], DAY0)
-    other = shared(db, busy_timeout_ms=1_000, migrate=False)
-    try:
+    with starter_and_late(db) as (starter, other):
         other.write("acme", [row("b")], DAY0)
         pid = starter.writer_pid
         assert pid is not None and other.writer_pid == pid
         big = [(*row(f"big-{i}")[:8], json.dumps({"pad": "x" * 1_000}), *row("")[9:]) for i in range(3_000)]
         with writer_busy(db, starter) as waiting:
-            with pytest.raises(StoreError):
-                other.write("acme", big, DAY0)  # ~3 MB: the writer reads none of it meanwhile
+            fails_in_its_own_time(other, big)  # ~3 MB: the writer reads none of it meanwhile
             assert running(pid)
         assert not waiting.is_alive()
         assert other.write("acme", [row("c")], DAY0) == StoreOutcome(1)
         assert other.write("acme", big, DAY0) == StoreOutcome(3_000)  # the client's resend
         assert starter.writer_pid == other.writer_pid == pid
-    finally:
-        other.close()
-        starter.close()
     assert count(db) == 3_004  # a, b, c, the starter's job and the big one's resend, each once
 
 
@@ -371,24 +377,15 @@ def test_a_request_that_replaces_a_failed_writer_waits_no_longer_than_its_busy_t
     it joins again; the writer, busy in a group, reads that goodbye only after the group, and
     the request waits for it no longer than its own busy timeout."""
     db = tmp_path / "drengr.db"
-    starter = shared(db, busy_timeout_ms=20_000)
-    starter.write("acme", [row("a")], DAY0)
-    late = shared(db, busy_timeout_ms=1_000, migrate=False)
-    try:
+    with starter_and_late(db) as (starter, late):
         late.write("acme", [row("b")], DAY0)
         child = late._child
         assert child is not None
         with writer_busy(db, starter):
             child.failed = StoreError("its socket broke")  # what submit() records when one does
-            started = time.monotonic()
-            with pytest.raises(StoreError):
-                late.write("acme", [row("c")], DAY0)
-            assert time.monotonic() - started < 5  # its 1 s, and the store's own steps; not 20 s
+            fails_in_its_own_time(late, [row("c")])
         assert write_until_answered(late, [row("c")]) == StoreOutcome(1)
         assert late.writer_pid == starter.writer_pid
-    finally:
-        late.close()
-        starter.close()
     assert count(db) == 4  # a, b, c and the starter's job that waited for its turn
 
 
