@@ -24,7 +24,9 @@ import pytest
 from drengr import clock as drengr_clock
 from drengr.core.auth import hash_key
 from drengr.core.limits import MS_PER_DAY
+from drengr.core.outcome import StoreOutcome
 from drengr.store import SQLiteStore, StoreError, open_store
+from drengr.store.base import Job
 from drengr.web import Config, create_app
 
 from .support.app import TENANT, post, read_rows
@@ -454,6 +456,25 @@ def test_cap_is_exact_across_nodes_under_concurrency(pg_dsn: str) -> None:
     assert query(pg_dsn, "SELECT events FROM daily_usage") == [(1_000,)]
     # Over the cap: not stored and not remembered as seen.
     assert query(pg_dsn, "SELECT count(*) FROM event_ids") == [(1_000,)]
+
+
+def test_an_id_over_one_days_cap_is_a_new_event_the_next_day_in_the_same_group(
+    pg: PostgresStore, pg_dsn: str
+) -> None:
+    """One group holds a copy of X received at 23:59:59 (the day's cap of 1 is taken) and another
+    at 00:00:00 (the next day, with room): the first is over the cap, the second is stored, not
+    answered as a duplicate of a copy that was never stored."""
+    pg.set_daily_cap("acme", 1)
+    assert pg.write("acme", [row("A")], DAY0).stored == 1
+    next_day = (DAY0 // MS_PER_DAY + 1) * MS_PER_DAY
+    jobs = [Job("acme", [row("X")], next_day - 1_000), Job("acme", [row("X")], next_day)]
+    conn = pg._connect()
+    try:
+        outcomes = pg._commit_group(conn, jobs)  # as the writer commits what waits in its queue
+    finally:
+        conn.close()
+    assert outcomes == [StoreOutcome(0, over_cap=1), StoreOutcome(1)]
+    assert query(pg_dsn, "SELECT count(*) FROM semantic_events WHERE event_id = 'X'") == [(1,)]
 
 
 def test_metering_fails_open_over_http(pg_dsn: str, tmp_path: Path) -> None:

@@ -581,6 +581,23 @@ class PostgresStore(Admin):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _commit_group(self, conn: psycopg.Connection[Any], jobs: list[Job]) -> list[StoreOutcome]:
+        """``jobs`` in one transaction, a day of receipt at a time (in queue order): an id whose first
+        copy went over one day's cap is then a new event on the next day, not a duplicate of nothing."""
+        outcomes: list[StoreOutcome] = []
+        with conn.transaction(), conn.cursor() as cur:
+            start = 0
+            while start < len(jobs):
+                day = jobs[start].received_at_ms // MS_PER_DAY
+                end = start + 1
+                while end < len(jobs) and jobs[end].received_at_ms // MS_PER_DAY == day:
+                    end += 1
+                outcomes += self._commit_day(conn, cur, jobs[start:end])
+                start = end
+        return outcomes
+
+    def _commit_day(
+        self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], jobs: list[Job]
+    ) -> list[StoreOutcome]:
         # Candidates: the first occurrence of each (tenant, event_id) in the group, in queue order.
         first_job: dict[tuple[str, str], int] = {}
         candidates: list[list[tuple[Any, ...]]] = []
@@ -592,35 +609,34 @@ class PostgresStore(Admin):
                     first_job[key] = number
                     mine.append(row)
             candidates.append(mine)
-        with conn.transaction(), conn.cursor() as cur:
-            inserted: set[tuple[str, str]] | None = set()
-            if first_job:
-                latest = max(job.received_at_ms for job in jobs) // MS_PER_DAY
-                inserted = self._remember_ids(conn, cur, first_job, latest)
-            fresh = (
-                candidates
-                if inserted is None
-                else [
-                    [row for row in mine if (job.tenant_id, row[1]) in inserted]
-                    for job, mine in zip(jobs, candidates, strict=True)
-                ]
-            )
-            allowed = self._meter(conn, cur, jobs, [len(rows) for rows in fresh])
-            dropped = [
-                (job.tenant_id, row[1])
-                for job, rows, n in zip(jobs, fresh, allowed, strict=True)
-                for row in rows[n:]
+        inserted: set[tuple[str, str]] | None = set()
+        if first_job:
+            latest = max(job.received_at_ms for job in jobs) // MS_PER_DAY
+            inserted = self._remember_ids(conn, cur, first_job, latest)
+        fresh = (
+            candidates
+            if inserted is None
+            else [
+                [row for row in mine if (job.tenant_id, row[1]) in inserted]
+                for job, mine in zip(jobs, candidates, strict=True)
             ]
-            if dropped:  # over the cap: not stored, so not remembered either (a retry tomorrow is stored)
-                cur.execute(_DELETE_IDS, ([t for t, _ in dropped], [e for _, e in dropped]))
-            if any(allowed):
-                with cur.copy(_COPY_EVENTS) as copy:
-                    for rows, n in zip(fresh, allowed, strict=True):
-                        for row in rows[:n]:
-                            copy.write_row(row)
+        )
+        allowed = self._meter(conn, cur, jobs, [len(rows) for rows in fresh])
+        dropped = [
+            (job.tenant_id, row[1])
+            for job, rows, n in zip(jobs, fresh, allowed, strict=True)
+            for row in rows[n:]
+        ]
+        if dropped:  # over the cap: not stored, so not remembered either (a retry tomorrow is stored)
+            cur.execute(_DELETE_IDS, ([t for t, _ in dropped], [e for _, e in dropped]))
+        if any(allowed):
+            with cur.copy(_COPY_EVENTS) as copy:
+                for rows, n in zip(fresh, allowed, strict=True):
+                    for row in rows[:n]:
+                        copy.write_row(row)
         outcomes: list[StoreOutcome] = []
-        for job, n in zip(jobs, allowed, strict=True):
-            duplicates = len(job.rows) - len(fresh[len(outcomes)])
+        for job, rows, n in zip(jobs, fresh, allowed, strict=True):
+            duplicates = len(job.rows) - len(rows)
             outcomes.append(
                 StoreOutcome(stored=n, duplicates=duplicates, over_cap=len(job.rows) - duplicates - n)
             )
