@@ -120,6 +120,9 @@ def test_options_read_environment_variables(tmp_path):
         pytest.param(
             ["tenants", "set", "acme", "--daily-cap", "-5"], "must not be negative", id="negative-cap"
         ),
+        pytest.param(
+            ["prune", "--before", "100000000000000000000d"], "longer than 1,000 years", id="age-past-any-date"
+        ),
     ],
 )
 def test_user_mistakes_get_one_sentence_no_traceback(tmp_path, args, hint):

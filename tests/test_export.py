@@ -216,6 +216,10 @@ MISTAKES = [
     pytest.param(["e.csv", "--since", "yesterday"], "--since 'yesterday' is not a time", id="bad-time"),
     pytest.param(["e.csv", "--db", "typo.db"], "No database at typo.db", id="no-database"),
     pytest.param(["e.csv", "--chunk-rows", "0"], "must be from 1 to 1000000", id="chunk-rows"),
+    pytest.param(
+        ["x" * 300 + ".csv"], "(File name too long): choose a path you can write to", id="name-too-long"
+    ),
+    pytest.param(["/proc/e.csv"], "Cannot write /proc/e.csv", id="not-writable"),
 ]
 
 

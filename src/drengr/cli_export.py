@@ -122,6 +122,14 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         where = redact_url(getattr(args, "store", None) or args.db)
         print(f"drengr: Cannot read {where} ({error}): check the --db path.", file=sys.stderr)
         return 2
+    except OSError as error:  # export's output: a folder not ours to write, a name too long, a full disk
+        if args.command != "export":
+            raise
+        reason = error.strerror or str(error)
+        print(
+            f"drengr: Cannot write {args.output} ({reason}): choose a path you can write to.", file=sys.stderr
+        )
+        return 2
 
 
 # ---------------------------------------------------------------- export

@@ -151,12 +151,18 @@ def fragments(raw: str) -> tuple[str, ...]:
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
 
 
+_LONGEST_AGE_SECONDS = 1_000 * 366 * 86_400
+
+
 def age(raw: str) -> int:
     """An age as seconds: a whole number and a unit, 90d, 12w, 2160h (``check_retention`` bounds it)."""
     text = raw.strip().lower()
     if len(text) < 2 or text[-1] not in _UNITS or not text[:-1].isdigit():
         raise SettingError("is not an age: pass a whole number and a unit (s, m, h, d, w), like 90d")
-    return int(text[:-1]) * _UNITS[text[-1]]
+    seconds = int(text[:-1]) * _UNITS[text[-1]]
+    if seconds > _LONGEST_AGE_SECONDS:  # past any clock's dates (and SQLite's integers)
+        raise SettingError("is longer than 1,000 years: pass a shorter age, like 90d")
+    return seconds
 
 
 def check_retention(seconds: int, window_days: int, where: str) -> None:
