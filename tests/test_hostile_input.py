@@ -478,10 +478,13 @@ CASES = {
     "transfer-encoding-and-content-length": Case(
         lambda k: http_request(k, chunked(dumps(track())), Transfer_Encoding="chunked"), 200
     ),
-    # waitress' own answer, before the app: RFC 9112 §6.1 says 501 for a transfer coding the
-    # server does not know. No client library sends one; it is the one 5xx in this table.
+    # waitress' own answer, before the app (RFC 9112 §6.1 suggests 501 for a transfer coding the
+    # server does not know): a 400 here, as for any other request it cannot read.
     "unknown-transfer-encoding": Case(
-        lambda k: http_request(k, dumps(track()), Transfer_Encoding="gzip, chunked2"), 501
+        lambda k: http_request(k, dumps(track()), Transfer_Encoding="gzip, chunked2"), 400
+    ),
+    "bogus-transfer-encoding": Case(
+        lambda k: http_request(k, dumps(track()), Transfer_Encoding="bogus"), 400
     ),
 }
 

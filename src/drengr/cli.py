@@ -369,6 +369,7 @@ def prepare(config: Config) -> Prepared:
         store = _open_store(config, create=True)
         try:
             app = create_app(config, store=store)
+            _refuse_unknown_transfer_codings_with_400()
             server = waitress.create_server(
                 app,
                 sockets=sockets,
@@ -398,6 +399,26 @@ def prepare(config: Config) -> Prepared:
             sock.close()
         raise
     return Prepared(server, app, store, new_key)
+
+
+def _refuse_unknown_transfer_codings_with_400() -> None:
+    """waitress answers a Transfer-Encoding it does not know (anything but chunked) with 501 before
+    the app sees the request, as RFC 9112 suggests. Segment's and RudderStack's clients resend a
+    5xx forever, and nothing a client sends gets one here: its parser's error becomes a 400."""
+    from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser
+    from waitress.utilities import BadRequest, ServerNotImplemented
+
+    class Parser(HTTPRequestParser):  # type: ignore[misc]
+        def received(self, data: bytes) -> int:
+            consumed: int = super().received(data)
+            error: Any = self.error  # type: ignore[has-type]
+            if isinstance(error, ServerNotImplemented):
+                self.error = BadRequest(error.body)
+            return consumed
+
+    if HTTPChannel.parser_class is HTTPRequestParser:  # else done already (serve run twice in a process)
+        HTTPChannel.parser_class = Parser
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:
