@@ -477,6 +477,21 @@ def test_an_id_over_one_days_cap_is_a_new_event_the_next_day_in_the_same_group(
     assert query(pg_dsn, "SELECT count(*) FROM semantic_events WHERE event_id = 'X'") == [(1,)]
 
 
+def test_measures_whose_sum_is_past_the_largest_double_do_not_stop_the_read_side(pg_dsn: str) -> None:
+    """Two measures of 1.7e308 in one minute, then a plain one: their sum is past the largest
+    double. The builder counts every row (its sums saturate at Infinity), and the rollups of the
+    other measures are exact."""
+    store = PostgresStore(pg_dsn, clock=Clock(DAY0))
+    try:
+        for n, measures in enumerate(('{"m": 1.7e308}', '{"m": 1.7e308}', '{"k": 2}', '{"k": 3}')):
+            assert store.write("acme", [(*row(f"huge-{n}")[:9], measures, *row("")[10:])], DAY0).stored == 1
+    finally:
+        store.close()  # its builder counts what was written, then stops
+    assert query(pg_dsn, "SELECT value FROM drengr_meta WHERE key = 'read_side_seq'") == [("4",)]
+    totals = dict(query(pg_dsn, "SELECT measure, total FROM measure_rollups"))
+    assert totals == {"m": float("inf"), "k": 5.0}
+
+
 def test_metering_fails_open_over_http(pg_dsn: str, tmp_path: Path) -> None:
     """`drengr serve --store`: the cap holds while it can be counted; once counting fails, 200 and stored."""
     from .support.realserver import batch, launch

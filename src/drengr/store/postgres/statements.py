@@ -29,6 +29,30 @@ EVENT_COLUMNS = (
 
 SCHEMA = schema_statements("postgres")  # schema/postgres.sql
 
+# The rollups' sums are double precision, whose + raises "value out of range" past the largest
+# double: one minute's measures of 1e308 would stop the builder for the whole schema. Sums are
+# added up as numeric and stored saturated (±Infinity past the largest double); two totals are
+# added as numeric unless one is already infinite (numeric holds no infinity before PostgreSQL 14).
+_LARGEST_DOUBLE = "1.7976931348623157e308"
+
+
+def _saturated(numeric: str) -> str:
+    """A numeric expression as double precision, ±Infinity past the largest double."""
+    return (
+        f"(CASE WHEN {numeric} > {_LARGEST_DOUBLE} THEN 'Infinity'::float8 "
+        f"WHEN {numeric} < -{_LARGEST_DOUBLE} THEN '-Infinity'::float8 ELSE ({numeric})::float8 END)"
+    )
+
+
+def _add_totals(table: str) -> str:
+    """The upsert's ``total``: the stored one and the new one added, never out of range."""
+    stored, new = f"{table}.total", "excluded.total"
+    infinite = "'Infinity'::float8, '-Infinity'::float8, 'NaN'::float8"
+    return (
+        f"total = CASE WHEN {stored} IN ({infinite}) OR {new} IN ({infinite}) THEN {stored} + {new} "
+        f"ELSE {_saturated(f'({stored}::numeric + {new}::numeric)')} END"
+    )
+
 
 def _count_rows_sql(where: str, sign: str = "") -> list[str]:
     """INSERT … SELECT statements counting the rows ``where`` selects into every grain (a backfill, a prune)."""
@@ -44,12 +68,12 @@ def _count_rows_sql(where: str, sign: str = "") -> list[str]:
         statements.append(
             f"INSERT INTO {prefix}measure_rollups (tenant_id, {column}, event_name, measure, total) "
             f"SELECT e.tenant_id, substr(e.received_at, 1, {width}), e.event_name, m.key, "
-            f"{sign}sum(m.value::text::double precision) "
+            f"{_saturated(f'{sign}sum(m.value::text::numeric)')} "
             "FROM semantic_events AS e, jsonb_each(e.measures) AS m "
             f"WHERE {where.replace('tenant_id', 'e.tenant_id').replace('seq', 'e.seq')} "
             "AND jsonb_typeof(m.value) = 'number' GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
             f"ON CONFLICT (tenant_id, {column}, event_name, measure) "
-            f"DO UPDATE SET total = {prefix}measure_rollups.total + excluded.total"
+            f"DO UPDATE SET {_add_totals(f'{prefix}measure_rollups')}"
         )
     return statements
 
@@ -99,9 +123,10 @@ def _build_step_sql(name_block_bits: int = NAME_BLOCK_BITS, new: bool = True) ->
         )
         upserts.append(
             f"{prefix}summed AS (INSERT INTO {prefix}measure_rollups (tenant_id, {column}, event_name, measure, total) "
-            f"SELECT tenant_id, substr(minute, 1, {width}), event_name, measure, sum(total) FROM measures "
-            f"GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 ON CONFLICT (tenant_id, {column}, event_name, measure) "
-            f"DO UPDATE SET total = {prefix}measure_rollups.total + excluded.total)"
+            f"SELECT tenant_id, substr(minute, 1, {width}), event_name, measure, {_saturated('sum(total)')} "
+            f"FROM measures GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+            f"ON CONFLICT (tenant_id, {column}, event_name, measure) "
+            f"DO UPDATE SET {_add_totals(f'{prefix}measure_rollups')})"
         )
     return (
         "WITH step AS MATERIALIZED (SELECT seq, tenant_id, substr(received_at, 1, 16) AS minute, event_name, "
@@ -109,7 +134,7 @@ def _build_step_sql(name_block_bits: int = NAME_BLOCK_BITS, new: bool = True) ->
         "events AS MATERIALIZED (SELECT tenant_id, minute, event_name, event_type, count(*) AS events "
         "FROM step GROUP BY 1, 2, 3, 4), "
         "measures AS MATERIALIZED (SELECT s.tenant_id, s.minute, s.event_name, m.key AS measure, "
-        "sum(m.value::text::double precision) AS total FROM step AS s, jsonb_each(s.measures) AS m "
+        "sum(m.value::text::numeric) AS total FROM step AS s, jsonb_each(s.measures) AS m "
         "WHERE jsonb_typeof(m.value) = 'number' GROUP BY 1, 2, 3, 4), "
         + ", ".join(upserts)
         + f", users AS ({users}) {names}"
