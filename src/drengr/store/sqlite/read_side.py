@@ -339,7 +339,8 @@ def add_counted(conn: sqlite3.Connection, counted: Counted) -> bool:
     """
     if built_to(conn) != counted.low or _meta_int(conn, "read_side_epoch") != counted.epoch:
         return False
-    measures = [(*key, _real(total)) for *key, total in counted.measures]
+    # As the rollups hold sums (total REAL): a Python int past 64 bits would not bind at all.
+    measures = [(*key, float(total)) for *key, total in counted.measures]
     for (table, column, other, value), rows in zip(
         _UPSERTS,
         (counted.events, _hourly(counted.events), measures, _hourly(measures)),
@@ -355,12 +356,6 @@ def add_counted(conn: sqlite3.Connection, counted: Counted) -> bool:
             )
     conn.execute(_META, ("read_side_seq", str(counted.high)))
     return True
-
-
-def _real(total: Any) -> float:
-    """A measure's sum as the rollups hold it (``total REAL``): a Python int past 64 bits would not
-    bind at all."""
-    return float(total)
 
 
 def add_in_savepoint(conn: sqlite3.Connection, counted: Counted) -> bool:
