@@ -361,6 +361,26 @@ def test_a_dead_writer_process_fails_its_group_and_is_replaced(db_path):
     assert count(db_path) == 3
 
 
+def test_a_writer_process_that_died_idle_costs_no_request_a_502(db_path):
+    """Killed between jobs (the OOM killer, an operator): the next job finds its socket closed
+    before the child had any of it, and a new writer process takes it."""
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer="process")
+    try:
+        assert store.write("acme", [row("a")], DAY0).stored == 1
+        first = store.writer_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline  # dead, not yet reaped: its sockets are closed
+            time.sleep(0.01)
+        assert store.write("acme", [row("a"), row("b")], DAY0) == StoreOutcome(1, duplicates=1)
+        assert store.writer_pid not in (None, first)
+    finally:
+        store.close()
+    assert count(db_path) == 2
+
+
 def test_a_group_in_flight_when_the_writer_process_dies_fails(db_path):
     """The child dies holding a group (blocked on a lock): that write fails, never a false 200."""
     store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer="process", busy_timeout_ms=30_000)

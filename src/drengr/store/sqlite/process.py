@@ -5,7 +5,8 @@ of its own; ``writer_main`` is what the child runs: a
 ``drengr.store.sqlite.writer.Writer`` fed from those sockets. The child dies
 with its parent (it reads EOF); a child that dies fails the jobs it holds with
 502 (a commit it made is caught as a duplicate when the client resends) and a
-new one starts with the next job.
+new one starts with the next job. A job it had not read whole when it died goes
+to the new one: nothing of it was committed.
 
 ``writer="shared"`` (several processes on one file: gunicorn's workers): the
 first process to need a writer starts one that also listens on a Unix socket
@@ -61,6 +62,11 @@ _JOIN_SECONDS = 30.0  # how long a process tries to join a shared writer that is
 # flight and those the read side's builder holds (0.33 s of GC in 10 s of 100-event batches, ~0.4 µs
 # an event; 3 ms at 50,000). Its objects hold no cycles but an exception's traceback now and then.
 _GC_THRESHOLD = 50_000
+
+
+class Undelivered(Exception):
+    """The writer process was gone (its sockets closed) before it had the whole job: nothing of it
+    was committed, and it may be sent again to a new writer."""
 
 
 class WriterProcess:
@@ -129,21 +135,30 @@ class WriterProcess:
         closed instead, and the writer drops the part of the message it got
         with the socket's EOF. A job not answered by the deadline is left: its
         request answers 502, and its late answer is dropped on this thread's
-        next job.
+        next job. Raises ``Undelivered`` when the child was gone before it had
+        the whole message: it acts on whole messages only, so the job may go
+        to a new one.
         """
         if self.failed is not None:
             return _fail(job, self.failed)
         with self._lock:
             self.in_flight += 1
         try:
-            channel = self._channel()
-            channel.sent += 1
-            number = channel.sent
-            payload = marshal.dumps(
-                (number, job.tenant_id, job.rows, job.received_at_ms, job.probe, job.deadline)
-            )
-            _send(channel.sock, payload, job.deadline)
-            answer = channel.answer(number, job.deadline)
+            try:
+                channel = self._channel()
+                channel.sent += 1
+                number = channel.sent
+                payload = marshal.dumps(
+                    (number, job.tenant_id, job.rows, job.received_at_ms, job.probe, job.deadline)
+                )
+                _send(channel.sock, payload, job.deadline)
+                answer = channel.answer(number, job.deadline)
+            except ConnectionError as error:
+                # EPIPE (its end closed as we sent) or a reset (it closed with bytes of ours unread,
+                # so the end of this message, the last thing we sent): gone without the whole job.
+                # Gone after reading it all is an EOF, not this: that job may be committed (502).
+                self._failed(error)
+                raise Undelivered(error) from error
         except TimeoutError as error:  # it took no job within the busy timeout
             if self._shared:
                 log.error("shared writer process %d took no job within the busy timeout", self.pid)
@@ -153,6 +168,8 @@ class WriterProcess:
             self._failed(error)
             self._kill()  # a stopped process dies too; its open transaction rolls back
             return _fail(job, error)
+        except Undelivered:
+            raise
         except Exception as error:  # noqa: BLE001 - EOF or a broken socket: the child is gone
             self._failed(error)
             return _fail(job, error)
@@ -413,7 +430,8 @@ class _Channel:
 
     def answer(self, number: int, deadline: float) -> tuple[Any, ...] | None:
         """The answer to job ``number``, or None at ``deadline`` (monotonic); older answers are dropped
-        (their requests gave up). Raises EOFError when the child is gone."""
+        (their requests gave up). Raises EOFError when the child is gone, ConnectionResetError when it
+        went with bytes of ours unread."""
         buffer = self._buffer
         while True:
             while (end := _message_end(buffer, 0)) > 0:

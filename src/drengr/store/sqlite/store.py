@@ -40,7 +40,7 @@ from ..base import (
 from . import read_side
 from .connect import Transaction, connect
 from .locks import WriterLock
-from .process import WriterProcess
+from .process import Undelivered, WriterProcess
 from .writer import Writer
 
 T = TypeVar("T")
@@ -328,15 +328,23 @@ class SQLiteStore(Admin):
         if self._writer_kind != "thread":
             # Straight to the child on this thread's socket, no hop through a thread: the child
             # commits every job waiting on any socket in one transaction, which is the group commit.
-            if not self._child_lock.acquire(timeout=timeout):
-                return False
-            try:
-                child = self._ready_child(deadline)
-            finally:
-                self._child_lock.release()
-            if child is None:
-                return False
-            return child.submit(job, self._committed)  # answered, or left at the deadline
+            # A child found gone as the job is sent (killed while idle: no job of ours failed with
+            # it) never had the job: a new one takes it, once.
+            for attempt in range(2):
+                if not self._child_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    return False
+                try:
+                    child = self._ready_child(deadline)
+                finally:
+                    self._child_lock.release()
+                if child is None:
+                    return False
+                try:
+                    return child.submit(job, self._committed)  # answered, or left at the deadline
+                except Undelivered as error:
+                    if attempt:
+                        job.outcome, job.error = None, StoreError(f"writer process failed: {error!r}")
+            return True
         self._start_writer()
         done = job.done = threading.Event()
         try:
