@@ -501,6 +501,19 @@ def test_hostile_request(server, case):
     assert server.status_kib("VmHWM") < RSS_CEILING_KIB
 
 
+def test_a_chunk_larger_than_a_body_may_be_is_refused_at_once(server):
+    """A chunk size past 4 MiB gets 413 as soon as its line is read, as a Content-Length past it
+    does, whatever follows: not a connection held until the client stops or the channel's timeout."""
+    for size in (b"400000", b"10000000000000"):  # 4 MiB, and far past it
+        request = http_request(server.key, b"", Transfer_Encoding="chunked", Content_Length="")
+        answer = raw(server.port, request + size + b"\r\n" + b"[" * 100, timeout=5)
+        assert answer.status == 413, (size, answer)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=1) as sock:  # within the limit:
+        sock.sendall(request + b"%x\r\n" % (4 * 1024 * 1024 - 200) + b"[" * 100)
+        with pytest.raises(TimeoutError):  # ...waited for, as any body still on its way
+            sock.recv(1)
+
+
 def test_content_length_larger_than_body_does_not_hold_a_worker(server):
     """A client that promises 3 MB and sends 100 bytes holds a connection, not a thread."""
     sockets = []

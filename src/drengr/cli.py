@@ -369,7 +369,7 @@ def prepare(config: Config) -> Prepared:
         store = _open_store(config, create=True)
         try:
             app = create_app(config, store=store)
-            _refuse_unknown_transfer_codings_with_400()
+            _answer_unreadable_requests_in_4xx()
             server = waitress.create_server(
                 app,
                 sockets=sockets,
@@ -401,13 +401,18 @@ def prepare(config: Config) -> Prepared:
     return Prepared(server, app, store, new_key)
 
 
-def _refuse_unknown_transfer_codings_with_400() -> None:
-    """waitress answers a Transfer-Encoding it does not know (anything but chunked) with 501 before
-    the app sees the request, as RFC 9112 suggests. Segment's and RudderStack's clients resend a
-    5xx forever, and nothing a client sends gets one here: its parser's error becomes a 400."""
+def _answer_unreadable_requests_in_4xx() -> None:
+    """Two of waitress's answers to a request it reads itself, made those of the contract:
+
+    - a Transfer-Encoding it does not know (anything but chunked) is a 400, not its 501 (RFC
+      9112 suggests 501; Segment's and RudderStack's clients resend a 5xx forever, and nothing
+      a client sends gets one here);
+    - a chunk whose size alone goes past the body's limit is a 413 at once, as a Content-Length
+      past it is, not a connection held until the client stops sending (or the channel's timeout).
+    """
     from waitress.channel import HTTPChannel
     from waitress.parser import HTTPRequestParser
-    from waitress.utilities import BadRequest, ServerNotImplemented
+    from waitress.utilities import BadRequest, RequestEntityTooLarge, ServerNotImplemented
 
     class Parser(HTTPRequestParser):  # type: ignore[misc]
         def received(self, data: bytes) -> int:
@@ -415,6 +420,11 @@ def _refuse_unknown_transfer_codings_with_400() -> None:
             error: Any = self.error  # type: ignore[has-type]
             if isinstance(error, ServerNotImplemented):
                 self.error = BadRequest(error.body)
+            elif error is None and self.chunked and not self.completed:  # type: ignore[has-type]
+                limit = self.adj.max_request_body_size
+                if self.body_bytes_received + self.body_rcv.chunk_remainder >= limit:
+                    self.error = RequestEntityTooLarge(f"exceeds max_body of {limit}")
+                    self.completed = True
             return consumed
 
     if HTTPChannel.parser_class is HTTPRequestParser:  # else done already (serve run twice in a process)
