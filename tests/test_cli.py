@@ -52,6 +52,17 @@ def test_keys_create_prints_the_key_alone_on_a_line(tmp_path):
     conn.close()
 
 
+def test_keys_create_says_when_it_made_the_database(tmp_path):
+    """A second terminal in another folder would make a database of its own there: said on stderr,
+    once; a key made in an existing database says nothing of the sort."""
+    first = drengr("keys", "create", "--tenant", "acme", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "No database was at drengr.db: made a new one." in first.stderr
+    assert (tmp_path / "drengr.db").exists()
+    again = drengr("keys", "create", "--tenant", "acme", cwd=tmp_path)
+    assert again.returncode == 0 and "No database" not in again.stderr
+
+
 def test_secret_key_kind(tmp_path):
     result = drengr("keys", "create", "--tenant", "acme", "--kind", "secret", "--db", str(tmp_path / "d.db"))
     assert result.stdout.startswith("drengr_sk_")

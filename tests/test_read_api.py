@@ -150,6 +150,10 @@ FILTERS = [
     ("order-asc", {"order": "asc"}, ["e1", "e2", "e3", "e4"]),
     ("limit", {"limit": "2"}, ["e4", "e3"]),
     ("other-tenant-name", {"event_name": "secret_thing"}, []),
+    # Past year 9999 by its offset: the end of time, not a text that sorts before every stored one.
+    ("since-past-year-9999", {"since": "9999-12-31T23:00:00-05:00"}, []),
+    ("until-past-year-9999", {"until": "9999-12-31T23:00:00-05:00"}, ["e4", "e3", "e2", "e1"]),
+    ("since-before-year-0", {"since": "0000-01-01T00:00:00+01:00"}, ["e4", "e3", "e2", "e1"]),
 ]
 
 
@@ -286,6 +290,17 @@ STATS_WINDOWS = [
 )
 def test_stats_interval(api: Any, params: dict[str, str], total: int) -> None:
     assert get(api, "/v1/stats", **params).get_json()["total"] == total
+
+
+def test_stats_times_at_the_ends_of_the_range(api: Any) -> None:
+    """1970-01-01 is a time like any other (not "now"), and a since past year 9999 is answered in
+    the OpenAPI's time format."""
+    epoch = get(api, "/v1/stats", since="1969-12-31T00:00:00Z", until="1970-01-01T00:00:00Z", interval="hour")
+    assert epoch.status_code == 200, epoch.data
+    assert epoch.get_json()["total"] == 0 and len(epoch.get_json()["series"]) == 0
+    late = get(api, "/v1/stats", since="9999-12-31T23:00:00-05:00", interval="day")
+    assert late.status_code == 200, late.data
+    assert late.get_json()["since"] == "9999-12-31T23:59:59.999Z" and late.get_json()["total"] == 0
 
 
 def test_stats_series_per_minute_and_hour(api: Any) -> None:

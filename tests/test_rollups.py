@@ -8,6 +8,7 @@ order, as a server stamps them.
 """
 
 import contextlib
+import math
 import sqlite3
 import subprocess
 import sys
@@ -774,6 +775,49 @@ def test_measure_sums_past_64_bits_neither_stop_the_read_side_nor_fail_a_write(t
         assert store.prune_events(T0 + 5 * MINUTE) == 5
     finally:
         store.close()
+
+
+def test_sums_past_the_largest_double_both_ways_do_not_stop_the_read_side(tmp_path: Path) -> None:
+    """Two events of 1e308 (their minute's sum: +inf), then four of -1e308 in the same minute, in
+    another step: +inf plus -inf is NaN, which the column cannot hold. The builder counts on (every
+    later row is in the rollups), and the sum reads null, as any sum past the largest double."""
+    path = tmp_path / "drengr.db"
+
+    def write(first: int, value: str, n: int) -> None:
+        store = SQLiteStore(str(path), writer="thread")
+        try:
+            rows = [
+                (
+                    "acme",
+                    f"e{first + i}",
+                    "buy",
+                    "track",
+                    "u",
+                    "a",
+                    at(T0),
+                    at(T0),
+                    "{}",
+                    f'{{"m":{value}}}',
+                    None,
+                )
+                for i in range(n)
+            ]
+            assert store.write("acme", rows, T0).stored == n
+        finally:
+            store.close()  # its builder has counted them
+
+    write(0, "1e308", 2)
+    write(2, "-1e308", 4)
+    write(6, "5", 1)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone() == ("7",)
+    reader = SQLiteReader(str(path))
+    try:
+        stats = reader.stats(StatsQuery("acme", measures=("m",)))
+        assert stats.total == 7
+        assert math.isinf(stats.sums["m"])  # null in JSON (read_api)
+    finally:
+        reader.close()
 
 
 def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:

@@ -220,10 +220,20 @@ def keys(args: argparse.Namespace) -> int:
     creating = args.keys_command == "create"
     if creating and not args.tenant:
         raise UsageError("Say which tenant the key is for: drengr keys create --tenant NAME.")
-    store = _open_store(_admin_config(args), create=creating)
+    config = _admin_config(args)
+    # A key made in a new file works on no running server: said, since a second terminal in
+    # another folder makes one there quietly otherwise.
+    new_file = creating and not config.store and not os.path.exists(config.db)
+    store = _open_store(config, create=creating)
     with _admin_errors(args, store):
         if creating:
             key = store.create_key(args.tenant, args.kind)
+            if new_file:
+                print(
+                    f"No database was at {config.db}: made a new one. A server using another "
+                    "--db will not know this key.",
+                    file=sys.stderr,
+                )
             print(
                 f"Created a {args.kind} key for tenant {args.tenant!r}; it is shown only now:",
                 file=sys.stderr,

@@ -298,8 +298,10 @@ def stats(tenant_id: str) -> Response:
     until = _time("until")
     interval = _choice("interval", tuple(BUCKET_PREFIX_CHARS), None)
     if interval is not None and since is not None:
-        end_ms = (parse_ms(until) if until else None) or _now_ms()
-        span = end_ms - (parse_ms(since) or 0)
+        end_ms = _now_ms() if until is None else parse_ms(until)  # 1970-01-01 is 0, not "now"
+        start_ms = parse_ms(since)
+        assert end_ms is not None and start_ms is not None  # parse_time wrote them
+        span = end_ms - start_ms
         if span // BUCKET_MS[interval] > MAX_SERIES_BUCKETS:
             raise InvalidQuery(
                 f"interval={interval} over that range is more than {MAX_SERIES_BUCKETS:,} buckets: "

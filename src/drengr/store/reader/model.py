@@ -88,10 +88,15 @@ _DURATION = re.compile(r"(\d{1,9})([smhd])")
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
+FIRST_MS = -62_167_219_200_000  # 0000-01-01T00:00:00.000Z
+LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 def parse_time(text: str, now_ms: int) -> str | None:
     """Stored-time text for an ISO-8601 timestamp, or for a duration ago (``90s``, ``15m``, ``2h``, ``7d``).
 
-    None when ``text`` is neither. The result compares as text with stored times.
+    None when ``text`` is neither. The result compares as text with stored times: a time past
+    year 9999 or before year 0 is read as the last or first millisecond of that range.
     """
     from ...core.timestamps import format_ms, parse_ms
 
@@ -102,7 +107,9 @@ def parse_time(text: str, now_ms: int) -> str | None:
     if len(text) == 10 and text[4:5] == "-" and text[7:8] == "-":
         text += "T00:00:00Z"  # a bare date is its midnight, UTC
     ms = parse_ms(text)
-    return None if ms is None else format_ms(ms)
+    # Within the years stored times can have (0000–9999): an offset can carry a time past either
+    # end, where its text would neither sort with stored times nor parse back.
+    return None if ms is None else format_ms(min(max(ms, FIRST_MS), LAST_MS))
 
 
 def check_measure_name(name: str) -> bool:

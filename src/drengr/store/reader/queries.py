@@ -11,6 +11,7 @@ from typing import Any
 
 from .model import (
     BUCKET_PREFIX_CHARS,
+    LAST_MS,
     RECEIVED_ORDER_SLACK_MS,
     EventQuery,
     Stats,
@@ -271,8 +272,8 @@ class _QueryReader:
         from ...core.timestamps import format_ms, parse_ms
 
         until_ms = parse_ms(query.until) if query.until is not None else None
-        if until_ms is None:
-            return None
+        if until_ms is None or until_ms + 2 * RECEIVED_ORDER_SLACK_MS > LAST_MS:
+            return None  # (past the last time a row can have: every row is below it)
         return self._seq_floor(execute, format_ms(until_ms + 2 * RECEIVED_ORDER_SLACK_MS), query.tenant_id)
 
     def _export_bounds(self, query: EventQuery) -> tuple[int, int]:

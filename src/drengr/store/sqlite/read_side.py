@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import itertools
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -238,6 +239,7 @@ USERS_LAYOUT = "2"
 # from the table.
 COMMITTED_BYTES = 8 << 20
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+_INFINITY = "9e999"  # SQLite's literal for +inf
 
 
 def users_path(path: str) -> str:
@@ -346,12 +348,18 @@ def add_counted(conn: sqlite3.Connection, counted: Counted) -> bool:
         (counted.events, _hourly(counted.events), measures, _hourly(measures)),
         strict=True,
     ):
+        added = f"{value} + excluded.{value}"
+        if value == "total":
+            # A sum past the largest double either way (+inf plus -inf: NaN, which SQLite stores as
+            # NULL, and the column refuses) stays past it: infinite, which the API answers null.
+            rows = [(*key, math.inf if math.isnan(total) else total) for *key, total in rows]
+            added = f"coalesce({added}, {_INFINITY})"
         for start in range(0, len(rows), 500):  # 2,500 parameters a statement at most
             part = rows[start : start + 500]
             conn.execute(
                 f"INSERT INTO {table} (tenant_id, {column}, event_name, {other}, {value}) VALUES "
                 + ",".join(["(?,?,?,?,?)"] * len(part))
-                + f" ON CONFLICT DO UPDATE SET {value} = {value} + excluded.{value}",
+                + f" ON CONFLICT DO UPDATE SET {value} = {added}",
                 list(itertools.chain.from_iterable(part)),
             )
     conn.execute(_META, ("read_side_seq", str(counted.high)))
