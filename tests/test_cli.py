@@ -207,6 +207,36 @@ def test_a_failed_command_creates_nothing_and_says_what_to_do(tmp_path, args, en
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["keys", "create", "--tenant", "x"],
+        ["db", "init"],
+        ["tenants", "set", "x", "--create", "--daily-cap", "5"],
+        ["serve", "--port", "1"],  # refused before it listens (port 1 would be refused after)
+    ],
+    ids=["keys-create", "db-init", "tenants-set-create", "serve"],
+)
+def test_another_applications_sqlite_file_is_never_written_into(tmp_path, args):
+    """The commands that may create the database refuse a SQLite file of something else: no
+    drengr tables in it, its journal mode left alone."""
+    app = tmp_path / "app.db"
+    conn = sqlite3.connect(app)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO users (name) VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    before = app.read_bytes()
+    result = drengr(*args, "--db", "app.db", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "drengr: app.db is another application's SQLite database (it has no semantic_events table): "
+        "pass another --db path.\n"
+    )
+    assert app.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
 def _snapshot(folder: Path) -> dict[str, Any]:
     """Every file under ``folder`` and, for a database, its tenants: what a failed command must not change."""
     files: dict[str, Any] = {str(p.relative_to(folder)): None for p in folder.rglob("*")}

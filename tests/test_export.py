@@ -220,6 +220,11 @@ MISTAKES = [
         ["x" * 300 + ".csv"], "(File name too long): choose a path you can write to", id="name-too-long"
     ),
     pytest.param(["/proc/e.csv"], "Cannot write /proc/e.csv", id="not-writable"),
+    # --force over the database itself, its users file or a file beside it would replace them.
+    *(
+        pytest.param([name, "--format", "csv", "--force"], "one of the database's own files", id=name)
+        for name in ("drengr.db", "./drengr-users.db", "drengr.db-window")
+    ),
 ]
 
 

@@ -24,7 +24,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import cli_export, cli_read, settings
-from .cli_common import ProgressBar, UsageError, add_version, check_can_create, check_exists
+from .cli_common import (
+    ProgressBar,
+    UsageError,
+    add_version,
+    check_can_create,
+    check_exists,
+    require_postgres_tables,
+)
 from .cli_common import redact_url as _redact_url
 from .core.limits import WAITRESS_MAX_BODY_BYTES
 from .settings import Config, SettingError
@@ -117,7 +124,7 @@ def _open_store(config: Config, create: bool) -> Store:
     """The store at ``config.store`` or ``config.db``; a missing SQLite file is created only if ``create``."""
     if config.store:
         if not create:
-            _require_postgres_tables(config.store)
+            require_postgres_tables(config.store)
         return _open_postgres(config.store, config.durability)
     if not create:
         check_exists(config.db)
@@ -146,28 +153,6 @@ def _open_postgres(url: str, durability: str = "full") -> Store:
         raise UsageError(
             f"Cannot use the PostgreSQL store at {_redact_url(url)} ({error}): check --store."
         ) from None
-
-
-def _require_postgres_tables(url: str) -> None:
-    """A command that only uses a PostgreSQL database never creates drengr's tables in it."""
-    if not is_postgres_url(url):
-        return  # _open_postgres says what --store takes
-    try:
-        import psycopg
-    except ImportError:
-        return  # _open_postgres says what to install
-    try:
-        with psycopg.connect(url, connect_timeout=5) as conn:
-            row = conn.execute("SELECT to_regclass('api_keys') IS NOT NULL").fetchone()
-    except psycopg.Error as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(
-            f"Cannot use the PostgreSQL store at {_redact_url(url)} ({first}): check --store."
-        ) from None
-    if not (row and row[0]):
-        raise UsageError(
-            f"No drengr tables at {_redact_url(url)}: check --store, or create them with `drengr db init --store URL`."
-        )
 
 
 def _where(args: argparse.Namespace | Config) -> str:

@@ -3,7 +3,11 @@
 import argparse
 import os
 import re
+import sqlite3
 from importlib import metadata
+from pathlib import Path
+
+from .store import is_postgres_url
 
 
 class UsageError(Exception):
@@ -42,6 +46,27 @@ def check_can_create(path: str) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(
             f"The folder {folder} is not writable: pass a --db path in a folder you can write to."
+        )
+    _check_not_anothers(path)
+
+
+def _check_not_anothers(path: str) -> None:
+    """A SQLite file already there is drengr's (or empty): drengr's tables are never written into
+    another application's database, nor its journal mode turned to WAL."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return  # not a SQLite file: opening it as the store says so in its own sentence
+    if tables and "semantic_events" not in tables:
+        raise UsageError(
+            f"{path} is another application's SQLite database (it has no semantic_events table): "
+            "pass another --db path."
         )
 
 
@@ -88,3 +113,25 @@ class ProgressBar:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def require_postgres_tables(url: str) -> None:
+    """A command that only uses a PostgreSQL database never creates drengr's tables in it."""
+    if not is_postgres_url(url):
+        return  # _open_postgres says what --store takes
+    try:
+        import psycopg
+    except ImportError:
+        return  # _open_postgres says what to install
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute("SELECT to_regclass('api_keys') IS NOT NULL").fetchone()
+    except psycopg.Error as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"Cannot use the PostgreSQL store at {redact_url(url)} ({first}): check --store."
+        ) from None
+    if not (row and row[0]):
+        raise UsageError(
+            f"No drengr tables at {redact_url(url)}: check --store, or create them with `drengr db init --store URL`."
+        )

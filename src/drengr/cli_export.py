@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from . import clock, settings
-from .cli_common import UsageError, add_version, redact_url
+from .cli_common import UsageError, add_version, redact_url, require_postgres_tables
 from .settings import SettingError
 from .store import is_postgres_url
 from .store.base import StoreError
@@ -295,6 +295,8 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
     location = args.store or args.db
     if not is_postgres_url(location) and not os.path.isfile(location):
         raise UsageError(f"No database at {location}: pass the file `drengr serve` writes with --db.")
+    if not is_postgres_url(location) and _is_one_of_the_databases_files(target, location):
+        raise UsageError(f"{args.output} is one of the database's own files: write the export elsewhere.")
     reader = reader_for_location(location)
     progress = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
     try:
@@ -321,6 +323,19 @@ def write_export(
     finally:
         writer.close()
     return written
+
+
+def _is_one_of_the_databases_files(target: Path, db: str) -> bool:
+    """Whether ``target`` is the database at ``db``, its users file, or a file of either that SQLite
+    or drengr keeps beside it (``-wal``, ``-shm``, ``-journal``, ``-window``, locks): --force would
+    replace it."""
+    own = [db, users_path(db)]
+    if target.exists() and any(os.path.exists(path) and os.path.samefile(target, path) for path in own):
+        return True
+    folder = Path(db).resolve().parent
+    return target.resolve().parent in (folder, Path(own[1]).resolve().parent) and any(
+        target.name.startswith(Path(path).name + "-") for path in own
+    )
 
 
 @contextlib.contextmanager
@@ -356,6 +371,7 @@ def backfill(args: argparse.Namespace) -> int:
 
     try:
         if args.store:
+            require_postgres_tables(args.store)  # never drengr's tables made in another database
             store = open_store(args.store)
             try:
                 counted = store.backfill_rollups(progress=progress)  # type: ignore[attr-defined]
