@@ -279,12 +279,9 @@ def test_an_older_database_is_scanned_until_backfilled_and_resumes(tmp_path: Pat
         reader.close()
 
 
-def test_a_file_whose_writer_counted_the_rollups_is_taken_up_whole(tmp_path: Path) -> None:
-    """A version-4 file: rollups counted by the writer up to its last row, the user index inside the
-    database. Opened now, its rollups cover every row, the user index moves to its own file (built
-    again), and reads agree with the rows."""
-    path = tmp_path / "drengr.db"
-    keys = fill(path, "thread")
+def as_version_4(path: Path) -> None:
+    """The database as version 4 left it: rollups counted by the writer up to its last row (no
+    read_side_seq), the user index inside the database."""
     Path(users_path(str(path))).unlink()
     conn = sqlite3.connect(path)
     conn.execute("DELETE FROM meta WHERE key IN ('read_side_seq', 'database_id')")
@@ -298,6 +295,15 @@ def test_a_file_whose_writer_counted_the_rollups_is_taken_up_whole(tmp_path: Pat
     conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
+
+
+def test_a_file_whose_writer_counted_the_rollups_is_taken_up_whole(tmp_path: Path) -> None:
+    """A version-4 file: rollups counted by the writer up to its last row, the user index inside the
+    database. Opened now, its rollups cover every row, the user index moves to its own file (built
+    again), and reads agree with the rows."""
+    path = tmp_path / "drengr.db"
+    keys = fill(path, "thread")
+    as_version_4(path)
     store = SQLiteStore(str(path))
     try:
         client = create_app(
@@ -818,6 +824,52 @@ def test_sums_past_the_largest_double_both_ways_do_not_stop_the_read_side(tmp_pa
         assert math.isinf(stats.sums["m"])  # null in JSON (read_api)
     finally:
         reader.close()
+
+
+def drengr(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "drengr", *args],
+        capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": ""}, timeout=60,
+    )  # fmt: skip
+
+
+def rollup_totals(path: Path) -> tuple[int, int]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(
+            "SELECT (SELECT coalesce(sum(events), 0) FROM event_rollups), "
+            "(SELECT coalesce(sum(events), 0) FROM hourly_event_rollups)"
+        ).fetchone()
+
+
+def test_a_prune_of_a_file_of_an_older_layout_brings_it_up_to_date_first(tmp_path: Path) -> None:
+    """A version-4 file pruned before any server opened it: its rollups lose the rows it deletes
+    (read as version 4, without read_side_seq, they kept every row counted for good)."""
+    path = tmp_path / "drengr.db"
+    fill(path, "thread")
+    as_version_4(path)
+    done = drengr("prune", "--before", "3d", "--dedup-window-days", "1", "--db", str(path))
+    assert done.returncode == 0, done.stderr
+    assert rollup_totals(path) == (0, 0)
+    reader = SQLiteReader(str(path))
+    try:
+        assert reader.stats(StatsQuery(None, since="2026-01-01T00:00:00Z")).total == 0
+    finally:
+        reader.close()
+
+
+def test_a_backfill_of_a_file_from_before_the_hourly_rollups_fills_them(tmp_path: Path) -> None:
+    """The minutes' rollups there, the hours' not: the backfill brings the file up to date first,
+    which adds the minutes up by hour (made empty by the backfill, they stayed empty)."""
+    path = tmp_path / "drengr.db"
+    fill(path, "thread")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("DROP TABLE hourly_event_rollups")
+        conn.execute("DROP TABLE hourly_measure_rollups")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        conn.commit()
+    done = drengr("db", "backfill-rollups", "--db", str(path))
+    assert done.returncode == 0, done.stderr
+    assert rollup_totals(path) == (EVENTS, EVENTS)
 
 
 def test_backfill_mistakes_are_one_sentence(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from .cli_common import (
     add_version,
     check_can_create,
     check_exists,
+    check_not_anothers,
     require_postgres_tables,
 )
 from .cli_common import redact_url as _redact_url
@@ -120,17 +121,21 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
     return args
 
 
-def _open_store(config: Config, create: bool) -> Store:
-    """The store at ``config.store`` or ``config.db``; a missing SQLite file is created only if ``create``."""
+def _open_store(config: Config, create: bool, migrate: bool = False) -> Store:
+    """The store at ``config.store`` or ``config.db``; a missing SQLite file is created only if
+    ``create``. ``migrate``: an existing file of an older drengr is brought up to date first (a
+    command that writes into it: prune, tenants set, keys revoke)."""
     if config.store:
         if not create:
             require_postgres_tables(config.store)
         return _open_postgres(config.store, config.durability)
-    if not create:
+    if create:
+        check_can_create(config.db)
+    else:
         check_exists(config.db)
-        # migrate=False: a command that only uses the file never writes tables into it.
-        return SQLiteStore(config.db, busy_timeout_ms=config.busy_timeout_ms, migrate=False)
-    check_can_create(config.db)
+        if not migrate:  # a command that only reads the file never writes tables into it
+            return SQLiteStore(config.db, busy_timeout_ms=config.busy_timeout_ms, migrate=False)
+        check_not_anothers(config.db)
     try:
         return open_configured_store(config)  # config.store is empty: SQLite at config.db
     except StoreError as error:
@@ -209,7 +214,7 @@ def keys(args: argparse.Namespace) -> int:
     # A key made in a new file works on no running server: said, since a second terminal in
     # another folder makes one there quietly otherwise.
     new_file = creating and not config.store and not os.path.exists(config.db)
-    store = _open_store(config, create=creating)
+    store = _open_store(config, create=creating, migrate=args.keys_command == "revoke")
     with _admin_errors(args, store):
         if creating:
             key = store.create_key(args.tenant, args.kind)
@@ -284,7 +289,7 @@ def prune(args: argparse.Namespace) -> int:
     except SettingError as error:
         raise UsageError(str(error)) from None
     before_ms = clock.now_ms() - seconds * 1000
-    store = _open_store(_admin_config(args), create=False)
+    store = _open_store(_admin_config(args), create=False, migrate=True)  # its rollups as they are now
     bar = ProgressBar("Pruning events", "rows", quiet=args.quiet)
     try:
         deleted = store.prune_events(before_ms, progress=bar.update)  # type: ignore[attr-defined]
@@ -306,7 +311,7 @@ def tenants(args: argparse.Namespace) -> int:
     """`tenants set NAME`: a name that is not a tenant is a typo unless --create says otherwise."""
     if args.daily_cap is None and args.pii_allow is None:
         raise UsageError("Say what to change: drengr tenants set NAME --daily-cap N or --pii-allow NAMES.")
-    store = _open_store(_admin_config(args), create=args.create)
+    store = _open_store(_admin_config(args), create=args.create, migrate=True)
     with _admin_errors(args, store):
         known = store.tenants()
         if args.name not in known and not args.create:

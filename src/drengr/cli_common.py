@@ -47,10 +47,10 @@ def check_can_create(path: str) -> None:
         raise UsageError(
             f"The folder {folder} is not writable: pass a --db path in a folder you can write to."
         )
-    _check_not_anothers(path)
+    check_not_anothers(path)
 
 
-def _check_not_anothers(path: str) -> None:
+def check_not_anothers(path: str) -> None:
     """A SQLite file already there is drengr's (or empty): drengr's tables are never written into
     another application's database, nor its journal mode turned to WAL."""
     if not os.path.isfile(path) or os.path.getsize(path) == 0:

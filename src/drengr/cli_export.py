@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from . import clock, settings
-from .cli_common import UsageError, add_version, redact_url, require_postgres_tables
+from .cli_common import UsageError, add_version, check_not_anothers, redact_url, require_postgres_tables
 from .settings import SettingError
 from .store import is_postgres_url
 from .store.base import StoreError
@@ -358,7 +358,7 @@ def _replaced_at_the_end(target: Path) -> Iterator[str]:
 
 def backfill(args: argparse.Namespace) -> int:
     """`drengr db backfill-rollups`: count a database's older rows into its rollups, with progress."""
-    from .store import open_store
+    from .store import SQLiteStore, open_store
     from .store.sqlite import backfill_rollups
 
     where = redact_url(args.store) if args.store else args.db
@@ -378,6 +378,8 @@ def backfill(args: argparse.Namespace) -> int:
             finally:
                 store.close()
         else:
+            check_not_anothers(args.db)  # never drengr's tables made in another application's file
+            SQLiteStore(args.db, migrate=True).close()  # an older layout brought up to date first
             counted = backfill_rollups(args.db, progress=progress)
     except StoreError as error:
         raise UsageError(
