@@ -8,6 +8,7 @@ Datasette runs for real on the shipped metadata.
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -192,6 +193,40 @@ def test_an_interrupted_export_leaves_no_file(db: Path, tmp_path: Path) -> None:
         "drengr.db", "drengr.db-shm", "drengr.db-wal", "drengr.db-writer.lock", "drengr.db-builder.lock",
         "drengr.db-window",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_export_stopped_by_a_signal_says_so_and_leaves_no_file(tmp_path: Path, stop: int) -> None:
+    """Ctrl-C or a service manager's SIGTERM in the middle of an export (a chunk a row, so it is
+    still running): one sentence, status 130, neither the file nor its temporary one left."""
+    path = tmp_path / "drengr.db"
+    store = SQLiteStore(str(path))
+    for first in range(0, 60_000, 1_000):
+        rows = [(*row[:1], f"{first}-{n}", *row[2:]) for n, row in enumerate(ROWS * (1_000 // len(ROWS) + 1))]
+        assert store.write("acme", rows[:1_000], RECEIVED_MS).stored == 1_000
+    store.close()
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    export = subprocess.Popen(
+        [sys.executable, "-m", "drengr", "export", "e.csv", "--chunk-rows", "1", "--quiet"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
+            assert time.monotonic() < deadline and export.poll() is None
+            time.sleep(0.01)
+        export.send_signal(stop)  # (its 60,000 chunks take it a second or more)
+        out, err = export.communicate(timeout=30)
+    finally:
+        if export.poll() is None:
+            export.kill()
+            export.wait()
+    assert (export.returncode, out, err) == (
+        130,
+        "",
+        "drengr: Stopped; run the same command again to go on.\n",
+    )
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".e.csv", "e.csv"))]
 
 
 def test_a_failed_export_keeps_the_old_file(tmp_path: Path) -> None:

@@ -167,6 +167,8 @@ def _where(args: argparse.Namespace | Config) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse(argv)
+        if args.command in ("export", "prune", "db"):
+            _stop_on_sigterm()
         if args.command in cli_read.COMMANDS:
             return cli_read.run(args)
         if args.command in cli_export.COMMANDS:
@@ -183,6 +185,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, SettingError) as error:
         print(f"drengr: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (_stop_on_sigterm): what is committed stays
+        print("drengr: Stopped; run the same command again to go on.", file=sys.stderr)
+        return 130
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops a long command (export, prune, a backfill) as Ctrl-C does: its clean-up runs
+    (an export's temporary file is removed) instead of the process dying where it stands."""
+
+    def stop(_signal: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _not_a_database(path: str, error: sqlite3.Error) -> UsageError:

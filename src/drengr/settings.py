@@ -103,6 +103,24 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def between(minimum: int, maximum: int) -> Callable[[str], int]:
+    """A whole number from ``minimum`` to ``maximum``: past it, a value no machine or SQLite can honour
+    (a timeout past SQLite's 32-bit milliseconds is 0 to it; a hundred million threads never start)."""
+    hint = f"pass {minimum:,} to {maximum:,}"
+
+    def parse(raw: str) -> int:
+        number = _whole(raw, hint)
+        if number < minimum:
+            raise SettingError(
+                ("must not be negative: " if minimum == 0 else f"is less than {minimum}: ") + hint
+            )
+        if number > maximum:
+            raise SettingError(f"is more than {maximum:,}: {hint}")
+        return number
+
+    return parse
+
+
 def optional_count(raw: str) -> int | None:
     return None if raw == "" else at_least(0)(raw)
 
@@ -147,6 +165,9 @@ def fragments(raw: str) -> tuple[str, ...]:
     """Comma-separated key fragments, matched without regard to case; empty: strip nothing."""
     return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
 
+
+MAX_THREADS = 1_024
+MAX_BUSY_TIMEOUT_MS = 3_600_000  # an hour: a request waits no longer for the lock
 
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
 
@@ -294,7 +315,7 @@ SETTINGS: tuple[Setting, ...] = (
         help="Worker threads answering requests.",
         commands=(SERVE,),
         example="16",
-        parse=at_least(1),
+        parse=between(1, MAX_THREADS),
         metavar="N",
     ),
     Setting(
@@ -352,7 +373,7 @@ SETTINGS: tuple[Setting, ...] = (
         help="Milliseconds a write waits for another process's lock on the SQLite file before the request gets 502.",
         commands=(SERVE, WSGI),
         example="1500",
-        parse=at_least(0),
+        parse=between(0, MAX_BUSY_TIMEOUT_MS),
         metavar="MS",
     ),
     Setting(
