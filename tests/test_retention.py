@@ -62,6 +62,20 @@ def test_prune_deletes_in_batches_and_keeps_dedup_and_todays_counts(db_path, sto
 
 
 @pytest.mark.parametrize("engine", ENGINES, indirect=True)
+def test_prune_goes_past_rows_a_clock_that_ran_ahead_stamped_later(db_path, store):
+    """Old rows, then more than a batch of rows stamped 60 days ahead (a clock that ran ahead), then
+    old rows again (the clock put right, then stepped back): every old row goes, the others stay."""
+    for start in range(0, 12, 4):
+        store.write(
+            "acme", [event(f"old{i}", NOW_MS - 40 * MS_PER_DAY) for i in range(start, start + 4)], NOW_MS
+        )
+    store.write("acme", [event(f"ahead{i}", NOW_MS + 60 * MS_PER_DAY) for i in range(12)], NOW_MS)
+    store.write("acme", [event(f"late{i}", NOW_MS - 40 * MS_PER_DAY) for i in range(7)], NOW_MS)
+    assert store.prune_events(NOW_MS - 30 * MS_PER_DAY, batch_rows=5) == 19
+    assert sorted(row["event_id"] for row in read_rows(db_path)) == sorted(f"ahead{i}" for i in range(12))
+
+
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_drengr_prune_from_the_command_line(db_path, engine, tmp_path):
     where = ["--db", str(db_path)] if engine == "sqlite" else ["--store", str(db_path)]
     store = open_store(str(db_path), clock=lambda: NOW_MS / 1000)

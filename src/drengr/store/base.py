@@ -126,15 +126,18 @@ def prune_in_batches(
 
     ``delete_batch(after_seq)`` deletes the old rows of the next batch past
     ``after_seq`` in a transaction of its own and returns (how many, the batch's
-    last seq); the walk stops at the first batch with none. Returns ``deleted``
-    plus what it deleted; ``progress(done, total)`` after each batch.
+    last seq). The walk stops at the first batch with none once ``total`` (the
+    old rows counted before it began) are gone, or at the end of the table: a
+    clock that ran ahead leaves rows received "later" before older ones, and
+    the walk goes past them. Returns ``deleted`` plus what it deleted;
+    ``progress(done, total)`` after each batch.
     """
     while True:
         old, last_seq = delete_batch(after_seq)
         deleted += old
         if progress is not None:
             progress(deleted, max(total, deleted))
-        if not old:
+        if not old and (deleted >= total or last_seq == after_seq):
             return deleted
         after_seq = last_seq
 
