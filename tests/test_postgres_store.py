@@ -687,6 +687,22 @@ def test_sqlite_and_postgresql_store_the_same_rows(pg: PostgresStore, pg_dsn: st
     assert order, "jsonb reorders keys; the docs say so — update them if this ever changes"
 
 
+def test_an_import_reads_the_file_at_its_path_whatever_characters_it_holds(
+    pg: PostgresStore, pg_dsn: str, tmp_path: Path
+) -> None:
+    """A % in the path is no URI escape (c%41d is not cAd, where another database lies), a # no
+    fragment; and the same file named two ways is the same import (nothing copied twice)."""
+    for folder, events in (("c%41d #1", 5), ("cAd", 2)):
+        (tmp_path / folder).mkdir()
+        lite = SQLiteStore(str(tmp_path / folder / "old.db"))
+        lite.write(TENANT, [("acme", f"{folder}-{i}", "e", "track", "u", "u", *[
+            "2026-11-26T10:00:00.000Z"] * 2, "{}", "{}", None) for i in range(events)], 0)  # fmt: skip
+        lite.close()
+    assert import_sqlite(pg, str(tmp_path / "c%41d #1" / "old.db"))["events"] == 5
+    assert import_sqlite(pg, str(tmp_path / "c%41d #1" / ".." / "c%41d #1" / "old.db"))["events"] == 0
+    assert count(pg_dsn) == 5
+
+
 def test_sqlite_data_moves_over_to_postgresql(pg: PostgresStore, pg_dsn: str, tmp_path: Path) -> None:
     """drengr.store.migrate.import_sqlite: rows, tenants, hashed keys and usage; run twice, copies once; dedup holds."""
     from .support.wire import POSTS, send

@@ -5,6 +5,7 @@ Imports psycopg (through ``drengr.store.postgres``): loaded only by that command
 
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -37,11 +38,12 @@ def import_sqlite(
     """
     if not isinstance(store, PostgresStore):
         raise StoreError("import-sqlite copies into a PostgreSQL store (--store postgresql://…)")
+    where = Path(path).resolve()  # as a URI: a % or # in the path is the file's, not the URI's
     try:
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        source = sqlite3.connect(f"{where.as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as error:
         raise StoreError(f"cannot open {path}: {error}") from error
-    marker = f"sqlite_import_last_seq:{path}"
+    marker = f"sqlite_import_last_seq:{where}"
     try:  # a file from before `library` (schema version 1) gives NULL for it
         source_has = {row[1] for row in source.execute("PRAGMA table_info(semantic_events)")}
         tenants_have = {row[1] for row in source.execute("PRAGMA table_info(tenants)")}
