@@ -8,6 +8,7 @@ event already stored is never a second row, whatever the clock did since. Postgr
 whose clocks are wrong) is in tests/test_postgres_store.py.
 """
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,71 @@ def test_sqlite_started_in_a_later_generation_loads_only_the_window(tmp_path: Pa
 
 
 JUMPS_DAYS = [15, 0, -15, 40, 8, 0]
+
+
+# Received times of three runs of rows: ahead then put right, or gone back.
+_T = 1_795_687_200_000  # 2026-11-26T10:00:00.000Z
+_MINUTE = 60_000
+CLOCK_STORIES = {
+    # A, then B an hour ahead (the clock jumped), then C (put right), a batch every 10 s.
+    "ahead-then-right": [(_T + i * 10_000, "a") for i in range(12)]
+    + [(_T + 60 * _MINUTE + i * 10_000, "b") for i in range(12)]
+    + [(_T + 2 * _MINUTE + 10_000 + i * 10_000, "c") for i in range(12)],
+    # A for ten minutes, then B stamped ten minutes back (the clock stepped back).
+    "back-ten-minutes": [(_T + i * 20_000, "a") for i in range(30)]
+    + [(_T + i * 20_000, "b") for i in range(30)],
+}
+
+
+@pytest.mark.parametrize("story", list(CLOCK_STORIES))
+def test_reads_by_time_find_every_row_whatever_order_the_clock_stamped_them(
+    tmp_path: Path, story: str
+) -> None:
+    """/v1/events and /v1/stats by since and until, against a plain scan of the rows: the rows
+    stamped out of order (a clock ahead then put right, or stepped back) are found; without the
+    writer's notes the reader's binary search on received_at skipped them."""
+    from drengr.store.reader import EventQuery, SQLiteReader, StatsQuery
+
+    path = tmp_path / "drengr.db"
+    store = SQLiteStore(str(path), writer="thread")
+    try:
+        for n, (received_ms, run) in enumerate(CLOCK_STORIES[story]):
+            at = format_ms(received_ms)
+            batch = [
+                ("acme", f"{run}{n}-{i}", run, "track", "u", "u", at, at, "{}", "{}", None) for i in range(5)
+            ]
+            assert store.write("acme", batch, received_ms).stored == 5
+    finally:
+        store.close()
+    times = sorted({ms for ms, _run in CLOCK_STORIES[story]})
+    edges = [
+        None,
+        *(format_ms(ms + shift) for ms in times[:: max(1, len(times) // 8)] for shift in (0, 5_000)),
+    ]
+    conn = sqlite3.connect(path)
+    reader = SQLiteReader(str(path))
+    try:
+        for since in edges:
+            for until in edges:
+                if since is not None and until is not None and until <= since:
+                    continue
+                where = "received_at >= ? AND received_at < ?"
+                expected = sorted(
+                    event_id
+                    for (event_id,) in conn.execute(
+                        f"SELECT event_id FROM semantic_events WHERE {where}",
+                        (since or "", until or "\uffff"),
+                    )
+                )
+                page = reader.events(EventQuery("acme", since=since, until=until, limit=1_000))
+                assert sorted(event["event_id"] for event in page.events) == expected, (since, until)
+                stats = reader.stats(
+                    StatsQuery("acme", since=since or "2000-01-01T00:00:00.000Z", until=until)
+                )
+                assert stats.total == len(expected), (since, until)
+    finally:
+        reader.close()
+        conn.close()
 
 
 @pytest.mark.parametrize("writer", WRITERS)

@@ -147,6 +147,12 @@ class SQLiteReader(_PagedReader):
             after = int(rows[-1][0])
             yield [_export_row(row) for row in rows], (after - floor) / max(1, top - floor)
 
+    def _backsteps(self, execute: Callable[..., Any]) -> bool:
+        try:
+            return execute("SELECT 1 FROM clock_backsteps LIMIT 1").fetchone() is not None
+        except sqlite3.OperationalError:  # a file from before the table, read without migrating
+            return False
+
     def _snapshot(self, work: Callable[[Callable[..., Any]], Any], what: str) -> Any:
         try:
             conn = self._conn()

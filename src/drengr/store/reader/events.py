@@ -269,11 +269,8 @@ class _PagedReader(_QueryReader):
                     runs.append([start, start + 60_000])
             for start, end in reversed(runs) if descending else runs:
                 seq_low = max(low, self._seq_floor(execute, format_ms(start), query.tenant_id))
-                seq_high = min(
-                    high,
-                    self._seq_floor(execute, format_ms(end + 2 * RECEIVED_ORDER_SLACK_MS), query.tenant_id)
-                    - 1,
-                )
+                above = self._seq_above(execute, end, query.tenant_id)
+                seq_high = high if above is None else min(high, above - 1)
                 if rows:  # ranges may overlap by the slack: a row already read is not read twice
                     if descending:
                         seq_high = min(seq_high, int(rows[-1][0]) - 1)

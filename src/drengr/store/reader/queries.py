@@ -27,6 +27,12 @@ from .model import (
 EVERY_ROW = 1 << 62  # _built_to of a read side kept in the write transaction
 
 
+# Where the clock went back (SQLite: the writer notes a group received more than the slack before
+# the newest row, at its first and its last seq, with that newest time).
+_NEWEST_NOTED_BEFORE = "SELECT newest_before FROM clock_backsteps WHERE seq <= ? ORDER BY seq DESC LIMIT 1"
+_NOTED_FROM = "SELECT 1 FROM clock_backsteps WHERE seq >= ? LIMIT 1"
+
+
 class _QueryReader:
     """``events`` and ``stats`` written once; each engine supplies its connection and dialect.
 
@@ -76,12 +82,20 @@ class _QueryReader:
         ).fetchone()
         return int(found[0])
 
+    def _backsteps(self, execute: Callable[..., Any]) -> bool:
+        """Whether the store noted a clock gone back (``clock_backsteps``): rows there are out of
+        received order by more than ``RECEIVED_ORDER_SLACK_MS``. Only SQLite's writer notes them."""
+        return False
+
     def _seq_floor(self, execute: Callable[..., Any], since: str, tenant_id: str | None) -> int:
         """The first seq that may have been received at or after ``since`` (binary search on seq).
 
         Rows are appended in received order only nearly, so the search aims
         ``RECEIVED_ORDER_SLACK_MS`` earlier; the exact ``received_at`` filter
-        still applies. Each probe is one step down an index on seq.
+        still applies. Each probe is one step down an index on seq. Where the
+        clock went back (``_backsteps``), a row's time is read as the latest of
+        its own and the newest noted before it, which never falls by more than
+        the slack from one row to the next.
         """
         from ...core.timestamps import format_ms, parse_ms
 
@@ -105,14 +119,36 @@ class _QueryReader:
         probe = self._sql(
             f"SELECT seq, received_at FROM semantic_events WHERE seq >= ?{tenant} ORDER BY seq LIMIT 1"
         )
+        noted = self._backsteps(execute)
         while low <= high:
             middle = (low + high) // 2
-            row = execute(probe, [middle, *extra]).fetchone()
-            if row[1] < target:
-                low = row[0] + 1
+            seq, received = execute(probe, [middle, *extra]).fetchone()
+            if noted:
+                before = execute(_NEWEST_NOTED_BEFORE, [seq]).fetchone()
+                if before is not None and before[0] > received:
+                    received = before[0]
+            if received < target:
+                low = seq + 1
             else:
                 high = middle - 1
         return int(low)
+
+    def _seq_above(self, execute: Callable[..., Any], until_ms: int, tenant_id: str | None) -> int | None:
+        """A seq above every row received before ``until_ms``, or None (every row may be).
+
+        The floor of ``until_ms`` plus twice the slack: the rows past it were
+        received at ``until_ms`` or later, but for rows of a clock gone back
+        (noted from their group's first seq to its last): when any lie past
+        it, there is no such seq.
+        """
+        from ...core.timestamps import format_ms
+
+        if until_ms + 2 * RECEIVED_ORDER_SLACK_MS > LAST_MS:
+            return None  # past the last time a row can have: every row is below it
+        above = self._seq_floor(execute, format_ms(until_ms + 2 * RECEIVED_ORDER_SLACK_MS), tenant_id)
+        if self._backsteps(execute) and execute(_NOTED_FROM, [above]).fetchone() is not None:
+            return None
+        return above
 
     def stats(self, query: StatsQuery) -> Stats:
         for name in query.measures:
@@ -269,12 +305,10 @@ class _QueryReader:
 
     def _seq_ceiling(self, execute: Callable[..., Any], query: StatsQuery | EventQuery) -> int | None:
         """A seq above every row received before ``query.until`` (the edge scan stops there), or None."""
-        from ...core.timestamps import format_ms, parse_ms
+        from ...core.timestamps import parse_ms
 
         until_ms = parse_ms(query.until) if query.until is not None else None
-        if until_ms is None or until_ms + 2 * RECEIVED_ORDER_SLACK_MS > LAST_MS:
-            return None  # (past the last time a row can have: every row is below it)
-        return self._seq_floor(execute, format_ms(until_ms + 2 * RECEIVED_ORDER_SLACK_MS), query.tenant_id)
+        return None if until_ms is None else self._seq_above(execute, until_ms, query.tenant_id)
 
     def _export_bounds(self, query: EventQuery) -> tuple[int, int]:
         """(floor, top): an export walks the rows with floor < seq <= top, top fixed when it starts."""

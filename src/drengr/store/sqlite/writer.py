@@ -51,6 +51,7 @@ from ...core.limits import DEFAULT_DAILY_CAP_EVENTS, DEFAULT_DEDUP_WINDOW_DAYS, 
 from ...core.outcome import StoreOutcome
 from ...core.timestamps import format_ms, parse_ms
 from ..base import Job, StoreError, generation, schema_statements
+from ..reader.model import RECEIVED_ORDER_SLACK_MS
 from . import read_side, window, window_file
 from .connect import connect
 from .locks import CHECKPOINT_FALLBACK_PAGES, Checkpointer, WriterLock
@@ -74,9 +75,10 @@ _LOAD_ROWS = 65_536  # rows read from the table at a time into the window (its l
 _CLOSED_TABLE_IDS = 400_000
 _RECEIVED = 7  # a row's received_at
 # A group with a row received this long before the newest row stored is a clock gone back: noted in
-# clock_backsteps, so that a window built from the table still finds where its rows begin
-# (``_first_seq_received_since``). The load's own margin is as long.
-_BACKSTEP_MS = MS_PER_DAY
+# clock_backsteps at its first and its last seq, so that a window built from the table still finds
+# where its rows begin (``_first_seq_received_since``, whose margin is a day) and readers find the
+# rows of a time range (drengr.store.reader, which count on received order within the slack).
+_BACKSTEP_MS = RECEIVED_ORDER_SLACK_MS
 _NOTE_BACKSTEP = "INSERT OR IGNORE INTO clock_backsteps (seq, newest_before) VALUES (?, ?)"
 _CLOCK_BACKSTEPS = next(
     statement
@@ -386,14 +388,15 @@ class Writer:
             self._backstep_line = "" if newest_ms is None else format_ms(newest_ms - _BACKSTEP_MS)
 
     def _note_backstep(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], first_seq: int) -> None:
-        """Rows about to be committed from ``first_seq`` on: if one was received more than a day
+        """Rows about to be committed from ``first_seq`` on: if one was received more than the slack
         before the newest row stored (these rows included), the clock has gone back; noted with
-        that newest time, in the same transaction."""
+        that newest time at the first and the last of them, in the same transaction."""
         received = {row[_RECEIVED] for row in rows}  # a request's rows share theirs: a set is cheaper
         self._saw_received(max(received))
         if self._backstep_line and min(received) < self._backstep_line:
             conn.execute(_CLOCK_BACKSTEPS)  # a file made before the table, opened without migrating
-            conn.execute(_NOTE_BACKSTEP, (first_seq, self._newest_received))
+            for seq in (first_seq, first_seq + len(rows) - 1):
+                conn.execute(_NOTE_BACKSTEP, (seq, self._newest_received))
 
     def _catch_up(self, conn: sqlite3.Connection, now_ms: int) -> None:
         """Bring the window up to date: load it on first use, rotate it, read others' rows.
