@@ -8,6 +8,7 @@
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -79,6 +80,11 @@ def test_gunicorn_serves_the_installed_entry_point_outside_a_clone(tmp_path: Pat
         assert server.post("/v1/t", body).body == b'{"success": true}'
     finally:
         assert server.stop() == 0, log.read_text()[-2000:]
+    # drengr's access line, as `drengr serve` prints it (DRENGR_LOG_LEVEL and _FORMAT apply here too).
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "drengr.access" and line["path"] == "/v1/t"]
+    assert [(line["status"], line["stored"]) for line in access] == [(200, 1)], log.read_text()[-2000:]
+    assert key not in log.read_text()
     assert not (tmp_path / "wsgi.py").exists()
     # The worker closed its store as it exited: its writer left the dedup window's file.
     assert Path(f"{db}-window").stat().st_size > 0, log.read_text()[-2000:]

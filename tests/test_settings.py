@@ -399,7 +399,7 @@ def test_serve_and_wsgi_honour_the_store_variable(tmp_path, monkeypatch):
 
 WSGI_SEEN = {
     "db", "prefix", "durability", "writer", "writer_cpus", "busy_timeout_ms", "pii_substrings", "clock_offset",
-    "analytics_js", "pii_allow", "retention", "dedup_window_days",
+    "analytics_js", "pii_allow", "retention", "dedup_window_days", "log_level", "log_format",
 }  # fmt: skip
 
 

@@ -411,7 +411,7 @@ SETTINGS: tuple[Setting, ...] = (
         default="info",
         help="info logs one line per request (health probes at debug; start-up and shutdown always); "
         "warning and error only problems.",
-        commands=(SERVE,),
+        commands=(SERVE, WSGI),
         example="warning",
         choices=("debug", "info", "warning", "error"),
     ),
@@ -420,7 +420,7 @@ SETTINGS: tuple[Setting, ...] = (
         default="json",
         help="json: every line serve prints on stderr is one JSON object with time, level and logger; "
         "text: one plain line each, for a terminal.",
-        commands=(SERVE,),
+        commands=(SERVE, WSGI),
         example="text",
         choices=("json", "text"),
     ),

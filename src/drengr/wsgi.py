@@ -11,6 +11,7 @@ import logging
 import sys
 
 from ._memory import return_large_blocks
+from .logs import configure as configure_logs
 from .settings import SWITCH_INTERVAL_S, Config, SettingError
 from .store import StoreError
 from .web import create_app
@@ -23,7 +24,11 @@ return_large_blocks()  # as `drengr serve` does: freed request bodies go back to
 try:
     # Every variable is checked before anything is created; a bad one or a store that cannot be
     # opened stops the worker with one sentence, not a traceback.
-    application = create_app(Config.from_env())
+    _config = Config.from_env()
+    # drengr's own lines (the access lines, problems) on stderr, as `drengr serve` prints them;
+    # the WSGI server's loggers keep their own handlers (gunicorn's do not propagate to the root).
+    configure_logs(_config.log_level, _config.log_format)
+    application = create_app(_config)
 except (SettingError, StoreError) as error:
     raise SystemExit(f"drengr: {error}") from None
 

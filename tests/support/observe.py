@@ -6,9 +6,12 @@ nothing of the tests but tests/support).
 """
 
 import json
+import logging
 import os
 import sqlite3
 from typing import Any
+
+from drengr.logs import JsonFormatter
 
 from .app import post
 
@@ -52,4 +55,9 @@ def observe(app: Any) -> dict[str, Any]:
         "retention": retention._age_ms // 1000 if (retention := app.extensions["drengr"].retention) else None,
         "analytics_js": library.get_data(as_text=True) if library.status_code == 200 else None,
         "received_at": received_at,
+        # The process's logging as drengr set it up (wsgi.py; serve's own run is a process of its own).
+        "log_level": logging.getLevelName(logging.getLogger().level).lower(),
+        "log_format": "json"
+        if any(isinstance(handler.formatter, JsonFormatter) for handler in logging.getLogger().handlers)
+        else "text",
     }
