@@ -189,6 +189,15 @@ MISTAKES = [
      NO_DATABASE),
     ("tail-typo", ["tail", "--db", "typo.db", "--no-follow"], {}, True, NO_DATABASE),
     ("stats-typo", ["stats", "--db", "typo.db"], {}, True, NO_DATABASE),
+    ("tenant-name-empty", ["tenants", "set", "", "--create", "--daily-cap", "5"], {}, True,
+     "drengr: '' is not a tenant name: give 1 to 64 characters without control characters or spaces at "
+     "either end, like acme.\n"),
+    ("tenant-name-spaces", ["keys", "create", "--tenant", "   "], {}, True,
+     "drengr: '   ' is not a tenant name: give 1 to 64 characters without control characters or spaces at "
+     "either end, like acme.\n"),
+    ("tenant-name-line-break", ["keys", "create", "--tenant", "a\nb"], {}, True,
+     "drengr: 'a\\nb' is not a tenant name: give 1 to 64 characters without control characters or spaces "
+     "at either end, like acme.\n"),
     ("tenants-set-typo-tenant", ["tenants", "set", "acme2", "--daily-cap", "5"], {}, True,
      "drengr: There is no tenant 'acme2' in the database drengr.db (the tenants are acme): "
      "check the name, or pass --create to add it.\n"),

@@ -395,5 +395,6 @@ def test_drengr_datasette_serves_facets_hidden_keys_and_the_analyst_queries(tmp_
     finally:
         process.terminate()
         process.wait(timeout=HANG_GUARD_SECONDS)
+    assert process.returncode == 0  # a stop asked for (systemd's SIGTERM): a clean exit
     with pytest.raises(OSError):  # datasette, its child, went with it: nothing answers on the port
         get_json(port, "/drengr.json")

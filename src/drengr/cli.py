@@ -200,6 +200,15 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def _check_tenant_name(name: str) -> None:
+    """A new tenant's name: what keys list, the logs and the read API show as it is."""
+    if not name or name != name.strip() or len(name) > 64 or any(c < " " or c == "\x7f" for c in name):
+        raise UsageError(
+            f"{name!r} is not a tenant name: give 1 to 64 characters without control characters "
+            "or spaces at either end, like acme."
+        )
+
+
 def _not_a_database(path: str, error: sqlite3.Error) -> UsageError:
     return UsageError(
         f"Cannot use {path} as the database ({error}): pass the file `drengr serve` writes with --db."
@@ -225,6 +234,8 @@ def keys(args: argparse.Namespace) -> int:
     creating = args.keys_command == "create"
     if creating and not args.tenant:
         raise UsageError("Say which tenant the key is for: drengr keys create --tenant NAME.")
+    if creating:
+        _check_tenant_name(args.tenant)
     config = _admin_config(args)
     # A key made in a new file works on no running server: said, since a second terminal in
     # another folder makes one there quietly otherwise.
@@ -326,6 +337,8 @@ def tenants(args: argparse.Namespace) -> int:
     """`tenants set NAME`: a name that is not a tenant is a typo unless --create says otherwise."""
     if args.daily_cap is None and args.pii_allow is None:
         raise UsageError("Say what to change: drengr tenants set NAME --daily-cap N or --pii-allow NAMES.")
+    if args.create:
+        _check_tenant_name(args.name)
     store = _open_store(_admin_config(args), create=args.create, migrate=True)
     with _admin_errors(args, store):
         known = store.tenants()

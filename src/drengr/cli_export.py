@@ -428,10 +428,18 @@ def datasette(args: argparse.Namespace, out: TextIO) -> int:
         command = [sys.executable, "-m", "datasette", "serve", args.db, *users, "--metadata", str(path),
                    *DATASETTE_SETTINGS, *passed]  # fmt: skip
         process = subprocess.Popen(command)
-        # A SIGTERM (systemd, a test, kill) goes on to datasette: it must not outlive this command.
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.terminate())
+        stopped: list[int] = []
+
+        def stop(signum: int, _frame: Any) -> None:
+            stopped.append(signum)
+            process.terminate()
+
+        # A SIGTERM (systemd, a test, kill) goes on to datasette: it must not outlive this command,
+        # and a stop asked for is a clean exit (0), not datasette's death by that signal (-15).
+        previous = signal.signal(signal.SIGTERM, stop)
         try:
-            return process.wait()
+            code = process.wait()
+            return 0 if stopped else code
         except KeyboardInterrupt:
             return 0  # Ctrl-C reached datasette too (same process group): it stops on its own
         finally:
