@@ -263,6 +263,25 @@ MISTAKES = [
 ]
 
 
+def test_export_refuses_the_files_sqlite_keeps_beside_a_database_reached_through_a_symlink(
+    db: Path, tmp_path: Path
+) -> None:
+    """SQLite names the WAL after the file a symlink points at: through a link elsewhere, its -wal
+    is still the database's, and --force must not replace it."""
+    (tmp_path / "elsewhere").mkdir()
+    link = tmp_path / "elsewhere" / "link.db"
+    link.symlink_to(db)
+    wal = db.parent / f"{db.name}-wal"
+    wal.write_bytes(b"")  # (as a server holding the database open has it)
+    for target in (wal, db.parent / f"{db.name}-shm", link):
+        done = drengr("export", "--db", str(link), str(target), "--format", "ndjson", "--force")
+        assert done.returncode == 2 and "one of the database's own files" in done.stderr, (
+            target,
+            done.stderr,
+        )
+    assert wal.read_bytes() == b""
+
+
 @pytest.mark.parametrize(("args", "says"), MISTAKES)
 def test_mistakes_are_one_sentence_and_create_nothing(db: Path, args: list[str], says: str) -> None:
     (db.parent / "exists.csv").write_text("keep")

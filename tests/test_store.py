@@ -381,6 +381,47 @@ def test_a_writer_process_that_died_idle_costs_no_request_a_502(db_path):
     assert count(db_path) == 2
 
 
+@pytest.mark.parametrize("writer", ["process", "shared"])
+def test_threads_that_all_meet_a_writer_killed_idle_all_land(db_path, writer):
+    """Sixteen threads write at once right after the writer was killed idle: the first to find it
+    gone replaces it while the others hold the dead one (or a socket closed under them by the
+    replacement). None of their jobs was in it, so none fails: each goes to the new writer."""
+    store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer=writer)
+    failures: list[BaseException] = []
+
+    def write(tag: str) -> None:
+        try:
+            store.write("acme", [row(tag)], DAY0)
+        except StoreError as error:
+            failures.append(error)
+
+    try:
+        for round_ in range(3):
+            for tag in (f"{round_}-first", f"{round_}-after"):
+                start = threading.Barrier(16)
+
+                def at_once(i: int, tag: str = tag, start: threading.Barrier = start) -> None:
+                    start.wait()
+                    write(f"{tag}-{i}")
+
+                threads = [threading.Thread(target=at_once, args=(i,)) for i in range(16)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(timeout=60)
+                if tag.endswith("first"):  # every thread has written once: killed idle
+                    dead = store.writer_pid or 0
+                    os.kill(dead, signal.SIGKILL)
+                    deadline = time.monotonic() + 10
+                    while Path(f"/proc/{dead}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                        assert time.monotonic() < deadline
+                        time.sleep(0.01)
+    finally:
+        store.close()
+    assert failures == []
+    assert count(db_path) == 3 * 2 * 16
+
+
 def test_a_group_in_flight_when_the_writer_process_dies_fails(db_path):
     """The child dies holding a group (blocked on a lock): that write fails, never a false 200."""
     store = SQLiteStore(str(db_path), clock=Clock(DAY0), writer="process", busy_timeout_ms=30_000)

@@ -328,14 +328,21 @@ def write_export(
 def _is_one_of_the_databases_files(target: Path, db: str) -> bool:
     """Whether ``target`` is the database at ``db``, its users file, or a file of either that SQLite
     or drengr keeps beside it (``-wal``, ``-shm``, ``-journal``, ``-window``, locks): --force would
-    replace it."""
+    replace it. drengr names its files after the path as given, SQLite after the file's real path
+    (a symlink's target), so both count."""
     own = [db, users_path(db)]
     if target.exists() and any(os.path.exists(path) and os.path.samefile(target, path) for path in own):
-        return True
-    folder = Path(db).resolve().parent
-    return target.resolve().parent in (folder, Path(own[1]).resolve().parent) and any(
-        target.name.startswith(Path(path).name + "-") for path in own
-    )
+        return True  # the file itself, by any name (a hard link too)
+    places = {
+        (named.parent.resolve(), named.name)
+        for path in own
+        for named in (Path(path), Path(os.path.realpath(path)))
+    }
+    for named in (target, Path(os.path.realpath(target))):
+        folder = named.parent.resolve()
+        if any(folder == where and named.name.startswith(name + "-") for where, name in places):
+            return True
+    return False
 
 
 @contextlib.contextmanager

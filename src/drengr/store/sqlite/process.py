@@ -135,12 +135,12 @@ class WriterProcess:
         closed instead, and the writer drops the part of the message it got
         with the socket's EOF. A job not answered by the deadline is left: its
         request answers 502, and its late answer is dropped on this thread's
-        next job. Raises ``Undelivered`` when the child was gone before it had
-        the whole message: it acts on whole messages only, so the job may go
-        to a new one.
+        next job. Raises ``Undelivered`` when the child never had the whole
+        message (it acts on whole messages only): failed before this job, or
+        gone as it was sent; the job may go to a new one.
         """
         if self.failed is not None:
-            return _fail(job, self.failed)
+            raise Undelivered(self.failed)  # nothing sent
         with self._lock:
             self.in_flight += 1
         try:
@@ -152,11 +152,18 @@ class WriterProcess:
                     (number, job.tenant_id, job.rows, job.received_at_ms, job.probe, job.deadline)
                 )
                 _send(channel.sock, payload, job.deadline)
+            except TimeoutError:
+                raise
+            except OSError as error:
+                # Its end closed as we sent (EPIPE), or a socket closed under us (EBADF: another
+                # thread replaced this writer meanwhile): the child has no whole message of it.
+                self._failed(error)
+                raise Undelivered(error) from error
+            try:
                 answer = channel.answer(number, job.deadline)
-            except ConnectionError as error:
-                # EPIPE (its end closed as we sent) or a reset (it closed with bytes of ours unread,
-                # so the end of this message, the last thing we sent): gone without the whole job.
-                # Gone after reading it all is an EOF, not this: that job may be committed (502).
+            except ConnectionResetError as error:
+                # It closed with bytes of ours unread, so the end of this message (the last thing
+                # we sent). Gone after reading it all is an EOF, not this: that job may be committed.
                 self._failed(error)
                 raise Undelivered(error) from error
         except TimeoutError as error:  # it took no job within the busy timeout
