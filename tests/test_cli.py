@@ -250,6 +250,28 @@ def test_another_applications_sqlite_file_is_never_written_into(tmp_path, args):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
 
 
+READ_SCOPE_MISTAKES = [
+    (["stats", "--tenant", "acmee"], "There is no tenant 'acmee' (the tenants are acme): check --tenant."),
+    (["tail", "--tenant", "acmee", "--no-follow"], "There is no tenant 'acmee' (the tenants are acme): check --tenant."),
+    (["export", "e.csv", "--tenant", "acmee"], "There is no tenant 'acmee' (the tenants are acme): check --tenant."),
+    (["stats", "--since", "1h", "--until", "2h"], "--until 2h is not after --since 1h: pass a later --until."),
+    (["export", "e.csv", "--since", "2026-12-01", "--until", "2026-11-01"],
+     "--until 2026-11-01 is not after --since 2026-12-01: pass a later --until."),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "says"), READ_SCOPE_MISTAKES, ids=lambda value: " ".join(value)[:40])
+def test_a_read_whose_scope_is_empty_by_mistake_says_so(tmp_path, args, says):
+    """A tenant the database lacks (a typo, as tenants set takes it) or an --until before the --since:
+    one sentence, not an empty answer (or an empty export file)."""
+    store = SQLiteStore(str(tmp_path / "drengr.db"))
+    store.create_key("acme", "publishable")
+    store.close()
+    result = drengr(*args, cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"drengr: {says}\n")
+    assert not (tmp_path / "e.csv").exists()
+
+
 def _snapshot(folder: Path) -> dict[str, Any]:
     """Every file under ``folder`` and, for a database, its tenants: what a failed command must not change."""
     files: dict[str, Any] = {str(p.relative_to(folder)): None for p in folder.rglob("*")}

@@ -6,8 +6,11 @@ import re
 import sqlite3
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+from . import clock
 from .store import is_postgres_url
+from .store.reader import parse_time
 
 
 class UsageError(Exception):
@@ -135,3 +138,18 @@ def require_postgres_tables(url: str) -> None:
         raise UsageError(
             f"No drengr tables at {redact_url(url)}: check --store, or create them with `drengr db init --store URL`."
         )
+
+
+def check_read_scope(reader: Any, tenant: str | None, since: str | None, until: str | None) -> None:
+    """A read command's scope is not empty by mistake: a tenant the database has (else a typo, as
+    ``tenants set`` takes it), an --until after the --since (both as the user gave them)."""
+    if since is not None and until is not None:
+        now_ms = clock.now_ms()
+        first, last = parse_time(since, now_ms), parse_time(until, now_ms)
+        if first is not None and last is not None and last <= first:
+            raise UsageError(f"--until {until} is not after --since {since}: pass a later --until.")
+    if tenant is not None:
+        known = reader.tenants()
+        if tenant not in known and not reader.has_rows_of(tenant):  # rows the store API wrote alone
+            listed = f"the tenants are {', '.join(known)}" if known else "there are no tenants yet"
+            raise UsageError(f"There is no tenant {tenant!r} ({listed}): check --tenant.")

@@ -39,7 +39,14 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from . import clock, settings
-from .cli_common import UsageError, add_version, check_not_anothers, redact_url, require_postgres_tables
+from .cli_common import (
+    UsageError,
+    add_version,
+    check_not_anothers,
+    check_read_scope,
+    redact_url,
+    require_postgres_tables,
+)
 from .settings import SettingError
 from .store import is_postgres_url
 from .store.base import StoreError
@@ -300,6 +307,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
     reader = reader_for_location(location)
     progress = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
     try:
+        check_read_scope(reader, args.tenant, args.since, args.until)
         with _replaced_at_the_end(target) as temporary:
             written = write_export(reader, query, WRITERS[kind](temporary), args.chunk_rows, progress)
     finally:

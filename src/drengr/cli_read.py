@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import clock, settings
-from .cli_common import UsageError, add_version, redact_url
+from .cli_common import UsageError, add_version, check_read_scope, redact_url
 from .cli_common import non_negative_int as _non_negative_int
 from .settings import SettingError
 from .store.base import StoreError
@@ -167,6 +167,7 @@ def tail(args: argparse.Namespace, reader: Reader, out: TextIO) -> int:
         return False
 
     try:
+        check_read_scope(reader, args.tenant, None, None)
         base = EventQuery(tenant_id=args.tenant, event_name=args.event_name)
         first = reader.events(_replace(base, order="desc", limit=max(args.lines, 1)))
         if emit(list(reversed(first.events))[-args.lines :] if args.lines else []) or args.no_follow:
@@ -221,6 +222,7 @@ def stats(args: argparse.Namespace, reader: Reader, out: TextIO) -> int:
             raise UsageError(
                 f"--until {args.until!r} is not a time: give 2026-11-26T02:50:53Z, 2026-11-26 or 15m."
             )
+    check_read_scope(reader, args.tenant, args.since, args.until)
     measures = tuple(dict.fromkeys(args.measure))
     if len(measures) > MAX_MEASURES_PER_QUERY:
         raise UsageError(f"At most {MAX_MEASURES_PER_QUERY} --measure options.")

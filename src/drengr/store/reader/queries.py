@@ -73,6 +73,18 @@ class _QueryReader:
     def _sql(self, text: str) -> str:
         return text.replace("?", self.mark)
 
+    def tenants(self) -> list[str]:
+        """Every tenant's name, in order."""
+        rows = self._snapshot(
+            lambda execute: execute("SELECT tenant_id FROM tenants ORDER BY 1").fetchall(), "tenants"
+        )
+        return [str(name) for (name,) in rows]
+
+    def has_rows_of(self, tenant_id: str) -> bool:
+        """Whether any row is the tenant's (a scan of the table where none is, on SQLite)."""
+        sql = self._sql("SELECT 1 FROM semantic_events WHERE tenant_id = ? LIMIT 1")
+        return bool(self._snapshot(lambda execute: execute(sql, [tenant_id]).fetchone(), "tenants"))
+
     def _top(self, execute: Callable[..., Any], tenant_id: str | None) -> int:
         """The newest seq (of the tenant, where seq look-ups are per tenant)."""
         if tenant_id is None or not self.seq_per_tenant:
