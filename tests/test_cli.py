@@ -198,6 +198,8 @@ MISTAKES = [
     ("tenant-name-line-break", ["keys", "create", "--tenant", "a\nb"], {}, True,
      "drengr: 'a\\nb' is not a tenant name: give 1 to 64 characters without control characters or spaces "
      "at either end, like acme.\n"),
+    ("clock-offset-not-a-number", ["stats"], {"DRENGR_CLOCK_OFFSET": "abc"}, True,
+     "drengr: DRENGR_CLOCK_OFFSET='abc' is not a number of seconds: unset it.\n"),
     ("tenants-set-typo-tenant", ["tenants", "set", "acme2", "--daily-cap", "5"], {}, True,
      "drengr: There is no tenant 'acme2' in the database drengr.db (the tenants are acme): "
      "check the name, or pass --create to add it.\n"),

@@ -76,3 +76,15 @@ def test_commands_that_only_use_a_database_create_no_tables_in_it(pg_dsn: str) -
         pg_dsn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
     )
     assert tables == [(0,)]
+
+
+def test_a_read_of_a_database_without_drengrs_tables_is_one_line(pg_dsn: str, tmp_path: Path) -> None:
+    """PostgreSQL's error adds the statement and a caret on lines of their own: the sentence keeps
+    the first, and names --store, where the database came from."""
+    schema = query(pg_dsn, "SELECT current_schema()")[0][0]
+    uri = with_schema(server_dsn(), schema)  # a fresh schema: no drengr tables
+    for args in (["stats"], ["tail", "--no-follow"], ["export", str(tmp_path / "e.csv")]):
+        done = drengr(*args, "--store", uri)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
+        assert done.stderr.startswith("drengr: Cannot read ") and "Traceback" not in done.stderr
+        assert done.stderr.endswith(": check --store (or DRENGR_STORE).\n"), done.stderr

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import clock
 from .store import is_postgres_url
+from .store.base import first_line
 from .store.reader import parse_time
 
 
@@ -130,7 +131,7 @@ def require_postgres_tables(url: str) -> None:
         with psycopg.connect(url, connect_timeout=5) as conn:
             row = conn.execute("SELECT to_regclass('api_keys') IS NOT NULL").fetchone()
     except psycopg.Error as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise UsageError(
             f"Cannot use the PostgreSQL store at {redact_url(url)} ({first}): check --store."
         ) from None
@@ -153,3 +154,8 @@ def check_read_scope(reader: Any, tenant: str | None, since: str | None, until: 
         if tenant not in known and not reader.has_rows_of(tenant):  # rows the store API wrote alone
             listed = f"the tenants are {', '.join(known)}" if known else "there are no tenants yet"
             raise UsageError(f"There is no tenant {tenant!r} ({listed}): check --tenant.")
+
+
+def check_where(args: Any) -> str:
+    """What to check when a read command cannot read its database: the option it came from."""
+    return "check --store (or DRENGR_STORE)" if getattr(args, "store", None) else "check the --db path"

@@ -44,12 +44,13 @@ from .cli_common import (
     add_version,
     check_not_anothers,
     check_read_scope,
+    check_where,
     redact_url,
     require_postgres_tables,
 )
 from .settings import SettingError
 from .store import is_postgres_url
-from .store.base import StoreError
+from .store.base import StoreError, first_line
 from .store.reader import EXPORT_COLUMNS, EventQuery, Reader, parse_time, reader_for_location
 from .store.sqlite.read_side import users_path
 
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     except StoreError as error:
         where = redact_url(getattr(args, "store", None) or args.db)
-        print(f"drengr: Cannot read {where} ({error}): check the --db path.", file=sys.stderr)
+        print(f"drengr: Cannot read {where} ({first_line(error)}): {check_where(args)}.", file=sys.stderr)
         return 2
     except OSError as error:  # export's output: a folder not ours to write, a name too long, a full disk
         if args.command != "export":

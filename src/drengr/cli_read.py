@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import clock, settings
-from .cli_common import UsageError, add_version, check_read_scope, redact_url
+from .cli_common import UsageError, add_version, check_read_scope, check_where, redact_url
 from .cli_common import non_negative_int as _non_negative_int
 from .settings import SettingError
-from .store.base import StoreError
+from .store.base import StoreError, first_line
 from .store.reader import (
     BUCKET_PREFIX_CHARS,
     MAX_MEASURES_PER_QUERY,
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     except StoreError as error:
         where = redact_url(args.store or args.db)
-        print(f"drengr: Cannot read {where} ({error}): check the --db path.", file=sys.stderr)
+        print(f"drengr: Cannot read {where} ({first_line(error)}): {check_where(args)}.", file=sys.stderr)
         return 2
 
 

@@ -11,6 +11,7 @@ timeouts) is never shifted.
 
 import math
 import os
+import sys
 import time
 
 VARIABLE = "DRENGR_CLOCK_OFFSET"  # declared with the other settings in drengr.settings
@@ -31,8 +32,9 @@ def _offset_from_env() -> float:
     text = os.environ.get(VARIABLE, "")
     try:
         return parse_offset(text)
-    except ValueError as error:
-        raise SystemExit(f"{VARIABLE}={text!r} {error}: unset it.") from None
+    except ValueError as error:  # read as drengr is imported: before any command can answer it
+        print(f"drengr: {VARIABLE}={text!r} {error}: unset it.", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 _offset = _offset_from_env()

@@ -215,3 +215,9 @@ def take_group(
         jobs.append(job)
         rows += len(job.rows)
     return jobs, False
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line (PostgreSQL's add the statement and a caret): a sentence stays one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -12,11 +12,11 @@ import psycopg
 
 from ..core.limits import MS_PER_DAY
 from ..core.timestamps import parse_ms
-from .base import Store, StoreError
+from .base import Store, StoreError, first_line
 from .postgres import PostgresStore
 from .postgres.statements import _COPY_EVENTS, _INSERT_IDS, _WRITE_TURN, EVENT_COLUMNS, WRITE_TURN_LOCK
 from .postgres.store import build_read_side
-from .postgres.text import clean_rows, first_line
+from .postgres.text import clean_rows
 
 
 def import_sqlite(

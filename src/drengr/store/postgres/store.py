@@ -27,6 +27,7 @@ from ..base import (
     Job,
     KeyCache,
     StoreError,
+    first_line,
     prune_in_batches,
     take_group,
 )
@@ -56,7 +57,7 @@ from .statements import (
     SCHEMA_VERSION,
     WRITE_TURN_LOCK,
 )
-from .text import clean_rows, clean_text, first_line
+from .text import clean_rows, clean_text
 
 T = TypeVar("T")
 log = logging.getLogger("drengr.store")

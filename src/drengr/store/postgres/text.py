@@ -85,8 +85,3 @@ def clean_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     if not _suspect(text):
         return rows
     return [_clean_row(row) for row in rows]
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
