@@ -252,6 +252,25 @@ def test_another_applications_sqlite_file_is_never_written_into(tmp_path, args):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
 
 
+@pytest.mark.parametrize(
+    ("args", "stderr"),
+    [
+        (["serve", "--bogus"], "drengr: Unrecognized arguments: --bogus: see drengr --help.\n"),
+        (
+            ["tail", "-n", "x"],
+            "drengr: Argument -n/--lines: 'x' is not a whole number: see drengr tail --help.\n",
+        ),
+        (["keys"], "drengr: The following arguments are required: ACTION: see drengr keys --help.\n"),
+    ],
+    ids=["unknown-option", "bad-value", "no-action"],
+)
+def test_argparse_mistakes_are_one_line_too(tmp_path, args, stderr):
+    """What argparse itself refuses (options that are no setting) is one line as well, not the usage block."""
+    result = drengr(*args, cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
 READ_SCOPE_MISTAKES = [
     (["stats", "--tenant", "acmee"], "There is no tenant 'acmee' (the tenants are acme): check --tenant."),
     (["tail", "--tenant", "acmee", "--no-follow"], "There is no tenant 'acmee' (the tenants are acme): check --tenant."),

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import cli_export, cli_read, settings
 from .cli_common import (
+    Parser,
     ProgressBar,
     UsageError,
     add_version,
@@ -41,9 +42,7 @@ from .web.state import open_configured_store, state_of
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="drengr", description="Self-hosted, Segment-compatible analytics endpoint."
-    )
+    parser = Parser(prog="drengr", description="Self-hosted, Segment-compatible analytics endpoint.")
     add_version(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True

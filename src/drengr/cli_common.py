@@ -6,7 +6,7 @@ import re
 import sqlite3
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import clock
 from .store import is_postgres_url
@@ -159,3 +159,11 @@ def check_read_scope(reader: Any, tenant: str | None, since: str | None, until: 
 def check_where(args: Any) -> str:
     """What to check when a read command cannot read its database: the option it came from."""
     return "check --store (or DRENGR_STORE)" if getattr(args, "store", None) else "check the --db path"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose mistakes (an unknown option, a bad value) are one line as every other
+    drengr mistake, naming the --help that lists the options, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"drengr: {message[:1].upper()}{message[1:]}: see {self.prog} --help.\n")
