@@ -293,6 +293,26 @@ def test_a_read_whose_scope_is_empty_by_mistake_says_so(tmp_path, args, says):
     assert not (tmp_path / "e.csv").exists()
 
 
+def test_an_applications_file_locked_by_its_writer_is_not_taken_for_drengrs(tmp_path):
+    """Its exclusive lock (a rollback journal's write) outlasts the look at its tables: refused, not
+    taken for a database to make drengr's tables in once the lock goes."""
+    app = tmp_path / "app.db"
+    conn = sqlite3.connect(app, isolation_level=None)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        result = drengr("keys", "create", "--tenant", "x", "--db", "app.db", cwd=tmp_path)
+    finally:
+        conn.execute("ROLLBACK")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert (
+        result.stderr
+        == "drengr: Cannot read app.db (database is locked): check that it is drengr's database.\n"
+    )
+    assert [name for (name,) in conn.execute("SELECT name FROM sqlite_master")] == ["users"]
+    conn.close()
+
+
 def _snapshot(folder: Path) -> dict[str, Any]:
     """Every file under ``folder`` and, for a database, its tenants: what a failed command must not change."""
     files: dict[str, Any] = {str(p.relative_to(folder)): None for p in folder.rglob("*")}

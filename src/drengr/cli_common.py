@@ -65,8 +65,12 @@ def check_not_anothers(path: str) -> None:
             tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             conn.close()
-    except sqlite3.Error:
-        return  # not a SQLite file: opening it as the store says so in its own sentence
+    except sqlite3.DatabaseError as error:
+        if "not a database" in str(error):
+            return  # not a SQLite file: opening it as the store says so in its own sentence
+        # Locked past the wait by another program's write (a rollback journal), or unreadable: not
+        # known to be drengr's, so not written into.
+        raise UsageError(f"Cannot read {path} ({error}): check that it is drengr's database.") from None
     if tables and "semantic_events" not in tables:
         raise UsageError(
             f"{path} is another application's SQLite database (it has no semantic_events table): "
