@@ -65,9 +65,13 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
-def drengr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    env = {k: v for k, v in env.items() if not k.startswith("DRENGR_") or k == "DRENGR_CLOCK_OFFSET"}
+    return {k: v for k, v in env.items() if not k.startswith("DRENGR_") or k == "DRENGR_CLOCK_OFFSET"}
+
+
+def drengr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = _env()
     return subprocess.run(
         [sys.executable, "-m", "drengr", *args], capture_output=True, text=True, env=env, cwd=cwd,
         timeout=HANG_GUARD_SECONDS,
@@ -229,6 +233,47 @@ def test_an_export_stopped_by_a_signal_says_so_and_leaves_no_file(tmp_path: Path
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".e.csv", "e.csv"))]
 
 
+@pytest.mark.parametrize("kind", ["ndjson", "csv", "parquet"])
+def test_export_to_stdout_is_the_same_rows(db: Path, tmp_path: Path, kind: str) -> None:
+    """`drengr export - --format …`: the rows on stdout (for a pipe), what it did on stderr."""
+    import io
+
+    done = subprocess.run(
+        [sys.executable, "-m", "drengr", "export", "-", "--format", kind, "--db", str(db), "--quiet"],
+        capture_output=True, env=_env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.decode() == f"{len(ROWS)} events written to stdout ({kind})\n"
+    assert not (tmp_path / "-").exists() and not (db.parent / "-").exists()
+    to_file = drengr("export", "--db", str(db), str(tmp_path / f"e.{kind}"))
+    assert to_file.returncode == 0, to_file.stderr
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(io.BytesIO(done.stdout)).equals(pq.read_table(tmp_path / f"e.{kind}"))
+    else:
+        assert done.stdout == (tmp_path / f"e.{kind}").read_bytes()
+
+
+def test_export_to_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """`drengr export - --format ndjson | head -1`: one line read, the pipe closed; no traceback."""
+    path = tmp_path / "drengr.db"
+    store = SQLiteStore(str(path))
+    for first in range(0, 20_000, 1_000):
+        rows = [(*row[:1], f"{first}-{n}", *row[2:]) for n, row in enumerate(ROWS * (1_000 // len(ROWS) + 1))]
+        assert store.write("acme", rows[:1_000], RECEIVED_MS).stored == 1_000
+    store.close()
+    export = subprocess.Popen(
+        [sys.executable, "-m", "drengr", "export", "-", "--format", "ndjson", "--db", str(path), "--chunk-rows", "100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    assert export.stdout is not None and export.stderr is not None
+    assert json.loads(export.stdout.readline())["seq"] == 1
+    export.stdout.close()
+    assert export.wait(timeout=60) == 0
+    assert export.stderr.read() == b""
+
+
 def test_a_failed_export_keeps_the_old_file(tmp_path: Path) -> None:
     """A file that is not drengr's database fails the export; what --force would replace stays as it was."""
     other = tmp_path / "other.db"
@@ -250,6 +295,9 @@ MISTAKES = [
     pytest.param(["nowhere/e.csv"], "No folder nowhere", id="no-folder"),
     pytest.param(["e.csv", "--since", "yesterday"], "--since 'yesterday' is not a time", id="bad-time"),
     pytest.param(["e.csv", "--db", "typo.db"], "No database at typo.db", id="no-database"),
+    pytest.param(
+        ["-"], "Say the format of what goes to stdout: --format csv, ndjson or parquet.", id="stdout-format"
+    ),
     pytest.param(["e.csv", "--chunk-rows", "0"], "must be from 1 to 1000000", id="chunk-rows"),
     pytest.param(
         ["x" * 300 + ".csv"], "(File name too long): choose a path you can write to", id="name-too-long"

@@ -78,7 +78,11 @@ def add_commands(subparsers: Any) -> None:
     export = subparsers.add_parser("export", help=help, description=help + ".")
     add_version(export)
     settings.add_options(export, settings.EXPORT)  # --db, --store, --tenant
-    export.add_argument("output", metavar="FILE", help="the file to write: .parquet, .csv or .ndjson")
+    export.add_argument(
+        "output",
+        metavar="FILE",
+        help="the file to write: .parquet, .csv or .ndjson; - for stdout (with --format)",
+    )
     export.add_argument(
         "--format", choices=sorted(set(FORMATS.values())), help="the file's format (default: from its name)"
     )
@@ -181,11 +185,16 @@ class _Writer(Protocol):
     def close(self) -> None: ...
 
 
+def _text_file(path: str | int, newline: str | None = None) -> TextIO:
+    """The export's file, or a descriptor (stdout) left open when it is closed."""
+    return open(path, "w", newline=newline, encoding="utf-8", closefd=isinstance(path, str))  # noqa: SIM115
+
+
 class CSVWriter:
     """A header, then the rows as stored: times as their text, dims and measures as JSON text."""
 
-    def __init__(self, path: str) -> None:
-        self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
+    def __init__(self, path: str | int) -> None:
+        self._file = _text_file(path, newline="")
         self._csv = csv.writer(self._file)
         self._csv.writerow(EXPORT_COLUMNS)
 
@@ -201,8 +210,8 @@ class NDJSONWriter:
 
     _SPLIT = EXPORT_COLUMNS.index("dims")
 
-    def __init__(self, path: str) -> None:
-        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+    def __init__(self, path: str | int) -> None:
+        self._file = _text_file(path)
         self._keys = [json.dumps(name) + ":" for name in EXPORT_COLUMNS]
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
@@ -224,7 +233,7 @@ class NDJSONWriter:
 class ParquetWriter:
     """A row group per chunk, zstd; times as UTC timestamps (ms), the rest as stored."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -237,7 +246,9 @@ class ParquetWriter:
                 for name in EXPORT_COLUMNS
             ]
         )  # fmt: skip
-        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        # A descriptor (stdout): written as a stream, its footer last; nothing needs to seek.
+        where = path if isinstance(path, str) else open(path, "wb", closefd=False)  # noqa: SIM115
+        self._writer = pq.ParquetWriter(where, self.schema, compression="zstd")
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
         pa = self._pa
@@ -282,7 +293,12 @@ class Progress:
             self.stream.flush()
 
 
+STDOUT = "-"  # `drengr export -`: the rows on stdout, for a pipe
+
+
 def export(args: argparse.Namespace, out: TextIO) -> int:
+    if args.output == STDOUT and not args.format:
+        raise UsageError("Say the format of what goes to stdout: --format csv, ndjson or parquet.")
     kind = export_format(args.output, args.format)
     if kind == "parquet":
         try:
@@ -292,6 +308,10 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 "Parquet export needs pyarrow: pip install 'drengr-ingest[export]', or pass --format csv "
                 "or --format ndjson."
             ) from None
+    if args.output == STDOUT:
+        if kind == "parquet" and sys.stdout.isatty():
+            raise UsageError("Parquet is binary: send stdout to a file or a pipe, or pass --format ndjson.")
+        return _export_to_stdout(args, kind)
     target = Path(args.output)
     if target.is_dir():
         raise UsageError(f"{args.output} is a folder: give a file name, e.g. {target / 'events.parquet'}.")
@@ -315,6 +335,30 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
         progress.finish()
         reader.close()
     out.write(f"{written:,} events written to {args.output} ({kind})\n")
+    return 0
+
+
+def _export_to_stdout(args: argparse.Namespace, kind: str) -> int:
+    """The rows on stdout, as they are read (no file to swap in at the end: a failure or a Ctrl-C
+    leaves what was written); what it did on stderr. A reader that stops early (``| head``) ends it."""
+    query = export_query(args, clock.now_ms())
+    location = args.store or args.db
+    if not is_postgres_url(location) and not os.path.isfile(location):
+        raise UsageError(f"No database at {location}: pass the file `drengr serve` writes with --db.")
+    reader = reader_for_location(location)
+    progress = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
+    try:
+        check_read_scope(reader, args.tenant, args.since, args.until)
+        sys.stdout.flush()
+        written = write_export(reader, query, WRITERS[kind](sys.stdout.fileno()), args.chunk_rows, progress)
+    except BrokenPipeError:
+        # The reader went (`| head`): nothing more to say, and nothing left for Python to flush there.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        progress.finish()
+        reader.close()
+    print(f"{written:,} events written to stdout ({kind})", file=sys.stderr)
     return 0
 
 
