@@ -199,20 +199,24 @@ def test_an_interrupted_export_leaves_no_file(db: Path, tmp_path: Path) -> None:
     }  # fmt: skip
 
 
+def many_rows(path: Path, count: int) -> Path:
+    """A database of ``count`` rows (ROWS over and over, each id its own), written 1,000 at a time."""
+    store = SQLiteStore(str(path))
+    for first in range(0, count, 1_000):
+        rows = [(*row[:1], f"{first}-{n}", *row[2:]) for n, row in enumerate(ROWS * (1_000 // len(ROWS) + 1))]
+        assert store.write("acme", rows[:1_000], RECEIVED_MS).stored == 1_000
+    store.close()
+    return path
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_export_stopped_by_a_signal_says_so_and_leaves_no_file(tmp_path: Path, stop: int) -> None:
     """Ctrl-C or a service manager's SIGTERM in the middle of an export (a chunk a row, so it is
     still running): one sentence, status 130, neither the file nor its temporary one left."""
-    path = tmp_path / "drengr.db"
-    store = SQLiteStore(str(path))
-    for first in range(0, 60_000, 1_000):
-        rows = [(*row[:1], f"{first}-{n}", *row[2:]) for n, row in enumerate(ROWS * (1_000 // len(ROWS) + 1))]
-        assert store.write("acme", rows[:1_000], RECEIVED_MS).stored == 1_000
-    store.close()
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    many_rows(tmp_path / "drengr.db", 60_000)
     export = subprocess.Popen(
         [sys.executable, "-m", "drengr", "export", "e.csv", "--chunk-rows", "1", "--quiet"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -257,12 +261,7 @@ def test_export_to_stdout_is_the_same_rows(db: Path, tmp_path: Path, kind: str) 
 
 def test_export_to_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
     """`drengr export - --format ndjson | head -1`: one line read, the pipe closed; no traceback."""
-    path = tmp_path / "drengr.db"
-    store = SQLiteStore(str(path))
-    for first in range(0, 20_000, 1_000):
-        rows = [(*row[:1], f"{first}-{n}", *row[2:]) for n, row in enumerate(ROWS * (1_000 // len(ROWS) + 1))]
-        assert store.write("acme", rows[:1_000], RECEIVED_MS).stored == 1_000
-    store.close()
+    path = many_rows(tmp_path / "drengr.db", 20_000)
     export = subprocess.Popen(
         [sys.executable, "-m", "drengr", "export", "-", "--format", "ndjson", "--db", str(path), "--chunk-rows", "100"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
