@@ -52,6 +52,53 @@ def test_keys_create_prints_the_key_alone_on_a_line(tmp_path):
     conn.close()
 
 
+def test_existing_tenants_keep_their_names_whatever_the_check_of_new_ones(tmp_path):
+    """Names an older drengr took (70 characters, a trailing space) still get keys and settings;
+    only a new tenant's name is checked, and a name with a C1 control character is refused."""
+    store = SQLiteStore(str(tmp_path / "drengr.db"))
+    for name in ("t" * 70, "acme "):
+        store.create_key(name, "publishable")
+    store.close()
+    for name in ("t" * 70, "acme "):
+        assert drengr("keys", "create", "--tenant", name, cwd=tmp_path).returncode == 0
+        done = drengr("tenants", "set", name, "--create", "--daily-cap", "5", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    refused = drengr("keys", "create", "--tenant", "a\u0085b", cwd=tmp_path)
+    assert refused.returncode == 2 and "is not a tenant name" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["keys", "revoke", "drengr_pk_x"], ["prune", "--before", "30d"], ["tenants", "set", "acme", "--daily-cap", "5"],
+     ["db", "backfill-rollups"]],
+    ids=["keys-revoke", "prune", "tenants-set", "backfill"],
+)  # fmt: skip
+def test_commands_that_write_into_a_database_never_make_one_of_an_empty_file(tmp_path, args):
+    (tmp_path / "e.db").write_bytes(b"")
+    result = drengr(*args, "--db", "e.db", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "drengr: e.db is not a drengr database (it is empty): pass the file `drengr serve` writes with --db.\n"
+    )
+    assert (tmp_path / "e.db").read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == ["e.db"]
+
+
+def test_a_write_into_a_current_database_does_not_migrate_it(tmp_path):
+    """A prune of a database of this layout takes no write lock to migrate it: held elsewhere, the
+    prune's own batches wait for it (and say so), not a migration that calls the path unwritable."""
+    store = SQLiteStore(str(tmp_path / "drengr.db"))
+    store.create_key("acme", "publishable")
+    store.close()
+    holder = sqlite3.connect(tmp_path / "drengr.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        result = drengr("tenants", "set", "acme", "--daily-cap", "5", cwd=tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode == 2 and "writable --db path" not in result.stderr, result.stderr
+
+
 def test_keys_create_says_when_it_made_the_database(tmp_path):
     """A second terminal in another folder would make a database of its own there: said on stderr,
     once; a key made in an existing database says nothing of the sort."""
@@ -255,14 +302,18 @@ def test_another_applications_sqlite_file_is_never_written_into(tmp_path, args):
 @pytest.mark.parametrize(
     ("args", "stderr"),
     [
-        (["serve", "--bogus"], "drengr: Unrecognized arguments: --bogus: see drengr --help.\n"),
+        (["serve", "--bogus"], "drengr: Unrecognized arguments: --bogus: see drengr serve --help.\n"),
+        (
+            ["keys", "create", "--bogus"],
+            "drengr: Unrecognized arguments: --bogus: see drengr keys create --help.\n",
+        ),
         (
             ["tail", "-n", "x"],
             "drengr: Argument -n/--lines: 'x' is not a whole number: see drengr tail --help.\n",
         ),
         (["keys"], "drengr: The following arguments are required: ACTION: see drengr keys --help.\n"),
     ],
-    ids=["unknown-option", "bad-value", "no-action"],
+    ids=["unknown-option", "unknown-option-of-an-action", "bad-value", "no-action"],
 )
 def test_argparse_mistakes_are_one_line_too(tmp_path, args, stderr):
     """What argparse itself refuses (options that are no setting) is one line as well, not the usage block."""
@@ -275,13 +326,22 @@ READ_SCOPE_MISTAKES = [
     (["stats", "--tenant", "acmee"], "There is no tenant 'acmee' (the tenants are acme): check --tenant."),
     (["tail", "--tenant", "acmee", "--no-follow"], "There is no tenant 'acmee' (the tenants are acme): check --tenant."),
     (["export", "e.csv", "--tenant", "acmee"], "There is no tenant 'acmee' (the tenants are acme): check --tenant."),
-    (["stats", "--since", "1h", "--until", "2h"], "--until 2h is not after --since 1h: pass a later --until."),
+    (["stats", "--since", "1h", "--until", "2h"],
+     "--until 2h is not after --since 1h: pass an earlier --since or a later --until."),
+    (["stats", "--until", "2d"],  # --since's default, 24h
+     "--until 2d is not after --since 24h: pass an earlier --since or a later --until."),
     (["export", "e.csv", "--since", "2026-12-01", "--until", "2026-11-01"],
-     "--until 2026-11-01 is not after --since 2026-12-01: pass a later --until."),
+     "--until 2026-11-01 is not after --since 2026-12-01: pass an earlier --since or a later --until."),
+    ([b"stats", b"--tenant", b"\xff"], "There is no tenant '\\udcff' (the tenants are acme): check --tenant."),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("args", "says"), READ_SCOPE_MISTAKES, ids=lambda value: " ".join(value)[:40])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    READ_SCOPE_MISTAKES,
+    ids=["stats-tenant", "tail-tenant", "export-tenant", "stats-until", "stats-until-default-since",
+         "export-until", "tenant-not-utf8"],
+)  # fmt: skip
 def test_a_read_whose_scope_is_empty_by_mistake_says_so(tmp_path, args, says):
     """A tenant the database lacks (a typo, as tenants set takes it) or an --until before the --since:
     one sentence, not an empty answer (or an empty export file)."""

@@ -329,6 +329,17 @@ def test_export_refuses_the_files_sqlite_keeps_beside_a_database_reached_through
     assert wal.read_bytes() == b""
 
 
+def test_export_takes_names_that_only_begin_like_the_databases(db: Path) -> None:
+    """Only the files SQLite and drengr keep beside the database are refused, not every name that
+    begins with its own: drengr.db-2026-12.csv, or ev-2026-12.csv beside a database named ev."""
+    bare = db.parent / "ev"
+    db.rename(bare)
+    for name in ("ev-2026-12.csv", "ev.db-2026-12.csv", "ev-users-2026.csv"):
+        done = drengr("export", "--db", "ev", name, cwd=db.parent)
+        assert done.returncode == 0, (name, done.stderr)
+        assert (db.parent / name).exists()
+
+
 @pytest.mark.parametrize(("args", "says"), MISTAKES)
 def test_mistakes_are_one_sentence_and_create_nothing(db: Path, args: list[str], says: str) -> None:
     (db.parent / "exists.csv").write_text("keep")

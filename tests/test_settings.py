@@ -434,6 +434,26 @@ def test_wsgi_honours_every_variable(tmp_path):
     assert abs(shifted - (datetime.now(UTC).timestamp() + offset_days * DAY_SECONDS)) < DAY_SECONDS / 2
 
 
+def test_wsgi_keeps_the_logging_its_host_set_up(tmp_path):
+    """A WSGI server that set up logging itself (gunicorn's logconfig_dict, uwsgi, an app mounting
+    drengr) keeps its handlers: drengr's lines go there, at its level, not to a stderr of drengr's."""
+    program = (
+        "import logging\n"
+        "host = logging.FileHandler('host.log')\n"
+        "logging.basicConfig(level=logging.INFO, handlers=[host])\n"
+        "import drengr.wsgi as wsgi\n"
+        "assert logging.getLogger().handlers == [host], logging.getLogger().handlers\n"
+        "logging.getLogger('drengr.access').info('through the host')\n"
+        "wsgi.application.extensions['drengr'].store.close()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path,
+        env=child_env({"DRENGR_DB": str(tmp_path / "d.db")}), timeout=HANG_GUARD_SECONDS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "through the host" in (tmp_path / "host.log").read_text()
+
+
 def test_wsgi_refuses_a_bad_variable_in_one_sentence(tmp_path):
     result = _import_wsgi(tmp_path, {"DRENGR_DURABILITY": "fast"}, "print('built')")
     assert result.returncode == 1 and result.stdout == ""

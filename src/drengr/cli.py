@@ -30,8 +30,9 @@ from .cli_common import (
     UsageError,
     add_version,
     check_can_create,
+    check_drengrs,
     check_exists,
-    check_not_anothers,
+    check_tenant_name,
     require_postgres_tables,
 )
 from .cli_common import redact_url as _redact_url
@@ -132,9 +133,10 @@ def _open_store(config: Config, create: bool, migrate: bool = False) -> Store:
         check_can_create(config.db)
     else:
         check_exists(config.db)
-        if not migrate:  # a command that only reads the file never writes tables into it
+        # A command that only reads the file never writes tables into it; one that writes brings
+        # an older layout up to date first, and a current one as it is (no write of its own).
+        if not (migrate and check_drengrs(config.db)):
             return SQLiteStore(config.db, busy_timeout_ms=config.busy_timeout_ms, migrate=False)
-        check_not_anothers(config.db)
     try:
         return open_configured_store(config)  # config.store is empty: SQLite at config.db
     except StoreError as error:
@@ -199,15 +201,6 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _check_tenant_name(name: str) -> None:
-    """A new tenant's name: what keys list, the logs and the read API show as it is."""
-    if not name or name != name.strip() or len(name) > 64 or any(c < " " or c == "\x7f" for c in name):
-        raise UsageError(
-            f"{name!r} is not a tenant name: give 1 to 64 characters without control characters "
-            "or spaces at either end, like acme."
-        )
-
-
 def _not_a_database(path: str, error: sqlite3.Error) -> UsageError:
     return UsageError(
         f"Cannot use {path} as the database ({error}): pass the file `drengr serve` writes with --db."
@@ -233,15 +226,17 @@ def keys(args: argparse.Namespace) -> int:
     creating = args.keys_command == "create"
     if creating and not args.tenant:
         raise UsageError("Say which tenant the key is for: drengr keys create --tenant NAME.")
-    if creating:
-        _check_tenant_name(args.tenant)
     config = _admin_config(args)
     # A key made in a new file works on no running server: said, since a second terminal in
     # another folder makes one there quietly otherwise.
     new_file = creating and not config.store and not os.path.exists(config.db)
+    if new_file:
+        check_tenant_name(args.tenant)  # before the file is made
     store = _open_store(config, create=creating, migrate=args.keys_command == "revoke")
     with _admin_errors(args, store):
         if creating:
+            if args.tenant not in store.tenants():  # a new tenant's name is checked, not an old one's
+                check_tenant_name(args.tenant)
             key = store.create_key(args.tenant, args.kind)
             if new_file:
                 print(
@@ -336,11 +331,14 @@ def tenants(args: argparse.Namespace) -> int:
     """`tenants set NAME`: a name that is not a tenant is a typo unless --create says otherwise."""
     if args.daily_cap is None and args.pii_allow is None:
         raise UsageError("Say what to change: drengr tenants set NAME --daily-cap N or --pii-allow NAMES.")
-    if args.create:
-        _check_tenant_name(args.name)
-    store = _open_store(_admin_config(args), create=args.create, migrate=True)
+    config = _admin_config(args)
+    if args.create and not config.store and not os.path.exists(config.db):
+        check_tenant_name(args.name)  # before the file is made
+    store = _open_store(config, create=args.create, migrate=True)
     with _admin_errors(args, store):
         known = store.tenants()
+        if args.create and args.name not in known:
+            check_tenant_name(args.name)
         if args.name not in known and not args.create:
             listed = f"the tenants are {', '.join(known)}" if known else "there are no tenants yet"
             raise UsageError(

@@ -4,6 +4,7 @@ import argparse
 import os
 import re
 import sqlite3
+import unicodedata
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -52,6 +53,32 @@ def check_can_create(path: str) -> None:
             f"The folder {folder} is not writable: pass a --db path in a folder you can write to."
         )
     check_not_anothers(path)
+
+
+def check_drengrs(path: str) -> bool:
+    """Before a command that writes into an existing database (prune, tenants set, keys revoke, a
+    backfill): it is drengr's (an empty one is not: those commands never make drengr's tables).
+    Whether it is of an older layout, to be brought up to date first."""
+    from .store.sqlite.store import SCHEMA_VERSION
+
+    check_not_anothers(path)  # another application's file, locked or not: its own sentence
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            found = None
+            if "meta" in tables:
+                found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        raise UsageError(f"Cannot use {path} as the database ({first_line(error)}): pass the file `drengr serve` "
+                         "writes with --db.") from None  # fmt: skip
+    if "semantic_events" not in tables:
+        raise UsageError(
+            f"{path} is not a drengr database (it is empty): pass the file `drengr serve` writes with --db."
+        )
+    return found is None or int(found[0]) < SCHEMA_VERSION
 
 
 def check_not_anothers(path: str) -> None:
@@ -145,6 +172,20 @@ def require_postgres_tables(url: str) -> None:
         )
 
 
+def check_tenant_name(name: str) -> None:
+    """A new tenant's name: what keys list, the logs and the read API show as it is."""
+    if (
+        not name
+        or name != name.strip()
+        or len(name) > 64
+        or any(unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") for c in name)
+    ):
+        raise UsageError(
+            f"{name!r} is not a tenant name: give 1 to 64 characters without control characters "
+            "or spaces at either end, like acme."
+        )
+
+
 def check_read_scope(reader: Any, tenant: str | None, since: str | None, until: str | None) -> None:
     """A read command's scope is not empty by mistake: a tenant the database has (else a typo, as
     ``tenants set`` takes it), an --until after the --since (both as the user gave them)."""
@@ -152,11 +193,18 @@ def check_read_scope(reader: Any, tenant: str | None, since: str | None, until: 
         now_ms = clock.now_ms()
         first, last = parse_time(since, now_ms), parse_time(until, now_ms)
         if first is not None and last is not None and last <= first:
-            raise UsageError(f"--until {until} is not after --since {since}: pass a later --until.")
+            raise UsageError(
+                f"--until {until} is not after --since {since}: pass an earlier --since or a later --until."
+            )
     if tenant is not None:
         known = reader.tenants()
-        if tenant not in known and not reader.has_rows_of(tenant):  # rows the store API wrote alone
-            listed = f"the tenants are {', '.join(known)}" if known else "there are no tenants yet"
+        try:
+            found = tenant in known or reader.has_rows_of(tenant)  # rows the store API wrote alone
+        except UnicodeEncodeError:  # bytes that are no UTF-8 (a name no row can have)
+            found = False
+        if not found:
+            shown = ", ".join(known[:10]) + (f" and {len(known) - 10:,} more" if len(known) > 10 else "")
+            listed = f"the tenants are {shown}" if known else "there are no tenants yet"
             raise UsageError(f"There is no tenant {tenant!r} ({listed}): check --tenant.")
 
 
@@ -171,3 +219,16 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"drengr: {message[:1].upper()}{message[1:]}: see {self.prog} --help.\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As argparse's, but options no command takes name the --help of the command given."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            given = [getattr(parsed, dest, None) for dest in _COMMAND_DESTS]
+            command = " ".join([self.prog, *(name for name in given if name)])
+            self.exit(2, f"drengr: Unrecognized arguments: {' '.join(extras)}: see {command} --help.\n")
+        return parsed
+
+
+# Where the parser of `drengr` keeps the command and a group's action (cli.build_parser).
+_COMMAND_DESTS = ("command", "keys_command", "db_command", "tenants_command")

@@ -42,7 +42,7 @@ from . import clock, settings
 from .cli_common import (
     UsageError,
     add_version,
-    check_not_anothers,
+    check_drengrs,
     check_read_scope,
     check_where,
     redact_url,
@@ -378,24 +378,26 @@ def write_export(
     return written
 
 
+# What SQLite and drengr keep beside a database (and its users file), named after it.
+_BESIDE = ("", "-wal", "-shm", "-journal", "-window", "-writer.lock", "-builder.lock")
+
+
 def _is_one_of_the_databases_files(target: Path, db: str) -> bool:
     """Whether ``target`` is the database at ``db``, its users file, or a file of either that SQLite
-    or drengr keeps beside it (``-wal``, ``-shm``, ``-journal``, ``-window``, locks): --force would
-    replace it. drengr names its files after the path as given, SQLite after the file's real path
-    (a symlink's target), so both count."""
+    or drengr keeps beside it: --force would replace it. drengr names its files after the path as
+    given, SQLite after the file's real path (a symlink's target), so both count."""
     own = [db, users_path(db)]
     if target.exists() and any(os.path.exists(path) and os.path.samefile(target, path) for path in own):
         return True  # the file itself, by any name (a hard link too)
     places = {
-        (named.parent.resolve(), named.name)
+        (named.parent.resolve(), named.name + suffix)
         for path in own
         for named in (Path(path), Path(os.path.realpath(path)))
+        for suffix in _BESIDE
     }
-    for named in (target, Path(os.path.realpath(target))):
-        folder = named.parent.resolve()
-        if any(folder == where and named.name.startswith(name + "-") for where, name in places):
-            return True
-    return False
+    return any(
+        (named.parent.resolve(), named.name) in places for named in (target, Path(os.path.realpath(target)))
+    )
 
 
 @contextlib.contextmanager
@@ -438,8 +440,8 @@ def backfill(args: argparse.Namespace) -> int:
             finally:
                 store.close()
         else:
-            check_not_anothers(args.db)  # never drengr's tables made in another application's file
-            SQLiteStore(args.db, migrate=True).close()  # an older layout brought up to date first
+            if check_drengrs(args.db):  # an older layout brought up to date first
+                SQLiteStore(args.db, migrate=True).close()
             counted = backfill_rollups(args.db, progress=progress)
     except StoreError as error:
         raise UsageError(

@@ -25,9 +25,10 @@ try:
     # Every variable is checked before anything is created; a bad one or a store that cannot be
     # opened stops the worker with one sentence, not a traceback.
     _config = Config.from_env()
-    # drengr's own lines (the access lines, problems) on stderr, as `drengr serve` prints them;
-    # the WSGI server's loggers keep their own handlers (gunicorn's do not propagate to the root).
-    configure_logs(_config.log_level, _config.log_format)
+    # drengr's own lines (the access lines, problems) on stderr, as `drengr serve` prints them,
+    # unless the WSGI server set up logging itself (gunicorn's logconfig_dict): then it decides.
+    if not logging.getLogger().handlers:
+        configure_logs(_config.log_level, _config.log_format)
     application = create_app(_config)
 except (SettingError, StoreError) as error:
     raise SystemExit(f"drengr: {error}") from None
