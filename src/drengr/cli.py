@@ -30,9 +30,9 @@ from .cli_common import (
     UsageError,
     add_version,
     check_can_create,
-    check_drengrs,
     check_exists,
     check_tenant_name,
+    older_layout,
     require_postgres_tables,
 )
 from .cli_common import redact_url as _redact_url
@@ -135,7 +135,7 @@ def _open_store(config: Config, create: bool, migrate: bool = False) -> Store:
         check_exists(config.db)
         # A command that only reads the file never writes tables into it; one that writes brings
         # an older layout up to date first, and a current one as it is (no write of its own).
-        if not (migrate and check_drengrs(config.db)):
+        if not (migrate and older_layout(config.db)):
             return SQLiteStore(config.db, busy_timeout_ms=config.busy_timeout_ms, migrate=False)
     try:
         return open_configured_store(config)  # config.store is empty: SQLite at config.db

@@ -55,10 +55,10 @@ def check_can_create(path: str) -> None:
     check_not_anothers(path)
 
 
-def check_drengrs(path: str) -> bool:
-    """Before a command that writes into an existing database (prune, tenants set, keys revoke, a
-    backfill): it is drengr's (an empty one is not: those commands never make drengr's tables).
-    Whether it is of an older layout, to be brought up to date first."""
+def older_layout(path: str) -> bool:
+    """Whether the database at ``path`` is of an older drengr's layout, to be brought up to date
+    before a command writes into it (prune, tenants set, keys revoke, a backfill). A file that is
+    not drengr's (an empty one included: those commands never make drengr's tables) is refused."""
     from .store.sqlite.store import SCHEMA_VERSION
 
     check_not_anothers(path)  # another application's file, locked or not: its own sentence

@@ -42,9 +42,9 @@ from . import clock, settings
 from .cli_common import (
     UsageError,
     add_version,
-    check_drengrs,
     check_read_scope,
     check_where,
+    older_layout,
     redact_url,
     require_postgres_tables,
 )
@@ -440,7 +440,7 @@ def backfill(args: argparse.Namespace) -> int:
             finally:
                 store.close()
         else:
-            if check_drengrs(args.db):  # an older layout brought up to date first
+            if older_layout(args.db):  # an older layout brought up to date first
                 SQLiteStore(args.db, migrate=True).close()
             counted = backfill_rollups(args.db, progress=progress)
     except StoreError as error:
