@@ -685,6 +685,26 @@ def test_counts_made_from_memory_are_dropped_when_a_prune_came_first(tmp_path: P
         assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (100,)
 
 
+def test_a_group_committed_as_the_builder_takes_its_rows_is_still_taken_from_memory(tmp_path: Path) -> None:
+    """The writer commits a group and hands it over just as a step takes what is held: the step's
+    snapshot of the database holds it (a snapshot begun before the take did not, and the rows
+    looked deleted by a prune: counted from the table instead, under load)."""
+    path = str(tmp_path / "drengr.db")
+    with first_counted_two_held(path) as (users, _conn, committed):
+        late = _rows("late-", 100, T0 + 180_000)
+        take = committed.take
+
+        def committed_meanwhile(indexed: int) -> Any:
+            write_without_read_side(path, [late])  # seqs 301..400, committed, then handed over
+            committed.add([(301, late)])
+            return take(indexed)
+
+        committed.take = committed_meanwhile  # type: ignore[method-assign]
+        memory = read_side.index_committed(users, committed)
+        assert memory.rows == 300 and memory.counted is not None
+        assert (memory.counted.low, memory.counted.high) == (100, 400)
+
+
 def test_rows_a_prune_deleted_before_the_builder_took_them_from_memory_are_not_counted(
     tmp_path: Path,
 ) -> None:

@@ -501,14 +501,17 @@ def index_committed(users: sqlite3.Connection, committed: Committed, count_users
         # The users file's write lock first: nobody moves users_seq meanwhile.
         users.execute("INSERT INTO meta (key, value) VALUES ('users_seq', '-1') ON CONFLICT (key) DO NOTHING")
         meta = dict(users.execute("SELECT key, value FROM meta").fetchall())
+        indexed = int(meta["users_seq"])
+        # The groups before the database's snapshot begins (its first read, just below): each was
+        # committed before its writer handed it over, so the snapshot holds every row taken. Taken
+        # after it, a group committed in between looked like rows a prune had deleted.
+        groups, below = committed.take(indexed)
         found = dict(users.execute("SELECT key, value FROM events.meta").fetchall())
         if meta.get("database_id") != found.get("database_id", "") or meta.get("layout") != USERS_LAYOUT:
-            return FromMemory(0, None, count_users, None)
-        indexed = int(meta["users_seq"])
+            return FromMemory(0, None, count_users, None)  # (the rows taken: copied from the table)
         # A backup restored under it (copy_step builds it again):
         if indexed > _top(users, "events.") or _users_row_moved(users, indexed, meta.get("users_row")):
             return FromMemory(0, None, count_users, None)
-        groups, below = committed.take(indexed)
         if not groups:
             return FromMemory(0, below, count_users, None)
         held = sum(len(group) for _first, group in groups)
