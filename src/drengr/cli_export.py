@@ -308,57 +308,50 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 "Parquet export needs pyarrow: pip install 'drengr-ingest[export]', or pass --format csv "
                 "or --format ndjson."
             ) from None
-    if args.output == STDOUT:
-        if kind == "parquet" and sys.stdout.isatty():
-            raise UsageError("Parquet is binary: send stdout to a file or a pipe, or pass --format ndjson.")
-        return _export_to_stdout(args, kind)
+    to_stdout = args.output == STDOUT  # the rows as they are read, for a pipe: no file swapped in
+    if to_stdout and kind == "parquet" and sys.stdout.isatty():
+        raise UsageError("Parquet is binary: send stdout to a file or a pipe, or pass --format ndjson.")
     target = Path(args.output)
-    if target.is_dir():
-        raise UsageError(f"{args.output} is a folder: give a file name, e.g. {target / 'events.parquet'}.")
-    if not target.parent.is_dir():
-        raise UsageError(f"No folder {target.parent}: create it first, or write elsewhere.")
-    if target.exists() and not args.force:
-        raise UsageError(f"{args.output} exists: pass --force to replace it.")
+    if not to_stdout:
+        if target.is_dir():
+            raise UsageError(
+                f"{args.output} is a folder: give a file name, e.g. {target / 'events.parquet'}."
+            )
+        if not target.parent.is_dir():
+            raise UsageError(f"No folder {target.parent}: create it first, or write elsewhere.")
+        if target.exists() and not args.force:
+            raise UsageError(f"{args.output} exists: pass --force to replace it.")
     query = export_query(args, clock.now_ms())
     location = args.store or args.db
     if not is_postgres_url(location) and not os.path.isfile(location):
         raise UsageError(f"No database at {location}: pass the file `drengr serve` writes with --db.")
-    if not is_postgres_url(location) and _is_one_of_the_databases_files(target, location):
+    if not to_stdout and not is_postgres_url(location) and _is_one_of_the_databases_files(target, location):
         raise UsageError(f"{args.output} is one of the database's own files: write the export elsewhere.")
     reader = reader_for_location(location)
     progress = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
     try:
         check_read_scope(reader, args.tenant, args.since, args.until)
-        with _replaced_at_the_end(target) as temporary:
-            written = write_export(reader, query, WRITERS[kind](temporary), args.chunk_rows, progress)
-    finally:
-        progress.finish()
-        reader.close()
-    out.write(f"{written:,} events written to {args.output} ({kind})\n")
-    return 0
-
-
-def _export_to_stdout(args: argparse.Namespace, kind: str) -> int:
-    """The rows on stdout, as they are read (no file to swap in at the end: a failure or a Ctrl-C
-    leaves what was written); what it did on stderr. A reader that stops early (``| head``) ends it."""
-    query = export_query(args, clock.now_ms())
-    location = args.store or args.db
-    if not is_postgres_url(location) and not os.path.isfile(location):
-        raise UsageError(f"No database at {location}: pass the file `drengr serve` writes with --db.")
-    reader = reader_for_location(location)
-    progress = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
-    try:
-        check_read_scope(reader, args.tenant, args.since, args.until)
-        sys.stdout.flush()
-        written = write_export(reader, query, WRITERS[kind](sys.stdout.fileno()), args.chunk_rows, progress)
+        if to_stdout:
+            sys.stdout.flush()
+            written = write_export(
+                reader, query, WRITERS[kind](sys.stdout.fileno()), args.chunk_rows, progress
+            )
+        else:
+            with _replaced_at_the_end(target) as temporary:
+                written = write_export(reader, query, WRITERS[kind](temporary), args.chunk_rows, progress)
     except BrokenPipeError:
+        if not to_stdout:
+            raise
         # The reader went (`| head`): nothing more to say, and nothing left for Python to flush there.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
         progress.finish()
         reader.close()
-    print(f"{written:,} events written to stdout ({kind})", file=sys.stderr)
+    if to_stdout:
+        print(f"{written:,} events written to stdout ({kind})", file=sys.stderr)
+    else:
+        out.write(f"{written:,} events written to {args.output} ({kind})\n")
     return 0
 
 

@@ -170,16 +170,16 @@ class WriterProcess:
             if self._shared:
                 log.error("shared writer process %d took no job within the busy timeout", self.pid)
                 self._drop_channel()  # the next job of this thread sends on a new socket
-                return _fail(job, error)
+                return fail_job(job, error)
             log.error("writer process %d took no job within the busy timeout: killed", self.pid)
             self._failed(error)
             self._kill()  # a stopped process dies too; its open transaction rolls back
-            return _fail(job, error)
+            return fail_job(job, error)
         except Undelivered:
             raise
         except Exception as error:  # noqa: BLE001 - EOF or a broken socket: the child is gone
             self._failed(error)
-            return _fail(job, error)
+            return fail_job(job, error)
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -510,7 +510,7 @@ def _descriptors(level: int, kind: int, data: bytes) -> list[int]:
     return [fd for (fd,) in _INT.iter_unpack(data[: len(data) - len(data) % _INT.size])]
 
 
-def _fail(job: Job, error: BaseException) -> bool:
+def fail_job(job: Job, error: BaseException) -> bool:
     """The job fails with the writer process (answered: True)."""
     job.outcome, job.error = None, StoreError(f"writer process failed: {error!r}")
     return True

@@ -40,7 +40,7 @@ from ..base import (
 from . import read_side
 from .connect import Transaction, connect
 from .locks import WriterLock
-from .process import Undelivered, WriterProcess
+from .process import Undelivered, WriterProcess, fail_job
 from .writer import Writer
 
 T = TypeVar("T")
@@ -343,7 +343,7 @@ class SQLiteStore(Admin):
                     return child.submit(job, self._committed)  # answered, or left at the deadline
                 except Undelivered as error:
                     if attempt:
-                        job.outcome, job.error = None, StoreError(f"writer process failed: {error!r}")
+                        fail_job(job, error)
             return True
         self._start_writer()
         done = job.done = threading.Event()
