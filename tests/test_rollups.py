@@ -494,7 +494,7 @@ def add_counted_now(conn: sqlite3.Connection, counted: Any) -> bool:
 def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_rest(tmp_path: Path) -> None:
     """``index_committed``: the rows handed over as committed go into the users file as a copy from the
     table would put them; where rows not in memory come first (another process's), the table is copied
-    up to them; a group partly indexed already is cut; rows indexed already are dropped."""
+    up to them; a run partly indexed already is let go, and copied."""
     path = str(tmp_path / "drengr.db")
     batches = [_rows(f"b{b}-", 50, T0 + b * 9_000) for b in range(6)]  # seqs 1 + 50 b .. 50 (b + 1)
     write_without_read_side(path, batches)
@@ -506,22 +506,21 @@ def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_re
 
     try:
         committed = read_side.Committed()
-        committed.add([(1 + 50 * b, batches[b]) for b in (0, 1, 3, 4, 5)])  # batch 2 is not held
+        committed.add([(1 + 50 * b, batches[b]) for b in (0, 1, 3)])  # batch 2 is not held
+        committed.add([(1 + 50 * b, batches[b]) for b in (4, 5)])  # runs: 1..100 and 151..300
         assert read_side.index_committed(users, committed) == (0, None, True, None)  # a new file: the table's
         step = read_side.copy_step(users, max_rows=70)
         assert step is not None and (step.low, step.high) == (0, 70) and read_side.index_users(users, step)
         add(step.counted)
-        memory = read_side.index_committed(users, committed)  # 71..100: batch 1 cut
-        assert memory[:2] == (30, None) and memory.counted is not None
-        assert (memory.counted.low, memory.counted.high) == (70, 100)
-        add(memory.counted)
-        assert read_side.index_committed(users, committed)[:2] == (0, 150)  # batch 2 first, from the table
-        assert read_side.copy_step(users, below=100) is None  # nothing left up to 100
+        # 71..100 of the run 1..100 are not indexed, but it cannot be cut: let go, copied up to 150.
+        assert read_side.index_committed(users, committed)[:2] == (0, 150)
+        assert read_side.copy_step(users, below=70) is None  # nothing left up to 70
         step = read_side.copy_step(users, below=150)
-        assert step is not None and (step.low, step.high) == (100, 150) and read_side.index_users(users, step)
+        assert step is not None and (step.low, step.high) == (70, 150) and read_side.index_users(users, step)
         add(step.counted)
         memory = read_side.index_committed(users, committed)  # batches 3, 4 and 5 at once
         assert memory[:2] == (150, None) and memory.counted is not None
+        assert (memory.counted.low, memory.counted.high) == (150, 300)
         add(memory.counted)
         assert read_side.index_committed(users, committed)[:2] == (0, None)  # none held
         users.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
@@ -534,18 +533,78 @@ def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_re
 
 
 def test_committed_rows_past_the_memory_bound_are_left_to_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``Committed`` holds ``COMMITTED_BYTES`` of rows at most: a group past it is not held, and the
-    builder is told to copy up to the first group held after it."""
-    batches = [_rows(f"b{b}-", 50, T0) for b in range(4)]
-    held = [read_side.slim_rows(batch) for batch in batches]  # what it keeps of them
-    monkeypatch.setattr(read_side, "COMMITTED_BYTES", 2 * read_side.held_bytes(held[0]))
+    """``Committed`` holds ``HELD_ROWS`` rows at most: a group past it is not held, the group after it
+    starts a run of its own, and the builder is told to copy up to it; rows indexed already are let go."""
+    batches = [_rows(f"b{b}-", 50, T0) for b in range(5)]
+    monkeypatch.setattr(read_side, "HELD_ROWS", 100)
     committed = read_side.Committed()
     committed.add([(1, batches[0]), (51, batches[1]), (101, batches[2])])
-    assert committed.take(0) == ([(1, held[0]), (51, held[1])], None)
-    committed.add([(151, batches[3])])  # room again
+
+    def spans(runs: list[Any]) -> list[tuple[int, int, int]]:
+        return [(run.first, run.last, run.sums.rows) for run in runs]
+
+    runs, below = committed.take(0)
+    assert (spans(runs), below) == ([(1, 100, 100)], None)
+    committed.add([(151, batches[3]), (201, batches[4])])  # room again
     assert committed.take(100) == ([], 150)  # 101..150 were not held: the table's
-    assert committed.take(150) == ([(151, held[3])], None)
-    assert committed.take(200) == ([], None)
+    runs, below = committed.take(150)
+    assert (spans(runs), below) == ([(151, 250, 100)], None)
+    assert committed.take(250) == ([], None)
+    committed.add([(251, batches[0])])
+    assert committed.take(260) == ([], None)  # 251..260 indexed from the table: the run is let go
+    committed.add([(301, batches[1])])  # a new run: the one it followed is gone
+    runs, below = committed.take(300)
+    assert (spans(runs), below) == ([(301, 350, 50)], None)
+
+
+def test_rows_being_committed_or_copied_are_left_to_one_of_memory_and_table() -> None:
+    """A copy of the table stops below the rows the writer is committing (``expect``: they are coming
+    to memory), and a run a copy reached is let go at once, so that the writer's next group starts a
+    run the builder can take rather than one let go too."""
+    batches = [_rows(f"b{b}-", 50, T0) for b in range(2)]
+    committed = read_side.Committed()
+    committed.expect(1)
+    assert committed.take(0) == ([], 0)  # 1.. are being committed: copy nothing past 0
+    committed.add([(1, batches[0])])
+    committed.copied(30)  # (the builder of a new users file copied them anyway)
+    committed.add([(51, batches[1])])
+    runs, below = committed.take(50)
+    assert ([(run.first, run.last) for run in runs], below) == ([(51, 100)], None)
+    committed.expect(101)
+    committed.expect(None)  # that group failed: nothing is coming
+    assert committed.take(100) == ([], None)
+
+
+def test_a_stopping_builder_builds_the_rows_held_after_the_rows_it_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At its stop the builder holds rows past some it must copy from the table (another process's):
+    it copies those, then takes the held ones, and leaves the read side whole (it used to stop after
+    the copy, the held rows never built)."""
+    path = str(tmp_path / "drengr.db")
+    batches = [_rows(f"b{b}-", 50, T0 + b * 9_000) for b in range(3)]  # seqs 1..150
+    write_without_read_side(path, batches)
+    users = read_side.open_users(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        step = read_side.copy_step(users, max_rows=50)
+        assert step is not None and read_side.index_users(users, step)
+        assert add_counted_now(conn, step.counted)  # both marks at 50
+    finally:
+        conn.close()
+        users.close()
+    monkeypatch.setattr(read_side, "BUILD_EVERY_SECONDS", 600.0)  # no step but the stopping one
+    builder = read_side.Builder(
+        path, lambda: sqlite3.connect(path, isolation_level=None), contextlib.nullcontext, 5_000
+    )
+    builder.committed.add([(101, batches[2])])  # 51..100 are not held: another process's
+    builder.stop()
+    assert (builder.counted_rows, builder.counted_from_memory) == (50, 50)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
+        assert read_side.built_to(conn) == 150
+        assert_users_file_as_scanned(conn, 150)
+    _rollups_as_scanned(path)
 
 
 def test_a_writers_rows_are_indexed_and_counted_from_memory(tmp_path: Path) -> None:

@@ -100,34 +100,7 @@ def sum_measures(rows: Iterable[tuple[str, str, str, Any]]) -> list[tuple[str, s
     return sums.measure_sums()
 
 
-EXTERNAL_ID, DIMS = 4, 8  # the stored row's columns UserRows and held_bytes read beside the others
-
-
-def slim_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Stored rows with only the columns Sums.add_rows and UserRows.add read; the others (event id,
-    anonymous id, timestamp, dims, library) are "": what the read side's builder holds of them."""
-    return [
-        (
-            row[TENANT],
-            "",
-            row[NAME],
-            row[TYPE],
-            row[EXTERNAL_ID],
-            "",
-            "",
-            row[RECEIVED],
-            "",
-            row[MEASURES],
-            "",
-        )
-        for row in rows
-    ]
-
-
-def held_bytes(rows: list[tuple[Any, ...]]) -> int:
-    """About the memory stored rows (the writer's tuples) hold: ~400 bytes a row, and their dims' and
-    measures' characters."""
-    return sum(400 + len(row[DIMS]) + len(row[MEASURES]) for row in rows)
+EXTERNAL_ID = 4  # the stored row's column UserRows reads beside the others
 
 
 class UserRows:

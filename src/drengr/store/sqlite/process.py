@@ -566,6 +566,7 @@ def writer_main(
             if not inbox.answer((message[0], *_answer(job), commits)):
                 inboxes.drop(inbox)
             commits = 0
+        writer.hand_over()
     writer.save_window()  # for the next writer on this database
     writer.release_window()
     writer.close()  # its read-side builder catches up first

@@ -34,9 +34,9 @@ from .locks import open_lock_file
 try:
     if os.environ.get("DRENGR_NO_EXTENSIONS"):  # the pure twin, by request (as drengr.mapping)
         raise ImportError("DRENGR_NO_EXTENSIONS=1")
-    from ..._measures import Sums, UserRows, held_bytes, slim_rows, sum_measures
+    from ..._measures import Sums, UserRows, sum_measures
 except ImportError:  # the extension did not build (or is not wanted); the twin gives the same sums
-    from ..._measures_py import Sums, UserRows, held_bytes, slim_rows, sum_measures  # type: ignore[assignment]
+    from ..._measures_py import Sums, UserRows, sum_measures  # type: ignore[assignment]
 
 log = logging.getLogger("drengr.store")
 
@@ -101,6 +101,8 @@ def remove_from_rollups(conn: sqlite3.Connection, seqs: list[int]) -> None:
     built = built_to(conn)
     if any(seq > built for seq in seqs):
         mark_pruned(conn)
+    if seqs:  # the builder's rows in memory: any at or below it are looked for in the table
+        conn.execute(_META, ("pruned_seq", str(max(max(seqs), _meta_int(conn, "pruned_seq")))))
     counted = [seq for seq in seqs if found is not None and int(found[0]) <= seq <= built]
     if not counted:
         return
@@ -234,10 +236,10 @@ FEW_USERS = 4
 MANY_USERS_STEPS = 8
 # The users file's layout: one of another (an older drengr's `user_index`, a row per event) is built again.
 USERS_LAYOUT = "2"
-# At most this much memory (``held_bytes``) of the groups its writer committed waits for the builder,
-# held slim (``slim_rows``: ~0.45 KB a row, some 18,000 rows); past it, the builder copies them
-# from the table.
-COMMITTED_BYTES = 8 << 20
+# At most this many rows its writer committed wait for the builder in memory, as what the builder
+# needs of them (``Held``: ~40 bytes a row, up to ~250 where every row has a user of its own, 8 MB);
+# past it, the builder copies them from the table.
+HELD_ROWS = 32_768
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _INFINITY = "9e999"  # SQLite's literal for +inf
 
@@ -439,43 +441,80 @@ def index_users(users: sqlite3.Connection, step: Step) -> bool:
     return True
 
 
+class Held:
+    """A run of rows its writer committed with no other rows between (seqs ``first`` to ``last``), as
+    its builder's parts of them, added up as each group was committed: the users file's
+    (``UserRows``; its users counted or not, as the builder asked) and the rollups' (``Sums``)."""
+
+    def __init__(self, first: int, count_users: bool) -> None:
+        self.first, self.last, self.count_users = first, first - 1, count_users
+        self.users = UserRows(USER_INDEX_BLOCK_BITS, NAME_BLOCK_BITS, count_users)
+        self.sums = Sums()
+
+    @property
+    def rows(self) -> int:
+        return self.last - self.first + 1
+
+
 class Committed:
-    """The groups a writer committed, ``(first seq, rows)`` in order, kept for its builder to index
-    from memory (``index_committed``): ``COMMITTED_BYTES`` at most, the later ones left to the table."""
+    """The rows a writer committed, as runs (``Held``) in order, for its builder to index and count
+    from memory (``index_committed``): ``HELD_ROWS`` at most, the later ones left to the table."""
 
     def __init__(self) -> None:
-        self._groups: collections.deque[tuple[int, list[Any], int]] = collections.deque()
-        self._bytes = 0
+        self._runs: collections.deque[Held] = collections.deque()
+        self._rows = 0
         self._lock = threading.Lock()  # the writer adds, the builder takes
+        self.count_users = True  # whether new runs count their users (the builder says)
+        self._coming: int | None = None  # the first seq of the rows being committed, not added yet
+
+    def expect(self, first_seq: int | None) -> None:
+        """The writer is about to commit rows from ``first_seq`` on, and add them once its requests are
+        answered (None: it did not commit them): till then a copy of the table stops below them."""
+        with self._lock:
+            self._coming = first_seq
 
     def add(self, groups: list[tuple[int, list[Any]]]) -> None:
-        """The groups a writer just committed, ``(first seq, rows)``: their rows held slim
-        (``slim_rows``), so that their dims and ids are let go with the writer's tuples."""
+        """The groups a writer just committed, ``(first seq, rows)``: added to the last run where they
+        follow it, or as a new one. A group past ``HELD_ROWS`` is not held (copied from the table)."""
         with self._lock:
-            for first_seq, committed in groups:
-                rows = slim_rows(committed)
-                size = held_bytes(rows)
-                if self._bytes + size > COMMITTED_BYTES:
-                    return  # copied from the table instead
-                self._groups.append((first_seq, rows, size))
-                self._bytes += size
+            for first_seq, rows in groups:
+                if not rows:
+                    continue
+                if self._rows + len(rows) > HELD_ROWS:
+                    continue  # the next group held starts a run of its own: this one is not in it
+                run = self._runs[-1] if self._runs and self._runs[-1].last + 1 == first_seq else None
+                if run is None:
+                    run = Held(first_seq, self.count_users)
+                    self._runs.append(run)
+                run.users.add(first_seq, rows)
+                run.sums.add_rows(rows)
+                run.last += len(rows)
+                self._rows += len(rows)
+            self._coming = None
 
-    def take(self, indexed: int) -> tuple[list[tuple[int, list[Any]]], int | None]:
-        """The rows past seq ``indexed`` with no other rows between, as groups (the first cut where it
-        began at or below it), and None; or no groups, and the seq below the first one held (the rows
-        up to it are not here: another process's), or None (none is held)."""
-        taken: list[tuple[int, list[Any]]] = []
+    def copied(self, high: int) -> None:
+        """A copy of the table reached seq ``high``: the runs that begin at or below it are let go (the
+        writer's next group starts a new one, not one that would be let go too)."""
         with self._lock:
-            while self._groups:
-                first_seq, rows, size = self._groups[0]
-                if first_seq > indexed + 1:
-                    break
-                self._groups.popleft()
-                self._bytes -= size
-                if first_seq + len(rows) - 1 > indexed:
-                    taken.append((indexed + 1, rows[indexed + 1 - first_seq :]))
-                    indexed = first_seq + len(rows) - 1
-            below = self._groups[0][0] - 1 if self._groups and not taken else None
+            while self._runs and self._runs[0].first <= high:
+                self._rows -= self._runs.popleft().rows
+
+    def take(self, indexed: int) -> tuple[list[Held], int | None]:
+        """The runs right past seq ``indexed`` with no other rows between, and None; or no runs, and
+        the seq below the first one held or coming (the rows up to it are not here: another
+        process's, or a run cut by a copy of the table, which is let go), or None (none is)."""
+        taken: list[Held] = []
+        with self._lock:
+            while self._runs and self._runs[0].first <= indexed + 1:
+                run = self._runs.popleft()
+                self._rows -= run.rows
+                if run.first == indexed + 1:
+                    taken.append(run)
+                    indexed = run.last
+                # otherwise some of its rows, or all, were indexed from the table: let go
+            below = self._runs[0].first - 1 if self._runs and not taken else None
+            if not taken and self._coming is not None:  # (a copy of them would let their run go)
+                below = self._coming - 1 if below is None else min(below, self._coming - 1)
         return taken, below
 
 
@@ -484,69 +523,65 @@ class FromMemory(NamedTuple):
 
     rows: int  # the rows it indexed
     below: int | None  # none indexed: copy the table up to this seq first (the rows past it are held)
-    few: bool  # their users were few (or, not counted, taken as such)
+    few: bool  # their users were counted, and few
     counted: Counted | None  # their rollups, to add, when the rollups' mark was where the users file's was
 
 
-def index_committed(users: sqlite3.Connection, committed: Committed, count_users: bool = True) -> FromMemory:
-    """Index in the users file (``users`` from ``open_users``) the rows ``committed`` holds right past
-    its ``users_seq``, from memory (``UserRows``), move ``users_seq`` past them, and count their
-    rollups (``Sums``) when the rollups' mark is the same.
+def index_committed(users: sqlite3.Connection, committed: Committed) -> FromMemory:
+    """Index in the users file (``users`` from ``open_users``) the runs ``committed`` holds right past
+    its ``users_seq``, from memory, move ``users_seq`` past them, and give their rollups' counts when
+    the rollups' mark is the same.
 
     Their users are indexed from memory when they are few (``FEW_USERS``), otherwise a row
-    each from the table (``_INDEX_EACH``); ``count_users`` false: from the table without
-    counting them. A file to be built again is left to ``copy_step``.
+    each from the table (``_INDEX_EACH``), as when a run did not count them. A file to be built
+    again is left to ``copy_step``.
     """
     with Transaction(users, "DEFERRED"):
         # The users file's write lock first: nobody moves users_seq meanwhile.
         users.execute("INSERT INTO meta (key, value) VALUES ('users_seq', '-1') ON CONFLICT (key) DO NOTHING")
         meta = dict(users.execute("SELECT key, value FROM meta").fetchall())
         indexed = int(meta["users_seq"])
-        # The groups before the database's snapshot begins (its first read, just below): each was
+        # The runs before the database's snapshot begins (its first read, just below): each group was
         # committed before its writer handed it over, so the snapshot holds every row taken. Taken
         # after it, a group committed in between looked like rows a prune had deleted.
-        groups, below = committed.take(indexed)
+        runs, below = committed.take(indexed)
         found = dict(users.execute("SELECT key, value FROM events.meta").fetchall())
         if meta.get("database_id") != found.get("database_id", "") or meta.get("layout") != USERS_LAYOUT:
-            return FromMemory(0, None, count_users, None)  # (the rows taken: copied from the table)
+            return FromMemory(0, None, True, None)  # (the rows taken: copied from the table)
         # A backup restored under it (copy_step builds it again):
         if indexed > _top(users, "events.") or _users_row_moved(users, indexed, meta.get("users_row")):
-            return FromMemory(0, None, count_users, None)
-        if not groups:
-            return FromMemory(0, below, count_users, None)
-        held = sum(len(group) for _first, group in groups)
-        low, high = groups[0][0], groups[-1][0] + len(groups[-1][1]) - 1
-        stored = users.execute(
-            "SELECT count(*) FROM events.semantic_events WHERE seq BETWEEN ? AND ?", (low, high)
-        ).fetchone()[0]
-        if stored != held:  # a prune deleted some of them since: counted from the table instead
-            return FromMemory(0, None, count_users, None)
-        rows = UserRows(USER_INDEX_BLOCK_BITS, NAME_BLOCK_BITS, count_users)
-        sums = Sums() if int(found.get("read_side_seq", 0)) == indexed else None
-        for first_seq, group in groups:
-            rows.add(first_seq, group)
-            if sums is not None:
-                sums.add_rows(group)
-            # The GIL back to the writer between groups: a thread that only asks for it (the writer,
-            # back from SQLite) waits a whole switch interval (5 ms) for one that keeps it. (Not
-            # time.sleep(0): that sleeps the timer's slack, ~50 µs a call here.)
-            os.sched_yield()
+            return FromMemory(0, None, True, None)
+        if not runs:
+            return FromMemory(0, below, True, None)
+        low, high = runs[0].first, runs[-1].last
+        # A prune deleted some of them since (it notes the highest seq it deleted): counted from the table.
+        if int(found.get("pruned_seq", 0)) >= low:
+            stored = users.execute(
+                "SELECT count(*) FROM events.semantic_events WHERE seq BETWEEN ? AND ?", (low, high)
+            ).fetchone()[0]
+            if stored != high - low + 1:
+                return FromMemory(0, None, True, None)
         user_seqs, daily_users, name_blocks = _INDEX_COMMITTED
-        few = count_users and rows.user_entries() * FEW_USERS <= rows.rows
+        entries = sum(run.users.user_entries() for run in runs)
+        few = all(run.count_users for run in runs) and entries * FEW_USERS <= high - low + 1
         if few:
-            users.executemany(user_seqs, rows.user_seqs())
-            users.executemany(daily_users, rows.daily_users())
+            for run in runs:
+                users.executemany(user_seqs, run.users.user_seqs())
+                users.executemany(daily_users, run.users.daily_users())
         else:
-            bounds = {"bits": USER_INDEX_BLOCK_BITS, "indexed": indexed, "high": indexed + rows.rows}
+            bounds = {"bits": USER_INDEX_BLOCK_BITS, "indexed": indexed, "high": high}
             for statement in _INDEX_EACH:
                 users.execute(statement.format(source="events.semantic_events"), bounds)
-        users.executemany(name_blocks, rows.name_blocks())
-        _mark_users(users, indexed + rows.rows)
+        for run in runs:
+            users.executemany(name_blocks, run.users.name_blocks())
+        _mark_users(users, high)
     counted = None
-    if sums is not None:
+    if int(found.get("read_side_seq", 0)) == indexed:
         epoch = int(found.get("read_side_epoch", 0))
-        counted = Counted(indexed, indexed + rows.rows, epoch, sums.event_counts(), sums.measure_sums())
-    return FromMemory(rows.rows, None, few, counted)
+        events = [row for run in runs for row in run.sums.event_counts()]
+        measures = [row for run in runs for row in run.sums.measure_sums()]
+        counted = Counted(indexed, high, epoch, events, measures)
+    return FromMemory(high - low + 1, None, few, counted)
 
 
 def prune_users(path: str, before_day: str, busy_timeout_ms: int = 5_000) -> None:
@@ -638,7 +673,6 @@ class Builder:
         self.committed = Committed()  # the writer's committed rows, to index from memory
         self.indexed_from_memory = 0  # the rows it indexed from there (tests)
         self.counted_from_memory = 0  # and counted the rollups of, added or not (tests)
-        self._count_users = True  # whether the next step counts its users (they were few)
         self._steps = 0
         self._thread = threading.Thread(target=self._run, name="drengr-read-side", daemon=True)
         self._thread.start()
@@ -680,8 +714,12 @@ class Builder:
                     conn.execute("PRAGMA synchronous = NORMAL")
                 if users is None:
                     users = open_users(self._path, self._busy_timeout_ms)
-                while self._step(conn, users, stopping) == BUILD_STEP_ROWS:
-                    pass  # a full step: more may wait
+                # A full step: more may wait. Stopping: until nothing is left (a step that copied the
+                # table up to the rows held leaves those to the next).
+                while (covered := self._step(conn, users, stopping)) == BUILD_STEP_ROWS or (
+                    stopping and covered
+                ):
+                    pass
             except Exception as error:  # noqa: BLE001 - a thread that died would build nothing again
                 if isinstance(error, (sqlite3.Error, StoreError)):
                     log.warning("cannot build the read side now (tried again in 5 s): %s", error)
@@ -711,11 +749,10 @@ class Builder:
         not there, and for the rollups when their mark was not the users file's.
         """
         self._steps += 1
-        count_users = self._count_users or self._steps % MANY_USERS_STEPS == 0
-        memory = index_committed(users, self.committed, count_users)
+        memory = index_committed(users, self.committed)
         self.indexed_from_memory += memory.rows
-        if memory.rows:
-            self._count_users = memory.few
+        if memory.rows:  # the runs the writer holds next count their users while they are few
+            self.committed.count_users = memory.few or self._steps % MANY_USERS_STEPS == 0
         if memory.counted is not None:
             self.counted_from_memory += memory.rows
             self._add(conn, memory.counted, stopping, offered=False)
@@ -724,6 +761,7 @@ class Builder:
         step = copy_step(users, below=memory.below)
         if step is None:
             return memory.rows
+        self.committed.copied(step.high)
         counted = step.counted
         offered = counted is not None and self._writer is not None and not stopping
         if offered:

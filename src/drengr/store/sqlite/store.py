@@ -403,6 +403,7 @@ class SQLiteStore(Admin):
                 for job in jobs:
                     if job.done is not None:
                         job.done.set()
+            self._committer.hand_over()
             if stop:
                 break
         if conn is not None:

@@ -176,6 +176,8 @@ class Writer:
         self._builder: read_side.Builder | None = None  # the read side's, too
         self._builder_lock: WriterLock | None = None
         self._offered: read_side.Counted | None = None  # a builder step's counts, for the next group
+        # The last group's rows, committed, for the builder once its requests are answered (hand_over).
+        self._handed: tuple[int, list[tuple[int, list[Any]]]] | None = None
         self._offered_lock = threading.Lock()  # guards _offered (the builder's thread sets it)
 
     def _connect(self) -> sqlite3.Connection:
@@ -202,6 +204,7 @@ class Writer:
             self._checkpointer.stop()
             self._checkpointer = None
         if self._builder is not None:
+            self.hand_over()
             self._builder.stop()
             self._builder = None
         if self._builder_lock is not None:
@@ -209,7 +212,9 @@ class Writer:
             self._builder_lock = None
 
     def commit_jobs(self, conn: sqlite3.Connection | None, jobs: list[Job]) -> sqlite3.Connection | None:
-        """One group in one transaction; on failure every job gets the error. Returns the connection to reuse."""
+        """One group in one transaction; on failure every job gets the error. Returns the connection to
+        reuse. The caller answers the jobs, then calls ``hand_over``."""
+        self.hand_over()  # (if the caller did not)
         try:
             conn = self._write_connection(conn)
             if self._last_seq < 0:
@@ -230,9 +235,11 @@ class Writer:
             rows = sum(len(job.rows) for job in jobs)
             self._checkpointer.wrote(conn, rows)
             if self._builder is not None:
-                self._builder.wrote(rows, committed)
+                self._handed = (rows, committed)
         except Exception as error:  # the whole group failed: every request gets 502
             log.error("write transaction failed: %s", error)
+            if self._builder is not None:
+                self._builder.committed.expect(None)
             metrics.count("store_errors", "write")
             for job in jobs:
                 job.outcome, job.error = None, error
@@ -245,6 +252,13 @@ class Writer:
                 conn.close()
                 conn = None  # reconnect next time: the file may have changed under us
         return conn
+
+    def hand_over(self) -> None:
+        """Give the read side's builder the rows of the group just committed, once its requests are
+        answered: it adds up its part of them in this thread (``read_side.Committed``, ~0.5 µs a row)."""
+        handed, self._handed = self._handed, None
+        if handed is not None and self._builder is not None:
+            self._builder.wrote(*handed)
 
     def offer(self, counted: read_side.Counted) -> None:
         """The builder's counts, to add in the next group's transaction (``counted.done`` is set then)."""
@@ -304,6 +318,8 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
             additions = self._apply_each(conn, work)
         counted = self._add_offered(conn)
+        if self._builder is not None and additions:  # its copies of the table stop below these rows
+            self._builder.committed.expect(min(seq for _fps, seq, _rows in additions))
         try:
             conn.execute("COMMIT")
         except BaseException:
