@@ -533,10 +533,12 @@ def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_re
 
 
 def test_committed_rows_past_the_memory_bound_are_left_to_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``Committed`` holds ``HELD_ROWS`` rows at most: a group past it is not held, the group after it
+    """``Committed`` holds about ``HELD_BYTES`` at most: a group past it is not held, the group after it
     starts a run of its own, and the builder is told to copy up to it; rows indexed already are let go."""
     batches = [_rows(f"b{b}-", 50, T0) for b in range(5)]
-    monkeypatch.setattr(read_side, "HELD_ROWS", 100)
+    two = read_side.Held(1, True)
+    assert two.add(1, batches[0]) + two.add(51, batches[1]) == two.bytes > 100 * read_side.HELD_ROW_BYTES
+    monkeypatch.setattr(read_side, "HELD_BYTES", two.bytes)  # two batches: full
     committed = read_side.Committed()
     committed.add([(1, batches[0]), (51, batches[1]), (101, batches[2])])
 

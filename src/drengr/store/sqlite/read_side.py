@@ -236,10 +236,13 @@ FEW_USERS = 4
 MANY_USERS_STEPS = 8
 # The users file's layout: one of another (an older drengr's `user_index`, a row per event) is built again.
 USERS_LAYOUT = "2"
-# At most this many rows its writer committed wait for the builder in memory, as what the builder
-# needs of them (``Held``: ~40 bytes a row, up to ~250 where every row has a user of its own, 8 MB);
-# past it, the builder copies them from the table.
-HELD_ROWS = 32_768
+# At most about this much memory of what the builder needs of the rows its writer committed waits
+# for it (``Held``: ~11 bytes a row, and ~250 a user and run where its users are counted, measured
+# with tracemalloc; some 1M rows of the same 100 users, 60,000 of as many users); past it, the
+# builder copies them from the table, which costs several times as much. A builder behind the load
+# (its thread yields its core to the request threads) catches up in larger steps, which cost less a row.
+HELD_BYTES = 16 << 20
+HELD_ROW_BYTES, HELD_USER_BYTES = 16, 256
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _INFINITY = "9e999"  # SQLite's literal for +inf
 
@@ -450,19 +453,26 @@ class Held:
         self.first, self.last, self.count_users = first, first - 1, count_users
         self.users = UserRows(USER_INDEX_BLOCK_BITS, NAME_BLOCK_BITS, count_users)
         self.sums = Sums()
+        self.bytes = 0  # about the memory it holds
 
-    @property
-    def rows(self) -> int:
-        return self.last - self.first + 1
+    def add(self, first_seq: int, rows: list[Any]) -> int:
+        """Add a group right after it; about the memory that took."""
+        users = self.users.user_entries()
+        self.users.add(first_seq, rows)
+        self.sums.add_rows(rows)
+        self.last += len(rows)
+        size = HELD_ROW_BYTES * len(rows) + HELD_USER_BYTES * (self.users.user_entries() - users)
+        self.bytes += size
+        return size
 
 
 class Committed:
     """The rows a writer committed, as runs (``Held``) in order, for its builder to index and count
-    from memory (``index_committed``): ``HELD_ROWS`` at most, the later ones left to the table."""
+    from memory (``index_committed``): ``HELD_BYTES`` at most, the later ones left to the table."""
 
     def __init__(self) -> None:
         self._runs: collections.deque[Held] = collections.deque()
-        self._rows = 0
+        self._bytes = 0
         self._lock = threading.Lock()  # the writer adds, the builder takes
         self.count_users = True  # whether new runs count their users (the builder says)
         self._coming: int | None = None  # the first seq of the rows being committed, not added yet
@@ -475,21 +485,18 @@ class Committed:
 
     def add(self, groups: list[tuple[int, list[Any]]]) -> None:
         """The groups a writer just committed, ``(first seq, rows)``: added to the last run where they
-        follow it, or as a new one. A group past ``HELD_ROWS`` is not held (copied from the table)."""
+        follow it, or as a new one. Past ``HELD_BYTES`` a group is not held (copied from the table)."""
         with self._lock:
             for first_seq, rows in groups:
                 if not rows:
                     continue
-                if self._rows + len(rows) > HELD_ROWS:
+                if self._bytes >= HELD_BYTES:
                     continue  # the next group held starts a run of its own: this one is not in it
                 run = self._runs[-1] if self._runs and self._runs[-1].last + 1 == first_seq else None
                 if run is None:
                     run = Held(first_seq, self.count_users)
                     self._runs.append(run)
-                run.users.add(first_seq, rows)
-                run.sums.add_rows(rows)
-                run.last += len(rows)
-                self._rows += len(rows)
+                self._bytes += run.add(first_seq, rows)
             self._coming = None
 
     def copied(self, high: int) -> None:
@@ -497,7 +504,7 @@ class Committed:
         writer's next group starts a new one, not one that would be let go too)."""
         with self._lock:
             while self._runs and self._runs[0].first <= high:
-                self._rows -= self._runs.popleft().rows
+                self._bytes -= self._runs.popleft().bytes
 
     def take(self, indexed: int) -> tuple[list[Held], int | None]:
         """The runs right past seq ``indexed`` with no other rows between, and None; or no runs, and
@@ -507,7 +514,7 @@ class Committed:
         with self._lock:
             while self._runs and self._runs[0].first <= indexed + 1:
                 run = self._runs.popleft()
-                self._rows -= run.rows
+                self._bytes -= run.bytes
                 if run.first == indexed + 1:
                     taken.append(run)
                     indexed = run.last
