@@ -145,8 +145,11 @@ def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: in
 #   take the rows past it from the table. The file is derived: deleted, found indexing another
 #   database (`database_id`) or laid out otherwise (`layout`), it is built again.
 # - The rows its own writer committed, the builder indexes and counts from memory (`Committed`,
-#   `index_committed`: ~1 µs a row, compiled), without reading them back from the table; it copies
-#   from the table only what is not there: other processes' rows, a file being built again.
+#   `index_committed`), without reading them back from the table: the writer adds up what the
+#   builder needs of each group as it hands it over, once its requests are answered (`Held`: each
+#   user's seqs, each name's span, the counts and sums; ~0.2 µs a row, compiled), and the builder
+#   writes a few rows per run. It copies from the table only what is not there: other processes'
+#   rows, a file being built again, a writer that ran past `HELD_BYTES`.
 # - `name_blocks`, in the same file and step: per tenant, event name and block of 1,024 seqs, the
 #   first and last seq of the name there (a few rows per block), which take a page of a rare name
 #   straight to its rows.

@@ -255,7 +255,7 @@ class Writer:
 
     def hand_over(self) -> None:
         """Give the read side's builder the rows of the group just committed, once its requests are
-        answered: it adds up its part of them in this thread (``read_side.Committed``, ~0.5 µs a row)."""
+        answered: it adds up its part of them in this thread (``read_side.Committed``, ~0.2 µs a row)."""
         handed, self._handed = self._handed, None
         if handed is not None and self._builder is not None:
             self._builder.wrote(*handed)
