@@ -609,6 +609,95 @@ def test_a_stopping_builder_builds_the_rows_held_after_the_rows_it_copies(
     _rollups_as_scanned(path)
 
 
+@pytest.mark.parametrize("shape", ["names", "measures", "users"])
+def test_what_a_run_holds_is_counted_against_its_memory_bound(shape: str) -> None:
+    """``Held.add``'s account of its memory is at least what tracemalloc sees it take, whatever the
+    rows bring new: an event name each (names sent with an id in them), a measure each, a user each
+    (it counted 16 bytes a row and 256 a user: new names took some 50 times that)."""
+    import tracemalloc
+
+    from drengr.core.timestamps import format_ms
+
+    received = format_ms(T0)
+    rows = [
+        ("acme", f"id{i}", f"Viewed product {i}" if shape == "names" else "viewed", "track",
+         f"user-{i}" if shape == "users" else "u", "a", received, received, "{}",
+         f'{{"m{i}":1,"n{i}":2.5}}' if shape == "measures" else '{"n":1}', None)
+        for i in range(2_000)
+    ]  # fmt: skip
+    run = read_side.Held(1, True)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        accounted = sum(run.add(1 + start, rows[start : start + 100]) for start in range(0, len(rows), 100))
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert accounted == run.bytes >= taken > 0
+
+
+def test_a_run_that_failed_to_take_a_group_is_let_go_and_the_writer_goes_on(tmp_path: Path) -> None:
+    """Should adding a group up fail (a MemoryError), the run holding part of it is let go (its rows
+    are read back from the table, not counted twice), nothing is left expected, and the writer
+    answers the next write: the read side ends as the table gives it."""
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path, writer="thread")
+    add = read_side.Held.add
+    failures = [1]
+
+    def add_then_fail(run: Any, first_seq: int, rows: list[Any]) -> int:
+        if failures and first_seq > 300:
+            failures.pop()
+            run.users.add(first_seq, rows)  # part of the group, then no memory
+            raise MemoryError
+        return add(run, first_seq, rows)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(read_side.Held, "add", add_then_fail)
+            for batch in range(8):
+                assert store.write("acme", _rows(f"b{batch}-", 100, T0 + batch * 9_000), T0).stored == 100
+        assert not failures
+        builder = store._committer._builder
+        assert builder is not None and builder.committed._coming is None
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
+        assert_users_file_as_scanned(conn, 800)
+    _rollups_as_scanned(path)
+
+
+def test_a_users_seqs_survive_a_failed_allocation() -> None:
+    """``UserRows`` whose buffer for a user's seqs could not grow (a MemoryError) takes that user's
+    next seq into a buffer that did: it used to count the failed growth as done, and wrote past
+    the buffer it had (a crash). Each allocation of a user's first add fails in turn, in a process
+    of its own."""
+    pytest.importorskip(
+        "_testcapi", reason="CPython's _testcapi fails chosen allocations: a CPython build with its tests"
+    )
+    script = """
+import sys, _testcapi
+from drengr._measures import UserRows
+row = ("t", "id", "n", "track", "user-1", "i", "o", "2026-01-01T00:00:00.000Z", "{}", "{}", None)
+for start in range(1, 12):
+    rows = UserRows(14, 10, True)
+    _testcapi.set_nomemory(start, start + 1)
+    try:
+        rows.add(1, [row])
+    except MemoryError:
+        pass
+    finally:
+        _testcapi.remove_mem_hooks()
+    rows.add(2, [row] * 40)
+    print(start, rows.user_seqs()[-1][-1].count(",") + 1)
+"""
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr[-2_000:]
+    counts = [int(line.split()[1]) for line in found.stdout.split("\n") if line.strip()]
+    assert len(counts) == 11 and all(count in (40, 41) for count in counts)
+
+
 def test_a_writers_rows_are_indexed_and_counted_from_memory(tmp_path: Path) -> None:
     """A store's own writes, once its users file is made, are indexed and counted by its builder from
     the writer's rows in memory: none is read back from the table, and the users file and the rollups

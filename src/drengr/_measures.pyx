@@ -311,6 +311,7 @@ cdef class Sums:
     cdef object last_event_name
     cdef _Name last_name
     cdef public int64_t rows
+    cdef readonly int64_t entries  # the names, counts and sums it holds (a measure of its memory)
 
     def __cinit__(self):
         self.groups = {}
@@ -333,6 +334,7 @@ cdef class Sums:
         found = self.last_names.get(event_name)
         if found is None:
             found = self.last_names[event_name] = _Name()
+            self.entries += 1
         self.last_event_name, self.last_name = event_name, found
         return found
 
@@ -354,6 +356,7 @@ cdef class Sums:
                     total = name.totals.get(key)
                     if total is None:
                         total = name.totals[key] = _Total()
+                        self.entries += 1
                     slots.append(total)
                 name.keys, name.slots = self.parse.keys, slots  # (read makes a new list when it lists them)
             for i in range(self.parse.count):
@@ -367,6 +370,7 @@ cdef class Sums:
             total = name.totals.get(key)
             if total is None:
                 total = name.totals[key] = _Total()
+                self.entries += 1
             if type(value) is float:
                 total.add_real(value)
             else:
@@ -390,6 +394,7 @@ cdef class Sums:
                 count = name.types.get(event_type)
                 if count is None:
                     count = name.types[event_type] = _Count()
+                    self.entries += 1
                 name.last_count = count
             name.last_type = event_type
             name.last_count.events += 1
@@ -434,12 +439,13 @@ cdef class _Seqs:
         cdef int count = 0
         cdef uint64_t value = <uint64_t>seq if seq >= 0 else <uint64_t>0 - <uint64_t>seq
         cdef char *grown
+        cdef Py_ssize_t capacity
         if self.size + 24 > self.capacity:
-            self.capacity = max(64, 2 * self.capacity)
-            grown = <char *>PyMem_Realloc(self.text, self.capacity)
+            capacity = max(64, 2 * self.capacity)
+            grown = <char *>PyMem_Realloc(self.text, capacity)
             if grown == NULL:
                 raise MemoryError()
-            self.text = grown
+            self.text, self.capacity = grown, capacity
         if self.size == 0:
             self.first = seq
         else:
@@ -485,6 +491,7 @@ cdef class UserRows:
     cdef dict seqs_at, names_at
     cdef set days_at
     cdef int64_t entries
+    cdef readonly int64_t name_entries  # the (tenant, block, name) spans it holds
     cdef public int64_t rows
 
     def __cinit__(self, int user_bits, int name_bits, bint users=True):
@@ -507,6 +514,7 @@ cdef class UserRows:
             span = self.names_at.get(row[NAME])
             if span is None:
                 span = self.names_at[row[NAME]] = _Span()
+                self.name_entries += 1
                 span.first = seq
             span.last = seq
             external_id = row[EXTERNAL_ID]

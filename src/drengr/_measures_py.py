@@ -84,6 +84,11 @@ class Sums:
                 self.add_measures([(row[TENANT], minute, row[NAME], row[MEASURES])])
         self.rows += len(rows)
 
+    @property
+    def entries(self) -> int:
+        """The counts and sums it holds (a measure of its memory)."""
+        return len(self.counts) + len(self.sums)
+
     def event_counts(self) -> list[tuple[str, str, str, str, int]]:
         """[(tenant_id, minute, event_name, event_type, events)]"""
         return [(*key, events) for key, events in self.counts.items()]
@@ -129,6 +134,11 @@ class UserRows:
                 self.seqs.setdefault((seq >> self.user_bits, row[TENANT], external_id), []).append(seq)
                 self.days.add((row[TENANT], row[RECEIVED][:10], external_id))
         self.rows += len(rows)
+
+    @property
+    def name_entries(self) -> int:
+        """The (tenant, block, name) spans it holds."""
+        return len(self.names)
 
     def user_entries(self) -> int:
         """How many rows ``user_seqs`` gives: one per block, tenant and external_id."""

@@ -240,12 +240,13 @@ MANY_USERS_STEPS = 8
 # The users file's layout: one of another (an older drengr's `user_index`, a row per event) is built again.
 USERS_LAYOUT = "2"
 # At most about this much memory of what the builder needs of the rows its writer committed waits
-# for it (``Held``: ~11 bytes a row, and ~250 a user and run where its users are counted, measured
-# with tracemalloc; some 1M rows of the same 100 users, 60,000 of as many users); past it, the
+# for it (``Held``, measured with tracemalloc: ~11 bytes a row; ~250 a user and run where its users
+# are counted, ~340 with the pure twin; ~800 a new event name, ~130 a new measure of one, in a
+# minute: some 1M rows of the same 100 users and names, 40,000 of as many users); past it, the
 # builder copies them from the table, which costs several times as much. A builder behind the load
-# (its thread yields its core to the request threads) catches up in larger steps, which cost less a row.
+# (its thread yields its core to the request threads) catches up in larger steps, cheaper a row.
 HELD_BYTES = 16 << 20
-HELD_ROW_BYTES, HELD_USER_BYTES = 16, 256
+HELD_ROW_BYTES, HELD_USER_BYTES, HELD_ENTRY_BYTES = 16, 384, 320  # an entry: a name's count, span or sum
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _INFINITY = "9e999"  # SQLite's literal for +inf
 
@@ -459,12 +460,17 @@ class Held:
         self.bytes = 0  # about the memory it holds
 
     def add(self, first_seq: int, rows: list[Any]) -> int:
-        """Add a group right after it; about the memory that took."""
-        users = self.users.user_entries()
+        """Add a group right after it; about the memory that took. Should it raise, the run holds part of
+        the group: it is to be let go."""
+        users, entries = self.users.user_entries(), self.users.name_entries + self.sums.entries
         self.users.add(first_seq, rows)
         self.sums.add_rows(rows)
         self.last += len(rows)
-        size = HELD_ROW_BYTES * len(rows) + HELD_USER_BYTES * (self.users.user_entries() - users)
+        size = (
+            HELD_ROW_BYTES * len(rows)
+            + HELD_USER_BYTES * (self.users.user_entries() - users)
+            + HELD_ENTRY_BYTES * (self.users.name_entries + self.sums.entries - entries)
+        )
         self.bytes += size
         return size
 
@@ -490,17 +496,26 @@ class Committed:
         """The groups a writer just committed, ``(first seq, rows)``: added to the last run where they
         follow it, or as a new one. Past ``HELD_BYTES`` a group is not held (copied from the table)."""
         with self._lock:
-            for first_seq, rows in groups:
-                if not rows:
-                    continue
-                if self._bytes >= HELD_BYTES:
-                    continue  # the next group held starts a run of its own: this one is not in it
-                run = self._runs[-1] if self._runs and self._runs[-1].last + 1 == first_seq else None
-                if run is None:
-                    run = Held(first_seq, self.count_users)
-                    self._runs.append(run)
-                self._bytes += run.add(first_seq, rows)
-            self._coming = None
+            try:
+                for first_seq, rows in groups:
+                    if not rows:
+                        continue
+                    if self._bytes >= HELD_BYTES:
+                        continue  # the next group held starts a run of its own: this one is not in it
+                    run = self._runs[-1] if self._runs and self._runs[-1].last + 1 == first_seq else None
+                    if run is None:
+                        run = Held(first_seq, self.count_users)
+                        self._runs.append(run)
+                    try:
+                        self._bytes += run.add(first_seq, rows)
+                    except (
+                        BaseException
+                    ):  # (a MemoryError) it holds part of a group: its rows are the table's
+                        self._runs.pop()
+                        self._bytes -= run.bytes
+                        raise
+            finally:
+                self._coming = None
 
     def copied(self, high: int) -> None:
         """A copy of the table reached seq ``high``: the runs that begin at or below it are let go (the
@@ -725,9 +740,10 @@ class Builder:
                 if users is None:
                     users = open_users(self._path, self._busy_timeout_ms)
                 # A full step: more may wait. Stopping: until nothing is left (a step that copied the
-                # table up to the rows held leaves those to the next).
+                # table up to the rows held leaves those to the next), or others' writes outlast the wait.
+                stop_by = time.monotonic() + STOP_WAIT_SECONDS
                 while (covered := self._step(conn, users, stopping)) == BUILD_STEP_ROWS or (
-                    stopping and covered
+                    stopping and covered and time.monotonic() < stop_by
                 ):
                     pass
             except Exception as error:  # noqa: BLE001 - a thread that died would build nothing again

@@ -258,7 +258,13 @@ class Writer:
         answered: it adds up its part of them in this thread (``read_side.Committed``, ~0.2 µs a row)."""
         handed, self._handed = self._handed, None
         if handed is not None and self._builder is not None:
-            self._builder.wrote(*handed)
+            try:
+                self._builder.wrote(*handed)
+            except Exception as error:  # noqa: BLE001 - (a MemoryError) the builder copies them from the table
+                log.warning(
+                    "the read side's builder was not handed the rows just written (read back instead): %r",
+                    error,
+                )
 
     def offer(self, counted: read_side.Counted) -> None:
         """The builder's counts, to add in the next group's transaction (``counted.done`` is set then)."""
