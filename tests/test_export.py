@@ -209,6 +209,25 @@ def many_rows(path: Path, count: int) -> Path:
     return path
 
 
+def test_a_stop_just_as_the_temporary_file_is_made_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands right after the export's temporary file is made (CI caught one, the file
+    left behind) removes it as any later one does."""
+    from drengr import cli_export
+
+    def close_then_stop(fd: int) -> None:
+        os_close(fd)
+        raise KeyboardInterrupt
+
+    os_close = os.close
+    monkeypatch.setattr(cli_export.os, "close", close_then_stop)
+    with pytest.raises(KeyboardInterrupt), cli_export._replaced_at_the_end(tmp_path / "e.csv"):
+        pass
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_export_stopped_by_a_signal_says_so_and_leaves_no_file(tmp_path: Path, stop: int) -> None:
     """Ctrl-C or a service manager's SIGTERM in the middle of an export (a chunk a row, so it is

@@ -397,9 +397,10 @@ def _is_one_of_the_databases_files(target: Path, db: str) -> bool:
 def _replaced_at_the_end(target: Path) -> Iterator[str]:
     """A temporary path beside ``target``, renamed to it on success and removed on any failure."""
     temporary = str(target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
-    # Created as open() would create it (the umask decides), not mkstemp's owner-only mode.
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        # Created as open() would create it (the umask decides), not mkstemp's owner-only mode; inside
+        # the try: a Ctrl-C just after it is made removes it too (its name is this process's alone).
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield temporary
         os.replace(temporary, target)
     except BaseException:
