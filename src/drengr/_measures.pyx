@@ -317,12 +317,12 @@ cdef class Sums:
         self.groups = {}
         self.parse = _Parse()
 
-    cdef _Name _name(self, object tenant_id, object time, Py_ssize_t width, object event_name):
-        """The ``_Name`` of ``event_name`` in the minute of ``time`` (its first ``width`` characters)."""
+    cdef _Name _name(self, object tenant_id, object time, object event_name):
+        """The ``_Name`` of ``event_name`` in the minute of ``time`` (its first 16 characters)."""
         cdef _Name found
         if tenant_id is not self.last_tenant or time is not self.last_time:
             if self.last_names is None or tenant_id != self.last_tenant or time != self.last_time:
-                group = (tenant_id, time[:width])
+                group = (tenant_id, time[:16])
                 names = self.groups.get(group)
                 if names is None:
                     names = self.groups[group] = {}
@@ -337,6 +337,14 @@ cdef class Sums:
             self.entries += 1
         self.last_event_name, self.last_name = event_name, found
         return found
+
+    cdef _Total _total(self, _Name name, object key):
+        """``name``'s sum of the measure ``key``, made if new."""
+        total = name.totals.get(key)
+        if total is None:
+            total = name.totals[key] = _Total()
+            self.entries += 1
+        return total
 
     cdef int _add(self, _Name name, object measures) except -1:
         cdef _Total total
@@ -353,11 +361,7 @@ cdef class Sums:
             else:
                 slots = []
                 for key in self.parse.keys:
-                    total = name.totals.get(key)
-                    if total is None:
-                        total = name.totals[key] = _Total()
-                        self.entries += 1
-                    slots.append(total)
+                    slots.append(self._total(name, key))
                 name.keys, name.slots = self.parse.keys, slots  # (read makes a new list when it lists them)
             for i in range(self.parse.count):
                 total = <_Total>slots[i]
@@ -367,10 +371,7 @@ cdef class Sums:
                     total.add_whole(self.parse.wholes[i])
             return 0
         for key, value in numeric_pairs(measures):
-            total = name.totals.get(key)
-            if total is None:
-                total = name.totals[key] = _Total()
-                self.entries += 1
+            total = self._total(name, key)
             if type(value) is float:
                 total.add_real(value)
             else:
@@ -380,7 +381,7 @@ cdef class Sums:
     def add_measures(self, rows):
         """(tenant_id, minute, event_name, measures) rows: their measures only."""
         for tenant_id, minute, event_name, measures in rows:
-            self._add(self._name(tenant_id, minute, 16, event_name), measures)
+            self._add(self._name(tenant_id, minute, event_name), measures)
 
     def add_rows(self, list rows):
         """Stored rows (the writer's tuples): each is an event of its minute, and its measures are added."""
@@ -388,7 +389,7 @@ cdef class Sums:
         cdef _Name name
         cdef _Count count
         for row in rows:
-            name = self._name(row[TENANT], row[RECEIVED], 16, row[NAME])
+            name = self._name(row[TENANT], row[RECEIVED], row[NAME])
             event_type = row[TYPE]
             if name.last_count is None or (event_type is not name.last_type and event_type != name.last_type):
                 count = name.types.get(event_type)
