@@ -432,6 +432,47 @@ def test_the_builders_of_one_file_take_turns_instead_of_counting_the_same_rows(t
         conn.close()
 
 
+def _marks(path: str) -> tuple[int, int]:
+    """The read side's marks of the database at ``path``: (read_side_seq, users_seq); -1: not there yet."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        built = conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone()
+        if not Path(read_side.users_path(path)).exists():
+            return int(built[0]) if built else -1, -1
+        conn.execute("ATTACH DATABASE ? AS users", (f"file:{read_side.users_path(path)}?mode=ro",))
+        try:
+            found = conn.execute("SELECT value FROM users.meta WHERE key = 'users_seq'").fetchone()
+        except sqlite3.OperationalError:  # the file being made
+            found = None
+    return int(built[0]) if built else -1, int(found[0]) if found else -1
+
+
+def test_the_end_of_a_burst_is_built_once_the_writer_is_idle_not_at_the_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the writer has had no group for ``WRITER_IDLE_SECONDS``, the builder builds the rows
+    waiting at once, when they are ``BUILD_WHEN_IDLE_ROWS`` or more; fewer wait for its tick (here
+    never: only the stopping step builds them)."""
+    import time
+
+    monkeypatch.setattr(read_side, "BUILD_EVERY_SECONDS", 600.0)
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path, writer="thread")
+    try:
+        for batch in range(3):  # 1,500 rows: past BUILD_WHEN_IDLE_ROWS, short of BUILD_AFTER_ROWS
+            assert store.write("acme", _rows(f"b{batch}-", 500, T0), T0).stored == 500
+        deadline = time.monotonic() + 10
+        while _marks(path) != (1_500, 1_500) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _marks(path) == (1_500, 1_500)
+        assert store.write("acme", _rows("few-", 500, T0), T0).stored == 500
+        time.sleep(0.5)  # 25 times the idle wait
+        assert _marks(path) == (1_500, 1_500)
+    finally:
+        store.close()
+    assert _marks(path) == (2_000, 2_000)
+    _rollups_as_scanned(path)
+
+
 def _rows(prefix: str, n: int, received_ms: int) -> list[tuple[Any, ...]]:
     from drengr.core.timestamps import format_ms
 
@@ -706,26 +747,12 @@ def test_a_writers_rows_are_indexed_and_counted_from_memory(tmp_path: Path) -> N
 
     path = str(tmp_path / "drengr.db")
     store = SQLiteStore(path)
-
-    def marks() -> tuple[int, int]:
-        """(read_side_seq, users_seq); -1: not there yet."""
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            built = conn.execute("SELECT value FROM meta WHERE key = 'read_side_seq'").fetchone()
-            if not Path(read_side.users_path(path)).exists():
-                return int(built[0]) if built else -1, -1
-            conn.execute("ATTACH DATABASE ? AS users", (f"file:{read_side.users_path(path)}?mode=ro",))
-            try:
-                found = conn.execute("SELECT value FROM users.meta WHERE key = 'users_seq'").fetchone()
-            except sqlite3.OperationalError:  # the file being made
-                found = None
-        return int(built[0]) if built else -1, int(found[0]) if found else -1
-
     try:
         assert store.write("acme", _rows("first-", 300, T0), T0).stored == 300
         deadline = time.monotonic() + 30
-        while marks() != (300, 300) and time.monotonic() < deadline:
+        while _marks(path) != (300, 300) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert marks() == (300, 300)  # the users file made, and the rollups counted, from the table
+        assert _marks(path) == (300, 300)  # the users file made, and the rollups counted, from the table
         builder = store._committer._builder
         assert builder is not None and (builder.indexed_from_memory, builder.counted_from_memory) == (0, 0)
         assert builder.counted_rows == 300

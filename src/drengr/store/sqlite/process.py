@@ -552,8 +552,9 @@ def writer_main(
     while not stop:
         # Every job already waiting joins this transaction (one commit for all of them), up to a
         # size: a few large batches already make a group, and each byte costs ~3 in rows.
-        taken, stop = inboxes.take(_MERGE_MAX_BYTES)
+        taken, stop = inboxes.take(_MERGE_MAX_BYTES, writer.idle_wait())
         if not taken:
+            writer.idle()  # (or a control message came)
             continue
         jobs = [
             Job(tenant_id, rows, received_at_ms, probe=probe, deadline=deadline)
@@ -665,15 +666,21 @@ class _Inboxes:
         self._inboxes: dict[int, _Inbox] = {}
         self._scratch = memoryview(bytearray(1 << 20))  # every socket is read through it
 
-    def take(self, max_bytes: int) -> tuple[list[tuple[_Inbox, tuple[Any, ...]]], bool]:
-        """Wait for jobs; take every whole one waiting, up to ``max_bytes``. Also whether to stop
-        (the last process's "stop", or its exit): the jobs taken with it are still committed."""
+    def take(
+        self, max_bytes: int, wait_seconds: float | None = None
+    ) -> tuple[list[tuple[_Inbox, tuple[Any, ...]]], bool]:
+        """Wait for jobs (at most ``wait_seconds``; None: until one comes); take every whole one
+        waiting, up to ``max_bytes``. Also whether to stop (the last process's "stop", or its
+        exit): the jobs taken with it are still committed."""
         left_over = any(inbox.waiting() for inbox in self._inboxes.values())
         stop = False
         if self._listening_again and time.monotonic() >= self._listening_again and self._listener is not None:
             self._listening_again = 0.0
             self._poller.register(self._listener, select.POLLIN)
-        for fd, _events in self._poller.poll(0 if left_over else 1000 if self._listening_again else None):
+        waits = [wait_seconds * 1000] if wait_seconds is not None else []
+        if self._listening_again:
+            waits.append(1000)
+        for fd, _events in self._poller.poll(0 if left_over else min(waits, default=None)):
             if (control := self._controls.get(fd)) is not None:
                 if self._read_control(control):
                     stop = self._left(control) or stop

@@ -393,7 +393,11 @@ class SQLiteStore(Admin):
         """The writer thread (``writer="thread"``): take what is waiting, commit it as one group."""
         conn: sqlite3.Connection | None = None
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._committer.idle_wait())
+            except queue.Empty:
+                self._committer.idle()
+                continue
             if first is None:
                 break
             jobs, stop = take_group(self._queue, first, GROUP_MAX_ROWS)

@@ -266,6 +266,16 @@ class Writer:
                     error,
                 )
 
+    def idle_wait(self) -> float | None:
+        """How long to wait for the next group before saying the writer is idle (``idle``); None: no need."""
+        builder = self._builder
+        return read_side.WRITER_IDLE_SECONDS if builder is not None and builder.waiting else None
+
+    def idle(self) -> None:
+        """No group came within ``idle_wait``: the builder builds what waits now."""
+        if self._builder is not None:
+            self._builder.idle()
+
     def offer(self, counted: read_side.Counted) -> None:
         """The builder's counts, to add in the next group's transaction (``counted.done`` is set then)."""
         with self._offered_lock:
