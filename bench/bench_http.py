@@ -605,7 +605,8 @@ def _read_side_cells(
                     assert 100 * acked <= rows <= 100 * (acked + 2 * connections)
                     catching_up = 0.0
                     if read_side:
-                        behind = rows - min(_marks(db)[1:])
+                        top, *marks = _marks(db)  # (rows may still come in: requests in flight)
+                        behind = top - min(marks)
                         catching_up = _caught_up(db)
                         lags.append((behind, catching_up))
                     else:
