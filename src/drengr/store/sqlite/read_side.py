@@ -516,9 +516,8 @@ class Committed:
                         self._runs.append(run)
                     try:
                         self._bytes += run.add(first_seq, rows)
-                    except (
-                        BaseException
-                    ):  # (a MemoryError) it holds part of a group: its rows are the table's
+                    except BaseException:
+                        # (a MemoryError) it holds part of a group: its rows are the table's
                         self._runs.pop()
                         self._bytes -= run.bytes
                         raise
