@@ -532,6 +532,49 @@ def add_counted_now(conn: sqlite3.Connection, counted: Any) -> bool:
         conn.execute("COMMIT")
 
 
+def test_whether_a_tenant_has_rows_is_answered_without_a_scan(tmp_path: Path) -> None:
+    """A read command's check of --tenant (``has_rows_of``) reads the rollups and the rows past their
+    mark, not the table: a tenant with rows only past the mark is found, a mistyped one is not, and
+    both take a small part of what a scan of the same table takes (SQLite's steps, counted)."""
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path, writer="thread")
+    try:
+        for batch in range(20):
+            assert store.write("acme", _rows(f"b{batch}-", 1_000, T0 + batch * 9_000), T0).stored == 1_000
+    finally:
+        store.close()  # its builder counts them all as it stops
+    with pytest.MonkeyPatch.context() as held:
+        held.setattr(Writer, "builds_read_side", False)
+        late = SQLiteStore(path, writer="thread")
+        try:
+            assert late.write("late", [("late", *row[1:]) for row in _rows("late-", 10, T0)], T0).stored == 10
+        finally:
+            late.close()
+    reader = SQLiteReader(path)
+    steps = [0]
+
+    def step() -> int:
+        steps[0] += 1
+        return 0  # (go on)
+
+    try:
+        reader._conn().set_progress_handler(step, 100)
+        scan = reader._snapshot(
+            lambda execute: execute(
+                "SELECT 1 FROM semantic_events WHERE tenant_id = ? LIMIT 1", ["acmee"]
+            ).fetchone(),
+            "tenants",
+        )
+        assert scan is None
+        scanned, steps[0] = steps[0], 0
+        assert scanned > 200  # 20,010 rows: SQLite steps through each
+        found = [reader.has_rows_of(tenant) for tenant in ("acme", "late", "acmee")]
+        assert found == [True, True, False]
+        assert steps[0] * 20 < scanned, (steps[0], scanned)
+    finally:
+        reader.close()
+
+
 def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_rest(tmp_path: Path) -> None:
     """``index_committed``: the rows handed over as committed go into the users file as a copy from the
     table would put them; where rows not in memory come first (another process's), the table is copied

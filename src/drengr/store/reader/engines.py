@@ -17,6 +17,11 @@ from .events import _PagedReader
 from .model import EVENT_SELECT, EventQuery, _export_row, _filters, _SQLBuilder
 
 _SEQS_AT_ONCE = 500  # one user's rows read by seq at a time (a block can list 16,384)
+# Whether a tenant has rows (``has_rows_of``): counted in the rollups (a count of 0: pruned), or past
+# their mark, or anywhere (the rollups do not cover the table).
+_TENANT_COUNTED = "SELECT 1 FROM event_rollups WHERE tenant_id = ? AND events > 0 LIMIT 1"
+_TENANT_PAST = "SELECT 1 FROM semantic_events WHERE seq > ? AND tenant_id = ? LIMIT 1"
+_TENANT_ANYWHERE = "SELECT 1 FROM semantic_events WHERE tenant_id = ? LIMIT 1"
 
 
 class SQLiteReader(_PagedReader):
@@ -124,6 +129,20 @@ class SQLiteReader(_PagedReader):
         if first is None or self._meta(execute, "read_side_seq") is None:
             return False
         return execute("SELECT 1 FROM semantic_events WHERE seq < ? LIMIT 1", [first]).fetchone() is None
+
+    def has_rows_of(self, tenant_id: str) -> bool:
+        """Whether any row is the tenant's: in the rollups, or among the newest rows past their mark
+        (found by seq): a mistyped --tenant gets its answer at once at 10M rows. A scan of the table
+        only where the rollups do not cover it (an older database not backfilled)."""
+
+        def work(execute: Callable[..., Any]) -> bool:
+            if not self._rollups_cover(execute):
+                return execute(_TENANT_ANYWHERE, [tenant_id]).fetchone() is not None
+            if execute(_TENANT_COUNTED, [tenant_id]).fetchone() is not None:
+                return True
+            return execute(_TENANT_PAST, [self._built_to(execute), tenant_id]).fetchone() is not None
+
+        return bool(self._snapshot(work, "tenants"))
 
     def export(self, query: EventQuery, chunk_rows: int) -> Iterator[tuple[list[tuple[Any, ...]], float]]:
         # One short read transaction per chunk, keyed on seq (the rowid): a long export never holds

@@ -81,7 +81,8 @@ class _QueryReader:
         return [str(name) for (name,) in rows]
 
     def has_rows_of(self, tenant_id: str) -> bool:
-        """Whether any row is the tenant's (a scan of the table where none is, on SQLite)."""
+        """Whether any row is the tenant's (PostgreSQL: a seek on ``(tenant_id, seq)``; SQLite's reader
+        asks its rollups first)."""
         sql = self._sql("SELECT 1 FROM semantic_events WHERE tenant_id = ? LIMIT 1")
         return bool(self._snapshot(lambda execute: execute(sql, [tenant_id]).fetchone(), "tenants"))
 
