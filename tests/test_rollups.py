@@ -577,8 +577,9 @@ def test_whether_a_tenant_has_rows_is_answered_without_a_scan(tmp_path: Path) ->
 
 def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_rest(tmp_path: Path) -> None:
     """``index_committed``: the rows handed over as committed go into the users file as a copy from the
-    table would put them; where rows not in memory come first (another process's), the table is copied
-    up to them; a run partly indexed already is let go, and copied."""
+    table would put them; a new file for a table with rows below those held is the table's; where rows
+    not in memory come first (another process's), the table is copied up to them; a run partly indexed
+    already is let go, and copied."""
     path = str(tmp_path / "drengr.db")
     batches = [_rows(f"b{b}-", 50, T0 + b * 9_000) for b in range(6)]  # seqs 1 + 50 b .. 50 (b + 1)
     write_without_read_side(path, batches)
@@ -590,9 +591,10 @@ def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_re
 
     try:
         committed = read_side.Committed()
+        committed.add([(51, batches[1])])  # 1..50 are not held (another process's)
+        assert read_side.index_committed(users, committed) == (0, None, True, None)  # a new file: the table's
         committed.add([(1 + 50 * b, batches[b]) for b in (0, 1, 3)])  # batch 2 is not held
         committed.add([(1 + 50 * b, batches[b]) for b in (4, 5)])  # runs: 1..100 and 151..300
-        assert read_side.index_committed(users, committed) == (0, None, True, None)  # a new file: the table's
         step = read_side.copy_step(users, max_rows=70)
         assert step is not None and (step.low, step.high) == (0, 70) and read_side.index_users(users, step)
         add(step.counted)
@@ -610,6 +612,34 @@ def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_re
         users.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
         assert_users_file_as_scanned(users, 300)
         assert users.execute("SELECT value FROM meta WHERE key = 'users_seq'").fetchone() == ("300",)
+    finally:
+        conn.close()
+        users.close()
+    _rollups_as_scanned(path)
+
+
+def test_a_new_databases_users_file_is_made_from_the_rows_held(tmp_path: Path) -> None:
+    """Where the runs held begin at the table's first row (a new database, its writer's rows all in
+    memory), ``index_committed`` makes the new users file and indexes and counts them from memory: a
+    new server's first rows are not copied back from the table."""
+    path = str(tmp_path / "drengr.db")
+    batches = [_rows(f"b{b}-", 50, T0 + b * 9_000) for b in range(2)]
+    write_without_read_side(path, batches)
+    users = read_side.open_users(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        committed = read_side.Committed()
+        committed.add([(1, batches[0]), (51, batches[1])])
+        memory = read_side.index_committed(users, committed)
+        assert memory[:2] == (100, None) and memory.counted is not None
+        assert (memory.counted.low, memory.counted.high) == (0, 100)
+        assert add_counted_now(conn, memory.counted)
+        users.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
+        assert_users_file_as_scanned(users, 100)
+        meta = dict(users.execute("SELECT key, value FROM users.meta").fetchall())
+        database_id = users.execute("SELECT value FROM events.meta WHERE key = 'database_id'").fetchone()[0]
+        assert (meta["users_seq"], meta["database_id"], meta["layout"]) == ("100", database_id, USERS_LAYOUT)
+        assert read_side.copy_step(users) is None  # nothing left to copy
     finally:
         conn.close()
         users.close()
@@ -783,9 +813,9 @@ for start in range(1, 12):
 
 
 def test_a_writers_rows_are_indexed_and_counted_from_memory(tmp_path: Path) -> None:
-    """A store's own writes, once its users file is made, are indexed and counted by its builder from
-    the writer's rows in memory: none is read back from the table, and the users file and the rollups
-    are what the table gives."""
+    """A store's own writes, from a new database's first on, are indexed and counted by its builder
+    from the writer's rows in memory: none is read back from the table, and the users file and the
+    rollups are what the table gives."""
     import time
 
     path = str(tmp_path / "drengr.db")
@@ -795,18 +825,21 @@ def test_a_writers_rows_are_indexed_and_counted_from_memory(tmp_path: Path) -> N
         deadline = time.monotonic() + 30
         while _marks(path) != (300, 300) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _marks(path) == (300, 300)  # the users file made, and the rollups counted, from the table
+        assert _marks(path) == (300, 300)  # the users file made, and the rollups counted, from memory
         builder = store._committer._builder
-        assert builder is not None and (builder.indexed_from_memory, builder.counted_from_memory) == (0, 0)
-        assert builder.counted_rows == 300
+        assert builder is not None and (builder.indexed_from_memory, builder.counted_from_memory) == (
+            300,
+            300,
+        )
+        assert builder.counted_rows == 0
         for batch in range(59):
             assert store.write("acme", _rows(f"b{batch}-", 300, T0 + batch * 9_000), T0).stored == 300
     finally:
         store.close()  # its builder indexes and counts the last rows as it stops
     assert (builder.indexed_from_memory, builder.counted_from_memory, builder.counted_rows) == (
-        17_700,
-        17_700,
-        300,
+        18_000,
+        18_000,
+        0,
     )
     _rollups_as_scanned(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:

@@ -531,6 +531,11 @@ class Committed:
             while self._runs and self._runs[0].first <= high:
                 self._bytes -= self._runs.popleft().bytes
 
+    def first(self) -> int | None:
+        """The first seq held, or None."""
+        with self._lock:
+            return self._runs[0].first if self._runs else None
+
     def take(self, indexed: int) -> tuple[list[Held], int | None]:
         """The runs right past seq ``indexed`` with no other rows between, and None; or no runs, and
         the seq below the first one held or coming (the rows up to it are not here: another
@@ -565,19 +570,28 @@ def index_committed(users: sqlite3.Connection, committed: Committed) -> FromMemo
     the rollups' mark is the same.
 
     Their users are indexed from memory when they are few (``FEW_USERS``), otherwise a row
-    each from the table (``_INDEX_EACH``), as when a run did not count them. A file to be built
-    again is left to ``copy_step``.
+    each from the table (``_INDEX_EACH``), as when a run did not count them. A new file is made
+    here when the runs held begin at the table's first row (a new database: its writer's rows are
+    all in memory); any other file to be built again is left to ``copy_step``.
     """
     with Transaction(users, "DEFERRED"):
         # The users file's write lock first: nobody moves users_seq meanwhile.
         users.execute("INSERT INTO meta (key, value) VALUES ('users_seq', '-1') ON CONFLICT (key) DO NOTHING")
         meta = dict(users.execute("SELECT key, value FROM meta").fetchall())
         indexed = int(meta["users_seq"])
+        # A new file: made here if the runs held begin at the table's first row (checked below).
+        first = committed.first() if indexed < 0 and "database_id" not in meta else None
+        if first is not None:
+            indexed = first - 1
         # The runs before the database's snapshot begins (its first read, just below): each group was
         # committed before its writer handed it over, so the snapshot holds every row taken. Taken
         # after it, a group committed in between looked like rows a prune had deleted.
         runs, below = committed.take(indexed)
         found = dict(users.execute("SELECT key, value FROM events.meta").fetchall())
+        if first is not None and runs and "database_id" in found and not _rows_below(users, first):
+            users.execute(_META, ("database_id", found["database_id"]))
+            users.execute(_META, ("layout", USERS_LAYOUT))
+            meta.update(database_id=found["database_id"], layout=USERS_LAYOUT)
         if meta.get("database_id") != found.get("database_id", "") or meta.get("layout") != USERS_LAYOUT:
             return FromMemory(0, None, True, None)  # (the rows taken: copied from the table)
         # A backup restored under it (copy_step builds it again):
@@ -644,6 +658,14 @@ def catch_up(path: str, busy_timeout_ms: int = 5_000) -> None:
     finally:
         users.close()
         conn.close()
+
+
+def _rows_below(users: sqlite3.Connection, seq: int) -> bool:
+    """Whether the database holds a row below ``seq``."""
+    return (
+        users.execute("SELECT 1 FROM events.semantic_events WHERE seq < ? LIMIT 1", (seq,)).fetchone()
+        is not None
+    )
 
 
 def _mark_users(users: sqlite3.Connection, seq: int) -> None:
