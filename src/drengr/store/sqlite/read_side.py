@@ -148,8 +148,9 @@ def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: in
 #   `index_committed`), without reading them back from the table: the writer adds up what the
 #   builder needs of each group as it hands it over, once its requests are answered (`Held`: each
 #   user's seqs, each name's span, the counts and sums; ~0.2 µs a row, compiled), and the builder
-#   writes a few rows per run. It copies from the table only what is not there: other processes'
-#   rows, a file being built again, a writer that ran past `HELD_BYTES`.
+#   writes a few rows per run (a new database's users file is made from them too). It copies from
+#   the table only what is not there: other processes' rows, a file built again for rows stored
+#   before it, a writer that ran past `HELD_BYTES`.
 # - `name_blocks`, in the same file and step: per tenant, event name and block of 1,024 seqs, the
 #   first and last seq of the name there (a few rows per block), which take a page of a rare name
 #   straight to its rows.
