@@ -15,13 +15,13 @@ from ..sqlite import read_side
 from ..sqlite.read_side import USERS_LAYOUT, users_path
 from .events import _PagedReader
 from .model import EVENT_SELECT, EventQuery, _export_row, _filters, _SQLBuilder
+from .queries import TENANT_ANY_ROW
 
 _SEQS_AT_ONCE = 500  # one user's rows read by seq at a time (a block can list 16,384)
 # Whether a tenant has rows (``has_rows_of``): counted in the rollups (a count of 0: pruned), or past
 # their mark, or anywhere (the rollups do not cover the table).
 _TENANT_COUNTED = "SELECT 1 FROM event_rollups WHERE tenant_id = ? AND events > 0 LIMIT 1"
 _TENANT_PAST = "SELECT 1 FROM semantic_events WHERE seq > ? AND tenant_id = ? LIMIT 1"
-_TENANT_ANYWHERE = "SELECT 1 FROM semantic_events WHERE tenant_id = ? LIMIT 1"
 
 
 class SQLiteReader(_PagedReader):
@@ -128,7 +128,7 @@ class SQLiteReader(_PagedReader):
         first = self._meta(execute, "rollups_from_seq")
         if first is None or self._meta(execute, "read_side_seq") is None:
             return False
-        return execute("SELECT 1 FROM semantic_events WHERE seq < ? LIMIT 1", [first]).fetchone() is None
+        return execute(read_side.ROWS_BELOW.format(schema=""), [first]).fetchone() is None
 
     def has_rows_of(self, tenant_id: str) -> bool:
         """Whether any row is the tenant's: in the rollups, or among the newest rows past their mark
@@ -137,7 +137,7 @@ class SQLiteReader(_PagedReader):
 
         def work(execute: Callable[..., Any]) -> bool:
             if not self._rollups_cover(execute):
-                return execute(_TENANT_ANYWHERE, [tenant_id]).fetchone() is not None
+                return execute(TENANT_ANY_ROW, [tenant_id]).fetchone() is not None
             if execute(_TENANT_COUNTED, [tenant_id]).fetchone() is not None:
                 return True
             return execute(_TENANT_PAST, [self._built_to(execute), tenant_id]).fetchone() is not None

@@ -31,6 +31,8 @@ EVERY_ROW = 1 << 62  # _built_to of a read side kept in the write transaction
 # the newest row, at its first and its last seq, with that newest time).
 _NEWEST_NOTED_BEFORE = "SELECT newest_before FROM clock_backsteps WHERE seq <= ? ORDER BY seq DESC LIMIT 1"
 _NOTED_FROM = "SELECT 1 FROM clock_backsteps WHERE seq >= ? LIMIT 1"
+# Whether a tenant has any row: a seek on (tenant_id, seq) on PostgreSQL, a scan on SQLite.
+TENANT_ANY_ROW = "SELECT 1 FROM semantic_events WHERE tenant_id = ? LIMIT 1"
 
 
 class _QueryReader:
@@ -83,7 +85,7 @@ class _QueryReader:
     def has_rows_of(self, tenant_id: str) -> bool:
         """Whether any row is the tenant's (PostgreSQL: a seek on ``(tenant_id, seq)``; SQLite's reader
         asks its rollups first)."""
-        sql = self._sql("SELECT 1 FROM semantic_events WHERE tenant_id = ? LIMIT 1")
+        sql = self._sql(TENANT_ANY_ROW)
         return bool(self._snapshot(lambda execute: execute(sql, [tenant_id]).fetchone(), "tenants"))
 
     def _top(self, execute: Callable[..., Any], tenant_id: str | None) -> int:

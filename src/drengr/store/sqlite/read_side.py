@@ -87,6 +87,8 @@ def _rollup_sql(where: str, sign: str = "") -> list[tuple[str, bool]]:
 
 
 ROLLUP_RANGE = _rollup_sql("seq >= ? AND seq <= ?")
+# Whether the table holds a row below a seq (``schema``: "events." where the database is attached).
+ROWS_BELOW = "SELECT 1 FROM {schema}semantic_events WHERE seq < ? LIMIT 1"
 
 
 def remove_from_rollups(conn: sqlite3.Connection, seqs: list[int]) -> None:
@@ -663,10 +665,7 @@ def catch_up(path: str, busy_timeout_ms: int = 5_000) -> None:
 
 def _rows_below(users: sqlite3.Connection, seq: int) -> bool:
     """Whether the database holds a row below ``seq``."""
-    return (
-        users.execute("SELECT 1 FROM events.semantic_events WHERE seq < ? LIMIT 1", (seq,)).fetchone()
-        is not None
-    )
+    return users.execute(ROWS_BELOW.format(schema="events."), (seq,)).fetchone() is not None
 
 
 def _mark_users(users: sqlite3.Connection, seq: int) -> None:
