@@ -532,6 +532,8 @@ def writer_main(
     return_large_blocks()  # the messages are large blocks: see _memory
     gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
     _raise_descriptor_limit()
+    # Python's GIL switch interval, 5 ms, not serve's 0.1 ms: here one thread does nearly all the
+    # work, and at 0.1 ms it kept 0.91 of its rate (docs/performance.md, "Settings that matter").
     configure_logs("warning", log_format)  # its problems, on the same stderr, as serve's lines are
     # A terminal's Ctrl-C or a service manager's SIGTERM reaches the whole process group: the
     # parent answers it (it finishes what is in flight, then sends "stop"); this child exits on
