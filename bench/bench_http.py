@@ -9,6 +9,7 @@ and after the loads, and every batch row is reported as a share of it.
 Under --benchmark-disable (CI) it runs one short, small load against our server and checks rows = acks.
 """
 
+import itertools
 import json
 import os
 import re
@@ -151,10 +152,13 @@ def server(
             path.unlink()
 
 
-def wrk(port: int, key: str, events: int, connections: int, seconds: int, pin: bool = True) -> dict[str, Any]:
+def wrk(
+    port: int, key: str, events: int, connections: int, seconds: int, pin: bool = True, core: int = 1
+) -> dict[str, Any]:
+    """``pin``: wrk on ``core`` (1, beside the writer process, as the module says)."""
     threads = min(connections, 2)
     env = {**os.environ, "EVENTS": str(events), "WRITE_KEY": key}
-    args = [*(pinned(1) if pin else []), "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+    args = [*(pinned(core) if pin else []), "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
             "-s", str(LUA), f"http://127.0.0.1:{port}"]  # fmt: skip
     out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -503,7 +507,8 @@ def _placement_cells(
 def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
     """What the read side costs a server's ingest: `drengr serve` (its defaults) with its SQLite read
     side and without, in pairs whose order alternates; 100-event batches at c=8 and c=32, pinned as
-    the module says and with nothing pinned. A server's rate here is every row it stored over the
+    the module says, with wrk on the server's core instead (the writer's core left to the writer
+    process, as where no load generator shares the box), and with nothing pinned. A server's rate here is every row it stored over the
     whole load and, with the read side, the time its builder took after the load to catch up with
     them (under a load that keeps both cores busy it falls behind, and counts the rest as the load
     stops). The ratio is read pair by pair: this machine's rate moves by a tenth and more from one
@@ -511,20 +516,20 @@ def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
     if benchmark.disabled:
         pytest.skip("timed run only: python -m pytest bench/bench_http.py -k read_side --benchmark-enable -s")
     pairs = int(os.environ.get("DRENGR_BENCH_READ_SIDE_PAIRS", "6"))
-    cells: dict[tuple[int, bool], dict[bool, list[float]]] = {}
-    cpus: dict[tuple[int, bool], dict[bool, list[tuple[float, float]]]] = {}
+    cells: dict[tuple[int, str], dict[bool, list[float]]] = {}
+    cpus: dict[tuple[int, str], dict[bool, list[tuple[float, float]]]] = {}
     lags: list[tuple[int, float]] = []
     benchmark.pedantic(lambda: _read_side_cells(tmp_path, pairs, cells, cpus, lags), rounds=1, iterations=1)
     print(f"\n`drengr serve`, 100-event batches, {pairs} pairs a cell (with the read side ÷ without); as "
           f"each load ended the builder was behind by a median of {statistics.median(n for n, _ in lags):,.0f} "
           f"rows (most {max(n for n, _ in lags):,}), caught up in {statistics.median(t for _, t in lags):.2f} s "
           f"(most {max(t for _, t in lags):.2f} s)")  # fmt: skip
-    for (connections, pin), rates in cells.items():
+    for (connections, placement), rates in cells.items():
         ratios = sorted(w / wo for w, wo in zip(rates[True], rates[False], strict=True))
         low, median, high = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else (ratios[0],) * 3
-        server_cpu, writer_cpu = ({side: statistics.median(cpu[part] for cpu in cpus[connections, pin][side])
+        server_cpu, writer_cpu = ({side: statistics.median(cpu[part] for cpu in cpus[connections, placement][side])
                                    for side in (True, False)} for part in (0, 1))  # fmt: skip
-        print(f"c={connections}, {'pinned' if pin else 'nothing pinned'}: median {median:.2f} (quartiles "
+        print(f"c={connections}, {placement}: median {median:.2f} (quartiles "
               f"{low:.2f}–{high:.2f}; each {', '.join(f'{r:.2f}' for r in ratios)}); events/s, medians: "
               f"{statistics.median(rates[True]):,.0f} with, {statistics.median(rates[False]):,.0f} without; "
               f"CPU µs an event, medians, with ÷ without: the server process {server_cpu[True]:.1f} ÷ "
@@ -578,15 +583,17 @@ def _caught_up(db: Path, limit_seconds: float = 120.0) -> float:
 def _read_side_cells(
     tmp_path: Path,
     pairs: int,
-    cells: dict[tuple[int, bool], dict[bool, list[float]]],
-    cpus: dict[tuple[int, bool], dict[bool, list[tuple[float, float]]]],
+    cells: dict[tuple[int, str], dict[bool, list[float]]],
+    cpus: dict[tuple[int, str], dict[bool, list[tuple[float, float]]]],
     lags: list[tuple[int, float]],
 ) -> None:
     """Fills ``cells`` (events/s) and ``cpus`` (µs of CPU an event: the server process's, its writer
     process's, over the load and the catching up) by cell and read side (True: with it)."""
-    for connections, pin in ((8, True), (32, True), (8, False), (32, False)):
-        rates = cells[connections, pin] = {True: [], False: []}
-        cpu = cpus[connections, pin] = {True: [], False: []}
+    placements = {"pinned": (True, 1), "wrk on the server's core": (True, 0), "nothing pinned": (False, 1)}
+    for placement, connections in itertools.product(placements, (8, 32)):
+        pin, core = placements[placement]
+        rates = cells[connections, placement] = {True: [], False: []}
+        cpu = cpus[connections, placement] = {True: [], False: []}
         for pair in range(pairs):
             for read_side in (True, False) if pair % 2 == 0 else (False, True):
                 with server("drengr-process", tmp_path, pin=pin, read_side=read_side) as (
@@ -597,8 +604,8 @@ def _read_side_cells(
                 ):
                     writer = _children(process.pid)
                     used = (cpu_seconds(process.pid), sum(cpu_seconds(pid) for pid in writer))
-                    warm = wrk(port, key, 100, connections, WARMUP_SECONDS, pin=pin)
-                    cell = wrk(port, key, 100, connections, SECONDS, pin=pin)
+                    warm = wrk(port, key, 100, connections, WARMUP_SECONDS, pin=pin, core=core)
+                    cell = wrk(port, key, 100, connections, SECONDS, pin=pin, core=core)
                     assert warm["non_2xx"] == cell["non_2xx"] == cell["socket_errors"] == 0, cell
                     rows = stored(db)
                     acked = cell["requests"] + warm["requests"]
