@@ -508,10 +508,10 @@ def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
     """What the read side costs a server's ingest: `drengr serve` (its defaults) with its SQLite read
     side and without, in pairs whose order alternates; 100-event batches at c=8 and c=32, pinned as
     the module says, with wrk on the server's core instead (the writer's core left to the writer
-    process, as where no load generator shares the box), and with nothing pinned. A server's rate here is every row it stored over the
-    whole load and, with the read side, the time its builder took after the load to catch up with
-    them (under a load that keeps both cores busy it falls behind, and counts the rest as the load
-    stops). The ratio is read pair by pair: this machine's rate moves by a tenth and more from one
+    process, as where no load generator shares the box), and with nothing pinned. A server's rate
+    here is every row it stored over the whole load and, with the read side, the time its builder
+    took after the load to catch up with them (under a load that keeps both cores busy it falls
+    behind, and counts the rest as the load stops). The ratio is read pair by pair: this machine's rate moves by a tenth and more from one
     minute to the next."""
     if benchmark.disabled:
         pytest.skip("timed run only: python -m pytest bench/bench_http.py -k read_side --benchmark-enable -s")
