@@ -691,6 +691,96 @@ def test_rows_being_committed_or_copied_are_left_to_one_of_memory_and_table() ->
     assert committed.take(100) == ([], None)
 
 
+def test_groups_handed_over_wait_in_order_and_copies_of_the_table_stop_below_them() -> None:
+    """The writer hands its groups over (``hand``) and the hand-over thread adds them up later
+    (``settle``): till then a copy of the table stops below the first of them, as below rows
+    coming; settled, they are one run, in the order they came."""
+    batches = [_rows(f"b{b}-", 50, T0) for b in range(3)]
+    committed = read_side.Committed()
+    committed.expect(1)
+    assert not committed.hand([(1, batches[0])])  # (True: too many wait, the writer adds them itself)
+    committed.expect(51)
+    assert not committed.hand([(51, batches[1]), (101, [])])
+    committed.expect(101)
+    assert committed.take(0) == ([], 0)  # 1.. handed over, not added up: copy nothing past 0
+    assert committed.settle() and committed.first() == 1  # 1..50 added up; 51.. still handed over
+    assert committed.settle() and not committed.settle()
+    committed.hand([(101, batches[2])])
+    committed.add([])  # (adds up what was handed over before it)
+    runs, below = committed.take(0)
+    assert ([(run.first, run.last) for run in runs], below) == ([(1, 150)], None)
+
+
+def test_a_writer_hands_each_group_to_the_hand_over_thread_which_adds_it_up(tmp_path: Path) -> None:
+    """The writer's thread answers a group's requests and goes on to the next group: the builder's
+    part of the rows it committed is added up by the builder's hand-over thread, never by the
+    writer's (which sets the rate where its core is full), and the read side is what the table gives."""
+    import threading
+
+    path = str(tmp_path / "drengr.db")
+    add = read_side.Held.add
+    adders: set[str] = set()
+
+    def add_noting_the_thread(run: Any, first_seq: int, rows: list[Any]) -> int:
+        adders.add(threading.current_thread().name)
+        return add(run, first_seq, rows)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(read_side.Held, "add", add_noting_the_thread)
+        store = SQLiteStore(path, writer="thread")
+        try:
+            for batch in range(10):
+                assert store.write("acme", _rows(f"b{batch}-", 100, T0 + batch * 9_000), T0).stored == 100
+            builder = store._committer._builder
+        finally:
+            store.close()
+    assert adders == {"drengr-hand-over"}
+    assert builder is not None and builder.indexed_from_memory == builder.counted_from_memory == 1_000
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
+        assert_users_file_as_scanned(conn, 1_000)
+    _rollups_as_scanned(path)
+
+
+def test_past_the_rows_that_may_wait_the_writer_adds_them_up_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its hand-over thread held up, a writer keeps at most ``HANDED_ROWS`` rows waiting for
+    it (each row's tuple is held there): past them it adds up what waits itself, in order."""
+    import threading
+
+    monkeypatch.setattr(read_side, "HANDED_ROWS", 150)
+    held_up = threading.Event()
+    settle = read_side.Builder._settle_handed
+
+    def settle_once_let_go(builder: Any) -> None:
+        held_up.wait(30)
+        settle(builder)
+
+    monkeypatch.setattr(read_side.Builder, "_settle_handed", settle_once_let_go)
+    wrote = read_side.Builder.wrote
+    waiting = []
+
+    def wrote_noting_what_waits(builder: Any, *args: Any) -> None:
+        wrote(builder, *args)
+        waiting.append(builder.committed._handed_rows)
+
+    monkeypatch.setattr(read_side.Builder, "wrote", wrote_noting_what_waits)
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path, writer="thread")
+    try:
+        for batch in range(5):
+            assert store.write("acme", _rows(f"b{batch}-", 100, T0 + batch * 9_000), T0).stored == 100
+        builder = store._committer._builder
+    finally:
+        held_up.set()
+        store.close()
+    assert waiting == [100, 0, 100, 0, 100]  # 200 would wait: the writer added both up
+    assert builder is not None
+    assert builder.indexed_from_memory == builder.counted_from_memory == 500
+    _rollups_as_scanned(path)
+
+
 def test_a_stopping_builder_builds_the_rows_held_after_the_rows_it_copies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -771,9 +861,11 @@ def test_a_run_that_failed_to_take_a_group_is_let_go_and_the_writer_goes_on(tmp_
             patch.setattr(read_side.Held, "add", add_then_fail)
             for batch in range(8):
                 assert store.write("acme", _rows(f"b{batch}-", 100, T0 + batch * 9_000), T0).stored == 100
+            builder = store._committer._builder
+            assert builder is not None
+            builder._settle()  # what its hand-over thread has not added up yet, still patched
         assert not failures
-        builder = store._committer._builder
-        assert builder is not None and builder.committed._coming is None
+        assert builder.committed._coming is None
     finally:
         store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:

@@ -255,7 +255,8 @@ class Writer:
 
     def hand_over(self) -> None:
         """Give the read side's builder the rows of the group just committed, once its requests are
-        answered: it adds up its part of them in this thread (``read_side.Committed``, ~0.2 µs a row)."""
+        answered: its hand-over thread adds up its part of them (``read_side.Committed``, ~0.3 µs a
+        row) while this thread commits the next group."""
         handed, self._handed = self._handed, None
         if handed is not None and self._builder is not None:
             try:
