@@ -711,45 +711,64 @@ def test_groups_handed_over_wait_in_order_and_copies_of_the_table_stop_below_the
     assert ([(run.first, run.last) for run in runs], below) == ([(1, 150)], None)
 
 
-def test_a_writer_hands_each_group_to_the_hand_over_thread_which_adds_it_up(tmp_path: Path) -> None:
-    """The writer's thread answers a group's requests and goes on to the next group: the builder's
-    part of the rows it committed is added up by the builder's hand-over thread, never by the
-    writer's (which sets the rate where its core is full), and the read side is what the table gives."""
+def test_a_busy_writer_hands_a_group_to_the_hand_over_thread_an_idle_one_adds_it_up_itself(
+    tmp_path: Path,
+) -> None:
+    """With jobs waiting as it has answered a group, the writer goes on to them and the builder's
+    hand-over thread adds up the group's rows (the writer's loop sets the rate where its core is
+    full); with none waiting, the writer adds them up itself, in time it would wait anyway. The
+    read side is what the table gives either way."""
     import threading
+    import time
 
     path = str(tmp_path / "drengr.db")
-    add = read_side.Held.add
-    adders: set[str] = set()
+    store = SQLiteStore(path, writer="thread")
+    add, commit_group = read_side.Held.add, Writer._commit_group
+    adders: list[tuple[int, str]] = []
+    writes: list[threading.Thread] = []
 
     def add_noting_the_thread(run: Any, first_seq: int, rows: list[Any]) -> int:
-        adders.add(threading.current_thread().name)
+        adders.append((first_seq, threading.current_thread().name))
         return add(run, first_seq, rows)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(read_side.Held, "add", add_noting_the_thread)
-        store = SQLiteStore(path, writer="thread")
-        try:
-            for batch in range(10):
-                assert store.write("acme", _rows(f"b{batch}-", 100, T0 + batch * 9_000), T0).stored == 100
+    def commit_with_a_job_waiting(writer: Writer, conn: Any, jobs: Any) -> Any:
+        if not writes:  # the first group: a second job comes in meanwhile
+            writes.append(threading.Thread(target=store.write, args=("acme", _rows("b1-", 100, T0), T0)))
+            writes[0].start()
+            deadline = time.monotonic() + 10
+            while store._queue.empty() and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return commit_group(writer, conn, jobs)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(read_side.Held, "add", add_noting_the_thread)
+            patch.setattr(Writer, "_commit_group", commit_with_a_job_waiting)
+            assert store.write("acme", _rows("b0-", 100, T0), T0).stored == 100
+            writes[0].join(10)
+            deadline = time.monotonic() + 10
+            while len(adders) < 2 and time.monotonic() < deadline:  # (before the store's stop comes)
+                time.sleep(0.001)
             builder = store._committer._builder
-        finally:
-            store.close()
-    assert adders == {"drengr-hand-over"}
-    assert builder is not None and builder.indexed_from_memory == builder.counted_from_memory == 1_000
+    finally:
+        store.close()
+    assert sorted(adders) == [(1, "drengr-hand-over"), (101, "drengr-writer")]
+    assert builder is not None and builder.indexed_from_memory == builder.counted_from_memory == 200
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
-        assert_users_file_as_scanned(conn, 1_000)
+        assert_users_file_as_scanned(conn, 200)
     _rollups_as_scanned(path)
 
 
 def test_past_the_rows_that_may_wait_the_writer_adds_them_up_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With its hand-over thread held up, a writer keeps at most ``HANDED_ROWS`` rows waiting for
-    it (each row's tuple is held there): past them it adds up what waits itself, in order."""
+    """With its hand-over thread held up, a busy writer keeps at most ``HANDED_ROWS`` rows waiting
+    for it (each row's tuple is held there): past them it adds up what waits itself, in order."""
     import threading
 
     monkeypatch.setattr(read_side, "HANDED_ROWS", 150)
+    monkeypatch.setattr(read_side, "BUILD_EVERY_SECONDS", 600.0)  # no step but the stopping one
     held_up = threading.Event()
     settle = read_side.Builder._settle_handed
 
@@ -758,26 +777,25 @@ def test_past_the_rows_that_may_wait_the_writer_adds_them_up_itself(
         settle(builder)
 
     monkeypatch.setattr(read_side.Builder, "_settle_handed", settle_once_let_go)
-    wrote = read_side.Builder.wrote
-    waiting = []
-
-    def wrote_noting_what_waits(builder: Any, *args: Any) -> None:
-        wrote(builder, *args)
-        waiting.append(builder.committed._handed_rows)
-
-    monkeypatch.setattr(read_side.Builder, "wrote", wrote_noting_what_waits)
     path = str(tmp_path / "drengr.db")
-    store = SQLiteStore(path, writer="thread")
+    batches = [_rows(f"b{b}-", 100, T0 + b * 9_000) for b in range(5)]
+    write_without_read_side(path, batches)  # (the table's rows; the builder's come from memory)
+    builder = read_side.Builder(
+        path, lambda: sqlite3.connect(path, isolation_level=None), contextlib.nullcontext, 5_000
+    )
+    waiting = []
     try:
-        for batch in range(5):
-            assert store.write("acme", _rows(f"b{batch}-", 100, T0 + batch * 9_000), T0).stored == 100
-        builder = store._committer._builder
+        for b, batch in enumerate(batches):
+            builder.wrote(100, [(1 + 100 * b, batch)], later=True)
+            waiting.append(builder.committed._handed_rows)
     finally:
         held_up.set()
-        store.close()
+        builder.stop()
     assert waiting == [100, 0, 100, 0, 100]  # 200 would wait: the writer added both up
-    assert builder is not None
     assert builder.indexed_from_memory == builder.counted_from_memory == 500
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
+        assert_users_file_as_scanned(conn, 500)
     _rollups_as_scanned(path)
 
 

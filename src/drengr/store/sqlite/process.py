@@ -554,7 +554,10 @@ def writer_main(
     while not stop:
         # Every job already waiting joins this transaction (one commit for all of them), up to a
         # size: a few large batches already make a group, and each byte costs ~3 in rows.
-        taken, stop = inboxes.take(_MERGE_MAX_BYTES, writer.idle_wait())
+        taken, stop = inboxes.take(_MERGE_MAX_BYTES, 0)
+        writer.hand_over(later=bool(taken))  # the last group's: by its hand-over thread when busy
+        if not taken and not stop:
+            taken, stop = inboxes.take(_MERGE_MAX_BYTES, writer.idle_wait())
         if not taken:
             writer.idle()  # (or a control message came)
             continue
@@ -569,7 +572,6 @@ def writer_main(
             if not inbox.answer((message[0], *_answer(job), commits)):
                 inboxes.drop(inbox)
             commits = 0
-        writer.hand_over()
     writer.save_window()  # for the next writer on this database
     writer.release_window()
     writer.close()  # its read-side builder catches up first

@@ -147,10 +147,10 @@ def add_stored_to_rollups(conn: sqlite3.Connection, first_seq: int, last_seq: in
 #   take the rows past it from the table. The file is derived: deleted, found indexing another
 #   database (`database_id`) or laid out otherwise (`layout`), it is built again.
 # - The rows its own writer committed, the builder indexes and counts from memory (`Committed`,
-#   `index_committed`), without reading them back from the table: the writer hands each group over
-#   once its requests are answered, and the builder's hand-over thread adds up what the builder
-#   needs of it (`Held`: each user's seqs, each name's span, the counts and sums; ~0.3 µs a row,
-#   compiled) while the writer commits the next (`HANDED_ROWS`), and the builder
+#   `index_committed`), without reading them back from the table: once a group's requests are
+#   answered, what the builder needs of its rows is added up (`Held`: each user's seqs, each name's
+#   span, the counts and sums; ~0.3 µs a row, compiled), by the writer, or by the builder's
+#   hand-over thread while the writer commits jobs that wait already (`HANDED_ROWS`), and the builder
 #   writes a few rows per run (a new database's users file is made from them too). It copies from
 #   the table only what is not there: other processes' rows, a file built again for rows stored
 #   before it, a writer that ran past `HELD_BYTES`.
@@ -259,11 +259,13 @@ USERS_LAYOUT = "2"
 # (its thread yields its core to the request threads) catches up in larger steps, cheaper a row.
 HELD_BYTES = 16 << 20
 HELD_ROW_BYTES, HELD_USER_BYTES, HELD_ENTRY_BYTES = 16, 384, 320  # an entry: a name's count, span or sum
-# The writer hands each group it committed to a thread of the builder's (``Committed.hand``), which
-# adds it up (``settle``) while the writer commits the next one: SQLite lets go of the GIL for the
-# commit's write and fdatasync, and the writer's own loop, which sets the rate where its core is
-# full, no longer waits for the pass (~4 % of it). Past this many rows waiting there (the thread
-# held up), the writer adds them up itself: the rows' own tuples wait there, ~1 KB a row.
+# Where jobs wait already as the writer has answered a group, it hands the group to a thread of the
+# builder's (``Committed.hand``), which adds it up (``settle``) while the writer commits those jobs:
+# SQLite lets go of the GIL for the commit's write and fdatasync, and the writer's loop, which sets
+# the rate where its core is full, no longer waits for the pass (~4 % of it). Where none wait, the
+# writer adds it up itself, in time it would wait for jobs (a thread woken for it cost ~4 % at c=8).
+# Past this many rows waiting for that thread (held up), the writer adds them up itself: the rows'
+# own tuples wait there, ~1 KB a row.
 HANDED_ROWS = 16_384
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _INFINITY = "9e999"  # SQLite's literal for +inf
@@ -497,8 +499,8 @@ class Committed:
     """The rows a writer committed, as runs (``Held``) in order, for its builder to index and count
     from memory (``index_committed``): ``HELD_BYTES`` at most, the later ones left to the table.
 
-    The writer hands each group over (``hand``: a list appended, nothing added up); the builder's
-    hand-over thread adds them up in order (``settle``) while the writer commits the next group.
+    A busy writer hands each group over (``hand``: a list appended, nothing added up); the
+    builder's hand-over thread adds them up in order (``settle``) while the writer commits the next.
     """
 
     def __init__(self) -> None:
@@ -530,8 +532,8 @@ class Committed:
             return self._handed_rows > HANDED_ROWS
 
     def settle(self) -> bool:
-        """Add up the groups handed over first (``add``); False: none waits. Their rows stay the
-        table's should it raise (a MemoryError). One caller at a time: they are added in order."""
+        """Add up the oldest groups handed over; False: none waits. Their rows stay the table's
+        should it raise (a MemoryError). One caller at a time: they are added in order."""
         with self._lock:
             if not self._handed:
                 return False
@@ -783,10 +785,14 @@ class Builder:
         self._hand_over = threading.Thread(target=self._settle_handed, name="drengr-hand-over", daemon=True)
         self._hand_over.start()
 
-    def wrote(self, rows: int, committed: list[tuple[int, list[Any]]] | None = None) -> None:
+    def wrote(
+        self, rows: int, committed: list[tuple[int, list[Any]]] | None = None, later: bool = False
+    ) -> None:
         """The writer committed ``rows`` rows; ``committed``: they are these, ``(first seq, rows)``,
-        handed to the hand-over thread (added up here when too many wait for it)."""
-        if committed:
+        added up now, or ``later`` by the hand-over thread (here when too many wait for it)."""
+        if committed and not later:
+            self.committed.add(committed)
+        elif committed:
             if self.committed.hand(committed):
                 self._settle()
             self._handing.set()

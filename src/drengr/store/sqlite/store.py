@@ -394,10 +394,15 @@ class SQLiteStore(Admin):
         conn: sqlite3.Connection | None = None
         while True:
             try:
-                first = self._queue.get(timeout=self._committer.idle_wait())
+                first = self._queue.get_nowait()
+                self._committer.hand_over(later=True)  # the last group's, by its hand-over thread: busy
             except queue.Empty:
-                self._committer.idle()
-                continue
+                self._committer.hand_over()
+                try:
+                    first = self._queue.get(timeout=self._committer.idle_wait())
+                except queue.Empty:
+                    self._committer.idle()
+                    continue
             if first is None:
                 break
             jobs, stop = take_group(self._queue, first, GROUP_MAX_ROWS)
@@ -407,7 +412,6 @@ class SQLiteStore(Admin):
                 for job in jobs:
                     if job.done is not None:
                         job.done.set()
-            self._committer.hand_over()
             if stop:
                 break
         if conn is not None:

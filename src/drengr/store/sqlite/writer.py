@@ -253,14 +253,14 @@ class Writer:
                 conn = None  # reconnect next time: the file may have changed under us
         return conn
 
-    def hand_over(self) -> None:
+    def hand_over(self, later: bool = False) -> None:
         """Give the read side's builder the rows of the group just committed, once its requests are
-        answered: its hand-over thread adds up its part of them (``read_side.Committed``, ~0.3 µs a
-        row) while this thread commits the next group."""
+        answered: their part it needs is added up here (``read_side.Committed``, ~0.3 µs a row), or
+        ``later`` by its hand-over thread, while this thread commits the jobs waiting already."""
         handed, self._handed = self._handed, None
         if handed is not None and self._builder is not None:
             try:
-                self._builder.wrote(*handed)
+                self._builder.wrote(*handed, later=later)
             except Exception as error:  # noqa: BLE001 - (a MemoryError) the builder copies them from the table
                 log.warning(
                     "the read side's builder was not handed the rows just written (read back instead): %r",
