@@ -536,6 +536,58 @@ def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
               f"{server_cpu[False]:.1f}, the writer process {writer_cpu[True]:.1f} ÷ {writer_cpu[False]:.1f}")  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
+    """The read side's cost to a server's ingest, read in bursts taken in turn: two `drengr serve`, one
+    with its SQLite read side and one without, both up at once and pinned as the module says; each
+    round gives each a burst of wrk (``DRENGR_BENCH_BURST_SECONDS``, 2; the order alternating), and a
+    burst's rate is the rows it stored over the burst and, with the read side, its builder's catch-up
+    after it. Bursts seconds apart share the machine's speed far better than loads a minute apart
+    (``-k read_side``), so the ratio of each round's two bursts spreads less. The first round warms up."""
+    if benchmark.disabled:
+        pytest.skip("timed run only: python -m pytest bench/bench_http.py -k bursts --benchmark-enable -s")
+    rounds = int(os.environ.get("DRENGR_BENCH_BURST_ROUNDS", "30"))
+    seconds = int(os.environ.get("DRENGR_BENCH_BURST_SECONDS", "2"))
+    ratios: dict[int, list[float]] = {}
+
+    def cells() -> None:
+        for connections in (8, 32):
+            with (
+                server("drengr-process", tmp_path) as with_it,
+                server("drengr-process", tmp_path, read_side=False) as without,
+            ):
+                rates: dict[bool, list[float]] = {True: [], False: []}
+                for turn in range(rounds + 1):
+                    for read_side in (True, False) if turn % 2 == 0 else (False, True):
+                        port, key, db, _process = with_it if read_side else without
+                        before = _newest(db)
+                        cell = wrk(port, key, 100, connections, seconds)
+                        assert cell["non_2xx"] == cell["socket_errors"] == 0, cell
+                        catching_up = _caught_up(db) if read_side else 0.0
+                        if turn:
+                            rates[read_side].append((_newest(db) - before) / (seconds + catching_up))
+                assert _marks(without[2])[1:] == (0, 0), "the read side was built"
+            ratios[connections] = sorted(w / wo for w, wo in zip(rates[True], rates[False], strict=True))  # fmt: skip
+
+    benchmark.pedantic(cells, rounds=1, iterations=1)
+    print(f"\n`drengr serve` with its read side ÷ without, 100-event batches, pinned, {rounds} rounds of a "
+          f"{seconds}-s burst each:")  # fmt: skip
+    for connections, each in ratios.items():
+        low, median, high = statistics.quantiles(each, n=4)
+        print(f"c={connections}: median {median:.3f} (quartiles {low:.3f}–{high:.3f}; mean "
+              f"{statistics.fmean(each):.3f}); {sum(r < 1 for r in each)} of {len(each)} below 1")  # fmt: skip
+
+
+def _newest(db: Path) -> int:
+    """The newest seq of a running server's table (rows are never deleted here: the rows stored so far)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM semantic_events").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def _marks(db: Path) -> tuple[int, int, int]:
     """(the last seq, the rollups' mark, the users file's mark), read from a running server's files."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
