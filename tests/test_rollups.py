@@ -511,6 +511,14 @@ def _rollups_as_scanned(path: str) -> None:
         conn.close()
 
 
+def _read_side_as_scanned(path: str, built: int) -> None:
+    """The users file up to seq ``built`` and the rollups are what a scan of the table gives."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
+        assert_users_file_as_scanned(conn, built)
+    _rollups_as_scanned(path)
+
+
 def write_without_read_side(path: str, batches: list[list[tuple[Any, ...]]]) -> None:
     """The batches through a store whose writer builds no read side (every row past its marks)."""
     with pytest.MonkeyPatch.context() as held:
@@ -754,10 +762,7 @@ def test_a_busy_writer_hands_a_group_to_the_hand_over_thread_an_idle_one_adds_it
         store.close()
     assert sorted(adders) == [(1, "drengr-hand-over"), (101, "drengr-writer")]
     assert builder is not None and builder.indexed_from_memory == builder.counted_from_memory == 200
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
-        assert_users_file_as_scanned(conn, 200)
-    _rollups_as_scanned(path)
+    _read_side_as_scanned(path, 200)
 
 
 def test_past_the_rows_that_may_wait_the_writer_adds_them_up_itself(
@@ -793,10 +798,7 @@ def test_past_the_rows_that_may_wait_the_writer_adds_them_up_itself(
         builder.stop()
     assert waiting == [100, 0, 100, 0, 100]  # 200 would wait: the writer added both up
     assert builder.indexed_from_memory == builder.counted_from_memory == 500
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("ATTACH DATABASE ? AS users", (read_side.users_path(path),))
-        assert_users_file_as_scanned(conn, 500)
-    _rollups_as_scanned(path)
+    _read_side_as_scanned(path, 500)
 
 
 def test_a_stopping_builder_builds_the_rows_held_after_the_rows_it_copies(
