@@ -509,8 +509,9 @@ class Committed:
         self._lock = threading.Lock()  # the writer hands over, the hand-over thread adds, the builder takes
         self.count_users = True  # whether new runs count their users (the builder says)
         self._coming: int | None = None  # the first seq of the rows being committed, not handed over yet
-        # The groups handed over and not added up yet: (their first seq, the groups), and their rows.
-        self._handed: collections.deque[tuple[int, list[tuple[int, list[Any]]]]] = collections.deque()
+        # The groups handed over and not added up yet: (their first seq, their rows, the groups), and
+        # the rows of all of them.
+        self._handed: collections.deque[tuple[int, int, list[tuple[int, list[Any]]]]] = collections.deque()
         self._handed_rows = 0
 
     def expect(self, first_seq: int | None) -> None:
@@ -527,8 +528,9 @@ class Committed:
             self._coming = None
             firsts = [first_seq for first_seq, rows in groups if rows]
             if firsts:
-                self._handed.append((min(firsts), groups))
-                self._handed_rows += sum(len(rows) for _first_seq, rows in groups)
+                count = sum(len(rows) for _first_seq, rows in groups)
+                self._handed.append((min(firsts), count, groups))
+                self._handed_rows += count
             return self._handed_rows > HANDED_ROWS
 
     def settle(self) -> bool:
@@ -537,12 +539,12 @@ class Committed:
         with self._lock:
             if not self._handed:
                 return False
-            _first_seq, groups = self._handed[0]
+            _first_seq, count, groups = self._handed[0]
             try:
                 self._add(groups)
             finally:
                 self._handed.popleft()
-                self._handed_rows -= sum(len(rows) for _first_seq, rows in groups)
+                self._handed_rows -= count
         return True
 
     def add(self, groups: list[tuple[int, list[Any]]]) -> None:
