@@ -622,11 +622,11 @@ def _children(pid: int) -> list[int]:
 
 
 def _caught_up(db: Path, limit_seconds: float = 120.0) -> float:
-    """Seconds until the read side holds every row, polled every 20 ms."""
+    """Seconds until the read side holds every row, polled every 5 ms."""
     started = time.perf_counter()
     top, built, users = _marks(db)
     while min(built, users) < top and time.perf_counter() - started < limit_seconds:
-        time.sleep(0.02)
+        time.sleep(0.005)
         top, built, users = _marks(db)
     assert min(built, users) == top, f"the read side did not catch up in {limit_seconds} s"
     return time.perf_counter() - started

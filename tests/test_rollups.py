@@ -450,11 +450,13 @@ def test_the_end_of_a_burst_is_built_once_the_writer_is_idle_not_at_the_next_tic
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once the writer has had no group for ``WRITER_IDLE_SECONDS``, the builder builds the rows
-    waiting at once, when they are ``BUILD_WHEN_IDLE_ROWS`` or more; fewer wait for its tick (here
-    never: only the stopping step builds them)."""
+    waiting at once, when they are ``BUILD_WHEN_IDLE_ROWS`` or more, and adds their counts itself (the
+    idle writer has no group to add them in: offered, they would wait ``HAND_OVER_SECONDS``); fewer
+    wait for its tick (here never: only the stopping step builds them)."""
     import time
 
     monkeypatch.setattr(read_side, "BUILD_EVERY_SECONDS", 600.0)
+    monkeypatch.setattr(read_side, "HAND_OVER_SECONDS", 60.0)
     path = str(tmp_path / "drengr.db")
     store = SQLiteStore(path, writer="thread")
     try:
@@ -706,9 +708,9 @@ def test_groups_handed_over_wait_in_order_and_copies_of_the_table_stop_below_the
     batches = [_rows(f"b{b}-", 50, T0) for b in range(3)]
     committed = read_side.Committed()
     committed.expect(1)
-    assert not committed.hand([(1, batches[0])])  # (True: too many wait, the writer adds them itself)
+    assert committed.hand([(1, batches[0])]) == 50  # the rows waiting to be added up
     committed.expect(51)
-    assert not committed.hand([(51, batches[1]), (101, [])])
+    assert committed.hand([(51, batches[1]), (101, [])]) == 100
     committed.expect(101)
     assert committed.take(0) == ([], 0)  # 1.. handed over, not added up: copy nothing past 0
     assert committed.settle() and committed.first() == 1  # 1..50 added up; 51.. still handed over
@@ -720,7 +722,7 @@ def test_groups_handed_over_wait_in_order_and_copies_of_the_table_stop_below_the
 
 
 def test_a_busy_writer_hands_a_group_to_the_hand_over_thread_an_idle_one_adds_it_up_itself(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With jobs waiting as it has answered a group, the writer goes on to them and the builder's
     hand-over thread adds up the group's rows (the writer's loop sets the rate where its core is
@@ -729,6 +731,7 @@ def test_a_busy_writer_hands_a_group_to_the_hand_over_thread_an_idle_one_adds_it
     import threading
     import time
 
+    monkeypatch.setattr(read_side, "WAKE_ROWS", 100)  # (the thread is woken for a group of 100)
     path = str(tmp_path / "drengr.db")
     store = SQLiteStore(path, writer="thread")
     add, commit_group = read_side.Held.add, Writer._commit_group
@@ -763,6 +766,85 @@ def test_a_busy_writer_hands_a_group_to_the_hand_over_thread_an_idle_one_adds_it
     assert sorted(adders) == [(1, "drengr-hand-over"), (101, "drengr-writer")]
     assert builder is not None and builder.indexed_from_memory == builder.counted_from_memory == 200
     _read_side_as_scanned(path, 200)
+
+
+def test_the_hand_over_thread_is_woken_once_enough_rows_wait_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy writer's groups wait for the hand-over thread until ``WAKE_ROWS`` rows do (a thread
+    woken for each small group cost more than its pass); then it adds them all up, in order."""
+    import threading
+    import time
+
+    monkeypatch.setattr(read_side, "WAKE_ROWS", 250)
+    monkeypatch.setattr(read_side, "BUILD_EVERY_SECONDS", 600.0)  # no step but the stopping one
+    add = read_side.Held.add
+    adders: list[tuple[int, str]] = []
+
+    def add_noting_the_thread(run: Any, first_seq: int, rows: list[Any]) -> int:
+        adders.append((first_seq, threading.current_thread().name))
+        return add(run, first_seq, rows)
+
+    monkeypatch.setattr(read_side.Held, "add", add_noting_the_thread)
+    path = str(tmp_path / "drengr.db")
+    batches = [_rows(f"b{b}-", 100, T0 + b * 9_000) for b in range(3)]
+    write_without_read_side(path, batches)  # (the table's rows; the builder's come from memory)
+    builder = read_side.Builder(
+        path, lambda: sqlite3.connect(path, isolation_level=None), contextlib.nullcontext, 5_000
+    )
+    waiting = []
+    try:
+        for b, batch in enumerate(batches):
+            builder.wrote(100, [(1 + 100 * b, batch)], later=True)
+            time.sleep(0.2)  # (time for a thread woken to add them up)
+            waiting.append(builder.committed._handed_rows)
+        stopped_by = time.monotonic() + 10
+        while len(adders) < 3 and time.monotonic() < stopped_by:
+            time.sleep(0.01)
+    finally:
+        builder.stop()
+    assert waiting == [100, 200, 0]
+    assert adders == [(1, "drengr-hand-over"), (101, "drengr-hand-over"), (201, "drengr-hand-over")]
+    assert builder.indexed_from_memory == builder.counted_from_memory == 300
+    _read_side_as_scanned(path, 300)
+
+
+def test_counts_offered_to_a_writer_that_goes_idle_are_given_back_and_added_by_the_builder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step's counts offered to the writer wait for its next group; should it go idle first (no
+    group for ``WRITER_IDLE_SECONDS``), it gives them back and the builder adds them at once, not
+    after ``HAND_OVER_SECONDS``."""
+    import time
+
+    monkeypatch.setattr(read_side, "HAND_OVER_SECONDS", 60.0)
+    monkeypatch.setattr(read_side, "BUILD_EVERY_SECONDS", 0.05)
+    path = str(tmp_path / "drengr.db")
+    write_without_read_side(path, [_rows("b-", 100, T0)])  # (a copy of the table counts them)
+    writer = Writer(path)  # not writing: its builder's counts wait for a group that does not come
+    builder = read_side.Builder(
+        path,
+        lambda: sqlite3.connect(path, isolation_level=None),
+        contextlib.nullcontext,
+        5_000,
+        writer=writer,
+    )
+    writer._builder = builder  # (as its first group would make it)
+    try:
+        offered_by = time.monotonic() + 10
+        while writer._offered is None and time.monotonic() < offered_by:
+            time.sleep(0.005)
+        assert writer._offered is not None and _marks(path)[0] == 0
+        assert writer.idle_wait() == read_side.WRITER_IDLE_SECONDS  # (no group came: it says so)
+        writer.idle()
+        given_back = time.monotonic()
+        while _marks(path) != (100, 100) and time.monotonic() < given_back + 10:
+            time.sleep(0.005)
+        assert _marks(path) == (100, 100) and writer._offered is None
+    finally:
+        writer._builder = None
+        builder.stop()
+    _read_side_as_scanned(path, 100)
 
 
 def test_past_the_rows_that_may_wait_the_writer_adds_them_up_itself(

@@ -175,7 +175,8 @@ WRITER_IDLE_SECONDS = 0.02
 # The builder thread's niceness: where it competes for a core with the writer or the request
 # threads, they go first (it catches up when they wait: for the disk, for requests).
 BUILDER_NICENESS = 10
-# How long a step's counts wait for the writer's next group to add them (then the builder does).
+# How long a step's counts wait for the writer's next group to add them (then the builder does); an
+# idle writer (``Writer.idle``: no group for WRITER_IDLE_SECONDS) is not waited for.
 HAND_OVER_SECONDS = 0.05
 # Builders of one database (one per writing process or store) take turns at an OS lock on
 # `<database>-builder.lock`: a turn builds what is there, and a builder that finds the lock taken
@@ -263,10 +264,14 @@ HELD_ROW_BYTES, HELD_USER_BYTES, HELD_ENTRY_BYTES = 16, 384, 320  # an entry: a 
 # builder's (``Committed.hand``), which adds it up (``settle``) while the writer commits those jobs:
 # SQLite lets go of the GIL for the commit's write and fdatasync, and the writer's loop, which sets
 # the rate where its core is full, no longer waits for the pass (~4 % of it). Where none wait, the
-# writer adds it up itself, in time it would wait for jobs (a thread woken for it cost ~4 % at c=8).
+# writer adds it up itself, with any waiting before it, in time it would wait for jobs.
 # Past this many rows waiting for that thread (held up), the writer adds them up itself: the rows'
 # own tuples wait there, ~1 KB a row.
 HANDED_ROWS = 16_384
+# The thread is woken once this many rows wait for it, not for each group (at c=8, a batch or two):
+# each wake-up is the thread's and the GIL's back and forth on the writer's core (pinned, c=8, the
+# thread ran 0.04 of that core instead of 0.05).
+WAKE_ROWS = 1_024
 _META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _INFINITY = "9e999"  # SQLite's literal for +inf
 
@@ -521,9 +526,9 @@ class Committed:
         with self._lock:
             self._coming = first_seq
 
-    def hand(self, groups: list[tuple[int, list[Any]]]) -> bool:
-        """The groups a writer just committed, ``(first seq, rows)``, to be added up by ``settle``.
-        True when more than ``HANDED_ROWS`` rows wait for it: the caller settles them itself."""
+    def hand(self, groups: list[tuple[int, list[Any]]]) -> int:
+        """The groups a writer just committed, ``(first seq, rows)``, to be added up by ``settle``;
+        the rows waiting for it now (past ``HANDED_ROWS``, the caller settles them itself)."""
         with self._lock:
             self._coming = None
             firsts = [first_seq for first_seq, rows in groups if rows]
@@ -531,7 +536,7 @@ class Committed:
                 count = sum(len(rows) for _first_seq, rows in groups)
                 self._handed.append((min(firsts), count, groups))
                 self._handed_rows += count
-            return self._handed_rows > HANDED_ROWS
+            return self._handed_rows
 
     def settle(self) -> bool:
         """Add up the oldest groups handed over; False: none waits. Their rows stay the table's
@@ -782,7 +787,8 @@ class Builder:
         self._thread.start()
         # The hand-over thread: at the writer's niceness and on its CPUs (it inherits them), not the
         # builder's thread, which yields its core to others and could do so holding the GIL.
-        self._handing = threading.Event()
+        self._handing = threading.Lock()  # released: the hand-over thread has rows to add up
+        self._handing.acquire()
         self._handing_stops = False
         self._hand_over = threading.Thread(target=self._settle_handed, name="drengr-hand-over", daemon=True)
         self._hand_over.start()
@@ -795,9 +801,11 @@ class Builder:
         if committed and not later:
             self.committed.add(committed)
         elif committed:
-            if self.committed.hand(committed):
+            waiting = self.committed.hand(committed)
+            if waiting > HANDED_ROWS:
                 self._settle()
-            self._handing.set()
+            elif waiting >= WAKE_ROWS:
+                self._wake_hand_over()
         self._pending += rows
         if self._pending >= BUILD_AFTER_ROWS:
             self._pending = 0
@@ -814,11 +822,14 @@ class Builder:
             self._pending = 0
             self._wake.set()
 
+    def _wake_hand_over(self) -> None:
+        with contextlib.suppress(RuntimeError):  # (woken already)
+            self._handing.release()
+
     def _settle_handed(self) -> None:
         """The hand-over thread: adds up what the writer hands over, until ``stop``."""
         while True:
-            self._handing.wait()
-            self._handing.clear()
+            self._handing.acquire()
             stops = self._handing_stops  # (set before the event: what came before it is added up too)
             self._settle()
             if stops:
@@ -913,7 +924,9 @@ class Builder:
             return memory.rows
         self.committed.copied(step.high)
         counted = step.counted
-        offered = counted is not None and self._writer is not None and not stopping
+        offered = (
+            counted is not None and self._writer is not None and not stopping and not self._writer.idle_now
+        )
         if offered:
             self._writer.offer(counted)  # added by the writer while the users file is indexed
         moved = index_users(users, step)
@@ -924,15 +937,15 @@ class Builder:
 
     def _add(self, conn: sqlite3.Connection, counted: Counted, stopping: bool, offered: bool) -> bool:
         """Add a step's rollup counts: the writer adds them in its next group's transaction (a few
-        upserts, no transaction nor lock of their own); when it has no group to write soon, or is
-        stopping, the builder adds them itself in the writers' turn. ``offered``: to the writer
-        already. Whether they were added."""
-        if self._writer is not None and not stopping:
+        upserts, no transaction nor lock of their own); when it has no group to write soon (it is
+        idle, or gives them back as it goes idle), or is stopping, the builder adds them itself in
+        the writers' turn. ``offered``: to the writer already. Whether they were added."""
+        if self._writer is not None and not stopping and (offered or not self._writer.idle_now):
             if not offered:
                 self._writer.offer(counted)
             if not counted.done.wait(HAND_OVER_SECONDS) and not self._writer.take_back(counted):
                 counted.done.wait(60)  # the writer took it meanwhile: its group is being committed
-        if not counted.done.is_set():
+        if not counted.done.is_set() or counted.added is None:  # (given back: done, not added)
             with self._turn(), Transaction(conn):
                 counted.added = add_counted(conn, counted)
         return bool(counted.added)
@@ -940,7 +953,7 @@ class Builder:
     def stop(self) -> None:
         """Build what the writer committed, then stop (the read side is whole when a store closes)."""
         self._handing_stops = True
-        self._handing.set()
+        self._wake_hand_over()
         self._hand_over.join(timeout=30)
         self._settle()  # (what came after its last look)
         self._stopping = True

@@ -179,6 +179,8 @@ class Writer:
         # The last group's rows, committed, for the builder once its requests are answered (hand_over).
         self._handed: tuple[int, list[tuple[int, list[Any]]]] | None = None
         self._offered_lock = threading.Lock()  # guards _offered (the builder's thread sets it)
+        # No group came within idle_wait and none since (``idle``): the builder adds its counts itself.
+        self.idle_now = False
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path, self._busy_timeout_ms, self._synchronous)
@@ -215,6 +217,7 @@ class Writer:
         """One group in one transaction; on failure every job gets the error. Returns the connection to
         reuse. The caller answers the jobs, then calls ``hand_over``."""
         self.hand_over()  # (if the caller did not)
+        self.idle_now = False
         try:
             conn = self._write_connection(conn)
             if self._last_seq < 0:
@@ -270,10 +273,17 @@ class Writer:
     def idle_wait(self) -> float | None:
         """How long to wait for the next group before saying the writer is idle (``idle``); None: no need."""
         builder = self._builder
-        return read_side.WRITER_IDLE_SECONDS if builder is not None and builder.waiting else None
+        waiting = builder is not None and (builder.waiting or self._offered is not None)
+        return read_side.WRITER_IDLE_SECONDS if waiting else None
 
     def idle(self) -> None:
-        """No group came within ``idle_wait``: the builder builds what waits now."""
+        """No group came within ``idle_wait``: the builder builds what waits now, and adds its counts
+        itself (an offer waiting is given back: no group is coming to add it)."""
+        self.idle_now = True
+        with self._offered_lock:
+            counted, self._offered = self._offered, None
+        if counted is not None:
+            counted.done.set()  # (``added`` still None: not added)
         if self._builder is not None:
             self._builder.idle()
 
