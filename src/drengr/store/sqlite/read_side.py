@@ -766,7 +766,7 @@ class Builder:
         connect: Callable[[], sqlite3.Connection],
         turn: Callable[[], Any],
         busy_timeout_ms: int,
-        writer: Any = None,  # offer(counted) and take_back(counted): the writer adds a step's counts
+        writer: Any = None,  # offer(counted), take_back(counted), idle_now: the writer adds a step's counts
         cpus: frozenset[int] = frozenset(),  # where its thread may run; empty: where the writer may
     ) -> None:
         self._path = path
@@ -830,7 +830,7 @@ class Builder:
         """The hand-over thread: adds up what the writer hands over, until ``stop``."""
         while True:
             self._handing.acquire()
-            stops = self._handing_stops  # (set before the event: what came before it is added up too)
+            stops = self._handing_stops  # (set before the wake: what came before it is added up too)
             self._settle()
             if stops:
                 return
