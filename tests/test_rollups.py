@@ -798,12 +798,12 @@ def test_the_hand_over_thread_is_woken_once_enough_rows_wait_for_it(
             builder.wrote(100, [(1 + 100 * b, batch)], later=True)
             time.sleep(0.2)  # (time for a thread woken to add them up)
             waiting.append(builder.committed._handed_rows)
-        stopped_by = time.monotonic() + 10
-        while len(adders) < 3 and time.monotonic() < stopped_by:
+        added_by = time.monotonic() + 10
+        while len(adders) < 3 and time.monotonic() < added_by:
             time.sleep(0.01)
     finally:
         builder.stop()
-    assert waiting == [100, 200, 0]
+    assert waiting[:2] == [100, 200]  # (the third: 300, or fewer once the thread is at them)
     assert adders == [(1, "drengr-hand-over"), (101, "drengr-hand-over"), (201, "drengr-hand-over")]
     assert builder.indexed_from_memory == builder.counted_from_memory == 300
     _read_side_as_scanned(path, 300)
