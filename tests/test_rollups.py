@@ -701,6 +701,20 @@ def test_rows_being_committed_or_copied_are_left_to_one_of_memory_and_table() ->
     assert committed.take(100) == ([], None)
 
 
+def _builder_over(path: str, batches: int, writer: Any = None) -> tuple[list[Any], read_side.Builder]:
+    """``batches`` batches of 100 rows written without the read side, 9 s apart, and a
+    builder of the file (with ``writer``, the writer that adds its counts)."""
+    written = [_rows(f"b{b}-", 100, T0 + b * 9_000) for b in range(batches)]
+    write_without_read_side(path, written)  # (the table's rows; those handed to it come from memory)
+    return written, read_side.Builder(
+        path,
+        lambda: sqlite3.connect(path, isolation_level=None),
+        contextlib.nullcontext,
+        5_000,
+        writer=writer,
+    )
+
+
 def test_groups_handed_over_wait_in_order_and_copies_of_the_table_stop_below_them() -> None:
     """The writer hands its groups over (``hand``) and the hand-over thread adds them up later
     (``settle``): till then a copy of the table stops below the first of them, as below rows
@@ -787,11 +801,7 @@ def test_the_hand_over_thread_is_woken_once_enough_rows_wait_for_it(
 
     monkeypatch.setattr(read_side.Held, "add", add_noting_the_thread)
     path = str(tmp_path / "drengr.db")
-    batches = [_rows(f"b{b}-", 100, T0 + b * 9_000) for b in range(3)]
-    write_without_read_side(path, batches)  # (the table's rows; the builder's come from memory)
-    builder = read_side.Builder(
-        path, lambda: sqlite3.connect(path, isolation_level=None), contextlib.nullcontext, 5_000
-    )
+    batches, builder = _builder_over(path, 3)
     waiting = []
     try:
         for b, batch in enumerate(batches):
@@ -820,15 +830,8 @@ def test_counts_offered_to_a_writer_that_goes_idle_are_given_back_and_added_by_t
     monkeypatch.setattr(read_side, "HAND_OVER_SECONDS", 60.0)
     monkeypatch.setattr(read_side, "BUILD_EVERY_SECONDS", 0.05)
     path = str(tmp_path / "drengr.db")
-    write_without_read_side(path, [_rows("b-", 100, T0)])  # (a copy of the table counts them)
     writer = Writer(path)  # not writing: its builder's counts wait for a group that does not come
-    builder = read_side.Builder(
-        path,
-        lambda: sqlite3.connect(path, isolation_level=None),
-        contextlib.nullcontext,
-        5_000,
-        writer=writer,
-    )
+    _batches, builder = _builder_over(path, 1, writer)  # (a copy of the table counts the rows)
     writer._builder = builder  # (as its first group would make it)
     try:
         offered_by = time.monotonic() + 10
@@ -865,11 +868,7 @@ def test_past_the_rows_that_may_wait_the_writer_adds_them_up_itself(
 
     monkeypatch.setattr(read_side.Builder, "_settle_handed", settle_once_let_go)
     path = str(tmp_path / "drengr.db")
-    batches = [_rows(f"b{b}-", 100, T0 + b * 9_000) for b in range(5)]
-    write_without_read_side(path, batches)  # (the table's rows; the builder's come from memory)
-    builder = read_side.Builder(
-        path, lambda: sqlite3.connect(path, isolation_level=None), contextlib.nullcontext, 5_000
-    )
+    batches, builder = _builder_over(path, 5)
     waiting = []
     try:
         for b, batch in enumerate(batches):
