@@ -544,8 +544,9 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
     with its SQLite read side and one without, both up at once and pinned as the module says; each
     round gives each a burst of wrk (``DRENGR_BENCH_BURST_SECONDS``, 2; the order alternating), and a
     burst's rate is the rows it stored (the requests wrk left in flight too, ``_settled``) over the
-    burst and, with the read side, its builder's catch-up past the table's last row. Bursts seconds apart share the machine's speed far better than loads a minute apart
-    (``-k read_side``), so the ratio of each round's two bursts spreads less. The first round warms up."""
+    burst and, with the read side, its builder's catch-up past the table's last row. Bursts seconds
+    apart share the machine's speed far better than loads a minute apart (``-k read_side``), so the
+    ratio of each round's two bursts spreads less. The first round warms up."""
     if benchmark.disabled:
         pytest.skip("timed run only: python -m pytest bench/bench_http.py -k bursts --benchmark-enable -s")
     rounds = int(os.environ.get("DRENGR_BENCH_BURST_ROUNDS", "30"))
