@@ -515,7 +515,10 @@ def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
     load stops). The ratio is read pair by pair: this machine's rate moves by a tenth and more from
     one minute to the next."""
     if benchmark.disabled:
-        pytest.skip("timed run only: python -m pytest bench/bench_http.py -k read_side --benchmark-enable -s")
+        pytest.skip(
+            "timed run only: python -m pytest bench/bench_http.py "
+            '-k "read_side and not bursts" --benchmark-enable -s'
+        )
     pairs = int(os.environ.get("DRENGR_BENCH_READ_SIDE_PAIRS", "6"))
     cells: dict[tuple[int, str], dict[bool, list[float]]] = {}
     cpus: dict[tuple[int, str], dict[bool, list[tuple[float, float]]]] = {}
