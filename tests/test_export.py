@@ -233,10 +233,17 @@ def test_an_export_stopped_by_a_signal_says_so_and_leaves_no_file(tmp_path: Path
     """Ctrl-C or a service manager's SIGTERM in the middle of an export (a chunk a row, so it is
     still running): one sentence, status 130, neither the file nor its temporary one left."""
     many_rows(tmp_path / "drengr.db", 60_000)
-    export = subprocess.Popen(
-        [sys.executable, "-m", "drengr", "export", "e.csv", "--chunk-rows", "1", "--quiet"],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    # A suite started with Ctrl-C ignored (a background job of a shell) would pass that on to the
+    # export, which then keeps it ignored, as programs do: caught here while the export starts, it
+    # starts at its default.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        export = subprocess.Popen(
+            [sys.executable, "-m", "drengr", "export", "e.csv", "--chunk-rows", "1", "--quiet"],
+            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, before)
     try:
         deadline = time.monotonic() + 30
         while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
