@@ -715,6 +715,21 @@ def _builder_over(path: str, batches: int, writer: Any = None) -> tuple[list[Any
     )
 
 
+def _noting_who_adds(patch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """``Held.add`` patched to note each group it adds up, by its first seq, and the thread adding it."""
+    import threading
+
+    add = read_side.Held.add
+    adders: list[tuple[int, str]] = []
+
+    def add_noting_the_thread(run: Any, first_seq: int, rows: list[Any]) -> int:
+        adders.append((first_seq, threading.current_thread().name))
+        return add(run, first_seq, rows)
+
+    patch.setattr(read_side.Held, "add", add_noting_the_thread)
+    return adders
+
+
 def test_groups_handed_over_wait_in_order_and_copies_of_the_table_stop_below_them() -> None:
     """The writer hands its groups over (``hand``) and the hand-over thread adds them up later
     (``settle``): till then a copy of the table stops below the first of them, as below rows
@@ -748,13 +763,8 @@ def test_a_busy_writer_hands_a_group_to_the_hand_over_thread_an_idle_one_adds_it
     monkeypatch.setattr(read_side, "WAKE_ROWS", 100)  # (the thread is woken for a group of 100)
     path = str(tmp_path / "drengr.db")
     store = SQLiteStore(path, writer="thread")
-    add, commit_group = read_side.Held.add, Writer._commit_group
-    adders: list[tuple[int, str]] = []
+    commit_group = Writer._commit_group
     writes: list[threading.Thread] = []
-
-    def add_noting_the_thread(run: Any, first_seq: int, rows: list[Any]) -> int:
-        adders.append((first_seq, threading.current_thread().name))
-        return add(run, first_seq, rows)
 
     def commit_with_a_job_waiting(writer: Writer, conn: Any, jobs: Any) -> Any:
         if not writes:  # the first group: a second job comes in meanwhile
@@ -767,7 +777,7 @@ def test_a_busy_writer_hands_a_group_to_the_hand_over_thread_an_idle_one_adds_it
 
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(read_side.Held, "add", add_noting_the_thread)
+            adders = _noting_who_adds(patch)
             patch.setattr(Writer, "_commit_group", commit_with_a_job_waiting)
             assert store.write("acme", _rows("b0-", 100, T0), T0).stored == 100
             writes[0].join(10)
@@ -787,19 +797,11 @@ def test_the_hand_over_thread_is_woken_once_enough_rows_wait_for_it(
 ) -> None:
     """A busy writer's groups wait for the hand-over thread until ``WAKE_ROWS`` rows do (a thread
     woken for each small group cost more than its pass); then it adds them all up, in order."""
-    import threading
     import time
 
     monkeypatch.setattr(read_side, "WAKE_ROWS", 250)
     monkeypatch.setattr(read_side, "BUILD_EVERY_SECONDS", 600.0)  # no step but the stopping one
-    add = read_side.Held.add
-    adders: list[tuple[int, str]] = []
-
-    def add_noting_the_thread(run: Any, first_seq: int, rows: list[Any]) -> int:
-        adders.append((first_seq, threading.current_thread().name))
-        return add(run, first_seq, rows)
-
-    monkeypatch.setattr(read_side.Held, "add", add_noting_the_thread)
+    adders = _noting_who_adds(monkeypatch)
     path = str(tmp_path / "drengr.db")
     batches, builder = _builder_over(path, 3)
     waiting = []
