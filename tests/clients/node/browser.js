@@ -21,10 +21,13 @@ async function main() {
   const { page, messages, close } = await launch()
   page.on('requestfailed', (r) => messages.push(`requestfailed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`))
   // What the page fetched, as the browser saw it (preflights are not page requests in Chromium).
+  // A status is taken from the `response` event, which comes before `requestfinished`: asking the
+  // finished request for its response instead answered null now and then.
   const requests = []
-  page.on('requestfinished', async (r) => {
-    const response = await r.response().catch(() => null)
-    requests.push({ method: r.method(), url: r.url(), status: response ? response.status() : null })
+  const statuses = new Map()
+  page.on('response', (response) => statuses.set(response.request(), response.status()))
+  page.on('requestfinished', (r) => {
+    requests.push({ method: r.method(), url: r.url(), status: statuses.has(r) ? statuses.get(r) : null })
   })
   for await (const command of commands(page, url)) {
     if (command.eval !== undefined) {
