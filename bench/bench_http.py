@@ -9,6 +9,7 @@ and after the loads, and every batch row is reported as a share of it.
 Under --benchmark-disable (CI) it runs one short, small load against our server and checks rows = acks.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -543,45 +544,57 @@ def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
-    """The read side's cost to a server's ingest, read in bursts taken in turn: two `drengr serve`, one
-    with its SQLite read side and one without, both up at once and pinned as the module says; each
-    round gives each a burst of wrk (``DRENGR_BENCH_BURST_SECONDS``, 2; the order alternating), and a
-    burst's rate is the rows it stored (the requests wrk left in flight too, ``_settled``) over the
-    burst and, with the read side, its builder's catch-up past the table's last row. Bursts seconds
-    apart share the machine's speed far better than loads a minute apart (``-k read_side``), so the
-    ratio of each round's two bursts spreads less. The first round warms up."""
+    """The read side's cost to a server's ingest, read in bursts taken in turn: pairs of `drengr serve`,
+    one with its SQLite read side and one without, both up at once and pinned as the module says;
+    each round gives each a burst of wrk (``DRENGR_BENCH_BURST_SECONDS``, 2; the order alternating),
+    and a burst's rate is the rows it stored (the requests wrk left in flight too, ``_settled``) over
+    the burst and, with the read side, its builder's catch-up past the table's last row. Bursts
+    seconds apart share the machine's speed far better than loads a minute apart (``-k read_side``).
+
+    Each pair of servers runs a few rounds (``DRENGR_BENCH_BURST_ROUNDS``, 4, after one that warms
+    up), then a new pair starts (``DRENGR_BENCH_BURST_PAIRS``, 10 a cell): two servers of the same
+    code, both without the read side, differed by up to 6 % over 16 rounds, the same in every round
+    (each process's own hash seed and memory layout), so the rounds of one pair measure that pair.
+    A pair's ratio is the median of its rounds'; the cell's, the median of its pairs'."""
     if benchmark.disabled:
         pytest.skip("timed run only: python -m pytest bench/bench_http.py -k bursts --benchmark-enable -s")
-    rounds = int(os.environ.get("DRENGR_BENCH_BURST_ROUNDS", "30"))
+    pairs = int(os.environ.get("DRENGR_BENCH_BURST_PAIRS", "10"))
+    rounds = int(os.environ.get("DRENGR_BENCH_BURST_ROUNDS", "4"))
     seconds = int(os.environ.get("DRENGR_BENCH_BURST_SECONDS", "2"))
-    ratios: dict[int, list[float]] = {}
+    found: dict[int, list[list[float]]] = {8: [], 32: []}  # per cell, each pair's rounds' ratios
 
     def cells() -> None:
-        for connections in (8, 32):
-            with (
-                server("drengr-process", tmp_path) as with_it,
-                server("drengr-process", tmp_path, read_side=False) as without,
-            ):
+        for pair, connections in itertools.product(range(pairs), found):
+            with contextlib.ExitStack() as started:
+                servers = {}
+                for read_side in (True, False) if pair % 2 == 0 else (False, True):  # who starts first
+                    servers[read_side] = started.enter_context(
+                        server("drengr-process", tmp_path, read_side=read_side)
+                    )
                 rates: dict[bool, list[float]] = {True: [], False: []}
                 for turn in range(rounds + 1):
                     for read_side in (True, False) if turn % 2 == 0 else (False, True):
-                        port, key, db, _process = with_it if read_side else without
+                        port, key, db, _process = servers[read_side]
                         before = _newest(db)
                         cell = wrk(port, key, 100, connections, seconds)
                         assert cell["non_2xx"] == cell["socket_errors"] == 0, cell
                         newest, catching_up = _settled(db, read_side)
                         if turn:
                             rates[read_side].append((newest - before) / (seconds + catching_up))
-                assert _marks(without[2])[1:] == (0, 0), "the read side was built"
-            ratios[connections] = sorted(w / wo for w, wo in zip(rates[True], rates[False], strict=True))  # fmt: skip
+                assert _marks(servers[False][2])[1:] == (0, 0), "the read side was built"
+            found[connections].append([w / wo for w, wo in zip(rates[True], rates[False], strict=True)])
 
     benchmark.pedantic(cells, rounds=1, iterations=1)
-    print(f"\n`drengr serve` with its read side ÷ without, 100-event batches, pinned, {rounds} rounds of a "
-          f"{seconds}-s burst each:")  # fmt: skip
-    for connections, each in ratios.items():
-        low, median, high = statistics.quantiles(each, n=4)
-        print(f"c={connections}: median {median:.3f} (quartiles {low:.3f}–{high:.3f}; mean "
-              f"{statistics.fmean(each):.3f}); {sum(r < 1 for r in each)} of {len(each)} below 1")  # fmt: skip
+    print(f"\n`drengr serve` with its read side ÷ without, 100-event batches, pinned, {pairs} pairs "
+          f"of servers a cell, {rounds} rounds of a {seconds}-s burst each:")  # fmt: skip
+    for connections, each in found.items():
+        medians = sorted(statistics.median(ratios) for ratios in each)
+        every = [ratio for ratios in each for ratio in ratios]
+        low, median, high = statistics.quantiles(medians, n=4)
+        listed = ", ".join(f"{m:.2f}" for m in medians)
+        print(f"c={connections}: median of the pairs {median:.3f} (quartiles {low:.3f}–{high:.3f}; "
+              f"each: {listed}); every round: median {statistics.median(every):.3f}, "
+              f"{sum(r < 1 for r in every)} of {len(every)} below 1")  # fmt: skip
 
 
 def _newest(db: Path) -> int:
