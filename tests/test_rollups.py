@@ -475,6 +475,55 @@ def test_the_end_of_a_burst_is_built_once_the_writer_is_idle_not_at_the_next_tic
     _rollups_as_scanned(path)
 
 
+def test_the_writer_process_adds_the_counts_sent_with_a_job_and_adds_up_the_rows_of_one_it_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request's process adds up a job's rows as it sends them to the writer process
+    (``Job.summary``), which adds those counts to the read side instead of reading each row's; a job
+    of which the writer dropped a row (a duplicate) has its fresh rows added up there. Told apart
+    by counts sent ten times too high."""
+    from drengr.store.sqlite import process
+
+    sent = process._summary
+
+    def ten_times(rows: list[tuple[Any, ...]]) -> Any:
+        events, measures = sent(rows)
+        return [(*key, count * 10) for *key, count in events], measures
+
+    monkeypatch.setattr(process, "_summary", ten_times)
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path, writer="process")
+    try:
+        assert store.write("acme", _rows("a", 30, T0), T0).stored == 30  # whole: as sent
+        cut = _rows("a", 3, T0) + _rows("b", 20, T0)  # three rows stored already
+        assert store.write("acme", cut, T0).stored == 20
+    finally:
+        store.close()  # its builder catches up first
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM semantic_events").fetchone() == (50,)
+        assert conn.execute("SELECT sum(events) FROM event_rollups").fetchone() == (30 * 10 + 20,)
+        assert conn.execute(
+            "SELECT measure, sum(total) FROM measure_rollups GROUP BY 1 ORDER BY 1"
+        ).fetchall() == [
+            ("n", 2.0 * (15 + 10)),
+            ("x", 0.5 * (15 + 10)),
+        ]
+
+
+def test_counts_sent_with_the_jobs_make_the_read_side_a_scan_gives(tmp_path: Path) -> None:
+    """Through the writer process, each job's counts added up by the request's process: the rollups
+    equal a scan of the table, over batches of several minutes, names and measures."""
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path, writer="process")
+    try:
+        for batch in range(12):
+            received = T0 + batch * 25_000  # a new minute every few batches
+            assert store.write("acme", _rows(f"b{batch}-", 100, received), received).stored == 100
+    finally:
+        store.close()
+    _rollups_as_scanned(path)
+
+
 def _rows(prefix: str, n: int, received_ms: int) -> list[tuple[Any, ...]]:
     from drengr.core.timestamps import format_ms
 
@@ -601,10 +650,10 @@ def test_the_builder_indexes_its_writers_rows_from_memory_and_copies_only_the_re
 
     try:
         committed = read_side.Committed()
-        committed.add([(51, batches[1])])  # 1..50 are not held (another process's)
+        committed.add([(51, batches[1], None)])  # 1..50 are not held (another process's)
         assert read_side.index_committed(users, committed) == (0, None, True, None)  # a new file: the table's
-        committed.add([(1 + 50 * b, batches[b]) for b in (0, 1, 3)])  # batch 2 is not held
-        committed.add([(1 + 50 * b, batches[b]) for b in (4, 5)])  # runs: 1..100 and 151..300
+        committed.add([(1 + 50 * b, batches[b], None) for b in (0, 1, 3)])  # batch 2 is not held
+        committed.add([(1 + 50 * b, batches[b], None) for b in (4, 5)])  # runs: 1..100 and 151..300
         step = read_side.copy_step(users, max_rows=70)
         assert step is not None and (step.low, step.high) == (0, 70) and read_side.index_users(users, step)
         add(step.counted)
@@ -639,7 +688,7 @@ def test_a_new_databases_users_file_is_made_from_the_rows_held(tmp_path: Path) -
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         committed = read_side.Committed()
-        committed.add([(1, batches[0]), (51, batches[1])])
+        committed.add([(1, batches[0], None), (51, batches[1], None)])
         memory = read_side.index_committed(users, committed)
         assert memory[:2] == (100, None) and memory.counted is not None
         assert (memory.counted.low, memory.counted.high) == (0, 100)
@@ -664,21 +713,21 @@ def test_committed_rows_past_the_memory_bound_are_left_to_the_table(monkeypatch:
     assert two.add(1, batches[0]) + two.add(51, batches[1]) == two.bytes > 100 * read_side.HELD_ROW_BYTES
     monkeypatch.setattr(read_side, "HELD_BYTES", two.bytes)  # two batches: full
     committed = read_side.Committed()
-    committed.add([(1, batches[0]), (51, batches[1]), (101, batches[2])])
+    committed.add([(1, batches[0], None), (51, batches[1], None), (101, batches[2], None)])
 
     def spans(runs: list[Any]) -> list[tuple[int, int, int]]:
         return [(run.first, run.last, run.sums.rows) for run in runs]
 
     runs, below = committed.take(0)
     assert (spans(runs), below) == ([(1, 100, 100)], None)
-    committed.add([(151, batches[3]), (201, batches[4])])  # room again
+    committed.add([(151, batches[3], None), (201, batches[4], None)])  # room again
     assert committed.take(100) == ([], 150)  # 101..150 were not held: the table's
     runs, below = committed.take(150)
     assert (spans(runs), below) == ([(151, 250, 100)], None)
     assert committed.take(250) == ([], None)
-    committed.add([(251, batches[0])])
+    committed.add([(251, batches[0], None)])
     assert committed.take(260) == ([], None)  # 251..260 indexed from the table: the run is let go
-    committed.add([(301, batches[1])])  # a new run: the one it followed is gone
+    committed.add([(301, batches[1], None)])  # a new run: the one it followed is gone
     runs, below = committed.take(300)
     assert (spans(runs), below) == ([(301, 350, 50)], None)
 
@@ -691,9 +740,9 @@ def test_rows_being_committed_or_copied_are_left_to_one_of_memory_and_table() ->
     committed = read_side.Committed()
     committed.expect(1)
     assert committed.take(0) == ([], 0)  # 1.. are being committed: copy nothing past 0
-    committed.add([(1, batches[0])])
+    committed.add([(1, batches[0], None)])
     committed.copied(30)  # (the builder of a new users file copied them anyway)
-    committed.add([(51, batches[1])])
+    committed.add([(51, batches[1], None)])
     runs, below = committed.take(50)
     assert ([(run.first, run.last) for run in runs], below) == ([(51, 100)], None)
     committed.expect(101)
@@ -722,9 +771,9 @@ def _noting_who_adds(patch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     add = read_side.Held.add
     adders: list[tuple[int, str]] = []
 
-    def add_noting_the_thread(run: Any, first_seq: int, rows: list[Any]) -> int:
+    def add_noting_the_thread(run: Any, first_seq: int, rows: list[Any], summary: Any = None) -> int:
         adders.append((first_seq, threading.current_thread().name))
-        return add(run, first_seq, rows)
+        return add(run, first_seq, rows, summary)
 
     patch.setattr(read_side.Held, "add", add_noting_the_thread)
     return adders
@@ -737,14 +786,14 @@ def test_groups_handed_over_wait_in_order_and_copies_of_the_table_stop_below_the
     batches = [_rows(f"b{b}-", 50, T0) for b in range(3)]
     committed = read_side.Committed()
     committed.expect(1)
-    assert committed.hand([(1, batches[0])]) == 50  # the rows waiting to be added up
+    assert committed.hand([(1, batches[0], None)]) == 50  # the rows waiting to be added up
     committed.expect(51)
-    assert committed.hand([(51, batches[1]), (101, [])]) == 100
+    assert committed.hand([(51, batches[1], None), (101, [], None)]) == 100
     committed.expect(101)
     assert committed.take(0) == ([], 0)  # 1.. handed over, not added up: copy nothing past 0
     assert committed.settle() and committed.first() == 1  # 1..50 added up; 51.. still handed over
     assert committed.settle() and not committed.settle()
-    committed.hand([(101, batches[2])])
+    committed.hand([(101, batches[2], None)])
     committed.add([])  # (adds up what was handed over before it)
     runs, below = committed.take(0)
     assert ([(run.first, run.last) for run in runs], below) == ([(1, 150)], None)
@@ -807,7 +856,7 @@ def test_the_hand_over_thread_is_woken_once_enough_rows_wait_for_it(
     waiting = []
     try:
         for b, batch in enumerate(batches):
-            builder.wrote(100, [(1 + 100 * b, batch)], later=True)
+            builder.wrote(100, [(1 + 100 * b, batch, None)], later=True)
             time.sleep(0.2)  # (time for a thread woken to add them up)
             waiting.append(builder.committed._handed_rows)
         added_by = time.monotonic() + 10
@@ -874,7 +923,7 @@ def test_past_the_rows_that_may_wait_the_writer_adds_them_up_itself(
     waiting = []
     try:
         for b, batch in enumerate(batches):
-            builder.wrote(100, [(1 + 100 * b, batch)], later=True)
+            builder.wrote(100, [(1 + 100 * b, batch, None)], later=True)
             waiting.append(builder.committed._handed_rows)
     finally:
         held_up.set()
@@ -906,7 +955,7 @@ def test_a_stopping_builder_builds_the_rows_held_after_the_rows_it_copies(
     builder = read_side.Builder(
         path, lambda: sqlite3.connect(path, isolation_level=None), contextlib.nullcontext, 5_000
     )
-    builder.committed.add([(101, batches[2])])  # 51..100 are not held: another process's
+    builder.committed.add([(101, batches[2], None)])  # 51..100 are not held: another process's
     builder.stop()
     assert (builder.counted_rows, builder.counted_from_memory) == (50, 50)
     with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -952,12 +1001,12 @@ def test_a_run_that_failed_to_take_a_group_is_let_go_and_the_writer_goes_on(tmp_
     add = read_side.Held.add
     failures = [1]
 
-    def add_then_fail(run: Any, first_seq: int, rows: list[Any]) -> int:
+    def add_then_fail(run: Any, first_seq: int, rows: list[Any], summary: Any = None) -> int:
         if failures and first_seq > 300:
             failures.pop()
             run.users.add(first_seq, rows)  # part of the group, then no memory
             raise MemoryError
-        return add(run, first_seq, rows)
+        return add(run, first_seq, rows, summary)
 
     try:
         with pytest.MonkeyPatch.context() as patch:
@@ -1094,7 +1143,7 @@ def first_counted_two_held(path: str) -> Iterator[tuple[sqlite3.Connection, sqli
         assert step is not None and step.counted is not None and read_side.index_users(users, step)
         assert add_counted_now(conn, step.counted)
         committed = read_side.Committed()
-        committed.add([(101, batches[1]), (201, batches[2])])
+        committed.add([(101, batches[1], None), (201, batches[2], None)])
         yield users, conn, committed
     finally:
         conn.close()
@@ -1138,7 +1187,7 @@ def test_a_group_committed_as_the_builder_takes_its_rows_is_still_taken_from_mem
 
         def committed_meanwhile(indexed: int) -> Any:
             write_without_read_side(path, [late])  # seqs 301..400, committed, then handed over
-            committed.add([(301, late)])
+            committed.add([(301, late, None)])
             return take(indexed)
 
         committed.take = committed_meanwhile  # type: ignore[method-assign]

@@ -404,6 +404,32 @@ cdef class Sums:
                 self._add(name, measures)
         self.rows += len(rows)
 
+    def add_summary(self, summary):
+        """Another ``Sums``'s counts and sums (its ``summary()``: the request's process adds up a
+        job's rows as it sends them), added to these."""
+        cdef _Name name
+        cdef _Count count
+        cdef _Total total
+        events, measures = summary
+        for tenant_id, minute, event_name, event_type, events_of_type in events:
+            name = self._name(tenant_id, minute, event_name)
+            count = name.types.get(event_type)
+            if count is None:
+                count = name.types[event_type] = _Count()
+                self.entries += 1
+            count.events += events_of_type
+            self.rows += events_of_type
+        for tenant_id, minute, event_name, key, value in measures:
+            total = self._total(self._name(tenant_id, minute, event_name), key)
+            if type(value) is float:
+                total.add_real(value)
+            else:
+                total.add_whole(value)
+
+    def summary(self):
+        """(``event_counts()``, ``measure_sums()``), for ``add_summary``."""
+        return self.event_counts(), self.measure_sums()
+
     def event_counts(self):
         """[(tenant_id, minute, event_name, event_type, events)]"""
         return [(*group, event_name, event_type, (<_Count>count).events)

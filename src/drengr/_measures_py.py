@@ -57,6 +57,10 @@ def numeric_pairs(measures: Any) -> list[tuple[str, int | float]]:
 TENANT, NAME, TYPE, RECEIVED, MEASURES = 0, 2, 3, 7, 9
 
 
+# What a ``Sums`` holds, as plain tuples (a job's, sent along with it): its event counts and measure sums.
+Summary = tuple[list[tuple[str, str, str, str, int]], list[tuple[str, str, str, str, int | float]]]
+
+
 class Sums:
     """The rollups' counts of some rows: events per (tenant_id, minute, event_name, event_type), and
     the measures' sums per (tenant_id, minute, event_name, measure), as SQLite's ``count(*)``,
@@ -83,6 +87,22 @@ class Sums:
             if row[MEASURES] != "{}":
                 self.add_measures([(row[TENANT], minute, row[NAME], row[MEASURES])])
         self.rows += len(rows)
+
+    def add_summary(self, summary: "Summary") -> None:
+        """Another ``Sums``'s counts and sums (its ``summary()``: the request's process adds up a
+        job's rows as it sends them), added to these."""
+        events, measures = summary
+        for tenant_id, minute, event_name, event_type, events_of_type in events:
+            key = (tenant_id, minute, event_name, event_type)
+            self.counts[key] = self.counts.get(key, 0) + events_of_type
+            self.rows += events_of_type
+        for tenant_id, minute, event_name, measure, value in measures:
+            group = (tenant_id, minute, event_name, measure)
+            self.sums[group] = add_total(self.sums[group], value) if group in self.sums else value
+
+    def summary(self) -> "Summary":
+        """(``event_counts()``, ``measure_sums()``), for ``add_summary``."""
+        return self.event_counts(), self.measure_sums()
 
     @property
     def entries(self) -> int:

@@ -194,6 +194,9 @@ class Job:
     # When its request stops waiting (time.monotonic(), the same clock in every process of the
     # machine): a job not begun by then is not written, since its client was told 502 (SQLite).
     deadline: float = float("inf")
+    # The read side's counts of its rows (``Sums.summary()``), made by the request's process as it
+    # sends the job to a writer process (SQLite's); None: the writer adds up its rows itself.
+    summary: Any = None
 
 
 def take_group(

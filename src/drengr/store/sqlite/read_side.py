@@ -37,6 +37,7 @@ try:
     from ..._measures import Sums, UserRows, sum_measures
 except ImportError:  # the extension did not build (or is not wanted); the twin gives the same sums
     from ..._measures_py import Sums, UserRows, sum_measures  # type: ignore[assignment]
+from ..._measures_py import Summary
 
 log = logging.getLogger("drengr.store")
 
@@ -473,6 +474,11 @@ def index_users(users: sqlite3.Connection, step: Step) -> bool:
     return True
 
 
+# A group of rows a writer committed: its first seq, the rows, and their counts added up already
+# (``Job.summary``; None: added up from the rows).
+Group = tuple[int, list[Any], Summary | None]
+
+
 class Held:
     """A run of rows its writer committed with no other rows between (seqs ``first`` to ``last``), as
     its builder's parts of them, added up as each group was committed: the users file's
@@ -484,12 +490,15 @@ class Held:
         self.sums = Sums()
         self.bytes = 0  # about the memory it holds
 
-    def add(self, first_seq: int, rows: list[Any]) -> int:
-        """Add a group right after it; about the memory that took. Should it raise, the run holds part of
-        the group: it is to be let go."""
+    def add(self, first_seq: int, rows: list[Any], summary: Summary | None = None) -> int:
+        """Add a group right after it (``summary``: its rows' counts, added up already); about the
+        memory that took. Should it raise, the run holds part of the group: it is to be let go."""
         users, entries = self.users.user_entries(), self.users.name_entries + self.sums.entries
         self.users.add(first_seq, rows)
-        self.sums.add_rows(rows)
+        if summary is None:
+            self.sums.add_rows(rows)
+        else:
+            self.sums.add_summary(summary)
         self.last += len(rows)
         size = (
             HELD_ROW_BYTES * len(rows)
@@ -516,7 +525,7 @@ class Committed:
         self._coming: int | None = None  # the first seq of the rows being committed, not handed over yet
         # The groups handed over and not added up yet: (their first seq, their rows, the groups), and
         # the rows of all of them.
-        self._handed: collections.deque[tuple[int, int, list[tuple[int, list[Any]]]]] = collections.deque()
+        self._handed: collections.deque[tuple[int, int, list[Group]]] = collections.deque()
         self._handed_rows = 0
 
     def expect(self, first_seq: int | None) -> None:
@@ -526,14 +535,15 @@ class Committed:
         with self._lock:
             self._coming = first_seq
 
-    def hand(self, groups: list[tuple[int, list[Any]]]) -> int:
-        """The groups a writer just committed, ``(first seq, rows)``, to be added up by ``settle``;
+    def hand(self, groups: list[Group]) -> int:
+        """The groups a writer just committed, ``(first seq, rows, summary)`` (``Held.add``), to be
+        added up by ``settle``;
         the rows waiting for it now (past ``HANDED_ROWS``, the caller settles them itself)."""
         with self._lock:
             self._coming = None
-            firsts = [first_seq for first_seq, rows in groups if rows]
+            firsts = [first_seq for first_seq, rows, _summary in groups if rows]
             if firsts:
-                count = sum(len(rows) for _first_seq, rows in groups)
+                count = sum(len(rows) for _first_seq, rows, _summary in groups)
                 self._handed.append((min(firsts), count, groups))
                 self._handed_rows += count
             return self._handed_rows
@@ -552,17 +562,17 @@ class Committed:
                 self._handed_rows -= count
         return True
 
-    def add(self, groups: list[tuple[int, list[Any]]]) -> None:
-        """The groups a writer just committed, ``(first seq, rows)``, added up now (after any
-        handed over before them)."""
+    def add(self, groups: list[Group]) -> None:
+        """The groups a writer just committed, ``(first seq, rows, summary)``, added up now (after
+        any handed over before them)."""
         self.hand(groups)
         while self.settle():
             pass
 
-    def _add(self, groups: list[tuple[int, list[Any]]]) -> None:
+    def _add(self, groups: list[Group]) -> None:
         """Add each group to the last run where it follows it, or as a new one (holding the lock).
         Past ``HELD_BYTES`` a group is not held (copied from the table)."""
-        for first_seq, rows in groups:
+        for first_seq, rows, summary in groups:
             if not rows:
                 continue
             if self._bytes >= HELD_BYTES:
@@ -572,7 +582,7 @@ class Committed:
                 run = Held(first_seq, self.count_users)
                 self._runs.append(run)
             try:
-                self._bytes += run.add(first_seq, rows)
+                self._bytes += run.add(first_seq, rows, summary)
             except BaseException:
                 # (a MemoryError) it holds part of a group: its rows are the table's
                 self._runs.pop()
@@ -793,11 +803,9 @@ class Builder:
         self._hand_over = threading.Thread(target=self._settle_handed, name="drengr-hand-over", daemon=True)
         self._hand_over.start()
 
-    def wrote(
-        self, rows: int, committed: list[tuple[int, list[Any]]] | None = None, later: bool = False
-    ) -> None:
-        """The writer committed ``rows`` rows; ``committed``: they are these, ``(first seq, rows)``,
-        added up now, or ``later`` by the hand-over thread (here when too many wait for it)."""
+    def wrote(self, rows: int, committed: list[Group] | None = None, later: bool = False) -> None:
+        """The writer committed ``rows`` rows; ``committed``: they are these, ``(first seq, rows,
+        summary)``, added up now, or ``later`` by the hand-over thread (here when too many wait for it)."""
         if committed and not later:
             self.committed.add(committed)
         elif committed:

@@ -177,7 +177,7 @@ class Writer:
         self._builder_lock: WriterLock | None = None
         self._offered: read_side.Counted | None = None  # a builder step's counts, for the next group
         # The last group's rows, committed, for the builder once its requests are answered (hand_over).
-        self._handed: tuple[int, list[tuple[int, list[Any]]]] | None = None
+        self._handed: tuple[int, list[read_side.Group]] | None = None
         self._offered_lock = threading.Lock()  # guards _offered (the builder's thread sets it)
         # No group came within idle_wait and none since (``idle``): the builder adds its counts itself.
         self.idle_now = False
@@ -315,9 +315,9 @@ class Writer:
             self._builder_lock = WriterLock(self.path)
         return self._builder_lock.turn(self._busy_timeout_ms / 1000)
 
-    def _commit_group(self, conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[int, list[Any]]]:
+    def _commit_group(self, conn: sqlite3.Connection, jobs: list[Job]) -> list[read_side.Group]:
         """One transaction for the whole group, in as few statements as possible; the rows it
-        committed, ``(first seq, rows)`` in order.
+        committed, ``(first seq, rows, their counts)`` in order (``read_side.Group``).
 
         Every statement drops and retakes the GIL; under load each retake waits
         behind the request threads, so the writer states the group at once: one
@@ -346,7 +346,7 @@ class Writer:
             additions = self._apply_each(conn, work)
         counted = self._add_offered(conn)
         if self._builder is not None and additions:  # its copies of the table stop below these rows
-            self._builder.committed.expect(min(seq for _fps, seq, _rows in additions))
+            self._builder.committed.expect(min(seq for _fps, seq, _rows, _summary in additions))
         try:
             conn.execute("COMMIT")
         except BaseException:
@@ -358,7 +358,7 @@ class Writer:
                 counted.done.set()
         self.group_commits += 1
         current = self._window[0]
-        for fps, first_seq, _rows in additions:
+        for fps, first_seq, _rows, _summary in additions:
             current.add_many(fps, array("q", range(first_seq, first_seq + len(fps))))
             self._last_seq = max(self._last_seq, first_seq + len(fps) - 1)
         current.spill_if_full(self._spill_folder, self._spill_ids)
@@ -367,12 +367,13 @@ class Writer:
         metrics.metric("commit_seconds").observe(time.perf_counter() - started)
         metrics.metric("group_rows").observe(sum(len(job.rows) for job in work))
         self._report_window()
-        return [(seq, rows) for _fps, seq, rows in additions]
+        return [(seq, rows, summary) for _fps, seq, rows, summary in additions]
 
     def _apply_group(
         self, conn: sqlite3.Connection, jobs: list[Job], staged: dict[str, set[str]]
-    ) -> list[tuple[array, int, list[tuple[Any, ...]]]]:
-        """Dedup and meter every job in order, then insert all their rows; (fingerprints, first seq, rows) a job.
+    ) -> list[tuple[array, int, list[tuple[Any, ...]], Any]]:
+        """Dedup and meter every job in order, then insert all their rows; (fingerprints, first seq,
+        rows, their counts or None) a job.
 
         ``staged`` holds, per tenant, the event ids written earlier in this transaction; it is updated.
         """
@@ -388,23 +389,24 @@ class Writer:
             )
             if fresh:
                 staged.setdefault(job.tenant_id, set()).update(ids)
-                planned.append((fresh, keys))
+                # Its counts, added up as it was sent, hold while none of its rows was dropped.
+                planned.append((fresh, keys, job.summary if fresh is job.rows else None))
         meter.save()
-        rows = [row for fresh, _keys in planned for row in fresh]
+        rows = [row for fresh, _keys, _summary in planned for row in fresh]
         if not rows:
             return []
         last = insert_events(conn, rows)
         seq = last - len(rows) + 1  # AUTOINCREMENT under our write lock: consecutive
         self._note_backstep(conn, rows, seq)
         additions = []
-        for fresh, keys in planned:
-            additions.append((keys, seq, fresh))
+        for fresh, keys, summary in planned:
+            additions.append((keys, seq, fresh, summary))
             seq += len(fresh)
         return additions
 
     def _apply_each(
         self, conn: sqlite3.Connection, jobs: list[Job]
-    ) -> list[tuple[array, int, list[tuple[Any, ...]]]]:
+    ) -> list[tuple[array, int, list[tuple[Any, ...]], Any]]:
         """The slow path: one savepoint a job, so a failing job gets its error and the others are written."""
         additions = []
         staged: dict[str, set[str]] = {}
