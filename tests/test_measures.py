@@ -209,7 +209,8 @@ def test_counts_added_up_per_job_add_up_to_what_the_rows_give(rows, size):
     the events the rows give, and the sums, compiled and twin alike, bit for bit (per job, then
     job after job: another order of addition than row after row, so reals may round otherwise)."""
     stored = [
-        (tenant, "id", name, type_, None, None, "", received, "{}", text(pairs, False) if pairs else "{}", None)
+        (tenant, "id", name, type_, None, None, "", received, "{}",
+         text(pairs, False) if pairs else "{}", None)
         for tenant, received, name, type_, pairs in rows
     ]  # fmt: skip
     each_row = _measures_py.Sums()
