@@ -510,6 +510,27 @@ def test_the_writer_process_adds_the_counts_sent_with_a_job_and_adds_up_the_rows
         ]
 
 
+def test_a_job_whose_counts_could_not_be_added_up_as_it_was_sent_is_stored_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding up a job's counts in the request's process is not the job's failure: should it raise,
+    the job goes without them, is stored, and the writer process adds up its rows itself."""
+    from drengr.store.sqlite import process
+
+    class Failing:
+        def add_rows(self, rows: list[tuple[Any, ...]]) -> None:
+            raise MemoryError
+
+    monkeypatch.setattr(process, "Sums", Failing)
+    path = str(tmp_path / "drengr.db")
+    store = SQLiteStore(path, writer="process")
+    try:
+        assert store.write("acme", _rows("a", 30, T0), T0).stored == 30
+    finally:
+        store.close()
+    _rollups_as_scanned(path)
+
+
 def test_counts_sent_with_the_jobs_make_the_read_side_a_scan_gives(tmp_path: Path) -> None:
     """Through the writer process, each job's counts added up by the request's process: the rollups
     equal a scan of the table, over batches of several minutes, names and measures."""
