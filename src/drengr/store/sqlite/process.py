@@ -82,7 +82,8 @@ class WriterProcess:
     Each thread that writes gets a socket pair of its own, a ``_Channel``; the
     child's end goes to the child over the control socket (``SCM_RIGHTS``).
     A job leaves as ``(number, tenant_id, rows, received_at_ms, probe,
-    deadline)`` and its answer comes back on the same socket as ``(number,
+    deadline, summary)`` (``summary``: its rows' read-side counts, ``_summary``)
+    and its answer comes back on the same socket as ``(number,
     outcome, error text, commits)``, each framed by its length and written
     with ``marshal`` (plain values only: about twice as fast as pickle, and
     both ends are this package). The thread that sent the job waits in
