@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 from typing import Any
 
-Summary = tuple[list[tuple[str, str, str, str, int]], list[tuple[str, str, str, str, int | float]]]
+from ._measures_py import Summary as Summary
 
 class Sums:
     rows: int

@@ -338,6 +338,14 @@ cdef class Sums:
         self.last_event_name, self.last_name = event_name, found
         return found
 
+    cdef _Count _count(self, _Name name, object event_type):
+        """``name``'s count of events of ``event_type``, made if new."""
+        cdef _Count count = name.types.get(event_type)
+        if count is None:
+            count = name.types[event_type] = _Count()
+            self.entries += 1
+        return count
+
     cdef _Total _total(self, _Name name, object key):
         """``name``'s sum of the measure ``key``, made if new."""
         total = name.totals.get(key)
@@ -387,16 +395,11 @@ cdef class Sums:
         """Stored rows (the writer's tuples): each is an event of its minute, and its measures are added."""
         cdef tuple row
         cdef _Name name
-        cdef _Count count
         for row in rows:
             name = self._name(row[TENANT], row[RECEIVED], row[NAME])
             event_type = row[TYPE]
             if name.last_count is None or (event_type is not name.last_type and event_type != name.last_type):
-                count = name.types.get(event_type)
-                if count is None:
-                    count = name.types[event_type] = _Count()
-                    self.entries += 1
-                name.last_count = count
+                name.last_count = self._count(name, event_type)
             name.last_type = event_type
             name.last_count.events += 1
             measures = row[MEASURES]
@@ -407,16 +410,11 @@ cdef class Sums:
     def add_summary(self, summary):
         """Another ``Sums``'s counts and sums (its ``summary()``: the request's process adds up a
         job's rows as it sends them), added to these."""
-        cdef _Name name
         cdef _Count count
         cdef _Total total
         events, measures = summary
         for tenant_id, minute, event_name, event_type, events_of_type in events:
-            name = self._name(tenant_id, minute, event_name)
-            count = name.types.get(event_type)
-            if count is None:
-                count = name.types[event_type] = _Count()
-                self.entries += 1
+            count = self._count(self._name(tenant_id, minute, event_name), event_type)
             count.events += events_of_type
             self.rows += events_of_type
         for tenant_id, minute, event_name, key, value in measures:

@@ -371,7 +371,7 @@ class Writer:
 
     def _apply_group(
         self, conn: sqlite3.Connection, jobs: list[Job], staged: dict[str, set[str]]
-    ) -> list[tuple[array, int, list[tuple[Any, ...]], Any]]:
+    ) -> list[tuple[array, int, list[tuple[Any, ...]], read_side.Summary | None]]:
         """Dedup and meter every job in order, then insert all their rows; (fingerprints, first seq,
         rows, their counts or None) a job.
 
@@ -406,7 +406,7 @@ class Writer:
 
     def _apply_each(
         self, conn: sqlite3.Connection, jobs: list[Job]
-    ) -> list[tuple[array, int, list[tuple[Any, ...]], Any]]:
+    ) -> list[tuple[array, int, list[tuple[Any, ...]], read_side.Summary | None]]:
         """The slow path: one savepoint a job, so a failing job gets its error and the others are written."""
         additions = []
         staged: dict[str, set[str]] = {}
