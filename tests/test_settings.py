@@ -367,10 +367,15 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Pop
 
 
 def _threads_cpus(pid: int) -> set[tuple[int, ...]]:
-    """The CPU sets a process's threads may run on."""
-    return {
-        tuple(sorted(os.sched_getaffinity(int(task.name)))) for task in Path(f"/proc/{pid}/task").iterdir()
-    }
+    """The CPU sets a process's threads may run on: those still running once listed (a thread that
+    ends in between, such as a finished request's, has none)."""
+    cpus = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            cpus.add(tuple(sorted(os.sched_getaffinity(int(task.name)))))
+        except ProcessLookupError:
+            continue
+    return cpus
 
 
 def _post(port: int, path: str, body: dict[str, Any], key: str) -> int:
