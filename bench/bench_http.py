@@ -562,6 +562,7 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
     rounds = int(os.environ.get("DRENGR_BENCH_BURST_ROUNDS", "4"))
     seconds = int(os.environ.get("DRENGR_BENCH_BURST_SECONDS", "2"))
     found: dict[int, list[list[float]]] = {8: [], 32: []}  # per cell, each pair's rounds' ratios
+    caught_up: dict[int, list[float]] = {8: [], 32: []}  # per cell, the catch-up after each burst
 
     def cells() -> None:
         for pair, connections in itertools.product(range(pairs), found):
@@ -581,6 +582,8 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
                         newest, catching_up = _settled(db, read_side)
                         if turn:
                             rates[read_side].append((newest - before) / (seconds + catching_up))
+                            if read_side:
+                                caught_up[connections].append(catching_up)
                 assert _marks(servers[False][2])[1:] == (0, 0), "the read side was built"
             found[connections].append([w / wo for w, wo in zip(rates[True], rates[False], strict=True)])
 
@@ -594,7 +597,9 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
         listed = ", ".join(f"{m:.2f}" for m in medians)
         print(f"c={connections}: median of the pairs {median:.3f} (quartiles {low:.3f}–{high:.3f}; "
               f"each: {listed}); every round: median {statistics.median(every):.3f}, "
-              f"{sum(r < 1 for r in every)} of {len(every)} below 1")  # fmt: skip
+              f"{sum(r < 1 for r in every)} of {len(every)} below 1; the read side's catch-up after a "
+              f"burst: median {statistics.median(caught_up[connections]):.3f} s, "
+              f"at most {max(caught_up[connections]):.3f} s")  # fmt: skip
 
 
 def _newest(db: Path) -> int:
