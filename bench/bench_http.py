@@ -639,7 +639,7 @@ def _children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             found += [int(child) for child in (task / "children").read_text().split()]
-        except FileNotFoundError:  # a thread that ended meanwhile (the drop counts' flusher comes and goes)
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended (the drop counts' flusher)
             continue
     return found
 

@@ -132,7 +132,10 @@ class Server:
         """The pids of the server's child processes (its SQLite writer process)."""
         found: list[int] = []
         for task in Path(f"/proc/{self.pid}/task").iterdir():
-            found += [int(pid) for pid in (task / "children").read_text().split()]
+            try:
+                found += [int(pid) for pid in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+                continue
         return found
 
     def signal(self, signum: int) -> None:
