@@ -368,7 +368,7 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Pop
 
 def _threads_cpus(pid: int) -> set[tuple[int, ...]]:
     """The CPU sets a process's threads may run on: those still running once listed (a thread that
-    ends in between, such as a finished request's, has none)."""
+    ends in between, such as the drop counts' flusher, which comes and goes, has none)."""
     cpus = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
