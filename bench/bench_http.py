@@ -553,7 +553,7 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
 
     Each pair of servers runs a few rounds (``DRENGR_BENCH_BURST_ROUNDS``, 4, after one that warms
     up), then a new pair starts (``DRENGR_BENCH_BURST_PAIRS``, 10 a cell): two servers of the same
-    code, both without the read side, differed by up to 6 % over 16 rounds, the same in every round
+    code and settings differed by up to 6 % over 16 rounds, the same in every round
     (each process's own hash seed and memory layout), so the rounds of one pair measure that pair.
     A pair's ratio is the median of its rounds'; the cell's, the median of its pairs'."""
     if benchmark.disabled:
