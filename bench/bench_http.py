@@ -550,6 +550,10 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
     and a burst's rate is the rows it stored (the requests wrk left in flight too, ``_settled``) over
     the burst and, with the read side, its builder's catch-up past the table's last row. Bursts
     seconds apart share the machine's speed far better than loads a minute apart (``-k read_side``).
+    ``DRENGR_BENCH_BURST_PLACEMENT``: ``pinned`` (the default: servers on core 0, wrk beside their
+    writer processes on core 1), ``wrk-on-server`` (wrk on core 0 instead: the writer's core left
+    to it, as where the load comes from other machines) or ``unpinned`` (wrk and the servers
+    placed by the system and serve's ``--placement auto``).
 
     Each pair of servers runs a few rounds (``DRENGR_BENCH_BURST_ROUNDS``, 4, after one that warms
     up), then a new pair starts (``DRENGR_BENCH_BURST_PAIRS``, 10 a cell): two servers of the same
@@ -561,6 +565,12 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
     pairs = int(os.environ.get("DRENGR_BENCH_BURST_PAIRS", "10"))
     rounds = int(os.environ.get("DRENGR_BENCH_BURST_ROUNDS", "4"))
     seconds = int(os.environ.get("DRENGR_BENCH_BURST_SECONDS", "2"))
+    placement = os.environ.get("DRENGR_BENCH_BURST_PLACEMENT", "pinned")
+    if placement not in BURST_PLACEMENTS:
+        pytest.fail(
+            f"DRENGR_BENCH_BURST_PLACEMENT is one of {', '.join(BURST_PLACEMENTS)}, not {placement!r}"
+        )
+    pin, core = BURST_PLACEMENTS[placement]
     found: dict[int, list[list[float]]] = {8: [], 32: []}  # per cell, each pair's rounds' ratios
     caught_up: dict[int, list[float]] = {8: [], 32: []}  # per cell, the catch-up after each burst
 
@@ -570,14 +580,14 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
                 servers = {}
                 for read_side in (True, False) if pair % 2 == 0 else (False, True):  # who starts first
                     servers[read_side] = started.enter_context(
-                        server("drengr-process", tmp_path, read_side=read_side)
+                        server("drengr-process", tmp_path, pin=pin, read_side=read_side)
                     )
                 rates: dict[bool, list[float]] = {True: [], False: []}
                 for turn in range(rounds + 1):
                     for read_side in (True, False) if turn % 2 == 0 else (False, True):
                         port, key, db, _process = servers[read_side]
                         before = _newest(db)
-                        cell = wrk(port, key, 100, connections, seconds)
+                        cell = wrk(port, key, 100, connections, seconds, pin=pin, core=core)
                         assert cell["non_2xx"] == cell["socket_errors"] == 0, cell
                         newest, catching_up = _settled(db, read_side)
                         if turn:
@@ -588,7 +598,7 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
             found[connections].append([w / wo for w, wo in zip(rates[True], rates[False], strict=True)])
 
     benchmark.pedantic(cells, rounds=1, iterations=1)
-    print(f"\n`drengr serve` with its read side ÷ without, 100-event batches, pinned, {pairs} pairs "
+    print(f"\n`drengr serve` with its read side ÷ without, 100-event batches, {placement}, {pairs} pairs "
           f"of servers a cell, {rounds} rounds of a {seconds}-s burst each:")  # fmt: skip
     for connections, each in found.items():
         medians = sorted(statistics.median(ratios) for ratios in each)
@@ -600,6 +610,10 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
               f"{sum(r < 1 for r in every)} of {len(every)} below 1; the read side's catch-up after a "
               f"burst: median {statistics.median(caught_up[connections]):.3f} s, "
               f"at most {max(caught_up[connections]):.3f} s")  # fmt: skip
+
+
+# -k bursts' placements (DRENGR_BENCH_BURST_PLACEMENT): (servers pinned, wrk's core where pinned).
+BURST_PLACEMENTS = {"pinned": (True, 1), "wrk-on-server": (True, 0), "unpinned": (False, 1)}
 
 
 def _newest(db: Path) -> int:
