@@ -503,6 +503,17 @@ def _placement_cells(
                 by_server[name].append(cell)
 
 
+# Where the read side's benchmarks put the servers and wrk: by the name DRENGR_BENCH_BURST_PLACEMENT
+# takes, (the label printed, the servers pinned to core 0, wrk's core where pinned). Pinned, wrk is
+# beside the writer processes; "wrk-on-server" leaves the writer's core to it, as where the load
+# comes from other machines; unpinned, the system and serve's --placement auto place them.
+PLACEMENTS = {
+    "pinned": ("pinned", True, 1),
+    "wrk-on-server": ("wrk on the server's core", True, 0),
+    "unpinned": ("nothing pinned", False, 1),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def bench_http_read_side(benchmark: Any, tmp_path: Path) -> None:
@@ -550,10 +561,7 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
     and a burst's rate is the rows it stored (the requests wrk left in flight too, ``_settled``) over
     the burst and, with the read side, its builder's catch-up past the table's last row. Bursts
     seconds apart share the machine's speed far better than loads a minute apart (``-k read_side``).
-    ``DRENGR_BENCH_BURST_PLACEMENT``: ``pinned`` (the default: servers on core 0, wrk beside their
-    writer processes on core 1), ``wrk-on-server`` (wrk on core 0 instead: the writer's core left
-    to it, as where the load comes from other machines) or ``unpinned`` (wrk and the servers
-    placed by the system and serve's ``--placement auto``).
+    ``DRENGR_BENCH_BURST_PLACEMENT``: one of ``PLACEMENTS``, ``pinned`` by default.
 
     Each pair of servers runs a few rounds (``DRENGR_BENCH_BURST_ROUNDS``, 4, after one that warms
     up), then a new pair starts (``DRENGR_BENCH_BURST_PAIRS``, 10 a cell): two servers of the same
@@ -566,11 +574,9 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
     rounds = int(os.environ.get("DRENGR_BENCH_BURST_ROUNDS", "4"))
     seconds = int(os.environ.get("DRENGR_BENCH_BURST_SECONDS", "2"))
     placement = os.environ.get("DRENGR_BENCH_BURST_PLACEMENT", "pinned")
-    if placement not in BURST_PLACEMENTS:
-        pytest.fail(
-            f"DRENGR_BENCH_BURST_PLACEMENT is one of {', '.join(BURST_PLACEMENTS)}, not {placement!r}"
-        )
-    pin, core = BURST_PLACEMENTS[placement]
+    if placement not in PLACEMENTS:
+        pytest.fail(f"DRENGR_BENCH_BURST_PLACEMENT is one of {', '.join(PLACEMENTS)}, not {placement!r}")
+    label, pin, core = PLACEMENTS[placement]
     found: dict[int, list[list[float]]] = {8: [], 32: []}  # per cell, each pair's rounds' ratios
     caught_up: dict[int, list[float]] = {8: [], 32: []}  # per cell, the catch-up after each burst
 
@@ -598,7 +604,7 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
             found[connections].append([w / wo for w, wo in zip(rates[True], rates[False], strict=True)])
 
     benchmark.pedantic(cells, rounds=1, iterations=1)
-    print(f"\n`drengr serve` with its read side ÷ without, 100-event batches, {placement}, {pairs} pairs "
+    print(f"\n`drengr serve` with its read side ÷ without, 100-event batches, {label}, {pairs} pairs "
           f"of servers a cell, {rounds} rounds of a {seconds}-s burst each:")  # fmt: skip
     for connections, each in found.items():
         medians = sorted(statistics.median(ratios) for ratios in each)
@@ -610,10 +616,6 @@ def bench_http_read_side_bursts(benchmark: Any, tmp_path: Path) -> None:
               f"{sum(r < 1 for r in every)} of {len(every)} below 1; the read side's catch-up after a "
               f"burst: median {statistics.median(caught_up[connections]):.3f} s, "
               f"at most {max(caught_up[connections]):.3f} s")  # fmt: skip
-
-
-# -k bursts' placements (DRENGR_BENCH_BURST_PLACEMENT): (servers pinned, wrk's core where pinned).
-BURST_PLACEMENTS = {"pinned": (True, 1), "wrk-on-server": (True, 0), "unpinned": (False, 1)}
 
 
 def _newest(db: Path) -> int:
@@ -692,9 +694,7 @@ def _read_side_cells(
 ) -> None:
     """Fills ``cells`` (events/s) and ``cpus`` (µs of CPU an event: the server process's, its writer
     process's, over the load and the catching up) by cell and read side (True: with it)."""
-    placements = {"pinned": (True, 1), "wrk on the server's core": (True, 0), "nothing pinned": (False, 1)}
-    for placement, connections in itertools.product(placements, (8, 32)):
-        pin, core = placements[placement]
+    for (placement, pin, core), connections in itertools.product(PLACEMENTS.values(), (8, 32)):
         rates = cells[connections, placement] = {True: [], False: []}
         cpu = cpus[connections, placement] = {True: [], False: []}
         for pair in range(pairs):
